@@ -1,0 +1,190 @@
+"""The on-disk columnar cache: writing it atomically and opening it zero-copy.
+
+Layout of a cache directory (format version 1)::
+
+    meta.json              schema, encoder state, table sizes, split, row counts, checksums
+    dense.npy              float32 [N, D]  encoded dense features, in source file order
+    sparse.npy             int32   [N, S]  embedding row ids, each in [0, table_size)
+    label.npy              float32 [N]     0.0 / 1.0
+    splits/<name>.npy      int64   [n]     ascending row ids of each split (train, val, test)
+    encoder/<field>.npy    vocabularies of fitted categorical encoders (vocab mode only)
+
+``meta.json`` is written last and the directory is renamed into place only when everything
+else is complete, so a directory with a readable ``meta.json`` is always a whole cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasrec.errors import NasrecError
+
+FORMAT_VERSION = 1
+SPLIT_NAMES = ("train", "val", "test")
+_HEADER_BYTES = 128  # fixed .npy header size, so the row count can be rewritten in place
+
+
+class AppendableArray:
+    """A .npy file written row block by row block whose length is known only at the end."""
+
+    def __init__(self, path: Path, dtype: np.dtype | str, row_shape: tuple[int, ...] = ()) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.rows = 0
+        self._fh = open(self.path, "wb")
+        self._write_header()
+
+    def _write_header(self) -> None:
+        shape = (self.rows, *self.row_shape)
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        text = repr(d).encode("latin1")
+        body = _HEADER_BYTES - 10
+        if len(text) + 1 > body:
+            raise NasrecError(f"array header too long for {self.path}")
+        text = text + b" " * (body - len(text) - 1) + b"\n"
+        self._fh.seek(0)
+        self._fh.write(b"\x93NUMPY\x01\x00" + np.uint16(body).tobytes() + text)
+
+    def append(self, block: np.ndarray) -> None:
+        """Append rows (shape [n, *row_shape]) converted to the file's dtype."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {block.shape[1:]}, expected {self.row_shape}")
+        self._fh.write(memoryview(block).cast("B"))
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        """Write the final row count into the header and close the file."""
+        if self._fh.closed:
+            return
+        self._write_header()
+        self._fh.close()
+
+
+class CacheWriter:
+    """Builds a cache in a temporary sibling directory and renames it into place on commit."""
+
+    def __init__(self, out: Path | str, *, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise NasrecError(f"{self.out} already exists (pass --force to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        self._committed = False
+
+    def path(self, name: str) -> Path:
+        """Path of a file inside the temporary directory, creating parent folders."""
+        p = self.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def commit(self, meta: dict[str, Any]) -> Path:
+        """Write meta.json last, then move the directory into place (replacing an old cache)."""
+        meta = {"format_version": FORMAT_VERSION, **meta}
+        with open(self.tmp / "meta.json.part", "w") as fh:
+            json.dump(meta, fh, indent=1, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(self.tmp / "meta.json.part", self.tmp / "meta.json")
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        self._committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        """Remove the temporary directory (nothing half-written is left behind)."""
+        if not self._committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._committed:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class Cache:
+    """An opened cache: memory-mapped arrays and the parsed meta.json."""
+
+    path: Path
+    meta: dict[str, Any]
+    dense: np.ndarray
+    sparse: np.ndarray
+    label: np.ndarray
+    _splits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def rows(self) -> int:
+        """Number of rows in the whole cache."""
+        return int(self.label.shape[0])
+
+    @property
+    def dense_fields(self) -> list[str]:
+        """Names of the dense feature columns, in array order."""
+        return list(self.meta["dense_fields"])
+
+    @property
+    def sparse_fields(self) -> list[str]:
+        """Names of the categorical feature columns, in array order."""
+        return list(self.meta["sparse_fields"])
+
+    @property
+    def table_sizes(self) -> list[int]:
+        """Embedding table size of every categorical column."""
+        return [int(s) for s in self.meta["table_sizes"]]
+
+    @property
+    def split_names(self) -> list[str]:
+        """Names of the splits stored in the cache."""
+        return list(self.meta["split"]["rows"].keys())
+
+    def split_index(self, name: str) -> np.ndarray:
+        """Ascending row ids of one split (memory-mapped)."""
+        if name not in self._splits:
+            raise NasrecError(f"{self.path}: no split named {name!r} (have: {', '.join(self.split_names)})")
+        return self._splits[name]
+
+
+def open_cache(path: Path | str) -> Cache:
+    """Open a prepared cache without copying its arrays."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise NasrecError(f"{path}: not a nasrec cache (no meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise NasrecError(f"{meta_path}: unreadable ({e})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise NasrecError(f"{path}: cache format version {version}, this nasrec reads {FORMAT_VERSION}")
+
+    def load(name: str) -> np.ndarray:
+        try:
+            return np.load(path / name, mmap_mode="r")
+        except FileNotFoundError:
+            raise NasrecError(f"{path}: incomplete cache, {name} is missing") from None
+
+    dense, sparse, label = load("dense.npy"), load("sparse.npy"), load("label.npy")
+    splits = {name: load(f"splits/{name}.npy") for name in meta["split"]["rows"]}
+    n = label.shape[0]
+    if dense.shape[0] != n or sparse.shape[0] != n:
+        raise NasrecError(f"{path}: inconsistent row counts {dense.shape[0]}, {sparse.shape[0]}, {n}")
+    return Cache(path=path, meta=meta, dense=dense, sparse=sparse, label=label, _splits=splits)
