@@ -19,8 +19,10 @@ class DataError(NasrecError):
         file: str | None = None,
         line: int | None = None,
         column: str | None = None,
+        unit: str = "line",
     ) -> None:
         self.reason = reason
+        self.unit = unit
         self.file = file
         self.line = line
         self.column = column
@@ -31,7 +33,7 @@ class DataError(NasrecError):
         if self.file is not None:
             where.append(str(self.file))
         if self.line is not None:
-            where.append(f"line {self.line}")
+            where.append(f"{self.unit} {self.line}")
         if self.column is not None:
             where.append(f"column {self.column}")
         prefix = ", ".join(where)

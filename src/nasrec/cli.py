@@ -1,0 +1,123 @@
+"""The `nasrec` command line: one subcommand per pipeline stage, mirroring the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from nasrec import __version__
+from nasrec.errors import NasrecError
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="encode raw click logs into a columnar cache")
+    p.add_argument("--format", required=True, choices=["criteo", "avazu", "kdd12", "schema"])
+    p.add_argument("--schema", help="schema file (YAML or JSON) for --format schema")
+    p.add_argument(
+        "--input", nargs="+", required=True, metavar="FILE", help="raw input file(s), read in order"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="cache directory to create")
+    p.add_argument(
+        "--split", default="autoctr", choices=["autoctr", "autoctr-reference", "random", "sequential"]
+    )
+    p.add_argument("--ratios", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=None, help="split seed (default 2018 for autoctr, else 0)")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument(
+        "--hash", dest="encoding", action="store_const", const="hash", help="modulo hashing (default)"
+    )
+    enc.add_argument(
+        "--vocab", dest="encoding", action="store_const", const="vocab", help="train-split vocabulary"
+    )
+    p.set_defaults(encoding="hash")
+    p.add_argument(
+        "--min-count", type=int, default=1, help="vocabulary: keep ids seen at least N times in train"
+    )
+    p.add_argument("--max-table-size", type=int, default=None, help="cap every embedding table (e.g. 500000)")
+    p.add_argument("--dense", dest="dense_transform", choices=["log", "none", "standardize", "bucketize"])
+    p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
+    p.add_argument("--drop-id", action="store_true", help="avazu: drop the id column")
+    p.add_argument("--time-features", action="store_true", help="avazu: add hour-of-day and weekday")
+    p.add_argument("--kdd-profile", metavar="FILE", help="kdd12: userid_profile.txt")
+    p.add_argument("--force", action="store_true", help="replace an existing cache")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from nasrec.data.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(
+        inputs=tuple(args.input), out=args.out, format=args.format, schema=args.schema, split=args.split,
+        ratios=tuple(args.ratios), seed=args.seed, encoding=args.encoding, min_count=args.min_count,
+        max_table_size=args.max_table_size, on_error=args.on_error, dense_transform=args.dense_transform,
+        drop_id=args.drop_id, time_features=args.time_features, kdd_profile=args.kdd_profile, force=args.force,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )  # fmt: skip
+    res = prepare(cfg)
+    if args.json:
+        print(json.dumps({k: v for k, v in vars(res).items() if k != "meta"}, default=str))
+        return 0
+    print(f"prepared {res.path}: {sum(res.rows.values()):,} rows in {res.seconds:.2f} s "
+          f"({res.rows_per_s:,.0f} rows/s, peak memory {res.peak_rss_mb:,.0f} MB)")  # fmt: skip
+    for name, n in res.rows.items():
+        print(f"  {name:<6} {n:>12,} rows   CTR {res.ctr[name]:.4f}")
+    sizes = list(res.table_sizes.values())
+    print(
+        f"  {len(sizes)} categorical tables, {sum(sizes):,} rows in all (largest {max(sizes, default=0):,})"
+    )
+    if "bayes_logloss" in res.meta:
+        floor = ", ".join(f"{k} {v:.5f}" for k, v in res.meta["bayes_logloss"].items() if v is not None)
+        print(f"  Bayes-optimal log loss: {floor}")
+    if res.skipped:
+        ex = res.meta["skipped"]["examples"][0]
+        print(f"  skipped {res.skipped:,} bad rows (first: {ex['file']}, line {ex['line']}: {ex['reason']})")
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic Criteo-format dataset with a known click model")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from nasrec.data.synthetic import generate_synthetic
+
+    res = generate_synthetic(args.out, rows=args.rows, seed=args.seed)
+    print(f"wrote {res.path}: {res.rows:,} rows, CTR {res.ctr:.4f}, "
+          f"Bayes-optimal log loss {res.bayes_logloss:.5f} ({res.seconds:.1f} s)")  # fmt: skip
+    return 0
+
+
+COMMANDS = {"prepare": (_add_prepare, _run_prepare), "synth": (_add_synth, _run_synth)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `nasrec` command."""
+    parser = argparse.ArgumentParser(prog="nasrec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nasrec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run one subcommand; user errors become a one-line message and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except NasrecError as e:
+        print(f"nasrec {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"nasrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""`nasrec prepare`: raw click logs to a columnar cache, in two streaming passes.
+
+Pass 1 reads the inputs chunk by chunk (bounded memory), validates every value and writes labels,
+first-pass dense values and categorical ids in file order. The split is then computed from the labels.
+Pass 2, only when a fitted encoder is asked for (vocabularies, standardisation), fits it on the train
+rows and rewrites the arrays block by block. The cache directory appears only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from nasrec import __version__
+from nasrec.data.cache import AppendableArray, CacheWriter
+from nasrec.data.encoders import (
+    EncoderState,
+    HashEncoder,
+    Standardizer,
+    VocabCounter,
+    VocabEncoder,
+)
+from nasrec.data.formats import KDD12_COLUMNS, KDD12_PROFILE_COLUMNS, builtin_schema
+from nasrec.data.parse import ChunkParser, EncodingPlan, make_plan
+from nasrec.data.readers import DEFAULT_CHUNK_BYTES, Chunk, SourceInfo, TextReader, read_parquet
+from nasrec.data.schema import Schema, SparseField, load_schema
+from nasrec.data.split import AUTOCTR_SEED, SplitSpec, assign_splits
+from nasrec.errors import DataError, NasrecError
+
+MAX_REPORTED_ERRORS = 100
+PASS2_BLOCK_ROWS = 1 << 20
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything `prepare` needs; mirrors the CLI flags one to one."""
+
+    inputs: tuple[str, ...]
+    out: str
+    format: str = "criteo"  # criteo | avazu | kdd12 | schema
+    schema: str | None = None
+    split: str = "autoctr"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int | None = None  # default: 2018 for autoctr, 0 otherwise
+    encoding: str = "hash"  # hash | vocab
+    min_count: int = 1
+    max_table_size: int | None = None
+    on_error: str = "fail"  # fail | skip
+    dense_transform: str | None = None  # override the format's default for every dense field
+    drop_id: bool = False  # avazu
+    time_features: bool = False  # avazu
+    kdd_profile: str | None = None  # kdd12: userid_profile.txt (else taken from inputs by name)
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    force: bool = False
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """Summary of a finished prepare run."""
+
+    path: Path
+    rows: dict[str, int]
+    ctr: dict[str, float]
+    table_sizes: dict[str, int]
+    skipped: int
+    seconds: float
+    rows_per_s: float
+    peak_rss_mb: float
+    meta: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+class _ErrorLog:
+    """Collects skipped rows in skip mode (count, and the first few with their location)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[dict] = []
+
+    def __call__(self, err: DataError) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_REPORTED_ERRORS:
+            self.examples.append(err.to_dict())
+
+
+def resolve_schema(cfg: PrepareConfig) -> Schema:
+    """The schema of a prepare run: a built-in format (with its options) or a schema file."""
+    if cfg.format == "schema":
+        if not cfg.schema:
+            raise NasrecError("--format schema needs --schema FILE")
+        schema = load_schema(cfg.schema)
+        if cfg.dense_transform:
+            schema = _with_dense_transform(schema, cfg.dense_transform)
+        return schema
+    if cfg.schema:
+        raise NasrecError(f"--schema is only used with --format schema (got --format {cfg.format})")
+    opts: dict[str, Any] = {}
+    if cfg.dense_transform:
+        opts["dense_transform"] = cfg.dense_transform
+    if cfg.format == "avazu":
+        opts.update(drop_id=cfg.drop_id, time_features=cfg.time_features)
+    elif cfg.drop_id or cfg.time_features:
+        raise NasrecError("--drop-id and --time-features apply to --format avazu only")
+    return builtin_schema(cfg.format, **opts)
+
+
+def _with_dense_transform(schema: Schema, transform: str) -> Schema:
+    from dataclasses import replace
+
+    return replace(schema, dense=tuple(replace(f, transform=transform) for f in schema.dense))
+
+
+def _check_inputs(paths: list[Path]) -> None:
+    if not paths:
+        raise NasrecError("no input file given")
+    for p in paths:
+        if not p.exists():
+            raise NasrecError(f"{p}: no such file")
+        if not p.is_file():
+            raise NasrecError(f"{p}: not a file")
+        if p.stat().st_size == 0:
+            raise NasrecError(f"{p}: empty input file")
+
+
+def _kdd_inputs(cfg: PrepareConfig, paths: list[Path]) -> tuple[list[Path], Path]:
+    if cfg.kdd_profile:
+        return paths, Path(cfg.kdd_profile)
+    prof = [p for p in paths if "userid_profile" in p.name]
+    if len(prof) != 1:
+        raise NasrecError(
+            "kdd12 needs the user profile file: pass userid_profile.txt among --input or --kdd-profile"
+        )
+    return [p for p in paths if p not in prof], prof[0]
+
+
+def _load_kdd_profile(path: Path, on_bad: _ErrorLog | None) -> pl.DataFrame:
+    """userid_profile.txt as string columns UserID, Gender, Age (validated, one row per user)."""
+    schema = Schema(
+        name="kdd12-profile", label="UserID", dense=(), sparse=tuple(
+SparseField(c, c, "int") for c in KDD12_PROFILE_COLUMNS[1:]
+        ),
+        separator="\t", header=False, columns=KDD12_PROFILE_COLUMNS, quote=None,
+    )  # fmt: skip
+    frames = []
+    info = SourceInfo(str(path), 0, "")
+    for chunk in TextReader(schema, on_bad_line=on_bad).read(path, info):
+        frames.append(chunk.frame)
+    prof = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in KDD12_PROFILE_COLUMNS})
+    return prof.unique(subset="UserID", keep="first", maintain_order=True)
+
+
+def _chunks(cfg: PrepareConfig, schema: Schema, paths: list[Path], infos: list[SourceInfo],
+            errors: _ErrorLog | None) -> Iterator[Chunk]:  # fmt: skip
+    profile = None
+    file_columns = None
+    if cfg.format == "kdd12":
+        paths, prof_path = _kdd_inputs(cfg, paths)
+        profile = _load_kdd_profile(prof_path, errors)
+        file_columns = KDD12_COLUMNS
+    reader = TextReader(schema, chunk_bytes=cfg.chunk_bytes, on_bad_line=errors, file_columns=file_columns)
+    for path in paths:
+        info = SourceInfo(str(path), 0, "")
+        infos.append(info)
+        if schema.file_type == "parquet" or path.suffix.lower() == ".parquet":
+            stream = read_parquet(schema, path, info)
+        else:
+            stream = reader.read(path, info)
+        for chunk in stream:
+            if profile is not None:
+                frame = chunk.frame.join(profile, on="UserID", how="left", maintain_order="left")
+                chunk.frame = frame.with_columns(pl.col("Gender", "Age").fill_null("0"))
+            yield chunk
+
+
+def prepare(cfg: PrepareConfig) -> PrepareResult:
+    """Prepare raw inputs into a cache directory (see module docstring)."""
+    t0 = time.perf_counter()
+    if cfg.on_error not in ("fail", "skip"):
+        raise NasrecError(f"--on-error must be 'fail' or 'skip', not {cfg.on_error!r}")
+    if cfg.min_count < 1:
+        raise NasrecError(f"--min-count must be at least 1, not {cfg.min_count}")
+    schema = resolve_schema(cfg)
+    plan = make_plan(schema, cfg.encoding, cfg.max_table_size)
+    seed = cfg.seed if cfg.seed is not None else (AUTOCTR_SEED if cfg.split.startswith("autoctr") else 0)
+    spec = SplitSpec(cfg.split, tuple(cfg.ratios), seed)
+    paths = [Path(p) for p in cfg.inputs]
+    _check_inputs(paths)
+    errors = _ErrorLog() if cfg.on_error == "skip" else None
+    parser = ChunkParser(plan, on_bad_row=errors)
+
+    with CacheWriter(cfg.out, overwrite=cfg.force) as writer:
+        D, S = len(plan.dense), len(plan.sparse)
+        sparse_dtype = np.int32 if plan.mode == "hash" else np.int64
+        arrays = {
+            "label": AppendableArray(writer.path("label.npy"), np.float32),
+            "dense": AppendableArray(writer.path("dense.npy"), np.float32, (D,)),
+            "sparse": AppendableArray(
+                writer.path("sparse.npy" if plan.mode == "hash" else "sparse_raw.npy"), sparse_dtype, (S,)
+            ),
+            "line": AppendableArray(writer.path("source_line.npy"), np.int64),
+        }
+        infos: list[SourceInfo] = []
+        total_bytes = sum(p.stat().st_size for p in paths)
+        bar = _progress(cfg.progress, total_bytes)
+        try:
+            for chunk in _chunks(cfg, schema, paths, infos, errors):
+                parsed = parser.parse(chunk)
+                arrays["label"].append(parsed.label)
+                arrays["dense"].append(parsed.dense)
+                arrays["sparse"].append(parsed.sparse)
+                arrays["line"].append(parsed.lines)
+                if bar is not None:
+                    bar.update(chunk.nbytes)
+        finally:
+            for a in arrays.values():
+                a.close()
+            if bar is not None:
+                bar.close()
+        n = arrays["label"].rows
+        if n == 0:
+            where = ", ".join(map(str, paths))
+            raise NasrecError(f"{where}: no data rows" + (" left after skipping bad rows" if errors else ""))
+
+        label = np.load(writer.path("label.npy"), mmap_mode="r")
+        splits = assign_splits(np.asarray(label).astype(np.int8), spec)
+        for name, idx in splits.items():
+            np.save(writer.path(f"splits/{name}.npy"), idx)
+        train_mask = np.zeros(n, dtype=bool)
+        train_mask[splits["train"]] = True
+
+        state = _fit_and_transform(writer, plan, train_mask, cfg.min_count)
+        state.save_arrays(writer.tmp)
+
+        rows = {k: len(v) for k, v in splits.items()}
+        ctr = {k: (float(np.asarray(label)[v].mean()) if len(v) else float("nan")) for k, v in splits.items()}
+        meta: dict[str, Any] = {
+            "nasrec_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "format": cfg.format,
+            "schema": schema.to_dict(),
+            "rows": n,
+            "dense_fields": plan.dense_names,
+            "sparse_fields": plan.sparse_names,
+            "table_sizes": state.table_sizes(plan.sparse_names),
+            "encoder": state.to_dict(),
+            "split": {**spec.to_dict(), "rows": rows, "ctr": ctr},
+            "sources": [vars(i) for i in infos],
+            "skipped": {
+                "count": errors.count if errors else 0,
+                "examples": errors.examples if errors else [],
+            },
+        }
+        if cfg.format == "kdd12":
+            meta["kdd_profile"] = str(_kdd_inputs(cfg, paths)[1])
+        bayes = _bayes_floor(paths, writer, splits, label)
+        if bayes is not None:
+            meta["bayes_logloss"] = bayes
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        meta["prepare_stats"] = {
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(n / seconds),
+            "peak_rss_mb": round(peak),
+        }
+        writer.commit(meta)
+    return PrepareResult(
+        path=Path(cfg.out), rows=rows, ctr=ctr, table_sizes=dict(zip(plan.sparse_names, meta["table_sizes"], strict=True)),
+        skipped=meta["skipped"]["count"], seconds=seconds, rows_per_s=n / seconds, peak_rss_mb=peak, meta=meta,
+    )  # fmt: skip
+
+
+def _fit_and_transform(
+    writer: CacheWriter, plan: EncodingPlan, train_mask: np.ndarray, min_count: int
+) -> EncoderState:
+    """Pass 2: fit standardisers and vocabularies on train rows, then rewrite the arrays in blocks."""
+    n = len(train_mask)
+    dense_state: dict[str, dict[str, Any]] = {}
+    std_cols = [i for i, f in enumerate(plan.dense) if f.transform == "standardize"]
+    for f in plan.dense:
+        dense_state[f.name] = {"transform": f.transform if f.column is not None else "constant"}
+    if std_cols:
+        dense = np.load(writer.path("dense.npy"), mmap_mode="r+")
+        sums = np.zeros((3, len(std_cols)))
+        for lo in range(0, n, PASS2_BLOCK_ROWS):
+            block = dense[lo : lo + PASS2_BLOCK_ROWS, std_cols][
+                train_mask[lo : lo + PASS2_BLOCK_ROWS]
+            ].astype(np.float64)
+            present = ~np.isnan(block)
+            sums[0] += np.where(present, block, 0).sum(0)
+            sums[1] += np.where(present, block * block, 0).sum(0)
+            sums[2] += present.sum(0)
+        scalers = [Standardizer().fit(sums[0, j], sums[1, j], int(sums[2, j])) for j in range(len(std_cols))]
+        for j, i in enumerate(std_cols):
+            dense_state[plan.dense[i].name].update(mean=scalers[j].mean, std=scalers[j].std)
+        for lo in range(0, n, PASS2_BLOCK_ROWS):
+            for j, i in enumerate(std_cols):
+                dense[lo : lo + PASS2_BLOCK_ROWS, i] = scalers[j].transform(
+                    dense[lo : lo + PASS2_BLOCK_ROWS, i]
+                )
+        dense.flush()
+        del dense
+
+    sparse: dict[str, HashEncoder | VocabEncoder] = {}
+    if plan.mode == "hash":
+        for out in plan.sparse:
+            sparse[out.name] = HashEncoder(out.table_size)
+        return EncoderState("hash", dense_state, sparse, plan.max_table_size)
+
+    raw = np.load(writer.path("sparse_raw.npy"), mmap_mode="r")
+    counters = [VocabCounter() for _ in plan.sparse]
+    for lo in range(0, n, PASS2_BLOCK_ROWS):
+        block = raw[lo : lo + PASS2_BLOCK_ROWS][train_mask[lo : lo + PASS2_BLOCK_ROWS]]
+        for j, c in enumerate(counters):
+            c.add(block[:, j])
+    encoders = []
+    for out, c in zip(plan.sparse, counters, strict=True):
+        enc = VocabEncoder(min_count, plan.max_table_size).fit(*c.result())
+        encoders.append(enc)
+        sparse[out.name] = enc
+    final = AppendableArray(writer.path("sparse.npy"), np.int32, (len(plan.sparse),))
+    try:
+        for lo in range(0, n, PASS2_BLOCK_ROWS):
+            block = np.asarray(raw[lo : lo + PASS2_BLOCK_ROWS])
+            final.append(np.stack([e.transform(block[:, j]) for j, e in enumerate(encoders)], axis=1))
+    finally:
+        final.close()
+    del raw
+    os.remove(writer.path("sparse_raw.npy"))
+    return EncoderState("vocab", dense_state, sparse, plan.max_table_size)
+
+
+def _bayes_floor(paths: list[Path], writer: CacheWriter, splits: dict, label: np.ndarray) -> dict | None:
+    """Bayes-optimal log loss per split when the input is a synthetic file with its truth sidecar."""
+    if len(paths) != 1:
+        return None
+    truth_path = Path(str(paths[0]) + ".truth.npy")
+    if not truth_path.is_file():
+        return None
+    from nasrec.data.synthetic import bayes_logloss
+
+    truth = np.load(truth_path, mmap_mode="r")
+    lines = np.load(writer.path("source_line.npy"), mmap_mode="r")
+    if lines.max() > len(truth):
+        return None
+    p = np.asarray(truth)[np.asarray(lines) - 1]
+    y = np.asarray(label)
+    return {k: (bayes_logloss(p[v], y[v]) if len(v) else None) for k, v in splits.items()}
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, leave=False)
