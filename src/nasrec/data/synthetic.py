@@ -131,9 +131,7 @@ class SynthConfig:
         cards = _default_cardinalities(self.num_sparse) if self.cardinalities is None else self.cardinalities
         cards = tuple(cards)
         if len(cards) != self.num_sparse:
-            raise NasrecError(
-                f"cardinalities has {len(cards)} entries, expected num_sparse={self.num_sparse}"
-            )
+            raise NasrecError(f"cardinalities has {len(cards)} entries, expected num_sparse={self.num_sparse}")
         for i, c in enumerate(cards):
             _check_int(f"cardinality of sparse field {i}", c, 2, MAX_CARDINALITY)
         object.__setattr__(self, "cardinalities", tuple(int(c) for c in cards))
@@ -338,9 +336,7 @@ def _draw_features(model: _Model, cfg: SynthConfig, rng: np.random.Generator, n:
     logit = np.zeros(n)
     for f, w in enumerate(model.first_order):
         logit += w[sparse[f]]
-    for k, a, a_missing in zip(
-        model.linear_fields, model.linear_weight, model.linear_missing_weight, strict=True
-    ):
+    for k, a, a_missing in zip(model.linear_fields, model.linear_weight, model.linear_missing_weight, strict=True):
         logit += np.where(dense_missing[k], a_missing, a * z[k])
     for (i, j), u_tab, v_tab in zip(model.pairs, model.pair_u, model.pair_v, strict=True):
         logit += np.einsum("nr,nr->n", u_tab[sparse[i]], v_tab[sparse[j]])
@@ -383,9 +379,7 @@ def bayes_logloss(truth: np.ndarray, labels: np.ndarray) -> float:
     truth = np.asarray(truth)
     labels = np.asarray(labels)
     if truth.shape != labels.shape or truth.ndim != 1:
-        raise NasrecError(
-            f"truth and labels must be 1-d arrays of one length, got {truth.shape}, {labels.shape}"
-        )
+        raise NasrecError(f"truth and labels must be 1-d arrays of one length, got {truth.shape}, {labels.shape}")
     if truth.shape[0] == 0:
         raise NasrecError("cannot compute a log loss over zero rows")
     return float(np.mean(_logloss_terms(truth, labels)))
@@ -456,9 +450,7 @@ def generate_synthetic(
                 labels = rng.random(BLOCK_ROWS) < p
                 n = min(BLOCK_ROWS, rows - b * BLOCK_ROWS)
                 if n < BLOCK_ROWS:
-                    block = _Block(
-                        block.sparse[:, :n], block.dense[:, :n], block.dense_missing[:, :n], block.logit[:n]
-                    )
+                    block = _Block(block.sparse[:, :n], block.dense[:, :n], block.dense_missing[:, :n], block.logit[:n])
                     p, labels = p[:n], labels[:n]
                 truth[b * BLOCK_ROWS : b * BLOCK_ROWS + n] = p
                 positives += int(labels.sum())
@@ -517,9 +509,7 @@ def _meta(cfg: SynthConfig, seed: int, model: _Model, result: SynthResult) -> di
             "intercept": model.intercept,
             "dense_linear": [
                 {"dense": int(k), "weight": float(a), "missing_weight": float(am)}
-                for k, a, am in zip(
-                    model.linear_fields, model.linear_weight, model.linear_missing_weight, strict=True
-                )
+                for k, a, am in zip(model.linear_fields, model.linear_weight, model.linear_missing_weight, strict=True)
             ],
             "pairs": [[i, j] for i, j in model.pairs],
             "gates": [[k, m] for k, m in model.gates],
