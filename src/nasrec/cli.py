@@ -15,26 +15,16 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="encode raw click logs into a columnar cache")
     p.add_argument("--format", required=True, choices=["criteo", "avazu", "kdd12", "schema"])
     p.add_argument("--schema", help="schema file (YAML or JSON) for --format schema")
-    p.add_argument(
-        "--input", nargs="+", required=True, metavar="FILE", help="raw input file(s), read in order"
-    )
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="raw input file(s), read in order")
     p.add_argument("--out", required=True, metavar="DIR", help="cache directory to create")
-    p.add_argument(
-        "--split", default="autoctr", choices=["autoctr", "autoctr-reference", "random", "sequential"]
-    )
+    p.add_argument("--split", default="autoctr", choices=["autoctr", "autoctr-reference", "random", "sequential"])
     p.add_argument("--ratios", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=None, help="split seed (default 2018 for autoctr, else 0)")
     enc = p.add_mutually_exclusive_group()
-    enc.add_argument(
-        "--hash", dest="encoding", action="store_const", const="hash", help="modulo hashing (default)"
-    )
-    enc.add_argument(
-        "--vocab", dest="encoding", action="store_const", const="vocab", help="train-split vocabulary"
-    )
+    enc.add_argument("--hash", dest="encoding", action="store_const", const="hash", help="modulo hashing (default)")
+    enc.add_argument("--vocab", dest="encoding", action="store_const", const="vocab", help="train-split vocabulary")
     p.set_defaults(encoding="hash")
-    p.add_argument(
-        "--min-count", type=int, default=1, help="vocabulary: keep ids seen at least N times in train"
-    )
+    p.add_argument("--min-count", type=int, default=1, help="vocabulary: keep ids seen at least N times in train")
     p.add_argument("--max-table-size", type=int, default=None, help="cap every embedding table (e.g. 500000)")
     p.add_argument("--dense", dest="dense_transform", choices=["log", "none", "standardize", "bucketize"])
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
@@ -65,9 +55,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for name, n in res.rows.items():
         print(f"  {name:<6} {n:>12,} rows   CTR {res.ctr[name]:.4f}")
     sizes = list(res.table_sizes.values())
-    print(
-        f"  {len(sizes)} categorical tables, {sum(sizes):,} rows in all (largest {max(sizes, default=0):,})"
-    )
+    print(f"  {len(sizes)} categorical tables, {sum(sizes):,} rows in all (largest {max(sizes, default=0):,})")
     if "bayes_logloss" in res.meta:
         floor = ", ".join(f"{k} {v:.5f}" for k, v in res.meta["bayes_logloss"].items() if v is not None)
         print(f"  Bayes-optimal log loss: {floor}")

@@ -40,7 +40,7 @@ class AppendableArray:
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(row_shape)
         self.rows = 0
-        self._fh = open(self.path, "wb")
+        self._fh = open(self.path, "wb")  # noqa: SIM115 (closed by close())
         self._write_header()
 
     def _write_header(self) -> None:

@@ -187,9 +187,7 @@ class EncoderState:
             elif st["type"] == "vocab":
                 keys = np.load(root / st["file"])
                 if len(keys) != st["size"]:
-                    raise NasrecError(
-                        f"{root / st['file']}: vocabulary size {len(keys)}, meta says {st['size']}"
-                    )
+                    raise NasrecError(f"{root / st['file']}: vocabulary size {len(keys)}, meta says {st['size']}")
                 sparse[name] = VocabEncoder(st["min_count"], st["max_size"], keys)
             else:
                 raise NasrecError(f"{root}: unknown encoder type {st['type']!r} for {name}")

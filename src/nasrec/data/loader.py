@@ -118,9 +118,7 @@ class BatchLoader:
         if n > 1 and not bool(np.all(self._ids[1:] > self._ids[:-1])):
             raise NasrecError(f"{cache.path}: split {split!r} row ids are not strictly ascending")
         if n and (int(self._ids[0]) < 0 or int(self._ids[-1]) >= self._label.shape[0]):
-            raise NasrecError(
-                f"{cache.path}: split {split!r} has row ids outside [0, {self._label.shape[0]})"
-            )
+            raise NasrecError(f"{cache.path}: split {split!r} has row ids outside [0, {self._label.shape[0]})")
         self._n = n
         total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         self._batches = total // self.world_size

@@ -65,9 +65,7 @@ def make_plan(schema: Schema, mode: str = "hash", max_table_size: int | None = N
         return n if max_table_size is None else min(n, max_table_size)
 
     dense = tuple(f for f in schema.dense if f.transform != "bucketize")
-    sparse = [
-        SparseOutput(f.name, f, None, cap(f.table_size or schema.default_table_size)) for f in schema.sparse
-    ]
+    sparse = [SparseOutput(f.name, f, None, cap(f.table_size or schema.default_table_size)) for f in schema.sparse]
     for f in schema.dense:
         if f.transform == "bucketize":
             if f.column is None:
@@ -98,7 +96,9 @@ def stable_hash64(values: pl.Series) -> np.ndarray:
     blocks = int((int(nbytes.max()) + 7) // 8)
     for b in range(blocks):  # one vectorised pass per 8-byte block of the longest value
         part = hexed.str.slice(16 * b, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-        h = _mix(h ^ part.fill_null(0).to_numpy().astype(np.uint64))
+        mixed = _mix(h ^ part.fill_null(0).to_numpy().astype(np.uint64))
+        # only values that have a block b are mixed: a value's hash must not depend on its neighbours
+        h = np.where(nbytes > np.uint64(8 * b), mixed, h)
     return _mix(h).view(np.int64)
 
 
@@ -132,9 +132,7 @@ class ChunkParser:
         self._checks.append((s.label, "missing label", lab.is_null()))
         self._checks.append((s.label, "label is not a number", lab.is_not_null() & lab_num.is_null()))
         if s.label_rule == "binary":
-            self._checks.append(
-                (s.label, "label must be 0 or 1", lab_num.is_not_null() & ~lab_num.is_in([0.0, 1.0]))
-            )
+            self._checks.append((s.label, "label must be 0 or 1", lab_num.is_not_null() & ~lab_num.is_in([0.0, 1.0])))
             self._label = lab_num.cast(pl.Float32).alias("__label")
         else:
             bad = lab_num.is_not_null() & (~lab_num.is_finite() | (lab_num < 0))
@@ -194,9 +192,7 @@ class ChunkParser:
             else:
                 dec = dec.reinterpret(signed=True)
             v = pl.when(raw.str.contains(_DIGITS)).then(dec).otherwise(hexv)
-            self._checks.append(
-                (f.column, "neither a decimal nor a hexadecimal id", raw.is_not_null() & v.is_null())
-            )
+            self._checks.append((f.column, "neither a decimal nor a hexadecimal id", raw.is_not_null() & v.is_null()))
         else:  # int: signed 64-bit, or unsigned beyond that (reinterpreted)
             signed = raw.str.to_integer(base=10, dtype=pl.Int64, strict=False)
             unsigned = raw.str.to_integer(base=10, dtype=pl.UInt64, strict=False)
@@ -272,9 +268,7 @@ class ChunkParser:
 
     def _report(self, chunk: Chunk, bad: np.ndarray) -> np.ndarray:
         """Name the bad rows of a chunk: raise on the first, or report each and return the keep mask."""
-        flags = chunk.frame.select(
-            [e.fill_null(False).alias(f"__c{k}") for k, (_, _, e) in enumerate(self._checks)]
-        )
+        flags = chunk.frame.select([e.fill_null(False).alias(f"__c{k}") for k, (_, _, e) in enumerate(self._checks)])
         rows = np.flatnonzero(bad)
         for r in rows:
             k = next(k for k in range(len(self._checks)) if flags[int(r), k])

@@ -136,9 +136,7 @@ def _kdd_inputs(cfg: PrepareConfig, paths: list[Path]) -> tuple[list[Path], Path
         return paths, Path(cfg.kdd_profile)
     prof = [p for p in paths if "userid_profile" in p.name]
     if len(prof) != 1:
-        raise NasrecError(
-            "kdd12 needs the user profile file: pass userid_profile.txt among --input or --kdd-profile"
-        )
+        raise NasrecError("kdd12 needs the user profile file: pass userid_profile.txt among --input or --kdd-profile")
     return [p for p in paths if p not in prof], prof[0]
 
 
@@ -278,9 +276,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     )  # fmt: skip
 
 
-def _fit_and_transform(
-    writer: CacheWriter, plan: EncodingPlan, train_mask: np.ndarray, min_count: int
-) -> EncoderState:
+def _fit_and_transform(writer: CacheWriter, plan: EncodingPlan, train_mask: np.ndarray, min_count: int) -> EncoderState:
     """Pass 2: fit standardisers and vocabularies on train rows, then rewrite the arrays in blocks."""
     n = len(train_mask)
     dense_state: dict[str, dict[str, Any]] = {}
@@ -291,9 +287,9 @@ def _fit_and_transform(
         dense = np.load(writer.path("dense.npy"), mmap_mode="r+")
         sums = np.zeros((3, len(std_cols)))
         for lo in range(0, n, PASS2_BLOCK_ROWS):
-            block = dense[lo : lo + PASS2_BLOCK_ROWS, std_cols][
-                train_mask[lo : lo + PASS2_BLOCK_ROWS]
-            ].astype(np.float64)
+            block = dense[lo : lo + PASS2_BLOCK_ROWS, std_cols][train_mask[lo : lo + PASS2_BLOCK_ROWS]].astype(
+                np.float64
+            )
             present = ~np.isnan(block)
             sums[0] += np.where(present, block, 0).sum(0)
             sums[1] += np.where(present, block * block, 0).sum(0)
@@ -303,9 +299,7 @@ def _fit_and_transform(
             dense_state[plan.dense[i].name].update(mean=scalers[j].mean, std=scalers[j].std)
         for lo in range(0, n, PASS2_BLOCK_ROWS):
             for j, i in enumerate(std_cols):
-                dense[lo : lo + PASS2_BLOCK_ROWS, i] = scalers[j].transform(
-                    dense[lo : lo + PASS2_BLOCK_ROWS, i]
-                )
+                dense[lo : lo + PASS2_BLOCK_ROWS, i] = scalers[j].transform(dense[lo : lo + PASS2_BLOCK_ROWS, i])
         dense.flush()
         del dense
 

@@ -156,9 +156,7 @@ class TextReader:
         if s.quote is not None and s.quote.encode() in buf:
             counts = _quoted_field_counts(buf, s.separator, s.quote)
             if len(counts) != n_lines:
-                raise DataError(
-                    "quoted fields spanning several lines are not supported", file=str(path), line=line_no
-                )
+                raise DataError("quoted fields spanning several lines are not supported", file=str(path), line=line_no)
             if (counts == want).all():
                 return buf, lines
             starts, _ = _line_field_counts(buf, sep)

@@ -62,9 +62,7 @@ def stratified_folds(labels: np.ndarray, seed: int = AUTOCTR_SEED, folds: int = 
     encoded = rank[inverse.reshape(-1)]
     counts = np.bincount(encoded, minlength=len(classes))
     if n == 0 or (counts < folds).all():
-        raise NasrecError(
-            f"the autoctr split needs at least {folds} rows of one class (have {counts.tolist()})"
-        )
+        raise NasrecError(f"the autoctr split needs at least {folds} rows of one class (have {counts.tolist()})")
     # Round-robin allocation over the rows sorted by class: fold i gets rows i, i+folds, ...
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     allocation = np.zeros((folds, len(classes)), dtype=np.int64)
@@ -96,8 +94,8 @@ def assign_splits(labels: np.ndarray, spec: SplitSpec) -> dict[str, np.ndarray]:
             "val": np.flatnonzero(folds == 8).astype(np.int64),
             "test": np.flatnonzero(folds == 9).astype(np.int64),
         }
-    cut1 = int(round(spec.ratios[0] * n))
-    cut2 = min(n, cut1 + int(round(spec.ratios[1] * n)))
+    cut1 = round(spec.ratios[0] * n)
+    cut2 = min(n, cut1 + round(spec.ratios[1] * n))
     order = np.arange(n, dtype=np.int64)
     if spec.method == "random":
         order = np.random.default_rng(spec.seed).permutation(n).astype(np.int64)
