@@ -1,14 +1,18 @@
 """nasrec: weight-sharing neural architecture search for CTR prediction models."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
 
-from nasrec.data import (  # the version must exist before submodules import it
-    BatchLoader,
-    PrepareConfig,
-    SynthConfig,
-    generate_synthetic,
-    open_cache,
-    prepare,
-)
+_EXPORTS = ("BatchLoader", "PrepareConfig", "SynthConfig", "generate_synthetic", "open_cache", "prepare")
+__all__ = ["__version__", *_EXPORTS]
 
-__all__ = ["BatchLoader", "PrepareConfig", "SynthConfig", "__version__", "generate_synthetic", "open_cache", "prepare"]
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import nasrec.data
+
+        return getattr(nasrec.data, name)
+    raise AttributeError(f"module 'nasrec' has no attribute {name!r}")

@@ -1,19 +1,27 @@
 """Data layer: raw click logs -> columnar cache -> batches."""
 
-from nasrec.data.cache import Cache, open_cache
-from nasrec.data.loader import Batch, BatchLoader
-from nasrec.data.prepare import PrepareConfig, PrepareResult, prepare
-from nasrec.data.synthetic import SynthConfig, SynthResult, generate_synthetic
+from __future__ import annotations
 
-__all__ = [
-    "Batch",
-    "BatchLoader",
-    "Cache",
-    "PrepareConfig",
-    "PrepareResult",
-    "SynthConfig",
-    "SynthResult",
-    "generate_synthetic",
-    "open_cache",
-    "prepare",
-]
+import importlib
+from typing import Any
+
+# Resolved on first use, so that `nasrec prepare` does not pay for importing torch.
+_EXPORTS = {
+    "Batch": "nasrec.data.loader",
+    "BatchLoader": "nasrec.data.loader",
+    "Cache": "nasrec.data.cache",
+    "open_cache": "nasrec.data.cache",
+    "PrepareConfig": "nasrec.data.prepare",
+    "PrepareResult": "nasrec.data.prepare",
+    "prepare": "nasrec.data.prepare",
+    "SynthConfig": "nasrec.data.synthetic",
+    "SynthResult": "nasrec.data.synthetic",
+    "generate_synthetic": "nasrec.data.synthetic",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nasrec.data' has no attribute {name!r}")

@@ -9,8 +9,10 @@ rows and rewrites the arrays block by block. The cache directory appears only wh
 from __future__ import annotations
 
 import os
+import queue
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -179,6 +181,50 @@ def _chunks(cfg: PrepareConfig, schema: Schema, paths: list[Path], infos: list[S
             yield chunk
 
 
+def _in_background(items: Iterator, depth: int = 2) -> Iterator:
+    """Run a generator in a worker thread, `depth` items ahead of the consumer.
+
+    Reading, parsing (polars) and writing (file I/O) all release the GIL, so producing the next
+    chunk overlaps with writing the previous one. Errors are re-raised in the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put((e, None))
+
+    t = threading.Thread(target=work, name="nasrec-prepare-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            err, item = q.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     """Prepare raw inputs into a cache directory (see module docstring)."""
     t0 = time.perf_counter()
@@ -210,14 +256,14 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         total_bytes = sum(p.stat().st_size for p in paths)
         bar = _progress(cfg.progress, total_bytes)
         try:
-            for chunk in _chunks(cfg, schema, paths, infos, errors):
-                parsed = parser.parse(chunk)
+            parsed_chunks = ((parser.parse(c), c.nbytes) for c in _chunks(cfg, schema, paths, infos, errors))
+            for parsed, nbytes in _in_background(parsed_chunks):
                 arrays["label"].append(parsed.label)
                 arrays["dense"].append(parsed.dense)
                 arrays["sparse"].append(parsed.sparse)
                 arrays["line"].append(parsed.lines)
                 if bar is not None:
-                    bar.update(chunk.nbytes)
+                    bar.update(nbytes)
         finally:
             for a in arrays.values():
                 a.close()
