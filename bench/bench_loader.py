@@ -34,6 +34,9 @@ import torch
 from nasrec.data.cache import AppendableArray, CacheWriter, open_cache
 from nasrec.data.loader import DEFAULT_GROUP_BATCHES, BatchLoader
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import LoadSample, machine_info  # bench/ is not a package
+
 TARGET_ROWS_S = 2_000_000
 NOISY_SHARE = 0.05
 MIN_RUNS = 5
@@ -69,21 +72,6 @@ def build_cache(out: Path, rows: int, n_dense: int, n_sparse: int, seed: int = 0
         )
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs together, from the aggregate line of /proc/stat."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal; guest time is already counted in user/nice.
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    busy = user + nice + system + irq + softirq + steal
-    return busy, busy + idle + iowait
-
-
-def _own_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 @dataclass
 class Run:
     """One timed epoch."""
@@ -103,28 +91,21 @@ def time_epoch(loader: BatchLoader, epoch: int) -> tuple[int, float]:
 
 def measure(loader: BatchLoader, runs: int, min_run_s: float) -> tuple[list[Run], int]:
     """Warm up, then time ``runs`` runs of whole epochs; return the runs and the epochs per run."""
-    tick = os.sysconf("SC_CLK_TCK")
     _, warm_s = time_epoch(loader, epoch=0)
     # A run repeats whole epochs until it lasts about min_run_s: a 25 ms file-order epoch alone would be
     # too short both for a stable timing and for /proc/stat's 10 ms ticks.
     epochs = max(1, math.ceil(min_run_s / max(warm_s, 1e-6)))
     out = []
     for r in range(runs):
-        busy0, total0 = _machine_ticks()
-        cpu0 = _own_cpu_s()
+        load = LoadSample()
+        load.start()
         rows, dt = 0, 0.0
         for e in range(epochs):
             n, t = time_epoch(loader, epoch=1 + r * epochs + e)
             if n != loader.num_rows:
                 raise RuntimeError(f"epoch yielded {n} rows, expected {loader.num_rows}")
             rows, dt = rows + n, dt + t
-        cpu1 = _own_cpu_s()
-        busy1, total1 = _machine_ticks()
-        capacity_s = (total1 - total0) / tick
-        other_s = (busy1 - busy0) / tick - (cpu1 - cpu0)
-        # /proc/stat counts in 10 ms ticks, so a quiet machine can read slightly below zero.
-        share = max(0.0, other_s) / capacity_s if capacity_s > 0 else 0.0
-        out.append(Run(rows_s=rows / dt, other_share=share))
+        out.append(Run(rows_s=rows / dt, other_share=load.stop()))
     return out, epochs
 
 
@@ -226,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "batch_size": args.batch_size,
         "group_batches": args.group_batches,
-        "cpus": os.cpu_count(),
+        "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "runs": args.runs,
         "results": results,
