@@ -59,7 +59,8 @@ class AppendableArray:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path.name}: rows of shape {block.shape[1:]}, expected {self.row_shape}")
-        self._fh.write(memoryview(block).cast("B"))
+        if block.size:
+            self._fh.write(memoryview(block).cast("B"))
         self.rows += block.shape[0]
 
     def close(self) -> None:

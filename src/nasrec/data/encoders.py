@@ -129,14 +129,15 @@ class Standardizer:
     def fit(self, total: float, total_sq: float, count: int) -> Standardizer:
         """Set mean and std from running sums (population std; 1 when constant or empty)."""
         if count:
-            self.mean = total / count
+            self.mean = float(total / count)
             var = max(total_sq / count - self.mean**2, 0.0)
             self.std = float(np.sqrt(var)) if var > 1e-24 else 1.0
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Standardise a float array whose missing values are NaN."""
-        out = (x - self.mean) / self.std
+        # float64 arithmetic whatever the input and statistics types, so that every path agrees bit for bit
+        out = (np.asarray(x, dtype=np.float64) - float(self.mean)) / float(self.std)
         out[np.isnan(out)] = 0.0
         return out.astype(np.float32)
 
@@ -150,6 +151,21 @@ class EncoderState:
     sparse: dict[str, HashEncoder | VocabEncoder]
     max_table_size: int | None = None
 
+    def transform_dense(self, names: list[str], block: np.ndarray) -> np.ndarray:
+        """Apply fitted dense transforms (standardisation) to first-pass dense values [n, D]."""
+        out = np.array(block, dtype=np.float32)
+        for j, name in enumerate(names):
+            st = self.dense[name]
+            if st["transform"] == "standardize":
+                out[:, j] = Standardizer(st["mean"], st["std"]).transform(out[:, j])
+        return out
+
+    def transform_sparse(self, names: list[str], block: np.ndarray) -> np.ndarray:
+        """Map first-pass categorical values [n, S] to table rows (int32): vocabularies in vocab mode."""
+        if self.mode == "hash":
+            return np.asarray(block, dtype=np.int32)
+        return np.stack([self.sparse[name].transform(block[:, j]) for j, name in enumerate(names)], axis=1)
+
     def table_sizes(self, names: list[str]) -> list[int]:
         """Table size of each named categorical output."""
         return [self.sparse[n].table_size for n in names]
@@ -157,10 +173,10 @@ class EncoderState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (vocabulary arrays are referenced by file name)."""
         sparse = {}
-        for name, enc in self.sparse.items():
+        for j, (name, enc) in enumerate(self.sparse.items()):
             st = enc.state()
             if isinstance(enc, VocabEncoder):
-                st["file"] = f"encoder/{_safe(name)}.npy"
+                st["file"] = _vocab_file(j, name)
             sparse[name] = st
         return {
             "mode": self.mode,
@@ -171,9 +187,9 @@ class EncoderState:
 
     def save_arrays(self, root: Path) -> None:
         """Write the vocabularies next to meta.json."""
-        for name, enc in self.sparse.items():
+        for j, (name, enc) in enumerate(self.sparse.items()):
             if isinstance(enc, VocabEncoder):
-                p = root / "encoder" / f"{_safe(name)}.npy"
+                p = root / _vocab_file(j, name)
                 p.parent.mkdir(parents=True, exist_ok=True)
                 np.save(p, enc.keys)
 
@@ -194,5 +210,7 @@ class EncoderState:
         return cls(d["mode"], dict(d["dense"]), sparse, d.get("max_table_size"))
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+def _vocab_file(position: int, name: str) -> str:
+    # the position keeps names that differ only in punctuation apart
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return f"encoder/{position:03d}_{safe}.npy"

@@ -19,23 +19,21 @@ Sharding (data parallelism)
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from nasrec.data.cache import Cache
 from nasrec.errors import NasrecError
+from nasrec.prefetch import prefetch
 
 PREFETCH_THREAD_NAME = "nasrec-loader-prefetch"
 # 64 batches of 512 rows keep a group at about 8 MiB: large enough that the per-group costs (index
 # arithmetic, allocations) vanish, small enough to stay friendly to the caches and to prefetch memory.
 DEFAULT_GROUP_BATCHES = 64
-_POLL_S = 0.05  # how often a blocked prefetch thread checks whether the consumer has gone away
 
 
 class Batch(NamedTuple):
@@ -53,16 +51,6 @@ class _Group:
     dense: np.ndarray
     sparse: np.ndarray
     label: np.ndarray
-
-
-class _Failure:
-    """Carries an exception raised in the prefetch thread over to the consuming thread."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -148,7 +136,7 @@ class BatchLoader:
         epoch = _check_int("epoch", epoch, 0)
         groups = self._groups(epoch)
         if self.prefetch > 0 and self._batches > 0:
-            groups = self._prefetched(groups)
+            groups = prefetch(groups, self.prefetch, PREFETCH_THREAD_NAME)
         return self._batches_of(groups)
 
     # -- internals -----------------------------------------------------------------------------
@@ -218,46 +206,3 @@ class BatchLoader:
             sparse=np.take(self._sparse, rows, axis=0).astype(np.int64),
             label=np.take(self._label, rows),
         )
-
-    def _prefetched(self, groups: Iterator[_Group]) -> Iterator[_Group]:
-        """Run ``groups`` in a background thread, keeping up to ``prefetch`` finished groups queued."""
-        q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=_POLL_S)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                for g in groups:
-                    if not put(g):
-                        return
-                put(_DONE)
-            except BaseException as e:  # handed to the consumer, which re-raises it in its own thread
-                put(_Failure(e))
-
-        thread = threading.Thread(target=produce, name=PREFETCH_THREAD_NAME, daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield cast(_Group, item)
-        finally:
-            stop.set()
-            # Free queued groups at once; the producer notices `stop` within one poll interval.
-            while True:
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    break
-            thread.join()

@@ -9,18 +9,14 @@ rows and rewrites the arrays block by block. The cache directory appears only wh
 from __future__ import annotations
 
 import os
-import queue
 import resource
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from nasrec import __version__
 from nasrec.data.cache import AppendableArray, CacheWriter
@@ -31,14 +27,15 @@ from nasrec.data.encoders import (
     VocabCounter,
     VocabEncoder,
 )
-from nasrec.data.formats import KDD12_COLUMNS, KDD12_PROFILE_COLUMNS, builtin_schema
+from nasrec.data.formats import builtin_schema
 from nasrec.data.parse import ChunkParser, EncodingPlan, make_plan
-from nasrec.data.readers import DEFAULT_CHUNK_BYTES, Chunk, SourceInfo, TextReader, read_parquet
-from nasrec.data.schema import Schema, SparseField, load_schema
+from nasrec.data.readers import DEFAULT_CHUNK_BYTES, SourceInfo
+from nasrec.data.schema import Schema, load_schema
+from nasrec.data.sources import ErrorLog, check_inputs, iter_chunks, split_kdd_inputs
 from nasrec.data.split import AUTOCTR_SEED, SplitSpec, assign_splits
-from nasrec.errors import DataError, NasrecError
+from nasrec.errors import NasrecError
+from nasrec.prefetch import prefetch
 
-MAX_REPORTED_ERRORS = 100
 PASS2_BLOCK_ROWS = 1 << 20
 
 
@@ -81,19 +78,6 @@ class PrepareResult:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-class _ErrorLog:
-    """Collects skipped rows in skip mode (count, and the first few with their location)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.examples: list[dict] = []
-
-    def __call__(self, err: DataError) -> None:
-        self.count += 1
-        if len(self.examples) < MAX_REPORTED_ERRORS:
-            self.examples.append(err.to_dict())
-
-
 def resolve_schema(cfg: PrepareConfig) -> Schema:
     """The schema of a prepare run: a built-in format (with its options) or a schema file."""
     if cfg.format == "schema":
@@ -121,110 +105,6 @@ def _with_dense_transform(schema: Schema, transform: str) -> Schema:
     return replace(schema, dense=tuple(replace(f, transform=transform) for f in schema.dense))
 
 
-def _check_inputs(paths: list[Path]) -> None:
-    if not paths:
-        raise NasrecError("no input file given")
-    for p in paths:
-        if not p.exists():
-            raise NasrecError(f"{p}: no such file")
-        if not p.is_file():
-            raise NasrecError(f"{p}: not a file")
-        if p.stat().st_size == 0:
-            raise NasrecError(f"{p}: empty input file")
-
-
-def _kdd_inputs(cfg: PrepareConfig, paths: list[Path]) -> tuple[list[Path], Path]:
-    if cfg.kdd_profile:
-        return paths, Path(cfg.kdd_profile)
-    prof = [p for p in paths if "userid_profile" in p.name]
-    if len(prof) != 1:
-        raise NasrecError("kdd12 needs the user profile file: pass userid_profile.txt among --input or --kdd-profile")
-    return [p for p in paths if p not in prof], prof[0]
-
-
-def _load_kdd_profile(path: Path, on_bad: _ErrorLog | None) -> pl.DataFrame:
-    """userid_profile.txt as string columns UserID, Gender, Age (validated, one row per user)."""
-    schema = Schema(
-        name="kdd12-profile", label="UserID", dense=(), sparse=tuple(
-SparseField(c, c, "int") for c in KDD12_PROFILE_COLUMNS[1:]
-        ),
-        separator="\t", header=False, columns=KDD12_PROFILE_COLUMNS, quote=None,
-    )  # fmt: skip
-    frames = []
-    info = SourceInfo(str(path), 0, "")
-    for chunk in TextReader(schema, on_bad_line=on_bad).read(path, info):
-        frames.append(chunk.frame)
-    prof = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in KDD12_PROFILE_COLUMNS})
-    return prof.unique(subset="UserID", keep="first", maintain_order=True)
-
-
-def _chunks(cfg: PrepareConfig, schema: Schema, paths: list[Path], infos: list[SourceInfo],
-            errors: _ErrorLog | None) -> Iterator[Chunk]:  # fmt: skip
-    profile = None
-    file_columns = None
-    if cfg.format == "kdd12":
-        paths, prof_path = _kdd_inputs(cfg, paths)
-        profile = _load_kdd_profile(prof_path, errors)
-        file_columns = KDD12_COLUMNS
-    reader = TextReader(schema, chunk_bytes=cfg.chunk_bytes, on_bad_line=errors, file_columns=file_columns)
-    for path in paths:
-        info = SourceInfo(str(path), 0, "")
-        infos.append(info)
-        if schema.file_type == "parquet" or path.suffix.lower() == ".parquet":
-            stream = read_parquet(schema, path, info)
-        else:
-            stream = reader.read(path, info)
-        for chunk in stream:
-            if profile is not None:
-                frame = chunk.frame.join(profile, on="UserID", how="left", maintain_order="left")
-                chunk.frame = frame.with_columns(pl.col("Gender", "Age").fill_null("0"))
-            yield chunk
-
-
-def _in_background(items: Iterator, depth: int = 2) -> Iterator:
-    """Run a generator in a worker thread, `depth` items ahead of the consumer.
-
-    Reading, parsing (polars) and writing (file I/O) all release the GIL, so producing the next
-    chunk overlaps with writing the previous one. Errors are re-raised in the consumer.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((None, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((None, done))
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put((e, None))
-
-    t = threading.Thread(target=work, name="nasrec-prepare-reader", daemon=True)
-    t.start()
-    try:
-        while True:
-            err, item = q.get()
-            if err is not None:
-                raise err
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
-
-
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     """Prepare raw inputs into a cache directory (see module docstring)."""
     t0 = time.perf_counter()
@@ -237,8 +117,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     seed = cfg.seed if cfg.seed is not None else (AUTOCTR_SEED if cfg.split.startswith("autoctr") else 0)
     spec = SplitSpec(cfg.split, tuple(cfg.ratios), seed)
     paths = [Path(p) for p in cfg.inputs]
-    _check_inputs(paths)
-    errors = _ErrorLog() if cfg.on_error == "skip" else None
+    check_inputs(paths)
+    errors = ErrorLog() if cfg.on_error == "skip" else None
     parser = ChunkParser(plan, on_bad_row=errors)
 
     with CacheWriter(cfg.out, overwrite=cfg.force) as writer:
@@ -256,8 +136,12 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         total_bytes = sum(p.stat().st_size for p in paths)
         bar = _progress(cfg.progress, total_bytes)
         try:
-            parsed_chunks = ((parser.parse(c), c.nbytes) for c in _chunks(cfg, schema, paths, infos, errors))
-            for parsed, nbytes in _in_background(parsed_chunks):
+            chunks = iter_chunks(
+                schema, paths, fmt=cfg.format, kdd_profile=cfg.kdd_profile, chunk_bytes=cfg.chunk_bytes,
+                on_bad=errors, infos=infos,
+            )  # fmt: skip
+            parsed_chunks = ((parser.parse(c), c.nbytes) for c in chunks)
+            for parsed, nbytes in prefetch(parsed_chunks, 2, "nasrec-prepare-reader"):
                 arrays["label"].append(parsed.label)
                 arrays["dense"].append(parsed.dense)
                 arrays["sparse"].append(parsed.sparse)
@@ -304,7 +188,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             },
         }
         if cfg.format == "kdd12":
-            meta["kdd_profile"] = str(_kdd_inputs(cfg, paths)[1])
+            meta["kdd_profile"] = str(split_kdd_inputs(paths, cfg.kdd_profile)[1])
         bayes = _bayes_floor(paths, writer, splits, label)
         if bayes is not None:
             meta["bayes_logloss"] = bayes
@@ -325,57 +209,53 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 def _fit_and_transform(writer: CacheWriter, plan: EncodingPlan, train_mask: np.ndarray, min_count: int) -> EncoderState:
     """Pass 2: fit standardisers and vocabularies on train rows, then rewrite the arrays in blocks."""
     n = len(train_mask)
-    dense_state: dict[str, dict[str, Any]] = {}
+    blocks = [(lo, min(lo + PASS2_BLOCK_ROWS, n)) for lo in range(0, n, PASS2_BLOCK_ROWS)]
+    dense_state: dict[str, dict[str, Any]] = {
+        f.name: {"transform": f.transform if f.column is not None else "constant"} for f in plan.dense
+    }
     std_cols = [i for i, f in enumerate(plan.dense) if f.transform == "standardize"]
-    for f in plan.dense:
-        dense_state[f.name] = {"transform": f.transform if f.column is not None else "constant"}
     if std_cols:
         dense = np.load(writer.path("dense.npy"), mmap_mode="r+")
         sums = np.zeros((3, len(std_cols)))
-        for lo in range(0, n, PASS2_BLOCK_ROWS):
-            block = dense[lo : lo + PASS2_BLOCK_ROWS, std_cols][train_mask[lo : lo + PASS2_BLOCK_ROWS]].astype(
-                np.float64
-            )
+        for lo, hi in blocks:
+            block = dense[lo:hi, std_cols][train_mask[lo:hi]].astype(np.float64)
             present = ~np.isnan(block)
             sums[0] += np.where(present, block, 0).sum(0)
             sums[1] += np.where(present, block * block, 0).sum(0)
             sums[2] += present.sum(0)
-        scalers = [Standardizer().fit(sums[0, j], sums[1, j], int(sums[2, j])) for j in range(len(std_cols))]
         for j, i in enumerate(std_cols):
-            dense_state[plan.dense[i].name].update(mean=scalers[j].mean, std=scalers[j].std)
-        for lo in range(0, n, PASS2_BLOCK_ROWS):
-            for j, i in enumerate(std_cols):
-                dense[lo : lo + PASS2_BLOCK_ROWS, i] = scalers[j].transform(dense[lo : lo + PASS2_BLOCK_ROWS, i])
-        dense.flush()
-        del dense
+            scaler = Standardizer().fit(sums[0, j], sums[1, j], int(sums[2, j]))
+            dense_state[plan.dense[i].name].update(mean=scaler.mean, std=scaler.std)
 
     sparse: dict[str, HashEncoder | VocabEncoder] = {}
     if plan.mode == "hash":
-        for out in plan.sparse:
-            sparse[out.name] = HashEncoder(out.table_size)
-        return EncoderState("hash", dense_state, sparse, plan.max_table_size)
+        sparse = {out.name: HashEncoder(out.table_size) for out in plan.sparse}
+    else:
+        raw = np.load(writer.path("sparse_raw.npy"), mmap_mode="r")
+        counters = [VocabCounter() for _ in plan.sparse]
+        for lo, hi in blocks:
+            block = raw[lo:hi][train_mask[lo:hi]]
+            for j, c in enumerate(counters):
+                c.add(block[:, j])
+        for out, c in zip(plan.sparse, counters, strict=True):
+            sparse[out.name] = VocabEncoder(min_count, plan.max_table_size).fit(*c.result())
+    state = EncoderState(plan.mode, dense_state, sparse, plan.max_table_size)
 
-    raw = np.load(writer.path("sparse_raw.npy"), mmap_mode="r")
-    counters = [VocabCounter() for _ in plan.sparse]
-    for lo in range(0, n, PASS2_BLOCK_ROWS):
-        block = raw[lo : lo + PASS2_BLOCK_ROWS][train_mask[lo : lo + PASS2_BLOCK_ROWS]]
-        for j, c in enumerate(counters):
-            c.add(block[:, j])
-    encoders = []
-    for out, c in zip(plan.sparse, counters, strict=True):
-        enc = VocabEncoder(min_count, plan.max_table_size).fit(*c.result())
-        encoders.append(enc)
-        sparse[out.name] = enc
-    final = AppendableArray(writer.path("sparse.npy"), np.int32, (len(plan.sparse),))
-    try:
-        for lo in range(0, n, PASS2_BLOCK_ROWS):
-            block = np.asarray(raw[lo : lo + PASS2_BLOCK_ROWS])
-            final.append(np.stack([e.transform(block[:, j]) for j, e in enumerate(encoders)], axis=1))
-    finally:
-        final.close()
-    del raw
-    os.remove(writer.path("sparse_raw.npy"))
-    return EncoderState("vocab", dense_state, sparse, plan.max_table_size)
+    if std_cols:
+        for lo, hi in blocks:
+            dense[lo:hi] = state.transform_dense(plan.dense_names, np.asarray(dense[lo:hi]))
+        dense.flush()
+        del dense
+    if plan.mode == "vocab":
+        final = AppendableArray(writer.path("sparse.npy"), np.int32, (len(plan.sparse),))
+        try:
+            for lo, hi in blocks:
+                final.append(state.transform_sparse(plan.sparse_names, np.asarray(raw[lo:hi])))
+        finally:
+            final.close()
+        del raw
+        os.remove(writer.path("sparse_raw.npy"))
+    return state
 
 
 def _bayes_floor(paths: list[Path], writer: CacheWriter, splits: dict, label: np.ndarray) -> dict | None:
