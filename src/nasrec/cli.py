@@ -70,23 +70,66 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-dense", type=int, help="dense fields (default 13)")
+    p.add_argument("--num-sparse", type=int, help="categorical fields (default 26)")
+    p.add_argument("--config", metavar="JSON", help="SynthConfig fields as a JSON file (flags above override it)")
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from nasrec.data.synthetic import generate_synthetic
+    from dataclasses import fields
 
-    res = generate_synthetic(args.out, rows=args.rows, seed=args.seed)
+    from nasrec.data.synthetic import SynthConfig, generate_synthetic, synth_schema
+
+    options: dict = {}
+    if args.config:
+        try:
+            with open(args.config) as fh:
+                options = json.load(fh)
+        except (OSError, json.JSONDecodeError) as e:
+            raise NasrecError(f"{args.config}: cannot read synth config ({e})") from None
+        known = {f.name for f in fields(SynthConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise NasrecError(f"{args.config}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    if args.num_dense is not None:
+        options["num_dense"] = args.num_dense
+    if args.num_sparse is not None:
+        options["num_sparse"] = args.num_sparse
+    d = options.get("num_dense", 13)
+    s = options.get("num_sparse", 26)
+    # Shrink the planted-structure defaults to fit a small shape unless the config sets them.
+    options.setdefault("num_dense_linear", min(4, d))
+    options.setdefault("num_interactions", min(6, s * (s - 1) // 2))
+    options.setdefault("num_gated", min(2, d * s))
+    options.setdefault("negative_dense_field", 1 if d > 1 else None)
+    cfg = SynthConfig(**options)
+    res = generate_synthetic(args.out, rows=args.rows, seed=args.seed, config=cfg)
+    schema_path = f"{args.out}.schema.json"
+    with open(schema_path, "w") as fh:
+        json.dump(synth_schema(cfg).to_dict(), fh, indent=1)
     print(f"wrote {res.path}: {res.rows:,} rows, CTR {res.ctr:.4f}, "
           f"Bayes-optimal log loss {res.bayes_logloss:.5f} ({res.seconds:.1f} s)")  # fmt: skip
+    if (cfg.num_dense, cfg.num_sparse) == (13, 26):
+        print(f"  prepare it with: nasrec prepare --format criteo --input {res.path} --out DIR")
+    else:
+        print(f"  prepare it with: nasrec prepare --format schema --schema {schema_path} --input {res.path} --out DIR")
     return 0
 
 
 COMMANDS = {"prepare": (_add_prepare, _run_prepare), "synth": (_add_synth, _run_synth)}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the full usage stays available with --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `nasrec` command."""
-    parser = argparse.ArgumentParser(prog="nasrec", description=__doc__)
+    parser = _Parser(prog="nasrec", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nasrec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():

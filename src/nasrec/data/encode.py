@@ -19,7 +19,9 @@ from nasrec.errors import NasrecError
 class RowEncoder:
     """The stored schema and fitted encoder state of a cache, applied to raw input files."""
 
-    def __init__(self, schema: Schema, state: EncoderState, fmt: str = "schema", kdd_profile: str | None = None) -> None:
+    def __init__(
+        self, schema: Schema, state: EncoderState, fmt: str = "schema", kdd_profile: str | None = None
+    ) -> None:
         self.schema = schema
         self.state = state
         self.fmt = fmt
@@ -69,7 +71,9 @@ class RowEncoder:
         if not parts:
             D, S = len(self.plan.dense), len(self.plan.sparse)
             empty = np.zeros(0, np.float32)
-            return ParsedChunk(empty, np.zeros((0, D), np.float32), np.zeros((0, S), np.int32), np.zeros(0, np.int64), "")
+            return ParsedChunk(
+                empty, np.zeros((0, D), np.float32), np.zeros((0, S), np.int32), np.zeros(0, np.int64), ""
+            )
         return ParsedChunk(
             np.concatenate([p.label for p in parts]),
             np.concatenate([p.dense for p in parts]),

@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import polars as pl
 
+from nasrec.data.schema import DenseField, Schema, SparseField
 from nasrec.errors import NasrecError
 
 FORMAT_VERSION = 1
@@ -372,6 +373,18 @@ def _logloss_terms(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def _entropy_terms(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return -(p * np.log(p) + (1 - p) * np.log1p(-p))
+
+
+def synth_schema(cfg: SynthConfig) -> Schema:
+    """The schema of a generated file (the Criteo layout with the configured field counts)."""
+    dense = tuple(DenseField(f"I{i}", f"I{i}") for i in range(1, cfg.num_dense + 1))
+    sparse = tuple(
+        SparseField(f"C{i}", f"C{i}", "hex", table_size=max(2 * card + 2, 16))
+        for i, card in enumerate(cfg.cardinalities, 1)
+    )
+    columns = ("label", *(f.column for f in dense), *(f.column for f in sparse))
+    return Schema(name="synthetic", label="label", dense=dense, sparse=sparse, separator="\t", header=False,
+                  columns=columns, quote=None)  # fmt: skip
 
 
 def bayes_logloss(truth: np.ndarray, labels: np.ndarray) -> float:
