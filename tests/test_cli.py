@@ -22,7 +22,9 @@ def test_synth_then_prepare_records_the_bayes_floor(tmp_path: Path, capsys) -> N
     raw = tmp_path / "synth.tsv"
     assert main(["synth", "--rows", "3000", "--out", str(raw), "--seed", "4"]) == 0
     assert "nasrec prepare --format criteo" in capsys.readouterr().out
-    assert main(["prepare", "--format", "criteo", "--input", str(raw), "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert (
+        main(["prepare", "--format", "criteo", "--input", str(raw), "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    )
     out = capsys.readouterr().out
     assert "train" in out and "rows/s" in out and "Bayes-optimal log loss" in out
     cache = open_cache(tmp_path / "c")

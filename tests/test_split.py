@@ -18,7 +18,9 @@ def _sklearn_folds(y: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("n", "rate", "seed"), [(1000, 0.3, 2018), (12345, 0.02, 1), (57, 0.5, 3), (20001, 0.25, 2018)])
+@pytest.mark.parametrize(
+    ("n", "rate", "seed"), [(1000, 0.3, 2018), (12345, 0.02, 1), (57, 0.5, 3), (20001, 0.25, 2018)]
+)
 def test_stratified_folds_equal_sklearn(n: int, rate: float, seed: int) -> None:
     y = (np.random.default_rng(seed).random(n) < rate).astype(np.int8)
     np.testing.assert_array_equal(stratified_folds(y, seed), _sklearn_folds(y, seed))
