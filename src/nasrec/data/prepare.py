@@ -121,7 +121,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     errors = ErrorLog() if cfg.on_error == "skip" else None
     parser = ChunkParser(plan, on_bad_row=errors)
 
-    with CacheWriter(cfg.out, overwrite=cfg.force) as writer:
+    try:
+        writer = CacheWriter(cfg.out, overwrite=cfg.force)
+    except OSError as e:  # e.g. a parent of --out is a file, or not writable
+        raise NasrecError(f"{cfg.out}: cannot create the cache directory ({e.strerror or e})") from None
+    with writer:
         D, S = len(plan.dense), len(plan.sparse)
         sparse_dtype = np.int32 if plan.mode == "hash" else np.int64
         arrays = {

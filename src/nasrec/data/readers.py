@@ -60,10 +60,25 @@ def _line_field_counts(buf: bytes, sep: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts, counts
 
 
-def _quoted_field_counts(buf: bytes, sep: str, quote: str) -> np.ndarray:
-    """Fields per record of a block that contains quote characters (the csv module's view)."""
+def _quoted_field_counts(buf: bytes, sep: str, quote: str, path: Path, line_no: int) -> np.ndarray:
+    """Fields per record of a block that contains quote characters (the csv module's view).
+
+    A record spanning several lines (a quoted newline, an unclosed quote) or text the csv module
+    rejects is reported at its line: `line_no` is the line number of the block's first line.
+    """
     reader = csv.reader(io.StringIO(buf.decode("utf-8", errors="replace")), delimiter=sep, quotechar=quote)
-    return np.fromiter((len(r) for r in reader), dtype=np.int64)
+    counts = []
+    prev = 0  # lines consumed before the current record
+    try:
+        for record in reader:
+            if reader.line_num - prev > 1:
+                msg = "quoted fields spanning several lines are not supported (unclosed quote?)"
+                raise DataError(msg, file=str(path), line=line_no + prev)
+            counts.append(len(record))
+            prev = reader.line_num
+    except csv.Error as e:
+        raise DataError(f"malformed CSV ({e})", file=str(path), line=line_no + prev) from None
+    return np.array(counts, dtype=np.int64)
 
 
 class TextReader:
@@ -134,6 +149,8 @@ class TextReader:
     def _header(self, path: Path, buf: bytes, columns: tuple[str, ...] | None) -> tuple:
         """Consume the header line if there is one; return (columns, rest of block, lines consumed)."""
         s = self.schema
+        if buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not part of the first field
+            buf = buf[3:]
         end = buf.find(b"\n")
         head = (buf if end < 0 else buf[:end]).decode("utf-8", errors="replace")
         rest = b"" if end < 0 else buf[end + 1 :]
@@ -146,6 +163,9 @@ class TextReader:
                     f"{path}: the header has no column {', '.join(map(repr, missing))} "
                     f"(schema {s.name!r} does not match this file; header: {', '.join(names[:8])}...)"
                 )
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise NasrecError(f"{path}: the header names column(s) {', '.join(map(repr, dup))} more than once")
             return tuple(names), rest, 1
         if s.header == "auto" and columns is not None and tuple(names) == tuple(columns):
             return columns, rest, 1
@@ -162,7 +182,7 @@ class TextReader:
             return None
         try:
             frame = self._read(buf, columns)
-        except pl.exceptions.ComputeError:
+        except pl.exceptions.PolarsError:  # e.g. SchemaError for a line with too few or too many fields
             return None
         if buf.count(sep) != (len(columns) - 1) * frame.height:
             return None
@@ -176,7 +196,7 @@ class TextReader:
         want = len(columns)
         lines = np.arange(line_no, line_no + n_lines, dtype=np.int64)
         if s.quote is not None and s.quote.encode() in buf:
-            counts = _quoted_field_counts(buf, s.separator, s.quote)
+            counts = _quoted_field_counts(buf, s.separator, s.quote, path, line_no)
             if len(counts) != n_lines:
                 raise DataError("quoted fields spanning several lines are not supported", file=str(path), line=line_no)
             if (counts == want).all():
@@ -194,8 +214,16 @@ class TextReader:
         self, path: Path, buf: bytes, lines: np.ndarray, starts: np.ndarray, counts: np.ndarray, want: int
     ) -> tuple[bytes, np.ndarray]:
         bad = np.flatnonzero(counts != want)
+        reasons = {int(i): f"expected {want} fields, found {counts[i]}" for i in bad}
+        return self._drop_lines(path, buf, lines, starts, reasons)
+
+    def _drop_lines(
+        self, path: Path, buf: bytes, lines: np.ndarray, starts: np.ndarray, reasons: dict[int, str]
+    ) -> tuple[bytes, np.ndarray]:
+        """Report the lines {index in block: reason} (raise on the first unless skipping) and cut them out."""
+        bad = np.array(sorted(reasons), dtype=np.int64)
         for i in bad:
-            err = DataError(f"expected {want} fields, found {counts[i]}", file=str(path), line=int(lines[i]))
+            err = DataError(reasons[int(i)], file=str(path), line=int(lines[i]))
             if self.on_bad_line is None:
                 raise err
             self.on_bad_line(err)
@@ -217,12 +245,41 @@ class TextReader:
         """Parse a checked block into string columns; returns (frame, lines)."""
         try:
             frame = self._read(buf, columns)
-        except pl.exceptions.ComputeError:
+        except pl.exceptions.PolarsError:
             # A line with too many fields: locate it exactly, then parse what is left.
             starts, counts = _line_field_counts(buf, self.schema.separator.encode())
             buf, lines = self._drop_bad(path, buf, lines, starts, counts, len(columns))
-            frame = self._read(buf, columns)
+            try:
+                frame = self._read(buf, columns)
+            except pl.exceptions.PolarsError:  # invalid UTF-8 or broken quoting
+                buf, lines = self._drop_unparseable(path, buf, lines, columns)
+                frame = self._read(buf, columns)
         return frame.select([c for c in self.schema.used_columns if c in columns]), lines
+
+    def _drop_unparseable(
+        self, path: Path, buf: bytes, lines: np.ndarray, columns: tuple[str, ...]
+    ) -> tuple[bytes, np.ndarray]:
+        """Report or cut out the lines polars cannot read (error path only: checks line by line)."""
+        starts, _ = _line_field_counts(buf, self.schema.separator.encode())
+        ends = np.append(starts[1:], len(buf)).tolist()
+        reasons: dict[int, str] = {}
+        for i, a in enumerate(starts.tolist()):
+            try:
+                buf[a : ends[i]].decode("utf-8")
+            except UnicodeDecodeError:
+                reasons[i] = "invalid UTF-8"
+        if not reasons:
+            for i, a in enumerate(starts.tolist()):
+                try:
+                    self._read(buf[a : ends[i]], columns)
+                except pl.exceptions.PolarsError as e:
+                    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                    reasons[i] = f"cannot parse the line ({first})"
+                    if self.on_bad_line is None:
+                        break
+        if not reasons:
+            raise DataError("cannot parse these lines (malformed quoting?)", file=str(path), line=int(lines[0]))
+        return self._drop_lines(path, buf, lines, starts, reasons)
 
     def _read(self, buf: bytes, columns: tuple[str, ...]) -> pl.DataFrame:
         s = self.schema
