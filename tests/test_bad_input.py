@@ -701,3 +701,26 @@ def test_killed_run_leaves_no_cache(tmp_path: Path, big_input: Path) -> None:
     res = prepare(cfg(write_lines(tmp_path / "small.tsv", good_lines()), out, force=True))
     assert sum(res.rows.values()) == N_ROWS
     assert open_cache(out).rows == N_ROWS
+
+
+@pytest.mark.parametrize("chunk_bytes", [256, 1 << 20])
+def test_fail_mode_reports_the_earliest_bad_line(tmp_path: Path, chunk_bytes: int) -> None:
+    # a value error followed by a field-count error in the same block: the earlier line is named
+    lines = good_lines()
+    lines[4] = replace_field(4, 0, "2")  # line 5: label not 0/1
+    lines[5] = ""  # line 6: empty line (wrong field count)
+    inp = write_lines(tmp_path / "in.tsv", lines)
+    with pytest.raises(DataError) as info:
+        prepare(cfg(inp, tmp_path / "cache", chunk_bytes=chunk_bytes))
+    assert (info.value.line, info.value.column) == (5, "label")
+    assert_nothing_written(tmp_path / "cache")
+
+
+def test_stale_temporary_directory_of_a_dead_run_is_removed(tmp_path: Path) -> None:
+    inp = write_lines(tmp_path / "in.tsv", good_lines())
+    stale = tmp_path / ".cache.tmp-999999999-deadbeef"  # no such process
+    stale.mkdir()
+    (stale / "label.npy").write_bytes(b"partial")
+    prepare(cfg(inp, tmp_path / "cache"))
+    assert not stale.exists()
+    assert (tmp_path / "cache" / "meta.json").is_file()

@@ -155,9 +155,7 @@ def test_meta_json_and_bayes_logloss_agree_with_files(tmp_path: Path) -> None:
 
 
 def test_output_independent_of_chunk_rows_and_prefix_stable(tmp_path: Path) -> None:
-    cfg = SynthConfig(
-        num_dense=2, num_sparse=3, cardinalities=(5, 60, 900), num_dense_linear=1, num_interactions=2
-    )
+    cfg = SynthConfig(num_dense=2, num_sparse=3, cardinalities=(5, 60, 900), num_dense_linear=1, num_interactions=2)
     rows = BLOCK_ROWS + 1500  # spans a block boundary
     big = generate_synthetic(tmp_path / "big.tsv", rows, seed=5, config=cfg)
     small_chunks = generate_synthetic(tmp_path / "chunks.tsv", rows, seed=5, config=cfg, chunk_rows=777)
@@ -176,9 +174,7 @@ def test_bayes_logloss_values() -> None:
     eps = 1e-15
     expected = -np.mean([math.log(0.5), math.log(0.1), math.log(0.8), math.log(eps), math.log(1 - eps)])
     assert bayes_logloss(truth, labels) == pytest.approx(expected, rel=1e-12)
-    assert bayes_logloss(truth.astype(np.float32), labels.astype(np.float32)) == pytest.approx(
-        expected, rel=1e-6
-    )
+    assert bayes_logloss(truth.astype(np.float32), labels.astype(np.float32)) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(NasrecError):
         bayes_logloss(truth, labels[:3])
     with pytest.raises(NasrecError):
@@ -235,8 +231,7 @@ def test_interaction_model_beats_linear_model(tmp_path: Path) -> None:
     y = df["label"].to_numpy()
 
     dense = [
-        (pl.col(c).clip(lower_bound=0) + 1).log().round(0).cast(pl.String).fill_null("<missing>")
-        for c in ("I1", "I2")
+        (pl.col(c).clip(lower_bound=0) + 1).log().round(0).cast(pl.String).fill_null("<missing>") for c in ("I1", "I2")
     ]
     sparse = [f"C{f + 1}" for f in range(cfg.num_sparse)]
     first_order = df.select(*dense, *sparse).to_numpy()

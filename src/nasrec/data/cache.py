@@ -79,6 +79,7 @@ class CacheWriter:
         if self.out.exists() and not overwrite:
             raise NasrecError(f"{self.out} already exists (pass --force to replace it)")
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(self.out)
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self._committed = False
@@ -118,6 +119,20 @@ class CacheWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._committed:
             self.abort()
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Delete temporary directories left by killed runs for `out` (their process no longer exists)."""
+    for p in out.parent.glob(f".{out.name}.tmp-*-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or not a pid at all: leave it
 
 
 @dataclass(frozen=True)

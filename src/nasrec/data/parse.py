@@ -232,6 +232,8 @@ class ChunkParser:
             out = out.filter(pl.Series(keep))
             frame = frame.filter(pl.Series(keep))
             lines = lines[keep]
+        if chunk.pending is not None:
+            raise chunk.pending  # the rows before it were valid
         n = out.height
         label = out.get_column("__label").to_numpy()
         dense = (

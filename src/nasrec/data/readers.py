@@ -35,6 +35,9 @@ class Chunk:
     lines: np.ndarray  # 1-based line (text) or row (parquet) number of each frame row
     unit: str = "line"
     nbytes: int = 0  # input bytes this chunk consumed (for progress)
+    # Fail mode: the bad line that ended this chunk. It is raised once the rows before it have been
+    # validated, so that the error reported is always the earliest bad line of the file.
+    pending: DataError | None = None
 
 
 @dataclass
@@ -96,6 +99,7 @@ class TextReader:
         self.chunk_bytes = chunk_bytes
         self.on_bad_line = on_bad_line  # None: raise on the first bad line
         self.file_columns = file_columns
+        self._pending: DataError | None = None
 
     def read(self, path: Path, info: SourceInfo) -> Iterator[Chunk]:
         """Yield the chunks of one file, updating `info` (size, checksum, rows) as it goes."""
@@ -138,9 +142,16 @@ class TextReader:
                     n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
                     buf, lines = self._check_fields(path, buf, columns, line_no, n_lines, sep)
                     line_no += n_lines
+                    if len(lines):
+                        frame, lines = self._parse(path, buf, columns, lines)
+                    pending, self._pending = self._pending, None
                     if len(lines) == 0:
+                        if pending is not None:
+                            raise pending
                         continue
-                    frame, lines = self._parse(path, buf, columns, lines)
+                    if pending is not None:
+                        yield Chunk(frame, str(path), lines, "line", nbytes, pending)
+                        raise pending  # in case the consumer did not
                 info.rows += frame.height
                 yield Chunk(frame, str(path), lines, "line", nbytes)
         info.bytes = path.stat().st_size
@@ -221,12 +232,16 @@ class TextReader:
         self, path: Path, buf: bytes, lines: np.ndarray, starts: np.ndarray, reasons: dict[int, str]
     ) -> tuple[bytes, np.ndarray]:
         """Report the lines {index in block: reason} (raise on the first unless skipping) and cut them out."""
+        if not reasons:
+            return buf, lines
         bad = np.array(sorted(reasons), dtype=np.int64)
+        if self.on_bad_line is None:
+            # Fail mode: keep the lines before the first bad one; their own errors come first.
+            first = int(bad[0])  # earlier than any pending error: only lines before that one remain
+            self._pending = DataError(reasons[first], file=str(path), line=int(lines[first]))
+            return buf[: starts[first]], lines[:first]
         for i in bad:
-            err = DataError(reasons[int(i)], file=str(path), line=int(lines[i]))
-            if self.on_bad_line is None:
-                raise err
-            self.on_bad_line(err)
+            self.on_bad_line(DataError(reasons[int(i)], file=str(path), line=int(lines[i])))
         ends = np.append(starts[1:], len(buf))
         keep = np.ones(len(lines), dtype=bool)
         keep[bad] = False
