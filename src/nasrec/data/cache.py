@@ -71,6 +71,40 @@ class AppendableArray:
         self._fh.close()
 
 
+def _npy_layout(fh) -> tuple[tuple[int, ...], np.dtype, int]:
+    version = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(fh)
+    if fortran:
+        raise NasrecError(f"{fh.name}: Fortran-ordered arrays are not supported")
+    return shape, dtype, fh.tell()
+
+
+def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of a C-ordered .npy file, read into private memory.
+
+    Unlike slicing a memory map, this keeps resident memory bounded by the block when a large file
+    is streamed through once (mapped pages would count towards the process's RSS).
+    """
+    with open(path, "rb") as fh:
+        shape, dtype, offset = _npy_layout(fh)
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        hi = min(hi, shape[0])
+        fh.seek(offset + lo * row * dtype.itemsize)
+        return np.fromfile(fh, dtype=dtype, count=max(hi - lo, 0) * row).reshape((max(hi - lo, 0), *shape[1:]))
+
+
+def write_rows(path: Path, lo: int, block: np.ndarray) -> None:
+    """Overwrite rows starting at `lo` of a C-ordered .npy file in place."""
+    with open(path, "r+b") as fh:
+        shape, dtype, offset = _npy_layout(fh)
+        if block.shape[1:] != tuple(shape[1:]) or lo + block.shape[0] > shape[0]:
+            raise ValueError(f"{path.name}: cannot write rows of shape {block.shape} at {lo} into {shape}")
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        fh.seek(offset + lo * row * dtype.itemsize)
+        fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+
+
 class CacheWriter:
     """Builds a cache in a temporary sibling directory and renames it into place on commit."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from nasrec.errors import NasrecError
 
@@ -40,7 +41,7 @@ class VocabEncoder:
     min_count: int = 1
     max_size: int | None = None
     keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids, most frequent first
-    _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _lookup: tuple[pl.Series, pl.Series] | None = field(default=None, repr=False)
 
     @property
     def table_size(self) -> int:
@@ -57,23 +58,23 @@ class VocabEncoder:
         if self.max_size is not None:
             order = order[: max(self.max_size - 2, 0)]
         self.keys = values[order].astype(np.int64)
-        self._sorted = None
+        self._lookup = None
         return self
+
+    def expr(self, column: str) -> pl.Expr:
+        """Polars expression mapping a column of raw ids to table rows (Int32)."""
+        if self._lookup is None:
+            # a hash lookup is several times faster than a binary search over sorted keys
+            old = np.concatenate(([MISSING_ID], self.keys))
+            new = np.concatenate(([MISSING_INDEX], np.arange(2, 2 + len(self.keys)))).astype(np.int32)
+            self._lookup = (pl.Series(old), pl.Series(new))
+        old, new = self._lookup
+        return pl.col(column).replace_strict(old, new, default=OOV_INDEX, return_dtype=pl.Int32)
 
     def transform(self, ids: np.ndarray) -> np.ndarray:
         """Map raw ids to table rows (int32)."""
-        if self._sorted is None:
-            perm = np.argsort(self.keys, kind="stable")
-            self._sorted = (self.keys[perm], perm.astype(np.int32) + 2)
-        skeys, rows = self._sorted
-        out = np.full(ids.shape, OOV_INDEX, dtype=np.int32)
-        if len(skeys):
-            pos = np.searchsorted(skeys, ids)
-            pos[pos == len(skeys)] = 0
-            hit = skeys[pos] == ids
-            out[hit] = rows[pos[hit]]
-        out[ids == MISSING_ID] = MISSING_INDEX
-        return out
+        frame = pl.DataFrame({"ids": np.ascontiguousarray(ids, dtype=np.int64)})
+        return frame.select(self.expr("ids")).to_series().to_numpy()
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state (the keys themselves are saved as .npy by EncoderState.save)."""
@@ -164,7 +165,9 @@ class EncoderState:
         """Map first-pass categorical values [n, S] to table rows (int32): vocabularies in vocab mode."""
         if self.mode == "hash":
             return np.asarray(block, dtype=np.int32)
-        return np.stack([self.sparse[name].transform(block[:, j]) for j, name in enumerate(names)], axis=1)
+        frame = pl.DataFrame({f"c{j}": block[:, j] for j in range(len(names))})
+        # one query over all columns, so polars maps them in parallel
+        return frame.select(self.sparse[n].expr(f"c{j}") for j, n in enumerate(names)).to_numpy()
 
     def table_sizes(self, names: list[str]) -> list[int]:
         """Table size of each named categorical output."""

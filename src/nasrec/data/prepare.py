@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from nasrec import __version__
-from nasrec.data.cache import AppendableArray, CacheWriter
+from nasrec.data.cache import AppendableArray, CacheWriter, read_rows, write_rows
 from nasrec.data.encoders import (
     EncoderState,
     HashEncoder,
@@ -36,7 +36,7 @@ from nasrec.data.split import AUTOCTR_SEED, SplitSpec, assign_splits
 from nasrec.errors import NasrecError
 from nasrec.prefetch import prefetch
 
-PASS2_BLOCK_ROWS = 1 << 20
+PASS2_BLOCK_ROWS = 1 << 18  # rows per block of pass 2: bounds its memory
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             where = ", ".join(map(str, paths))
             raise NasrecError(f"{where}: no data rows" + (" left after skipping bad rows" if errors else ""))
 
-        label = np.load(writer.path("label.npy"), mmap_mode="r")
-        splits = assign_splits(np.asarray(label).astype(np.int8), spec)
+        label = read_rows(writer.path("label.npy"), 0, n).astype(np.int8)  # 0/1: one byte per row
+        splits = assign_splits(label, spec)
         for name, idx in splits.items():
             np.save(writer.path(f"splits/{name}.npy"), idx)
         train_mask = np.zeros(n, dtype=bool)
@@ -173,7 +173,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         state.save_arrays(writer.tmp)
 
         rows = {k: len(v) for k, v in splits.items()}
-        ctr = {k: (float(np.asarray(label)[v].mean()) if len(v) else float("nan")) for k, v in splits.items()}
+        ctr = {k: (float(label[v].mean()) if len(v) else float("nan")) for k, v in splits.items()}
         meta: dict[str, Any] = {
             "nasrec_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -214,15 +214,15 @@ def _fit_and_transform(writer: CacheWriter, plan: EncodingPlan, train_mask: np.n
     """Pass 2: fit standardisers and vocabularies on train rows, then rewrite the arrays in blocks."""
     n = len(train_mask)
     blocks = [(lo, min(lo + PASS2_BLOCK_ROWS, n)) for lo in range(0, n, PASS2_BLOCK_ROWS)]
+    dense_path, raw_path = writer.path("dense.npy"), writer.path("sparse_raw.npy")
     dense_state: dict[str, dict[str, Any]] = {
         f.name: {"transform": f.transform if f.column is not None else "constant"} for f in plan.dense
     }
     std_cols = [i for i, f in enumerate(plan.dense) if f.transform == "standardize"]
     if std_cols:
-        dense = np.load(writer.path("dense.npy"), mmap_mode="r+")
         sums = np.zeros((3, len(std_cols)))
         for lo, hi in blocks:
-            block = dense[lo:hi, std_cols][train_mask[lo:hi]].astype(np.float64)
+            block = read_rows(dense_path, lo, hi)[:, std_cols][train_mask[lo:hi]].astype(np.float64)
             present = ~np.isnan(block)
             sums[0] += np.where(present, block, 0).sum(0)
             sums[1] += np.where(present, block * block, 0).sum(0)
@@ -235,10 +235,9 @@ def _fit_and_transform(writer: CacheWriter, plan: EncodingPlan, train_mask: np.n
     if plan.mode == "hash":
         sparse = {out.name: HashEncoder(out.table_size) for out in plan.sparse}
     else:
-        raw = np.load(writer.path("sparse_raw.npy"), mmap_mode="r")
         counters = [VocabCounter() for _ in plan.sparse]
         for lo, hi in blocks:
-            block = raw[lo:hi][train_mask[lo:hi]]
+            block = read_rows(raw_path, lo, hi)[train_mask[lo:hi]]
             for j, c in enumerate(counters):
                 c.add(block[:, j])
         for out, c in zip(plan.sparse, counters, strict=True):
@@ -247,18 +246,15 @@ def _fit_and_transform(writer: CacheWriter, plan: EncodingPlan, train_mask: np.n
 
     if std_cols:
         for lo, hi in blocks:
-            dense[lo:hi] = state.transform_dense(plan.dense_names, np.asarray(dense[lo:hi]))
-        dense.flush()
-        del dense
+            write_rows(dense_path, lo, state.transform_dense(plan.dense_names, read_rows(dense_path, lo, hi)))
     if plan.mode == "vocab":
         final = AppendableArray(writer.path("sparse.npy"), np.int32, (len(plan.sparse),))
         try:
             for lo, hi in blocks:
-                final.append(state.transform_sparse(plan.sparse_names, np.asarray(raw[lo:hi])))
+                final.append(state.transform_sparse(plan.sparse_names, read_rows(raw_path, lo, hi)))
         finally:
             final.close()
-        del raw
-        os.remove(writer.path("sparse_raw.npy"))
+        os.remove(raw_path)
     return state
 
 
@@ -271,13 +267,26 @@ def _bayes_floor(paths: list[Path], writer: CacheWriter, splits: dict, label: np
         return None
     from nasrec.data.synthetic import bayes_logloss
 
-    truth = np.load(truth_path, mmap_mode="r")
-    lines = np.load(writer.path("source_line.npy"), mmap_mode="r")
-    if lines.max() > len(truth):
-        return None
-    p = np.asarray(truth)[np.asarray(lines) - 1]
-    y = np.asarray(label)
-    return {k: (bayes_logloss(p[v], y[v]) if len(v) else None) for k, v in splits.items()}
+    n = len(label)
+    names = list(splits)
+    split_of = np.full(n, -1, dtype=np.int8)
+    for k, name in enumerate(names):
+        split_of[splits[name]] = k
+    total, count = np.zeros(len(names)), np.zeros(len(names), dtype=np.int64)
+    n_truth = np.load(truth_path, mmap_mode="r").shape[0]
+    line_path = writer.path("source_line.npy")
+    for lo in range(0, n, PASS2_BLOCK_ROWS):  # in blocks: memory stays bounded for any file size
+        lines = read_rows(line_path, lo, lo + PASS2_BLOCK_ROWS)
+        if lines[-1] > n_truth:
+            return None  # the sidecar does not describe this file
+        p = read_rows(truth_path, int(lines[0]) - 1, int(lines[-1]))[lines - lines[0]]
+        y, which = label[lo : lo + len(lines)], split_of[lo : lo + len(lines)]
+        for k in range(len(names)):
+            sel = which == k
+            if sel.any():
+                total[k] += bayes_logloss(p[sel], y[sel]) * int(sel.sum())
+                count[k] += int(sel.sum())
+    return {name: (float(total[k] / count[k]) if count[k] else None) for k, name in enumerate(names)}
 
 
 def _progress(enabled: bool, total: int):

@@ -55,11 +55,15 @@ def stratified_folds(labels: np.ndarray, seed: int = AUTOCTR_SEED, folds: int = 
     """
     y = np.asarray(labels)
     n = len(y)
-    classes, first, inverse = np.unique(y, return_index=True, return_inverse=True)
-    # classes are numbered in order of first appearance, as scikit-learn does
-    rank = np.empty(len(classes), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(classes))
-    encoded = rank[inverse.reshape(-1)]
+    classes = np.unique(y)
+    if len(classes) > 127:
+        raise NasrecError(f"the autoctr split stratifies class labels, found {len(classes)} distinct values")
+    # classes are numbered in order of first appearance, as scikit-learn does; int8 codes keep the
+    # memory at a few bytes per row
+    first = np.array([np.argmax(y == c) for c in classes])
+    encoded = np.empty(n, dtype=np.int8)
+    for k, c in enumerate(classes[np.argsort(first, kind="stable")]):
+        encoded[y == c] = k
     counts = np.bincount(encoded, minlength=len(classes))
     if n == 0 or (counts < folds).all():
         raise NasrecError(f"the autoctr split needs at least {folds} rows of one class (have {counts.tolist()})")
@@ -75,7 +79,8 @@ def stratified_folds(labels: np.ndarray, seed: int = AUTOCTR_SEED, folds: int = 
     rng = np.random.RandomState(seed)
     out = np.empty(n, dtype=np.int8)
     for k in range(len(classes)):
-        folds_for_class = np.arange(folds).repeat(allocation[:, k])
+        # int8 folds: RandomState.shuffle draws depend on the length only, not on the dtype
+        folds_for_class = np.arange(folds, dtype=np.int8).repeat(allocation[:, k])
         rng.shuffle(folds_for_class)
         out[encoded == k] = folds_for_class
     return out
