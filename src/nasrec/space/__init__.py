@@ -1,0 +1,1 @@
+"""Search space: architectures as plain values, the spaces they come from, and sampling."""

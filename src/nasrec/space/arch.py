@@ -1,0 +1,237 @@
+"""An architecture (one subnet of the search space) as an immutable, validated value.
+
+Block ``i`` (0-based) reads inputs ``j`` in ``0..i``: ``0`` is the raw input (dense features and
+the embedded sparse features), ``j >= 1`` is the output of block ``j-1``. Every block emits one dense
+tensor [B, dense_width] and one sparse tensor [B, sparse_width (+8 with d2s), 16]; the head reads
+the last block only.
+
+A block may hold several dense and several sparse operators (their outputs are summed): searched
+architectures have one of each, but supernet training also runs any-path and full-path samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nasrec.errors import NasrecError
+
+DENSE_OPS = ("fc", "dot", "gating", "sum")
+SPARSE_OPS = ("efc", "transformer")
+MAX_INPUTS = 4  # a block reads at most this many earlier outputs per input list
+D2S_TOKENS = 8  # the dense-to-sparse merger appends 8 tokens of 16
+ARCH_FORMAT = "nasrec-architecture"
+ARCH_VERSION = 1
+
+# Node numbering of the NASRec reference JSON ("active_nodes"), per search space.
+NASREC_NODES = {
+    "xlarge": {0: "fc", 1: "dot", 2: "gating", 3: "sum", 4: "transformer", 5: "efc"},
+    "autoctr": {0: "fc", 1: "dot", 2: "efc"},
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One choice block: operators, input connections, widths and the two merge flags."""
+
+    dense_ops: tuple[str, ...]
+    sparse_ops: tuple[str, ...]
+    dense_in: tuple[int, ...]  # inputs of fc and dot (concatenated on the feature axis)
+    sparse_in: tuple[int, ...]  # inputs of the sparse op and of dot's sparse side (token axis)
+    left: int  # inputs of sum and gating
+    right: int
+    dense_width: int
+    sparse_width: int
+    d2s: bool = False  # dense-to-sparse merger: 8 tokens from the dense output appended
+    fm: bool = False  # factorisation-machine term of the sparse output added to the dense output
+
+    @property
+    def uses_dense_in(self) -> bool:
+        """Whether dense_in feeds an operator of this block."""
+        return any(op in ("fc", "dot") for op in self.dense_ops)
+
+    @property
+    def uses_left_right(self) -> bool:
+        """Whether left/right feed an operator of this block."""
+        return any(op in ("sum", "gating") for op in self.dense_ops)
+
+    def dependencies(self) -> set[int]:
+        """Input indices this block actually reads (0 = raw input)."""
+        deps = set(self.sparse_in)
+        if self.uses_dense_in:
+            deps |= set(self.dense_in)
+        if self.uses_left_right:
+            deps |= {self.left, self.right}
+        return deps
+
+    @property
+    def sparse_tokens(self) -> int:
+        """Tokens of this block's sparse output."""
+        return self.sparse_width + (D2S_TOKENS if self.d2s else 0)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A whole subnet: its blocks, in order. Validated on construction."""
+
+    blocks: tuple[Block, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if not self.blocks:
+            raise NasrecError("architecture: no blocks")
+        for i, b in enumerate(self.blocks):
+            _check_block(i, b)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks."""
+        return len(self.blocks)
+
+    def live_blocks(self) -> tuple[bool, ...]:
+        """For each block, whether its output can reach the head (the last block is always live)."""
+        live = [False] * self.num_blocks
+        live[-1] = True
+        for i in range(self.num_blocks - 1, -1, -1):
+            if live[i]:
+                for j in self.blocks[i].dependencies():
+                    if j >= 1:
+                        live[j - 1] = True
+        return tuple(live)
+
+    def dead_blocks(self) -> list[int]:
+        """Indices of blocks that cannot reach the head."""
+        return [i for i, alive in enumerate(self.live_blocks()) if not alive]
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical, versioned JSON-serialisable form."""
+        return {"format": ARCH_FORMAT, "version": ARCH_VERSION, "blocks": [asdict(b) for b in self.blocks]}
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Canonical JSON text (sorted keys; equal architectures give equal text)."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=None if indent else (",", ":"))
+
+    def hash(self) -> str:
+        """Stable hex digest of the canonical form (for de-duplication and caching)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "architecture") -> Architecture:
+        """Read the canonical form, or the NASRec reference JSON (detected by its `macro`/`micro` keys)."""
+        if not isinstance(d, dict):
+            raise NasrecError(f"{source}: expected a JSON object")
+        if "macro" in d and "micro" in d:
+            return from_nasrec(d, source)
+        if d.get("format") != ARCH_FORMAT:
+            raise NasrecError(f"{source}: not a nasrec architecture (format {d.get('format')!r})")
+        if d.get("version") != ARCH_VERSION:
+            raise NasrecError(f"{source}: architecture version {d.get('version')!r}, this nasrec reads {ARCH_VERSION}")
+        blocks = []
+        for i, bd in enumerate(d.get("blocks") or []):
+            try:
+                blocks.append(
+                    Block(
+                        dense_ops=tuple(bd["dense_ops"]),
+                        sparse_ops=tuple(bd["sparse_ops"]),
+                        dense_in=tuple(bd["dense_in"]),
+                        sparse_in=tuple(bd["sparse_in"]),
+                        left=bd["left"],
+                        right=bd["right"],
+                        dense_width=bd["dense_width"],
+                        sparse_width=bd["sparse_width"],
+                        d2s=bd.get("d2s", False),
+                        fm=bd.get("fm", False),
+                    )
+                )
+            except (KeyError, TypeError) as e:
+                raise NasrecError(f"{source}: block {i}: missing or invalid field {e}") from None
+        try:
+            return cls(tuple(blocks))
+        except NasrecError as e:
+            raise NasrecError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Architecture:
+        """Read an architecture JSON file (canonical or NASRec reference format)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NasrecError(f"{path}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise NasrecError(f"{path}: invalid JSON ({e})") from None
+        return cls.from_dict(d, str(path))
+
+    def save(self, path: str | Path) -> None:
+        """Write the canonical JSON form."""
+        Path(path).write_text(self.to_json(indent=1) + "\n")
+
+
+def _check_block(i: int, b: Block) -> None:
+    def fail(fieldname: str, msg: str) -> None:
+        raise NasrecError(f"architecture block {i}, field {fieldname}: {msg}")
+
+    if not b.dense_ops or len(set(b.dense_ops)) != len(b.dense_ops) or any(op not in DENSE_OPS for op in b.dense_ops):
+        fail("dense_ops", f"{list(b.dense_ops)!r} must be distinct names from {DENSE_OPS}")
+    if not b.sparse_ops or len(set(b.sparse_ops)) != len(b.sparse_ops) or any(op not in SPARSE_OPS for op in b.sparse_ops):
+        fail("sparse_ops", f"{list(b.sparse_ops)!r} must be distinct names from {SPARSE_OPS}")
+    for name in ("dense_in", "sparse_in"):
+        idx = getattr(b, name)
+        if not all(isinstance(j, int) and not isinstance(j, bool) for j in idx):
+            fail(name, f"{list(idx)!r} must be integers")
+        if not 1 <= len(idx) <= MAX_INPUTS:
+            fail(name, f"needs 1 to {MAX_INPUTS} inputs, has {len(idx)}")
+        if list(idx) != sorted(set(idx)):
+            fail(name, f"{list(idx)!r} must be distinct and ascending")
+        if idx[0] < 0 or idx[-1] > i:
+            fail(name, f"{list(idx)!r}: inputs of block {i} are 0 (raw input) to {i}")
+    for name in ("left", "right"):
+        j = getattr(b, name)
+        if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j <= i:
+            fail(name, f"{j!r}: inputs of block {i} are 0 (raw input) to {i}")
+    for name in ("dense_width", "sparse_width"):
+        w = getattr(b, name)
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            fail(name, f"{w!r} must be a positive integer")
+    for name in ("d2s", "fm"):
+        if not isinstance(getattr(b, name), bool):
+            fail(name, f"{getattr(b, name)!r} must be true or false")
+
+
+def from_nasrec(d: dict[str, Any], source: str = "NASRec JSON") -> Architecture:
+    """Decode the NASRec reference subnet JSON (`macro`/`micro` lists; `config` names the space)."""
+    space = d.get("config", "xlarge")
+    if space not in NASREC_NODES:
+        raise NasrecError(f"{source}: unknown NASRec config {space!r} (expected xlarge or autoctr)")
+    nodes = NASREC_NODES[space]
+    macro, micro = d["macro"], d["micro"]
+    if len(macro) != len(micro):
+        raise NasrecError(f"{source}: {len(macro)} macro entries but {len(micro)} micro entries")
+    blocks = []
+    for i, (ma, mi) in enumerate(zip(macro, micro, strict=True)):
+        try:
+            ops = [nodes[n] for n in mi["active_nodes"]]
+        except KeyError as e:
+            raise NasrecError(f"{source}: block {i}: unknown node {e} for config {space!r}") from None
+        blocks.append(
+            Block(
+                dense_ops=tuple(op for op in ops if op in DENSE_OPS),
+                sparse_ops=tuple(op for op in ops if op in SPARSE_OPS),
+                dense_in=tuple(sorted(set(ma["dense_idx"]))),
+                sparse_in=tuple(sorted(set(ma["sparse_idx"]))),
+                left=int(ma["dense_left_idx"][0]),
+                right=int(ma["dense_right_idx"][0]),
+                dense_width=int(mi["dense_in_dims"]),
+                sparse_width=int(mi["sparse_in_dims"]),
+                d2s=bool(mi["dense_sparse_interact"]),
+                fm=bool(mi["deep_fm"]),
+            )
+        )
+    try:
+        return Architecture(tuple(blocks))
+    except NasrecError as e:
+        raise NasrecError(f"{source}: {e}") from None
