@@ -1,0 +1,199 @@
+"""One choice block (cell) and its operators, shared by the supernet and standalone models.
+
+A cell is built for a set of operators and input slots at given capacities. The supernet builds
+every cell with all operators of its space at the largest widths and every earlier output as an
+input slot; a standalone model builds each live cell with only its chosen operators, inputs and exact
+widths. The forward pass is the same code for both (see `layers.py`), which is what makes a
+materialised subnet compute exactly what the supernet computes on that path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasrec.model.layers import Seg, SegLinear, SliceLayerNorm, SliceLinear, Used
+from nasrec.space.arch import D2S_TOKENS, Block
+
+EMBED_DIM = 16
+HEADS = 8
+D2S_WIDTH = D2S_TOKENS * EMBED_DIM  # 128
+TRANSFORMER_LN_INIT = 0.17
+
+
+def dot_tokens(width: int) -> int:
+    """Sparse tokens projected by the dot operator for output width W: round(sqrt(2W))."""
+    return round(math.sqrt(2 * width))
+
+
+@dataclass
+class Output:
+    """A block's (or the raw input's) outputs: dense [B, W], tokens [B, Ws, 16], d2s tokens or None."""
+
+    dense: torch.Tensor
+    tokens: torch.Tensor
+    d2s: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Capacities of a cell: operators, input slots and maximum widths."""
+
+    dense_ops: tuple[str, ...]
+    sparse_ops: tuple[str, ...]
+    dense_segs: tuple[Seg, ...]  # input slots of fc / dot's dense side
+    token_segs: tuple[Seg, ...]  # input slots of the sparse op / dot's sparse side
+    pad_cap: int  # largest max(left, right) width for sum / gating
+    width: int  # largest dense width W
+    tokens: int  # largest sparse width Ws
+    fm: bool
+    d2s: bool
+    layernorm: bool
+    exact: bool = False  # a standalone cell: layers its fixed sizes never use are not built
+
+
+def _cat(xs: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs, dim=dim)
+
+
+class Cell(nn.Module):
+    """Operators of one block at given capacities; `forward` runs the choices of a `Block`."""
+
+    def __init__(self, spec: CellSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        ln = spec.layernorm
+        W, Ws, M = spec.width, spec.tokens, spec.pad_cap
+        if "fc" in spec.dense_ops:
+            self.fc = SegLinear(spec.dense_segs, W, bias=not ln)
+            self.fc_ln = SliceLayerNorm(W) if ln else None
+        exact = spec.exact
+        if "dot" in spec.dense_ops:
+            p = dot_tokens(W)
+            if not (exact and sum(s.width for s in spec.dense_segs) == EMBED_DIM):
+                self.dot_dense = SegLinear(spec.dense_segs, EMBED_DIM, bias=not ln)
+                self.dot_dense_ln = SliceLayerNorm(EMBED_DIM) if ln else None
+            self.dot_tokens = SegLinear(spec.token_segs, p, bias=not ln)
+            self.dot_tokens_ln = SliceLayerNorm(p) if ln else None
+            self.dot_out = SliceLinear((p + 1) * p // 2, W, bias=not ln)
+            self.dot_out_ln = SliceLayerNorm(W) if ln else None
+        if "sum" in spec.dense_ops:
+            if not (exact and M == W):
+                self.sum_proj = SliceLinear(M, W, bias=not ln)
+            self.sum_ln = SliceLayerNorm(W) if ln else None
+        if "gating" in spec.dense_ops:
+            self.gate = SliceLinear(M, M, bias=True)
+            if not (exact and M == W):
+                self.gate_proj = SliceLinear(M, W, bias=True)
+            self.gate_ln = SliceLayerNorm(W) if ln else None
+        if "efc" in spec.sparse_ops:
+            self.efc = SegLinear(spec.token_segs, Ws, bias=not ln)
+            self.efc_ln = SliceLayerNorm(Ws) if ln else None
+        if "transformer" in spec.sparse_ops:
+            self.tr_proj = SegLinear(spec.token_segs, Ws, bias=not ln)
+            self.tr_proj_ln = SliceLayerNorm(Ws) if ln else None
+            self.attn_in = nn.Linear(EMBED_DIM, 3 * EMBED_DIM)
+            self.attn_out = nn.Linear(EMBED_DIM, EMBED_DIM)
+            self.attn_ln = SliceLayerNorm(EMBED_DIM, TRANSFORMER_LN_INIT)
+            self.ffn1 = nn.Linear(EMBED_DIM, EMBED_DIM)
+            self.ffn2 = nn.Linear(EMBED_DIM, EMBED_DIM)
+            self.ffn_ln = SliceLayerNorm(EMBED_DIM, TRANSFORMER_LN_INIT)
+            for lin in (self.attn_in, self.attn_out, self.ffn1, self.ffn2):
+                nn.init.xavier_uniform_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        if spec.fm and not (exact and W == EMBED_DIM):
+            self.fm_proj = SliceLinear(EMBED_DIM, W, bias=not ln)
+            self.fm_ln = SliceLayerNorm(W) if ln else None
+        if spec.d2s and not (exact and W == D2S_WIDTH):
+            self.d2s_proj = SliceLinear(W, D2S_WIDTH, bias=not ln)
+            self.d2s_ln = SliceLayerNorm(D2S_WIDTH) if ln else None
+
+    @staticmethod
+    def _ln(layer: SliceLayerNorm | None, x: torch.Tensor) -> torch.Tensor:
+        return x if layer is None else layer(x)
+
+    def forward(self, inputs: Sequence[Output], block: Block) -> Output:
+        """Run the block's choices; `inputs[j]` is input j (0 = raw input, j = block j-1's output)."""
+        W, Ws = block.dense_width, block.sparse_width
+        token_used = [Used(j, inputs[j].tokens.shape[1], inputs[j].d2s is not None) for j in block.sparse_in]
+        dense_used, x_dense = [], None
+        if block.uses_dense_in:  # otherwise dense_in may name blocks that were never computed
+            dense_used = [Used(j, inputs[j].dense.shape[1]) for j in block.dense_in]
+            x_dense = _cat([inputs[j].dense for j in block.dense_in], 1)
+        x_tok = _cat([t for j in block.sparse_in for t in (inputs[j].tokens, inputs[j].d2s) if t is not None], 1)
+        x_tok_t = x_tok.transpose(1, 2)  # [B, 16, T]: token-axis linears act on the last axis
+
+        dense_out = None
+        for op in block.dense_ops:
+            if op == "fc":
+                y = F.relu(self._ln(self.fc_ln, self.fc(x_dense, dense_used, W)))
+            elif op == "dot":
+                y = self._dot(x_dense, dense_used, x_tok_t, token_used, W)
+            else:
+                y = self._pair(op, inputs[block.left].dense, inputs[block.right].dense, W)
+            dense_out = y if dense_out is None else dense_out + y
+
+        tokens = None
+        for op in block.sparse_ops:
+            if op == "efc":
+                t = F.relu(self._ln(self.efc_ln, self.efc(x_tok_t, token_used, Ws))).transpose(1, 2)
+            else:
+                t = self._transformer(x_tok_t, token_used, Ws)
+            tokens = t if tokens is None else tokens + t
+
+        d2s = None
+        if block.d2s:
+            z = dense_out if W == D2S_WIDTH else self._ln(self.d2s_ln, self.d2s_proj(dense_out, D2S_WIDTH))
+            d2s = z.reshape(z.shape[0], D2S_TOKENS, EMBED_DIM)
+        if block.fm:
+            s = tokens.sum(1)
+            v = s * s - (tokens * tokens).sum(1)  # pairwise interactions, without the 1/2 of the FM paper
+            dense_out = dense_out + (v if W == EMBED_DIM else self._ln(self.fm_ln, self.fm_proj(v, W)))
+        return Output(dense_out, tokens, d2s)
+
+    def _dot(self, x, dense_used, x_tok_t, token_used, W: int) -> torch.Tensor:
+        p = dot_tokens(W)
+        if x.shape[1] != EMBED_DIM:
+            x = self._ln(self.dot_dense_ln, self.dot_dense(x, dense_used, EMBED_DIM))
+        y = self._ln(self.dot_tokens_ln, self.dot_tokens(x_tok_t, token_used, p)).transpose(1, 2)  # [B, p, 16]
+        z = torch.cat([x.unsqueeze(1), y], dim=1)  # [B, p+1, 16]
+        gram = torch.bmm(z, z.transpose(1, 2))
+        rows, cols = torch.tril_indices(p + 1, p + 1, offset=-1, device=z.device)
+        return self._ln(self.dot_out_ln, self.dot_out(gram[:, rows, cols], W))
+
+    def _pair(self, op: str, left: torch.Tensor, right: torch.Tensor, W: int) -> torch.Tensor:
+        m = max(left.shape[1], right.shape[1])
+        left = F.pad(left, (0, m - left.shape[1]))
+        right = F.pad(right, (0, m - right.shape[1]))
+        if op == "sum":
+            y = left + right
+            if m != W:
+                y = self.sum_proj(y, W)
+            return self._ln(self.sum_ln, y)
+        y = torch.sigmoid(self.gate(left, m)) * right
+        if m != W:
+            y = self.gate_proj(y, W)
+        return self._ln(self.gate_ln, y)
+
+    def _transformer(self, x_tok_t: torch.Tensor, token_used, Ws: int) -> torch.Tensor:
+        t = self._ln(self.tr_proj_ln, self.tr_proj(x_tok_t, token_used, Ws)).transpose(1, 2)  # [B, Ws, 16]
+        B, T, E = t.shape
+        q, k, v = self.attn_in(t).view(B, T, 3, HEADS, E // HEADS).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, E)
+        t = self.attn_ln(t + self.attn_out(a))
+        return self.ffn_ln(t + self.ffn2(F.relu(self.ffn1(t))))
+
+    @torch.no_grad()
+    def copy_from(self, other: Cell) -> None:
+        """Materialise this (smaller) cell from a supernet cell: every layer takes its slice."""
+        for name, mod in self.named_children():
+            src = other.get_submodule(name)
+            if hasattr(mod, "copy_from"):
+                mod.copy_from(src)
+            else:  # fixed-size layers (attention, FFN) are shared whole
+                mod.load_state_dict(src.state_dict())

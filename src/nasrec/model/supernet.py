@@ -1,0 +1,63 @@
+"""The weight-sharing supernet: every operator of a search space held once, at its largest size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from nasrec.model.cell import Cell, CellSpec, Output
+from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.layers import HeadLinear, Seg
+from nasrec.space.arch import Architecture
+
+
+class SpaceLike(Protocol):
+    """What the supernet needs to know of a search space."""
+
+    num_blocks: int
+    dense_ops: tuple[str, ...]
+    sparse_ops: tuple[str, ...]
+    dense_widths: tuple[int, ...]
+    sparse_widths: tuple[int, ...]
+
+
+class Supernet(nn.Module):
+    """All candidate operators of a space with shared weights; `forward(..., arch)` runs one subnet.
+
+    Each block's input slots are the raw input and every earlier block, at the largest widths; a
+    sampled architecture uses slices of those weights (see `layers.py`), so its cost is what it
+    computes. Blocks that cannot reach the head are skipped.
+    """
+
+    def __init__(self, space: SpaceLike, num_dense: int, table_sizes: Sequence[int], layernorm: bool = True) -> None:
+        super().__init__()
+        self.space = space
+        self.num_dense, self.num_sparse = num_dense, len(table_sizes)
+        self.layernorm = layernorm
+        self.embedding = FieldEmbedding(table_sizes)
+        W, Ws = max(space.dense_widths), max(space.sparse_widths)
+        cells = []
+        for i in range(space.num_blocks):
+            dense_segs = (Seg(0, num_dense), *(Seg(j, W) for j in range(1, i + 1)))
+            token_segs = (Seg(0, self.num_sparse), *(Seg(j, Ws, d2s=True) for j in range(1, i + 1)))
+            spec = CellSpec(
+                dense_ops=tuple(space.dense_ops), sparse_ops=tuple(space.sparse_ops), dense_segs=dense_segs,
+                token_segs=token_segs, pad_cap=max(num_dense, W), width=W, tokens=Ws, fm=True, d2s=True,
+                layernorm=layernorm,
+            )  # fmt: skip
+            cells.append(Cell(spec))
+        self.cells = nn.ModuleList(cells)
+        self.head = HeadLinear(W, Ws, d2s_slot=True)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor, arch: Architecture) -> torch.Tensor:
+        """Logits [B] of the subnet `arch` on dense [B, D] and sparse ids [B, S]."""
+        if arch.num_blocks != len(self.cells):
+            raise ValueError(f"architecture has {arch.num_blocks} blocks, the supernet {len(self.cells)}")
+        outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
+        for cell, block, live in zip(self.cells, arch.blocks, arch.live_blocks(), strict=True):
+            outs.append(cell(outs, block) if live else None)
+        last = outs[-1]
+        return self.head(last.dense, last.tokens, last.d2s)
