@@ -1,0 +1,1 @@
+"""Training: optimisation steps and helpers shared by supernet and standalone training."""
