@@ -26,6 +26,18 @@ D2S_WIDTH = D2S_TOKENS * EMBED_DIM  # 128
 TRANSFORMER_LN_INIT = 0.17
 
 
+_TRIL: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _tril(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the strictly lower triangle of an n x n matrix, row-major (cached)."""
+    key = (n, str(device))
+    if key not in _TRIL:
+        rows, cols = torch.tril_indices(n, n, offset=-1, device=device)
+        _TRIL[key] = (rows, cols)
+    return _TRIL[key]
+
+
 def dot_tokens(width: int) -> int:
     """Sparse tokens projected by the dot operator for output width W: round(sqrt(2W))."""
     return round(math.sqrt(2 * width))
@@ -163,7 +175,7 @@ class Cell(nn.Module):
         y = self._ln(self.dot_tokens_ln, self.dot_tokens(x_tok_t, token_used, p)).transpose(1, 2)  # [B, p, 16]
         z = torch.cat([x.unsqueeze(1), y], dim=1)  # [B, p+1, 16]
         gram = torch.bmm(z, z.transpose(1, 2))
-        rows, cols = torch.tril_indices(p + 1, p + 1, offset=-1, device=z.device)
+        rows, cols = _tril(p + 1, z.device)
         return self._ln(self.dot_out_ln, self.dot_out(gram[:, rows, cols], W))
 
     def _pair(self, op: str, left: torch.Tensor, right: torch.Tensor, W: int) -> torch.Tensor:
