@@ -90,10 +90,13 @@ class Cell(nn.Module):
             if not (exact and sum(s.width for s in spec.dense_segs) == EMBED_DIM):
                 self.dot_dense = SegLinear(spec.dense_segs, EMBED_DIM, bias=not ln)
                 self.dot_dense_ln = SliceLayerNorm(EMBED_DIM) if ln else None
-            self.dot_tokens = SegLinear(spec.token_segs, p, bias=not ln)
-            self.dot_tokens_ln = SliceLayerNorm(p) if ln else None
-            self.dot_out = SliceLinear((p + 1) * p // 2, W, bias=not ln)
-            self.dot_out_ln = SliceLayerNorm(W) if ln else None
+            tokens_in = sum(s.width + (8 if s.d2s else 0) for s in spec.token_segs)
+            if not (exact and tokens_in == p):
+                self.dot_tokens = SegLinear(spec.token_segs, p, bias=not ln)
+                self.dot_tokens_ln = SliceLayerNorm(p) if ln else None
+            if not (exact and (p + 1) * p // 2 == W):
+                self.dot_out = SliceLinear((p + 1) * p // 2, W, bias=not ln)
+                self.dot_out_ln = SliceLayerNorm(W) if ln else None
         if "sum" in spec.dense_ops:
             if not (exact and M == W):
                 self.sum_proj = SliceLinear(M, W, bias=not ln)
@@ -172,11 +175,16 @@ class Cell(nn.Module):
         p = dot_tokens(W)
         if x.shape[1] != EMBED_DIM:
             x = self._ln(self.dot_dense_ln, self.dot_dense(x, dense_used, EMBED_DIM))
-        y = self._ln(self.dot_tokens_ln, self.dot_tokens(x_tok_t, token_used, p)).transpose(1, 2)  # [B, p, 16]
-        z = torch.cat([x.unsqueeze(1), y], dim=1)  # [B, p+1, 16]
+        y = x_tok_t
+        if x_tok_t.shape[2] != p:  # as the reference: no projection when there are already p tokens
+            y = self._ln(self.dot_tokens_ln, self.dot_tokens(x_tok_t, token_used, p))
+        z = torch.cat([x.unsqueeze(1), y.transpose(1, 2)], dim=1)  # [B, p+1, 16]
         gram = torch.bmm(z, z.transpose(1, 2))
         rows, cols = _tril(p + 1, z.device)
-        return self._ln(self.dot_out_ln, self.dot_out(gram[:, rows, cols], W))
+        pairs = gram[:, rows, cols]
+        if pairs.shape[1] == W:  # likewise no output layer when the pair count is already W
+            return pairs
+        return self._ln(self.dot_out_ln, self.dot_out(pairs, W))
 
     def _pair(self, op: str, left: torch.Tensor, right: torch.Tensor, W: int) -> torch.Tensor:
         m = max(left.shape[1], right.shape[1])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,12 @@ class Architecture:
     blocks: tuple[Block, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "blocks", tuple(self.blocks))
+        # operators in canonical order, so that equal architectures have equal forms and hashes
+        blocks = tuple(
+            replace(b, dense_ops=_canonical(b.dense_ops, DENSE_OPS), sparse_ops=_canonical(b.sparse_ops, SPARSE_OPS))
+            for b in self.blocks
+        )
+        object.__setattr__(self, "blocks", blocks)
         if not self.blocks:
             raise NasrecError("architecture: no blocks")
         for i, b in enumerate(self.blocks):
@@ -171,13 +176,21 @@ class Architecture:
         Path(path).write_text(self.to_json(indent=1) + "\n")
 
 
+def _canonical(ops: tuple[str, ...], order: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(ops, key=lambda op: order.index(op) if op in order else len(order)))
+
+
 def _check_block(i: int, b: Block) -> None:
     def fail(fieldname: str, msg: str) -> None:
         raise NasrecError(f"architecture block {i}, field {fieldname}: {msg}")
 
     if not b.dense_ops or len(set(b.dense_ops)) != len(b.dense_ops) or any(op not in DENSE_OPS for op in b.dense_ops):
         fail("dense_ops", f"{list(b.dense_ops)!r} must be distinct names from {DENSE_OPS}")
-    if not b.sparse_ops or len(set(b.sparse_ops)) != len(b.sparse_ops) or any(op not in SPARSE_OPS for op in b.sparse_ops):
+    if (
+        not b.sparse_ops
+        or len(set(b.sparse_ops)) != len(b.sparse_ops)
+        or any(op not in SPARSE_OPS for op in b.sparse_ops)
+    ):
         fail("sparse_ops", f"{list(b.sparse_ops)!r} must be distinct names from {SPARSE_OPS}")
     for name in ("dense_in", "sparse_in"):
         idx = getattr(b, name)

@@ -1,0 +1,1 @@
+"""Models: analytic cost, operators, the weight-sharing supernet and standalone subnets."""

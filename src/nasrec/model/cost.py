@@ -1,0 +1,335 @@
+"""Analytic FLOPs per example and parameter counts of an architecture's standalone model.
+
+Counting convention (the NASRec paper's, measured there with fvcore): one multiply-accumulate is one
+FLOP; linear layers, batched matrix products (dot's Gram matrix, attention scores Q·Kᵀ and the
+weighted sum A·V) and LayerNorms (5 FLOPs per element, affine) are counted; element-wise operations
+(activations, additions, padding, softmax, the fm term), embedding lookups and anything whose result
+cannot reach the logit are not.
+
+fvcore measures a traced graph, so its count leaves out every operator whose output is unused, not only
+dead blocks: a live block whose dense output nobody reads (and that has no d2s) computes its dense
+operator for nothing, and likewise for a sparse output without fm. ``ArchCost.flops`` follows fvcore;
+``ArchCost.flops_live_blocks`` counts every operator of the live blocks, which is what a model that
+prunes only dead blocks executes.
+
+Each operator's formula lives in one small function (``fc_cost``, ``dot_cost``, ...) so that a model
+implementation can be checked against it operator by operator. The math follows ``docs/design.md``,
+"Operator semantics", plus one rule of the reference that the published figures need: dot skips its
+token-axis projection (and its LN) when the input already has p tokens, and its output Linear when
+(p+1)p/2 = W. ``E`` is the embedding (token) dimension, 16 in NASRec.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nasrec.errors import NasrecError
+from nasrec.space.arch import D2S_TOKENS, Architecture, Block
+
+LN_FLOPS_PER_ELEMENT = 5  # fvcore's count for an affine LayerNorm
+EMBEDDING_DIM = 16
+
+
+@dataclass(frozen=True)
+class Cost:
+    """FLOPs per example and parameter count of one layer or operator."""
+
+    flops: int = 0
+    params: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.params + other.params)
+
+
+ZERO = Cost()
+
+
+# -- layers ------------------------------------------------------------------------------------------
+def linear_cost(din: int, dout: int, bias: bool, rows: int = 1) -> Cost:
+    """Linear(din → dout) applied to `rows` vectors of one example (a bias adds parameters, not FLOPs)."""
+    return Cost(rows * din * dout, din * dout + (dout if bias else 0))
+
+
+def layernorm_cost(n: int, rows: int = 1) -> Cost:
+    """Affine LayerNorm over `n` features applied to `rows` vectors of one example."""
+    return Cost(LN_FLOPS_PER_ELEMENT * n * rows, 2 * n)
+
+
+def _ln_if(ln: bool, n: int, rows: int = 1) -> Cost:
+    return layernorm_cost(n, rows) if ln else ZERO
+
+
+def linear_ln_cost(din: int, dout: int, ln: bool, rows: int = 1) -> Cost:
+    """The recurring Linear + LN?(dout): the Linear has a bias exactly when no LayerNorm follows it."""
+    return linear_cost(din, dout, bias=not ln, rows=rows) + _ln_if(ln, dout, rows)
+
+
+def token_linear_cost(tin: int, tout: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+    """Token-axis Linear(tin → tout) + LN?(tout) applied to each of the `e` channels (efc, dot, transformer)."""
+    return linear_ln_cost(tin, tout, ln, rows=e)
+
+
+def attention_matmul_flops(tokens: int, e: int = EMBEDDING_DIM) -> int:
+    """FLOPs of attention's Q·Kᵀ and A·V over `tokens` tokens of width `e` (hidden inside SDPA in torch 2).
+
+    The head count does not enter: heads × tokens² × (e / heads) = e · tokens² for each product.
+    """
+    return 2 * e * tokens * tokens
+
+
+def mha_cost(tokens: int, e: int = EMBEDDING_DIM) -> Cost:
+    """Self-attention (q = k = v) over `tokens` tokens of width `e`; in/out projections with bias."""
+    projections = linear_cost(e, 3 * e, bias=True, rows=tokens) + linear_cost(e, e, bias=True, rows=tokens)
+    return projections + Cost(attention_matmul_flops(tokens, e), 0)
+
+
+# -- operators ---------------------------------------------------------------------------------------
+def fc_cost(din: int, w: int, ln: bool) -> Cost:
+    """fc: Linear(din → w), LN?(w), ReLU."""
+    return linear_ln_cost(din, w, ln)
+
+
+def sum_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
+    """sum: pad to m = max(dl, dr) and add; Linear(m → w) only if m ≠ w; LN?(w) either way."""
+    m = max(dl, dr)
+    return linear_ln_cost(m, w, ln) if m != w else _ln_if(ln, w)
+
+
+def gating_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
+    """gating: pad to m; sigmoid(Linear_m×m(left)) ⊙ right; Linear(m → w) only if m ≠ w; LN?(w). Biases always."""
+    m = max(dl, dr)
+    cost = linear_cost(m, m, bias=True)
+    if m != w:
+        cost += linear_cost(m, w, bias=True)
+    return cost + _ln_if(ln, w)
+
+
+def dot_tokens(w: int) -> int:
+    """Number p of projected sparse tokens of dot at output width w: round(sqrt(2w)), Python rounding."""
+    return round(math.sqrt(2 * w))
+
+
+def dot_cost(din: int, tin: int, w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+    """dot: dense → e, tokens tin → p, Gram of the p+1 tokens, its lower triangle → w, LN?(w).
+
+    Each projection (with its LN?) is skipped when the widths already match: din = e, tin = p,
+    (p+1)p/2 = w. The final LN?(w) is kept either way.
+    """
+    p = dot_tokens(w)
+    pairs = (p + 1) * p // 2
+    cost = linear_ln_cost(din, e, ln) if din != e else ZERO
+    if tin != p:
+        cost += token_linear_cost(tin, p, ln, e)
+    cost += Cost((p + 1) * (p + 1) * e, 0)  # Gram matrix Z·Zᵀ, a batched matrix product
+    return cost + (linear_ln_cost(pairs, w, ln) if pairs != w else _ln_if(ln, w))
+
+
+def efc_cost(tin: int, ws: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+    """efc: token-axis Linear(tin → ws) on each channel, LN?(ws), ReLU."""
+    return token_linear_cost(tin, ws, ln, e)
+
+
+def transformer_cost(tin: int, ws: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+    """transformer: token-axis Linear(tin → ws) + LN?; self-attention; LN(e); FFN e → e → e; LN(e)."""
+    cost = token_linear_cost(tin, ws, ln, e) + mha_cost(ws, e)
+    ffn = linear_cost(e, e, bias=True, rows=ws) + linear_cost(e, e, bias=True, rows=ws)
+    # Both LN(e) exist whatever use_layernorm says.
+    return cost + ffn + layernorm_cost(e, ws) + layernorm_cost(e, ws)
+
+
+def fm_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+    """fm flag: the (Σe)² − Σe² term is element-wise; Linear(e → w) + LN?(w) only if w ≠ e."""
+    return linear_ln_cost(e, w, ln) if w != e else ZERO
+
+
+def d2s_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+    """d2s flag: Linear(w → 8e) + LN?(8e) only if w ≠ 8e; the reshape to 8 tokens is free."""
+    out = D2S_TOKENS * e
+    return linear_ln_cost(w, out, ln) if w != out else ZERO
+
+
+def head_cost(width: int) -> Cost:
+    """Head: Linear(width → 1) with bias, producing the logit."""
+    return linear_cost(width, 1, bias=True)
+
+
+def op_cost(
+    op: str, block: Block, dense_in: int, sparse_in: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM
+) -> Cost:
+    """Cost of operator (or merge flag) `op` of `block`, given the widths of its inputs (tokens for sparse)."""
+    w, ws = block.dense_width, block.sparse_width
+    if op == "fc":
+        return fc_cost(dense_in, w, ln)
+    if op == "dot":
+        return dot_cost(dense_in, sparse_in, w, ln, e)
+    if op == "sum":
+        return sum_cost(left, right, w, ln)
+    if op == "gating":
+        return gating_cost(left, right, w, ln)
+    if op == "efc":
+        return efc_cost(sparse_in, ws, ln, e)
+    if op == "transformer":
+        return transformer_cost(sparse_in, ws, ln, e)
+    if op == "d2s":
+        return d2s_cost(w, ln, e)
+    if op == "fm":
+        return fm_cost(w, ln, e)
+    raise NasrecError(f"op_cost: unknown operator {op!r}")
+
+
+# -- liveness at operator level ----------------------------------------------------------------------
+def live_outputs(arch: Architecture) -> tuple[tuple[bool, bool], ...]:
+    """For each block, whether its (dense, sparse) outputs can reach the head."""
+    n = arch.num_blocks
+    dense_live, sparse_live = [False] * n, [False] * n
+    dense_live[-1] = sparse_live[-1] = True
+    for i in range(n - 1, -1, -1):
+        b = arch.blocks[i]
+        for op in (*b.dense_ops, *b.sparse_ops):
+            if not _op_live(op, b, dense_live[i], sparse_live[i]):
+                continue
+            dense_reads, sparse_reads = _op_inputs(op, b)
+            for j in dense_reads:
+                if j >= 1:
+                    dense_live[j - 1] = True
+            for j in sparse_reads:
+                if j >= 1:
+                    sparse_live[j - 1] = True
+    return tuple(zip(dense_live, sparse_live, strict=True))
+
+
+def _op_live(op: str, b: Block, dense_live: bool, sparse_live: bool) -> bool:
+    # The pre-fm dense sum also feeds d2s; the pre-d2s sparse sum also feeds fm.
+    if op in ("fc", "dot", "sum", "gating"):
+        return dense_live or (b.d2s and sparse_live)
+    if op in ("efc", "transformer"):
+        return sparse_live or (b.fm and dense_live)
+    if op == "d2s":
+        return b.d2s and sparse_live
+    return b.fm and dense_live  # fm
+
+
+def _op_inputs(op: str, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if op == "fc":
+        return b.dense_in, ()
+    if op == "dot":
+        return b.dense_in, b.sparse_in
+    if op in ("sum", "gating"):
+        return (b.left, b.right), ()
+    return (), b.sparse_in  # efc, transformer
+
+
+# -- whole architectures -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of one operator (or merge flag) of a block; `live` when its result reaches the head."""
+
+    name: str
+    flops: int
+    params: int
+    live: bool
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """Cost of one block if computed; `live` is block-level liveness (`Architecture.live_blocks`)."""
+
+    index: int
+    live: bool
+    dense_in: int  # width of the concatenated dense inputs (fc, dot)
+    sparse_in: int  # tokens of the concatenated sparse inputs
+    ops: tuple[OpCost, ...]
+    flops: int  # all operators of the block
+    params: int
+
+    @property
+    def live_flops(self) -> int:
+        """FLOPs of the operators whose results reach the head (0 for a dead block)."""
+        return sum(o.flops for o in self.ops if o.live)
+
+
+@dataclass(frozen=True)
+class ArchCost:
+    """FLOPs per example and parameter counts of an architecture's standalone model."""
+
+    flops: int  # per example, the paper's (fvcore's) count: operators reaching the head, plus the head
+    flops_live_blocks: int  # every operator of the live blocks, plus the head
+    attention_flops: int  # the part of `flops` in attention's Q·Kᵀ and A·V products
+    dense_params: int  # non-embedding parameters, dead blocks pruned
+    dense_params_with_dead: int  # the same with dead blocks, as the reference's models hold them
+    dense_params_live_ops: int  # only operators whose results reach the head, plus the head
+    embedding_params: int
+    dead_blocks: list[int]
+    per_block: tuple[BlockCost, ...]
+    head_input: int
+    use_layernorm: bool
+
+    @property
+    def mflops(self) -> float:
+        """FLOPs per example in millions."""
+        return self.flops / 1e6
+
+    @property
+    def params(self) -> int:
+        """All parameters of the standalone model: dense (dead blocks pruned) plus embeddings."""
+        return self.dense_params + self.embedding_params
+
+
+def arch_cost(
+    arch: Architecture,
+    num_dense: int = 13,
+    num_sparse: int = 26,
+    table_sizes: Sequence[int] | None = None,
+    embedding_dim: int = EMBEDDING_DIM,
+    use_layernorm: bool = False,
+) -> ArchCost:
+    """FLOPs per example and parameter counts of `arch` on inputs of `num_dense` features and `num_sparse` tokens."""
+    if num_dense < 0 or num_sparse < 1 or embedding_dim < 1:
+        raise NasrecError(
+            f"arch_cost: need num_dense >= 0, num_sparse >= 1, embedding_dim >= 1 "
+            f"(got {num_dense}, {num_sparse}, {embedding_dim})"
+        )
+    if table_sizes is not None and len(table_sizes) != num_sparse:
+        raise NasrecError(f"arch_cost: {len(table_sizes)} table sizes for {num_sparse} sparse features")
+    e = embedding_dim
+    # Output widths per input index: 0 is the raw input, j >= 1 block j-1.
+    widths = [num_dense] + [b.dense_width for b in arch.blocks]
+    tokens = [num_sparse] + [b.sparse_tokens for b in arch.blocks]
+    live_blocks = arch.live_blocks()
+    outputs = live_outputs(arch)
+    per_block = []
+    for i, b in enumerate(arch.blocks):
+        din = sum(widths[j] for j in b.dense_in)
+        tin = sum(tokens[j] for j in b.sparse_in)
+        names = [*b.dense_ops, *b.sparse_ops] + ["d2s"] * b.d2s + ["fm"] * b.fm
+        ops = []
+        for name in names:
+            c = op_cost(name, b, din, tin, widths[b.left], widths[b.right], use_layernorm, e)
+            ops.append(OpCost(name, c.flops, c.params, live_blocks[i] and _op_live(name, b, *outputs[i])))
+        flops, params = sum(o.flops for o in ops), sum(o.params for o in ops)
+        per_block.append(BlockCost(i, live_blocks[i], din, tin, tuple(ops), flops, params))
+    last = arch.blocks[-1]
+    head_input = last.dense_width + e * last.sparse_tokens
+    head = head_cost(head_input)
+    live = [bc for bc in per_block if bc.live]
+    attention = sum(
+        attention_matmul_flops(arch.blocks[bc.index].sparse_width, e)
+        for bc in live
+        for o in bc.ops
+        if o.name == "transformer" and o.live
+    )
+    return ArchCost(
+        flops=sum(bc.live_flops for bc in live) + head.flops,
+        flops_live_blocks=sum(bc.flops for bc in live) + head.flops,
+        attention_flops=attention,
+        dense_params=sum(bc.params for bc in live) + head.params,
+        dense_params_with_dead=sum(bc.params for bc in per_block) + head.params,
+        dense_params_live_ops=sum(o.params for bc in live for o in bc.ops if o.live) + head.params,
+        embedding_params=sum(table_sizes) * e if table_sizes is not None else 0,
+        dead_blocks=arch.dead_blocks(),
+        per_block=tuple(per_block),
+        head_input=head_input,
+        use_layernorm=use_layernorm,
+    )

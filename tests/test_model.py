@@ -1,0 +1,151 @@
+"""Supernet and standalone models: a materialised subnet computes exactly what the supernet computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nasrec.model.subnet import Subnet
+from nasrec.model.supernet import Supernet
+from nasrec.space.arch import Architecture
+from nasrec.space.space import NASREC_FULL, NASREC_SMALL
+
+CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
+TABLES = [7, 30, 3, 50, 11, 5, 19, 40, 2, 9, 13, 21, 8]  # 13 sparse fields, tiny tables
+NUM_DENSE = 5
+
+
+def _batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(n, NUM_DENSE, generator=g)
+    sparse = torch.stack([torch.randint(0, t, (n,), generator=g) for t in TABLES], 1)
+    return dense, sparse
+
+
+@pytest.fixture(scope="module", params=["small", "full"])
+def supernet(request: pytest.FixtureRequest) -> Supernet:
+    torch.manual_seed(0)
+    space = NASREC_SMALL if request.param == "small" else NASREC_FULL
+    return Supernet(space, NUM_DENSE, TABLES, layernorm=True)
+
+
+@pytest.mark.parametrize("strategy", ["default", "any-path", "single-path"])
+def test_materialised_subnet_equals_supernet_path(supernet: Supernet, strategy: str) -> None:
+    rng = np.random.default_rng(1)
+    dense, sparse = _batch()
+    n_archs = 50 if strategy == "default" else 10
+    worst = 0.0
+    for _ in range(n_archs):
+        arch = supernet.space.sample(rng, strategy)
+        sub = Subnet.from_supernet(supernet, arch)
+        for train in (True, False):
+            supernet.train(train)
+            sub.train(train)
+            with torch.no_grad():
+                diff = (supernet(dense, sparse, arch) - sub(dense, sparse)).abs().max().item()
+            worst = max(worst, diff)
+    assert worst <= 1e-5
+
+
+def test_full_path_and_published_configs(supernet: Supernet) -> None:
+    dense, sparse = _batch()
+    archs = [supernet.space.full_path()]
+    if CONFIGS.is_dir():
+        tag = "autoctr" if len(supernet.space.dense_ops) == 2 else "xlarge"
+        archs += [Architecture.load(p) for p in sorted(CONFIGS.glob(f"*_{tag}_best.json"))]
+    for arch in archs:
+        sub = Subnet.from_supernet(supernet, arch)
+        with torch.no_grad():
+            torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)
+
+
+def test_dead_blocks_are_pruned_and_unused_weights_get_no_gradient() -> None:
+    torch.manual_seed(0)
+    sup = Supernet(NASREC_FULL, NUM_DENSE, TABLES)
+    if not CONFIGS.is_dir():
+        pytest.skip("../shared/configs is not available")
+    arch = Architecture.load(CONFIGS / "criteo_xlarge_best.json")  # blocks 3, 4, 5 are dead
+    sub = Subnet(arch, NUM_DENSE, TABLES)
+    assert sorted(sub.cells.keys()) == ["0", "1", "2", "6"]
+    dense, sparse = _batch()
+    sup.zero_grad(set_to_none=True)
+    sup(dense, sparse, arch).sum().backward()
+    for i in (3, 4, 5):
+        assert all(p.grad is None for p in sup.cells[i].parameters())
+    # block 0 uses gating + transformer only: fc, dot, sum and efc weights get no gradient
+    cell0 = sup.cells[0]
+    for name in ("fc", "dot_out", "sum_proj", "efc"):
+        assert all(p.grad is None for p in getattr(cell0, name).parameters()), name
+    assert cell0.gate.weight.grad is not None
+    # only the used slice of a shared weight has a non-zero gradient (gating's square layer: 13 x 13)
+    g = cell0.gate.weight.grad
+    assert g[:NUM_DENSE, :NUM_DENSE].abs().sum() > 0 and g[NUM_DENSE:].abs().sum() == 0
+    # embeddings: a sparse gradient touching only the looked-up rows
+    eg = sup.embedding.table.weight.grad
+    assert eg.is_sparse
+    rows = set(eg.coalesce().indices()[0].tolist())
+    expected = set((sparse + sup.embedding.offsets).flatten().tolist())
+    assert rows == expected
+
+
+def test_fresh_subnet_trains_and_has_only_its_weights() -> None:
+    torch.manual_seed(0)
+    arch = NASREC_FULL.sample(np.random.default_rng(5), "default")
+    sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=True)
+    sup = Supernet(NASREC_FULL, NUM_DENSE, TABLES)
+    n_sub = sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+    n_sup = sum(p.numel() for n, p in sup.named_parameters() if not n.startswith("embedding"))
+    assert 0 < n_sub < n_sup / 10
+    dense, sparse = _batch(64)
+    y = (dense[:, 0] > 0).float()
+    opt = torch.optim.Adagrad(sub.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(sub(dense, sparse), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8
+
+
+def test_layernorm_free_standalone_differs_from_supernet_semantics() -> None:
+    # final training uses no LN: the standalone model then has no LN layers except the transformer's
+    arch = NASREC_FULL.full_path()
+    sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=False)
+    lns = [n for n, _ in sub.named_modules() if n.endswith("_ln")]
+    assert lns and all(n.endswith(("attn_ln", "ffn_ln")) for n in lns)
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_standalone_parameters_equal_the_cost_model(layernorm: bool) -> None:
+    from nasrec.model.cost import arch_cost
+
+    rng = np.random.default_rng(3)
+    for space in (NASREC_SMALL, NASREC_FULL):
+        for _ in range(15):
+            arch = space.sample(rng, "default")
+            sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=layernorm)
+            n = sum(p.numel() for name, p in sub.named_parameters() if not name.startswith("embedding"))
+            cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES, use_layernorm=layernorm)
+            assert n == cost.dense_params
+            assert sub.embedding.table.weight.numel() == cost.embedding_params
+
+
+def test_measured_flops_equal_the_cost_model() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nasrec.model.cost import arch_cost
+
+    rng = np.random.default_rng(4)
+    dense, sparse = _batch(1)
+    for _ in range(15):  # NASRec-Small has no attention and, without LN, only linears and the Gram bmm
+        arch = NASREC_SMALL.sample(rng, "default")
+        sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=False)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            sub(dense, sparse)
+        measured = counter.get_total_flops() // 2  # the counter counts a multiply-accumulate as 2
+        assert measured == arch_cost(arch, NUM_DENSE, len(TABLES)).flops_live_blocks
