@@ -149,3 +149,22 @@ def test_measured_flops_equal_the_cost_model() -> None:
             sub(dense, sparse)
         measured = counter.get_total_flops() // 2  # the counter counts a multiply-accumulate as 2
         assert measured == arch_cost(arch, NUM_DENSE, len(TABLES)).flops_live_blocks
+
+
+def test_models_shaped_by_a_prepared_cache(tmp_path: Path) -> None:
+    from nasrec.data.cache import open_cache
+    from nasrec.data.loader import BatchLoader
+    from nasrec.data.prepare import PrepareConfig, prepare
+    from nasrec.data.synthetic import SynthConfig, generate_synthetic
+
+    raw = tmp_path / "s.tsv"
+    generate_synthetic(raw, rows=600, seed=1, config=SynthConfig(cardinalities=tuple([5, 20, 60] * 8 + [9, 9])))
+    prepare(PrepareConfig(inputs=(str(raw),), out=str(tmp_path / "c"), format="criteo", encoding="vocab"))
+    cache = open_cache(tmp_path / "c")
+    sup = Supernet.for_cache(NASREC_SMALL, cache)
+    arch = NASREC_SMALL.sample(np.random.default_rng(0))
+    sub = Subnet.for_cache(arch, cache, layernorm=True)
+    assert sup.embedding.table_sizes == tuple(cache.table_sizes) == sub.embedding.table_sizes
+    batch = next(iter(BatchLoader(cache, "train", batch_size=32)))
+    assert sup(batch.dense, batch.sparse, arch).shape == (32,)
+    assert sub(batch.dense, batch.sparse).shape == (32,)

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasrec.model.layers import Seg, SegLinear, SliceLayerNorm, SliceLinear, Used
-from nasrec.space.arch import D2S_TOKENS, Block
+from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Block
 
-EMBED_DIM = 16
 HEADS = 8
-D2S_WIDTH = D2S_TOKENS * EMBED_DIM  # 128
+D2S_WIDTH = D2S_TOKENS * EMBEDDING_DIM  # 128
 TRANSFORMER_LN_INIT = 0.17
 
 
@@ -87,9 +86,9 @@ class Cell(nn.Module):
         exact = spec.exact
         if "dot" in spec.dense_ops:
             p = dot_tokens(W)
-            if not (exact and sum(s.width for s in spec.dense_segs) == EMBED_DIM):
-                self.dot_dense = SegLinear(spec.dense_segs, EMBED_DIM, bias=not ln)
-                self.dot_dense_ln = SliceLayerNorm(EMBED_DIM) if ln else None
+            if not (exact and sum(s.width for s in spec.dense_segs) == EMBEDDING_DIM):
+                self.dot_dense = SegLinear(spec.dense_segs, EMBEDDING_DIM, bias=not ln)
+                self.dot_dense_ln = SliceLayerNorm(EMBEDDING_DIM) if ln else None
             tokens_in = sum(s.width + (8 if s.d2s else 0) for s in spec.token_segs)
             if not (exact and tokens_in == p):
                 self.dot_tokens = SegLinear(spec.token_segs, p, bias=not ln)
@@ -112,17 +111,17 @@ class Cell(nn.Module):
         if "transformer" in spec.sparse_ops:
             self.tr_proj = SegLinear(spec.token_segs, Ws, bias=not ln)
             self.tr_proj_ln = SliceLayerNorm(Ws) if ln else None
-            self.attn_in = nn.Linear(EMBED_DIM, 3 * EMBED_DIM)
-            self.attn_out = nn.Linear(EMBED_DIM, EMBED_DIM)
-            self.attn_ln = SliceLayerNorm(EMBED_DIM, TRANSFORMER_LN_INIT)
-            self.ffn1 = nn.Linear(EMBED_DIM, EMBED_DIM)
-            self.ffn2 = nn.Linear(EMBED_DIM, EMBED_DIM)
-            self.ffn_ln = SliceLayerNorm(EMBED_DIM, TRANSFORMER_LN_INIT)
+            self.attn_in = nn.Linear(EMBEDDING_DIM, 3 * EMBEDDING_DIM)
+            self.attn_out = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
+            self.attn_ln = SliceLayerNorm(EMBEDDING_DIM, TRANSFORMER_LN_INIT)
+            self.ffn1 = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
+            self.ffn2 = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
+            self.ffn_ln = SliceLayerNorm(EMBEDDING_DIM, TRANSFORMER_LN_INIT)
             for lin in (self.attn_in, self.attn_out, self.ffn1, self.ffn2):
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        if spec.fm and not (exact and W == EMBED_DIM):
-            self.fm_proj = SliceLinear(EMBED_DIM, W, bias=not ln)
+        if spec.fm and not (exact and W == EMBEDDING_DIM):
+            self.fm_proj = SliceLinear(EMBEDDING_DIM, W, bias=not ln)
             self.fm_ln = SliceLayerNorm(W) if ln else None
         if spec.d2s and not (exact and W == D2S_WIDTH):
             self.d2s_proj = SliceLinear(W, D2S_WIDTH, bias=not ln)
@@ -164,17 +163,17 @@ class Cell(nn.Module):
         d2s = None
         if block.d2s:
             z = dense_out if W == D2S_WIDTH else self._ln(self.d2s_ln, self.d2s_proj(dense_out, D2S_WIDTH))
-            d2s = z.reshape(z.shape[0], D2S_TOKENS, EMBED_DIM)
+            d2s = z.reshape(z.shape[0], D2S_TOKENS, EMBEDDING_DIM)
         if block.fm:
             s = tokens.sum(1)
             v = s * s - (tokens * tokens).sum(1)  # pairwise interactions, without the 1/2 of the FM paper
-            dense_out = dense_out + (v if W == EMBED_DIM else self._ln(self.fm_ln, self.fm_proj(v, W)))
+            dense_out = dense_out + (v if W == EMBEDDING_DIM else self._ln(self.fm_ln, self.fm_proj(v, W)))
         return Output(dense_out, tokens, d2s)
 
     def _dot(self, x, dense_used, x_tok_t, token_used, W: int) -> torch.Tensor:
         p = dot_tokens(W)
-        if x.shape[1] != EMBED_DIM:
-            x = self._ln(self.dot_dense_ln, self.dot_dense(x, dense_used, EMBED_DIM))
+        if x.shape[1] != EMBEDDING_DIM:
+            x = self._ln(self.dot_dense_ln, self.dot_dense(x, dense_used, EMBEDDING_DIM))
         y = x_tok_t
         if x_tok_t.shape[2] != p:  # as the reference: no projection when there are already p tokens
             y = self._ln(self.dot_tokens_ln, self.dot_tokens(x_tok_t, token_used, p))

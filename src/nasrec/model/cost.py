@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nasrec.errors import NasrecError
-from nasrec.space.arch import D2S_TOKENS, Architecture, Block
+from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block
 
 LN_FLOPS_PER_ELEMENT = 5  # fvcore's count for an affine LayerNorm
-EMBEDDING_DIM = 16
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nasrec.data.cache import Cache
 from nasrec.model.cell import Cell, CellSpec, Output
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
@@ -43,6 +44,11 @@ class Subnet(nn.Module):
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
         self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s)
+
+    @classmethod
+    def for_cache(cls, arch: Architecture, cache: Cache, layernorm: bool = False) -> Subnet:
+        """A freshly initialised model of `arch` shaped for a prepared cache."""
+        return cls(arch, len(cache.dense_fields), cache.table_sizes, layernorm=layernorm)
 
     @classmethod
     def from_supernet(cls, supernet: Supernet, arch: Architecture) -> Subnet:

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from nasrec.data.cache import Cache
 from nasrec.model.cell import Cell, CellSpec, Output
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
@@ -51,6 +52,11 @@ class Supernet(nn.Module):
             cells.append(Cell(spec))
         self.cells = nn.ModuleList(cells)
         self.head = HeadLinear(W, Ws, d2s_slot=True)
+
+    @classmethod
+    def for_cache(cls, space: SpaceLike, cache: Cache, layernorm: bool = True) -> Supernet:
+        """A supernet shaped for a prepared cache (dense field count and table sizes from its meta)."""
+        return cls(space, len(cache.dense_fields), cache.table_sizes, layernorm=layernorm)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor, arch: Architecture) -> torch.Tensor:
         """Logits [B] of the subnet `arch` on dense [B, D] and sparse ids [B, S]."""

@@ -22,6 +22,7 @@ from nasrec.errors import NasrecError
 DENSE_OPS = ("fc", "dot", "gating", "sum")
 SPARSE_OPS = ("efc", "transformer")
 MAX_INPUTS = 4  # a block reads at most this many earlier outputs per input list
+EMBEDDING_DIM = 16  # NASRec embeds every sparse feature (and every d2s token) in 16 dimensions
 D2S_TOKENS = 8  # the dense-to-sparse merger appends 8 tokens of 16
 ARCH_FORMAT = "nasrec-architecture"
 ARCH_VERSION = 1

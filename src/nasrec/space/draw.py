@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasrec.space.arch import D2S_TOKENS, Architecture, Block
+from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block
 
-EMBEDDING_DIM = 16  # NASRec embeds every sparse feature (and every d2s token) in 16 dimensions
 _DEAD_COLOR = "#9a9a9a"
 
 
