@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -256,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NasrecError as e:
         print(f"nasrec {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into a program that stopped reading (e.g. `| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"nasrec {args.command}: interrupted", file=sys.stderr)
         return 130
