@@ -225,10 +225,93 @@ def _run_arch(args: argparse.Namespace) -> int:
     return runners[args.arch_command](args)
 
 
+def _parse_sets(items: list[str] | None) -> dict:
+    """`--set key=value` pairs; values parsed as JSON when they can be (numbers, true, null...)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise NasrecError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    p.add_argument("--preset", help="paper-supernet, paper-final, cpu-quick, cpu-supernet")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training setting (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an architecture or a zoo baseline from scratch")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", metavar="FILE.json", help="nasrec architecture (canonical or NASRec JSON)")
+    what.add_argument(
+        "--model", metavar="NAME", help="zoo baseline: lr, fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm"
+    )
+    p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="zoo model hyper-parameter (repeatable)")
+    _add_train_options(p)
+
+
+def _print_final(res: dict) -> None:
+    keys = ("logloss", "auc", "mflops", "params", "samples_per_s", "steps")
+    print(json.dumps({k: res.get(k) for k in keys}, default=str))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from nasrec.train.api import train
+
+    res = train(args.data, args.out, arch=args.arch, model=args.model, hparams=_parse_sets(args.hparam),
+                preset_name=args.preset, overrides=_parse_sets(args.set), resume=args.resume,
+                progress=False if args.no_progress else None)  # fmt: skip
+    _print_final(res)
+    return 0
+
+
+def _add_supernet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("supernet", help="train a weight-sharing supernet over a search space")
+    p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
+    _add_train_options(p)
+
+
+def _run_supernet(args: argparse.Namespace) -> int:
+    from nasrec.train.api import train_supernet
+
+    res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
+                         overrides=_parse_sets(args.set), resume=args.resume,
+                         progress=False if args.no_progress else None)  # fmt: skip
+    _print_final(res)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="log loss and AUC of a trained model on a split")
+    p.add_argument("--model", required=True, metavar="DIR", help="run directory of `nasrec train`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from nasrec.train.api import evaluate_run
+
+    print(json.dumps(evaluate_run(args.model, args.data, args.split, args.checkpoint), default=str))
+    return 0
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
     "arch": (_add_arch, _run_arch),
+    "train": (_add_train, _run_train),
+    "supernet": (_add_supernet, _run_supernet),
+    "evaluate": (_add_evaluate, _run_evaluate),
 }
 
 

@@ -27,7 +27,10 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> flo
             sparse.append(g)
         else:
             dense.append(g)
-    sq = torch.zeros((), dtype=torch.float64)
+    grads = dense + sparse
+    if not grads:
+        return 0.0
+    sq = torch.zeros((), dtype=torch.float64, device=grads[0].device)
     if dense:
         sq += torch.stack(torch._foreach_norm(dense)).double().pow(2).sum()
     for g in sparse:

@@ -1,0 +1,82 @@
+"""A model described as plain data (what a run directory stores), and building it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from nasrec.errors import NasrecError
+from nasrec.space.arch import Architecture
+
+MODEL_KINDS = ("nasrec", "zoo", "supernet")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model: a nasrec architecture, a zoo baseline, or a supernet over a space; and its input shape."""
+
+    kind: str
+    num_dense: int
+    table_sizes: tuple[int, ...]
+    arch: dict[str, Any] | None = None  # kind "nasrec": the canonical architecture JSON
+    zoo: str | None = None  # kind "zoo": model name
+    hparams: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] | None = None  # kind "supernet": the search space
+    layernorm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise NasrecError(f"model kind must be one of {', '.join(MODEL_KINDS)}, not {self.kind!r}")
+        object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["table_sizes"] = list(self.table_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        """Rebuild from `to_dict` output."""
+        return cls(**d)
+
+    def architecture(self) -> Architecture:
+        """The architecture of a nasrec model."""
+        if self.arch is None:
+            raise NasrecError("this model has no architecture")
+        return Architecture.from_dict(self.arch)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model (call under a seeded torch RNG for reproducible weights)."""
+        if self.kind == "nasrec":
+            from nasrec.model.subnet import Subnet
+
+            return Subnet(self.architecture(), self.num_dense, self.table_sizes, layernorm=self.layernorm)
+        if self.kind == "zoo":
+            from nasrec.zoo.registry import build_zoo_model
+
+            return build_zoo_model(self.zoo, self.num_dense, self.table_sizes, **self.hparams)
+        from nasrec.model.supernet import Supernet
+        from nasrec.space.space import SearchSpace
+
+        return Supernet(SearchSpace.from_dict(self.space), self.num_dense, self.table_sizes, layernorm=True)
+
+    def cost(self) -> dict[str, float]:
+        """MFLOPs per example and parameter counts (a supernet reports parameters only)."""
+        if self.kind == "nasrec":
+            from nasrec.model.cost import arch_cost
+
+            c = arch_cost(self.architecture(), self.num_dense, len(self.table_sizes), self.table_sizes,
+                          use_layernorm=self.layernorm)  # fmt: skip
+            return {"mflops": c.mflops, "params": c.params, "dense_params": c.dense_params}
+        if self.kind == "zoo":
+            from nasrec.zoo.registry import zoo_cost
+
+            c = zoo_cost(self.zoo, self.num_dense, self.table_sizes, **self.hparams)
+            return {"mflops": c.mflops, "params": c.params, "dense_params": c.dense_params}
+        model = self.build()
+        n = sum(p.numel() for p in model.parameters())
+        emb = sum(self.table_sizes) * 16
+        return {"mflops": float("nan"), "params": n, "dense_params": n - emb}

@@ -1,0 +1,85 @@
+"""Python entry points of the training stage, one per CLI command (train, supernet, evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nasrec.data.cache import open_cache
+from nasrec.errors import NasrecError
+from nasrec.model.spec import ModelSpec
+from nasrec.space.arch import Architecture
+from nasrec.train.config import TrainConfig, preset
+from nasrec.train.trainer import Trainer, evaluate, load_trained
+
+
+def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
+    if resume and (out / "config.json").exists():
+        import json
+
+        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
+        if preset_name or overrides:
+            wanted = preset(preset_name, **(overrides or {}))
+            if wanted != saved:
+                raise NasrecError(f"{out}: --resume continues with the run's own configuration; drop --preset/--set")
+        return saved
+    return preset(preset_name, **(overrides or {}))
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    arch: str | Path | Architecture | None = None,
+    model: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    preset_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train a nasrec architecture (`arch`) or a zoo baseline (`model`) from scratch on a cache."""
+    if (arch is None) == (model is None):
+        raise NasrecError("give exactly one of --arch FILE.json or --model NAME")
+    cache = open_cache(data)
+    out = Path(out)
+    cfg = _config(preset_name, overrides, resume, out)
+    common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
+    if arch is not None:
+        a = arch if isinstance(arch, Architecture) else Architecture.load(arch)
+        spec = ModelSpec(kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, **common)
+    else:
+        spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
+    return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+
+
+def train_supernet(
+    data: str | Path,
+    out: str | Path,
+    *,
+    space: str | Path = "full",
+    preset_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train a weight-sharing supernet over a search space on a cache."""
+    from nasrec.space.space import get_space
+
+    cache = open_cache(data)
+    out = Path(out)
+    cfg = _config(preset_name, overrides, resume, out)
+    spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
+                     table_sizes=tuple(cache.table_sizes), layernorm=True)  # fmt: skip
+    return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+
+
+def evaluate_run(model_dir: str | Path, data: str | Path, split: str = "test", which: str = "final") -> dict:
+    """Log loss, AUC and calibration of a trained run's model on a split of a cache."""
+    model, spec = load_trained(model_dir, which)
+    if spec.kind == "supernet":
+        raise NasrecError(f"{model_dir}: a supernet is evaluated per architecture (see the search stage)")
+    cache = open_cache(data)
+    if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
+        raise NasrecError(f"{data}: this cache's fields and table sizes differ from the model's")
+    return {"split": split, **evaluate(model, cache, split), **spec.cost()}

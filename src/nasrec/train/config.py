@@ -1,0 +1,98 @@
+"""Training configuration as a plain, validated value, and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from nasrec.errors import NasrecError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (besides the model and the data)."""
+
+    batch_size: int = 512
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (None: whole epochs)
+    optimizer: str = "adagrad"
+    lr: float = 0.12
+    eps: float = 1e-2
+    embedding_lr: float | None = None
+    weight_decay: float = 0.0
+    schedule: str = "warmup-cosine"
+    warmup_fraction: float = 0.1
+    clip: float | None = 5.0
+    shuffle: bool = False  # the reference trains in file order
+    seed: int = 0
+    layernorm: bool = False  # standalone models; supernets always use layer norms
+    eval_split: str = "val"
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    eval_batch_size: int = 8192
+    eval_max_batches: int | None = None
+    early_stop_metric: str | None = None  # "logloss" or "auc"
+    patience: int = 3
+    checkpoint_every: int = 200  # steps between checkpoints (and always at the end)
+    log_every: int = 50
+    threads: int | None = None
+    tensorboard: bool = False
+    # supernet training
+    strategy: str = "default"
+    path_warmup_steps: int = 0  # full-path warm-up length T (probability of the full path 1 - t/T)
+    supernet_eval_archs: int = 4  # fixed sampled architectures averaged when evaluating a supernet
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every", "log_every", "patience")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise NasrecError(f"training config: {name} must be >= 1, not {getattr(self, name)}")
+        if self.optimizer not in ("adagrad", "adam", "sgd"):
+            raise NasrecError(f"training config: unknown optimizer {self.optimizer!r} (adagrad, adam, sgd)")
+        if self.schedule not in ("warmup-cosine", "constant", "plateau"):
+            raise NasrecError(f"training config: unknown schedule {self.schedule!r} (warmup-cosine, constant, plateau)")
+        if self.early_stop_metric not in (None, "logloss", "auc"):
+            raise NasrecError(
+                f"training config: early_stop_metric must be logloss or auc, not {self.early_stop_metric!r}"
+            )
+        if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
+            raise NasrecError("training config: lr must be > 0 and warmup_fraction in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    def updated(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (unknown names are an error)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise NasrecError(f"training config: unknown key(s) {', '.join(unknown)}")
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict` output."""
+        return cls().updated(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # spec 3: supernet training of the paper (Criteo: T = 15,000; one epoch on train)
+    "paper-supernet": dict(batch_size=512, epochs=1, optimizer="adagrad", lr=0.12, eps=1e-2, schedule="warmup-cosine",
+                           warmup_fraction=0.1, clip=5.0, path_warmup_steps=15_000, shuffle=False),
+    # spec 4: final training from scratch (Criteo NASRec-Full lr 0.16; Small 0.1), LN off, batch 256
+    "paper-final": dict(batch_size=256, epochs=1, optimizer="adagrad", lr=0.16, eps=1e-2, schedule="warmup-cosine",
+                        warmup_fraction=0.1, clip=5.0, layernorm=False, shuffle=False, eval_every=10_000),
+    # minutes on a 2-core CPU with a few hundred thousand rows
+    "cpu-quick": dict(batch_size=512, epochs=2, optimizer="adagrad", lr=0.05, schedule="warmup-cosine",
+                      warmup_fraction=0.05, clip=5.0, shuffle=True, eval_every=500, eval_max_batches=10),
+    "cpu-supernet": dict(batch_size=512, epochs=1, optimizer="adagrad", lr=0.05, schedule="warmup-cosine",
+                         warmup_fraction=0.05, clip=5.0, shuffle=True, path_warmup_steps=200, eval_every=0,
+                         eval_max_batches=10),
+}  # fmt: skip
+
+
+def preset(name: str | None, **overrides: Any) -> TrainConfig:
+    """A named preset (or the defaults), with overrides applied."""
+    if name is not None and name not in PRESETS:
+        raise NasrecError(f"unknown preset {name!r} (expected one of: {', '.join(PRESETS)})")
+    return TrainConfig().updated(**{**(PRESETS[name] if name else {}), **overrides})

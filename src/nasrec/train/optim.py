@@ -1,0 +1,161 @@
+"""Optimizers for models whose embedding tables produce sparse (row-wise) gradients.
+
+`build_optimizer` splits the trainable parameters in two: the weights of `nn.Embedding` /
+`nn.EmbeddingBag` modules built with `sparse=True` (param group "embedding") and everything else
+(param group "dense"). Each part gets its own torch optimizer, held together by `SplitOptimizer`:
+
+- ``adagrad`` (the paper's recipe): `torch.optim.Adagrad` for both parts, initial accumulator 0. With
+  weight decay 0 its sparse update equals the dense update on every row: a row outside the batch has a
+  zero gradient, so its accumulator and value stay as they are either way. Only the cost differs.
+- ``adam``: `torch.optim.Adam` for dense parameters, `torch.optim.SparseAdam` for embeddings. SparseAdam
+  is the "lazy" Adam: the moments of rows outside the batch are not decayed and those rows do not move,
+  whereas dense Adam keeps moving a row on its stale momentum. That is the usual price of touching only
+  the looked-up rows, and it changes the optimisation (slightly), unlike sparse Adagrad.
+- ``sgd``: plain `torch.optim.SGD` for both parts (no momentum: a sparse momentum buffer would fill up).
+
+Weight decay is applied to the dense parameters only; the embedding group always has weight decay 0.
+Decaying a table exactly would touch every row at every step, the cost the sparse gradients avoid, and
+decaying only the looked-up rows is a different, frequency-dependent regulariser (the reference's L2
+term is off, wd 0, in every published recipe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasrec.errors import NasrecError
+
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+DEFAULT_EPS = {"adagrad": 1e-2, "adam": 1e-8, "sgd": 0.0}
+
+
+class SplitOptimizer:
+    """One torch optimizer for dense parameters and one for sparse-gradient embeddings, used as one.
+
+    `param_groups` lists every group of both (the same dicts, so an lr schedule writing `group["lr"]`
+    drives both); groups are tagged `group["name"]` = "dense" or "embedding".
+    """
+
+    def __init__(self, name: str, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        if not optimizers:
+            raise NasrecError("an optimizer needs at least one trainable parameter")
+        self.name = name
+        self.optimizers = dict(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """All parameter groups of the inner optimizers, dense first."""
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter this optimizer updates (e.g. for gradient clipping)."""
+        for group in self.param_groups:
+            yield from group["params"]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of every parameter."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizers' state dicts (references to live tensors, as torch's: save before stepping on)."""
+        return {"name": self.name, "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` of an optimizer built the same way (same name, model and groups).
+
+        As with torch, tensors already of the right device and dtype are used as they are, not copied:
+        load from a file (or a deep copy) if the source must stay unchanged.
+        """
+        if state.get("name") != self.name:
+            raise NasrecError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
+        saved = state.get("optimizers", {})
+        if set(saved) != set(self.optimizers):
+            raise NasrecError(
+                f"optimizer state has parts {sorted(saved)}, this optimizer {sorted(self.optimizers)} "
+                "(is the model the same, with the same frozen parameters?)"
+            )
+        for key, opt in self.optimizers.items():
+            try:
+                opt.load_state_dict(saved[key])
+            except ValueError as exc:
+                raise NasrecError(f"optimizer state does not fit this model ({key} parameters): {exc}") from exc
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={type(opt).__name__}" for k, opt in self.optimizers.items())
+        return f"SplitOptimizer({self.name!r}, {parts})"
+
+
+def sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Weights of the model's `nn.Embedding` / `nn.EmbeddingBag` modules built with `sparse=True`."""
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse:
+            found[id(module.weight)] = module.weight
+    return list(found.values())
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str = "adagrad",
+    lr: float = 0.12,
+    eps: float | None = None,
+    weight_decay: float = 0.0,
+    embedding_lr: float | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> SplitOptimizer:
+    """The optimizer `name` over the model's trainable parameters, sparse embeddings in their own group.
+
+    `eps` defaults to 1e-2 for adagrad (the paper) and 1e-8 for adam (sgd has none); `embedding_lr`
+    defaults to `lr`; `weight_decay` reaches dense parameters only (see the module docstring).
+    """
+    if name not in OPTIMIZERS:
+        raise NasrecError(f"unknown optimizer {name!r} (expected one of: {', '.join(OPTIMIZERS)})")
+    eps = DEFAULT_EPS[name] if eps is None else float(eps)
+    emb_lr = lr if embedding_lr is None else embedding_lr
+    if lr <= 0 or emb_lr <= 0:
+        raise NasrecError(f"learning rates must be positive, got lr={lr}, embedding_lr={embedding_lr}")
+    if weight_decay < 0:
+        raise NasrecError(f"weight decay must be non-negative, got {weight_decay}")
+    if name == "adam" and not all(0.0 <= b < 1.0 for b in betas):
+        raise NasrecError(f"adam betas must lie in [0, 1), got {betas}")
+
+    sparse_ids = {id(p) for p in sparse_parameters(model)}
+    dense: list[nn.Parameter] = []
+    sparse: list[nn.Parameter] = []
+    for p in model.parameters():  # deduplicated by torch, in registration order
+        if p.requires_grad:
+            (sparse if id(p) in sparse_ids else dense).append(p)
+
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    if dense:
+        group = {"params": dense, "name": "dense"}
+        if name == "adagrad":
+            optimizers["dense"] = torch.optim.Adagrad(
+                [group], lr=lr, eps=eps, weight_decay=weight_decay, initial_accumulator_value=0.0
+            )
+        elif name == "adam":
+            optimizers["dense"] = torch.optim.Adam([group], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        else:
+            optimizers["dense"] = torch.optim.SGD([group], lr=lr, weight_decay=weight_decay)
+    if sparse:
+        group = {"params": sparse, "name": "embedding"}
+        if name == "adagrad":
+            optimizers["embedding"] = torch.optim.Adagrad(
+                [group], lr=emb_lr, eps=eps, weight_decay=0.0, initial_accumulator_value=0.0
+            )
+        elif name == "adam":
+            optimizers["embedding"] = torch.optim.SparseAdam([group], lr=emb_lr, betas=betas, eps=eps)
+        else:
+            optimizers["embedding"] = torch.optim.SGD([group], lr=emb_lr, weight_decay=0.0)
+    return SplitOptimizer(name, optimizers)

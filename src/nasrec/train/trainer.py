@@ -1,0 +1,320 @@
+"""The training engine: one loop for supernets, nasrec architectures and zoo baselines.
+
+A run directory holds::
+
+    config.json      the resolved TrainConfig, the model spec and the data it was trained on
+    model.json       the ModelSpec (enough to rebuild the model for evaluation or prediction)
+    checkpoint.pt    the latest state (model, optimizer, schedule, RNG, data position, counters)
+    best.pt          the model weights at the best evaluation (when evaluating during training)
+    metrics.jsonl    one JSON object per log line or evaluation
+    metrics.json     the final evaluation (log loss, AUC, MFLOPs, params, samples/s)
+
+Every choice that varies between steps is a pure function of the seed and the position: the data
+order (seed, epoch), and for a supernet the path of step t (seed, t). Together with the checkpointed
+optimizer and schedule state, a run that is killed and resumed ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasrec.data.cache import Cache
+from nasrec.data.loader import BatchLoader
+from nasrec.errors import NasrecError
+from nasrec.model.spec import ModelSpec
+from nasrec.space.arch import Architecture
+from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
+from nasrec.train.clip import clip_grad_norm
+from nasrec.train.config import TrainConfig
+from nasrec.train.metrics import StreamingMetrics
+from nasrec.train.optim import build_optimizer
+from nasrec.train.schedule import build_schedule
+
+_EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is evaluated on
+
+
+def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps: int) -> Architecture:
+    """The path trained at `step`: a pure function of (seed, step), so every rank draws the same one."""
+    prob = max(0.0, 1.0 - step / warmup_steps) if warmup_steps > 0 else 0.0
+    return space.sample(np.random.default_rng([seed, step]), strategy, full_path_prob=prob)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    cache: Cache,
+    split: str,
+    batch_size: int = 8192,
+    max_batches: int | None = None,
+    arch: Architecture | None = None,
+) -> dict[str, float]:
+    """Log loss, AUC, mean prediction and CTR of a model (or a supernet path) on a split, in file order."""
+    was_training = model.training
+    model.eval()
+    metrics = StreamingMetrics()
+    loader = BatchLoader(cache, split, batch_size=batch_size)
+    for batch in itertools.islice(loader, max_batches):
+        logits = model(batch.dense, batch.sparse) if arch is None else model(batch.dense, batch.sparse, arch)
+        metrics.update(batch.label, logits)
+    model.train(was_training)
+    return metrics.result()
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches of `epoch` already consumed
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    best: float | None = None
+    bad_evals: int = 0
+    stopped: bool = False
+    train_seconds: float = 0.0
+    samples: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains one model on a prepared cache into a run directory (see module docstring)."""
+
+    def __init__(self, spec: ModelSpec, cache: Cache, cfg: TrainConfig, out: Path | str) -> None:
+        self.spec, self.cache, self.cfg, self.out = spec, cache, cfg, Path(out)
+        if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
+            raise NasrecError(f"{cache.path}: the model's input shape does not match this cache")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model = spec.build()
+        self.space = None
+        if spec.kind == "supernet":
+            self.space = self.model.space
+        self.loader = BatchLoader(cache, "train", batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                                  drop_last=True, prefetch=2)  # fmt: skip
+        per_epoch = len(self.loader)
+        if per_epoch == 0:
+            raise NasrecError(f"{cache.path}: the train split has fewer rows than one batch ({cfg.batch_size})")
+        self.total_steps = per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.lr, eps=cfg.eps,
+                                         weight_decay=cfg.weight_decay, embedding_lr=cfg.embedding_lr)  # fmt: skip
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps=self.total_steps,
+                                       warmup_fraction=cfg.warmup_fraction)  # fmt: skip
+        self.state = _State()
+        self._tb = None
+
+    # -- run directory -------------------------------------------------------------------------
+    def _write_json(self, name: str, obj: Any) -> None:
+        tmp = self.out / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+        tmp.replace(self.out / name)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step":
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def _checkpoint(self) -> None:
+        s = self.state
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "state": {k: v for k, v in vars(s).items() if k != "evals"},
+            "evals_json": json.dumps(s.evals, default=_json_default),
+            "config_json": json.dumps(self.cfg.to_dict()),
+        }
+        save_checkpoint(self.out / "checkpoint.pt", payload)
+
+    def _restore(self) -> None:
+        ck = load_checkpoint(self.out / "checkpoint.pt")
+        if json.loads(ck["config_json"]) != self.cfg.to_dict():
+            raise NasrecError(f"{self.out}: the run was started with another configuration; cannot resume")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["schedule"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.state = _State(**ck["state"], evals=json.loads(ck["evals_json"]))
+        # drop log lines written after the checkpoint: they will be written again
+        log = self.out / "metrics.jsonl"
+        if log.exists():
+            keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
+            log.write_text("".join(ln + "\n" for ln in keep))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+        """Train (or continue an interrupted run), evaluate, and return the final metrics."""
+        cfg = self.cfg
+        if resume and (self.out / "checkpoint.pt").exists():
+            self._restore()
+        else:
+            if self.out.exists() and any(self.out.iterdir()) and not resume:
+                raise NasrecError(f"{self.out} is not empty (use --resume to continue the run there)")
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint
+            self._write_json("config.json", {"train": cfg.to_dict(), "model": self.spec.to_dict(),
+                                             "data": str(self.cache.path)})  # fmt: skip
+            self._write_json("model.json", self.spec.to_dict())
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise NasrecError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        bar = _progress(progress, self.total_steps, self.state.step)
+        s = self.state
+        self.model.train()
+        try:
+            while s.step < self.total_steps and not s.stopped:
+                batches = self.loader.iter_epoch(s.epoch)
+                for batch in itertools.islice(batches, s.batch, None):
+                    t0 = time.perf_counter()
+                    loss = self._train_step(batch)
+                    s.train_seconds += time.perf_counter() - t0
+                    s.samples += batch.label.shape[0]
+                    s.step += 1
+                    s.batch += 1
+                    s.loss_sum += loss
+                    s.loss_count += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{s.samples / max(s.train_seconds, 1e-9):,.0f}")
+                    self._after_step()
+                    if s.step >= self.total_steps or s.stopped:
+                        break
+                else:
+                    s.epoch += 1
+                    s.batch = 0
+        finally:
+            if bar is not None:
+                bar.close()
+        self._checkpoint()
+        final = self._final()
+        if self._tb is not None:
+            self._tb.close()
+        return final
+
+    def _train_step(self, batch) -> float:
+        cfg, s = self.cfg, self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.space is not None:
+            arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, cfg.path_warmup_steps)
+            logits = self.model(batch.dense, batch.sparse, arch)
+        else:
+            logits = self.model(batch.dense, batch.sparse)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+        if not torch.isfinite(loss):
+            raise NasrecError(f"training diverged at step {s.step} (loss {loss.item()}); try a lower learning rate")
+        loss.backward()
+        if cfg.clip:
+            clip_grad_norm(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.detach())
+
+    def _after_step(self) -> None:
+        cfg, s = self.cfg, self.state
+        if s.step % cfg.log_every == 0:
+            self._log({"step": s.step, "epoch": s.epoch, "train_loss": s.loss_sum / max(s.loss_count, 1),
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "samples_per_s": s.samples / max(s.train_seconds, 1e-9)})  # fmt: skip
+            s.loss_sum, s.loss_count = 0.0, 0
+        if cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < self.total_steps:
+            self._evaluate_during_training()
+        if s.step % cfg.checkpoint_every == 0 and s.step < self.total_steps:
+            self._checkpoint()
+
+    def _eval(self, split: str) -> dict[str, float]:
+        cfg = self.cfg
+        if self.space is None:
+            return evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches)
+        rng = np.random.default_rng([cfg.seed, _EVAL_SEED])
+        results = [evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches,
+                            self.space.sample(rng, "default")) for _ in range(cfg.supernet_eval_archs)]  # fmt: skip
+        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+
+    def _evaluate_during_training(self) -> None:
+        cfg, s = self.cfg, self.state
+        m = self._eval(cfg.eval_split)
+        self._log(
+            {"step": s.step, "epoch": s.epoch, "eval_split": cfg.eval_split, **{f"eval_{k}": v for k, v in m.items()}}
+        )
+        s.evals.append({"step": s.step, **m})
+        metric = cfg.early_stop_metric or "logloss"
+        value = m[metric] if metric == "logloss" else -m[metric]
+        if hasattr(self.schedule, "report"):
+            self.schedule.report(m["logloss"])
+        if s.best is None or value < s.best:
+            s.best, s.bad_evals = value, 0
+            save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": s.step})
+        else:
+            s.bad_evals += 1
+            if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
+                s.stopped = True
+
+    def _final(self) -> dict[str, Any]:
+        s = self.state
+        splits = [n for n in ("val", "test") if n in self.cache.split_names and len(self.cache.split_index(n))]
+        results = {n: self._eval(n) for n in splits}
+        main = results.get("test") or results.get(self.cfg.eval_split) or {}
+        final = {
+            **{k: main.get(k) for k in ("logloss", "auc")},
+            **results,
+            **self.spec.cost(),
+            "samples_per_s": s.samples / max(s.train_seconds, 1e-9),
+            "steps": s.step,
+            "epochs": s.epoch + (1 if s.batch else 0),
+            "early_stopped": s.stopped,
+            "train_seconds": s.train_seconds,
+        }
+        self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
+        self._write_json("metrics.json", final)
+        return final
+
+
+def load_trained(run: Path | str, which: str = "final") -> tuple[nn.Module, ModelSpec]:
+    """The model of a run directory with its final (`checkpoint.pt`) or best (`best.pt`) weights."""
+    run = Path(run)
+    try:
+        spec = ModelSpec.from_dict(json.loads((run / "model.json").read_text()))
+    except FileNotFoundError:
+        raise NasrecError(f"{run}: not a training run (no model.json)") from None
+    model = spec.build()
+    ck = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
+    model.load_state_dict(ck["model"])
+    return model.eval(), spec
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _progress(enabled: bool | None, total: int, initial: int):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, leave=False)

@@ -1,0 +1,151 @@
+"""The training engine: learning, supernet paths, evaluation, checkpoints and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nasrec.data.prepare import PrepareConfig, prepare
+from nasrec.data.synthetic import SynthConfig, generate_synthetic
+from nasrec.errors import NasrecError
+from nasrec.space.space import NASREC_FULL, NASREC_SMALL
+from nasrec.train.api import evaluate_run, train, train_supernet
+from nasrec.train.checkpoint import load_checkpoint
+from nasrec.train.trainer import supernet_path
+
+SMALL_SYNTH = SynthConfig(num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2,
+                          num_interactions=3, num_gated=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "synth.tsv"
+    generate_synthetic(raw, rows=12_000, seed=2, config=SMALL_SYNTH)
+    schema = root / "schema.json"
+    from nasrec.data.synthetic import synth_schema
+
+    schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
+    prepare(PrepareConfig(inputs=(str(raw),), out=str(root / "cache"), format="schema", schema=str(schema),
+                          encoding="vocab"))  # fmt: skip
+    return root / "cache"
+
+
+def _arch_file(tmp_path: Path, seed: int = 0) -> Path:
+    arch = NASREC_SMALL.sample(np.random.default_rng(seed), "default")
+    path = tmp_path / "arch.json"
+    arch.save(path)
+    return path
+
+
+QUICK = dict(batch_size=256, epochs=2, lr=0.05, shuffle=True, eval_every=20, eval_max_batches=2, log_every=10,
+             checkpoint_every=10, layernorm=True)  # fmt: skip
+
+
+def test_training_learns_and_writes_a_run_directory(cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = train(cache_dir, out, arch=_arch_file(tmp_path), overrides=QUICK, progress=False)
+    for name in ("config.json", "model.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "metrics.json"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [x["train_loss"] for x in lines if "train_loss" in x]
+    assert train_losses[-1] < train_losses[0] - 0.05
+    ctr = res["test"]["ctr"]
+    constant = -(ctr * np.log(ctr) + (1 - ctr) * np.log(1 - ctr))  # log loss of predicting the CTR
+    assert res["logloss"] < constant - 0.01 and res["auc"] > 0.58
+    assert res["mflops"] > 0 and res["params"] > 0 and res["samples_per_s"] > 0
+    assert res["steps"] == 2 * (9600 // 256)
+    # evaluate reproduces the final test metrics from the saved model
+    again = evaluate_run(out, cache_dir, "test")
+    assert again["logloss"] == pytest.approx(res["test"]["logloss"], abs=1e-7)
+    assert again["auc"] == pytest.approx(res["test"]["auc"], abs=1e-9)
+
+
+def test_zoo_model_and_errors(cache_dir: Path, tmp_path: Path) -> None:
+    res = train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, epochs=1), progress=False)
+    assert np.isfinite(res["logloss"]) and res["mflops"] >= 0
+    with pytest.raises(NasrecError, match="not empty"):
+        train(cache_dir, tmp_path / "lr", model="lr", overrides=QUICK, progress=False)
+    with pytest.raises(NasrecError, match="exactly one"):
+        train(cache_dir, tmp_path / "x", progress=False)
+    with pytest.raises(NasrecError, match="unknown key"):
+        train(cache_dir, tmp_path / "y", model="lr", overrides={"learning_rate": 1}, progress=False)
+
+
+def test_supernet_paths_are_a_function_of_seed_and_step() -> None:
+    a = [supernet_path(NASREC_FULL, 3, t, "default", 100).hash() for t in range(20)]
+    b = [supernet_path(NASREC_FULL, 3, t, "default", 100).hash() for t in range(20)]
+    assert a == b and len(set(a)) > 10
+    assert supernet_path(NASREC_FULL, 3, 0, "default", 100) == NASREC_FULL.full_path()  # t = 0: always full
+    late = [supernet_path(NASREC_FULL, 3, t, "default", 100) for t in range(100, 120)]
+    assert all(len(blk.dense_ops) == 1 for arch in late for blk in arch.blocks)  # warm-up over
+
+
+def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
+    res = train_supernet(cache_dir, tmp_path / "sn", space="small", progress=False,
+                         overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, eval_max_batches=1,
+                                        supernet_eval_archs=2, lr=0.05))  # fmt: skip
+    assert res["steps"] == 30 and np.isfinite(res["logloss"])
+    assert json.loads((tmp_path / "sn" / "model.json").read_text())["kind"] == "supernet"
+
+
+def test_early_stopping_keeps_the_best(cache_dir: Path, tmp_path: Path) -> None:
+    cfg = dict(QUICK, lr=5.0, eval_every=5, early_stop_metric="logloss", patience=2, epochs=3)  # diverging lr
+    res = train(cache_dir, tmp_path / "es", model="lr", overrides=cfg, progress=False)
+    assert res["early_stopped"] and res["steps"] < 3 * (9600 // 256)
+    best = load_checkpoint(tmp_path / "es" / "best.pt")
+    assert best["step"] % 5 == 0
+
+
+def _run_cli(cache_dir: Path, arch: Path, out: Path, resume: bool = False) -> subprocess.Popen:
+    sets = ["batch_size=64", "epochs=2", "lr=0.05", "shuffle=true", "checkpoint_every=15", "eval_every=40",
+            "eval_max_batches=2", "log_every=10", "layernorm=true", "threads=1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "nasrec.cli", "train", "--data", str(cache_dir), "--arch", str(arch), "--out", str(out),
+           "--no-progress", *[x for s in sets for x in ("--set", s)], *(["--resume"] if resume else [])]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_result(cache_dir: Path, tmp_path: Path) -> None:
+    arch = _arch_file(tmp_path, seed=4)
+    ref = _run_cli(cache_dir, arch, tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+
+    out = tmp_path / "killed"
+    proc = _run_cli(cache_dir, arch, out)
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        ck = out / "checkpoint.pt"
+        if ck.exists() and load_checkpoint(ck)["state"]["step"] >= 60:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    if killed:
+        assert not (out / "metrics.json").exists()
+        step = load_checkpoint(out / "checkpoint.pt")["state"]["step"]
+        assert 60 <= step < 2 * (9600 // 64)
+    resumed = _run_cli(cache_dir, arch, out, resume=True)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    b = load_checkpoint(out / "checkpoint.pt")
+    assert a["state"]["step"] == b["state"]["step"]
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)
+    ma = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    mb = json.loads((out / "metrics.json").read_text())
+    assert ma["test"] == mb["test"] and ma["val"] == mb["val"]
+    # the metrics log has each step once, as the uninterrupted run's
+    steps = lambda p: [json.loads(x)["step"] for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps(out) == steps(tmp_path / "ref")
