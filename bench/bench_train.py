@@ -1,0 +1,122 @@
+"""Standalone training throughput: published Criteo NASRecNets and DeepFM, real and capped tables.
+
+Usage::
+
+    python bench/bench_train.py                    # all models, both table settings, sparse and dense
+    python bench/bench_train.py --models criteo_xlarge_best --tables capped --runs 5
+
+Criteo shape (13 dense, 26 sparse fields, embedding dim 16); "real" tables are the NASRec Criteo table
+sizes (33.8 M rows, 2.16 GB of float32 embeddings), "capped" caps each at 500,000 rows. Batch 256 with
+real tables and 512 with capped ones (the reference's settings), 2 threads, Adagrad (lr 0.12, eps 1e-2)
+through nasrec's optimizer, gradient clipping at 5, no layer norms. "sparse" is nasrec's row-wise
+embedding update; "dense" gives the embeddings dense gradients, so Adagrad touches every row every step
+(what the reference does). Pre-generated random batches; warm-up steps first; median of `--runs` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import LoadSample, machine_info  # bench/ is not a package
+
+from nasrec.data.formats import CRITEO_TABLE_SIZES
+from nasrec.model.subnet import Subnet
+from nasrec.space.arch import Architecture
+from nasrec.train.clip import clip_grad_norm
+from nasrec.train.optim import build_optimizer
+
+CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
+# Reference implementation on this machine kind (benchmarking.md): best Criteo archs, samples/s.
+REFERENCE = {("criteo_autoctr_best", "real"): 98, ("criteo_xlarge_best", "real"): 77,
+             ("criteo_autoctr_best", "capped"): 1856, ("criteo_xlarge_best", "capped"): 960}  # fmt: skip
+
+
+def build(name: str, tables: list[int]) -> torch.nn.Module:
+    """A published architecture (from ../shared/configs) or a zoo model."""
+    if name.startswith("criteo_"):
+        return Subnet(Architecture.load(CONFIGS / f"{name}.json"), 13, tables, layernorm=False)
+    from nasrec.zoo.registry import build_zoo_model
+
+    return build_zoo_model(name, 13, tables)
+
+
+def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, runs: int) -> dict:
+    """Median samples/s of training steps on random batches."""
+    g = torch.Generator().manual_seed(0)
+    data = [
+        (torch.rand(batch, 13, generator=g) * 3,
+         torch.stack([torch.randint(0, t, (batch,), generator=g) for t in tables], 1),
+         torch.randint(0, 2, (batch,), generator=g).float())
+        for _ in range(steps)
+    ]  # fmt: skip
+    opt = build_optimizer(model, "adagrad", lr=0.12, eps=1e-2)
+
+    def run() -> None:
+        for dense, sparse, y in data:
+            opt.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(model(dense, sparse), y).backward()
+            clip_grad_norm(model.parameters(), 5.0)
+            opt.step()
+
+    run()  # warm-up (allocates optimizer state)
+    rates, shares = [], []
+    for _ in range(runs):
+        load = LoadSample()
+        load.start()
+        t0 = time.perf_counter()
+        run()
+        rates.append(steps * batch / (time.perf_counter() - t0))
+        shares.append(round(load.stop(), 3))
+    return {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
+            "other_share": shares}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["criteo_autoctr_best", "criteo_xlarge_best", "deepfm"])
+    ap.add_argument("--tables", nargs="+", choices=["real", "capped"], default=["real", "capped"])
+    ap.add_argument("--modes", nargs="+", choices=["sparse", "dense"], default=["sparse", "dense"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--dense-steps", type=int, default=3, help="steps per run with dense embedding gradients")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    for tables_kind in args.tables:
+        tables = list(CRITEO_TABLE_SIZES) if tables_kind == "real" else [min(n, 500_000) for n in CRITEO_TABLE_SIZES]
+        batch = 256 if tables_kind == "real" else 512
+        for name in args.models:
+            row = {"model": name, "tables": tables_kind, "batch": batch}
+            for mode in args.modes:
+                torch.manual_seed(0)
+                model = build(name, tables)
+                model.embedding.table.sparse = mode == "sparse"
+                steps = args.steps if mode == "sparse" else args.dense_steps
+                row[mode] = measure(model, batch, tables, steps, args.runs)
+                del model
+            ref = REFERENCE.get((name, tables_kind))
+            if ref and "sparse" in row:
+                row["reference"], row["speedup_vs_reference"] = ref, round(row["sparse"]["median"] / ref, 1)
+            if "sparse" in row and "dense" in row:
+                row["sparse_over_dense"] = round(row["sparse"]["median"] / row["dense"]["median"], 1)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"bench": "train", "machine": machine_info(), "threads": args.threads, "results": results,
+                      "peak_rss_mb": round(peak)}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
