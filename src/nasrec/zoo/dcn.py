@@ -1,0 +1,113 @@
+"""DCNv2 (Wang et al., 2021): a cross network and a DNN over [dense features, flattened embeddings].
+
+Cross layer l: x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l with a full d×d matrix W_l (d = D + S·E), or, with
+`cross_rank=r`, the low-rank W_l = U_l V_lᵀ (x_0 ⊙ (U_l (V_lᵀ x_l) + b_l) + x_l: 2·d·r FLOPs instead of
+d²). Structures:
+
+- `"parallel"` (default): the cross output and the DNN output (both from x_0) are concatenated and a
+  Linear(→ 1) gives the logit.
+- `"stacked"`: the DNN reads the cross output; its output Linear gives the logit.
+
+Empty `mlp_dims` leaves the cross network alone (then a Linear(d → 1) on its output either way).
+
+Defaults: `embedding_dim=16`, `cross_layers=3`, `cross_rank=None` (full rank), `structure="parallel"`,
+`mlp_dims=(400, 400, 400)` (the zoo's common deep component), `dropout=0.0`, `batchnorm=False` (DNN
+only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nasrec.errors import NasrecError
+from nasrec.model.embedding import FieldEmbedding
+from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
+from nasrec.zoo.layers import MLP, flat_inputs
+
+STRUCTURES = ("parallel", "stacked")
+
+
+class CrossLayer(nn.Module):
+    """One DCNv2 cross layer, full-rank (`rank=None`) or low-rank."""
+
+    def __init__(self, d: int, rank: int | None = None) -> None:
+        super().__init__()
+        if rank is None:
+            self.proj: nn.Module = nn.Linear(d, d)
+        else:
+            # The bias sits on the up-projection, so the layer is W x + b with W = U Vᵀ of rank r.
+            self.proj = nn.Sequential(nn.Linear(d, rank, bias=False), nn.Linear(rank, d))
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x0, x [B, d] -> x0 ⊙ (W x + b) + x."""
+        return x0 * self.proj(x) + x
+
+
+class CrossNetwork(nn.Module):
+    """A stack of cross layers; every layer multiplies by the same x_0."""
+
+    def __init__(self, d: int, layers: int, rank: int | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CrossLayer(d, rank) for _ in range(layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """[B, d] -> [B, d]."""
+        x = x0
+        for layer in self.layers:
+            x = layer(x0, x)
+        return x
+
+
+class DCNv2(ZooModel):
+    """DCN-V2: cross network and DNN, parallel or stacked."""
+
+    name = "dcnv2"
+
+    def __init__(
+        self,
+        num_dense: int,
+        table_sizes: Sequence[int],
+        embedding_dim: int = 16,
+        embedding_std: float | None = None,
+        cross_layers: int = 3,
+        cross_rank: int | None = None,
+        structure: str = "parallel",
+        mlp_dims: Sequence[int] = (400, 400, 400),
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ) -> None:
+        super().__init__(num_dense, table_sizes)
+        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
+        self.embedding_std = check_std(self.name, embedding_std)
+        layers = check_int(self.name, "cross_layers", cross_layers, 1)
+        rank = None if cross_rank is None else check_int(self.name, "cross_rank", cross_rank, 1)
+        if structure not in STRUCTURES:
+            raise NasrecError(f"{self.name}: structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
+        dims = check_dims(self.name, "mlp_dims", mlp_dims)
+        drop = check_dropout(self.name, dropout)
+        bn = check_bool(self.name, "batchnorm", batchnorm)
+        self.structure = structure
+        d = self.num_dense + self.num_sparse * dim
+        self.embedding = FieldEmbedding(self.table_sizes, dim)
+        self.cross = CrossNetwork(d, layers, rank)
+        self.mlp: MLP | None = None
+        if not dims:
+            self.head = nn.Linear(d, 1)
+        elif structure == "stacked":
+            self.mlp = MLP(d, dims, out=None, dropout=drop, batchnorm=bn)
+            self.head = nn.Linear(self.mlp.dout, 1)
+        else:
+            self.mlp = MLP(d, dims, out=None, dropout=drop, batchnorm=bn)
+            self.head = nn.Linear(d + self.mlp.dout, 1)
+        self.reset_parameters()
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """Logits [B] on dense [B, D] and sparse ids [B, S]."""
+        x0 = flat_inputs(dense, self.embedding(sparse))
+        x = self.cross(x0)
+        if self.mlp is not None:
+            x = self.mlp(x) if self.structure == "stacked" else torch.cat([x, self.mlp(x0)], dim=1)
+        return self.head(x).squeeze(1)
