@@ -10,9 +10,9 @@ inner product, unscaled), output concat_h(A V); with `residual`, + X W_res; then
 Attention is written with explicit matrix products (not fused SDPA) so that FLOP counters see the
 Q·Kᵀ and A·V products: 2·H·F²·d' FLOPs per layer.
 
-Defaults: the AutoInt paper's, `embedding_dim=16`, `attention_layers=3`, `attention_heads=2`,
+Defaults: the AutoInt paper's attention, `embedding_dim=16`, `attention_layers=3`, `attention_heads=2`,
 `attention_dim=32` (per head), `residual=True`; the DNN part `mlp_dims=(400, 400, 400)` (the zoo's
-common deep component), `dropout=0.0`, `batchnorm=False` (DNN only).
+common deep component), `dropout=0.0`, `batchnorm=False` (DNN only); `max_embedding_std=None`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class AutoIntPlus(ZooModel):
         num_dense: int,
         table_sizes: Sequence[int],
         embedding_dim: int = 16,
-        embedding_std: float | None = None,
+        max_embedding_std: float | None = None,
         attention_layers: int = 3,
         attention_heads: int = 2,
         attention_dim: int = 32,
@@ -77,7 +77,7 @@ class AutoIntPlus(ZooModel):
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.embedding_std = check_std(self.name, embedding_std)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
         layers = check_int(self.name, "attention_layers", attention_layers, 1)
         heads = check_int(self.name, "attention_heads", attention_heads, 1)
         head_dim = check_int(self.name, "attention_dim", attention_dim, 1)

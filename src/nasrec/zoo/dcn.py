@@ -10,9 +10,9 @@ d²). Structures:
 
 Empty `mlp_dims` leaves the cross network alone (then a Linear(d → 1) on its output either way).
 
-Defaults: `embedding_dim=16`, `cross_layers=3`, `cross_rank=None` (full rank), `structure="parallel"`,
-`mlp_dims=(400, 400, 400)` (the zoo's common deep component), `dropout=0.0`, `batchnorm=False` (DNN
-only).
+Defaults: `embedding_dim=16`, `max_embedding_std=None`, `cross_layers=3`, `cross_rank=None` (full
+rank), `structure="parallel"`, `mlp_dims=(400, 400, 400)` (the zoo's common deep component),
+`dropout=0.0`, `batchnorm=False` (DNN only).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class DCNv2(ZooModel):
         num_dense: int,
         table_sizes: Sequence[int],
         embedding_dim: int = 16,
-        embedding_std: float | None = None,
+        max_embedding_std: float | None = None,
         cross_layers: int = 3,
         cross_rank: int | None = None,
         structure: str = "parallel",
@@ -81,7 +81,7 @@ class DCNv2(ZooModel):
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.embedding_std = check_std(self.name, embedding_std)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
         layers = check_int(self.name, "cross_layers", cross_layers, 1)
         rank = None if cross_rank is None else check_int(self.name, "cross_rank", cross_rank, 1)
         if structure not in STRUCTURES:

@@ -5,8 +5,9 @@ logit = FM(x) + MLP([dense features, flattened sparse embeddings]), where the FM
 dense field) and the MLP reads the very same sparse embeddings, so both parts train them.
 The DNN part sees the raw dense features like the zoo's DNN, so DeepFM is exactly DNN + FM.
 
-Defaults: the DeepFM paper's, `embedding_dim=16` (the zoo's common dimension), `mlp_dims=(400, 400,
-400)`, `dropout=0.0` (the paper: 0.5), `batchnorm=False`.
+Defaults: `embedding_dim=16` (the zoo's common dimension), `max_embedding_std=0.1` (see
+`nasrec.zoo.base` on initialisation), `mlp_dims=(400, 400, 400)` (the DeepFM paper's deep component),
+`dropout=0.0` (the paper: 0.5), `batchnorm=False`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
-from nasrec.zoo.layers import MLP, DenseField, flat_inputs
-from nasrec.zoo.linear import FirstOrder, fm_interaction
+from nasrec.zoo.layers import MLP, DenseField, FirstOrder, flat_inputs
+from nasrec.zoo.linear import fm_interaction
 
 
 class DeepFM(ZooModel):
@@ -31,14 +32,14 @@ class DeepFM(ZooModel):
         num_dense: int,
         table_sizes: Sequence[int],
         embedding_dim: int = 16,
-        embedding_std: float | None = 0.01,
+        max_embedding_std: float | None = 0.1,
         mlp_dims: Sequence[int] = (400, 400, 400),
         dropout: float = 0.0,
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.embedding_std = check_std(self.name, embedding_std)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
         dims = check_dims(self.name, "mlp_dims", mlp_dims)
         drop = check_dropout(self.name, dropout)
         bn = check_bool(self.name, "batchnorm", batchnorm)

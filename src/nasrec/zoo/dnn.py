@@ -2,17 +2,18 @@
 
 DNN
     MLP over [dense features, flattened sparse embeddings] (D + S·E inputs) → logit.
-    Defaults: `embedding_dim=16`, `mlp_dims=(400, 400, 400)` (the DeepFM paper's deep component, used
-    by most CTR benchmarks for the DNN baseline), `dropout=0.0`, `batchnorm=False`.
+    Defaults: `embedding_dim=16`, `max_embedding_std=None`, `mlp_dims=(400, 400, 400)` (the DeepFM
+    paper's deep component, a common DNN baseline), `dropout=0.0`, `batchnorm=False`.
 DLRM
     Bottom MLP on the dense features → an E-dimensional vector (ReLU after every layer, as the
     reference); pairwise dot products among the T = 1 + S vectors [bottom output, field embeddings],
     the strictly lower triangle of their Gram matrix (T(T−1)/2 values, row by row); concatenated with
     the bottom output and fed to the top MLP → logit.
     Defaults: the DLRM reference's Criteo Kaggle configuration, `embedding_dim=16`,
-    `bottom_mlp=(512, 256, 64, 16)`, `top_mlp=(512, 256)` (then Linear → 1), `dropout=0.0` and
-    `batchnorm=False` (top MLP only). The bottom MLP's last width must equal `embedding_dim`. Without
-    dense features there is no bottom MLP: the interactions are among the field embeddings alone.
+    `bottom_mlp=(512, 256, 64, 16)`, `top_mlp=(512, 256)` (then Linear → 1); `dropout=0.0` and
+    `batchnorm=False` (top MLP only), `max_embedding_std=None`. The bottom MLP's last width must equal
+    `embedding_dim`. Without dense features there is no bottom MLP: the interactions are among the
+    field embeddings alone.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ class DNN(ZooModel):
         num_dense: int,
         table_sizes: Sequence[int],
         embedding_dim: int = 16,
-        embedding_std: float | None = None,
+        max_embedding_std: float | None = None,
         mlp_dims: Sequence[int] = (400, 400, 400),
         dropout: float = 0.0,
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.embedding_std = check_std(self.name, embedding_std)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
         dims = check_dims(self.name, "mlp_dims", mlp_dims)
         drop = check_dropout(self.name, dropout)
         bn = check_bool(self.name, "batchnorm", batchnorm)
@@ -67,7 +68,7 @@ class DLRM(ZooModel):
         num_dense: int,
         table_sizes: Sequence[int],
         embedding_dim: int = 16,
-        embedding_std: float | None = None,
+        max_embedding_std: float | None = None,
         bottom_mlp: Sequence[int] = (512, 256, 64, 16),
         top_mlp: Sequence[int] = (512, 256),
         dropout: float = 0.0,
@@ -75,7 +76,7 @@ class DLRM(ZooModel):
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.embedding_std = check_std(self.name, embedding_std)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
         bottom = check_dims(self.name, "bottom_mlp", bottom_mlp, allow_empty=False)
         top = check_dims(self.name, "top_mlp", top_mlp)
         drop = check_dropout(self.name, dropout)

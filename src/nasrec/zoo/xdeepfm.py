@@ -10,9 +10,9 @@ next layer (so those layers need even sizes); otherwise all maps go both ways. T
 sum-pooled over E, concatenated and a Linear(→ 1) gives the CIN logit. The linear part is LR's; the
 DNN reads [dense features, flattened sparse embeddings].
 
-Defaults: `embedding_dim=16`, `cin_dims=(200, 200, 200)`, `cin_split_half=True`,
-`mlp_dims=(400, 400, 400)` (the zoo's common deep component), `dropout=0.0`, `batchnorm=False`
-(DNN only).
+Defaults: `embedding_dim=16`, `max_embedding_std=0.1` (see `nasrec.zoo.base` on initialisation),
+`cin_dims=(200, 200, 200)`, `cin_split_half=True`, `mlp_dims=(400, 400, 400)` (the zoo's common deep
+component), `dropout=0.0`, `batchnorm=False` (DNN only).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from torch import nn
 from nasrec.errors import NasrecError
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
-from nasrec.zoo.layers import MLP, DenseField, flat_inputs
-from nasrec.zoo.linear import FirstOrder
+from nasrec.zoo.layers import MLP, DenseField, FirstOrder, flat_inputs
 
 
 class CIN(nn.Module):
@@ -74,7 +73,7 @@ class XDeepFM(ZooModel):
         num_dense: int,
         table_sizes: Sequence[int],
         embedding_dim: int = 16,
-        embedding_std: float | None = 0.01,
+        max_embedding_std: float | None = 0.1,
         cin_dims: Sequence[int] = (200, 200, 200),
         cin_split_half: bool = True,
         mlp_dims: Sequence[int] = (400, 400, 400),
@@ -83,7 +82,7 @@ class XDeepFM(ZooModel):
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.embedding_std = check_std(self.name, embedding_std)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
         cin = check_dims(self.name, "cin_dims", cin_dims, allow_empty=False)
         split = check_bool(self.name, "cin_split_half", cin_split_half)
         if split and any(size % 2 for size in cin[:-1]):
