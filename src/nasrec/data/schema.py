@@ -7,11 +7,11 @@ that loads into the same classes, so a new dataset needs no code change.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nasrec.configfile import read_config_file
 from nasrec.errors import NasrecError
 
 DENSE_TRANSFORMS = ("log", "none", "standardize", "bucketize")
@@ -209,18 +209,4 @@ def schema_from_dict(d: dict[str, Any], *, source: str = "schema") -> Schema:
 
 def load_schema(path: Path | str) -> Schema:
     """Read a schema file (.yaml, .yml or .json)."""
-    path = Path(path)
-    if not path.is_file():
-        raise NasrecError(f"{path}: schema file not found")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # both parsers raise their own error types
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NasrecError(f"{path}: cannot parse schema ({first})") from None
-    return schema_from_dict(data, source=str(path))
+    return schema_from_dict(read_config_file(path, "schema"), source=str(path))

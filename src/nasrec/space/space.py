@@ -21,7 +21,6 @@ Strategies (spec sections 3 and 4):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from nasrec.configfile import read_config_file
 from nasrec.errors import NasrecError
 from nasrec.space.arch import DENSE_OPS, MAX_INPUTS, SPARSE_OPS, Architecture, Block
 
@@ -295,20 +295,7 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         """Read a user space from a YAML (.yaml/.yml) or JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise NasrecError(f"{path}: search-space file not found")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as e:  # both parsers raise their own error types
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise NasrecError(f"{path}: cannot parse search space ({first})") from None
+        data = read_config_file(path, "search space")
         return cls.from_dict(data, source=str(path))
 
 
