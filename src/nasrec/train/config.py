@@ -32,6 +32,7 @@ class TrainConfig:
     eval_max_batches: int | None = None
     early_stop_metric: str | None = None  # "logloss" or "auc"
     patience: int = 3
+    restore_best: bool = False  # final test (and the run's model) with the weights of the best evaluation
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end)
     log_every: int = 50
     threads: int | None = None

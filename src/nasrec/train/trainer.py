@@ -81,6 +81,7 @@ class _State:
     loss_count: int = 0
     best: float | None = None
     bad_evals: int = 0
+    best_step: int | None = None
     stopped: bool = False
     train_seconds: float = 0.0
     samples: int = 0
@@ -206,6 +207,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self._checkpoint()
+        if cfg.restore_best:
+            self._restore_best()
         final = self._final()
         if self._tb is not None:
             self._tb.close()
@@ -269,6 +272,15 @@ class Trainer:
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
                 s.stopped = True
 
+    def _restore_best(self) -> None:
+        """Evaluate the last weights if they were not, then take the best evaluation's weights."""
+        s = self.state
+        if not s.evals or s.evals[-1]["step"] != s.step:
+            self._evaluate_during_training()
+        ck = load_checkpoint(self.out / "best.pt")
+        self.model.load_state_dict(ck["model"])
+        s.best_step = int(ck["step"])
+
     def _final(self) -> dict[str, Any]:
         s = self.state
         splits = [n for n in ("val", "test") if n in self.cache.split_names and len(self.cache.split_index(n))]
@@ -282,6 +294,8 @@ class Trainer:
             "steps": s.step,
             "epochs": s.epoch + (1 if s.batch else 0),
             "early_stopped": s.stopped,
+            "weights": "best" if self.cfg.restore_best else "final",
+            "best_step": s.best_step,
             "train_seconds": s.train_seconds,
         }
         self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
@@ -297,9 +311,18 @@ def load_trained(run: Path | str, which: str = "final") -> tuple[nn.Module, Mode
     except FileNotFoundError:
         raise NasrecError(f"{run}: not a training run (no model.json)") from None
     model = spec.build()
+    if which == "final" and _restores_best(run):
+        which = "best"  # the run's final model is its best evaluation's (see TrainConfig.restore_best)
     ck = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
     model.load_state_dict(ck["model"])
     return model.eval(), spec
+
+
+def _restores_best(run: Path) -> bool:
+    try:
+        return bool(json.loads((run / "config.json").read_text())["train"].get("restore_best", False))
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return False
 
 
 def _json_default(o: Any) -> Any:

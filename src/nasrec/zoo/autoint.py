@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
-from nasrec.zoo.layers import MLP, DenseField, flat_inputs
+from nasrec.zoo.base import ZooModel, check_bool, check_int
+from nasrec.zoo.layers import DenseField, flat_inputs
 
 
 class InteractingLayer(nn.Module):
@@ -76,16 +75,11 @@ class AutoIntPlus(ZooModel):
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
         layers = check_int(self.name, "attention_layers", attention_layers, 1)
         heads = check_int(self.name, "attention_heads", attention_heads, 1)
         head_dim = check_int(self.name, "attention_dim", attention_dim, 1)
         res = check_bool(self.name, "residual", residual)
-        dims = check_dims(self.name, "mlp_dims", mlp_dims)
-        drop = check_dropout(self.name, dropout)
-        bn = check_bool(self.name, "batchnorm", batchnorm)
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
         self.dense_field = DenseField(self.num_dense, dim)
         attention = []
         width = dim
@@ -95,7 +89,7 @@ class AutoIntPlus(ZooModel):
         self.attention = nn.ModuleList(attention)
         fields = self.dense_field.count + self.num_sparse
         self.attention_head = nn.Linear(fields * width, 1)
-        self.mlp = MLP(self.num_dense + self.num_sparse * dim, dims, out=1, dropout=drop, batchnorm=bn)
+        self.mlp = self._mlp(self.num_dense + self.num_sparse * dim, mlp_dims, dropout, batchnorm)
         self.reset_parameters()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch import nn
 
 from nasrec.errors import NasrecError
 from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.layers import DenseField, FirstOrder
+from nasrec.zoo.layers import MLP, DenseField, FirstOrder
 
 
 def check_int(model: str, name: str, value: object, minimum: int) -> int:
@@ -101,6 +101,25 @@ class ZooModel(nn.Module):
             raise NasrecError(f"{self.name}: needs at least one embedding table, got table_sizes={table_sizes!r}")
         self.table_sizes = tuple(int(n) for n in table_sizes)
         self.num_sparse = len(self.table_sizes)
+
+    def _add_embedding(self, embedding_dim: object, max_embedding_std: object) -> int:
+        """Checks the embedding hyper-parameters, creates `self.embedding` and returns its dimension."""
+        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
+        self.max_embedding_std = check_std(self.name, max_embedding_std)
+        self.embedding = FieldEmbedding(self.table_sizes, dim)
+        return dim
+
+    def _mlp(
+        self, din: int, dims: object, dropout: object, batchnorm: object, out: int | None = 1, name: str = "mlp_dims"
+    ) -> MLP:
+        """An MLP (`din` → checked `dims` → `out`) with checked dropout and batch-norm settings."""
+        return MLP(
+            din,
+            check_dims(self.name, name, dims),
+            out=out,
+            dropout=check_dropout(self.name, dropout),
+            batchnorm=check_bool(self.name, "batchnorm", batchnorm),
+        )
 
     def reset_parameters(self) -> None:
         """Embeddings: FieldEmbedding's xavier-normal per table; linears: xavier-uniform, zero bias; fresh BN.

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
-from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
+from nasrec.zoo.base import ZooModel, check_int
 from nasrec.zoo.layers import MLP, flat_inputs
 
 STRUCTURES = ("parallel", "stacked")
@@ -80,27 +79,21 @@ class DCNv2(ZooModel):
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
         layers = check_int(self.name, "cross_layers", cross_layers, 1)
         rank = None if cross_rank is None else check_int(self.name, "cross_rank", cross_rank, 1)
         if structure not in STRUCTURES:
             raise NasrecError(f"{self.name}: structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
-        dims = check_dims(self.name, "mlp_dims", mlp_dims)
-        drop = check_dropout(self.name, dropout)
-        bn = check_bool(self.name, "batchnorm", batchnorm)
         self.structure = structure
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
         d = self.num_dense + self.num_sparse * dim
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
         self.cross = CrossNetwork(d, layers, rank)
-        self.mlp: MLP | None = None
-        if not dims:
+        mlp = self._mlp(d, mlp_dims, dropout, batchnorm, out=None)
+        self.mlp: MLP | None = mlp if len(mlp.layers) else None
+        if self.mlp is None:
             self.head = nn.Linear(d, 1)
         elif structure == "stacked":
-            self.mlp = MLP(d, dims, out=None, dropout=drop, batchnorm=bn)
             self.head = nn.Linear(self.mlp.dout, 1)
         else:
-            self.mlp = MLP(d, dims, out=None, dropout=drop, batchnorm=bn)
             self.head = nn.Linear(d + self.mlp.dout, 1)
         self.reset_parameters()
 

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
-from nasrec.zoo.layers import MLP, DenseField, FirstOrder, flat_inputs
+from nasrec.zoo.base import ZooModel
+from nasrec.zoo.layers import DenseField, FirstOrder, flat_inputs
 from nasrec.zoo.linear import fm_interaction
 
 
@@ -38,15 +37,10 @@ class DeepFM(ZooModel):
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
-        dims = check_dims(self.name, "mlp_dims", mlp_dims)
-        drop = check_dropout(self.name, dropout)
-        bn = check_bool(self.name, "batchnorm", batchnorm)
         self.linear = FirstOrder(self.num_dense, self.table_sizes)
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
         self.dense_field = DenseField(self.num_dense, dim)
-        self.mlp = MLP(self.num_dense + self.num_sparse * dim, dims, out=1, dropout=drop, batchnorm=bn)
+        self.mlp = self._mlp(self.num_dense + self.num_sparse * dim, mlp_dims, dropout, batchnorm)
         self.reset_parameters()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from nasrec.errors import NasrecError
-from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
+from nasrec.zoo.base import ZooModel, check_dims
 from nasrec.zoo.layers import MLP, flat_inputs
 
 
@@ -44,13 +43,8 @@ class DNN(ZooModel):
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
-        dims = check_dims(self.name, "mlp_dims", mlp_dims)
-        drop = check_dropout(self.name, dropout)
-        bn = check_bool(self.name, "batchnorm", batchnorm)
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
-        self.mlp = MLP(self.num_dense + self.num_sparse * dim, dims, out=1, dropout=drop, batchnorm=bn)
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
+        self.mlp = self._mlp(self.num_dense + self.num_sparse * dim, mlp_dims, dropout, batchnorm)
         self.reset_parameters()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
@@ -75,18 +69,13 @@ class DLRM(ZooModel):
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
         bottom = check_dims(self.name, "bottom_mlp", bottom_mlp, allow_empty=False)
-        top = check_dims(self.name, "top_mlp", top_mlp)
-        drop = check_dropout(self.name, dropout)
-        bn = check_bool(self.name, "batchnorm", batchnorm)
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
         if bottom[-1] != dim:
             raise NasrecError(
                 f"{self.name}: the last bottom_mlp width ({bottom[-1]}) must equal embedding_dim ({dim}): "
                 "the bottom output is one of the interacting vectors"
             )
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
         # Bottom MLP only when there are dense features; its output joins the interactions.
         self.bottom = MLP(self.num_dense, bottom, out=None) if self.num_dense > 0 else None
         tokens = self.num_sparse + (1 if self.bottom is not None else 0)
@@ -96,7 +85,8 @@ class DLRM(ZooModel):
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         pairs = tokens * (tokens - 1) // 2
-        self.top = MLP(pairs + (dim if self.bottom is not None else 0), top, out=1, dropout=drop, batchnorm=bn)
+        din = pairs + (dim if self.bottom is not None else 0)
+        self.top = self._mlp(din, top_mlp, dropout, batchnorm, name="top_mlp")
         self.reset_parameters()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.base import ZooModel, check_int, check_std
+from nasrec.zoo.base import ZooModel
 from nasrec.zoo.layers import DenseField, FirstOrder
 
 
@@ -53,10 +52,8 @@ class FM(ZooModel):
         self, num_dense: int, table_sizes: Sequence[int], embedding_dim: int = 16, max_embedding_std: float | None = 0.1
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
         self.linear = FirstOrder(self.num_dense, self.table_sizes)
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
         self.dense_field = DenseField(self.num_dense, dim)
         self.reset_parameters()
 

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
-from nasrec.model.embedding import FieldEmbedding
-from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int, check_std
-from nasrec.zoo.layers import MLP, DenseField, FirstOrder, flat_inputs
+from nasrec.zoo.base import ZooModel, check_bool, check_dims
+from nasrec.zoo.layers import DenseField, FirstOrder, flat_inputs
 
 
 class CIN(nn.Module):
@@ -81,21 +80,16 @@ class XDeepFM(ZooModel):
         batchnorm: bool = False,
     ) -> None:
         super().__init__(num_dense, table_sizes)
-        dim = check_int(self.name, "embedding_dim", embedding_dim, 1)
-        self.max_embedding_std = check_std(self.name, max_embedding_std)
         cin = check_dims(self.name, "cin_dims", cin_dims, allow_empty=False)
         split = check_bool(self.name, "cin_split_half", cin_split_half)
         if split and any(size % 2 for size in cin[:-1]):
             raise NasrecError(f"{self.name}: with cin_split_half, every cin_dims size but the last must be even: {cin}")
-        dims = check_dims(self.name, "mlp_dims", mlp_dims)
-        drop = check_dropout(self.name, dropout)
-        bn = check_bool(self.name, "batchnorm", batchnorm)
         self.linear = FirstOrder(self.num_dense, self.table_sizes)
-        self.embedding = FieldEmbedding(self.table_sizes, dim)
+        dim = self._add_embedding(embedding_dim, max_embedding_std)
         self.dense_field = DenseField(self.num_dense, dim)
         self.cin = CIN(self.dense_field.count + self.num_sparse, cin, split)
         self.cin_head = nn.Linear(self.cin.dout, 1)
-        self.mlp = MLP(self.num_dense + self.num_sparse * dim, dims, out=1, dropout=drop, batchnorm=bn)
+        self.mlp = self._mlp(self.num_dense + self.num_sparse * dim, mlp_dims, dropout, batchnorm)
         self.reset_parameters()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""Quality table: every zoo model and the six published NASRecNets on the real samples and on synthetic data.
+
+Usage::
+
+    python bench/bench_quality.py                               # everything: 4 datasets x 14 models x 3 seeds
+    python bench/bench_quality.py --datasets avazu_9k --models lr dlrm criteo_xlarge_best --seeds 0
+
+Datasets (prepared once under `--work`, vocabulary encoding fitted on the train split, ids seen fewer
+than `--min-count` times there map to the out-of-vocabulary row):
+
+- `criteo_kaggle_8k`: ../shared/data, raw Criteo format, autoctr split (8/1/1).
+- `criteo_kaggle_indexed_20k`: ../shared/data, 40 integer columns (label, 13 bucketised integer fields
+  read as dense features with the log transform, 26 categorical indices); the train file's first 9,000
+  rows train, its last 1,000 validate, the 10,000 rows of the test file test.
+- `avazu_9k`: ../shared/data, raw Avazu format, autoctr split.
+- `synthetic`: `--synthetic-rows` rows of nasrec's synthetic Criteo-shaped data (seed 0), random split;
+  its known click probabilities give the Bayes-optimal test log loss.
+
+Every model trains with the same recipe on a dataset (Adagrad with eps 1e-2, warm-up then cosine, gradient
+clipping at 5, evaluation on the validation split every `--evals-per-epoch`-th of an epoch, early stopping
+after 2 evaluations without improvement, test metrics with the best validation weights). Seeds change the
+initialisation and the shuffling, not the data split. Prints one JSON line per run, then a Markdown
+table (mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info  # bench/ is not a package
+
+from nasrec.data.cache import open_cache
+from nasrec.data.prepare import PrepareConfig, prepare
+from nasrec.data.synthetic import generate_synthetic
+from nasrec.space.arch import Architecture
+from nasrec.train.api import train
+from nasrec.zoo.registry import ZOO_MODELS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PUBLISHED = [f"{d}_{s}_best" for d in ("criteo", "avazu", "kdd") for s in ("autoctr", "xlarge")]
+DATASETS = ["synthetic", "criteo_kaggle_8k", "criteo_kaggle_indexed_20k", "avazu_9k"]
+# Per dataset: batch size, epochs at most, learning rate (one recipe for every model on that dataset).
+RECIPES = {
+    "synthetic": dict(batch_size=512, epochs=3, lr=0.03),
+    "criteo_kaggle_8k": dict(batch_size=256, epochs=10, lr=0.03),
+    "criteo_kaggle_indexed_20k": dict(batch_size=256, epochs=10, lr=0.03),
+    "avazu_9k": dict(batch_size=256, epochs=10, lr=0.03),
+}
+
+
+def _indexed_schema(path: Path) -> Path:
+    cols = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    schema = {
+        "name": "criteo-kaggle-indexed", "label": "label", "separator": ",", "header": False, "columns": cols,
+        "dense": [{"name": c, "column": c, "transform": "log"} for c in cols[1:14]],
+        "sparse": [{"name": c, "column": c, "kind": "int"} for c in cols[14:]],
+    }  # fmt: skip
+    path.write_text(json.dumps(schema, indent=1))
+    return path
+
+
+def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int) -> Path:
+    """Prepare one dataset under `work` (reused when already there); returns the cache directory."""
+    out = work / "data" / name
+    if (out / "meta.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    common = dict(out=str(out), encoding="vocab", min_count=min_count, force=True)
+    if name == "synthetic":
+        raw = work / "data" / "synthetic.tsv"
+        generate_synthetic(raw, rows=synthetic_rows, seed=0)
+        cfg = PrepareConfig(inputs=(str(raw),), format="criteo", split="random", **common)
+    elif name == "criteo_kaggle_indexed_20k":
+        d = SHARED / "data" / name
+        files = (str(d / "tiny_train_input.csv"), str(d / "tiny_test_input.csv"))
+        schema = _indexed_schema(work / "data" / "indexed_20k.json")
+        cfg = PrepareConfig(inputs=files, format="schema", schema=str(schema), split="sequential",
+                            ratios=(0.45, 0.05, 0.5), **common)  # fmt: skip
+    else:
+        d = SHARED / "data" / name
+        files = tuple(str(d / f) for f in ("train.csv", "dev.csv", "test.csv"))
+        cfg = PrepareConfig(inputs=files, format="avazu" if name.startswith("avazu") else "criteo", **common)
+    prepare(cfg)
+    return out
+
+
+def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, evals_per_epoch: int) -> dict[str, Any]:
+    """Train one model on one dataset with one seed; returns its metrics."""
+    recipe = RECIPES[dataset]
+    cache = open_cache(cache_dir)
+    steps_per_epoch = len(cache.split_index("train")) // recipe["batch_size"]
+    overrides = dict(recipe, seed=seed, optimizer="adagrad", eps=1e-2, schedule="warmup-cosine", warmup_fraction=0.05,
+                     clip=5.0, shuffle=True, eval_every=max(1, steps_per_epoch // evals_per_epoch),
+                     early_stop_metric="logloss", patience=2, restore_best=True, checkpoint_every=10**9,
+                     threads=2, log_every=10**9)  # fmt: skip
+    out = work / "runs" / f"{dataset}-{model}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    if model in ZOO_MODELS:
+        m = train(cache_dir, out, model=model, overrides=overrides, progress=False)
+    else:
+        m = train(cache_dir, out, arch=Architecture.load(SHARED / "configs" / f"{model}.json"), overrides=overrides,
+                  progress=False)  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)  # checkpoints are not needed: the metrics are the result
+    row = {"dataset": dataset, "model": model, "seed": seed, "logloss": m["logloss"], "auc": m["auc"],
+           "val_logloss": m["val"]["logloss"], "mflops": m["mflops"], "params": m["params"],
+           "best_step": m["best_step"], "steps": m["steps"], "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    bayes = cache.meta.get("bayes_logloss")
+    if bayes and bayes.get("test") is not None:
+        row["bayes_logloss"] = bayes["test"]
+    return row
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table per dataset: mean ± std over seeds of test log loss and AUC, MFLOPs, params."""
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == dataset]
+        bayes = rs[0].get("bayes_logloss")
+        lines += [f"\n### {dataset}" + (f" (Bayes-optimal test log loss {bayes:.4f})" if bayes else ""), ""]
+        head = "| model | test log loss | test AUC | MFLOPs | params | seeds |"
+        lines += [head if not bayes else head.replace(" MFLOPs", " gap to Bayes | MFLOPs"), "|---" * (6 + bool(bayes)) + "|"]
+        models = list(dict.fromkeys(r["model"] for r in rs))
+        models.sort(key=lambda m: statistics.mean(r["logloss"] for r in rs if r["model"] == m))
+        for model in models:
+            mr = [r for r in rs if r["model"] == model]
+            ll = [r["logloss"] for r in mr]
+            cells = [model, _mean_std(ll), _mean_std([r["auc"] for r in mr])]
+            if bayes:
+                cells.append(f"{statistics.mean(ll) - bayes:.4f}")
+            cells += [f"{mr[0]['mflops']:.3f}", f"{mr[0]['params']:,}", str(len(mr))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=DATASETS)
+    ap.add_argument("--models", nargs="+", default=list(ZOO_MODELS) + PUBLISHED)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-quality"))
+    ap.add_argument("--min-count", type=int, default=2)
+    ap.add_argument("--synthetic-rows", type=int, default=100_000)
+    ap.add_argument("--evals-per-epoch", type=int, default=2)
+    args = ap.parse_args(argv)
+    unknown = [m for m in args.models if m not in ZOO_MODELS and m not in PUBLISHED]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; zoo: {list(ZOO_MODELS)}, published: {PUBLISHED}")
+    if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
+        ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
+    rows = []
+    for dataset in args.datasets:
+        cache_dir = prepare_dataset(dataset, args.work, args.min_count, args.synthetic_rows)
+        for model in args.models:
+            for seed in args.seeds:
+                row = run_one(cache_dir, dataset, model, seed, args.work, args.evals_per_epoch)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(table(rows), flush=True)
+    print(json.dumps({"bench": "quality", "machine": machine_info(), "rows": len(rows)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
