@@ -133,7 +133,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         bayes = rs[0].get("bayes_logloss")
         lines += [f"\n### {dataset}" + (f" (Bayes-optimal test log loss {bayes:.4f})" if bayes else ""), ""]
         head = "| model | test log loss | test AUC | MFLOPs | params | seeds |"
-        lines += [head if not bayes else head.replace(" MFLOPs", " gap to Bayes | MFLOPs"), "|---" * (6 + bool(bayes)) + "|"]
+        lines += [
+            head if not bayes else head.replace(" MFLOPs", " gap to Bayes | MFLOPs"),
+            "|---" * (6 + bool(bayes)) + "|",
+        ]
         models = list(dict.fromkeys(r["model"] for r in rs))
         models.sort(key=lambda m: statistics.mean(r["logloss"] for r in rs if r["model"] == m))
         for model in models:
@@ -142,7 +145,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             cells = [model, _mean_std(ll), _mean_std([r["auc"] for r in mr])]
             if bayes:
                 cells.append(f"{statistics.mean(ll) - bayes:.4f}")
-            cells += [f"{mr[0]['mflops']:.3f}", f"{mr[0]['params']:,}", str(len(mr))]
+            cells += [f"{mr[0]['mflops']:.4g}", f"{mr[0]['params']:,}", str(len(mr))]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -106,6 +106,23 @@ def test_early_stopping_keeps_the_best(cache_dir: Path, tmp_path: Path) -> None:
     assert best["step"] % 5 == 0
 
 
+def test_restore_best_tests_and_serves_the_best_weights(cache_dir: Path, tmp_path: Path) -> None:
+    # A diverging lr makes the last weights worse than an earlier evaluation's.
+    cfg = dict(QUICK, lr=1.0, schedule="constant", eval_every=7, epochs=2, eval_max_batches=None)
+    last = train(cache_dir, tmp_path / "last", model="fm", overrides=cfg, progress=False)
+    best = train(cache_dir, tmp_path / "best", model="fm", overrides=dict(cfg, restore_best=True), progress=False)
+    assert last["weights"] == "final" and best["weights"] == "best"
+    # Same seed, same steps: the best run's final model is its best validation evaluation's.
+    evals = [json.loads(x) for x in (tmp_path / "best" / "metrics.jsonl").read_text().splitlines()]
+    val = {e["step"]: e["eval_logloss"] for e in evals if "eval_logloss" in e}
+    assert best["best_step"] == min(val, key=val.get)
+    assert best["steps"] in val  # the last step was evaluated too (75 steps is not a multiple of 7)
+    assert best["val"]["logloss"] == pytest.approx(min(val.values()), abs=1e-6)
+    assert best["val"]["logloss"] < last["val"]["logloss"]
+    # `evaluate` on the run serves those weights.
+    assert evaluate_run(tmp_path / "best", cache_dir)["logloss"] == pytest.approx(best["logloss"], abs=1e-6)
+
+
 def _run_cli(cache_dir: Path, arch: Path, out: Path, resume: bool = False) -> subprocess.Popen:
     sets = ["batch_size=64", "epochs=2", "lr=0.05", "shuffle=true", "checkpoint_every=15", "eval_every=40",
             "eval_max_batches=2", "log_every=10", "layernorm=true", "threads=1"]  # fmt: skip
@@ -149,3 +166,15 @@ def test_killed_run_resumes_to_the_same_result(cache_dir: Path, tmp_path: Path) 
     # the metrics log has each step once, as the uninterrupted run's
     steps = lambda p: [json.loads(x)["step"] for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert steps(out) == steps(tmp_path / "ref")
+
+
+def test_tensorboard_option(cache_dir: Path, tmp_path: Path) -> None:
+    cfg = dict(QUICK, epochs=1, max_steps=12, tensorboard=True)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(NasrecError, match="pip install tensorboard"):
+            train(cache_dir, tmp_path / "tb", model="lr", overrides=cfg, progress=False)
+        return
+    train(cache_dir, tmp_path / "tb", model="lr", overrides=cfg, progress=False)
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
