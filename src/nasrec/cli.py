@@ -305,6 +305,44 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search a trained supernet's space (regularized evolution or random)")
+    p.add_argument("--supernet", required=True, metavar="DIR", help="run directory of `nasrec supernet`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory (the supernet's)")
+    p.add_argument("--out", required=True, metavar="DIR", help="search directory")
+    p.add_argument("--strategy", choices=["evolution", "random"])
+    p.add_argument("--preset", help="paper (default), cpu, cpu-quick")
+    p.add_argument("--max-mflops", type=float, metavar="X", help="only architectures of at most X MFLOPs")
+    p.add_argument("--max-params", type=int, metavar="N", help="only architectures of at most N non-embedding params")
+    p.add_argument("--pareto", action="store_true", help="multi-objective: Pareto front of (val loss, MFLOPs)")
+    p.add_argument("--workers", type=int, default=1, help="scoring processes (the result does not depend on it)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--retrain", action="store_true", help="train the top-k from scratch and choose the final one")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search or scoring setting")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from nasrec.search.api import search
+
+    overrides = _parse_sets(args.set)
+    for key in ("strategy", "max_mflops", "max_params", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.pareto:
+        overrides["pareto"] = True
+    res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
+                 retrain=args.retrain, resume=args.resume, progress=False if args.no_progress else None)  # fmt: skip
+    best = res["best"]
+    summary = {"best": best["hash"], "score": best["score"], "mflops": best["mflops"], "scored": res["scored"],
+               "candidates_per_minute": round(res["candidates_per_minute"], 2), "pareto": len(res["pareto"])}  # fmt: skip
+    if "final" in res:
+        summary["final"] = res["final"]["chosen"]
+    print(json.dumps(summary, default=str))
+    return 0
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
@@ -312,6 +350,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "supernet": (_add_supernet, _run_supernet),
     "evaluate": (_add_evaluate, _run_evaluate),
+    "search": (_add_search, _run_search),
 }
 
 

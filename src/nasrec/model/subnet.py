@@ -64,8 +64,14 @@ class Subnet(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """Logits [B] on dense [B, D] and sparse ids [B, S]."""
+        f = self.features(dense, sparse)
+        return self.head(f.dense, f.tokens, f.d2s)
+
+    def features(self, dense: torch.Tensor, sparse: torch.Tensor) -> Output:
+        """The head's inputs: the last block's dense, token and d2s outputs."""
         outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
         for i, block in enumerate(self.arch.blocks):
             outs.append(self.cells[str(i)](outs, block) if self.live[i] else None)
         last = outs[-1]
-        return self.head(last.dense, last.tokens, last.d2s)
+        assert last is not None  # the last block always reaches the head
+        return last

@@ -60,10 +60,16 @@ class Supernet(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor, arch: Architecture) -> torch.Tensor:
         """Logits [B] of the subnet `arch` on dense [B, D] and sparse ids [B, S]."""
+        f = self.features(dense, sparse, arch)
+        return self.head(f.dense, f.tokens, f.d2s)
+
+    def features(self, dense: torch.Tensor, sparse: torch.Tensor, arch: Architecture) -> Output:
+        """The head's inputs for the subnet `arch`: the last block's dense, token and d2s outputs."""
         if arch.num_blocks != len(self.cells):
             raise ValueError(f"architecture has {arch.num_blocks} blocks, the supernet {len(self.cells)}")
         outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
         for cell, block, live in zip(self.cells, arch.blocks, arch.live_blocks(), strict=True):
             outs.append(cell(outs, block) if live else None)
         last = outs[-1]
-        return self.head(last.dense, last.tokens, last.d2s)
+        assert last is not None  # the last block always reaches the head
+        return last

@@ -1,0 +1,1 @@
+"""Architecture search: supernet scoring, regularized evolution and random search, top-k retraining."""

@@ -1,0 +1,163 @@
+"""Python entry points of the search stage: `search` (with top-k retraining) and its presets.
+
+A search directory holds `search.json` (the resolved configuration), `history.jsonl`, `state.json`,
+and at the end `result.json`, `best.json` (architecture JSON), `top.json` and `pareto.json`; with
+retraining, `retrain/NN-HASH/` training runs and `final.json` (the architecture chosen by validation
+loss among the retrained ones) with `final_metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from nasrec.data.cache import open_cache
+from nasrec.errors import NasrecError
+from nasrec.model.cost import arch_cost
+from nasrec.search.evolution import Search, SearchConfig
+from nasrec.search.parallel import ScorerSpec, ScoringPool
+from nasrec.search.scorer import ScoreConfig
+from nasrec.space.arch import Architecture
+from nasrec.space.space import SearchSpace
+
+# name -> (search settings, scoring settings, training preset of the top-k retraining)
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    # spec 4: 128 + 240 x 8 = 2,048 candidates; 500 head steps; 150 x 8192 validation rows
+    "paper": ({}, {}, "paper-final"),
+    # about an hour on a 2-core CPU for Criteo-shaped data: 32 + 24 x 8 = 224 candidates
+    "cpu": (dict(population=32, sample=16, generations=24, keep_per_generation=None, top_k=3),
+            dict(finetune_steps=50, warmup_steps=5, val_batches=4), "cpu-quick"),
+    # minutes: the demo and quick checks
+    "cpu-quick": (dict(population=16, sample=8, children=4, generations=8, keep_per_generation=None, top_k=2),
+                  dict(finetune_steps=20, warmup_steps=2, val_batches=2, val_batch_size=4096), "cpu-quick"),
+}  # fmt: skip
+
+
+def resolve(preset: str | None, search: dict[str, Any] | None, score: dict[str, Any] | None) -> tuple[SearchConfig, ScoreConfig, str]:  # fmt: skip
+    """Search and scoring configurations of a preset (default "paper") with overrides applied."""
+    name = preset or "paper"
+    if name not in PRESETS:
+        raise NasrecError(f"unknown search preset {name!r} (expected one of: {', '.join(PRESETS)})")
+    s, sc, train_preset = PRESETS[name]
+    return SearchConfig().updated(**{**s, **(search or {})}), ScoreConfig().updated(**{**sc, **(score or {})}), train_preset
+
+
+def _split_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`--set` keys go to the search or the scoring configuration by name."""
+    search_keys = set(SearchConfig().to_dict())
+    score_keys = set(ScoreConfig().to_dict())
+    s, sc = {}, {}
+    for k, v in (overrides or {}).items():
+        if k in search_keys:
+            s[k] = v
+        elif k in score_keys:
+            sc[k] = v
+        else:
+            raise NasrecError(f"unknown search setting {k!r} (search: {', '.join(sorted(search_keys))}; "
+                              f"scoring: {', '.join(sorted(score_keys))})")  # fmt: skip
+    return s, sc
+
+
+def _progress_printer(enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+
+    def show(st: dict[str, Any]) -> None:
+        gen = "init" if st["generation"] < 0 else f"gen {st['generation']}"
+        print(f"\rsearch {gen}: {st['scored']}/{st['budget']} scored, best {st['best']:.5f}, "
+              f"{st['per_minute']:.1f} candidates/min", end="", file=sys.stderr, flush=True)  # fmt: skip
+
+    return show
+
+
+def search(
+    supernet: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    workers: int = 1,
+    retrain: bool = False,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Search the supernet's space for the architecture with the lowest supernet-scored validation loss.
+
+    `overrides` may set any `SearchConfig` or `ScoreConfig` field (e.g. strategy, max_mflops, pareto,
+    finetune_steps). With `retrain`, the top-k architectures are then trained from scratch with the
+    preset's training recipe and the final one is chosen by validation loss.
+    """
+    out = Path(out)
+    s_over, sc_over = _split_overrides(overrides)
+    cfg, score_cfg, train_preset = resolve(preset, s_over, sc_over)
+    saved = out / "search.json"
+    resolved = {"search": cfg.to_dict(), "score": score_cfg.to_dict(), "supernet": str(supernet), "data": str(data),
+                "train_preset": train_preset}  # fmt: skip
+    if resume and saved.exists():
+        if json.loads(saved.read_text()) != resolved:
+            raise NasrecError(f"{out}: --resume continues a search with its own settings; drop the changed options")
+    elif (out / "state.json").exists():
+        raise NasrecError(f"{out} already holds a search (use --resume to continue it)")
+    model_json = Path(supernet) / "model.json"
+    if not model_json.exists():
+        raise NasrecError(f"{supernet}: not a supernet run directory (no model.json)")
+    model = json.loads(model_json.read_text())
+    if model.get("kind") != "supernet":
+        raise NasrecError(f"{supernet}: not a supernet run (its model is {model.get('kind')!r})")
+    space = SearchSpace.from_dict(model["space"])
+    cache = open_cache(data)
+    num_dense, tables = len(cache.dense_fields), tuple(cache.table_sizes)
+
+    def cost(arch: Architecture) -> tuple[float, int]:
+        c = arch_cost(arch, num_dense, len(tables), tables)
+        return c.mflops, c.dense_params
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(resolved, indent=1) + "\n")
+    spec = ScorerSpec(str(supernet), str(data), score_cfg.to_dict())
+    with ScoringPool(spec, workers) as pool:
+        result = Search(space, pool, cost, cfg, out, progress=_progress_printer(progress)).run(resume=resume)
+    if progress is not False and sys.stderr.isatty():
+        print(file=sys.stderr)
+    if retrain:
+        result["final"] = retrain_top(out, data, train_preset)
+    return result
+
+
+def retrain_top(search_dir: str | Path, data: str | Path, preset: str = "paper-final",
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train the search's top-k architectures from scratch; the final one has the lowest validation loss.
+
+    Finished runs are kept and an interrupted one resumes, so re-running continues where it stopped.
+    """
+    from nasrec.train.api import train
+
+    search_dir = Path(search_dir)
+    top = json.loads((search_dir / "top.json").read_text())
+    runs = []
+    for rank, c in enumerate(top):
+        run = search_dir / "retrain" / f"{rank:02d}-{c['hash'][:12]}"
+        if (run / "metrics.json").exists():
+            m = json.loads((run / "metrics.json").read_text())
+        else:  # resume=True also starts a run that has no checkpoint yet
+            m = train(data, run, arch=Architecture.from_dict(c["arch"]), preset_name=preset, overrides=overrides,
+                      resume=True, progress=False)  # fmt: skip
+        val = (m.get("val") or {}).get("logloss")
+        runs.append({"rank": rank, "hash": c["hash"], "supernet_score": c["score"], "run": str(run),
+                     "val_logloss": val, "test_logloss": (m.get("test") or {}).get("logloss"),
+                     "test_auc": (m.get("test") or {}).get("auc"), "mflops": m["mflops"]})  # fmt: skip
+    scored = [r for r in runs if r["val_logloss"] is not None and math.isfinite(r["val_logloss"])]
+    if not scored:
+        raise NasrecError(f"{search_dir}: no retrained architecture has a finite validation loss")
+    best = min(scored, key=lambda r: r["val_logloss"])
+    arch = top[best["rank"]]["arch"]
+    (search_dir / "final.json").write_text(json.dumps(arch, indent=1) + "\n")
+    final = {"chosen": best, "runs": runs}
+    (search_dir / "final_metrics.json").write_text(json.dumps(final, indent=1) + "\n")
+    return final

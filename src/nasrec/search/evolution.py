@@ -1,0 +1,335 @@
+"""Regularized (aging) evolution and random search over a search space, resumable after a kill.
+
+Evolution (spec 4): an initial population of `population` random architectures ("uniform" sampling);
+then per generation g, `sample` members drawn without replacement, the best of them (lowest score) is
+the parent of `children` children, each mutated `mutation_count(g, generations)` times; a child whose
+hash was already drawn, or that breaks a constraint, keeps mutating. The children join the population
+and as many of its oldest members leave. Random search draws `population + generations * children`
+architectures the same way as the initial population. In Pareto mode the parent is drawn uniformly
+from the sample's non-dominated members in (score, MFLOPs), and the result is the Pareto front.
+
+Every random choice comes from one numpy generator seeded with `seed` and used only here; scores come
+from a `score_batch` callable and must depend on nothing but the architecture, so the result does not
+depend on how scoring is spread over workers. Architectures over `max_mflops` or `max_params`
+(non-embedding parameters: the tables are the same for every candidate) are never scored.
+
+State on disk (`out`): `history.jsonl`, one line per scored candidate, and `state.json`, written
+atomically after every step: the generator state, the population (hashes, oldest first) and the
+candidates drawn but not yet scored. A search killed at any point resumes from the last state,
+re-scores the pending candidates and ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasrec.errors import NasrecError
+from nasrec.search.pareto import pareto_front
+from nasrec.space.arch import Architecture
+from nasrec.space.space import SearchSpace, mutation_count
+
+STRATEGIES = ("evolution", "random")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How many candidates, how they are drawn, and the constraints."""
+
+    strategy: str = "evolution"
+    population: int = 128
+    sample: int = 64
+    children: int = 8
+    generations: int = 240
+    # Candidates kept per generation for the result (the paper keeps the top 2 children; the initial
+    # population then never counts); None keeps every scored candidate.
+    keep_per_generation: int | None = 2
+    max_mflops: float | None = None
+    max_params: int | None = None
+    pareto: bool = False
+    top_k: int = 15
+    seed: int = 0
+    max_tries: int = 10_000  # draws (or mutations of one child) before giving up on the constraints
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise NasrecError(f"search config: strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        for name in ("population", "sample", "children", "generations", "top_k", "max_tries"):
+            if getattr(self, name) < 1:
+                raise NasrecError(f"search config: {name} must be >= 1, not {getattr(self, name)}")
+        if self.sample > self.population:
+            raise NasrecError(f"search config: sample ({self.sample}) exceeds population ({self.population})")
+        if self.keep_per_generation is not None and self.keep_per_generation < 1:
+            raise NasrecError("search config: keep_per_generation must be >= 1 or null")
+        for name in ("max_mflops", "max_params"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise NasrecError(f"search config: {name} must be > 0, not {v}")
+
+    @property
+    def budget(self) -> int:
+        """Candidates scored in all: the initial population plus every generation's children."""
+        return self.population + self.generations * self.children
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    def updated(self, **changes: Any) -> SearchConfig:
+        """A copy with some fields changed (unknown names are an error)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise NasrecError(f"search config: unknown key(s) {', '.join(unknown)}")
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored architecture."""
+
+    index: int  # order of scoring
+    generation: int  # -1: the initial population (or random search's draws)
+    arch: Architecture
+    hash: str
+    score: float  # validation log loss; NaN if it diverged
+    mflops: float
+    params: int  # non-embedding parameters
+    parent: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """One history line (NaN written as null)."""
+        return {"index": self.index, "generation": self.generation, "hash": self.hash,
+                "score": None if math.isnan(self.score) else self.score, "mflops": self.mflops,
+                "params": self.params, "parent": self.parent, "arch": self.arch.to_dict()}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        """Inverse of `to_dict`."""
+        score = math.nan if d["score"] is None else float(d["score"])
+        return cls(d["index"], d["generation"], Architecture.from_dict(d["arch"]), d["hash"], score, d["mflops"],
+                   d["params"], d["parent"])  # fmt: skip
+
+
+def _key(score: float) -> float:
+    return math.inf if math.isnan(score) else score
+
+
+ScoreBatch = Callable[[Sequence[Architecture]], list[float]]
+CostFn = Callable[[Architecture], tuple[float, int]]
+
+
+class Search:
+    """One search run in a directory (see module docstring); `run()` returns the summary."""
+
+    def __init__(self, space: SearchSpace, score_batch: ScoreBatch, cost: CostFn, cfg: SearchConfig, out: Path | str,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:  # fmt: skip
+        self.space, self.score_batch, self.cost, self.cfg = space, score_batch, cost, cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.rng = np.random.default_rng(cfg.seed)
+        self.history: list[Candidate] = []
+        self.by_hash: dict[str, Candidate] = {}
+        self.population: list[str] = []  # hashes, oldest first
+        self.pending: list[dict[str, Any]] = []  # drawn, not yet scored: {"arch", "parent"}
+        self.step = 0  # steps completed: initial chunks, then generations
+        self.seconds = 0.0
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _write_state(self) -> None:
+        state = {"config": self.cfg.to_dict(), "space": self.space.to_dict(), "step": self.step,
+                 "scored": len(self.history), "population": self.population, "pending": self.pending,
+                 "rng": self.rng.bit_generator.state, "seconds": self.seconds}  # fmt: skip
+        tmp = self.out / ".state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.out / "state.json")
+
+    def _restore(self) -> None:
+        state = json.loads((self.out / "state.json").read_text())
+        if state["config"] != self.cfg.to_dict() or state["space"] != self.space.to_dict():
+            raise NasrecError(f"{self.out}: --resume continues a search with its own configuration and space")
+        lines = (self.out / "history.jsonl").read_text().splitlines() if (self.out / "history.jsonl").exists() else []
+        if len(lines) < state["scored"]:
+            raise NasrecError(f"{self.out}: history.jsonl holds fewer candidates than state.json records")
+        lines = lines[: state["scored"]]  # lines written after the last state belong to pending candidates
+        (self.out / "history.jsonl").write_text("".join(ln + "\n" for ln in lines))
+        for ln in lines:
+            self._add(Candidate.from_dict(json.loads(ln)), write=False)
+        self.population, self.pending, self.step = state["population"], state["pending"], state["step"]
+        self.rng.bit_generator.state = state["rng"]
+        self.seconds = state["seconds"]
+
+    def _add(self, c: Candidate, write: bool = True) -> None:
+        self.history.append(c)
+        self.by_hash[c.hash] = c
+        if write:
+            with open(self.out / "history.jsonl", "a") as fh:
+                fh.write(json.dumps(c.to_dict()) + "\n")
+
+    # -- drawing candidates ----------------------------------------------------------------------
+    def _feasible(self, arch: Architecture) -> bool:
+        mflops, params = self.cost(arch)
+        cfg = self.cfg
+        return (cfg.max_mflops is None or mflops <= cfg.max_mflops) and (cfg.max_params is None or params <= cfg.max_params)
+
+    def _new(self, arch: Architecture, taken: set[str]) -> bool:
+        h = arch.hash()
+        return h not in self.by_hash and h not in taken and self._feasible(arch)
+
+    def _draw_random(self, taken: set[str]) -> Architecture:
+        for _ in range(self.cfg.max_tries):
+            arch = self.space.sample(self.rng, "uniform")
+            if self._new(arch, taken):
+                return arch
+        raise NasrecError(f"no new architecture within the constraints in {self.cfg.max_tries} draws "
+                          f"(max_mflops={self.cfg.max_mflops}, max_params={self.cfg.max_params})")  # fmt: skip
+
+    def _draw_child(self, parent: Architecture, mutations: int, taken: set[str]) -> Architecture:
+        child = parent
+        for _ in range(mutations):
+            child = self.space.mutate(child, self.rng)
+        for _ in range(self.cfg.max_tries):
+            if self._new(child, taken):
+                return child
+            child = self.space.mutate(child, self.rng)
+        return self._draw_random(taken)  # the parent's neighbourhood is exhausted or infeasible
+
+    def _select_parent(self) -> Candidate:
+        cfg = self.cfg
+        idx = sorted(int(i) for i in self.rng.choice(len(self.population), size=cfg.sample, replace=False))
+        members = [self.by_hash[self.population[i]] for i in idx]
+        if not cfg.pareto:
+            return min(members, key=lambda c: _key(c.score))  # ties: the oldest
+        front = pareto_front([(_key(c.score), c.mflops) for c in members])
+        if not front:  # every member diverged
+            return members[0]
+        return members[sorted(front)[int(self.rng.integers(len(front)))]]
+
+    def _plan_step(self) -> None:
+        """Draw the next step's candidates into `pending` (the only place the generator is used)."""
+        cfg = self.cfg
+        taken: set[str] = set()
+        n_init = min(cfg.children, cfg.population - len(self.history))
+        if cfg.strategy == "random" or n_init > 0:
+            n = n_init if n_init > 0 else min(cfg.children, cfg.budget - len(self.history))
+            for _ in range(n):
+                arch = self._draw_random(taken)
+                taken.add(arch.hash())
+                self.pending.append({"arch": arch.to_dict(), "parent": None})
+            return
+        parent = self._select_parent()
+        m = mutation_count(self._generation(), cfg.generations)
+        for _ in range(cfg.children):
+            arch = self._draw_child(parent.arch, m, taken)
+            taken.add(arch.hash())
+            self.pending.append({"arch": arch.to_dict(), "parent": parent.hash})
+
+    def _generation(self) -> int:
+        """The generation of the next step (-1 while the initial population is being scored)."""
+        n = len(self.history)
+        if n < self.cfg.population:
+            return -1
+        return (n - self.cfg.population) // self.cfg.children
+
+    def _score_pending(self) -> None:
+        gen = self._generation()
+        archs = [Architecture.from_dict(p["arch"]) for p in self.pending]
+        scores = self.score_batch(archs)
+        new = []
+        for p, arch, score in zip(self.pending, archs, scores, strict=True):
+            mflops, params = self.cost(arch)
+            c = Candidate(len(self.history), gen, arch, arch.hash(), float(score), mflops, params, p["parent"])
+            self._add(c)
+            new.append(c.hash)
+        self.pending = []
+        if self.cfg.strategy == "evolution":
+            self.population = (self.population + new)[-self.cfg.population :]  # the oldest leave
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Search until the budget is scored; returns the summary also written to `result.json`."""
+        if resume and (self.out / "state.json").exists():
+            self._restore()
+        else:
+            if (self.out / "state.json").exists():
+                raise NasrecError(f"{self.out} already holds a search (use --resume to continue it)")
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "history.jsonl").write_text("")
+            self._write_state()
+        while len(self.history) < self.cfg.budget or self.pending:
+            t0 = time.perf_counter()
+            if not self.pending:
+                self._plan_step()
+                self._write_state()
+            self._score_pending()
+            self.step += 1
+            self.seconds += time.perf_counter() - t0
+            self._write_state()
+            if self.progress is not None:
+                self.progress(self.status())
+        return self._finish()
+
+    def status(self) -> dict[str, Any]:
+        """Progress figures: generation, candidates scored, best score so far, candidates per minute."""
+        scores = [_key(c.score) for c in self.history]
+        return {"generation": self._generation(), "scored": len(self.history), "budget": self.cfg.budget,
+                "best": min(scores) if scores else math.nan,
+                "per_minute": 60 * len(self.history) / self.seconds if self.seconds else 0.0}  # fmt: skip
+
+    # -- results ---------------------------------------------------------------------------------
+    def kept(self) -> list[Candidate]:
+        """The candidates the result is chosen from (see `SearchConfig.keep_per_generation`)."""
+        k = self.cfg.keep_per_generation
+        if k is None or self.cfg.strategy == "random":
+            return list(self.history)
+        out = []
+        for g in range(self.cfg.generations):
+            children = [c for c in self.history if c.generation == g]
+            out += sorted(children, key=lambda c: (_key(c.score), c.index))[:k]
+        return out
+
+    def _finish(self) -> dict[str, Any]:
+        pool = [c for c in self.kept() if not math.isnan(c.score)]
+        if not pool:
+            raise NasrecError(f"{self.out}: every candidate diverged; no architecture to return")
+        ranked = top_k(pool, self.cfg.top_k)
+        front = [pool[i] for i in pareto_front([(c.score, c.mflops) for c in pool])]
+        best = ranked[0]
+        _write_json(self.out / "best.json", best.arch.to_dict())
+        _write_json(self.out / "top.json", [_summary(c) for c in ranked])
+        _write_json(self.out / "pareto.json", [_summary(c) for c in front])
+        result = {"strategy": self.cfg.strategy, "scored": len(self.history), "seconds": self.seconds,
+                  "candidates_per_minute": 60 * len(self.history) / max(self.seconds, 1e-9),
+                  "best": _summary(best), "pareto": [c.hash for c in front],
+                  "top": [c.hash for c in ranked]}  # fmt: skip
+        _write_json(self.out / "result.json", result)
+        return result
+
+
+def top_k(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """The k best by score, skipping a candidate whose score is within 1e-6 of one already taken (spec 4)."""
+    out: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: (_key(c.score), c.index)):
+        if math.isnan(c.score) or any(abs(c.score - o.score) <= 1e-6 for o in out):
+            continue
+        out.append(c)
+        if len(out) == k:
+            break
+    return out
+
+
+def _summary(c: Candidate) -> dict[str, Any]:
+    return {"hash": c.hash, "score": c.score, "mflops": c.mflops, "params": c.params, "generation": c.generation,
+            "arch": c.arch.to_dict()}  # fmt: skip
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,102 @@
+"""Candidate scoring in-process or over worker processes, each loading the supernet once.
+
+Scores are cached by architecture hash in the parent, so a repeated architecture is never sent out
+again. Results come back in submission order and every worker scores with the same fixed thread count
+(`ScoreConfig.threads`), so a search gives the same result for any number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from nasrec.errors import NasrecError
+from nasrec.search.scorer import ScoreConfig, SupernetScorer
+from nasrec.space.arch import Architecture
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Everything a process needs to build the scorer (picklable)."""
+
+    supernet_dir: str
+    data_dir: str
+    score: dict[str, Any]
+    checkpoint: str = "final"
+
+    def build(self) -> SupernetScorer:
+        """Load the supernet and the scoring batches."""
+        from nasrec.data.cache import open_cache
+        from nasrec.model.supernet import Supernet
+        from nasrec.train.trainer import load_trained
+
+        model, spec = load_trained(self.supernet_dir, self.checkpoint)
+        if not isinstance(model, Supernet):
+            raise NasrecError(f"{self.supernet_dir}: not a supernet run (its model is {spec.kind!r})")
+        cache = open_cache(self.data_dir)
+        if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
+            raise NasrecError(f"{self.data_dir}: this cache's fields and table sizes differ from the supernet's")
+        return SupernetScorer(model, cache, ScoreConfig().updated(**self.score))
+
+
+_WORKER: SupernetScorer | None = None
+
+
+def _init_worker(spec: ScorerSpec) -> None:
+    global _WORKER
+    _WORKER = spec.build()
+
+
+def _score(arch: dict[str, Any]) -> float:
+    assert _WORKER is not None
+    return _WORKER.score(Architecture.from_dict(arch))
+
+
+class ScoringPool:
+    """`pool(archs) -> scores`; `workers` 1 scores in this process."""
+
+    def __init__(self, spec: ScorerSpec, workers: int = 1) -> None:
+        if workers < 1:
+            raise NasrecError(f"--workers must be >= 1, not {workers}")
+        self.workers = workers
+        self.cache: dict[str, float] = {}
+        self._local: SupernetScorer | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        if workers == 1:
+            self._local = spec.build()
+        else:
+            # spawn: a forked copy of a process that already ran torch ops can deadlock in its thread pools.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec,))
+
+    def __call__(self, archs: Sequence[Architecture]) -> list[float]:
+        """Scores of `archs`, in order."""
+        todo = {a.hash(): a for a in archs if a.hash() not in self.cache}
+        if todo:
+            keys = list(todo)
+            if self._local is not None:
+                scores = [self._local.score(todo[k]) for k in keys]
+            else:
+                assert self._pool is not None
+                scores = list(self._pool.map(_score, [todo[k].to_dict() for k in keys]))
+            self.cache.update(zip(keys, scores, strict=True))
+        return [self.cache[a.hash()] for a in archs]
+
+    def samples_per_candidate(self) -> int | None:
+        """Examples forwarded per candidate (known in-process only)."""
+        return self._local.samples_per_candidate() if self._local is not None else None
+
+    def close(self) -> None:
+        """Stop the workers."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ScoringPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,167 @@
+"""Scoring a candidate architecture with the supernet's inherited weights (spec 4).
+
+A candidate's score is the validation log loss of its path through the trained supernet after a short
+fine-tune of the head alone: `finetune_steps` Adagrad steps (eps 1e-2, `finetune_lr`, linear warm-up
+over `warmup_steps` then cosine, gradient-norm clip 5) on the first train batches in file order, then
+log loss over the first `val_batches` validation batches of `val_batch_size`. Every candidate sees the
+same batches, and the supernet's head is put back after each candidate, so a score depends on nothing
+but the architecture (and the thread count, see `ScoreConfig.threads`).
+
+The body is frozen, so each fine-tune step runs it without autograd and differentiates only the head.
+`finetune_head` is the same procedure for a materialised standalone model (`Subnet.from_supernet`),
+whose validation loss after it equals the candidate's score (tested): in the supernet only the head's
+slices that the path reads get gradients, and Adagrad leaves the rest untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasrec.data.cache import Cache
+from nasrec.data.loader import Batch, BatchLoader
+from nasrec.errors import NasrecError
+from nasrec.model.cell import Output
+from nasrec.model.supernet import Supernet
+from nasrec.space.arch import Architecture
+from nasrec.train.clip import clip_grad_norm
+from nasrec.train.schedule import build_schedule
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The fine-tune and validation budget of one candidate."""
+
+    finetune_steps: int = 500  # 0: no fine-tune (the paper's "no-FT" ablation is 1 step)
+    finetune_batch_size: int = 512
+    finetune_lr: float = 0.04
+    warmup_steps: int = 50
+    eps: float = 1e-2
+    clip: float | None = 5.0
+    val_batches: int = 150
+    val_batch_size: int = 8192
+    val_split: str = "val"
+    # Torch threads while scoring. Float sums can depend on the thread count, so the search fixes it
+    # (whatever the number of workers) to keep results identical for any number of workers.
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("finetune_batch_size", "val_batches", "val_batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise NasrecError(f"scoring config: {name} must be >= 1, not {getattr(self, name)}")
+        if self.finetune_steps < 0 or self.warmup_steps < 0:
+            raise NasrecError("scoring config: finetune_steps and warmup_steps must be >= 0")
+        if not self.finetune_lr > 0:
+            raise NasrecError(f"scoring config: finetune_lr must be > 0, not {self.finetune_lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    def updated(self, **changes: Any) -> ScoreConfig:
+        """A copy with some fields changed (unknown names are an error)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise NasrecError(f"scoring config: unknown key(s) {', '.join(unknown)}")
+        return replace(self, **changes)
+
+
+def _batches(cache: Cache, split: str, batch_size: int, count: int, cycle: bool) -> list[Batch]:
+    """The first `count` batches of a split in file order (cycling over it again if `cycle`)."""
+    if count == 0:
+        return []
+    loader = BatchLoader(cache, split, batch_size=batch_size)
+    if len(loader) == 0:
+        raise NasrecError(f"{cache.path}: the {split} split is empty; candidates cannot be scored")
+    out: list[Batch] = []
+    while len(out) < count:
+        for b in loader:
+            out.append(b)
+            if len(out) == count:
+                break
+        if not cycle:
+            break
+    return out
+
+
+class ScoringData:
+    """The fine-tune and validation batches every candidate sees, loaded once."""
+
+    def __init__(self, cache: Cache, cfg: ScoreConfig) -> None:
+        self.cfg = cfg
+        self.train = _batches(cache, "train", cfg.finetune_batch_size, cfg.finetune_steps, cycle=True)
+        self.val = _batches(cache, cfg.val_split, cfg.val_batch_size, cfg.val_batches, cycle=False)
+        self.val_rows = sum(int(b.label.shape[0]) for b in self.val)
+
+
+def finetune_head(
+    features: Callable[[torch.Tensor, torch.Tensor], Output], head: nn.Module, data: ScoringData
+) -> float:
+    """Fine-tune `head` on frozen `features`, then return the validation log loss (see module docstring)."""
+    cfg = data.cfg
+    params = list(head.parameters())
+    if cfg.finetune_steps:
+        opt = torch.optim.Adagrad(params, lr=cfg.finetune_lr, eps=cfg.eps)
+        sched = build_schedule(opt, "warmup-cosine", total_steps=cfg.finetune_steps,
+                               warmup_steps=min(cfg.warmup_steps, cfg.finetune_steps - 1))  # fmt: skip
+        for b in data.train:
+            with torch.no_grad():
+                f = features(b.dense, b.sparse)
+            opt.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(head(f.dense, f.tokens, f.d2s), b.label)
+            loss.backward()
+            if cfg.clip is not None:
+                clip_grad_norm(params, cfg.clip)
+            opt.step()
+            sched.step()
+    total = 0.0
+    with torch.no_grad():
+        for b in data.val:
+            f = features(b.dense, b.sparse)
+            logits = head(f.dense, f.tokens, f.d2s)
+            total += float(F.binary_cross_entropy_with_logits(logits, b.label, reduction="sum"))
+    return total / data.val_rows
+
+
+class SupernetScorer:
+    """Scores architectures through a trained supernet; scores are cached by architecture hash."""
+
+    def __init__(self, supernet: Supernet, cache: Cache, cfg: ScoreConfig | None = None) -> None:
+        self.cfg = cfg or ScoreConfig()
+        self.supernet = supernet.eval()
+        for p in self.supernet.parameters():
+            p.requires_grad_(False)
+        self.data = ScoringData(cache, self.cfg)
+        self.scores: dict[str, float] = {}
+        self._head0 = {k: v.clone() for k, v in self.supernet.head.state_dict().items()}
+
+    def score(self, arch: Architecture) -> float:
+        """Validation log loss of `arch` after the head fine-tune (NaN if it diverged)."""
+        key = arch.hash()
+        if key in self.scores:
+            return self.scores[key]
+        head = self.supernet.head
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads)
+        try:
+            for p in head.parameters():
+                p.requires_grad_(True)
+            value = finetune_head(lambda d, s: self.supernet.features(d, s, arch), head, self.data)
+        finally:
+            for p in head.parameters():
+                p.requires_grad_(False)
+            head.load_state_dict(self._head0)
+            torch.set_num_threads(threads)
+        self.scores[key] = value if math.isfinite(value) else math.nan
+        return self.scores[key]
+
+    def samples_per_candidate(self) -> int:
+        """Examples forwarded through the body per candidate (fine-tune plus validation)."""
+        return sum(int(b.label.shape[0]) for b in self.data.train) + self.data.val_rows
+

@@ -1,0 +1,254 @@
+"""Architecture search: supernet scoring, evolution vs random, constraints, Pareto, resume, workers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nasrec.data.cache import open_cache
+from nasrec.data.prepare import PrepareConfig, prepare
+from nasrec.data.synthetic import SynthConfig, generate_synthetic, synth_schema
+from nasrec.errors import NasrecError
+from nasrec.model.cost import arch_cost
+from nasrec.model.subnet import Subnet
+from nasrec.search.api import search
+from nasrec.search.evolution import Search, SearchConfig, top_k
+from nasrec.search.parallel import ScorerSpec
+from nasrec.search.pareto import dominates, pareto_front
+from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_head
+from nasrec.space.arch import Architecture
+from nasrec.space.space import NASREC_SMALL
+from nasrec.train.api import train_supernet
+
+SMALL_SYNTH = SynthConfig(num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2,
+                          num_interactions=3, num_gated=1)  # fmt: skip
+
+
+# -- a cheap analytic objective: distance to a hidden target architecture ------------------------------
+TARGET = NASREC_SMALL.sample(np.random.default_rng(123), "uniform")
+
+
+def analytic(arch: Architecture) -> float:
+    """0 at TARGET; every differing key of a block adds to it."""
+    loss = 0.0
+    for b, t in zip(arch.blocks, TARGET.blocks, strict=True):
+        loss += abs(math.log2(b.dense_width) - math.log2(t.dense_width)) / 6
+        loss += abs(b.sparse_width - t.sparse_width) / 48
+        loss += (b.dense_ops != t.dense_ops) + (b.sparse_ops != t.sparse_ops)
+        loss += 0.5 * ((b.d2s != t.d2s) + (b.fm != t.fm)) + 0.25 * len(set(b.dense_in) ^ set(t.dense_in))
+    return loss
+
+
+def cost(arch: Architecture) -> tuple[float, int]:
+    c = arch_cost(arch, 13, 26)
+    return c.mflops, c.dense_params
+
+
+class Recorder:
+    """A score_batch that records what it was asked and can fail on its n-th call (a simulated kill)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.seen: list[Architecture] = []
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def __call__(self, archs: Sequence[Architecture]) -> list[float]:
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        self.seen += archs
+        return [analytic(a) for a in archs]
+
+
+SMALL_EA = SearchConfig(population=16, sample=8, children=4, generations=20, keep_per_generation=None, top_k=3)
+
+
+def _best(strategy: str, seed: int, tmp: Path) -> float:
+    cfg = SMALL_EA.updated(strategy=strategy, seed=seed)
+    res = Search(NASREC_SMALL, Recorder(), cost, cfg, tmp / f"{strategy}{seed}").run()
+    return res["best"]["score"]
+
+
+def test_evolution_beats_random_search_at_equal_budget(tmp_path: Path) -> None:
+    evo = [_best("evolution", s, tmp_path) for s in range(4)]
+    rnd = [_best("random", s, tmp_path) for s in range(4)]
+    assert np.mean(evo) < np.mean(rnd) - 0.5, (evo, rnd)
+    assert sum(e < r for e, r in zip(evo, rnd, strict=True)) >= 3
+
+
+def test_search_runs_its_budget_without_duplicates_and_is_seeded(tmp_path: Path) -> None:
+    rec = Recorder()
+    res = Search(NASREC_SMALL, rec, cost, SMALL_EA, tmp_path / "a").run()
+    assert res["scored"] == len(rec.seen) == SMALL_EA.budget == 16 + 20 * 4
+    assert len({a.hash() for a in rec.seen}) == len(rec.seen)
+    history = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert [h["generation"] for h in history] == [-1] * 16 + [g for g in range(20) for _ in range(4)]
+    assert all(h["parent"] in {x["hash"] for x in history[: 16 + 4 * h["generation"]]} for h in history[16:])
+    # the best architecture is written as architecture JSON and is the lowest score of the history
+    best = Architecture.load(tmp_path / "a" / "best.json")
+    assert analytic(best) == min(h["score"] for h in history) == res["best"]["score"]
+    again = Search(NASREC_SMALL, Recorder(), cost, SMALL_EA, tmp_path / "b").run()
+    assert (tmp_path / "b" / "history.jsonl").read_text() == (tmp_path / "a" / "history.jsonl").read_text()
+    assert again["best"] == res["best"]
+    other = Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(seed=1), tmp_path / "c").run()
+    assert other["top"] != res["top"]
+    with pytest.raises(NasrecError, match="already holds a search"):
+        Search(NASREC_SMALL, Recorder(), cost, SMALL_EA, tmp_path / "a").run()
+
+
+def test_constraints_are_respected_and_infeasible_never_scored(tmp_path: Path) -> None:
+    flops = sorted(cost(NASREC_SMALL.sample(np.random.default_rng(s), "uniform"))[0] for s in range(200))
+    limit, plimit = flops[60], 400_000  # about a third of random architectures pass the MFLOPs limit
+    for strategy in ("evolution", "random"):
+        rec = Recorder()
+        cfg = SMALL_EA.updated(strategy=strategy, max_mflops=limit, max_params=plimit)
+        res = Search(NASREC_SMALL, rec, cost, cfg, tmp_path / strategy).run()
+        assert len(rec.seen) == cfg.budget
+        for a in rec.seen:
+            mflops, params = cost(a)
+            assert mflops <= limit and params <= plimit
+        assert res["best"]["mflops"] <= limit
+    with pytest.raises(NasrecError, match="no new architecture within the constraints"):
+        Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(max_mflops=1e-6, max_tries=50), tmp_path / "x").run()
+
+
+def test_pareto_front_of_known_points() -> None:
+    pts = [(0.50, 3.0), (0.45, 5.0), (0.50, 2.0), (0.40, 9.0), (0.47, 5.0), (0.45, 5.0), (math.nan, 0.1), (0.6, 1.0)]
+    # (0.50, 3.0) is dominated by (0.50, 2.0); (0.47, 5.0) by (0.45, 5.0); the repeated (0.45, 5.0) kept once
+    assert pareto_front(pts) == [3, 1, 2, 7]
+    assert dominates((0.4, 1.0), (0.4, 2.0)) and not dominates((0.4, 2.0), (0.4, 2.0))
+    assert pareto_front([]) == []
+
+
+def test_pareto_search_returns_the_non_dominated_candidates(tmp_path: Path) -> None:
+    res = Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(pareto=True), tmp_path / "p").run()
+    history = [json.loads(x) for x in (tmp_path / "p" / "history.jsonl").read_text().splitlines()]
+    front = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    assert [f["hash"] for f in front] == res["pareto"] and len(front) >= 2
+    pts = {h["hash"]: (h["score"], h["mflops"]) for h in history}
+    on = {f["hash"] for f in front}
+    for h, p in pts.items():  # nothing dominates a front member; every other point is dominated by one
+        if h in on:
+            assert not any(dominates(q, p) for q in pts.values())
+        else:
+            assert any(dominates(pts[f], p) or pts[f] == p for f in on)
+
+
+def test_top_k_skips_equal_scores() -> None:
+    from nasrec.search.evolution import Candidate
+
+    archs = [NASREC_SMALL.sample(np.random.default_rng(s), "uniform") for s in range(5)]
+    cands = [Candidate(i, 0, a, a.hash(), s, 1.0, 1) for i, (a, s) in
+             enumerate(zip(archs, [0.3, 0.1, 0.1 + 1e-8, math.nan, 0.2], strict=True))]  # fmt: skip
+    assert [c.index for c in top_k(cands, 3)] == [1, 4, 0]
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 4, 9, 20])
+def test_interrupted_search_resumes_to_the_same_result(tmp_path: Path, fail_at: int) -> None:
+    ref = Search(NASREC_SMALL, Recorder(), cost, SMALL_EA, tmp_path / "ref").run()
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        Search(NASREC_SMALL, Recorder(fail_at=fail_at), cost, SMALL_EA, out).run()
+    res = Search(NASREC_SMALL, Recorder(), cost, SMALL_EA, out).run(resume=True)
+    assert res["best"] == ref["best"] and res["top"] == ref["top"] and res["pareto"] == ref["pareto"]
+    assert (out / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
+    with pytest.raises(NasrecError, match="its own configuration"):
+        Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(seed=5), out).run(resume=True)
+
+
+# -- the supernet scorer ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def supernet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("search")
+    raw = root / "synth.tsv"
+    generate_synthetic(raw, rows=6_000, seed=3, config=SMALL_SYNTH)
+    schema = root / "schema.json"
+    schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
+    prepare(PrepareConfig(inputs=(str(raw),), out=str(root / "cache"), format="schema", schema=str(schema),
+                          encoding="vocab"))  # fmt: skip
+    train_supernet(root / "cache", root / "sn", space="small", preset_name="cpu-supernet",
+                   overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, threads=1),
+                   progress=False)  # fmt: skip
+    return root / "sn", root / "cache"
+
+
+TINY_SCORE = dict(finetune_steps=6, warmup_steps=2, finetune_batch_size=128, val_batches=2, val_batch_size=256)
+
+
+def test_score_equals_the_materialised_subnet_after_the_same_finetune(supernet_run: tuple[Path, Path]) -> None:
+    sn, cache = supernet_run
+    scorer = ScorerSpec(str(sn), str(cache), TINY_SCORE).build()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        arch = NASREC_SMALL.sample(rng, "default")
+        head0 = {k: v.clone() for k, v in scorer.supernet.head.state_dict().items()}
+        score = scorer.score(arch)
+        for k, v in scorer.supernet.head.state_dict().items():  # the supernet's head is put back
+            torch.testing.assert_close(v, head0[k], rtol=0, atol=0)
+        sub = Subnet.from_supernet(scorer.supernet, arch)
+        for p in sub.parameters():
+            p.requires_grad_(False)
+        for p in sub.head.parameters():
+            p.requires_grad_(True)
+        standalone = finetune_head(sub.features, sub.head, scorer.data)
+        assert standalone == pytest.approx(score, abs=1e-5)
+        # the fine-tune matters: without it the loss differs
+        no_ft_data = ScoringData(open_cache(cache), ScoreConfig().updated(**{**TINY_SCORE, "finetune_steps": 0}))
+        no_ft = finetune_head(sub.features, Subnet.from_supernet(scorer.supernet, arch).head, no_ft_data)
+        assert no_ft != pytest.approx(score, abs=1e-6)
+        scorer.scores.clear()
+        assert scorer.score(arch) == score  # deterministic
+
+
+def test_one_and_two_workers_give_the_same_search(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    sets = dict(population=6, sample=3, children=4, generations=2, **TINY_SCORE)
+    one = search(sn, cache, tmp_path / "w1", preset="cpu-quick", overrides=sets, workers=1, progress=False)
+    two = search(sn, cache, tmp_path / "w2", preset="cpu-quick", overrides=sets, workers=2, progress=False)
+    assert one["best"] == two["best"] and one["pareto"] == two["pareto"] and one["scored"] == 14
+    h1 = (tmp_path / "w1" / "history.jsonl").read_text()
+    assert h1 == (tmp_path / "w2" / "history.jsonl").read_text()
+    assert all(math.isfinite(json.loads(x)["score"]) for x in h1.splitlines())
+
+
+def _search_cli(sn: Path, cache: Path, out: Path, resume: bool = False) -> subprocess.Popen:
+    sets = dict(population=8, sample=4, children=2, generations=10, **TINY_SCORE)
+    cmd = [sys.executable, "-m", "nasrec.cli", "search", "--supernet", str(sn), "--data", str(cache), "--out",
+           str(out), "--preset", "cpu-quick", "--no-progress", "--max-mflops", "0.05",
+           *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")], *(["--resume"] if resume else [])]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    ref = _search_cli(sn, cache, tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    out = tmp_path / "killed"
+    proc = _search_cli(sn, cache, out)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        h = out / "history.jsonl"
+        if h.exists() and len(h.read_text().splitlines()) >= 12:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert not (out / "result.json").exists(), "the search finished before it could be killed"
+    resumed = _search_cli(sn, cache, out, resume=True)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a, b = (json.loads((d / "result.json").read_text()) for d in (tmp_path / "ref", out))
+    assert a["best"] == b["best"] and a["top"] == b["top"] and a["pareto"] == b["pareto"]
+    assert (out / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
+    for line in (out / "history.jsonl").read_text().splitlines():
+        assert json.loads(line)["mflops"] <= 0.05
