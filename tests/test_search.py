@@ -252,3 +252,51 @@ def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path
     assert (out / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
     for line in (out / "history.jsonl").read_text().splitlines():
         assert json.loads(line)["mflops"] <= 0.05
+
+
+def test_rank_correlation_values() -> None:
+    from nasrec.search.rankcheck import rank_correlation
+
+    r = rank_correlation([1, 2, 3, 4], [10, 20, 30, 40])
+    assert r["kendall_tau"] == pytest.approx(1) and r["spearman_rho"] == pytest.approx(1)
+    r = rank_correlation([1, 2, 3, 4], [4, 3, 2, 1])
+    assert r["kendall_tau"] == pytest.approx(-1)
+    # one discordant pair of 6: tau = (5 - 1) / 6; rho = 1 - 6 * 2 / (4 * 15)
+    r = rank_correlation([1, 2, 3, 4], [1, 3, 2, 4])
+    assert r["kendall_tau"] == pytest.approx(4 / 6) and r["spearman_rho"] == pytest.approx(0.8)
+    with pytest.raises(NasrecError, match="at least 3"):
+        rank_correlation([1, 2], [1, 2])
+
+
+def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    cmd = [sys.executable, "-m", "nasrec.cli", "rankcheck", "--supernet", str(sn), "--data", str(cache), "--out",
+           str(tmp_path / "rc"), "-k", "4", *[x for k, v in TINY_SCORE.items() for x in ("--set", f"{k}={v}")],
+           "--train-set", "max_steps=10", "--train-set", "batch_size=128", "--train-set", "threads=1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    res = json.loads((tmp_path / "rc" / "rankcheck.json").read_text())
+    assert printed["pairs"] == res["pairs"] == 4 and -1 <= res["kendall_tau"] <= 1
+    assert (tmp_path / "rc" / "rankcheck.png").stat().st_size > 1000
+    assert len({c["hash"] for c in res["candidates"]}) == 4
+    assert len(list((tmp_path / "rc" / "runs").glob("*/metrics.json"))) == 4
+
+
+def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    sets = dict(population=6, sample=3, children=3, generations=2, top_k=3, **TINY_SCORE)
+    res = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
+                 train_overrides=dict(max_steps=8, threads=1), progress=False)  # fmt: skip
+    runs = res["final"]["runs"]
+    top = json.loads((tmp_path / "s" / "top.json").read_text())
+    assert [r["hash"] for r in runs] == [t["hash"] for t in top] and len(runs) == 3
+    chosen = res["final"]["chosen"]
+    assert chosen["val_logloss"] == min(r["val_logloss"] for r in runs)
+    assert Architecture.load(tmp_path / "s" / "final.json").hash() == chosen["hash"]
+    for r in runs:
+        assert json.loads((Path(r["run"]) / "metrics.json").read_text())["steps"] == 8
+    # the search is complete: a second call with --resume re-reads it and keeps the finished runs
+    again = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
+                   train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
+    assert again["final"] == res["final"] and again["best"] == res["best"]

@@ -318,6 +318,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="scoring processes (the result does not depend on it)")
     p.add_argument("--seed", type=int)
     p.add_argument("--retrain", action="store_true", help="train the top-k from scratch and choose the final one")
+    p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a retraining setting")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search or scoring setting")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -333,13 +334,39 @@ def _run_search(args: argparse.Namespace) -> int:
     if args.pareto:
         overrides["pareto"] = True
     res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
-                 retrain=args.retrain, resume=args.resume, progress=False if args.no_progress else None)  # fmt: skip
+                 retrain=args.retrain, train_overrides=_parse_sets(args.train_set), resume=args.resume,
+                 progress=False if args.no_progress else None)  # fmt: skip
     best = res["best"]
     summary = {"best": best["hash"], "score": best["score"], "mflops": best["mflops"], "scored": res["scored"],
                "candidates_per_minute": round(res["candidates_per_minute"], 2), "pareto": len(res["pareto"])}  # fmt: skip
     if "final" in res:
         summary["final"] = res["final"]["chosen"]
     print(json.dumps(summary, default=str))
+    return 0
+
+
+def _add_rankcheck(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rankcheck", help="rank correlation of supernet scores with training from scratch")
+    p.add_argument("--supernet", required=True, metavar="DIR", help="run directory of `nasrec supernet`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory (the supernet's)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("-k", "--k", type=int, default=20, help="architectures to sample (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="uniform", help="sampling strategy of the architectures")
+    p.add_argument("--preset", default="cpu-quick", help="search preset whose scoring budget is used")
+    p.add_argument("--train-preset", help="training preset of the from-scratch runs (default: the search preset's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scoring setting")
+    p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a training setting")
+    p.add_argument("--workers", type=int, default=1)
+
+
+def _run_rankcheck(args: argparse.Namespace) -> int:
+    from nasrec.search.rankcheck import rankcheck
+
+    res = rankcheck(args.supernet, args.data, args.out, k=args.k, seed=args.seed, strategy=args.strategy,
+                    preset=args.preset, score_overrides=_parse_sets(args.set), train_preset=args.train_preset,
+                    train_overrides=_parse_sets(args.train_set), workers=args.workers)  # fmt: skip
+    print(json.dumps({k: res[k] for k in ("kendall_tau", "spearman_rho", "pairs")}))
     return 0
 
 
@@ -351,6 +378,7 @@ COMMANDS = {
     "supernet": (_add_supernet, _run_supernet),
     "evaluate": (_add_evaluate, _run_evaluate),
     "search": (_add_search, _run_search),
+    "rankcheck": (_add_rankcheck, _run_rankcheck),
 }
 
 

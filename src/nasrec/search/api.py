@@ -42,7 +42,11 @@ def resolve(preset: str | None, search: dict[str, Any] | None, score: dict[str, 
     if name not in PRESETS:
         raise NasrecError(f"unknown search preset {name!r} (expected one of: {', '.join(PRESETS)})")
     s, sc, train_preset = PRESETS[name]
-    return SearchConfig().updated(**{**s, **(search or {})}), ScoreConfig().updated(**{**sc, **(score or {})}), train_preset
+    return (
+        SearchConfig().updated(**{**s, **(search or {})}),
+        ScoreConfig().updated(**{**sc, **(score or {})}),
+        train_preset,
+    )
 
 
 def _split_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,6 +88,7 @@ def search(
     overrides: dict[str, Any] | None = None,
     workers: int = 1,
     retrain: bool = False,
+    train_overrides: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -91,7 +96,7 @@ def search(
 
     `overrides` may set any `SearchConfig` or `ScoreConfig` field (e.g. strategy, max_mflops, pareto,
     finetune_steps). With `retrain`, the top-k architectures are then trained from scratch with the
-    preset's training recipe and the final one is chosen by validation loss.
+    preset's training recipe (with `train_overrides`) and the final one is chosen by validation loss.
     """
     out = Path(out)
     s_over, sc_over = _split_overrides(overrides)
@@ -126,7 +131,7 @@ def search(
     if progress is not False and sys.stderr.isatty():
         print(file=sys.stderr)
     if retrain:
-        result["final"] = retrain_top(out, data, train_preset)
+        result["final"] = retrain_top(out, data, train_preset, train_overrides)
     return result
 
 

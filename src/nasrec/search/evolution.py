@@ -176,7 +176,9 @@ class Search:
     def _feasible(self, arch: Architecture) -> bool:
         mflops, params = self.cost(arch)
         cfg = self.cfg
-        return (cfg.max_mflops is None or mflops <= cfg.max_mflops) and (cfg.max_params is None or params <= cfg.max_params)
+        return (cfg.max_mflops is None or mflops <= cfg.max_mflops) and (
+            cfg.max_params is None or params <= cfg.max_params
+        )
 
     def _new(self, arch: Architecture, taken: set[str]) -> bool:
         h = arch.hash()

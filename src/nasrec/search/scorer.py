@@ -132,12 +132,18 @@ def finetune_head(
 class SupernetScorer:
     """Scores architectures through a trained supernet; scores are cached by architecture hash."""
 
-    def __init__(self, supernet: Supernet, cache: Cache, cfg: ScoreConfig | None = None) -> None:
+    def __init__(self, supernet: Supernet, cache: Cache | None, cfg: ScoreConfig | None = None,
+                 data: ScoringData | None = None) -> None:  # fmt: skip
+        """`data` replaces the batches read from `cache` (benchmarks score on batches held in memory)."""
         self.cfg = cfg or ScoreConfig()
         self.supernet = supernet.eval()
         for p in self.supernet.parameters():
             p.requires_grad_(False)
-        self.data = ScoringData(cache, self.cfg)
+        if data is None:
+            if cache is None:
+                raise NasrecError("SupernetScorer needs a cache or scoring data")
+            data = ScoringData(cache, self.cfg)
+        self.data = data
         self.scores: dict[str, float] = {}
         self._head0 = {k: v.clone() for k, v in self.supernet.head.state_dict().items()}
 
@@ -164,4 +170,3 @@ class SupernetScorer:
     def samples_per_candidate(self) -> int:
         """Examples forwarded through the body per candidate (fine-tune plus validation)."""
         return sum(int(b.label.shape[0]) for b in self.data.train) + self.data.val_rows
-
