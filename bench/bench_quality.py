@@ -13,8 +13,10 @@ than `--min-count` times there map to the out-of-vocabulary row):
   read as dense features with the log transform, 26 categorical indices); the train file's first 9,000
   rows train, its last 1,000 validate, the 10,000 rows of the test file test.
 - `avazu_9k`: ../shared/data, raw Avazu format, autoctr split.
-- `synthetic`: `--synthetic-rows` rows of nasrec's synthetic Criteo-shaped data (seed 0), random split;
-  its known click probabilities give the Bayes-optimal test log loss.
+- `synthetic`: `--synthetic-rows` rows (default 60,000) of nasrec's synthetic Criteo-shaped data, preset
+  `--synthetic-preset` (default "interactions": planted pairwise interactions and gates over few
+  categories per field), seed 0, random split; its known click probabilities give the Bayes-optimal
+  test log loss.
 
 Every model trains with the same recipe on a dataset (Adagrad with eps 1e-2, warm-up then cosine, gradient
 clipping at 5, evaluation on the validation split every `--evals-per-epoch`-th of an epoch, early stopping
@@ -39,7 +41,7 @@ from _machine import machine_info  # bench/ is not a package
 
 from nasrec.data.cache import open_cache
 from nasrec.data.prepare import PrepareConfig, prepare
-from nasrec.data.synthetic import generate_synthetic
+from nasrec.data.synthetic import SYNTH_PRESETS, generate_synthetic
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train
 from nasrec.zoo.registry import ZOO_MODELS
@@ -49,7 +51,7 @@ PUBLISHED = [f"{d}_{s}_best" for d in ("criteo", "avazu", "kdd") for s in ("auto
 DATASETS = ["synthetic", "criteo_kaggle_8k", "criteo_kaggle_indexed_20k", "avazu_9k"]
 # Per dataset: batch size, epochs at most, learning rate (one recipe for every model on that dataset).
 RECIPES = {
-    "synthetic": dict(batch_size=512, epochs=3, lr=0.03),
+    "synthetic": dict(batch_size=512, epochs=6, lr=0.05),
     "criteo_kaggle_8k": dict(batch_size=256, epochs=10, lr=0.03),
     "criteo_kaggle_indexed_20k": dict(batch_size=256, epochs=10, lr=0.03),
     "avazu_9k": dict(batch_size=256, epochs=10, lr=0.03),
@@ -67,7 +69,7 @@ def _indexed_schema(path: Path) -> Path:
     return path
 
 
-def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int) -> Path:
+def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int, synthetic_preset: str) -> Path:
     """Prepare one dataset under `work` (reused when already there); returns the cache directory."""
     out = work / "data" / name
     if (out / "meta.json").exists():
@@ -76,7 +78,7 @@ def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int) 
     common = dict(out=str(out), encoding="vocab", min_count=min_count, force=True)
     if name == "synthetic":
         raw = work / "data" / "synthetic.tsv"
-        generate_synthetic(raw, rows=synthetic_rows, seed=0)
+        generate_synthetic(raw, rows=synthetic_rows, seed=0, config=SYNTH_PRESETS[synthetic_preset])
         cfg = PrepareConfig(inputs=(str(raw),), format="criteo", split="random", **common)
     elif name == "criteo_kaggle_indexed_20k":
         d = SHARED / "data" / name
@@ -92,23 +94,29 @@ def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int) 
     return out
 
 
-def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, evals_per_epoch: int) -> dict[str, Any]:
-    """Train one model on one dataset with one seed; returns its metrics."""
-    recipe = RECIPES[dataset]
+def recipe(dataset: str, cache_dir: Path, seed: int, evals_per_epoch: int = 2) -> dict[str, Any]:
+    """Training overrides of the benchmark recipe on one dataset (the same for every model)."""
+    r = RECIPES[dataset]
+    steps_per_epoch = len(open_cache(cache_dir).split_index("train")) // r["batch_size"]
+    return dict(r, seed=seed, optimizer="adagrad", eps=1e-2, schedule="warmup-cosine", warmup_fraction=0.05,
+                clip=5.0, shuffle=True, eval_every=max(1, steps_per_epoch // evals_per_epoch),
+                early_stop_metric="logloss", patience=2, restore_best=True, checkpoint_every=10**9,
+                threads=2, log_every=10**9)  # fmt: skip
+
+
+def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, evals_per_epoch: int,
+            arch: Architecture | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train one model (a zoo name, a published name, or `arch` named `model`) on one dataset with one seed."""
     cache = open_cache(cache_dir)
-    steps_per_epoch = len(cache.split_index("train")) // recipe["batch_size"]
-    overrides = dict(recipe, seed=seed, optimizer="adagrad", eps=1e-2, schedule="warmup-cosine", warmup_fraction=0.05,
-                     clip=5.0, shuffle=True, eval_every=max(1, steps_per_epoch // evals_per_epoch),
-                     early_stop_metric="logloss", patience=2, restore_best=True, checkpoint_every=10**9,
-                     threads=2, log_every=10**9)  # fmt: skip
+    overrides = recipe(dataset, cache_dir, seed, evals_per_epoch)
     out = work / "runs" / f"{dataset}-{model}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    if model in ZOO_MODELS:
+    if arch is None and model in ZOO_MODELS:
         m = train(cache_dir, out, model=model, overrides=overrides, progress=False)
     else:
-        m = train(cache_dir, out, arch=Architecture.load(SHARED / "configs" / f"{model}.json"), overrides=overrides,
-                  progress=False)  # fmt: skip
+        a = arch or Architecture.load(SHARED / "configs" / f"{model}.json")
+        m = train(cache_dir, out, arch=a, overrides=overrides, progress=False)
     shutil.rmtree(out, ignore_errors=True)  # checkpoints are not needed: the metrics are the result
     row = {"dataset": dataset, "model": model, "seed": seed, "logloss": m["logloss"], "auc": m["auc"],
            "val_logloss": m["val"]["logloss"], "mflops": m["mflops"], "params": m["params"],
@@ -157,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-quality"))
     ap.add_argument("--min-count", type=int, default=2)
-    ap.add_argument("--synthetic-rows", type=int, default=100_000)
+    ap.add_argument("--synthetic-rows", type=int, default=60_000)
+    ap.add_argument("--synthetic-preset", choices=list(SYNTH_PRESETS), default="interactions")
     ap.add_argument("--evals-per-epoch", type=int, default=2)
     args = ap.parse_args(argv)
     unknown = [m for m in args.models if m not in ZOO_MODELS and m not in PUBLISHED]
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     rows = []
     for dataset in args.datasets:
-        cache_dir = prepare_dataset(dataset, args.work, args.min_count, args.synthetic_rows)
+        cache_dir = prepare_dataset(dataset, args.work, args.min_count, args.synthetic_rows, args.synthetic_preset)
         for model in args.models:
             for seed in args.seeds:
                 row = run_one(cache_dir, dataset, model, seed, args.work, args.evals_per_epoch)

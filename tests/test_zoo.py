@@ -16,7 +16,7 @@ from nasrec.data.cache import Cache, open_cache
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.data.loader import BatchLoader
 from nasrec.data.prepare import PrepareConfig, prepare
-from nasrec.data.synthetic import SynthConfig, generate_synthetic
+from nasrec.data.synthetic import SYNTH_PRESETS, SynthConfig, generate_synthetic
 from nasrec.errors import NasrecError
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.zoo import ZOO_MODELS, ZooCost, build_zoo_model, default_hparams, zoo_cost
@@ -292,17 +292,7 @@ def test_errors_name_the_problem() -> None:
 # -- the key property ----------------------------------------------------------------------------------
 # Planted interactions dominate the click model (first-order effects small), fields have few categories
 # with skewed frequencies so that 48k training rows pin the pair tables down.
-INTERACTION_DATA = SynthConfig(
-    cardinalities=tuple([3, 6, 12] * 8 + [4, 8]),
-    zipf_exponent=2.0,
-    sparse_missing_rate=0.0,
-    first_order_scale=0.1,
-    num_dense_linear=2,
-    num_interactions=4,
-    interaction_strength=1.5,
-    num_gated=4,
-    gate_strength=1.0,
-)
+INTERACTION_DATA = SYNTH_PRESETS["interactions"]
 
 
 def _fit(name: str, cache: Cache, lr: float, max_epochs: int = 3, seed: int = 0) -> float:

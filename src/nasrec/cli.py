@@ -73,6 +73,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-dense", type=int, help="dense fields (default 13)")
     p.add_argument("--num-sparse", type=int, help="categorical fields (default 26)")
+    p.add_argument(
+        "--preset", choices=["criteo-like", "interactions"], help="a named configuration (default criteo-like)"
+    )
     p.add_argument("--config", metavar="JSON", help="SynthConfig fields as a JSON file (flags above override it)")
 
 
@@ -82,6 +85,14 @@ def _run_synth(args: argparse.Namespace) -> int:
     from nasrec.data.synthetic import SynthConfig, generate_synthetic, synth_schema
 
     options: dict = {}
+    if args.preset and args.config:
+        raise NasrecError("synth: give --preset or --config, not both")
+    if args.preset:
+        from dataclasses import asdict
+
+        from nasrec.data.synthetic import SYNTH_PRESETS
+
+        options = asdict(SYNTH_PRESETS[args.preset])
     if args.config:
         try:
             with open(args.config) as fh:

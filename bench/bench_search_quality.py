@@ -1,0 +1,96 @@
+"""The whole search on small data: supernet, evolution, top-k retraining, the final model over 3 seeds.
+
+Usage::
+
+    python bench/bench_search_quality.py                      # synthetic and criteo_kaggle_indexed_20k
+    python bench/bench_search_quality.py --datasets synthetic --space small --max-mflops 0.5
+
+Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `--work`):
+
+1. `nasrec supernet` over `--space` with the "cpu-supernet" preset (`--supernet-epochs` epochs, full-path
+   warm-up over the first quarter of the steps);
+2. `nasrec search --preset cpu` (regularized evolution, 224 candidates, 2 workers) under
+   `--max-mflops` (default: the MFLOPs of the best zoo model of `bench/bench_quality.py`, DCNv2), then
+   the top 3 retrained with the quality benchmark's recipe and the final one chosen by validation loss;
+3. the final architecture trained with that recipe for seeds 0, 1, 2 (rows directly comparable with
+   `bench/bench_quality.py`'s);
+4. `nasrec rankcheck`: `--rank-k` architectures scored through the supernet and trained with the recipe
+   (seed 0): Kendall tau and Spearman rho.
+
+Prints JSON lines (one per final seed, then the search and rank summaries) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info  # bench/ is not a package
+from bench_quality import SHARED, prepare_dataset, recipe, run_one, table
+
+from nasrec.data.cache import open_cache
+from nasrec.search.api import search
+from nasrec.search.rankcheck import rankcheck
+from nasrec.space.arch import Architecture
+from nasrec.train.api import train_supernet
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["synthetic", "criteo_kaggle_indexed_20k"])
+    ap.add_argument("--space", default="full")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-quality"))
+    ap.add_argument("--supernet-epochs", type=int, default=4)
+    ap.add_argument("--max-mflops", type=float, default=1.0446)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rank-k", type=int, default=16)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
+    args = ap.parse_args(argv)
+    if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
+        ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
+    rows, summaries = [], []
+    for dataset in args.datasets:
+        cache = prepare_dataset(dataset, args.work, 2, 60_000, "interactions")
+        t0 = time.perf_counter()
+        sn = args.work / f"supernet-{dataset}-{args.space}"
+        steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
+        sn_metrics = train_supernet(cache, sn, space=args.space, preset_name="cpu-supernet", resume=True,
+                                    overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4,
+                                                   threads=2), progress=False)  # fmt: skip
+        t_sn = time.perf_counter() - t0
+        out = args.work / f"search-{dataset}-{args.space}"
+        t1 = time.perf_counter()
+        res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0),
+                     workers=args.workers, retrain=True, train_overrides=recipe(dataset, cache, 0), resume=True,
+                     progress=False)  # fmt: skip
+        t_search = time.perf_counter() - t1
+        final = Architecture.load(out / "final.json")
+        name = f"searched ({args.space})"
+        for seed in args.seeds:
+            row = run_one(cache, dataset, name, seed, args.work, 2, arch=final)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
+                       train_overrides=recipe(dataset, cache, 0), workers=args.workers)  # fmt: skip
+        summary = {"dataset": dataset, "space": args.space, "supernet_seconds": round(t_sn),
+                   "supernet_val_logloss": sn_metrics.get("logloss"), "search_seconds": round(t_search),
+                   "scored": res["scored"], "candidates_per_minute": round(res["candidates_per_minute"], 1),
+                   "best_supernet_score": res["best"]["score"], "final": res["final"]["chosen"],
+                   "final_arch": final.to_dict(), "kendall_tau": rc["kendall_tau"], "spearman_rho": rc["spearman_rho"],
+                   "rank_pairs": rc["pairs"],
+                   "final_test_logloss_mean": statistics.mean(r["logloss"] for r in rows if r["dataset"] == dataset)}  # fmt: skip
+        summaries.append(summary)
+        print(json.dumps(summary), flush=True)
+    print(table(rows), flush=True)
+    print(json.dumps({"bench": "search_quality", "machine": machine_info(), "summaries": len(summaries)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
