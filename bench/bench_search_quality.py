@@ -15,7 +15,8 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
 3. the final architecture trained with that recipe for seeds 0, 1, 2 (rows directly comparable with
    `bench/bench_quality.py`'s);
 4. `nasrec rankcheck`: `--rank-k` architectures scored through the supernet and trained with the recipe
-   (seed 0): Kendall tau and Spearman rho.
+   (seed 0, at most `--rank-epochs` epochs): Kendall tau and Spearman rho; the same architectures re-scored without fine-tune and with
+   4x the preset's fine-tune steps (the fine-tune ablation).
 
 Prints JSON lines (one per final seed, then the search and rank summaries) and a Markdown table.
 """
@@ -34,10 +35,28 @@ from _machine import machine_info  # bench/ is not a package
 from bench_quality import SHARED, prepare_dataset, recipe, run_one, table
 
 from nasrec.data.cache import open_cache
-from nasrec.search.api import search
-from nasrec.search.rankcheck import rankcheck
+from nasrec.search.api import resolve, search
+from nasrec.search.parallel import ScorerSpec, ScoringPool
+from nasrec.search.rankcheck import rank_correlation, rankcheck
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train_supernet
+
+
+def finetune_ablation(sn: Path, cache: Path, rc: dict, preset: str, workers: int) -> list[dict]:
+    """Kendall tau and Spearman rho of the rank check's architectures scored with other fine-tune budgets."""
+    _, base, _ = resolve(preset, None, None)
+    ok = [c for c in rc["candidates"] if c["scratch_val_logloss"] is not None]
+    archs = [Architecture.from_dict(c["arch"]) for c in ok]
+    out = []
+    for steps in (0, base.finetune_steps, 4 * base.finetune_steps):
+        cfg = base.updated(finetune_steps=steps, warmup_steps=min(base.warmup_steps, max(steps - 1, 0)))
+        with ScoringPool(ScorerSpec(str(sn), str(cache), cfg.to_dict()), workers) as pool:
+            scores = pool(archs)
+        stats = rank_correlation(scores, [c["scratch_val_logloss"] for c in ok])
+        out.append(
+            {"finetune_steps": steps, "kendall_tau": stats["kendall_tau"], "spearman_rho": stats["spearman_rho"]}
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supernet-epochs", type=int, default=4)
     ap.add_argument("--max-mflops", type=float, default=1.0446)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rank-k", type=int, default=16)
+    ap.add_argument("--rank-k", type=int, default=12)
+    ap.add_argument("--rank-epochs", type=int, default=2, help="training epochs of each rank-check architecture")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
     args = ap.parse_args(argv)
@@ -77,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
-                       train_overrides=recipe(dataset, cache, 0), workers=args.workers)  # fmt: skip
+                       train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs), workers=args.workers)  # fmt: skip
+        ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers)
         summary = {"dataset": dataset, "space": args.space, "supernet_seconds": round(t_sn),
                    "supernet_val_logloss": sn_metrics.get("logloss"), "search_seconds": round(t_search),
                    "scored": res["scored"], "candidates_per_minute": round(res["candidates_per_minute"], 1),
                    "best_supernet_score": res["best"]["score"], "final": res["final"]["chosen"],
                    "final_arch": final.to_dict(), "kendall_tau": rc["kendall_tau"], "spearman_rho": rc["spearman_rho"],
-                   "rank_pairs": rc["pairs"],
+                   "rank_pairs": rc["pairs"], "finetune_ablation": ablation,
                    "final_test_logloss_mean": statistics.mean(r["logloss"] for r in rows if r["dataset"] == dataset)}  # fmt: skip
         summaries.append(summary)
         print(json.dumps(summary), flush=True)
