@@ -381,6 +381,27 @@ def _run_rankcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="click probabilities for raw input files from a trained model")
+    p.add_argument("--model", required=True, metavar="DIR", help="run directory of `nasrec train`")
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="raw rows in the training format")
+    p.add_argument("--out", required=True, metavar="FILE.csv")
+    p.add_argument("--data", metavar="DIR", help="cache whose encoder to use (default: the model's own)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="malformed rows: stop, or skip them")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from nasrec.predict import predict
+
+    res = predict(args.model, args.input, args.out, data=args.data, checkpoint=args.checkpoint,
+                  on_error=args.on_error)  # fmt: skip
+    print(json.dumps({k: v for k, v in res.items() if k != "skipped_examples"}))
+    for ex in res["skipped_examples"]:
+        print(f"skipped: {ex}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
@@ -390,6 +411,7 @@ COMMANDS = {
     "evaluate": (_add_evaluate, _run_evaluate),
     "search": (_add_search, _run_search),
     "rankcheck": (_add_rankcheck, _run_rankcheck),
+    "predict": (_add_predict, _run_predict),
 }
 
 

@@ -566,4 +566,3 @@ SYNTH_PRESETS: dict[str, SynthConfig] = {
         gate_strength=1.0,
     ),
 }
-
