@@ -402,6 +402,59 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole pipeline from one config file (prepare ... report)")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: the config's `out`)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from nasrec.pipeline.config import load_config
+    from nasrec.pipeline.runner import run_pipeline
+
+    cfg = load_config(args.config)
+    records = run_pipeline(cfg, args.out, progress=False if args.no_progress else None)
+    _print_pipeline(records, args.out or cfg["out"])
+    return 0
+
+
+def _print_pipeline(records: dict, out: str) -> None:
+    final = (records.get("final") or {}).get("result") or {}
+    base = (records.get("baselines") or {}).get("result") or {}
+    summary = {"out": str(out), "final": {k: final.get(k) for k in ("logloss", "auc", "mflops")},
+               "baselines": {m: {k: r.get(k) for k in ("logloss", "auc", "mflops")} for m, r in base.items()},
+               "report": ((records.get("report") or {}).get("result") or {}).get("html")}  # fmt: skip
+    print(json.dumps(summary, default=str))
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on bundled synthetic data (minutes on a CPU)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from nasrec.pipeline.config import DEMO, resolve_config
+    from nasrec.pipeline.runner import run_pipeline
+
+    records = run_pipeline(resolve_config(DEMO), args.out, progress=False if args.no_progress else None)
+    _print_pipeline(records, args.out)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="Markdown and HTML report of a pipeline run directory")
+    p.add_argument("run", metavar="RUN_DIR")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from nasrec.report import write_report
+
+    print(json.dumps({k: str(v) for k, v in write_report(args.run).items()}))
+    return 0
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
@@ -412,6 +465,9 @@ COMMANDS = {
     "search": (_add_search, _run_search),
     "rankcheck": (_add_rankcheck, _run_rankcheck),
     "predict": (_add_predict, _run_predict),
+    "run": (_add_run, _run_run),
+    "demo": (_add_demo, _run_demo),
+    "report": (_add_report, _run_report),
 }
 
 

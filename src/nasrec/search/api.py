@@ -105,7 +105,9 @@ def search(
     resolved = {"search": cfg.to_dict(), "score": score_cfg.to_dict(), "supernet": str(supernet), "data": str(data),
                 "train_preset": train_preset}  # fmt: skip
     if resume and saved.exists():
-        if json.loads(saved.read_text()) != resolved:
+        # Settings only: a run directory that was moved keeps its search.
+        same = ("search", "score", "train_preset")
+        if {k: json.loads(saved.read_text()).get(k) for k in same} != {k: resolved[k] for k in same}:
             raise NasrecError(f"{out}: --resume continues a search with its own settings; drop the changed options")
     elif (out / "state.json").exists():
         raise NasrecError(f"{out} already holds a search (use --resume to continue it)")

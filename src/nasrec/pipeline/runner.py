@@ -1,0 +1,181 @@
+"""The pipeline: prepare, supernet, search (with top-k retraining), final training, baselines, report.
+
+Each stage works in its own folder of the run directory and is recorded in `stages.json` with a
+fingerprint of everything it depends on (its configuration section, the seed, and the fingerprints of
+the stages it reads from). Re-running skips a stage whose record is complete with the same fingerprint;
+a stage started with the same fingerprint but not finished resumes (each stage's own resume: training
+checkpoints, the search state); a stage whose inputs changed starts over, and so do the stages after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nasrec import __version__
+from nasrec.errors import NasrecError
+
+STAGES = ("prepare", "supernet", "search", "final", "baselines", "report")
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """One pipeline run in `out` (see module docstring)."""
+
+    def __init__(self, cfg: dict[str, Any], out: str | Path, progress: bool | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.cache = self.out / "data" / "cache"
+        self.records: dict[str, Any] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def _save(self) -> None:
+        tmp = self.out / ".stages.json.tmp"
+        tmp.write_text(json.dumps(self.records, indent=1, default=str) + "\n")
+        tmp.replace(self.out / "stages.json")
+
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _stage(self, name: str, fp: str, dirs: list[Path], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        rec = self.records.get(name)
+        n = STAGES.index(name) + 1
+        if rec and rec["fingerprint"] == fp and rec["done"]:
+            self._say(f"[{n}/{len(STAGES)}] {name}: complete, skipped")
+            return rec["result"]
+        if rec and rec["fingerprint"] != fp:
+            for d in dirs:  # its inputs changed: start over
+                shutil.rmtree(d, ignore_errors=True)
+        resumed = bool(rec) and rec["fingerprint"] == fp
+        self._say(f"[{n}/{len(STAGES)}] {name}: {'resuming' if resumed else 'running'}")
+        self.records[name] = {"fingerprint": fp, "done": False}
+        self._save()
+        t0 = time.perf_counter()
+        result = json.loads(json.dumps(fn(), default=str))  # the same value whether fresh or read back
+        self.records[name] = {"fingerprint": fp, "done": True, "seconds": time.perf_counter() - t0, "result": result}
+        self._save()
+        return result
+
+    # -- stages --------------------------------------------------------------------------------------
+    def _prepare(self) -> dict[str, Any]:
+        from nasrec.data.cache import open_cache
+        from nasrec.data.prepare import PrepareConfig, prepare
+
+        d = self.cfg["data"]
+        inputs, fmt = list(d["input"]), d["format"]
+        if fmt == "synthetic":
+            from nasrec.data.synthetic import SYNTH_PRESETS, generate_synthetic
+
+            s = d["synthetic"]
+            raw = self.out / "data" / "synthetic.tsv"
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            generate_synthetic(raw, rows=s["rows"], seed=s["seed"], config=SYNTH_PRESETS[s["preset"]])
+            inputs, fmt = [str(raw)], "criteo"
+        res = prepare(PrepareConfig(inputs=tuple(inputs), out=str(self.cache), format=fmt, schema=d["schema"],
+                                    force=True, **d["prepare"]))  # fmt: skip
+        meta = open_cache(self.cache).meta
+        return {"rows": res.rows, "ctr": res.ctr, "skipped": res.skipped, "bayes_logloss": meta.get("bayes_logloss")}
+
+    def _train_overrides(self, section: dict[str, Any]) -> dict[str, Any]:
+        """The section's `set` with the run's seed and, for early stopping, one evaluation per epoch."""
+        from nasrec.data.cache import open_cache
+        from nasrec.train.config import preset
+
+        o = {"seed": self.cfg["seed"], **section["set"]}
+        cfg = preset(section["preset"], **o)
+        if (cfg.restore_best or cfg.early_stop_metric) and "eval_every" not in section["set"]:
+            o["eval_every"] = max(1, len(open_cache(self.cache).split_index("train")) // cfg.batch_size)
+        return o
+
+    def _supernet(self) -> dict[str, Any]:
+        from nasrec.train.api import train_supernet
+
+        sn = self.cfg["supernet"]
+        return train_supernet(self.cache, self.out / "supernet", space=sn["space"], preset_name=sn["preset"],
+                              overrides={"seed": self.cfg["seed"], **sn["set"]}, resume=True,
+                              progress=self.progress)  # fmt: skip
+
+    def _search(self) -> dict[str, Any]:
+        from nasrec.search.api import search
+
+        s = self.cfg["search"]
+        retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
+        res = search(self.out / "supernet", self.cache, self.out / "search", preset=s["preset"],
+                     overrides={"seed": self.cfg["seed"], **s["set"]}, workers=s["workers"], retrain=True,
+                     train_overrides=retrain, resume=True, progress=self.progress)  # fmt: skip
+        return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
+
+    def _final(self) -> dict[str, Any]:
+        from nasrec.train.api import train
+
+        f = self.cfg["final"]
+        return train(self.cache, self.out / "final", arch=self.out / "search" / "final.json", preset_name=f["preset"],
+                     overrides=self._train_overrides(f), resume=True, progress=self.progress)  # fmt: skip
+
+    def _baselines(self) -> dict[str, Any]:
+        from nasrec.space.arch import Architecture
+        from nasrec.train.api import train
+
+        f = self.cfg["final"]
+        o = self._train_overrides(f)
+        out: dict[str, Any] = {}
+        for m in self.cfg["baselines"]["models"]:
+            out[m] = train(self.cache, self.out / "baselines" / m, model=m, preset_name=f["preset"], overrides=o,
+                           resume=True, progress=self.progress)  # fmt: skip
+        for p in self.cfg["baselines"]["published"]:
+            name = Path(p).stem
+            out[name] = train(self.cache, self.out / "baselines" / name, arch=Architecture.load(p),
+                              preset_name=f["preset"], overrides=o, resume=True, progress=self.progress)  # fmt: skip
+        return out
+
+    def _report(self) -> dict[str, Any]:
+        from nasrec.report import write_report
+
+        return {k: str(v) for k, v in write_report(self.out).items()}
+
+    # -- the run -------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) every stage; returns the stage records."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        rec_path = self.out / "stages.json"
+        if rec_path.exists():
+            self.records = json.loads(rec_path.read_text())
+        (self.out / "pipeline.json").write_text(json.dumps(self.cfg, indent=1, default=str) + "\n")
+        c, seed = self.cfg, self.cfg["seed"]
+        files = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in c["data"]["input"]]
+        if c["data"]["schema"]:
+            files.append((c["data"]["schema"], Path(c["data"]["schema"]).stat().st_mtime_ns))
+        fp = {"prepare": _fingerprint(c["data"], files)}  # a changed input file invalidates the cache
+        fp["supernet"] = _fingerprint(fp["prepare"], c["supernet"], seed)
+        fp["search"] = _fingerprint(fp["supernet"], c["search"], seed)
+        fp["final"] = _fingerprint(fp["search"], c["final"], seed)
+        fp["baselines"] = _fingerprint(fp["prepare"], c["baselines"], c["final"], seed)
+        fp["report"] = _fingerprint(fp["final"], fp["baselines"], time.time())  # always rewritten
+        o = self.out
+        self._stage("prepare", fp["prepare"], [o / "data"], self._prepare)
+        self._stage("supernet", fp["supernet"], [o / "supernet"], self._supernet)
+        self._stage("search", fp["search"], [o / "search"], self._search)
+        self._stage("final", fp["final"], [o / "final"], self._final)
+        self._stage("baselines", fp["baselines"], [o / "baselines"], self._baselines)
+        self._stage("report", fp["report"], [], self._report)
+        return self.records
+
+
+def run_pipeline(config: dict[str, Any], out: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Run a resolved pipeline configuration (see `nasrec.pipeline.config`) into `out` (or its `out`)."""
+    target = out or config.get("out")
+    if not target:
+        raise NasrecError("the pipeline needs an output directory (config key `out` or --out)")
+    return Pipeline(config, target, progress).run()
