@@ -300,3 +300,37 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
     again = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
                    train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
     assert again["final"] == res["final"] and again["best"] == res["best"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_exit_when_the_search_is_killed(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    sets = dict(population=8, sample=4, children=2, generations=40, **TINY_SCORE)
+    cmd = [sys.executable, "-m", "nasrec.cli", "search", "--supernet", str(sn), "--data", str(cache), "--out",
+           str(tmp_path / "s"), "--preset", "cpu-quick", "--no-progress", "--workers", "2",
+           *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    h = tmp_path / "s" / "history.jsonl"
+    while time.time() < deadline and not (h.exists() and h.read_text().count("\n") >= 4):
+        time.sleep(0.05)
+    workers = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)

@@ -8,6 +8,9 @@ again. Results come back in submission order and every worker scores with the sa
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -45,8 +48,18 @@ class ScorerSpec:
 _WORKER: SupernetScorer | None = None
 
 
-def _init_worker(spec: ScorerSpec) -> None:
+def _exit_with_parent(parent: int) -> None:
+    # A killed parent (SIGKILL) cannot stop its pool, and a worker blocked on the task queue would
+    # then live on, holding a supernet in memory: poll the parent and leave with it.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(spec: ScorerSpec, parent: int) -> None:
     global _WORKER
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _WORKER = spec.build()
 
 
@@ -70,7 +83,9 @@ class ScoringPool:
         else:
             # spawn: a forked copy of a process that already ran torch ops can deadlock in its thread pools.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec,))
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, os.getpid())
+            )
 
     def __call__(self, archs: Sequence[Architecture]) -> list[float]:
         """Scores of `archs`, in order."""
