@@ -12,29 +12,20 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import small_synth_cache
 
 from nasrec.data.cache import open_cache
 from nasrec.data.loader import BatchLoader
-from nasrec.data.prepare import PrepareConfig, prepare
-from nasrec.data.synthetic import SynthConfig, generate_synthetic, synth_schema
 from nasrec.errors import NasrecError
 from nasrec.predict import predict
 from nasrec.train.api import evaluate_run, train
 from nasrec.train.trainer import load_trained
 
-SMALL_SYNTH = SynthConfig(num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2,
-                          num_interactions=3, num_gated=1)  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("predict")
-    raw = root / "synth.tsv"
-    generate_synthetic(raw, rows=5_000, seed=4, config=SMALL_SYNTH)
-    schema = root / "schema.json"
-    schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(root / "cache"), format="schema", schema=str(schema),
-                          encoding="vocab", min_count=2, split="random"))  # fmt: skip
+    raw, _ = small_synth_cache(root, rows=5_000, seed=4, min_count=2, split="random")
     train(root / "cache", root / "run", model="deepfm", progress=False,
           overrides=dict(batch_size=256, max_steps=20, threads=1, lr=0.05))  # fmt: skip
     return raw, root / "cache", root / "run"

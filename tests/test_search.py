@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_synth_cache
 
 from nasrec.data.cache import open_cache
-from nasrec.data.prepare import PrepareConfig, prepare
-from nasrec.data.synthetic import SynthConfig, generate_synthetic, synth_schema
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
@@ -30,10 +29,6 @@ from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_head
 from nasrec.space.arch import Architecture
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import train_supernet
-
-SMALL_SYNTH = SynthConfig(num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2,
-                          num_interactions=3, num_gated=1)  # fmt: skip
-
 
 # -- a cheap analytic objective: distance to a hidden target architecture ------------------------------
 TARGET = NASREC_SMALL.sample(np.random.default_rng(123), "uniform")
@@ -171,12 +166,7 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path: Path, fail_at: 
 @pytest.fixture(scope="module")
 def supernet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("search")
-    raw = root / "synth.tsv"
-    generate_synthetic(raw, rows=6_000, seed=3, config=SMALL_SYNTH)
-    schema = root / "schema.json"
-    schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(root / "cache"), format="schema", schema=str(schema),
-                          encoding="vocab"))  # fmt: skip
+    small_synth_cache(root, rows=6_000, seed=3)
     train_supernet(root / "cache", root / "sn", space="small", preset_name="cpu-supernet",
                    overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, threads=1),
                    progress=False)  # fmt: skip

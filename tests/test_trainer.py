@@ -13,31 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_synth_cache
 
-from nasrec.data.prepare import PrepareConfig, prepare
-from nasrec.data.synthetic import SynthConfig, generate_synthetic
 from nasrec.errors import NasrecError
 from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
 from nasrec.train.checkpoint import load_checkpoint
 from nasrec.train.trainer import supernet_path
 
-SMALL_SYNTH = SynthConfig(num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2,
-                          num_interactions=3, num_gated=1)  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "synth.tsv"
-    generate_synthetic(raw, rows=12_000, seed=2, config=SMALL_SYNTH)
-    schema = root / "schema.json"
-    from nasrec.data.synthetic import synth_schema
-
-    schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(root / "cache"), format="schema", schema=str(schema),
-                          encoding="vocab"))  # fmt: skip
-    return root / "cache"
+    return small_synth_cache(tmp_path_factory.mktemp("data"), rows=12_000, seed=2)[1]
 
 
 def _arch_file(tmp_path: Path, seed: int = 0) -> Path:

@@ -75,10 +75,9 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], path: str) -> dict[s
     return out
 
 
-def _check_type(path: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        _fail(path, f"must be {what}, got {value!r}")
-    if not isinstance(value, kind):
+def _check_type(path: str, value: Any, kind: type, what: str) -> None:
+    # bool is an int subclass, but `seed: true` is a mistake
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         _fail(path, f"must be {what}, got {value!r}")
 
 

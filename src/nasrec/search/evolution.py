@@ -25,12 +25,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nasrec.configfile import checked_replace
 from nasrec.errors import NasrecError
 from nasrec.search.pareto import pareto_front
 from nasrec.space.arch import Architecture
@@ -84,10 +85,7 @@ class SearchConfig:
 
     def updated(self, **changes: Any) -> SearchConfig:
         """A copy with some fields changed (unknown names are an error)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise NasrecError(f"search config: unknown key(s) {', '.join(unknown)}")
-        return replace(self, **changes)
+        return checked_replace(self, "search config", changes)
 
 
 @dataclass(frozen=True)

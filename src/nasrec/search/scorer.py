@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasrec.configfile import checked_replace
 from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.errors import NasrecError
@@ -66,10 +67,7 @@ class ScoreConfig:
 
     def updated(self, **changes: Any) -> ScoreConfig:
         """A copy with some fields changed (unknown names are an error)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise NasrecError(f"scoring config: unknown key(s) {', '.join(unknown)}")
-        return replace(self, **changes)
+        return checked_replace(self, "scoring config", changes)
 
 
 def _batches(cache: Cache, split: str, batch_size: int, count: int, cycle: bool) -> list[Batch]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from nasrec.configfile import checked_replace
 from nasrec.errors import NasrecError
 
 
@@ -64,11 +65,7 @@ class TrainConfig:
 
     def updated(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (unknown names are an error)."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise NasrecError(f"training config: unknown key(s) {', '.join(unknown)}")
-        return replace(self, **changes)
+        return checked_replace(self, "training config", changes)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
