@@ -25,7 +25,7 @@ from nasrec.search.api import search
 from nasrec.search.evolution import Search, SearchConfig, top_k
 from nasrec.search.parallel import ScorerSpec
 from nasrec.search.pareto import dominates, pareto_front
-from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_head
+from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_all, finetune_head
 from nasrec.space.arch import Architecture
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import train_supernet
@@ -199,6 +199,21 @@ def test_score_equals_the_materialised_subnet_after_the_same_finetune(supernet_r
         assert no_ft != pytest.approx(score, abs=1e-6)
         scorer.scores.clear()
         assert scorer.score(arch) == score  # deterministic
+
+
+def test_full_finetune_scores_like_training_the_materialised_subnet(supernet_run: tuple[Path, Path]) -> None:
+    sn, cache = supernet_run
+    scorer = ScorerSpec(str(sn), str(cache), {**TINY_SCORE, "finetune": "all"}).build()
+    before = {k: v.clone() for k, v in scorer.supernet.state_dict().items()}
+    arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
+    score = scorer.score(arch)
+    for k, v in scorer.supernet.state_dict().items():  # the supernet itself is never trained
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert finetune_all(Subnet.from_supernet(scorer.supernet, arch), scorer.data) == pytest.approx(score, abs=1e-6)
+    head_only = ScorerSpec(str(sn), str(cache), TINY_SCORE).build().score(arch)
+    assert head_only != pytest.approx(score, abs=1e-6)
+    with pytest.raises(NasrecError, match="finetune must be head or all"):
+        ScoreConfig(finetune="body")
 
 
 def test_one_and_two_workers_give_the_same_search(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -271,6 +271,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_final(res: dict) -> None:
+    from nasrec.distributed import is_main
+
+    if not is_main():  # under torchrun every rank returns the result; one prints it
+        return
     keys = ("logloss", "auc", "mflops", "params", "samples_per_s", "steps")
     print(json.dumps({k: res.get(k) for k in keys}, default=str))
 
@@ -402,6 +406,36 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model for serving (TorchScript or ONNX) with its encoder")
+    p.add_argument("--model", required=True, metavar="DIR", help="run directory of `nasrec train`")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--out", required=True, metavar="FILE", help="model file (e.g. model.pt or model.onnx)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--data", metavar="DIR", help="cache whose encoder to write and test rows to verify on")
+    p.add_argument("--verify-rows", type=int, default=65_536, metavar="N", help="test rows to compare (0: skip)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from nasrec.export import export_model
+
+    res = export_model(args.model, args.out, args.format, checkpoint=args.checkpoint, data=args.data,
+                       verify_rows=args.verify_rows)  # fmt: skip
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"exported {args.model} as {res['format']}:")
+    for f in res["files"]:
+        print(f"  {f}")
+    if res["passed"] is None:
+        print("  not verified (no rows compared)")
+    else:
+        print(f"  verified on {res['verified_rows']:,} {res['split']} rows: max |exported - PyTorch| = "
+              f"{res['max_abs_diff']:.3g}")  # fmt: skip
+    return 0
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole pipeline from one config file (prepare ... report)")
     p.add_argument("config", metavar="CONFIG.yaml")
@@ -465,6 +499,7 @@ COMMANDS = {
     "search": (_add_search, _run_search),
     "rankcheck": (_add_rankcheck, _run_rankcheck),
     "predict": (_add_predict, _run_predict),
+    "export": (_add_export, _run_export),
     "run": (_add_run, _run_run),
     "demo": (_add_demo, _run_demo),
     "report": (_add_report, _run_report),

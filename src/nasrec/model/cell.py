@@ -31,10 +31,13 @@ _TRIL: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 def _tril(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices of the strictly lower triangle of an n x n matrix, row-major (cached)."""
     key = (n, str(device))
-    if key not in _TRIL:
-        rows, cols = torch.tril_indices(n, n, offset=-1, device=device)
+    if key in _TRIL:
+        return _TRIL[key]
+    rows, cols = torch.tril_indices(n, n, offset=-1, device=device)
+    # under tracing or export these may be symbolic or fake tensors, useless to later eager calls
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
         _TRIL[key] = (rows, cols)
-    return _TRIL[key]
+    return rows, cols
 
 
 def dot_tokens(width: int) -> int:

@@ -11,6 +11,12 @@ The body is frozen, so each fine-tune step runs it without autograd and differen
 `finetune_head` is the same procedure for a materialised standalone model (`Subnet.from_supernet`),
 whose validation loss after it equals the candidate's score (tested): in the supernet only the head's
 slices that the path reads get gradients, and Adagrad leaves the rest untouched.
+
+`finetune="all"` (nasrec's option, not the paper's) materialises the candidate and fine-tunes all of
+its weights, embeddings included, with the same schedule: a short training run that starts from the
+inherited weights. It costs a backward pass through the body per step, and it is the better proxy
+when the supernet has had too few steps for its shared head to fit every path (small data, CPU
+budgets; see docs/design.md).
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.errors import NasrecError
 from nasrec.model.cell import Output
+from nasrec.model.subnet import Subnet
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture
 from nasrec.train.clip import clip_grad_norm
+from nasrec.train.optim import build_optimizer
 from nasrec.train.schedule import build_schedule
 
 
@@ -40,6 +48,7 @@ class ScoreConfig:
     """The fine-tune and validation budget of one candidate."""
 
     finetune_steps: int = 500  # 0: no fine-tune (the paper's "no-FT" ablation is 1 step)
+    finetune: str = "head"  # "head" (the paper) or "all": every weight of the materialised subnet
     finetune_batch_size: int = 512
     finetune_lr: float = 0.04
     warmup_steps: int = 50
@@ -58,6 +67,8 @@ class ScoreConfig:
                 raise NasrecError(f"scoring config: {name} must be >= 1, not {getattr(self, name)}")
         if self.finetune_steps < 0 or self.warmup_steps < 0:
             raise NasrecError("scoring config: finetune_steps and warmup_steps must be >= 0")
+        if self.finetune not in ("head", "all"):
+            raise NasrecError(f"scoring config: finetune must be head or all, not {self.finetune!r}")
         if not self.finetune_lr > 0:
             raise NasrecError(f"scoring config: finetune_lr must be > 0, not {self.finetune_lr}")
 
@@ -98,6 +109,33 @@ class ScoringData:
         self.val_rows = sum(int(b.label.shape[0]) for b in self.val)
 
 
+def _val_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: ScoringData) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for b in data.val:
+            total += float(F.binary_cross_entropy_with_logits(model(b.dense, b.sparse), b.label, reduction="sum"))
+    return total / data.val_rows
+
+
+def finetune_all(model: nn.Module, data: ScoringData) -> float:
+    """Fine-tune every weight of a standalone `model`, then return the validation log loss."""
+    cfg = data.cfg
+    model.train()
+    if cfg.finetune_steps:
+        opt = build_optimizer(model, "adagrad", lr=cfg.finetune_lr, eps=cfg.eps)
+        sched = build_schedule(opt, "warmup-cosine", total_steps=cfg.finetune_steps,
+                               warmup_steps=min(cfg.warmup_steps, cfg.finetune_steps - 1))  # fmt: skip
+        for b in data.train:
+            opt.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(model(b.dense, b.sparse), b.label).backward()
+            if cfg.clip is not None:
+                clip_grad_norm(model.parameters(), cfg.clip)
+            opt.step()
+            sched.step()
+    model.eval()
+    return _val_loss(model, data)
+
+
 def finetune_head(
     features: Callable[[torch.Tensor, torch.Tensor], Output], head: nn.Module, data: ScoringData
 ) -> float:
@@ -118,13 +156,12 @@ def finetune_head(
                 clip_grad_norm(params, cfg.clip)
             opt.step()
             sched.step()
-    total = 0.0
-    with torch.no_grad():
-        for b in data.val:
-            f = features(b.dense, b.sparse)
-            logits = head(f.dense, f.tokens, f.d2s)
-            total += float(F.binary_cross_entropy_with_logits(logits, b.label, reduction="sum"))
-    return total / data.val_rows
+
+    def logits(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        f = features(dense, sparse)
+        return head(f.dense, f.tokens, f.d2s)
+
+    return _val_loss(logits, data)
 
 
 class SupernetScorer:
@@ -153,6 +190,15 @@ class SupernetScorer:
         head = self.supernet.head
         threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.threads)
+        if self.cfg.finetune == "all":
+            try:
+                with torch.random.fork_rng():  # construction draws initial weights, then overwritten
+                    model = Subnet.from_supernet(self.supernet, arch)
+                value = finetune_all(model, self.data)
+            finally:
+                torch.set_num_threads(threads)
+            self.scores[key] = value if math.isfinite(value) else math.nan
+            return self.scores[key]
         try:
             for p in head.parameters():
                 p.requires_grad_(True)
