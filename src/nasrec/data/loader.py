@@ -9,18 +9,27 @@ Order of an epoch
     shuffling, the split's rows are permuted by ``np.random.default_rng([seed, epoch])``: the order is a
     pure function of ``(seed, epoch)`` and identical on every rank.
 
-Sharding (data parallelism)
+Sharding (data parallelism), ``shard="batches"`` (the default)
     The epoch's sequence of batches is dealt round-robin: global batch ``k`` goes to rank
     ``k % world_size``. Every rank gets ``total_batches // world_size`` batches so that DDP ranks stay in
     step; the last ``total_batches % world_size`` batches of the epoch are dropped (with shuffling a
     different set of rows every epoch). Only the epoch's final batch can be partial (without
     ``drop_last``), and it is kept only when it falls on the last rank of a full round.
+
+Sharding, ``shard="rows"``
+    ``batch_size`` is the *global* batch: the epoch's batches are the single-process ones, and rank ``r``
+    takes the contiguous rows ``[r * b, (r + 1) * b)`` of every one of them, ``b = batch_size //
+    world_size`` (so ``batch_size`` must be a multiple of ``world_size``). The union over ranks of their
+    ``k``-th batches is exactly the single-process ``k``-th batch, whatever the world size: a training
+    step then computes the same gradient as one process would (see ``nasrec.train.gradsync``). Every
+    rank yields the same number of batches; a partial final batch (without ``drop_last``) is cut the
+    same way, so the last ranks' pieces of it can be short or empty.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +43,7 @@ PREFETCH_THREAD_NAME = "nasrec-loader-prefetch"
 # 64 batches of 512 rows keep a group at about 8 MiB: large enough that the per-group costs (index
 # arithmetic, allocations) vanish, small enough to stay friendly to the caches and to prefetch memory.
 DEFAULT_GROUP_BATCHES = 64
+SHARD_MODES = ("batches", "rows")
 
 
 class Batch(NamedTuple):
@@ -51,6 +61,9 @@ class _Group:
     dense: np.ndarray
     sparse: np.ndarray
     label: np.ndarray
+    # how many batches the group is cut into, when the last ones can be short or empty (row sharding);
+    # 0: as many as its rows fill
+    batches: int = 0
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -77,6 +90,7 @@ class BatchLoader:
         world_size: int = 1,
         prefetch: int = 0,
         group_batches: int = DEFAULT_GROUP_BATCHES,
+        shard: str = "batches",
     ) -> None:
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seed = _check_int("seed", seed, 0)
@@ -84,6 +98,15 @@ class BatchLoader:
         self.rank = _check_int("rank", rank, 0)
         if self.rank >= self.world_size:
             raise NasrecError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
+        if shard not in SHARD_MODES:
+            raise NasrecError(f"shard must be one of {', '.join(SHARD_MODES)}, got {shard!r}")
+        if shard == "rows" and self.batch_size % self.world_size:
+            raise NasrecError(
+                f"the global batch size {self.batch_size} is not a multiple of the world size {self.world_size}"
+            )
+        self.shard = shard
+        # rows each rank yields per (full) batch
+        self.local_batch_size = self.batch_size // self.world_size if shard == "rows" else self.batch_size
         self.prefetch = _check_int("prefetch", prefetch, 0)
         self.group_batches = _check_int("group_batches", group_batches, 1)
         self.shuffle = bool(shuffle)
@@ -109,7 +132,7 @@ class BatchLoader:
             raise NasrecError(f"{cache.path}: split {split!r} has row ids outside [0, {self._label.shape[0]})")
         self._n = n
         total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        self._batches = total // self.world_size
+        self._batches = total if shard == "rows" else total // self.world_size
 
     def __len__(self) -> int:
         """Number of batches this rank yields per epoch."""
@@ -120,6 +143,10 @@ class BatchLoader:
         """Number of rows this rank yields per epoch (the sum of its batch sizes)."""
         if self._batches == 0:
             return 0
+        if self.shard == "rows":
+            full, lb = self._batches - 1, self.local_batch_size
+            tail = min(self._n - full * self.batch_size, self.batch_size)  # rows of the last global batch
+            return full * lb + max(0, min(lb, tail - self.rank * lb))
         last = self.rank + (self._batches - 1) * self.world_size
         return (self._batches - 1) * self.batch_size + min(self.batch_size, self._n - last * self.batch_size)
 
@@ -142,7 +169,7 @@ class BatchLoader:
     # -- internals -----------------------------------------------------------------------------
 
     def _batches_of(self, groups: Iterator[_Group]) -> Iterator[Batch]:
-        bs = self.batch_size
+        bs = self.local_batch_size
         try:
             for g in groups:
                 # One tensor per array and group; the batches are views into it (no copies), and a
@@ -152,7 +179,8 @@ class BatchLoader:
                     torch.from_numpy(g.sparse),
                     torch.from_numpy(g.label),
                 )
-                for start in range(0, label.shape[0], bs):
+                count = g.batches or -(-label.shape[0] // bs)
+                for start in range(0, count * bs, bs):
                     stop = start + bs
                     yield Batch(dense[start:stop], sparse[start:stop], label[start:stop])
         finally:
@@ -176,6 +204,19 @@ class BatchLoader:
         order = self._epoch_order(epoch)
         bs, ws, gb = self.batch_size, self.world_size, self.group_batches
         offsets = np.arange(bs, dtype=np.int64)
+        if self.shard == "rows" and ws > 1:
+            # this rank's contiguous piece of every global batch
+            lb = self.local_batch_size
+            piece = self.rank * lb + np.arange(lb, dtype=np.int64)
+            for first in range(0, self._batches, gb):
+                batch_ids = np.arange(first, min(first + gb, self._batches), dtype=np.int64)
+                pos = (batch_ids[:, None] * bs + piece).ravel()
+                pos = pos[: np.searchsorted(pos, self._n)]  # a partial final global batch: a tail again
+                if pos.shape[0] == 0:  # this rank's piece of the partial final batch is empty
+                    yield _Group(self._dense[:0].copy(), self._sparse[:0].astype(np.int64), self._label[:0].copy(), 1)
+                    continue
+                yield replace(self._gather(np.take(order, pos)), batches=batch_ids.shape[0])
+            return
         for first in range(0, self._batches, gb):
             local = np.arange(first, min(first + gb, self._batches), dtype=np.int64)
             batch_ids = self.rank + local * ws  # global batch numbers of this group's batches

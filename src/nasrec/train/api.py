@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nasrec import distributed
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
@@ -38,7 +39,7 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train a nasrec architecture (`arch`) or a zoo baseline (`model`) from scratch on a cache."""
+    """Train a nasrec architecture (`arch`) or a zoo baseline (`model`) from scratch on a cache (torchrun-aware)."""
     if (arch is None) == (model is None):
         raise NasrecError("give exactly one of --arch FILE.json or --model NAME")
     cache = open_cache(data)
@@ -50,7 +51,8 @@ def train(
         spec = ModelSpec(kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, **common)
     else:
         spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
-    return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+    with distributed.process_group():  # under torchrun: data-parallel over its processes
+        return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 
 
 def train_supernet(
@@ -63,7 +65,7 @@ def train_supernet(
     resume: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train a weight-sharing supernet over a search space on a cache."""
+    """Train a weight-sharing supernet over a search space on a cache (torchrun-aware)."""
     from nasrec.space.space import get_space
 
     cache = open_cache(data)
@@ -71,7 +73,8 @@ def train_supernet(
     cfg = _config(preset_name, overrides, resume, out)
     spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
                      table_sizes=tuple(cache.table_sizes), layernorm=True)  # fmt: skip
-    return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+    with distributed.process_group():  # under torchrun: data-parallel over its processes
+        return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 
 
 def evaluate_run(model_dir: str | Path, data: str | Path, split: str = "test", which: str = "final") -> dict:

@@ -12,6 +12,18 @@ A run directory holds::
 Every choice that varies between steps is a pure function of the seed and the position: the data
 order (seed, epoch), and for a supernet the path of step t (seed, t). Together with the checkpointed
 optimizer and schedule state, a run that is killed and resumed ends exactly as an uninterrupted one.
+
+Data parallelism (torchrun)
+    Under a torch.distributed process group (joined from torchrun's environment, see
+    `nasrec.distributed`), each of the W ranks holds a full replica and trains on its contiguous 1/W of
+    every global batch (`batch_size` stays the global batch and must be a multiple of W). After
+    backward the gradients are averaged over the ranks (`nasrec.train.gradsync`), so clipping and the
+    optimizer see the single-process gradient and the replicas stay equal. Rank 0 alone writes the run
+    directory and evaluates while the others wait; the evaluation's numbers are then broadcast, so that
+    early stopping and plateau schedules decide alike everywhere. Checkpoints hold the full state with
+    positions counted in global batches, so a run resumes under any world size (or none). Equivalence
+    with one process needs models without batch normalisation and dropout (per-rank batch statistics and
+    dropout masks would differ from the single-process ones).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasrec import distributed
 from nasrec.data.cache import Cache
 from nasrec.data.loader import BatchLoader
 from nasrec.errors import NasrecError
@@ -38,6 +51,7 @@ from nasrec.space.arch import Architecture
 from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig
+from nasrec.train.gradsync import GradientSync
 from nasrec.train.metrics import StreamingMetrics
 from nasrec.train.optim import build_optimizer
 from nasrec.train.schedule import build_schedule
@@ -84,7 +98,7 @@ class _State:
     best_step: int | None = None
     stopped: bool = False
     train_seconds: float = 0.0
-    samples: int = 0
+    samples: int = 0  # examples of the global batches trained on
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -95,15 +109,25 @@ class Trainer:
         self.spec, self.cache, self.cfg, self.out = spec, cache, cfg, Path(out)
         if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
             raise NasrecError(f"{cache.path}: the model's input shape does not match this cache")
+        distributed.init_from_env()  # a no-op without torchrun, or when the caller made the group already
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        if self.world > 1:
+            if cfg.batch_size % self.world:
+                raise NasrecError(f"batch_size {cfg.batch_size} (the global batch) is not a multiple of the world "
+                                  f"size {self.world}")  # fmt: skip
+            distributed.check_same({"config": cfg.to_dict(), "model": spec.to_dict(),
+                                    "train_rows": len(cache.split_index("train"))}, "the training run")  # fmt: skip
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = spec.build()
         self.space = None
         if spec.kind == "supernet":
             self.space = self.model.space
         self.loader = BatchLoader(cache, "train", batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-                                  drop_last=True, prefetch=2)  # fmt: skip
+                                  drop_last=True, prefetch=2, rank=self.rank, world_size=self.world,
+                                  shard="rows")  # fmt: skip
         per_epoch = len(self.loader)
         if per_epoch == 0:
             raise NasrecError(f"{cache.path}: the train split has fewer rows than one batch ({cfg.batch_size})")
@@ -116,14 +140,23 @@ class Trainer:
                                        warmup_fraction=cfg.warmup_fraction)  # fmt: skip
         self.state = _State()
         self._tb = None
+        self.sync = GradientSync.for_model(self.model) if self.world > 1 else None
+        self._comm_bytes = 0  # sent since the last log line
+        self._comm_steps = 0
+        self._comm_total = 0  # over the whole (possibly resumed) process
+        self._comm_total_steps = 0
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
+        if not self.main:
+            return
         tmp = self.out / f".{name}.tmp"
         tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
         tmp.replace(self.out / name)
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
         with open(self.out / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record, default=_json_default) + "\n")
         if self._tb is not None:
@@ -132,6 +165,8 @@ class Trainer:
                     self._tb.add_scalar(k, v, record["step"])
 
     def _checkpoint(self) -> None:
+        if not self.main:
+            return  # every rank holds the same state; one copy is written
         s = self.state
         payload = {
             "model": self.model.state_dict(),
@@ -155,7 +190,7 @@ class Trainer:
         self.state = _State(**ck["state"], evals=json.loads(ck["evals_json"]))
         # drop log lines written after the checkpoint: they will be written again
         log = self.out / "metrics.jsonl"
-        if log.exists():
+        if self.main and log.exists():
             keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
             log.write_text("".join(ln + "\n" for ln in keep))
 
@@ -163,23 +198,27 @@ class Trainer:
     def fit(self, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
         """Train (or continue an interrupted run), evaluate, and return the final metrics."""
         cfg = self.cfg
-        if resume and (self.out / "checkpoint.pt").exists():
+        # Rank 0 decides from its view of the run directory; the others follow (and, to resume, read
+        # the same checkpoint: the run directory must be on a file system every rank sees).
+        start = None
+        if self.main:
+            try:
+                start = self._start(resume)
+            except OSError as e:  # reported by every rank, rather than leaving the others in the broadcast
+                start = {"resume": False, "error": f"{self.out}: cannot write the run directory ({e})"}
+        start = distributed.broadcast_object(start)
+        if start["error"]:
+            raise NasrecError(start["error"])
+        if start["resume"]:
             self._restore()
-        else:
-            if self.out.exists() and any(self.out.iterdir()) and not resume:
-                raise NasrecError(f"{self.out} is not empty (use --resume to continue the run there)")
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint
-            self._write_json("config.json", {"train": cfg.to_dict(), "model": self.spec.to_dict(),
-                                             "data": str(self.cache.path)})  # fmt: skip
-            self._write_json("model.json", self.spec.to_dict())
-        if cfg.tensorboard:
+            distributed.barrier()  # rank 0 may write a new checkpoint only once every rank has read this one
+        if cfg.tensorboard and self.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise NasrecError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
-        bar = _progress(progress, self.total_steps, self.state.step)
+        bar = _progress(progress, self.total_steps, self.state.step) if self.main else None
         s = self.state
         self.model.train()
         try:
@@ -189,7 +228,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     loss = self._train_step(batch)
                     s.train_seconds += time.perf_counter() - t0
-                    s.samples += batch.label.shape[0]
+                    s.samples += batch.label.shape[0] * self.world
                     s.step += 1
                     s.batch += 1
                     s.loss_sum += loss
@@ -214,6 +253,19 @@ class Trainer:
             self._tb.close()
         return final
 
+    def _start(self, resume: bool) -> dict[str, Any]:
+        """Rank 0's decision: resume from the checkpoint, or start afresh (preparing the directory)."""
+        if resume and (self.out / "checkpoint.pt").exists():
+            return {"resume": True, "error": None}
+        if self.out.exists() and any(self.out.iterdir()) and not resume:
+            return {"resume": False, "error": f"{self.out} is not empty (use --resume to continue the run there)"}
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint
+        self._write_json("config.json", {"train": self.cfg.to_dict(), "model": self.spec.to_dict(),
+                                         "data": str(self.cache.path)})  # fmt: skip
+        self._write_json("model.json", self.spec.to_dict())
+        return {"resume": False, "error": None}
+
     def _train_step(self, batch) -> float:
         cfg, s = self.cfg, self.state
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,21 +275,40 @@ class Trainer:
         else:
             logits = self.model(batch.dense, batch.sparse)
         loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-        if not torch.isfinite(loss):
-            raise NasrecError(f"training diverged at step {s.step} (loss {loss.item()}); try a lower learning rate")
-        loss.backward()
+        if self.sync is None:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
+            loss.backward()
+        else:
+            # A rank's own loss may be finite while another's is not: all ranks judge the global loss,
+            # after the sync, so that they raise together instead of leaving the others in a collective.
+            loss.backward()
+            stats = self.sync(loss, batch.label.shape[0])
+            value = stats.loss
+            if not math.isfinite(value):
+                raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
+            self._comm_bytes += stats.comm_bytes
+            self._comm_steps += 1
+            self._comm_total += stats.comm_bytes
+            self._comm_total_steps += 1
         if cfg.clip:
-            clip_grad_norm(self.model.parameters(), cfg.clip)
+            clip_grad_norm(self.model.parameters(), cfg.clip)  # on the synchronised gradient
         self.optimizer.step()
         self.schedule.step()
-        return float(loss.detach())
+        return value
 
     def _after_step(self) -> None:
         cfg, s = self.cfg, self.state
         if s.step % cfg.log_every == 0:
-            self._log({"step": s.step, "epoch": s.epoch, "train_loss": s.loss_sum / max(s.loss_count, 1),
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "samples_per_s": s.samples / max(s.train_seconds, 1e-9)})  # fmt: skip
+            record = {"step": s.step, "epoch": s.epoch, "train_loss": s.loss_sum / max(s.loss_count, 1),
+                      "lr": self.optimizer.param_groups[0]["lr"],
+                      "samples_per_s": s.samples / max(s.train_seconds, 1e-9)}  # fmt: skip
+            if self.sync is not None:
+                record["world_size"] = self.world
+                record["comm_bytes_per_step"] = self._comm_bytes / max(self._comm_steps, 1)
+                self._comm_bytes, self._comm_steps = 0, 0
+            self._log(record)
             s.loss_sum, s.loss_count = 0.0, 0
         if cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < self.total_steps:
             self._evaluate_during_training()
@@ -245,6 +316,10 @@ class Trainer:
             self._checkpoint()
 
     def _eval(self, split: str) -> dict[str, float]:
+        """Rank 0 evaluates (exactly as a single process would) while the others wait for its numbers."""
+        return distributed.broadcast_object(self._eval_here(split) if self.main else None)
+
+    def _eval_here(self, split: str) -> dict[str, float]:
         cfg = self.cfg
         if self.space is None:
             return evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches)
@@ -266,7 +341,8 @@ class Trainer:
             self.schedule.report(m["logloss"])
         if s.best is None or value < s.best:
             s.best, s.bad_evals = value, 0
-            save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": s.step})
+            if self.main:
+                save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": s.step})
         else:
             s.bad_evals += 1
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
@@ -277,9 +353,11 @@ class Trainer:
         s = self.state
         if not s.evals or s.evals[-1]["step"] != s.step:
             self._evaluate_during_training()
-        ck = load_checkpoint(self.out / "best.pt")
-        self.model.load_state_dict(ck["model"])
-        s.best_step = int(ck["step"])
+        if self.main:  # only rank 0 evaluates the final model
+            ck = load_checkpoint(self.out / "best.pt")
+            self.model.load_state_dict(ck["model"])
+            s.best_step = int(ck["step"])
+        s.best_step = distributed.broadcast_object(s.best_step)
 
     def _final(self) -> dict[str, Any]:
         s = self.state
@@ -298,9 +376,13 @@ class Trainer:
             "best_step": s.best_step,
             "train_seconds": s.train_seconds,
         }
+        if self.sync is not None:
+            final["world_size"] = self.world
+            final["comm_bytes_per_step"] = self._comm_total / max(self._comm_total_steps, 1)
         self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
         self._write_json("metrics.json", final)
-        return final
+        # every rank returns rank 0's figures (its timings, the run's written result)
+        return distributed.broadcast_object(final)
 
 
 def load_trained(run: Path | str, which: str = "final") -> tuple[nn.Module, ModelSpec]:
