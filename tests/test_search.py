@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from conftest import small_synth_cache
 
 from nasrec.data.cache import open_cache
@@ -225,6 +227,56 @@ def test_one_and_two_workers_give_the_same_search(supernet_run: tuple[Path, Path
     h1 = (tmp_path / "w1" / "history.jsonl").read_text()
     assert h1 == (tmp_path / "w2" / "history.jsonl").read_text()
     assert all(math.isfinite(json.loads(x)["score"]) for x in h1.splitlines())
+
+
+WORLD = 2
+DIST_SETS = dict(population=6, sample=3, children=4, generations=2, **TINY_SCORE)
+
+
+def _distributed_search(rank: int, store: str, sn: Path, cache: Path, root: Path) -> None:
+    torch.set_num_threads(1)
+    # The caller's own group, met through a file (no port to collide on), as in test_distributed.py.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        # Rank 1 is given its own directory: it must stay absent, since only rank 0 writes.
+        out = root / ("dist" if rank == 0 else "rank1")
+        # --workers is ignored under a process group (scoring is spread over the ranks)
+        res = search(sn, cache, out, preset="cpu-quick", overrides=DIST_SETS, workers=2, progress=False)
+        # a finished search resumes from rank 0's files alone (broadcast) to the same result
+        again = search(sn, cache, out, preset="cpu-quick", overrides=DIST_SETS, resume=True, progress=False)
+        errors = []
+        for kw in (dict(resume=False), dict(resume=True, retrain=True)):  # both refused on every rank alike
+            try:
+                search(sn, cache, out, preset="cpu-quick", overrides=DIST_SETS, progress=False, **kw)
+            except NasrecError as e:
+                errors.append(str(e))
+        (root / f"result_{rank}.json").write_text(json.dumps({"first": res, "again": again, "errors": errors}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_search_equals_single_process(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    root = tmp_path / "runs"
+    root.mkdir()
+    mp.spawn(_distributed_search, args=(str(tmp_path / "store"), sn, cache, root), nprocs=WORLD, join=True)
+    single = search(sn, cache, tmp_path / "single", preset="cpu-quick", overrides=DIST_SETS, progress=False)
+    assert single["scored"] == 14
+    single = json.loads(json.dumps(single))  # tuples as lists, as the ranks' results went through JSON
+    results = [json.loads((root / f"result_{r}.json").read_text()) for r in range(WORLD)]
+    for r in results:
+        for res in (r["first"], r["again"]):
+            assert res["best"] == single["best"] and res["pareto"] == single["pareto"]
+            assert res["top"] == single["top"] and res["scored"] == single["scored"]
+        assert "already holds a search" in r["errors"][0] and "not supported under torchrun" in r["errors"][1]
+    assert (root / "dist" / "history.jsonl").read_text() == (tmp_path / "single" / "history.jsonl").read_text()
+    # exactly one writer: rank 1's directory was never made, and rank 0 wrote what one process writes
+    assert sorted(p.name for p in root.iterdir()) == ["dist", "result_0.json", "result_1.json"]
+    assert sorted(p.name for p in (root / "dist").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    for name in ("best.json", "top.json", "pareto.json", "search.json"):
+        assert (root / "dist" / name).read_text() == (tmp_path / "single" / name).read_text().replace(
+            str(tmp_path / "single"), str(root / "dist")
+        )
 
 
 def _search_cli(sn: Path, cache: Path, out: Path, resume: bool = False) -> subprocess.Popen:

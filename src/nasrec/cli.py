@@ -351,6 +351,10 @@ def _run_search(args: argparse.Namespace) -> int:
     res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
                  retrain=args.retrain, train_overrides=_parse_sets(args.train_set), resume=args.resume,
                  progress=False if args.no_progress else None)  # fmt: skip
+    from nasrec.distributed import is_main
+
+    if not is_main():  # under torchrun every rank returns the result; one prints it
+        return 0
     best = res["best"]
     summary = {"best": best["hash"], "score": best["score"], "mflops": best["mflops"], "scored": res["scored"],
                "candidates_per_minute": round(res["candidates_per_minute"], 2), "pareto": len(res["pareto"])}  # fmt: skip

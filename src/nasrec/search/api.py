@@ -4,6 +4,11 @@ A search directory holds `search.json` (the resolved configuration), `history.js
 and at the end `result.json`, `best.json` (architecture JSON), `top.json` and `pareto.json`; with
 retraining, `retrain/NN-HASH/` training runs and `final.json` (the architecture chosen by validation
 loss among the retrained ones) with `final_metrics.json`.
+
+Under torchrun (or inside a process group the caller made) candidate scoring is spread over the ranks
+(`DistributedScoringPool`) and `workers` is ignored; rank 0 alone writes the search directory. Retraining
+is refused there: it would train top-k models one after another on one rank while the others idle, so a
+distributed search is retrained afterwards by resuming the finished search with `retrain` in one process.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nasrec import distributed
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
 from nasrec.search.evolution import Search, SearchConfig
-from nasrec.search.parallel import ScorerSpec, ScoringPool
+from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
 from nasrec.space.space import SearchSpace
@@ -101,16 +107,42 @@ def search(
     out = Path(out)
     s_over, sc_over = _split_overrides(overrides)
     cfg, score_cfg, train_preset = resolve(preset, s_over, sc_over)
+    if retrain and (distributed.launched() or distributed.is_initialized()):
+        raise NasrecError("--retrain is not supported under torchrun: run the search under torchrun, then retrain "
+                          "in one process by resuming the finished search (--resume --retrain)")  # fmt: skip
+    with distributed.process_group() as active:  # under torchrun: scoring spread over its processes
+        result = _search(supernet, data, out, cfg, score_cfg, train_preset, workers, resume, progress, active)
+    if progress is not False and sys.stderr.isatty() and distributed.is_main():
+        print(file=sys.stderr)
+    if retrain:
+        result["final"] = retrain_top(out, data, train_preset, train_overrides)
+    return result
+
+
+def _check_out(out: Path, resolved: dict[str, Any], resume: bool) -> str | None:
+    """Why the search directory cannot be used (None if it can)."""
     saved = out / "search.json"
-    resolved = {"search": cfg.to_dict(), "score": score_cfg.to_dict(), "supernet": str(supernet), "data": str(data),
-                "train_preset": train_preset}  # fmt: skip
     if resume and saved.exists():
         # Settings only: a run directory that was moved keeps its search.
         same = ("search", "score", "train_preset")
         if {k: json.loads(saved.read_text()).get(k) for k in same} != {k: resolved[k] for k in same}:
-            raise NasrecError(f"{out}: --resume continues a search with its own settings; drop the changed options")
+            return f"{out}: --resume continues a search with its own settings; drop the changed options"
     elif (out / "state.json").exists():
-        raise NasrecError(f"{out} already holds a search (use --resume to continue it)")
+        return f"{out} already holds a search (use --resume to continue it)"
+    return None
+
+
+def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig, score_cfg: ScoreConfig,
+            train_preset: str, workers: int, resume: bool, progress: bool | None, active: bool) -> dict[str, Any]:  # fmt: skip
+    """The search itself, inside the process group when there is one (`active`)."""
+    main = distributed.is_main()
+    saved = out / "search.json"
+    resolved = {"search": cfg.to_dict(), "score": score_cfg.to_dict(), "supernet": str(supernet), "data": str(data),
+                "train_preset": train_preset}  # fmt: skip
+    # Only rank 0's directory counts; its verdict goes to every rank, so that all raise or none does.
+    error = distributed.broadcast_object(_check_out(out, resolved, resume) if main else None)
+    if error is not None:
+        raise NasrecError(error)
     model_json = Path(supernet) / "model.json"
     if not model_json.exists():
         raise NasrecError(f"{supernet}: not a supernet run directory (no model.json)")
@@ -125,16 +157,21 @@ def search(
         c = arch_cost(arch, num_dense, len(tables), tables)
         return c.mflops, c.dense_params
 
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(resolved, indent=1) + "\n")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(resolved, indent=1) + "\n")
     spec = ScorerSpec(str(supernet), str(data), score_cfg.to_dict())
-    with ScoringPool(spec, workers) as pool:
-        result = Search(space, pool, cost, cfg, out, progress=_progress_printer(progress)).run(resume=resume)
-    if progress is not False and sys.stderr.isatty():
-        print(file=sys.stderr)
-    if retrain:
-        result["final"] = retrain_top(out, data, train_preset, train_overrides)
-    return result
+    pool: ScoringPool | DistributedScoringPool
+    if active:
+        if workers != 1 and main:
+            print(f"note: --workers {workers} ignored under torchrun: scoring is spread over the "
+                  f"{distributed.world_size()} ranks", file=sys.stderr)  # fmt: skip
+        pool = DistributedScoringPool(spec)
+    else:
+        pool = ScoringPool(spec, workers)
+    with pool:
+        show = _progress_printer(progress) if main else None
+        return Search(space, pool, cost, cfg, out, progress=show, writer=main).run(resume=resume)
 
 
 def retrain_top(search_dir: str | Path, data: str | Path, preset: str = "paper-final",

@@ -17,6 +17,10 @@ State on disk (`out`): `history.jsonl`, one line per scored candidate, and `stat
 atomically after every step: the generator state, the population (hashes, oldest first) and the
 candidates drawn but not yet scored. A search killed at any point resumes from the last state,
 re-scores the pending candidates and ends exactly as an uninterrupted one.
+
+Under a process group (torchrun) every rank runs the same loop with the same seed, so every rank draws
+the same candidates; `writer` is True on one rank only (rank 0), which alone writes the directory. On
+resume that rank reads the saved state and broadcasts it, so the other ranks need not see the files.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from nasrec import distributed
 from nasrec.configfile import checked_replace
 from nasrec.errors import NasrecError
 from nasrec.search.pareto import pareto_front
@@ -127,7 +132,8 @@ class Search:
     """One search run in a directory (see module docstring); `run()` returns the summary."""
 
     def __init__(self, space: SearchSpace, score_batch: ScoreBatch, cost: CostFn, cfg: SearchConfig, out: Path | str,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:  # fmt: skip
+                 progress: Callable[[dict[str, Any]], None] | None = None, writer: bool = True) -> None:  # fmt: skip
+        self.writer = writer  # False: a non-main rank of a distributed search, which writes nothing
         self.space, self.score_batch, self.cost, self.cfg = space, score_batch, cost, cfg
         self.out = Path(out)
         self.progress = progress
@@ -141,6 +147,8 @@ class Search:
 
     # -- persistence -----------------------------------------------------------------------------
     def _write_state(self) -> None:
+        if not self.writer:
+            return
         state = {"config": self.cfg.to_dict(), "space": self.space.to_dict(), "step": self.step,
                  "scored": len(self.history), "population": self.population, "pending": self.pending,
                  "rng": self.rng.bit_generator.state, "seconds": self.seconds}  # fmt: skip
@@ -148,15 +156,20 @@ class Search:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.out / "state.json")
 
-    def _restore(self) -> None:
+    def _read_saved(self) -> tuple[dict[str, Any], list[str]]:
+        """The saved state and the history lines (of the writing rank's directory)."""
         state = json.loads((self.out / "state.json").read_text())
+        lines = (self.out / "history.jsonl").read_text().splitlines() if (self.out / "history.jsonl").exists() else []
+        return state, lines
+
+    def _restore(self, state: dict[str, Any], lines: list[str]) -> None:
         if state["config"] != self.cfg.to_dict() or state["space"] != self.space.to_dict():
             raise NasrecError(f"{self.out}: --resume continues a search with its own configuration and space")
-        lines = (self.out / "history.jsonl").read_text().splitlines() if (self.out / "history.jsonl").exists() else []
         if len(lines) < state["scored"]:
             raise NasrecError(f"{self.out}: history.jsonl holds fewer candidates than state.json records")
         lines = lines[: state["scored"]]  # lines written after the last state belong to pending candidates
-        (self.out / "history.jsonl").write_text("".join(ln + "\n" for ln in lines))
+        if self.writer:
+            (self.out / "history.jsonl").write_text("".join(ln + "\n" for ln in lines))
         for ln in lines:
             self._add(Candidate.from_dict(json.loads(ln)), write=False)
         self.population, self.pending, self.step = state["population"], state["pending"], state["step"]
@@ -166,7 +179,7 @@ class Search:
     def _add(self, c: Candidate, write: bool = True) -> None:
         self.history.append(c)
         self.by_hash[c.hash] = c
-        if write:
+        if write and self.writer:
             with open(self.out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(c.to_dict()) + "\n")
 
@@ -254,14 +267,7 @@ class Search:
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Search until the budget is scored; returns the summary also written to `result.json`."""
-        if resume and (self.out / "state.json").exists():
-            self._restore()
-        else:
-            if (self.out / "state.json").exists():
-                raise NasrecError(f"{self.out} already holds a search (use --resume to continue it)")
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "history.jsonl").write_text("")
-            self._write_state()
+        self._start(resume)
         while len(self.history) < self.cfg.budget or self.pending:
             t0 = time.perf_counter()
             if not self.pending:
@@ -274,6 +280,26 @@ class Search:
             if self.progress is not None:
                 self.progress(self.status())
         return self._finish()
+
+    def _start(self, resume: bool) -> None:
+        """Restore the saved search or start a new one; the writer decides and tells the other ranks."""
+        error, saved = None, None
+        if self.writer:
+            if resume and (self.out / "state.json").exists():
+                saved = self._read_saved()
+            elif (self.out / "state.json").exists():
+                error = f"{self.out} already holds a search (use --resume to continue it)"
+            else:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "history.jsonl").write_text("")
+        # Every rank raises or goes on together: a rank left alone in the next collective would hang.
+        error, saved = distributed.broadcast_object((error, saved))
+        if error is not None:
+            raise NasrecError(error)
+        if saved is not None:
+            self._restore(*saved)
+        else:
+            self._write_state()
 
     def status(self) -> dict[str, Any]:
         """Progress figures: generation, candidates scored, best score so far, candidates per minute."""
@@ -301,13 +327,15 @@ class Search:
         ranked = top_k(pool, self.cfg.top_k)
         front = [pool[i] for i in pareto_front([(c.score, c.mflops) for c in pool])]
         best = ranked[0]
-        _write_json(self.out / "best.json", best.arch.to_dict())
-        _write_json(self.out / "top.json", [_summary(c) for c in ranked])
-        _write_json(self.out / "pareto.json", [_summary(c) for c in front])
         result = {"strategy": self.cfg.strategy, "scored": len(self.history), "seconds": self.seconds,
                   "candidates_per_minute": 60 * len(self.history) / max(self.seconds, 1e-9),
                   "best": _summary(best), "pareto": [c.hash for c in front],
                   "top": [c.hash for c in ranked]}  # fmt: skip
+        if not self.writer:
+            return result
+        _write_json(self.out / "best.json", best.arch.to_dict())
+        _write_json(self.out / "top.json", [_summary(c) for c in ranked])
+        _write_json(self.out / "pareto.json", [_summary(c) for c in front])
         _write_json(self.out / "result.json", result)
         return result
 

@@ -3,6 +3,10 @@
 Scores are cached by architecture hash in the parent, so a repeated architecture is never sent out
 again. Results come back in submission order and every worker scores with the same fixed thread count
 (`ScoreConfig.threads`), so a search gives the same result for any number of workers.
+
+Under torchrun, `DistributedScoringPool` spreads each batch over the ranks of the process group instead:
+every rank holds one scorer, scores its share in-process and the scores are gathered to every rank, so
+each rank's search loop sees the same scores (and draws the same candidates) as a single process would.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from nasrec import distributed
 from nasrec.errors import NasrecError
 from nasrec.search.scorer import ScoreConfig, SupernetScorer
 from nasrec.space.arch import Architecture
@@ -111,6 +116,49 @@ class ScoringPool:
             self._pool = None
 
     def __enter__(self) -> ScoringPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DistributedScoringPool:
+    """`pool(archs) -> scores` over the ranks of the active process group: rank r scores archs[i] for i % world == r."""
+
+    def __init__(self, spec: ScorerSpec) -> None:
+        if not distributed.is_initialized():
+            raise NasrecError("DistributedScoringPool needs an active process group (launch with torchrun)")
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.cache: dict[str, float] = {}
+        self._local: SupernetScorer | None = spec.build()
+
+    def __call__(self, archs: Sequence[Architecture]) -> list[float]:
+        """Scores of `archs`, in order, on every rank (a collective: every rank must call it with the same list)."""
+        import torch.distributed as dist
+
+        # Every rank holds the same cache (all scores are gathered), so every rank computes the same `todo`.
+        todo = {a.hash(): a for a in archs if a.hash() not in self.cache}
+        if todo:
+            assert self._local is not None
+            keys = list(todo)
+            mine = {i: self._local.score(todo[keys[i]]) for i in range(self.rank, len(keys), self.world)}
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, mine)
+            scores = {i: float(v) for part in gathered for i, v in part.items()}
+            if len(scores) != len(keys):  # a rank scored another share: the ranks' candidate lists differ
+                raise NasrecError("distributed scoring: the ranks were given different candidate lists")
+            self.cache.update((k, scores[i]) for i, k in enumerate(keys))
+        return [self.cache[a.hash()] for a in archs]
+
+    def samples_per_candidate(self) -> int | None:
+        """Examples forwarded per candidate."""
+        return self._local.samples_per_candidate() if self._local is not None else None
+
+    def close(self) -> None:
+        """Drop the scorer (the process group is left to its owner)."""
+        self._local = None
+
+    def __enter__(self) -> DistributedScoringPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
