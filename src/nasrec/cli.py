@@ -250,12 +250,30 @@ def _parse_sets(items: list[str] | None) -> dict:
     return out
 
 
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", metavar="cpu|cuda|cuda:N|auto",
+                   help=f"where to {what} (default cpu; auto: cuda when available; on resume: the run's own)")  # fmt: skip
+
+
+def _device(args: argparse.Namespace, overrides: dict | None = None) -> str | None:
+    """`--device`, checked before any work (an unavailable CUDA is an error), and put into `overrides`."""
+    if args.device is None:
+        return None
+    from nasrec.device import resolve_device
+
+    resolve_device(args.device)
+    if overrides is not None:
+        overrides["device"] = args.device
+    return args.device
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--preset", help="paper-supernet, paper-final, cpu-quick, cpu-supernet")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training setting (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _add_device(p, "train")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -282,8 +300,10 @@ def _print_final(res: dict) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from nasrec.train.api import train
 
+    overrides = _parse_sets(args.set)
+    _device(args, overrides)
     res = train(args.data, args.out, arch=args.arch, model=args.model, hparams=_parse_sets(args.hparam),
-                preset_name=args.preset, overrides=_parse_sets(args.set), resume=args.resume,
+                preset_name=args.preset, overrides=overrides, resume=args.resume,
                 progress=False if args.no_progress else None)  # fmt: skip
     _print_final(res)
     return 0
@@ -298,8 +318,10 @@ def _add_supernet(sub: argparse._SubParsersAction) -> None:
 def _run_supernet(args: argparse.Namespace) -> int:
     from nasrec.train.api import train_supernet
 
+    overrides = _parse_sets(args.set)
+    _device(args, overrides)
     res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
-                         overrides=_parse_sets(args.set), resume=args.resume,
+                         overrides=overrides, resume=args.resume,
                          progress=False if args.no_progress else None)  # fmt: skip
     _print_final(res)
     return 0
@@ -311,12 +333,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    _add_device(p, "evaluate")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from nasrec.train.api import evaluate_run
 
-    print(json.dumps(evaluate_run(args.model, args.data, args.split, args.checkpoint), default=str))
+    device = _device(args)
+    print(json.dumps(evaluate_run(args.model, args.data, args.split, args.checkpoint, device=device), default=str))
     return 0
 
 
@@ -336,6 +360,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a retraining setting")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search or scoring setting")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
+    _add_device(p, "score candidates (and retrain them, unless --train-set device=... says otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -348,8 +373,11 @@ def _run_search(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.pareto:
         overrides["pareto"] = True
+    train_overrides = _parse_sets(args.train_set)
+    if _device(args, overrides):
+        train_overrides.setdefault("device", args.device)
     res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
-                 retrain=args.retrain, train_overrides=_parse_sets(args.train_set), resume=args.resume,
+                 retrain=args.retrain, train_overrides=train_overrides, resume=args.resume,
                  progress=False if args.no_progress else None)  # fmt: skip
     from nasrec.distributed import is_main
 
@@ -377,14 +405,18 @@ def _add_rankcheck(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scoring setting")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a training setting")
     p.add_argument("--workers", type=int, default=1)
+    _add_device(p, "score and train the architectures")
 
 
 def _run_rankcheck(args: argparse.Namespace) -> int:
     from nasrec.search.rankcheck import rankcheck
 
+    score_overrides, train_overrides = _parse_sets(args.set), _parse_sets(args.train_set)
+    if _device(args, score_overrides):
+        train_overrides.setdefault("device", args.device)
     res = rankcheck(args.supernet, args.data, args.out, k=args.k, seed=args.seed, strategy=args.strategy,
-                    preset=args.preset, score_overrides=_parse_sets(args.set), train_preset=args.train_preset,
-                    train_overrides=_parse_sets(args.train_set), workers=args.workers)  # fmt: skip
+                    preset=args.preset, score_overrides=score_overrides, train_preset=args.train_preset,
+                    train_overrides=train_overrides, workers=args.workers)  # fmt: skip
     print(json.dumps({k: res[k] for k in ("kendall_tau", "spearman_rho", "pairs")}))
     return 0
 
@@ -397,13 +429,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="cache whose encoder to use (default: the model's own)")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="malformed rows: stop, or skip them")
+    _add_device(p, "run the model")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from nasrec.predict import predict
 
+    device = _device(args)
     res = predict(args.model, args.input, args.out, data=args.data, checkpoint=args.checkpoint,
-                  on_error=args.on_error)  # fmt: skip
+                  on_error=args.on_error, device=device)  # fmt: skip
     print(json.dumps({k: v for k, v in res.items() if k != "skipped_examples"}))
     for ex in res["skipped_examples"]:
         print(f"skipped: {ex}", file=sys.stderr)

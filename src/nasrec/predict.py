@@ -44,14 +44,17 @@ def predict(
     checkpoint: str = "final",
     on_error: str = "fail",
     batch_size: int = 65_536,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Write click probabilities of the rows of `inputs` to the CSV `out`; returns counts and metrics.
 
-    `data` is the cache whose encoder to use (default: the one the model was trained on).
+    `data` is the cache whose encoder to use (default: the one the model was trained on); `device` is
+    where the model runs (default cpu).
     """
     if on_error not in ("fail", "skip"):
         raise NasrecError(f"on_error must be fail or skip, not {on_error!r}")
-    model, spec = load_trained(model_dir, checkpoint)
+    model, spec = load_trained(model_dir, checkpoint, device=device)
+    on = next(model.parameters()).device
     if spec.kind == "supernet":
         raise NasrecError(f"{model_dir}: a supernet predicts per architecture; train the chosen one first")
     cache = Path(data) if data is not None else model_cache(model_dir)
@@ -69,7 +72,8 @@ def predict(
         for chunk in encoder.iter_encoded(list(inputs), on_error=on_error, errors=errors):
             dense = torch.from_numpy(np.ascontiguousarray(chunk.dense, dtype=np.float32))
             sparse = torch.from_numpy(chunk.sparse.astype(np.int64))
-            logits = torch.cat([model(dense[i : i + batch_size], sparse[i : i + batch_size])
+            # one slice at a time on the device; the logits come back to the CPU for the CSV
+            logits = torch.cat([model(dense[i : i + batch_size].to(on), sparse[i : i + batch_size].to(on)).cpu()
                                 for i in range(0, len(dense), batch_size)]) if len(dense) else torch.zeros(0)  # fmt: skip
             metrics.update(chunk.label, logits)
             cols: dict[str, Any] = {}

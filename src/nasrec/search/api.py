@@ -125,11 +125,19 @@ def _check_out(out: Path, resolved: dict[str, Any], resume: bool) -> str | None:
     if resume and saved.exists():
         # Settings only: a run directory that was moved keeps its search.
         same = ("search", "score", "train_preset")
-        if {k: json.loads(saved.read_text()).get(k) for k in same} != {k: resolved[k] for k in same}:
+        if _settings(json.loads(saved.read_text()), same) != _settings(resolved, same):
             return f"{out}: --resume continues a search with its own settings; drop the changed options"
     elif (out / "state.json").exists():
         return f"{out} already holds a search (use --resume to continue it)"
     return None
+
+
+def _settings(resolved: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The settings of a search that must match to resume it: the scoring device may change."""
+    out = {k: resolved.get(k) for k in keys}
+    if isinstance(out.get("score"), dict):
+        out["score"] = {k: v for k, v in out["score"].items() if k != "device"}
+    return out
 
 
 def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig, score_cfg: ScoreConfig,

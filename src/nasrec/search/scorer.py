@@ -33,6 +33,7 @@ from torch import nn
 from nasrec.configfile import checked_replace
 from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
+from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
 from nasrec.model.cell import Output
 from nasrec.model.subnet import Subnet
@@ -60,6 +61,7 @@ class ScoreConfig:
     # Torch threads while scoring. Float sums can depend on the thread count, so the search fixes it
     # (whatever the number of workers) to keep results identical for any number of workers.
     threads: int = 1
+    device: str = "cpu"  # where the supernet and the scoring batches live ("cpu", "cuda", "cuda:N", "auto")
 
     def __post_init__(self) -> None:
         for name in ("finetune_batch_size", "val_batches", "val_batch_size", "threads"):
@@ -71,6 +73,10 @@ class ScoreConfig:
             raise NasrecError(f"scoring config: finetune must be head or all, not {self.finetune!r}")
         if not self.finetune_lr > 0:
             raise NasrecError(f"scoring config: finetune_lr must be > 0, not {self.finetune_lr}")
+        try:
+            resolve_device(self.device)  # an unavailable device fails here, before any work
+        except NasrecError as e:
+            raise NasrecError(f"scoring config: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -99,13 +105,22 @@ def _batches(cache: Cache, split: str, batch_size: int, count: int, cycle: bool)
     return out
 
 
+def _to(b: Batch, device: torch.device) -> Batch:
+    """A batch on `device` (the same tensors when it is there already)."""
+    return Batch(b.dense.to(device), b.sparse.to(device), b.label.to(device))
+
+
 class ScoringData:
     """The fine-tune and validation batches every candidate sees, loaded once."""
 
     def __init__(self, cache: Cache, cfg: ScoreConfig) -> None:
         self.cfg = cfg
-        self.train = _batches(cache, "train", cfg.finetune_batch_size, cfg.finetune_steps, cycle=True)
-        self.val = _batches(cache, cfg.val_split, cfg.val_batch_size, cfg.val_batches, cycle=False)
+        device = resolve_device(cfg.device)
+        train = _batches(cache, "train", cfg.finetune_batch_size, cfg.finetune_steps, cycle=True)
+        val = _batches(cache, cfg.val_split, cfg.val_batch_size, cfg.val_batches, cycle=False)
+        # moved once: every candidate reuses them, so a GPU scorer copies nothing per candidate
+        self.train = [_to(b, device) for b in train]
+        self.val = [_to(b, device) for b in val]
         self.val_rows = sum(int(b.label.shape[0]) for b in self.val)
 
 
@@ -171,13 +186,17 @@ class SupernetScorer:
                  data: ScoringData | None = None) -> None:  # fmt: skip
         """`data` replaces the batches read from `cache` (benchmarks score on batches held in memory)."""
         self.cfg = cfg or ScoreConfig()
-        self.supernet = supernet.eval()
+        self.device = resolve_device(self.cfg.device)
+        self.supernet = supernet.to(self.device).eval()
         for p in self.supernet.parameters():
             p.requires_grad_(False)
         if data is None:
             if cache is None:
                 raise NasrecError("SupernetScorer needs a cache or scoring data")
             data = ScoringData(cache, self.cfg)
+        else:  # batches built elsewhere (benchmarks): moved to the scoring device if they are not there
+            data.train = [_to(b, self.device) for b in data.train]
+            data.val = [_to(b, self.device) for b in data.val]
         self.data = data
         self.scores: dict[str, float] = {}
         self._head0 = {k: v.clone() for k, v in self.supernet.head.state_dict().items()}
@@ -193,7 +212,7 @@ class SupernetScorer:
         if self.cfg.finetune == "all":
             try:
                 with torch.random.fork_rng():  # construction draws initial weights, then overwritten
-                    model = Subnet.from_supernet(self.supernet, arch)
+                    model = Subnet.from_supernet(self.supernet, arch).to(self.device)
                 value = finetune_all(model, self.data)
             finally:
                 torch.set_num_threads(threads)

@@ -18,9 +18,16 @@ def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: b
     if resume and (out / "config.json").exists():
         import json
 
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
+        # The device is not part of the run's configuration: a run resumes on the device asked for now
+        # (default: its own), so a GPU run can continue on a CPU.
+        overrides = dict(overrides or {})
+        device = overrides.pop("device", None)
+        saved_dict = json.loads((out / "config.json").read_text())["train"]
+        if device is not None:
+            saved_dict["device"] = device
+        saved = TrainConfig.from_dict(saved_dict)
         if preset_name or overrides:
-            wanted = preset(preset_name, **(overrides or {}))
+            wanted = preset(preset_name, **overrides, device=saved.device)
             if wanted != saved:
                 raise NasrecError(f"{out}: --resume continues with the run's own configuration; drop --preset/--set")
         return saved
@@ -77,9 +84,11 @@ def train_supernet(
         return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 
 
-def evaluate_run(model_dir: str | Path, data: str | Path, split: str = "test", which: str = "final") -> dict:
-    """Log loss, AUC and calibration of a trained run's model on a split of a cache."""
-    model, spec = load_trained(model_dir, which)
+def evaluate_run(
+    model_dir: str | Path, data: str | Path, split: str = "test", which: str = "final", device: str | None = None
+) -> dict:
+    """Log loss, AUC and calibration of a trained run's model on a split of a cache (on `device`, default cpu)."""
+    model, spec = load_trained(model_dir, which, device=device)
     if spec.kind == "supernet":
         raise NasrecError(f"{model_dir}: a supernet is evaluated per architecture (see the search stage)")
     cache = open_cache(data)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nasrec.configfile import checked_replace
+from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
 
 
@@ -37,6 +38,8 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end)
     log_every: int = 50
     threads: int | None = None
+    # "cpu", "cuda", "cuda:N" or "auto"; not part of a run's identity (a run may resume on another device)
+    device: str = "cpu"
     tensorboard: bool = False
     # supernet training
     strategy: str = "default"
@@ -58,6 +61,10 @@ class TrainConfig:
             )
         if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
             raise NasrecError("training config: lr must be > 0 and warmup_fraction in [0, 1)")
+        try:
+            resolve_device(self.device)  # an unavailable device fails here, before any work
+        except NasrecError as e:
+            raise NasrecError(f"training config: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

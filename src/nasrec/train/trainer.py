@@ -44,7 +44,8 @@ from torch import nn
 
 from nasrec import distributed
 from nasrec.data.cache import Cache
-from nasrec.data.loader import BatchLoader
+from nasrec.data.loader import Batch, BatchLoader
+from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
@@ -74,16 +75,32 @@ def evaluate(
     max_batches: int | None = None,
     arch: Architecture | None = None,
 ) -> dict[str, float]:
-    """Log loss, AUC, mean prediction and CTR of a model (or a supernet path) on a split, in file order."""
+    """Log loss, AUC, mean prediction and CTR of a model (or a supernet path) on a split, in file order.
+
+    Batches go to the device of the model's parameters.
+    """
     was_training = model.training
     model.eval()
     metrics = StreamingMetrics()
     loader = BatchLoader(cache, split, batch_size=batch_size)
+    device = _model_device(model)
     for batch in itertools.islice(loader, max_batches):
+        batch = _to(batch, device)
         logits = model(batch.dense, batch.sparse) if arch is None else model(batch.dense, batch.sparse, arch)
         metrics.update(batch.label, logits)
     model.train(was_training)
     return metrics.result()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    """`batch` on `device` (the same tensors when it is there already)."""
+    return Batch(batch.dense.to(device), batch.sparse.to(device), batch.label.to(device))
 
 
 @dataclass
@@ -109,7 +126,9 @@ class Trainer:
         self.spec, self.cache, self.cfg, self.out = spec, cache, cfg, Path(out)
         if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
             raise NasrecError(f"{cache.path}: the model's input shape does not match this cache")
-        distributed.init_from_env()  # a no-op without torchrun, or when the caller made the group already
+        self.device = resolve_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
+        # nccl for CUDA, gloo otherwise; a no-op without torchrun, or when the caller made the group already
+        distributed.init_from_env(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
         if self.world > 1:
@@ -121,7 +140,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = spec.build()
+        # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
+        self.model = spec.build().to(self.device)
         self.space = None
         if spec.kind == "supernet":
             self.space = self.model.space
@@ -173,6 +193,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # dropout on a GPU draws from its own generator; restored only when resuming on a GPU
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "state": {k: v for k, v in vars(s).items() if k != "evals"},
             "evals_json": json.dumps(s.evals, default=_json_default),
             "config_json": json.dumps(self.cfg.to_dict()),
@@ -181,12 +203,16 @@ class Trainer:
 
     def _restore(self) -> None:
         ck = load_checkpoint(self.out / "checkpoint.pt")
-        if json.loads(ck["config_json"]) != self.cfg.to_dict():
+        if _identity(json.loads(ck["config_json"])) != _identity(self.cfg.to_dict()):
             raise NasrecError(f"{self.out}: the run was started with another configuration; cannot resume")
+        # The checkpoint is read onto the CPU; loading copies it to the model's device, and the optimizer
+        # moves its state next to each parameter, so a run resumes on any device.
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck["schedule"])
         torch.set_rng_state(ck["torch_rng"])
+        if ck.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
         self.state = _State(**ck["state"], evals=json.loads(ck["evals_json"]))
         # drop log lines written after the checkpoint: they will be written again
         log = self.out / "metrics.jsonl"
@@ -268,6 +294,7 @@ class Trainer:
 
     def _train_step(self, batch) -> float:
         cfg, s = self.cfg, self.state
+        batch = _to(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         if self.space is not None:
             arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, cfg.path_warmup_steps)
@@ -385,8 +412,9 @@ class Trainer:
         return distributed.broadcast_object(final)
 
 
-def load_trained(run: Path | str, which: str = "final") -> tuple[nn.Module, ModelSpec]:
-    """The model of a run directory with its final (`checkpoint.pt`) or best (`best.pt`) weights."""
+def load_trained(run: Path | str, which: str = "final", device: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The model of a run directory with its final (`checkpoint.pt`) or best (`best.pt`) weights, on `device` (cpu)."""
+    target = resolve_device(device)  # before any work: an unavailable device fails at once
     run = Path(run)
     try:
         spec = ModelSpec.from_dict(json.loads((run / "model.json").read_text()))
@@ -396,8 +424,13 @@ def load_trained(run: Path | str, which: str = "final") -> tuple[nn.Module, Mode
     if which == "final" and _restores_best(run):
         which = "best"  # the run's final model is its best evaluation's (see TrainConfig.restore_best)
     ck = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
-    model.load_state_dict(ck["model"])
-    return model.eval(), spec
+    model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
+    return model.to(target).eval(), spec
+
+
+def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's result: all but the device, so a GPU run may resume on a CPU."""
+    return {k: v for k, v in cfg.items() if k != "device"}
 
 
 def _restores_best(run: Path) -> bool:
