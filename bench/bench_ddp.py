@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, machine_ticks, own_cpu_s  # bench/ is not a package
+from bench_supernet import batches  # identical in every process: a fixed seed
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.model.supernet import Supernet
@@ -57,17 +58,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _global_batches(n: int, batch: int, tables: list[int], seed: int) -> list[tuple[torch.Tensor, ...]]:
-    """Pre-generated random Criteo-shaped global batches (identical in every process)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        dense = torch.rand(batch, 13, generator=g) * 3
-        sparse = torch.stack([torch.randint(0, t, (batch,), generator=g) for t in tables], 1)
-        out.append((dense, sparse, torch.randint(0, 2, (batch,), generator=g).float()))
-    return out
-
-
 def _worker(rank: int, world: int, threads: int, args: dict, port: int, result: str) -> None:
     """Train the supernet in one of `world` processes; rank 0 writes the timings to `result`."""
     torch.set_num_threads(threads)
@@ -81,7 +71,7 @@ def _worker(rank: int, world: int, threads: int, args: dict, port: int, result: 
     sync = GradientSync.for_model(model) if world > 1 else None
     lb = args["batch"] // world
     data = [tuple(t[rank * lb : (rank + 1) * lb] for t in b)
-            for b in _global_batches(args["steps"], args["batch"], tables, args["seed"])]  # fmt: skip
+            for b in batches(args["steps"], args["batch"], tables, args["seed"])]  # fmt: skip
     warmup, steps, runs = args["warmup"], args["steps"], args["runs"]
     # sampled paths, as after the full-path warm-up: a different one every step, the same sequence in
     # every timed run (so that runs differ by timing noise only, not by the paths they drew)

@@ -202,33 +202,34 @@ class SupernetScorer:
         self._head0 = {k: v.clone() for k, v in self.supernet.head.state_dict().items()}
 
     def score(self, arch: Architecture) -> float:
-        """Validation log loss of `arch` after the head fine-tune (NaN if it diverged)."""
+        """Validation log loss of `arch` after its fine-tune (NaN if it diverged)."""
         key = arch.hash()
         if key in self.scores:
             return self.scores[key]
-        head = self.supernet.head
         threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.threads)
-        if self.cfg.finetune == "all":
-            try:
-                with torch.random.fork_rng():  # construction draws initial weights, then overwritten
-                    model = Subnet.from_supernet(self.supernet, arch).to(self.device)
-                value = finetune_all(model, self.data)
-            finally:
-                torch.set_num_threads(threads)
-            self.scores[key] = value if math.isfinite(value) else math.nan
-            return self.scores[key]
+        try:
+            value = self._finetune_all(arch) if self.cfg.finetune == "all" else self._finetune_head(arch)
+        finally:
+            torch.set_num_threads(threads)
+        self.scores[key] = value if math.isfinite(value) else math.nan
+        return self.scores[key]
+
+    def _finetune_all(self, arch: Architecture) -> float:
+        with torch.random.fork_rng():  # construction draws initial weights, then overwritten
+            model = Subnet.from_supernet(self.supernet, arch).to(self.device)
+        return finetune_all(model, self.data)
+
+    def _finetune_head(self, arch: Architecture) -> float:
+        head = self.supernet.head
         try:
             for p in head.parameters():
                 p.requires_grad_(True)
-            value = finetune_head(lambda d, s: self.supernet.features(d, s, arch), head, self.data)
+            return finetune_head(lambda d, s: self.supernet.features(d, s, arch), head, self.data)
         finally:
             for p in head.parameters():
                 p.requires_grad_(False)
             head.load_state_dict(self._head0)
-            torch.set_num_threads(threads)
-        self.scores[key] = value if math.isfinite(value) else math.nan
-        return self.scores[key]
 
     def samples_per_candidate(self) -> int:
         """Examples forwarded through the body per candidate (fine-tune plus validation)."""
