@@ -137,6 +137,10 @@ def build_optimizer(
         if p.requires_grad:
             (sparse if id(p) in sparse_ids else dense).append(p)
 
+    if sparse:
+        # Opting out explicitly silences torch's per-process warning about unchecked sparse tensors: the
+        # sparse gradients come from nn.Embedding(sparse=True) and are valid by construction.
+        torch.sparse.check_sparse_tensor_invariants.disable()
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if dense:
         group = {"params": dense, "name": "dense"}
