@@ -105,10 +105,15 @@ def recipe(dataset: str, cache_dir: Path, seed: int, evals_per_epoch: int = 2) -
 
 
 def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, evals_per_epoch: int,
-            arch: Architecture | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train one model (a zoo name, a published name, or `arch` named `model`) on one dataset with one seed."""
+            arch: Architecture | None = None, nasrec: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train one model (a zoo name, a published name, or `arch` named `model`) on one dataset with one seed.
+
+    `nasrec` overrides the recipe for nasrec architectures only (layer norms and their learning rate).
+    """
     cache = open_cache(cache_dir)
     overrides = recipe(dataset, cache_dir, seed, evals_per_epoch)
+    if arch is not None or model not in ZOO_MODELS:
+        overrides.update(nasrec or {})
     out = work / "runs" / f"{dataset}-{model}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -120,11 +125,20 @@ def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, ev
     shutil.rmtree(out, ignore_errors=True)  # checkpoints are not needed: the metrics are the result
     row = {"dataset": dataset, "model": model, "seed": seed, "logloss": m["logloss"], "auc": m["auc"],
            "val_logloss": m["val"]["logloss"], "mflops": m["mflops"], "params": m["params"],
-           "best_step": m["best_step"], "steps": m["steps"], "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+           "best_step": m["best_step"], "steps": m["steps"], "seconds": round(time.perf_counter() - t0, 1),
+           "lr": overrides["lr"], "layernorm": bool(overrides.get("layernorm", False))}  # fmt: skip
     bayes = cache.meta.get("bayes_logloss")
     if bayes and bayes.get("test") is not None:
         row["bayes_logloss"] = bayes["test"]
     return row
+
+
+def nasrec_set(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe overrides of nasrec architectures from `--nasrec-lr` and `--nasrec-layernorm`."""
+    out: dict[str, Any] = {"layernorm": bool(args.nasrec_layernorm)}
+    if args.nasrec_lr is not None:
+        out["lr"] = args.nasrec_lr
+    return out
 
 
 def _mean_std(values: list[float]) -> str:
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-rows", type=int, default=60_000)
     ap.add_argument("--synthetic-preset", choices=list(SYNTH_PRESETS), default="interactions")
     ap.add_argument("--evals-per-epoch", type=int, default=2)
+    ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
+    ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
     unknown = [m for m in args.models if m not in ZOO_MODELS and m not in PUBLISHED]
     if unknown:
@@ -179,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir = prepare_dataset(dataset, args.work, args.min_count, args.synthetic_rows, args.synthetic_preset)
         for model in args.models:
             for seed in args.seeds:
-                row = run_one(cache_dir, dataset, model, seed, args.work, args.evals_per_epoch)
+                row = run_one(cache_dir, dataset, model, seed, args.work, args.evals_per_epoch, nasrec=nasrec_set(args))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(table(rows), flush=True)

@@ -18,6 +18,9 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
    (seed 0, at most `--rank-epochs` epochs): Kendall tau and Spearman rho; the same architectures re-scored without fine-tune and with
    4x the preset's fine-tune steps (the fine-tune ablation).
 
+`--nasrec-layernorm` / `--nasrec-lr` change the recipe of the nasrec architectures (retraining, final
+seeds, rank check) but not of the zoo; `--finetune` / `--finetune-steps` change the scoring.
+
 Prints JSON lines (one per final seed, then the search and rank summaries) and a Markdown table.
 """
 
@@ -32,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # bench/ is not a package
-from bench_quality import SHARED, prepare_dataset, recipe, run_one, table
+from bench_quality import SHARED, nasrec_set, prepare_dataset, recipe, run_one, table
 
 from nasrec.data.cache import open_cache
 from nasrec.search.api import resolve, search
@@ -42,9 +45,9 @@ from nasrec.space.arch import Architecture
 from nasrec.train.api import train_supernet
 
 
-def finetune_ablation(sn: Path, cache: Path, rc: dict, preset: str, workers: int) -> list[dict]:
+def finetune_ablation(sn: Path, cache: Path, rc: dict, preset: str, workers: int, scoring: dict) -> list[dict]:
     """Kendall tau and Spearman rho of the rank check's architectures scored with other fine-tune budgets."""
-    _, base, _ = resolve(preset, None, None)
+    _, base, _ = resolve(preset, None, scoring)
     ok = [c for c in rc["candidates"] if c["scratch_val_logloss"] is not None]
     archs = [Architecture.from_dict(c["arch"]) for c in ok]
     out = []
@@ -71,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rank-epochs", type=int, default=2, help="training epochs of each rank-check architecture")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
+    ap.add_argument("--finetune", choices=["head", "all"], help="scoring fine-tune mode (default: the preset's)")
+    ap.add_argument("--finetune-steps", type=int, help="scoring fine-tune steps (default: the preset's)")
+    ap.add_argument("--supernet-lr", type=float, default=0.05)
+    ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
+    ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
+    nasrec = nasrec_set(args)
+    scoring = {k: v for k, v in (("finetune", args.finetune), ("finetune_steps", args.finetune_steps)) if v is not None}
     if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     rows, summaries = [], []
@@ -81,24 +91,25 @@ def main(argv: list[str] | None = None) -> int:
         sn = args.work / f"supernet-{dataset}-{args.space}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
         sn_metrics = train_supernet(cache, sn, space=args.space, preset_name="cpu-supernet", resume=True,
-                                    overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4,
+                                    overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4, lr=args.supernet_lr,
                                                    threads=2), progress=False)  # fmt: skip
         t_sn = time.perf_counter() - t0
         out = args.work / f"search-{dataset}-{args.space}"
         t1 = time.perf_counter()
-        res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0),
-                     workers=args.workers, retrain=True, train_overrides=recipe(dataset, cache, 0), resume=True,
+        res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring),
+                     workers=args.workers, retrain=True, train_overrides={**recipe(dataset, cache, 0), **nasrec}, resume=True,
                      progress=False)  # fmt: skip
         t_search = time.perf_counter() - t1
         final = Architecture.load(out / "final.json")
         name = f"searched ({args.space})"
         for seed in args.seeds:
-            row = run_one(cache, dataset, name, seed, args.work, 2, arch=final)
+            row = run_one(cache, dataset, name, seed, args.work, 2, arch=final, nasrec=nasrec)
             rows.append(row)
             print(json.dumps(row), flush=True)
         rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
-                       train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs), workers=args.workers)  # fmt: skip
-        ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers)
+                       train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec), workers=args.workers,
+                       score_overrides=scoring)  # fmt: skip
+        ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers, scoring)
         summary = {"dataset": dataset, "space": args.space, "supernet_seconds": round(t_sn),
                    "supernet_val_logloss": sn_metrics.get("logloss"), "search_seconds": round(t_search),
                    "scored": res["scored"], "candidates_per_minute": round(res["candidates_per_minute"], 1),

@@ -83,6 +83,19 @@ def test_rerun_skips_complete_stages_and_redoes_changed_ones(tiny_run: Path, tmp
     assert again["baselines"]["fingerprint"] != before["baselines"]["fingerprint"]  # same recipe as the final
 
 
+def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "stages.json").read_text())
+    changed = json.loads(json.dumps(TINY))
+    changed["baselines"]["set"] = {"max_steps": 3, "lr": 0.07}
+    after = run_pipeline(resolve_config(changed), run, progress=False)
+    assert after["final"] == before["final"]  # the searched model keeps the final recipe
+    cfg = json.loads((run / "baselines" / "lr" / "config.json").read_text())["train"]
+    assert (cfg["max_steps"], cfg["lr"], cfg["batch_size"]) == (3, 0.07, 256)  # the rest from `final`
+    assert after["baselines"]["result"]["lr"]["steps"] == 3
+
+
 def test_interrupted_stage_resumes(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -116,6 +129,7 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     err({"data": {"format": "synthetic"}, "baselines": {"models": ["dlrm", "gbdt"]}}, r"baselines\.models\[1\]")
     err({"data": {"format": "synthetic"}, "search": {"workers": 0}}, r"config search\.workers")
     err({"data": {"format": "synthetic", "prepare": {"splt": "random"}}}, r"config data\.prepare\.splt")
+    err({"data": {"format": "synthetic"}, "baselines": {"set": {"lr": 0}}}, r"config baselines\.set\.lr")
     # the CLI reports it and creates nothing
     bad = tmp_path / "bad.yaml"
     bad.write_text(
