@@ -202,11 +202,11 @@ class RefTransformer(nn.Module):
 
 
 class RefFM(nn.Module):
-    """fm: (Σe)² − Σe², then Linear + LN? unless W = E."""
+    """fm: (Σe)² − Σe², then Linear unless W = E, and LN? (nasrec normalises at W = E too)."""
 
     def __init__(self, w: int, ln: bool) -> None:
         super().__init__()
-        self.proj = LinearLN(E, w, ln)
+        self.proj = LinearLN(E, w, ln, always_ln=True)
 
     def forward(self, s: Tensor) -> Tensor:
         return self.proj(s.sum(dim=1) ** 2 - (s**2).sum(dim=1))

@@ -123,8 +123,11 @@ class Cell(nn.Module):
             for lin in (self.attn_in, self.attn_out, self.ffn1, self.ffn2):
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        if spec.fm and not (exact and W == EMBEDDING_DIM):
-            self.fm_proj = SliceLinear(EMBEDDING_DIM, W, bias=not ln)
+        if spec.fm:
+            if not (exact and W == EMBEDDING_DIM):
+                self.fm_proj = SliceLinear(EMBEDDING_DIM, W, bias=not ln)
+            # With layer norms the fm term is normalised at W = 16 too (the reference adds it raw there:
+            # its entries grow with the square of the token count and swamp the head; docs/design.md).
             self.fm_ln = SliceLayerNorm(W) if ln else None
         if spec.d2s and not (exact and W == D2S_WIDTH):
             self.d2s_proj = SliceLinear(W, D2S_WIDTH, bias=not ln)
@@ -170,7 +173,7 @@ class Cell(nn.Module):
         if block.fm:
             s = tokens.sum(1)
             v = s * s - (tokens * tokens).sum(1)  # pairwise interactions, without the 1/2 of the FM paper
-            dense_out = dense_out + (v if W == EMBEDDING_DIM else self._ln(self.fm_ln, self.fm_proj(v, W)))
+            dense_out = dense_out + self._ln(self.fm_ln, v if W == EMBEDDING_DIM else self.fm_proj(v, W))
         return Output(dense_out, tokens, d2s)
 
     def _dot(self, x, dense_used, x_tok_t, token_used, W: int) -> torch.Tensor:

@@ -139,8 +139,8 @@ def transformer_cost(tin: int, ws: int, ln: bool, e: int = EMBEDDING_DIM) -> Cos
 
 
 def fm_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """fm flag: the (Σe)² − Σe² term is element-wise; Linear(e → w) + LN?(w) only if w ≠ e."""
-    return linear_ln_cost(e, w, ln) if w != e else ZERO
+    """fm flag: the (Σe)² − Σe² term is element-wise; Linear(e → w) only if w ≠ e, then LN?(w)."""
+    return linear_ln_cost(e, w, ln) if w != e else _ln_if(ln, w)
 
 
 def d2s_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
