@@ -163,8 +163,11 @@ def _assert_same_run(a: Path, b: Path) -> None:
     wa, wb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
     assert wa["state"]["step"] == wb["state"]["step"]
     assert wa["model"].keys() == wb["model"].keys()
+    # Adagrad divides each step by the root of its element's accumulated squares, so an element whose
+    # gradients nearly cancel amplifies the float-order difference of a split batch: 1e-5 is 2e-4 of one
+    # step at lr 0.05 (the supernet run's largest difference is 5e-6).
     for k, v in wa["model"].items():
-        torch.testing.assert_close(wb["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(wb["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_standalone_model_matches_single_process(runs: dict[str, Any]) -> None:
