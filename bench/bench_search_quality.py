@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
     ap.add_argument("--finetune", choices=["head", "all"], help="scoring fine-tune mode (default: the preset's)")
     ap.add_argument("--finetune-steps", type=int, help="scoring fine-tune steps (default: the preset's)")
-    ap.add_argument("--supernet-lr", type=float, default=0.05)
+    ap.add_argument("--supernet-lr", type=float, help="supernet learning rate (default: the cpu-supernet preset's)")
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         sn = args.work / f"supernet-{dataset}-{args.space}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
         sn_metrics = train_supernet(cache, sn, space=args.space, preset_name="cpu-supernet", resume=True,
-                                    overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4, lr=args.supernet_lr,
-                                                   threads=2), progress=False)  # fmt: skip
+                                    overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4, threads=2,
+                                                   **({"lr": args.supernet_lr} if args.supernet_lr else {})),
+                                    progress=False)  # fmt: skip
         t_sn = time.perf_counter() - t0
         out = args.work / f"search-{dataset}-{args.space}"
         t1 = time.perf_counter()

@@ -129,7 +129,7 @@ class Pipeline:
         from nasrec.train.api import train
 
         f = self.cfg["final"]
-        o = {**self._train_overrides(f), **self.cfg["baselines"]["set"]}
+        o = self._train_overrides({**f, "set": {**f["set"], **self.cfg["baselines"]["set"]}})
         out: dict[str, Any] = {}
         for m in self.cfg["baselines"]["models"]:
             out[m] = train(self.cache, self.out / "baselines" / m, model=m, preset_name=f["preset"], overrides=o,

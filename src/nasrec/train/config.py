@@ -88,8 +88,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-final": dict(batch_size=256, epochs=1, optimizer="adagrad", lr=0.16, eps=1e-2, schedule="warmup-cosine",
                         warmup_fraction=0.1, clip=5.0, layernorm=False, shuffle=False, eval_every=10_000),
     # minutes on a 2-core CPU with a few hundred thousand rows. Layer norms on (like the supernet): without
-    # them a random architecture's initial logits reach 1e2-1e5 on small-vocabulary data and Adagrad's
-    # accumulators never recover (docs/design.md, "Layer norms in standalone training").
+    # them a random architecture's initial logits reach std 1e1-1e4 on small-vocabulary data and the
+    # higher learning rates diverge (docs/design.md, "Layer norms and learning rate in standalone training").
     "cpu-quick": dict(batch_size=512, epochs=2, optimizer="adagrad", lr=0.15, schedule="warmup-cosine",
                       warmup_fraction=0.05, clip=5.0, shuffle=True, eval_every=500, eval_max_batches=10,
                       layernorm=True),
