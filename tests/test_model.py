@@ -56,8 +56,9 @@ def test_full_path_and_published_configs(supernet: Supernet) -> None:
     if CONFIGS.is_dir():
         tag = "autoctr" if len(supernet.space.dense_ops) == 2 else "xlarge"
         archs += [Architecture.load(p) for p in sorted(CONFIGS.glob(f"*_{tag}_best.json"))]
+    supernet.eval()
     for arch in archs:
-        sub = Subnet.from_supernet(supernet, arch)
+        sub = Subnet.from_supernet(supernet, arch).eval()
         with torch.no_grad():
             torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)
 

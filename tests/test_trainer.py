@@ -45,7 +45,7 @@ def test_training_learns_and_writes_a_run_directory(cache_dir: Path, tmp_path: P
         assert (out / name).is_file(), name
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [x["train_loss"] for x in lines if "train_loss" in x]
-    assert train_losses[-1] < train_losses[0] - 0.05
+    assert train_losses[-1] < train_losses[0] - 0.02  # from the base rate: the centred head starts at the CTR
     ctr = res["test"]["ctr"]
     constant = -(ctr * np.log(ctr) + (1 - ctr) * np.log(1 - ctr))  # log loss of predicting the CTR
     assert res["logloss"] < constant - 0.01 and res["auc"] > 0.58

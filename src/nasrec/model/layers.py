@@ -11,7 +11,7 @@ those slices: both then compute the same numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -138,9 +138,18 @@ class SegLinear(nn.Module):
 
 
 class HeadLinear(nn.Module):
-    """The output layer: Linear(W + 16 * tokens -> 1) over the last block's dense and sparse outputs."""
+    """The output layer: Linear(W + 16 * tokens -> 1) over the last block's dense and sparse outputs.
 
-    def __init__(self, dense_cap: int, token_cap: int, d2s_slot: bool, dim: int = 16) -> None:
+    With `centre`, the head subtracts a per-feature mean from its input first, as batch normalisation
+    does without scaling: the batch's mean while training (the gradient flows through it); in evaluation
+    a running mean (the plain average of the first 10 batches, then momentum 0.1; or set exactly by
+    `calibrate`), folded into the bias. The batch's mean logit is then the bias, whatever the features:
+    no weight change can shift every logit of a batch at once, which is what made supernet training
+    under path sampling unstable (docs/design.md, "Centred head"). `group` (set by a data-parallel
+    trainer) makes the batch the global one; `init_head_bias` starts the bias at the data's log-odds.
+    """
+
+    def __init__(self, dense_cap: int, token_cap: int, d2s_slot: bool, dim: int = 16, centre: bool = False) -> None:
         super().__init__()
         self.dense_cap, self.token_cap, self.d2s_slot, self.dim = dense_cap, token_cap, d2s_slot, dim
         self.dense = nn.Parameter(torch.empty(1, dense_cap))
@@ -149,16 +158,71 @@ class HeadLinear(nn.Module):
         fan_in = dense_cap + self.tokens.shape[1] * dim
         _xavier_uniform_(self.dense, fan_in, 1)
         _xavier_uniform_(self.tokens, fan_in, 1)
+        self.centre = centre
+        self.momentum = 0.1
+        self.group = None
+        if centre:  # layout: dense features, then the token slots flattened (as `tokens`)
+            self.register_buffer("mean", torch.zeros(1, fan_in))
+            # batches seen per feature: the running mean is their plain average until there are 1 / momentum
+            self.register_buffer("seen", torch.zeros(1, fan_in))
 
-    def forward(self, dense: torch.Tensor, main: torch.Tensor, d2s: torch.Tensor | None) -> torch.Tensor:
-        """Logit [B] from dense [B, W], tokens [B, Ws, 16] and optional d2s tokens [B, 8, 16]."""
+    def _parts(self, w: int, ws: int, d2s: bool) -> list[tuple[int, int]]:
+        """(offset, length) of the pieces of the flat input layout a forward pass uses."""
+        parts = [(0, w), (self.dense_cap, ws * self.dim)]
+        if d2s:
+            parts.append((self.dense_cap + self.token_cap * self.dim, 8 * self.dim))
+        return parts
+
+    def _inputs(self, dense: torch.Tensor, main: torch.Tensor, d2s: torch.Tensor | None):
         w, ws = dense.shape[1], main.shape[1]
         xs = [dense, main.flatten(1)]
         ws_ = [self.dense[:, :w], self.tokens[:, :ws].flatten(1)]
         if d2s is not None:
             xs.append(d2s.flatten(1))
             ws_.append(self.tokens[:, self.token_cap : self.token_cap + 8].flatten(1))
-        return F.linear(torch.cat(xs, dim=1), torch.cat(ws_, dim=1), self.bias).squeeze(1)
+        return torch.cat(xs, dim=1), torch.cat(ws_, dim=1), self._parts(w, ws, d2s is not None)
+
+    def forward(self, dense: torch.Tensor, main: torch.Tensor, d2s: torch.Tensor | None) -> torch.Tensor:
+        """Logit [B] from dense [B, W], tokens [B, Ws, 16] and optional d2s tokens [B, 8, 16]."""
+        x, weight, parts = self._inputs(dense, main, d2s)
+        if not self.centre:
+            return F.linear(x, weight, self.bias).squeeze(1)
+        if self.training:
+            m = _batch_mean(x, self.group)
+            with torch.no_grad():
+                seen = self._used(self.seen, parts) + 1
+                rate = seen.reciprocal().clamp(min=self.momentum)
+                self._set(self.seen, seen, parts)
+                self._set(self.mean, self._used(self.mean, parts).lerp(m.detach(), rate), parts)
+            return F.linear(x - m, weight, self.bias).squeeze(1)
+        return F.linear(x, weight, self.bias - weight @ self._used(self.mean, parts)[0]).squeeze(1)
+
+    @staticmethod
+    def _used(buf: torch.Tensor, parts: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.cat([buf[:, a : a + n] for a, n in parts], dim=1)
+
+    @staticmethod
+    def _set(buf: torch.Tensor, value: torch.Tensor, parts: list[tuple[int, int]]) -> None:
+        for (a, n), piece in zip(parts, value.split([n for _, n in parts], dim=1), strict=True):
+            buf[:, a : a + n] = piece
+
+    @torch.no_grad()
+    def calibrate(self, inputs: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
+        """Set the running mean to the exact mean of the head inputs (dense, tokens, d2s) over some batches.
+
+        A supernet's running mean mixes every path trained; a candidate's own mean is measured before it
+        is scored, as one-shot NAS recomputes batch-norm statistics per candidate.
+        """
+        if not self.centre:
+            return
+        total, rows, parts = None, 0, None
+        for dense, main, d2s in inputs:
+            x, _, parts = self._inputs(dense, main, d2s)
+            s = x.sum(0, keepdim=True, dtype=torch.float64)
+            total = s if total is None else total + s
+            rows += x.shape[0]
+        if total is not None and rows:
+            self._set(self.mean, (total / rows).to(self.mean.dtype), parts)
 
     @torch.no_grad()
     def copy_from(self, other: HeadLinear) -> None:
@@ -168,3 +232,62 @@ class HeadLinear(nn.Module):
         if self.d2s_slot:
             self.tokens[:, self.token_cap :].copy_(other.tokens[:, other.token_cap : other.token_cap + 8])
         self.bias.copy_(other.bias)
+        if self.centre and other.centre:
+            src, dst = (
+                other._parts(self.dense_cap, self.token_cap, self.d2s_slot),
+                self._parts(self.dense_cap, self.token_cap, self.d2s_slot),
+            )
+            for buf in ("mean", "seen"):
+                self._set(getattr(self, buf), self._used(getattr(other, buf), src), dst)
+
+
+def _batch_mean(x: torch.Tensor, group: object | None) -> torch.Tensor:
+    """Mean over the batch [1, N], over every rank's rows when `group` is set (differentiable)."""
+    if group is None:
+        return x.mean(0, keepdim=True)
+    import torch.distributed as dist
+
+    rows = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
+    dist.all_reduce(rows, group=group)
+    return _AllReduceSum.apply(x.sum(0, keepdim=True), group) / float(rows.item())
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks too (each rank's loss reads the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: object) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+@torch.no_grad()
+def init_head_bias(model: nn.Module, ctr: float) -> None:
+    """Start every centred head's bias at the log-odds of `ctr` (the training split's click rate).
+
+    A centred head's batch-mean logit is its bias alone, which Adagrad moves by about lr per step: from
+    0, a 3 % click rate would take hundreds of steps to reach. Other heads are left as they are.
+    """
+    p = min(max(ctr, 1e-6), 1 - 1e-6)
+    for m in model.modules():
+        if isinstance(m, HeadLinear) and m.centre:
+            m.bias.fill_(math.log(p / (1 - p)))
+
+
+def set_batch_group(model: nn.Module, group: object | None) -> None:
+    """Make every centred head of `model` use batch means over the ranks of `group` (None: local)."""
+    for m in model.modules():
+        if isinstance(m, HeadLinear):
+            m.group = group

@@ -43,7 +43,7 @@ class Subnet(nn.Module):
             cells[str(i)] = Cell(spec)
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
-        self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s)
+        self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s, centre=layernorm)
 
     @classmethod
     def for_cache(cls, arch: Architecture, cache: Cache, layernorm: bool = False) -> Subnet:

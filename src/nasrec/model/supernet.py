@@ -51,7 +51,7 @@ class Supernet(nn.Module):
             )  # fmt: skip
             cells.append(Cell(spec))
         self.cells = nn.ModuleList(cells)
-        self.head = HeadLinear(W, Ws, d2s_slot=True)
+        self.head = HeadLinear(W, Ws, d2s_slot=True, centre=layernorm)
 
     @classmethod
     def for_cache(cls, space: SpaceLike, cache: Cache, layernorm: bool = True) -> Supernet:

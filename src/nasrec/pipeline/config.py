@@ -47,14 +47,14 @@ DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 # The demo: the whole pipeline on the bundled synthetic data in minutes on a 2-core CPU. The Small space
-# (FC, dot product, EFC): its supernet trains in seconds here, and its architectures learn quickly with
+# (FC, dot product, EFC): its supernet trains in a minute or two here, and its architectures learn quickly with
 # the layer norms of `cpu-quick`. Scoring fine-tunes the whole candidate (it ranks better than the head
 # alone on this data); six candidates are retrained, the best of them by validation loss is final. The
 # baselines train at lr 0.1, DLRM's best validation loss of 0.05 / 0.1 / 0.15 (docs/design.md).
 DEMO: dict[str, Any] = {
     "data": {"format": "synthetic", "synthetic": {"rows": 60_000, "preset": "interactions", "seed": 0},
              "prepare": {"split": "random", "encoding": "vocab", "min_count": 2}},
-    "supernet": {"space": "small", "preset": "cpu-supernet", "set": {"epochs": 1, "path_warmup_steps": 20}},
+    "supernet": {"space": "small", "preset": "cpu-supernet", "set": {"epochs": 4, "path_warmup_steps": 20}},
     "search": {"preset": "cpu-quick", "workers": 2,
                "set": {"finetune": "all", "finetune_steps": 20, "population": 24, "generations": 12, "top_k": 6},
                "retrain_set": {"epochs": 3}},

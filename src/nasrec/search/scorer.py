@@ -55,6 +55,9 @@ class ScoreConfig:
     warmup_steps: int = 50
     eps: float = 1e-2
     clip: float | None = 5.0
+    # Train batches (from the start of the fine-tune batches) over which a centred head's mean is measured
+    # for each candidate before its validation (models with layer norms; see `HeadLinear.calibrate`).
+    calib_batches: int = 8
     val_batches: int = 150
     val_batch_size: int = 8192
     val_split: str = "val"
@@ -64,7 +67,7 @@ class ScoreConfig:
     device: str = "cpu"  # where the supernet and the scoring batches live ("cpu", "cuda", "cuda:N", "auto")
 
     def __post_init__(self) -> None:
-        for name in ("finetune_batch_size", "val_batches", "val_batch_size", "threads"):
+        for name in ("finetune_batch_size", "calib_batches", "val_batches", "val_batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise NasrecError(f"scoring config: {name} must be >= 1, not {getattr(self, name)}")
         if self.finetune_steps < 0 or self.warmup_steps < 0:
@@ -116,10 +119,12 @@ class ScoringData:
     def __init__(self, cache: Cache, cfg: ScoreConfig) -> None:
         self.cfg = cfg
         device = resolve_device(cfg.device)
-        train = _batches(cache, "train", cfg.finetune_batch_size, cfg.finetune_steps, cycle=True)
+        count = max(cfg.finetune_steps, cfg.calib_batches)
+        train = _batches(cache, "train", cfg.finetune_batch_size, count, cycle=True)
         val = _batches(cache, cfg.val_split, cfg.val_batch_size, cfg.val_batches, cycle=False)
         # moved once: every candidate reuses them, so a GPU scorer copies nothing per candidate
-        self.train = [_to(b, device) for b in train]
+        self.train = [_to(b, device) for b in train[: cfg.finetune_steps]]
+        self.calib = [_to(b, device) for b in train[: cfg.calib_batches]]
         self.val = [_to(b, device) for b in val]
         self.val_rows = sum(int(b.label.shape[0]) for b in self.val)
 
@@ -148,7 +153,18 @@ def finetune_all(model: nn.Module, data: ScoringData) -> float:
             opt.step()
             sched.step()
     model.eval()
+    if hasattr(model, "features") and hasattr(model, "head"):
+        calibrate_head(model.features, model.head, data)
     return _val_loss(model, data)
+
+
+def calibrate_head(
+    features: Callable[[torch.Tensor, torch.Tensor], Output], head: nn.Module, data: ScoringData
+) -> None:
+    """Measure a centred head's input mean over the calibration batches (no-op for other heads)."""
+    if getattr(head, "centre", False):
+        with torch.no_grad():
+            head.calibrate((f.dense, f.tokens, f.d2s) for f in (features(b.dense, b.sparse) for b in data.calib))
 
 
 def finetune_head(
@@ -157,6 +173,8 @@ def finetune_head(
     """Fine-tune `head` on frozen `features`, then return the validation log loss (see module docstring)."""
     cfg = data.cfg
     params = list(head.parameters())
+    head.eval()  # the body is frozen: a centred head uses the candidate's measured mean throughout
+    calibrate_head(features, head, data)
     if cfg.finetune_steps:
         opt = torch.optim.Adagrad(params, lr=cfg.finetune_lr, eps=cfg.eps)
         sched = build_schedule(opt, "warmup-cosine", total_steps=cfg.finetune_steps,

@@ -47,6 +47,7 @@ from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
+from nasrec.model.layers import init_head_bias, set_batch_group
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -142,6 +143,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
         self.model = spec.build().to(self.device)
+        init_head_bias(self.model, float(np.mean(cache.label[cache.split_index("train")])))
         self.space = None
         if spec.kind == "supernet":
             self.space = self.model.space
@@ -161,6 +163,10 @@ class Trainer:
         self.state = _State()
         self._tb = None
         self.sync = GradientSync.for_model(self.model) if self.world > 1 else None
+        if self.sync is not None:  # centred heads average over the global batch, as one process would
+            import torch.distributed as dist
+
+            set_batch_group(self.model, dist.group.WORLD)
         self._comm_bytes = 0  # sent since the last log line
         self._comm_steps = 0
         self._comm_total = 0  # over the whole (possibly resumed) process
