@@ -71,6 +71,7 @@ class MemoryData:
     def __init__(self, cfg: ScoreConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.train = random_batches(cfg.finetune_steps, cfg.finetune_batch_size, device, seed=1)
+        self.calib = self.train[: cfg.calib_batches]  # as ScoringData: the first fine-tune batches
         self.val = random_batches(cfg.val_batches, cfg.val_batch_size, device, seed=2)
         self.val_rows = cfg.val_batches * cfg.val_batch_size
 

@@ -57,6 +57,7 @@ class MemoryData:
 
         self.cfg = cfg
         self.train = [batch(cfg.finetune_batch_size) for _ in range(cfg.finetune_steps)]
+        self.calib = self.train[: cfg.calib_batches]  # as ScoringData: the first fine-tune batches
         self.val = [batch(cfg.val_batch_size) for _ in range(cfg.val_batches)]
         self.val_rows = cfg.val_batches * cfg.val_batch_size
 

@@ -169,3 +169,56 @@ def test_models_shaped_by_a_prepared_cache(tmp_path: Path) -> None:
     batch = next(iter(BatchLoader(cache, "train", batch_size=32)))
     assert sup(batch.dense, batch.sparse, arch).shape == (32,)
     assert sub(batch.dense, batch.sparse).shape == (32,)
+
+
+def _centred_head_inputs(seed: int, n: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # features with large, batch-constant offsets: what made the plain head's logits swing
+    return (torch.randn(n, 32, generator=g) + 5.0, torch.randn(n, 6, 16, generator=g) - 3.0,
+            torch.randn(n, 8, 16, generator=g))  # fmt: skip
+
+
+def test_centred_head_batch_mean_logit_is_the_bias_and_no_weight_moves_it() -> None:
+    from nasrec.model.layers import HeadLinear
+
+    torch.manual_seed(0)
+    head = HeadLinear(64, 10, d2s_slot=True, centre=True).train()
+    dense, tokens, d2s = _centred_head_inputs(1)
+    z = head(dense, tokens, d2s)
+    assert z.mean().item() == pytest.approx(head.bias.item(), abs=1e-5)
+    z.mean().backward()  # the batch-mean logit has no gradient but the bias's
+    assert head.dense.grad.abs().max().item() < 1e-5 and head.tokens.grad.abs().max().item() < 1e-5
+    plain = HeadLinear(64, 10, d2s_slot=True, centre=False)
+    plain(dense, tokens, d2s).mean().backward()
+    assert plain.dense.grad.abs().max().item() > 1.0  # the offsets reach the plain head's weights
+
+
+def test_centred_head_evaluates_with_its_running_or_calibrated_mean() -> None:
+    from nasrec.model.layers import HeadLinear
+
+    torch.manual_seed(0)
+    head = HeadLinear(64, 10, d2s_slot=True, centre=True)
+    batches = [_centred_head_inputs(s) for s in range(3)]
+    for b in batches:  # the first batches are averaged plainly, not with momentum from zero
+        head.train()(*b)
+    exact = torch.cat([torch.cat([d, t.flatten(1), s.flatten(1)], 1) for d, t, s in batches]).mean(0)
+    used = torch.cat([head.mean[0, :32], head.mean[0, 64 : 64 + 96], head.mean[0, 64 + 160 :]])
+    torch.testing.assert_close(used, exact, atol=1e-5, rtol=0)
+    head.mean.zero_()
+    head.calibrate(batches)
+    torch.testing.assert_close(torch.cat([head.mean[0, :32], head.mean[0, 64 : 64 + 96]]), exact[:128], atol=1e-5,
+                               rtol=0)  # fmt: skip
+    d, t, s = batches[0]
+    x = torch.cat([d, t.flatten(1), s.flatten(1)], 1) - exact
+    w = torch.cat([head.dense[:, :32], head.tokens[:, :6].flatten(1), head.tokens[:, 10:].flatten(1)], 1)
+    torch.testing.assert_close(head.eval()(d, t, s), (x @ w.T).squeeze(1) + head.bias, atol=1e-4, rtol=0)
+
+
+def test_training_starts_a_centred_head_at_the_click_rate_log_odds() -> None:
+    from nasrec.model.layers import init_head_bias
+
+    arch = NASREC_SMALL.sample(np.random.default_rng(3), "default")
+    with_ln, without = Subnet(arch, NUM_DENSE, TABLES, layernorm=True), Subnet(arch, NUM_DENSE, TABLES)
+    init_head_bias(with_ln, 0.2)
+    init_head_bias(without, 0.2)
+    assert with_ln.head.bias.item() == pytest.approx(np.log(0.25)) and without.head.bias.item() == 0.0

@@ -18,8 +18,8 @@ from conftest import small_synth_cache
 from nasrec.errors import NasrecError
 from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.checkpoint import load_checkpoint
-from nasrec.train.trainer import supernet_path
+from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
+from nasrec.train.trainer import load_trained, supernet_path
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,13 @@ def test_tensorboard_option(cache_dir: Path, tmp_path: Path) -> None:
         return
     train(cache_dir, tmp_path / "tb", model="lr", overrides=cfg, progress=False)
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_weights_that_do_not_fit_their_model_are_named(cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(cache_dir, out, arch=_arch_file(tmp_path), overrides={**QUICK, "max_steps": 2}, progress=False)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    del ck["model"]["head.mean"]  # as saved before the head of models with layer norms was centred
+    save_checkpoint(out / "checkpoint.pt", ck)
+    with pytest.raises(NasrecError, match="do not fit the model built from its model"):
+        load_trained(out)

@@ -5,7 +5,9 @@ fine-tune of the head alone: `finetune_steps` Adagrad steps (eps 1e-2, `finetune
 over `warmup_steps` then cosine, gradient-norm clip 5) on the first train batches in file order, then
 log loss over the first `val_batches` validation batches of `val_batch_size`. Every candidate sees the
 same batches, and the supernet's head is put back after each candidate, so a score depends on nothing
-but the architecture (and the thread count, see `ScoreConfig.threads`).
+but the architecture (and the thread count, see `ScoreConfig.threads`). A centred head (models with
+layer norms) first has its mean measured on the candidate's path over the first `calib_batches`
+fine-tune batches: the supernet's running mean mixes every path it trained.
 
 The body is frozen, so each fine-tune step runs it without autograd and differentiates only the head.
 `finetune_head` is the same procedure for a materialised standalone model (`Subnet.from_supernet`),
@@ -215,6 +217,7 @@ class SupernetScorer:
         else:  # batches built elsewhere (benchmarks): moved to the scoring device if they are not there
             data.train = [_to(b, self.device) for b in data.train]
             data.val = [_to(b, self.device) for b in data.val]
+            data.calib = [_to(b, self.device) for b in data.calib]
         self.data = data
         self.scores: dict[str, float] = {}
         self._head0 = {k: v.clone() for k, v in self.supernet.head.state_dict().items()}

@@ -430,7 +430,12 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
     if which == "final" and _restores_best(run):
         which = "best"  # the run's final model is its best evaluation's (see TrainConfig.restore_best)
     ck = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
-    model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
+    try:
+        model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
+    except RuntimeError as e:  # e.g. a model with layer norms saved before the head was centred
+        first = str(e).splitlines()[0]
+        raise NasrecError(f"{run}: its weights do not fit the model built from its model.json ({first}); "
+                          "was it saved by an older nasrec?") from None  # fmt: skip
     return model.to(target).eval(), spec
 
 
