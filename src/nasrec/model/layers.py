@@ -245,11 +245,9 @@ def _batch_mean(x: torch.Tensor, group: object | None) -> torch.Tensor:
     """Mean over the batch [1, N], over every rank's rows when `group` is set (differentiable)."""
     if group is None:
         return x.mean(0, keepdim=True)
-    import torch.distributed as dist
-
-    rows = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
-    dist.all_reduce(rows, group=group)
-    return _AllReduceSum.apply(x.sum(0, keepdim=True), group) / float(rows.item())
+    # one all-reduce carries the feature sums and the row count (ranks may hold different row counts)
+    total = _AllReduceSum.apply(torch.cat([x.sum(0), x.new_tensor([float(x.shape[0])])]), group)
+    return (total[:-1] / total[-1]).unsqueeze(0)
 
 
 class _AllReduceSum(torch.autograd.Function):

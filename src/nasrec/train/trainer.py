@@ -143,7 +143,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
         self.model = spec.build().to(self.device)
-        init_head_bias(self.model, float(np.mean(cache.label[cache.split_index("train")])))
+        init_head_bias(self.model, _train_ctr(cache))
         self.space = None
         if spec.kind == "supernet":
             self.space = self.model.space
@@ -416,6 +416,14 @@ class Trainer:
         self._write_json("metrics.json", final)
         # every rank returns rank 0's figures (its timings, the run's written result)
         return distributed.broadcast_object(final)
+
+
+def _train_ctr(cache: Cache) -> float:
+    """The train split's click rate, as `prepare` recorded it (measured here for a cache without it)."""
+    ctr = cache.meta.get("split", {}).get("ctr", {}).get("train")
+    if ctr is None or not math.isfinite(ctr):
+        ctr = float(np.mean(cache.label[cache.split_index("train")]))
+    return float(ctr)
 
 
 def load_trained(run: Path | str, which: str = "final", device: str | None = None) -> tuple[nn.Module, ModelSpec]:
