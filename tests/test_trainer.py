@@ -83,6 +83,9 @@ def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
                                         supernet_eval_archs=2, lr=0.05))  # fmt: skip
     assert res["steps"] == 30 and np.isfinite(res["logloss"])
     assert json.loads((tmp_path / "sn" / "model.json").read_text())["kind"] == "supernet"
+    # Strict JSON (no NaN): a supernet has parameters but no single MFLOPs figure.
+    metrics = json.loads((tmp_path / "sn" / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert metrics["mflops"] is None and metrics["params"] > 0
 
 
 def test_early_stopping_keeps_the_best(cache_dir: Path, tmp_path: Path) -> None:

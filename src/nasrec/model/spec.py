@@ -63,8 +63,8 @@ class ModelSpec:
 
         return Supernet(SearchSpace.from_dict(self.space), self.num_dense, self.table_sizes, layernorm=True)
 
-    def cost(self) -> dict[str, float]:
-        """MFLOPs per example and parameter counts (a supernet reports parameters only)."""
+    def cost(self) -> dict[str, float | None]:
+        """MFLOPs per example and parameter counts (a supernet reports parameters only: its MFLOPs are None)."""
         if self.kind == "nasrec":
             from nasrec.model.cost import arch_cost
 
@@ -79,4 +79,5 @@ class ModelSpec:
         model = self.build()
         n = sum(p.numel() for p in model.parameters())
         emb = sum(self.table_sizes) * 16
-        return {"mflops": float("nan"), "params": n, "dense_params": n - emb}
+        # None, not NaN: metrics.json stays strict JSON, and a supernet has no single cost per example.
+        return {"mflops": None, "params": n, "dense_params": n - emb}
