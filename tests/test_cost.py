@@ -25,6 +25,7 @@ from nasrec.data.formats import AVAZU_TABLE_SIZES, CRITEO_TABLE_SIZES, KDD12_TAB
 from nasrec.errors import NasrecError
 from nasrec.model import cost as C
 from nasrec.space.arch import Architecture, Block
+from nasrec.space.liveness import live_outputs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
 E = 16
@@ -421,7 +422,7 @@ def test_arch_cost_fields() -> None:
 
 
 def test_live_outputs() -> None:
-    outputs = C.live_outputs(SYNTHETIC)
+    outputs = live_outputs(SYNTHETIC)
     assert outputs[-1] == (True, True)
     assert outputs[0] == (True, True)
     assert outputs[1] == (False, True)  # only block 2's sparse_in reads block 1

@@ -25,10 +25,11 @@ from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
 from nasrec.search.api import search
 from nasrec.search.evolution import Search, SearchConfig, top_k
-from nasrec.search.parallel import ScorerSpec
+from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.pareto import dominates, pareto_front
 from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_all, finetune_head
 from nasrec.space.arch import Architecture
+from nasrec.space.liveness import functional_hash
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import train_supernet
 
@@ -88,7 +89,8 @@ def test_search_runs_its_budget_without_duplicates_and_is_seeded(tmp_path: Path)
     rec = Recorder()
     res = Search(NASREC_SMALL, rec, cost, SMALL_EA, tmp_path / "a").run()
     assert res["scored"] == len(rec.seen) == SMALL_EA.budget == 16 + 20 * 4
-    assert len({a.hash() for a in rec.seen}) == len(rec.seen)
+    # no two candidates compute the same function (they never differ only where nothing reaches the head)
+    assert len({functional_hash(a) for a in rec.seen}) == len(rec.seen)
     history = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     assert [h["generation"] for h in history] == [-1] * 16 + [g for g in range(20) for _ in range(4)]
     assert all(h["parent"] in {x["hash"] for x in history[: 16 + 4 * h["generation"]]} for h in history[16:])
@@ -216,6 +218,22 @@ def test_full_finetune_scores_like_training_the_materialised_subnet(supernet_run
     assert head_only != pytest.approx(score, abs=1e-6)
     with pytest.raises(NasrecError, match="finetune must be head or all"):
         ScoreConfig(finetune="body")
+
+
+def test_an_equivalent_architecture_reuses_the_score(supernet_run: tuple[Path, Path]) -> None:
+    sn, cache = supernet_run
+    rng = np.random.default_rng(5)
+    a = NASREC_SMALL.sample(rng, "default")
+    while True:  # a mutant that differs only where nothing reaches the head
+        b = NASREC_SMALL.mutate(a, rng)
+        if b.hash() != a.hash() and functional_hash(b) == functional_hash(a):
+            break
+        a = b
+    with ScoringPool(ScorerSpec(str(sn), str(cache), {**TINY_SCORE, "finetune": "all"}), 1) as pool:
+        sa, sb = pool([a, b])
+        assert sa == sb and len(pool.cache) == 1
+    fresh = ScorerSpec(str(sn), str(cache), {**TINY_SCORE, "finetune": "all"}).build()
+    assert fresh.score(b) == sa  # scored on its own, the mutant gets exactly the same loss
 
 
 def test_one_and_two_workers_give_the_same_search(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from nasrec.errors import NasrecError
 from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block
+from nasrec.space.liveness import live_outputs, op_live
 
 LN_FLOPS_PER_ELEMENT = 5  # fvcore's count for an affine LayerNorm
 
@@ -179,47 +180,6 @@ def op_cost(
 
 
 # -- liveness at operator level ----------------------------------------------------------------------
-def live_outputs(arch: Architecture) -> tuple[tuple[bool, bool], ...]:
-    """For each block, whether its (dense, sparse) outputs can reach the head."""
-    n = arch.num_blocks
-    dense_live, sparse_live = [False] * n, [False] * n
-    dense_live[-1] = sparse_live[-1] = True
-    for i in range(n - 1, -1, -1):
-        b = arch.blocks[i]
-        for op in (*b.dense_ops, *b.sparse_ops):
-            if not _op_live(op, b, dense_live[i], sparse_live[i]):
-                continue
-            dense_reads, sparse_reads = _op_inputs(op, b)
-            for j in dense_reads:
-                if j >= 1:
-                    dense_live[j - 1] = True
-            for j in sparse_reads:
-                if j >= 1:
-                    sparse_live[j - 1] = True
-    return tuple(zip(dense_live, sparse_live, strict=True))
-
-
-def _op_live(op: str, b: Block, dense_live: bool, sparse_live: bool) -> bool:
-    # The pre-fm dense sum also feeds d2s; the pre-d2s sparse sum also feeds fm.
-    if op in ("fc", "dot", "sum", "gating"):
-        return dense_live or (b.d2s and sparse_live)
-    if op in ("efc", "transformer"):
-        return sparse_live or (b.fm and dense_live)
-    if op == "d2s":
-        return b.d2s and sparse_live
-    return b.fm and dense_live  # fm
-
-
-def _op_inputs(op: str, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if op == "fc":
-        return b.dense_in, ()
-    if op == "dot":
-        return b.dense_in, b.sparse_in
-    if op in ("sum", "gating"):
-        return (b.left, b.right), ()
-    return (), b.sparse_in  # efc, transformer
-
-
 # -- whole architectures -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OpCost:
@@ -306,7 +266,7 @@ def arch_cost(
         ops = []
         for name in names:
             c = op_cost(name, b, din, tin, widths[b.left], widths[b.right], use_layernorm, e)
-            ops.append(OpCost(name, c.flops, c.params, live_blocks[i] and _op_live(name, b, *outputs[i])))
+            ops.append(OpCost(name, c.flops, c.params, live_blocks[i] and op_live(name, b, *outputs[i])))
         flops, params = sum(o.flops for o in ops), sum(o.params for o in ops)
         per_block.append(BlockCost(i, live_blocks[i], din, tin, tuple(ops), flops, params))
     last = arch.blocks[-1]

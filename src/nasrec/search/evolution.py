@@ -2,8 +2,9 @@
 
 Evolution (spec 4): an initial population of `population` random architectures ("uniform" sampling);
 then per generation g, `sample` members drawn without replacement, the best of them (lowest score) is
-the parent of `children` children, each mutated `mutation_count(g, generations)` times; a child whose
-hash was already drawn, or that breaks a constraint, keeps mutating. The children join the population
+the parent of `children` children, each mutated `mutation_count(g, generations)` times; a child that
+computes the same function as a candidate already drawn (equal `functional_hash`: it differs at most
+where nothing reaches the head), or that breaks a constraint, keeps mutating. The children join the population
 and as many of its oldest members leave. Random search draws `population + generations * children`
 architectures the same way as the initial population. In Pareto mode the parent is drawn uniformly
 from the sample's non-dominated members in (score, MFLOPs), and the result is the Pareto front.
@@ -40,6 +41,7 @@ from nasrec.configfile import checked_replace
 from nasrec.errors import NasrecError
 from nasrec.search.pareto import pareto_front
 from nasrec.space.arch import Architecture
+from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace, mutation_count
 
 STRATEGIES = ("evolution", "random")
@@ -140,6 +142,7 @@ class Search:
         self.rng = np.random.default_rng(cfg.seed)
         self.history: list[Candidate] = []
         self.by_hash: dict[str, Candidate] = {}
+        self.functions: set[str] = set()  # functional hashes of the history (see nasrec.space.liveness)
         self.population: list[str] = []  # hashes, oldest first
         self.pending: list[dict[str, Any]] = []  # drawn, not yet scored: {"arch", "parent"}
         self.step = 0  # steps completed: initial chunks, then generations
@@ -179,6 +182,7 @@ class Search:
     def _add(self, c: Candidate, write: bool = True) -> None:
         self.history.append(c)
         self.by_hash[c.hash] = c
+        self.functions.add(functional_hash(c.arch))
         if write and self.writer:
             with open(self.out / "history.jsonl", "a") as fh:
                 fh.write(json.dumps(c.to_dict()) + "\n")
@@ -192,8 +196,10 @@ class Search:
         )
 
     def _new(self, arch: Architecture, taken: set[str]) -> bool:
-        h = arch.hash()
-        return h not in self.by_hash and h not in taken and self._feasible(arch)
+        # A candidate that differs from one already drawn only where nothing reaches the head is the same
+        # model: drawing it would spend a score on a known result.
+        f = functional_hash(arch)
+        return f not in self.functions and f not in taken and self._feasible(arch)
 
     def _draw_random(self, taken: set[str]) -> Architecture:
         for _ in range(self.cfg.max_tries):
@@ -233,14 +239,14 @@ class Search:
             n = n_init if n_init > 0 else min(cfg.children, cfg.budget - len(self.history))
             for _ in range(n):
                 arch = self._draw_random(taken)
-                taken.add(arch.hash())
+                taken.add(functional_hash(arch))
                 self.pending.append({"arch": arch.to_dict(), "parent": None})
             return
         parent = self._select_parent()
         m = mutation_count(self._generation(), cfg.generations)
         for _ in range(cfg.children):
             arch = self._draw_child(parent.arch, m, taken)
-            taken.add(arch.hash())
+            taken.add(functional_hash(arch))
             self.pending.append({"arch": arch.to_dict(), "parent": parent.hash})
 
     def _generation(self) -> int:

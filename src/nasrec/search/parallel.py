@@ -1,7 +1,7 @@
 """Candidate scoring in-process or over worker processes, each loading the supernet once.
 
-Scores are cached by architecture hash in the parent, so a repeated architecture is never sent out
-again. Results come back in submission order and every worker scores with the same fixed thread count
+Scores are cached in the parent by functional hash, so an architecture that computes a function already
+scored (`nasrec.space.liveness`) is never sent out again. Results come back in submission order and every worker scores with the same fixed thread count
 (`ScoreConfig.threads`), so a search gives the same result for any number of workers.
 
 Under torchrun, `DistributedScoringPool` spreads each batch over the ranks of the process group instead:
@@ -24,6 +24,7 @@ from nasrec import distributed
 from nasrec.errors import NasrecError
 from nasrec.search.scorer import ScoreConfig, SupernetScorer
 from nasrec.space.arch import Architecture
+from nasrec.space.liveness import functional_hash
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class ScoringPool:
 
     def __call__(self, archs: Sequence[Architecture]) -> list[float]:
         """Scores of `archs`, in order."""
-        todo = {a.hash(): a for a in archs if a.hash() not in self.cache}
+        todo = {functional_hash(a): a for a in archs if functional_hash(a) not in self.cache}
         if todo:
             keys = list(todo)
             if self._local is not None:
@@ -103,7 +104,7 @@ class ScoringPool:
                 assert self._pool is not None
                 scores = list(self._pool.map(_score, [todo[k].to_dict() for k in keys]))
             self.cache.update(zip(keys, scores, strict=True))
-        return [self.cache[a.hash()] for a in archs]
+        return [self.cache[functional_hash(a)] for a in archs]
 
     def samples_per_candidate(self) -> int | None:
         """Examples forwarded per candidate (known in-process only)."""
@@ -137,7 +138,7 @@ class DistributedScoringPool:
         import torch.distributed as dist
 
         # Every rank holds the same cache (all scores are gathered), so every rank computes the same `todo`.
-        todo = {a.hash(): a for a in archs if a.hash() not in self.cache}
+        todo = {functional_hash(a): a for a in archs if functional_hash(a) not in self.cache}
         if todo:
             assert self._local is not None
             keys = list(todo)
@@ -148,7 +149,7 @@ class DistributedScoringPool:
             if len(scores) != len(keys):  # a rank scored another share: the ranks' candidate lists differ
                 raise NasrecError("distributed scoring: the ranks were given different candidate lists")
             self.cache.update((k, scores[i]) for i, k in enumerate(keys))
-        return [self.cache[a.hash()] for a in archs]
+        return [self.cache[functional_hash(a)] for a in archs]
 
     def samples_per_candidate(self) -> int | None:
         """Examples forwarded per candidate."""

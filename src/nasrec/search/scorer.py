@@ -41,6 +41,7 @@ from nasrec.model.cell import Output
 from nasrec.model.subnet import Subnet
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture
+from nasrec.space.liveness import functional_hash
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.optim import build_optimizer
 from nasrec.train.schedule import build_schedule
@@ -200,7 +201,7 @@ def finetune_head(
 
 
 class SupernetScorer:
-    """Scores architectures through a trained supernet; scores are cached by architecture hash."""
+    """Scores architectures through a trained supernet; cached by functional hash (one score per function)."""
 
     def __init__(self, supernet: Supernet, cache: Cache | None, cfg: ScoreConfig | None = None,
                  data: ScoringData | None = None) -> None:  # fmt: skip
@@ -224,7 +225,7 @@ class SupernetScorer:
 
     def score(self, arch: Architecture) -> float:
         """Validation log loss of `arch` after its fine-tune (NaN if it diverged)."""
-        key = arch.hash()
+        key = functional_hash(arch)
         if key in self.scores:
             return self.scores[key]
         threads = torch.get_num_threads()
