@@ -11,12 +11,12 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
    warm-up over the first quarter of the steps);
 2. `nasrec search --preset cpu` (regularized evolution, 224 candidates, 2 workers) under
    `--max-mflops` (default: the MFLOPs of the best zoo model of `bench/bench_quality.py`, DCNv2), then
-   the top 3 retrained with the quality benchmark's recipe and the final one chosen by validation loss;
+   the top 3 (`--top-k`) retrained with the quality benchmark's recipe and the final one chosen by validation loss;
 3. the final architecture trained with that recipe for seeds 0, 1, 2 (rows directly comparable with
    `bench/bench_quality.py`'s);
 4. `nasrec rankcheck`: `--rank-k` architectures scored through the supernet and trained with the recipe
    (seed 0, at most `--rank-epochs` epochs): Kendall tau and Spearman rho; the same architectures re-scored without fine-tune and with
-   4x the preset's fine-tune steps (the fine-tune ablation).
+   4x the preset's fine-tune steps (the fine-tune ablation). `--rank-k 0` skips it.
 
 `--nasrec-layernorm` / `--nasrec-lr` change the recipe of the nasrec architectures (retraining, final
 seeds, rank check) but not of the zoo; `--finetune` / `--finetune-steps` change the scoring.
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supernet-epochs", type=int, default=4)
     ap.add_argument("--max-mflops", type=float, default=1.0446)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rank-k", type=int, default=12)
+    ap.add_argument("--rank-k", type=int, default=12, help="architectures of the rank check (0: no rank check)")
+    ap.add_argument("--top-k", type=int, help="architectures retrained after the search (default: the preset's)")
     ap.add_argument("--rank-epochs", type=int, default=2, help="training epochs of each rank-check architecture")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     nasrec = nasrec_set(args)
     scoring = {k: v for k, v in (("finetune", args.finetune), ("finetune_steps", args.finetune_steps)) if v is not None}
+    searching = {"top_k": args.top_k} if args.top_k is not None else {}
     if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     rows, summaries = [], []
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         t_sn = time.perf_counter() - t0
         out = args.work / f"search-{dataset}-{args.space}"
         t1 = time.perf_counter()
-        res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring),
+        res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring, **searching),
                      workers=args.workers, retrain=True, train_overrides={**recipe(dataset, cache, 0), **nasrec}, resume=True,
                      progress=False)  # fmt: skip
         t_search = time.perf_counter() - t1
@@ -107,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
             row = run_one(cache, dataset, name, seed, args.work, 2, arch=final, nasrec=nasrec)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
-                       train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec), workers=args.workers,
-                       score_overrides=scoring)  # fmt: skip
-        ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers, scoring)
+        rc, ablation = {"kendall_tau": None, "spearman_rho": None, "pairs": 0}, []
+        if args.rank_k > 0:
+            rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
+                           train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec),
+                           workers=args.workers, score_overrides=scoring)  # fmt: skip
+            ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers, scoring)
         summary = {"dataset": dataset, "space": args.space, "supernet_seconds": round(t_sn),
                    "supernet_val_logloss": sn_metrics.get("logloss"), "search_seconds": round(t_search),
                    "scored": res["scored"], "candidates_per_minute": round(res["candidates_per_minute"], 1),
+                   "retrained": res["final"]["runs"],
                    "best_supernet_score": res["best"]["score"], "final": res["final"]["chosen"],
                    "final_arch": final.to_dict(), "kendall_tau": rc["kendall_tau"], "spearman_rho": rc["spearman_rho"],
                    "rank_pairs": rc["pairs"], "finetune_ablation": ablation,

@@ -4,7 +4,7 @@ Two architectures that differ only where nothing reaches the logit (a dead block
 a block whose dense output nobody reads, the `left`/`right` inputs of a block without sum or gating)
 compute the same function: the same standalone model once dead parts are pruned, and the same supernet
 path. The search treats them as one candidate (`functional_hash`), so that its budget goes to distinct
-models: in the runs of BENCHMARKS.md about 30 % of the candidates scored were such repeats.
+models: in four searches made before this rule, 29-35 % of the candidates scored were such repeats.
 """
 
 from __future__ import annotations
