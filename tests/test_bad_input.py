@@ -578,6 +578,9 @@ FILE_CASES: dict[str, FileCase] = {
     "schema_missing_label": _schema_case("s.yaml", "dense: [x]\nsparse: [city]\n", "label"),
     "schema_not_a_mapping": _schema_case("s.yaml", "- y\n- x\n", "mapping"),
     "schema_file_missing": _schema_case("nope.yaml", "", "not found"),
+    "schema_derive_on_string": _schema_case(
+        "s.yaml", "label: y\ndense: [x]\nsparse: [{column: city, derive: weekday}]\n", "kind int"
+    ),
     "kdd_profile_file_missing": _kdd_profile_missing,
     "kdd_profile_not_given": _kdd_profile_absent,
     "out_below_a_file": _out_below_a_file,

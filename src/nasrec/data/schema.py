@@ -129,6 +129,8 @@ def _check_schema(s: Schema) -> None:
             _fail(w, f"modulus must be at least 2, not {f.modulus}")
         if f.derive is not None and f.derive not in DERIVATIONS:
             _fail(w, f"derive {f.derive!r} is not one of {', '.join(DERIVATIONS)}")
+        if f.derive is not None and f.kind == "string":  # a string id is hashed: there is no YYMMDDHH to derive from
+            _fail(w, f"derive {f.derive!r} reads a YYMMDDHH number: give the field kind int (or auto/hex), not string")
     if s.columns is not None:
         missing = [c for c in s.used_columns if c not in s.columns]
         if missing:
@@ -204,6 +206,8 @@ def schema_from_dict(d: dict[str, Any], *, source: str = "schema") -> Schema:
             default_table_size=int(d.get("default_table_size", 1_000_000)),
         )
     except TypeError as e:
+        raise NasrecError(f"{source}: {e}") from None
+    except NasrecError as e:  # a field that fails validation: say which file it came from
         raise NasrecError(f"{source}: {e}") from None
 
 
