@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rank-k", type=int, default=12, help="architectures of the rank check (0: no rank check)")
     ap.add_argument("--top-k", type=int, help="architectures retrained after the search (default: the preset's)")
+    ap.add_argument("--retrain-seeds", type=int, default=1, help="seeds per retrained architecture (mean val loss)")
     ap.add_argument("--rank-epochs", type=int, default=2, help="training epochs of each rank-check architecture")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.work / f"search-{dataset}-{args.space}"
         t1 = time.perf_counter()
         res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring, **searching),
-                     workers=args.workers, retrain=True, train_overrides={**recipe(dataset, cache, 0), **nasrec}, resume=True,
+                     workers=args.workers, retrain=True, train_overrides={**recipe(dataset, cache, 0), **nasrec},
+                 retrain_seeds=args.retrain_seeds, resume=True,
                      progress=False)  # fmt: skip
         t_search = time.perf_counter() - t1
         final = Architecture.load(out / "final.json")

@@ -23,7 +23,7 @@ from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
-from nasrec.search.api import search
+from nasrec.search.api import retrain_top, search
 from nasrec.search.evolution import Search, SearchConfig, top_k
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.pareto import dominates, pareto_front
@@ -375,6 +375,27 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
     again = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
                    train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
     assert again["final"] == res["final"] and again["best"] == res["best"]
+
+
+def test_retraining_with_several_seeds_judges_the_mean(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    sets = dict(population=6, sample=3, children=3, generations=1, top_k=2, **TINY_SCORE)
+    res = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True, retrain_seeds=2,
+                 train_overrides=dict(max_steps=8, threads=1, seed=3), progress=False)  # fmt: skip
+    runs = res["final"]["runs"]
+    assert len(runs) == 2 and res["final"]["seeds"] == 2
+    for r in runs:
+        assert [s["seed"] for s in r["seeds"]] == [3, 4] and r["run"] == r["seeds"][0]["run"]
+        vals = []
+        for s in r["seeds"]:
+            run = Path(s["run"])
+            assert json.loads((run / "config.json").read_text())["train"]["seed"] == s["seed"]
+            vals.append(json.loads((run / "metrics.json").read_text())["val"]["logloss"])
+        assert vals[0] != vals[1]  # the seeds give different runs
+        assert r["val_logloss"] == pytest.approx(sum(vals) / 2)
+    assert res["final"]["chosen"]["val_logloss"] == min(r["val_logloss"] for r in runs)
+    with pytest.raises(NasrecError, match="seeds must be >= 1"):
+        retrain_top(tmp_path / "s", cache, "cpu-quick", dict(max_steps=8), seeds=0)
 
 
 def _children(pid: int) -> list[int]:

@@ -358,6 +358,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--retrain", action="store_true", help="train the top-k from scratch and choose the final one")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a retraining setting")
+    p.add_argument("--retrain-seeds", type=int, default=1, metavar="N",
+                   help="train each top-k architecture with N seeds and judge it by the mean validation loss")  # fmt: skip
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search or scoring setting")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
     _add_device(p, "score candidates (and retrain them, unless --train-set device=... says otherwise)")
@@ -377,7 +379,8 @@ def _run_search(args: argparse.Namespace) -> int:
     if _device(args, overrides):
         train_overrides.setdefault("device", args.device)
     res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
-                 retrain=args.retrain, train_overrides=train_overrides, resume=args.resume,
+                 retrain=args.retrain, train_overrides=train_overrides, retrain_seeds=args.retrain_seeds,
+                 resume=args.resume,
                  progress=False if args.no_progress else None)  # fmt: skip
     from nasrec.distributed import is_main
 

@@ -12,7 +12,7 @@ data:
   synthetic: {rows: 60000, preset: interactions, seed: 0}   # for format: synthetic
   prepare: {split: random, encoding: vocab, min_count: 2}    # any `nasrec prepare` option
 supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
-search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}}
+search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1}
 final: {preset: cpu-quick, set: {epochs: 6}}
 baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}}
 ```
@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"format": None, "input": [], "schema": None, "synthetic": {"rows": 60_000, "preset": "interactions",
              "seed": 0}, "prepare": {}},
     "supernet": {"space": "full", "preset": "cpu-supernet", "set": {}},
-    "search": {"preset": "cpu-quick", "workers": 1, "set": {}, "retrain_set": {}},
+    "search": {"preset": "cpu-quick", "workers": 1, "set": {}, "retrain_set": {}, "retrain_seeds": 1},
     "final": {"preset": "cpu-quick", "set": {}},
     "baselines": {"models": [], "published": [], "set": {}},
 }  # fmt: skip
@@ -204,9 +204,10 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     s = cfg["search"]
     if s["preset"] not in SEARCH_PRESETS:
         _fail("search.preset", f"must be one of {', '.join(SEARCH_PRESETS)}, got {s['preset']!r}")
-    _check_type("search.workers", s["workers"], int, "an integer")
-    if s["workers"] < 1:
-        _fail("search.workers", f"must be >= 1, got {s['workers']}")
+    for key in ("workers", "retrain_seeds"):
+        _check_type(f"search.{key}", s[key], int, "an integer")
+        if s[key] < 1:
+            _fail(f"search.{key}", f"must be >= 1, got {s[key]}")
     _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], kv))
     _check_overrides("search.retrain_set", s["retrain_set"], lambda **kv: preset(None, **kv))
     b = cfg["baselines"]

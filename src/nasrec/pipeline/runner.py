@@ -114,7 +114,7 @@ class Pipeline:
         retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
         res = search(self.out / "supernet", self.cache, self.out / "search", preset=s["preset"],
                      overrides={"seed": self.cfg["seed"], **s["set"]}, workers=s["workers"], retrain=True,
-                     train_overrides=retrain, resume=True, progress=self.progress)  # fmt: skip
+                     train_overrides=retrain, retrain_seeds=s["retrain_seeds"], resume=True, progress=self.progress)  # fmt: skip
         return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
 
     def _final(self) -> dict[str, Any]:

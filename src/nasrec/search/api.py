@@ -95,6 +95,7 @@ def search(
     workers: int = 1,
     retrain: bool = False,
     train_overrides: dict[str, Any] | None = None,
+    retrain_seeds: int = 1,
     resume: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -102,7 +103,8 @@ def search(
 
     `overrides` may set any `SearchConfig` or `ScoreConfig` field (e.g. strategy, max_mflops, pareto,
     finetune_steps). With `retrain`, the top-k architectures are then trained from scratch with the
-    preset's training recipe (with `train_overrides`) and the final one is chosen by validation loss.
+    preset's training recipe (with `train_overrides`) and the final one is chosen by validation loss, the
+    mean over `retrain_seeds` training seeds each.
     """
     out = Path(out)
     s_over, sc_over = _split_overrides(overrides)
@@ -115,7 +117,7 @@ def search(
     if progress is not False and sys.stderr.isatty() and distributed.is_main():
         print(file=sys.stderr)
     if retrain:
-        result["final"] = retrain_top(out, data, train_preset, train_overrides)
+        result["final"] = retrain_top(out, data, train_preset, train_overrides, seeds=retrain_seeds)
     return result
 
 
@@ -183,33 +185,56 @@ def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig
 
 
 def retrain_top(search_dir: str | Path, data: str | Path, preset: str = "paper-final",
-                overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                overrides: dict[str, Any] | None = None, seeds: int = 1) -> dict[str, Any]:  # fmt: skip
     """Train the search's top-k architectures from scratch; the final one has the lowest validation loss.
 
-    Finished runs are kept and an interrupted one resumes, so re-running continues where it stopped.
+    With `seeds` > 1 every architecture is trained with that many seeds (the recipe's seed, then the next
+    ones) and judged by its mean validation loss: one run's loss varies with the seed by about as much
+    as good architectures differ, so a single seed tends to crown a lucky run. Finished runs are kept
+    and an interrupted one resumes, so re-running continues where it stopped.
     """
     from nasrec.train.api import train
+    from nasrec.train.config import preset as train_preset
 
+    if seeds < 1:
+        raise NasrecError(f"retrain seeds must be >= 1, not {seeds}")
     search_dir = Path(search_dir)
     top = json.loads((search_dir / "top.json").read_text())
+    base_seed = train_preset(preset, **(overrides or {})).seed
     runs = []
     for rank, c in enumerate(top):
-        run = search_dir / "retrain" / f"{rank:02d}-{c['hash'][:12]}"
-        if (run / "metrics.json").exists():
-            m = json.loads((run / "metrics.json").read_text())
-        else:  # resume=True also starts a run that has no checkpoint yet
-            m = train(data, run, arch=Architecture.from_dict(c["arch"]), preset_name=preset, overrides=overrides,
-                      resume=True, progress=False)  # fmt: skip
-        val = (m.get("val") or {}).get("logloss")
-        runs.append({"rank": rank, "hash": c["hash"], "supernet_score": c["score"], "run": str(run),
-                     "val_logloss": val, "test_logloss": (m.get("test") or {}).get("logloss"),
-                     "test_auc": (m.get("test") or {}).get("auc"), "mflops": m["mflops"]})  # fmt: skip
+        per_seed = []
+        for j in range(seeds):
+            name = f"{rank:02d}-{c['hash'][:12]}" + (f"-s{j}" if j else "")  # seed 0's run keeps the 1-seed name
+            run = search_dir / "retrain" / name
+            if (run / "metrics.json").exists():
+                m = json.loads((run / "metrics.json").read_text())
+            else:  # resume=True also starts a run that has no checkpoint yet
+                m = train(data, run, arch=Architecture.from_dict(c["arch"]), preset_name=preset,
+                          overrides={**(overrides or {}), "seed": base_seed + j}, resume=True,
+                          progress=False)  # fmt: skip
+            per_seed.append({"seed": base_seed + j, "run": str(run), "val_logloss": (m.get("val") or {}).get("logloss"),
+                             "test_logloss": (m.get("test") or {}).get("logloss"),
+                             "test_auc": (m.get("test") or {}).get("auc"), "mflops": m["mflops"]})  # fmt: skip
+        entry = {"rank": rank, "hash": c["hash"], "supernet_score": c["score"], "run": per_seed[0]["run"],
+                 **{k: _mean([r[k] for r in per_seed]) for k in ("val_logloss", "test_logloss", "test_auc")},
+                 "mflops": per_seed[0]["mflops"]}  # fmt: skip
+        if seeds > 1:
+            entry["seeds"] = per_seed
+        runs.append(entry)
     scored = [r for r in runs if r["val_logloss"] is not None and math.isfinite(r["val_logloss"])]
     if not scored:
         raise NasrecError(f"{search_dir}: no retrained architecture has a finite validation loss")
     best = min(scored, key=lambda r: r["val_logloss"])
     arch = top[best["rank"]]["arch"]
     (search_dir / "final.json").write_text(json.dumps(arch, indent=1) + "\n")
-    final = {"chosen": best, "runs": runs}
+    final = {"chosen": best, "runs": runs, "seeds": seeds}
     (search_dir / "final_metrics.json").write_text(json.dumps(final, indent=1) + "\n")
     return final
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the values, None when any is missing (a run without that split), NaN when any diverged."""
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
