@@ -128,7 +128,7 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     err({"data": {"format": "synthetic"}, "supernet": {"space": "huge"}}, r"config supernet\.space")
     err({"data": {"format": "synthetic"}, "baselines": {"models": ["dlrm", "gbdt"]}}, r"baselines\.models\[1\]")
     err({"data": {"format": "synthetic"}, "search": {"workers": 0}}, r"config search\.workers")
-    err({"data": {"format": "synthetic"}, "search": {"retrain_seeds": 0}}, r"config search\.retrain_seeds: must be >= 1")
+    err({"data": {"format": "synthetic"}, "search": {"retrain_seeds": 0}}, r"search\.retrain_seeds: must be >= 1")
     err({"data": {"format": "synthetic", "prepare": {"splt": "random"}}}, r"config data\.prepare\.splt")
     err({"data": {"format": "synthetic"}, "baselines": {"set": {"lr": 0}}}, r"config baselines\.set\.lr")
     # the CLI reports it and creates nothing

@@ -57,6 +57,29 @@ def test_training_learns_and_writes_a_run_directory(cache_dir: Path, tmp_path: P
     assert again["auc"] == pytest.approx(res["test"]["auc"], abs=1e-9)
 
 
+def test_centred_head_is_calibrated_on_fixed_train_batches(cache_dir: Path, tmp_path: Path) -> None:
+    from nasrec.data.cache import open_cache
+    from nasrec.data.loader import BatchLoader
+
+    cfg = dict(QUICK, epochs=1, eval_every=15, head_calib_batches=3)
+    train(cache_dir, tmp_path / "cal", arch=_arch_file(tmp_path), overrides=cfg, progress=False)
+    model, _ = load_trained(tmp_path / "cal")
+    head = model.head
+    saved = head.mean.clone()
+    batches = list(BatchLoader(open_cache(cache_dir), "train", batch_size=256))[:3]
+    with torch.no_grad():
+        head.calibrate((f.dense, f.tokens, f.d2s) for f in (model.features(b.dense, b.sparse) for b in batches))
+    torch.testing.assert_close(head.mean, saved, rtol=0, atol=1e-6)  # the exact mean of those batches
+    # 0 keeps the running mean of training, which is not that mean
+    train(cache_dir, tmp_path / "run", arch=_arch_file(tmp_path), overrides=dict(cfg, head_calib_batches=0),
+          progress=False)  # fmt: skip
+    running = load_trained(tmp_path / "run")[0].head.mean
+    assert (running - head.mean).abs().max() > 1e-3
+    with pytest.raises(NasrecError, match="head_calib_batches"):
+        train(cache_dir, tmp_path / "bad", arch=_arch_file(tmp_path), overrides=dict(cfg, head_calib_batches=-1),
+              progress=False)  # fmt: skip
+
+
 def test_zoo_model_and_errors(cache_dir: Path, tmp_path: Path) -> None:
     res = train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, epochs=1), progress=False)
     assert np.isfinite(res["logloss"]) and res["mflops"] >= 0

@@ -41,6 +41,10 @@ class TrainConfig:
     # "cpu", "cuda", "cuda:N" or "auto"; not part of a run's identity (a run may resume on another device)
     device: str = "cpu"
     tensorboard: bool = False
+    # Standalone models with a centred head (layer norms on): before each evaluation its mean is measured
+    # exactly over the first this-many train batches (file order) with the current weights; 0 keeps the
+    # running mean, which lags the weights when they move fast (docs/design.md, "Centred head").
+    head_calib_batches: int = 8
     # supernet training
     strategy: str = "default"
     path_warmup_steps: int = 0  # full-path warm-up length T (probability of the full path 1 - t/T)
@@ -51,6 +55,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise NasrecError(f"training config: {name} must be >= 1, not {getattr(self, name)}")
+        if self.head_calib_batches < 0:
+            raise NasrecError(f"training config: head_calib_batches must be >= 0, not {self.head_calib_batches}")
         if self.optimizer not in ("adagrad", "adam", "sgd"):
             raise NasrecError(f"training config: unknown optimizer {self.optimizer!r} (adagrad, adam, sgd)")
         if self.schedule not in ("warmup-cosine", "constant", "plateau"):
