@@ -80,6 +80,23 @@ def test_centred_head_is_calibrated_on_fixed_train_batches(cache_dir: Path, tmp_
               progress=False)  # fmt: skip
 
 
+def test_a_run_saved_before_a_setting_existed_still_resumes(cache_dir: Path, tmp_path: Path) -> None:
+    cfg = dict(QUICK, max_steps=12, eval_every=0)
+    first = train(cache_dir, tmp_path / "old", model="lr", overrides=cfg, progress=False)
+    ck = load_checkpoint(tmp_path / "old" / "checkpoint.pt")
+    old = json.loads(ck["config_json"])
+    del old["head_calib_batches"]  # as written by an earlier nasrec
+    ck["config_json"] = json.dumps(old)
+    save_checkpoint(tmp_path / "old" / "checkpoint.pt", ck)
+    run_cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del run_cfg["train"]["head_calib_batches"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(run_cfg))
+    again = train(cache_dir, tmp_path / "old", model="lr", overrides=cfg, resume=True, progress=False)
+    assert again["steps"] == first["steps"] == 12 and again["logloss"] == pytest.approx(first["logloss"], abs=1e-7)
+    with pytest.raises(NasrecError, match="own configuration"):  # a real change is still refused
+        train(cache_dir, tmp_path / "old", model="lr", overrides=dict(cfg, lr=0.5), resume=True, progress=False)
+
+
 def test_zoo_model_and_errors(cache_dir: Path, tmp_path: Path) -> None:
     res = train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, epochs=1), progress=False)
     assert np.isfinite(res["logloss"]) and res["mflops"] >= 0

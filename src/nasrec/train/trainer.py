@@ -471,8 +471,11 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
 
 
 def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result: all but the device, so a GPU run may resume on a CPU."""
-    return {k: v for k, v in cfg.items() if k != "device"}
+    """The settings that decide a run's result: all but the device, so a GPU run may resume on a CPU.
+
+    A setting added after the run was saved counts with its default, so that older runs still resume.
+    """
+    return {k: v for k, v in {**TrainConfig().to_dict(), **cfg}.items() if k != "device"}
 
 
 def _restores_best(run: Path) -> bool:
