@@ -11,7 +11,8 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
    warm-up over the first quarter of the steps);
 2. `nasrec search --preset cpu` (regularized evolution, 224 candidates, 2 workers) under
    `--max-mflops` (default: the MFLOPs of the best zoo model of `bench/bench_quality.py`, DCNv2), then
-   the top 3 (`--top-k`) retrained with the quality benchmark's recipe and the final one chosen by validation loss;
+   the top 3 (`--top-k`) retrained with the quality benchmark's recipe (`--retrain-seeds` seeds each)
+   and the final one chosen by validation loss;
 3. the final architecture trained with that recipe for seeds 0, 1, 2 (rows directly comparable with
    `bench/bench_quality.py`'s);
 4. `nasrec rankcheck`: `--rank-k` architectures scored through the supernet and trained with the recipe
@@ -102,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring, **searching),
                      workers=args.workers, retrain=True, train_overrides={**recipe(dataset, cache, 0), **nasrec},
-                 retrain_seeds=args.retrain_seeds, resume=True,
-                     progress=False)  # fmt: skip
+                     retrain_seeds=args.retrain_seeds, resume=True, progress=False)  # fmt: skip
         t_search = time.perf_counter() - t1
         final = Architecture.load(out / "final.json")
         name = f"searched ({args.space})"

@@ -11,8 +11,9 @@ those slices: both then compute the same numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +270,18 @@ class _AllReduceSum(torch.autograd.Function):
         grad = grad.clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad, None
+
+
+@torch.no_grad()
+def calibrate_head(
+    features: Callable[[torch.Tensor, torch.Tensor], Any], head: nn.Module, batches: Iterable[Any]
+) -> None:
+    """Set a centred head's mean exactly over `batches` (each with .dense, .sparse) seen through `features`.
+
+    `features(dense, sparse)` returns the head's inputs (.dense, .tokens, .d2s). No-op for other heads.
+    """
+    if isinstance(head, HeadLinear) and head.centre:
+        head.calibrate((f.dense, f.tokens, f.d2s) for f in (features(b.dense, b.sparse) for b in batches))
 
 
 @torch.no_grad()

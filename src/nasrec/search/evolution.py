@@ -4,8 +4,8 @@ Evolution (spec 4): an initial population of `population` random architectures (
 then per generation g, `sample` members drawn without replacement, the best of them (lowest score) is
 the parent of `children` children, each mutated `mutation_count(g, generations)` times; a child that
 computes the same function as a candidate already drawn (equal `functional_hash`: it differs at most
-where nothing reaches the head), or that breaks a constraint, keeps mutating. The children join the population
-and as many of its oldest members leave. Random search draws `population + generations * children`
+where nothing reaches the head), or that breaks a constraint, keeps mutating. The children join the
+population and as many of its oldest members leave. Random search draws `population + generations * children`
 architectures the same way as the initial population. In Pareto mode the parent is drawn uniformly
 from the sample's non-dominated members in (score, MFLOPs), and the result is the Pareto front.
 

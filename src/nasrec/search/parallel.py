@@ -1,8 +1,9 @@
 """Candidate scoring in-process or over worker processes, each loading the supernet once.
 
 Scores are cached in the parent by functional hash, so an architecture that computes a function already
-scored (`nasrec.space.liveness`) is never sent out again. Results come back in submission order and every worker scores with the same fixed thread count
-(`ScoreConfig.threads`), so a search gives the same result for any number of workers.
+scored (`nasrec.space.liveness`) is never sent out again. Results come back in submission order and
+every worker scores with the same fixed thread count (`ScoreConfig.threads`), so a search gives the
+same result for any number of workers.
 
 Under torchrun, `DistributedScoringPool` spreads each batch over the ranks of the process group instead:
 every rank holds one scorer, scores its share in-process and the scores are gathered to every rank, so
@@ -95,7 +96,8 @@ class ScoringPool:
 
     def __call__(self, archs: Sequence[Architecture]) -> list[float]:
         """Scores of `archs`, in order."""
-        todo = {functional_hash(a): a for a in archs if functional_hash(a) not in self.cache}
+        keyed = [(functional_hash(a), a) for a in archs]
+        todo = {k: a for k, a in keyed if k not in self.cache}
         if todo:
             keys = list(todo)
             if self._local is not None:
@@ -104,7 +106,7 @@ class ScoringPool:
                 assert self._pool is not None
                 scores = list(self._pool.map(_score, [todo[k].to_dict() for k in keys]))
             self.cache.update(zip(keys, scores, strict=True))
-        return [self.cache[functional_hash(a)] for a in archs]
+        return [self.cache[k] for k, _ in keyed]
 
     def samples_per_candidate(self) -> int | None:
         """Examples forwarded per candidate (known in-process only)."""
@@ -138,7 +140,8 @@ class DistributedScoringPool:
         import torch.distributed as dist
 
         # Every rank holds the same cache (all scores are gathered), so every rank computes the same `todo`.
-        todo = {functional_hash(a): a for a in archs if functional_hash(a) not in self.cache}
+        keyed = [(functional_hash(a), a) for a in archs]
+        todo = {k: a for k, a in keyed if k not in self.cache}
         if todo:
             assert self._local is not None
             keys = list(todo)
@@ -149,7 +152,7 @@ class DistributedScoringPool:
             if len(scores) != len(keys):  # a rank scored another share: the ranks' candidate lists differ
                 raise NasrecError("distributed scoring: the ranks were given different candidate lists")
             self.cache.update((k, scores[i]) for i, k in enumerate(keys))
-        return [self.cache[functional_hash(a)] for a in archs]
+        return [self.cache[k] for k, _ in keyed]
 
     def samples_per_candidate(self) -> int | None:
         """Examples forwarded per candidate."""

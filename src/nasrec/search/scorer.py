@@ -38,6 +38,7 @@ from nasrec.data.loader import Batch, BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
 from nasrec.model.cell import Output
+from nasrec.model.layers import calibrate_head
 from nasrec.model.subnet import Subnet
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture
@@ -157,17 +158,8 @@ def finetune_all(model: nn.Module, data: ScoringData) -> float:
             sched.step()
     model.eval()
     if hasattr(model, "features") and hasattr(model, "head"):
-        calibrate_head(model.features, model.head, data)
+        calibrate_head(model.features, model.head, data.calib)
     return _val_loss(model, data)
-
-
-def calibrate_head(
-    features: Callable[[torch.Tensor, torch.Tensor], Output], head: nn.Module, data: ScoringData
-) -> None:
-    """Measure a centred head's input mean over the calibration batches (no-op for other heads)."""
-    if getattr(head, "centre", False):
-        with torch.no_grad():
-            head.calibrate((f.dense, f.tokens, f.d2s) for f in (features(b.dense, b.sparse) for b in data.calib))
 
 
 def finetune_head(
@@ -177,7 +169,7 @@ def finetune_head(
     cfg = data.cfg
     params = list(head.parameters())
     head.eval()  # the body is frozen: a centred head uses the candidate's measured mean throughout
-    calibrate_head(features, head, data)
+    calibrate_head(features, head, data.calib)
     if cfg.finetune_steps:
         opt = torch.optim.Adagrad(params, lr=cfg.finetune_lr, eps=cfg.eps)
         sched = build_schedule(opt, "warmup-cosine", total_steps=cfg.finetune_steps,

@@ -47,7 +47,7 @@ from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
-from nasrec.model.layers import HeadLinear, init_head_bias, set_batch_group
+from nasrec.model.layers import HeadLinear, calibrate_head, init_head_bias, set_batch_group
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -162,6 +162,7 @@ class Trainer:
                                        warmup_fraction=cfg.warmup_fraction)  # fmt: skip
         self.state = _State()
         self._calib: list[Batch] | None = None  # the head calibration batches, read at the first evaluation
+        self._calibrated_at: int | None = None  # the step whose weights the head's mean was measured for
         self._tb = None
         self.sync = GradientSync.for_model(self.model) if self.world > 1 else None
         if self.sync is not None:  # centred heads average over the global batch, as one process would
@@ -365,15 +366,16 @@ class Trainer:
         n = self.cfg.head_calib_batches
         if self.space is not None or n == 0 or not (isinstance(head, HeadLinear) and head.centre):
             return
+        if self._calibrated_at == self.state.step:  # these weights were measured already (val, then test)
+            return
         if self._calib is None:
             loader = BatchLoader(self.cache, "train", batch_size=self.cfg.batch_size)
             self._calib = [_to(b, self.device) for b in itertools.islice(loader, n)]
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
-            feats = (self.model.features(b.dense, b.sparse) for b in self._calib)
-            head.calibrate((f.dense, f.tokens, f.d2s) for f in feats)
+        calibrate_head(self.model.features, head, self._calib)
         self.model.train(was_training)
+        self._calibrated_at = self.state.step
 
     def _eval_here(self, split: str) -> dict[str, float]:
         cfg = self.cfg
@@ -413,6 +415,7 @@ class Trainer:
             ck = load_checkpoint(self.out / "best.pt")
             self.model.load_state_dict(ck["model"])
             s.best_step = int(ck["step"])
+        self._calibrated_at = None  # other weights now (rank 0 loaded its best): measure them again
         s.best_step = distributed.broadcast_object(s.best_step)
 
     def _final(self) -> dict[str, Any]:
