@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import shutil
 import socket
@@ -105,6 +106,9 @@ def _sync_edge_cases(rank: int) -> float:
 
 
 def _worker(rank: int, store: str, cache_dir: Path, arch: Path, root: Path) -> None:
+    # A rank that dies on a signal (the C++ side aborting) leaves every thread's Python stack in stderr,
+    # which pytest shows with the failure.
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(1)
     # The caller's own group: the library must use it as it is (and leave it to the caller). A file
     # store needs no port, so concurrent test runs cannot collide.
@@ -129,6 +133,8 @@ def _worker(rank: int, store: str, cache_dir: Path, arch: Path, root: Path) -> N
         except NasrecError as e:
             (root / f"odd_error_{rank}.txt").write_text(str(e))
         assert distributed.is_initialized()  # not torn down by the library
+        # No rank tears its connections down while the other may still be using them.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -239,7 +245,7 @@ def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
            "--data", str(runs["cache"]), "--out", str(out), "--no-progress",
            *[x for s in sets for x in ("--set", s)]]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     printed = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert len(printed) == 1 and printed[0]["steps"] == 3  # rank 0 alone prints the result
     assert json.loads((out / "metrics.json").read_text())["world_size"] == WORLD
