@@ -47,10 +47,13 @@ def dot_tokens(width: int) -> int:
 
 @dataclass
 class Output:
-    """A block's (or the raw input's) outputs: dense [B, W], tokens [B, Ws, 16], d2s tokens or None."""
+    """A block's (or the raw input's) outputs: dense [B, W], tokens [B, Ws, 16], d2s tokens [B, 8, 16].
 
-    dense: torch.Tensor
-    tokens: torch.Tensor
+    A block leaves None where an output cannot reach the head (and d2s when it has none).
+    """
+
+    dense: torch.Tensor | None
+    tokens: torch.Tensor | None
     d2s: torch.Tensor | None = None
 
 
@@ -137,19 +140,30 @@ class Cell(nn.Module):
     def _ln(layer: SliceLayerNorm | None, x: torch.Tensor) -> torch.Tensor:
         return x if layer is None else layer(x)
 
-    def forward(self, inputs: Sequence[Output], block: Block) -> Output:
-        """Run the block's choices; `inputs[j]` is input j (0 = raw input, j = block j-1's output)."""
+    def forward(self, inputs: Sequence[Output], block: Block, live: tuple[bool, bool] = (True, True)) -> Output:
+        """Run the block's choices; `inputs[j]` is input j (0 = raw input, j = block j-1's output).
+
+        `live` says whether the block's (dense, sparse) outputs reach the head (`live_outputs`). A side
+        that does not is left uncomputed (None), so that a model executes the FLOPs the cost model
+        counts; its result could not change the logit, so the outputs are the same.
+        """
         W, Ws = block.dense_width, block.sparse_width
-        token_used = [Used(j, inputs[j].tokens.shape[1], inputs[j].d2s is not None) for j in block.sparse_in]
+        dense_live, sparse_live = live
+        dense_on = dense_live or (block.d2s and sparse_live)  # the pre-fm dense sum also feeds d2s
+        sparse_on = sparse_live or (block.fm and dense_live)  # the pre-d2s token sum also feeds fm
+        dense_ops = block.dense_ops if dense_on else ()
         dense_used, x_dense = [], None
-        if block.uses_dense_in:  # otherwise dense_in may name blocks that were never computed
+        if dense_on and block.uses_dense_in:  # otherwise dense_in may name blocks that were never computed
             dense_used = [Used(j, inputs[j].dense.shape[1]) for j in block.dense_in]
             x_dense = _cat([inputs[j].dense for j in block.dense_in], 1)
-        x_tok = _cat([t for j in block.sparse_in for t in (inputs[j].tokens, inputs[j].d2s) if t is not None], 1)
-        x_tok_t = x_tok.transpose(1, 2)  # [B, 16, T]: token-axis linears act on the last axis
+        token_used, x_tok_t = [], None
+        if sparse_on or "dot" in dense_ops:
+            token_used = [Used(j, inputs[j].tokens.shape[1], inputs[j].d2s is not None) for j in block.sparse_in]
+            x_tok = _cat([t for j in block.sparse_in for t in (inputs[j].tokens, inputs[j].d2s) if t is not None], 1)
+            x_tok_t = x_tok.transpose(1, 2)  # [B, 16, T]: token-axis linears act on the last axis
 
         dense_out = None
-        for op in block.dense_ops:
+        for op in dense_ops:
             if op == "fc":
                 y = F.relu(self._ln(self.fc_ln, self.fc(x_dense, dense_used, W)))
             elif op == "dot":
@@ -159,7 +173,7 @@ class Cell(nn.Module):
             dense_out = y if dense_out is None else dense_out + y
 
         tokens = None
-        for op in block.sparse_ops:
+        for op in block.sparse_ops if sparse_on else ():
             if op == "efc":
                 t = F.relu(self._ln(self.efc_ln, self.efc(x_tok_t, token_used, Ws))).transpose(1, 2)
             else:
@@ -167,14 +181,16 @@ class Cell(nn.Module):
             tokens = t if tokens is None else tokens + t
 
         d2s = None
-        if block.d2s:
+        if block.d2s and sparse_live:
             z = dense_out if W == D2S_WIDTH else self._ln(self.d2s_ln, self.d2s_proj(dense_out, D2S_WIDTH))
             d2s = z.reshape(z.shape[0], D2S_TOKENS, EMBEDDING_DIM)
-        if block.fm:
+        if block.fm and dense_live:
             s = tokens.sum(1)
             v = s * s - (tokens * tokens).sum(1)  # pairwise interactions, without the 1/2 of the FM paper
             dense_out = dense_out + self._ln(self.fm_ln, v if W == EMBEDDING_DIM else self.fm_proj(v, W))
-        return Output(dense_out, tokens, d2s)
+        if not dense_live:
+            dense_out = None  # the pre-fm sum fed d2s only
+        return Output(dense_out, tokens if sparse_live else None, d2s)
 
     def _dot(self, x, dense_used, x_tok_t, token_used, W: int) -> torch.Tensor:
         p = dot_tokens(W)

@@ -10,7 +10,7 @@ fvcore measures a traced graph, so its count leaves out every operator whose out
 dead blocks: a live block whose dense output nobody reads (and that has no d2s) computes its dense
 operator for nothing, and likewise for a sparse output without fm. ``ArchCost.flops`` follows fvcore;
 ``ArchCost.flops_live_blocks`` counts every operator of the live blocks, which is what a model that
-prunes only dead blocks executes.
+prunes only dead blocks executes; nasrec's models skip the unread operators too and execute ``flops``.
 
 Each operator's formula lives in one small function (``fc_cost``, ``dot_cost``, ...) so that a model
 implementation can be checked against it operator by operator. The math follows ``docs/design.md``,

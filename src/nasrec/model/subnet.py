@@ -13,6 +13,7 @@ from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture
+from nasrec.space.liveness import live_outputs
 
 
 class Subnet(nn.Module):
@@ -28,6 +29,7 @@ class Subnet(nn.Module):
         token_w = [self.num_sparse] + [b.sparse_width for b in arch.blocks]
         has_d2s = [False] + [b.d2s for b in arch.blocks]
         self.live = arch.live_blocks()
+        self.outputs = live_outputs(arch)  # finer than `live`: a live block may compute one side only
         cells = {}
         for i, (block, live) in enumerate(zip(arch.blocks, self.live, strict=True)):
             if not live:
@@ -71,7 +73,8 @@ class Subnet(nn.Module):
         """The head's inputs: the last block's dense, token and d2s outputs."""
         outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
         for i, block in enumerate(self.arch.blocks):
-            outs.append(self.cells[str(i)](outs, block) if self.live[i] else None)
+            live = self.outputs[i]
+            outs.append(self.cells[str(i)](outs, block, live) if any(live) else None)
         last = outs[-1]
         assert last is not None  # the last block always reaches the head
         return last

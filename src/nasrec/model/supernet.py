@@ -13,6 +13,7 @@ from nasrec.model.cell import Cell, CellSpec, Output
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
 from nasrec.space.arch import Architecture
+from nasrec.space.liveness import live_outputs
 
 
 class SpaceLike(Protocol):
@@ -68,8 +69,8 @@ class Supernet(nn.Module):
         if arch.num_blocks != len(self.cells):
             raise ValueError(f"architecture has {arch.num_blocks} blocks, the supernet {len(self.cells)}")
         outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
-        for cell, block, live in zip(self.cells, arch.blocks, arch.live_blocks(), strict=True):
-            outs.append(cell(outs, block) if live else None)
+        for cell, block, live in zip(self.cells, arch.blocks, live_outputs(arch), strict=True):
+            outs.append(cell(outs, block, live) if any(live) else None)
         last = outs[-1]
         assert last is not None  # the last block always reaches the head
         return last
