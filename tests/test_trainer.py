@@ -128,6 +128,39 @@ def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
     assert metrics["mflops"] is None and metrics["params"] > 0
 
 
+def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp_path: Path) -> None:
+    from nasrec.data.cache import open_cache
+    from nasrec.data.loader import BatchLoader
+    from nasrec.model.layers import calibrate_head
+    from nasrec.model.spec import ModelSpec
+    from nasrec.train.config import preset
+    from nasrec.train.trainer import _EVAL_SEED, Trainer, evaluate
+
+    cfg = dict(batch_size=256, max_steps=20, path_warmup_steps=5, eval_max_batches=1, supernet_eval_archs=3,
+               lr=0.05, head_calib_batches=2, seed=4)  # fmt: skip
+    res = train_supernet(cache_dir, tmp_path / "sn", space="small", overrides=cfg, progress=False)
+    net, _ = load_trained(tmp_path / "sn")
+    saved = {k: v.clone() for k, v in net.head.named_buffers()}
+    cache = open_cache(cache_dir)
+    calib = list(BatchLoader(cache, "train", batch_size=256))[:2]
+    rng = np.random.default_rng([4, _EVAL_SEED])
+    losses = []
+    for _ in range(3):
+        arch = NASREC_SMALL.sample(rng, "default")
+        calibrate_head(lambda d, x, a=arch: net.features(d, x, a), net.head, calib)
+        losses.append(evaluate(net, cache, "val", 8192, 1, arch)["logloss"])
+        for k, v in net.head.named_buffers():
+            v.copy_(saved[k])
+    assert res["val"]["logloss"] == pytest.approx(float(np.mean(losses)), abs=1e-6)
+    # an evaluation puts the supernet's running mean back, so training goes on with it
+    trainer = Trainer(ModelSpec.from_dict(json.loads((tmp_path / "sn" / "model.json").read_text())), cache,
+                      preset(None, **cfg), tmp_path / "again")  # fmt: skip
+    trainer.model.load_state_dict(net.state_dict())
+    assert trainer._eval_here("val")["logloss"] == pytest.approx(res["val"]["logloss"], abs=1e-6)
+    for k, v in trainer.model.head.named_buffers():
+        assert torch.equal(v, saved[k]), k
+
+
 def test_early_stopping_keeps_the_best(cache_dir: Path, tmp_path: Path) -> None:
     cfg = dict(QUICK, lr=5.0, eval_every=5, early_stop_metric="logloss", patience=2, epochs=3)  # diverging lr
     res = train(cache_dir, tmp_path / "es", model="lr", overrides=cfg, progress=False)

@@ -43,7 +43,8 @@ class TrainConfig:
     tensorboard: bool = False
     # Standalone models with a centred head (layer norms on): before each evaluation its mean is measured
     # exactly over the first this-many train batches (file order) with the current weights; 0 keeps the
-    # running mean, which lags the weights when they move fast (docs/design.md, "Centred head").
+    # running mean, which lags the weights when they move fast (docs/design.md, "Centred head"). A
+    # supernet's evaluation measures it so for each of its evaluation paths, as the search's scorer does.
     head_calib_batches: int = 8
     # supernet training
     strategy: str = "default"

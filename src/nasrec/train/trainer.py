@@ -368,22 +368,42 @@ class Trainer:
             return
         if self._calibrated_at == self.state.step:  # these weights were measured already (val, then test)
             return
-        if self._calib is None:
-            loader = BatchLoader(self.cache, "train", batch_size=self.cfg.batch_size)
-            self._calib = [_to(b, self.device) for b in itertools.islice(loader, n)]
         was_training = self.model.training
         self.model.eval()
-        calibrate_head(self.model.features, head, self._calib)
+        calibrate_head(self.model.features, head, self._calib_batches())
         self.model.train(was_training)
         self._calibrated_at = self.state.step
+
+    def _calib_batches(self) -> list[Batch]:
+        """The first `head_calib_batches` train batches in file order (read once, kept on the device)."""
+        if self._calib is None:
+            loader = BatchLoader(self.cache, "train", batch_size=self.cfg.batch_size)
+            self._calib = [_to(b, self.device) for b in itertools.islice(loader, self.cfg.head_calib_batches)]
+        return self._calib
 
     def _eval_here(self, split: str) -> dict[str, float]:
         cfg = self.cfg
         if self.space is None:
             return evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches)
         rng = np.random.default_rng([cfg.seed, _EVAL_SEED])
-        results = [evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches,
-                            self.space.sample(rng, "default")) for _ in range(cfg.supernet_eval_archs)]  # fmt: skip
+        head = self.model.head
+        # A centred head's running mean mixes every path trained. Each path is judged with its own exact
+        # mean, as a candidate is scored, and the supernet's buffers are put back afterwards.
+        saved = {k: v.clone() for k, v in head.named_buffers()}
+        results = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for _ in range(cfg.supernet_eval_archs):
+                arch = self.space.sample(rng, "default")
+                if cfg.head_calib_batches:
+                    calibrate_head(lambda d, x, a=arch: self.model.features(d, x, a), head, self._calib_batches())
+                results.append(evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches,
+                                        arch))  # fmt: skip
+        finally:
+            for k, v in head.named_buffers():
+                v.copy_(saved[k])
+            self.model.train(was_training)
         return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
     def _evaluate_during_training(self) -> None:
