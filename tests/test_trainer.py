@@ -117,6 +117,41 @@ def test_supernet_paths_are_a_function_of_seed_and_step() -> None:
     assert all(len(blk.dense_ops) == 1 for arch in late for blk in arch.blocks)  # warm-up over
 
 
+def test_supernet_paths_within_a_flops_budget() -> None:
+    from nasrec.model.cost import arch_cost
+    from nasrec.train.trainer import mflops_budget, sample_within
+
+    within = mflops_budget(0.5, 13, [100] * 26)
+    assert mflops_budget(None, 13, [100] * 26) is None
+    paths = [supernet_path(NASREC_FULL, 3, t, "default", 10, within) for t in range(10, 40)]
+    assert all(arch_cost(a, 13, 26).mflops <= 0.5 for a in paths)
+    assert paths == [supernet_path(NASREC_FULL, 3, t, "default", 10, within) for t in range(10, 40)]
+    # most unconstrained paths are over the budget, so the redraws changed them
+    free = [supernet_path(NASREC_FULL, 3, t, "default", 10) for t in range(10, 40)]
+    assert sum(a != b for a, b in zip(paths, free, strict=True)) > 15
+    # the warm-up keeps its full paths
+    assert supernet_path(NASREC_FULL, 3, 0, "default", 10, within) == NASREC_FULL.full_path()
+    with pytest.raises(NasrecError, match="within the budget in 5 draws"):
+        sample_within(NASREC_FULL, np.random.default_rng(0), "default", lambda a: False, tries=5)
+
+
+def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path) -> None:
+    from nasrec.cli import main
+
+    cfg = dict(batch_size=256, max_steps=6, eval_max_batches=1, supernet_eval_archs=2)
+    sets = [x for k, v in cfg.items() for x in ("--set", f"{k}={v}")]
+    assert main(["supernet", "--space", "full", "--data", str(cache_dir), "--out", str(tmp_path / "sn"),
+                 "--max-mflops", "0.3", "--no-progress", *sets]) == 0  # fmt: skip
+    run = json.loads((tmp_path / "sn" / "metrics.json").read_text())
+    assert run["steps"] == 6 and np.isfinite(run["logloss"])
+    assert json.loads((tmp_path / "sn" / "config.json").read_text())["train"]["path_max_mflops"] == 0.3
+    cfg["path_max_mflops"] = 0.3
+    with pytest.raises(NasrecError, match="path_max_mflops must be > 0"):
+        train_supernet(cache_dir, tmp_path / "bad", space="full", overrides=dict(cfg, path_max_mflops=0.0))
+    with pytest.raises(NasrecError, match="supernets only"):
+        train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, path_max_mflops=1.0), progress=False)
+
+
 def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
     res = train_supernet(cache_dir, tmp_path / "sn", space="small", progress=False,
                          overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, eval_max_batches=1,

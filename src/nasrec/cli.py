@@ -312,6 +312,8 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_supernet(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("supernet", help="train a weight-sharing supernet over a search space")
     p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
+    p.add_argument("--max-mflops", type=float, metavar="X",
+                   help="after the warm-up, train only paths of at most X MFLOPs (the search's cap)")  # fmt: skip
     _add_train_options(p)
 
 
@@ -320,6 +322,8 @@ def _run_supernet(args: argparse.Namespace) -> int:
 
     overrides = _parse_sets(args.set)
     _device(args, overrides)
+    if args.max_mflops is not None:
+        overrides["path_max_mflops"] = args.max_mflops
     res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
                          overrides=overrides, resume=args.resume,
                          progress=False if args.no_progress else None)  # fmt: skip

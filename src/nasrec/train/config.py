@@ -50,6 +50,9 @@ class TrainConfig:
     strategy: str = "default"
     path_warmup_steps: int = 0  # full-path warm-up length T (probability of the full path 1 - t/T)
     supernet_eval_archs: int = 4  # fixed sampled architectures averaged when evaluating a supernet
+    # Budget-aware supernet training: after the warm-up, a sampled path over this many MFLOPs (the
+    # search's count) is redrawn, so the training goes to the paths a search under that cap can choose.
+    path_max_mflops: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every", "log_every", "patience")
@@ -66,6 +69,8 @@ class TrainConfig:
             raise NasrecError(
                 f"training config: early_stop_metric must be logloss or auc, not {self.early_stop_metric!r}"
             )
+        if self.path_max_mflops is not None and not self.path_max_mflops > 0:
+            raise NasrecError(f"training config: path_max_mflops must be > 0, not {self.path_max_mflops}")
         if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
             raise NasrecError("training config: lr must be > 0 and warmup_fraction in [0, 1)")
         try:

@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
+from nasrec.model.cost import arch_cost
 from nasrec.model.layers import HeadLinear, calibrate_head, init_head_bias, set_batch_group
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
@@ -59,12 +61,40 @@ from nasrec.train.optim import build_optimizer
 from nasrec.train.schedule import build_schedule
 
 _EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is evaluated on
+_PATH_TRIES = 10_000  # draws allowed to find a path within the budget (6 % of Full's are under 0.5 MFLOPs)
 
 
-def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps: int) -> Architecture:
-    """The path trained at `step`: a pure function of (seed, step), so every rank draws the same one."""
+def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps: int,
+                  within: Callable[[Architecture], bool] | None = None) -> Architecture:  # fmt: skip
+    """The path trained at `step`: a pure function of (seed, step), so every rank draws the same one.
+
+    After the warm-up, paths for which `within` is false are redrawn (from the same generator).
+    """
     prob = max(0.0, 1.0 - step / warmup_steps) if warmup_steps > 0 else 0.0
-    return space.sample(np.random.default_rng([seed, step]), strategy, full_path_prob=prob)
+    rng = np.random.default_rng([seed, step])
+    if within is None or prob > 0:
+        return space.sample(rng, strategy, full_path_prob=prob)
+    return sample_within(space, rng, strategy, within)
+
+
+def sample_within(space: Any, rng: np.random.Generator, strategy: str, within: Callable[[Architecture], bool],
+                  tries: int = _PATH_TRIES) -> Architecture:  # fmt: skip
+    """The first architecture drawn with `strategy` for which `within` holds."""
+    for _ in range(tries):
+        arch = space.sample(rng, strategy)
+        if within(arch):
+            return arch
+    raise NasrecError(f"no {strategy} path within the budget in {tries} draws: raise path_max_mflops")
+
+
+def mflops_budget(
+    max_mflops: float | None, num_dense: int, table_sizes: Sequence[int]
+) -> Callable[[Architecture], bool] | None:
+    """The test "at most `max_mflops`", counted as the search counts (None without a budget)."""
+    if max_mflops is None:
+        return None
+    n = len(table_sizes)
+    return lambda arch: arch_cost(arch, num_dense, n, table_sizes).mflops <= max_mflops
 
 
 @torch.no_grad()
@@ -147,6 +177,9 @@ class Trainer:
         self.space = None
         if spec.kind == "supernet":
             self.space = self.model.space
+        elif cfg.path_max_mflops is not None:
+            raise NasrecError("training config: path_max_mflops applies to supernets only")
+        self._within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes)
         self.loader = BatchLoader(cache, "train", batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
                                   drop_last=True, prefetch=2, rank=self.rank, world_size=self.world,
                                   shard="rows")  # fmt: skip
@@ -306,7 +339,7 @@ class Trainer:
         batch = _to(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         if self.space is not None:
-            arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, cfg.path_warmup_steps)
+            arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, cfg.path_warmup_steps, self._within)
             logits = self.model(batch.dense, batch.sparse, arch)
         else:
             logits = self.model(batch.dense, batch.sparse)
@@ -395,7 +428,7 @@ class Trainer:
         self.model.eval()
         try:
             for _ in range(cfg.supernet_eval_archs):
-                arch = self.space.sample(rng, "default")
+                arch = sample_within(self.space, rng, "default", self._within or (lambda a: True))
                 if cfg.head_calib_batches:
                     calibrate_head(lambda d, x, a=arch: self.model.features(d, x, a), head, self._calib_batches())
                 results.append(evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches,
