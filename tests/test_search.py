@@ -375,6 +375,15 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
     again = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
                    train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
     assert again["final"] == res["final"] and again["best"] == res["best"]
+    # a larger k later: the same history, the finished runs kept, one more architecture retrained
+    more = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=dict(sets, top_k=4), retrain=True,
+                  train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
+    assert more["scored"] == res["scored"] and more["top"][:3] == res["top"] and len(more["top"]) == 4
+    assert more["final"]["runs"][:3] == runs and len(more["final"]["runs"]) == 4
+    assert len(json.loads((tmp_path / "s" / "top.json").read_text())) == 4
+    with pytest.raises(NasrecError, match="own settings"):
+        search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=dict(sets, generations=3), resume=True,
+               progress=False)  # fmt: skip
 
 
 def test_retraining_with_several_seeds_judges_the_mean(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:

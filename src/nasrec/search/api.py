@@ -23,7 +23,7 @@ from nasrec import distributed
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
-from nasrec.search.evolution import Search, SearchConfig
+from nasrec.search.evolution import RESULT_ONLY, Search, SearchConfig
 from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
@@ -135,10 +135,16 @@ def _check_out(out: Path, resolved: dict[str, Any], resume: bool) -> str | None:
 
 
 def _settings(resolved: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The settings of a search that must match to resume it: the scoring device may change."""
+    """The settings of a search that must match to resume it.
+
+    The scoring device may change, and so may top_k: it only picks the result from the history (a
+    finished search resumed with another k rewrites top.json and retrains the new top k).
+    """
     out = {k: resolved.get(k) for k in keys}
     if isinstance(out.get("score"), dict):
         out["score"] = {k: v for k, v in out["score"].items() if k != "device"}
+    if isinstance(out.get("search"), dict):
+        out["search"] = {k: v for k, v in out["search"].items() if k not in RESULT_ONLY}
     return out
 
 

@@ -45,6 +45,8 @@ from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace, mutation_count
 
 STRATEGIES = ("evolution", "random")
+# Settings that only pick the result from the history: a search may be resumed with other values.
+RESULT_ONLY = ("top_k",)
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class Search:
         return state, lines
 
     def _restore(self, state: dict[str, Any], lines: list[str]) -> None:
-        if state["config"] != self.cfg.to_dict() or state["space"] != self.space.to_dict():
+        if _trajectory(state["config"]) != _trajectory(self.cfg.to_dict()) or state["space"] != self.space.to_dict():
             raise NasrecError(f"{self.out}: --resume continues a search with its own configuration and space")
         if len(lines) < state["scored"]:
             raise NasrecError(f"{self.out}: history.jsonl holds fewer candidates than state.json records")
@@ -344,6 +346,11 @@ class Search:
         _write_json(self.out / "pareto.json", [_summary(c) for c in front])
         _write_json(self.out / "result.json", result)
         return result
+
+
+def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide which candidates a search scores (all but RESULT_ONLY)."""
+    return {k: v for k, v in config.items() if k not in RESULT_ONLY}
 
 
 def top_k(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
