@@ -8,7 +8,8 @@ Usage::
 Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `--work`):
 
 1. `nasrec supernet` over `--space` with the "cpu-supernet" preset (`--supernet-epochs` epochs, full-path
-   warm-up over the first quarter of the steps);
+   warm-up over the first quarter of the steps; with `--supernet-budget` only paths within `--max-mflops`
+   afterwards);
 2. `nasrec search --preset cpu` (regularized evolution, 224 candidates, 2 workers) under
    `--max-mflops` (default: the MFLOPs of the best zoo model of `bench/bench_quality.py`, DCNv2), then
    the top 3 (`--top-k`) retrained with the quality benchmark's recipe (`--retrain-seeds` seeds each)
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", choices=["head", "all"], help="scoring fine-tune mode (default: the preset's)")
     ap.add_argument("--finetune-steps", type=int, help="scoring fine-tune steps (default: the preset's)")
     ap.add_argument("--supernet-lr", type=float, help="supernet learning rate (default: the cpu-supernet preset's)")
+    ap.add_argument("--supernet-budget", action="store_true",
+                    help="train the supernet only on paths within --max-mflops after its warm-up")  # fmt: skip
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
         sn_metrics = train_supernet(cache, sn, space=args.space, preset_name="cpu-supernet", resume=True,
                                     overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4, threads=2,
-                                                   **({"lr": args.supernet_lr} if args.supernet_lr else {})),
+                                                   **({"lr": args.supernet_lr} if args.supernet_lr else {}),
+                                                   **({"path_max_mflops": args.max_mflops} if args.supernet_budget else {})),
                                     progress=False)  # fmt: skip
         t_sn = time.perf_counter() - t0
         out = args.work / f"search-{dataset}-{args.space}"
