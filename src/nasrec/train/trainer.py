@@ -72,17 +72,17 @@ def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps:
     """
     prob = max(0.0, 1.0 - step / warmup_steps) if warmup_steps > 0 else 0.0
     rng = np.random.default_rng([seed, step])
-    if within is None or prob > 0:
+    if prob > 0:
         return space.sample(rng, strategy, full_path_prob=prob)
     return sample_within(space, rng, strategy, within)
 
 
-def sample_within(space: Any, rng: np.random.Generator, strategy: str, within: Callable[[Architecture], bool],
-                  tries: int = _PATH_TRIES) -> Architecture:  # fmt: skip
-    """The first architecture drawn with `strategy` for which `within` holds."""
+def sample_within(space: Any, rng: np.random.Generator, strategy: str,
+                  within: Callable[[Architecture], bool] | None, tries: int = _PATH_TRIES) -> Architecture:  # fmt: skip
+    """The first architecture drawn with `strategy` for which `within` holds (the first drawn if None)."""
     for _ in range(tries):
         arch = space.sample(rng, strategy)
-        if within(arch):
+        if within is None or within(arch):
             return arch
     raise NasrecError(f"no {strategy} path within the budget in {tries} draws: raise path_max_mflops")
 
@@ -428,7 +428,7 @@ class Trainer:
         self.model.eval()
         try:
             for _ in range(cfg.supernet_eval_archs):
-                arch = sample_within(self.space, rng, "default", self._within or (lambda a: True))
+                arch = sample_within(self.space, rng, "default", self._within)
                 if cfg.head_calib_batches:
                     calibrate_head(lambda d, x, a=arch: self.model.features(d, x, a), head, self._calib_batches())
                 results.append(evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches,
