@@ -387,7 +387,7 @@ def check_against_reference(arch: Architecture, num_dense: int, num_sparse: int,
     torch.manual_seed(0)
     assert measure(RefModel(arch, num_dense, num_sparse, ln, prune=True), x, s) == (
         cost.flops_live_blocks,
-        cost.dense_params,
+        cost.dense_params_live_blocks,
     )
     assert measure_traced(RefModel(arch, num_dense, num_sparse, ln, prune=False), x, s) == (
         cost.flops,
@@ -413,7 +413,7 @@ def test_arch_cost_fields() -> None:
     assert cost.head_input == 16 + 16 * (64 + 8)
     assert len(cost.per_block) == SYNTHETIC.num_blocks
     assert cost.per_block[0].dense_in == 13 and cost.per_block[2].sparse_in == 26 + 24 + 32
-    assert cost.dense_params_live_ops < cost.dense_params < cost.dense_params_with_dead
+    assert cost.dense_params < cost.dense_params_live_blocks < cost.dense_params_with_dead
     assert C.arch_cost(SYNTHETIC).embedding_params == 0
     with pytest.raises(NasrecError, match="table sizes"):
         C.arch_cost(SYNTHETIC, 13, 26, table_sizes=[10] * 3)

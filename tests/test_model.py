@@ -126,6 +126,7 @@ def test_standalone_parameters_equal_the_cost_model(layernorm: bool) -> None:
     from nasrec.model.cost import arch_cost
 
     rng = np.random.default_rng(3)
+    pruned = 0
     for space in (NASREC_SMALL, NASREC_FULL):
         for _ in range(15):
             arch = space.sample(rng, "default")
@@ -134,6 +135,32 @@ def test_standalone_parameters_equal_the_cost_model(layernorm: bool) -> None:
             cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES, use_layernorm=layernorm)
             assert n == cost.dense_params
             assert sub.embedding.table.weight.numel() == cost.embedding_params
+            pruned += cost.dense_params < cost.dense_params_live_blocks
+    assert pruned >= 3  # some architectures have operators whose results nobody reads: those are not built
+
+
+def test_checkpoint_holding_unread_operators_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nasrec.model.subnet as subnet_mod
+    from nasrec.model.cost import arch_cost
+
+    rng = np.random.default_rng(5)
+    dense, sparse = _batch()
+    archs = [NASREC_FULL.sample(rng, "default") for _ in range(40)]
+    archs = [a for a in archs if arch_cost(a, NUM_DENSE, len(TABLES)).dense_params < arch_cost(a, NUM_DENSE, len(TABLES)).dense_params_live_blocks][:4]  # fmt: skip
+    assert archs
+    for arch in archs:
+        torch.manual_seed(0)
+        with monkeypatch.context() as m:  # the older layout: every operator of a live block built and run
+            m.setattr(subnet_mod, "live_outputs", lambda a: tuple((b, b) for b in a.live_blocks()))
+            old = Subnet(arch, NUM_DENSE, TABLES, layernorm=True).eval()
+        new = Subnet(arch, NUM_DENSE, TABLES, layernorm=True).eval()
+        state = old.state_dict()
+        assert len(state) > len(new.state_dict())
+        new.load_state_dict(state)  # strict
+        with torch.no_grad():
+            torch.testing.assert_close(new(dense, sparse), old(dense, sparse), rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match="Unexpected"):  # anything else unknown is still refused
+            new.load_state_dict({**state, "cells.99.fc.weight": torch.zeros(1)})
 
 
 def test_measured_flops_equal_the_cost_model() -> None:

@@ -11,6 +11,8 @@ dead blocks: a live block whose dense output nobody reads (and that has no d2s) 
 operator for nothing, and likewise for a sparse output without fm. ``ArchCost.flops`` follows fvcore;
 ``ArchCost.flops_live_blocks`` counts every operator of the live blocks, which is what a model that
 prunes only dead blocks executes; nasrec's models skip the unread operators too and execute ``flops``.
+Parameters likewise: ``dense_params`` is what nasrec's standalone model holds (unread operators are not
+built), ``dense_params_live_blocks`` and ``dense_params_with_dead`` what the reference's models hold.
 
 Each operator's formula lives in one small function (``fc_cost``, ``dot_cost``, ...) so that a model
 implementation can be checked against it operator by operator. The math follows ``docs/design.md``,
@@ -216,9 +218,9 @@ class ArchCost:
     flops: int  # per example, the paper's (fvcore's) count: operators reaching the head, plus the head
     flops_live_blocks: int  # every operator of the live blocks, plus the head
     attention_flops: int  # the part of `flops` in attention's Q·Kᵀ and A·V products
-    dense_params: int  # non-embedding parameters, dead blocks pruned
+    dense_params: int  # non-embedding parameters of the operators reaching the head, plus the head
+    dense_params_live_blocks: int  # every operator of the live blocks, plus the head
     dense_params_with_dead: int  # the same with dead blocks, as the reference's models hold them
-    dense_params_live_ops: int  # only operators whose results reach the head, plus the head
     embedding_params: int
     dead_blocks: list[int]
     per_block: tuple[BlockCost, ...]
@@ -232,7 +234,7 @@ class ArchCost:
 
     @property
     def params(self) -> int:
-        """All parameters of the standalone model: dense (dead blocks pruned) plus embeddings."""
+        """All parameters of the standalone model: dense (unread operators pruned) plus embeddings."""
         return self.dense_params + self.embedding_params
 
 
@@ -283,9 +285,9 @@ def arch_cost(
         flops=sum(bc.live_flops for bc in live) + head.flops,
         flops_live_blocks=sum(bc.flops for bc in live) + head.flops,
         attention_flops=attention,
-        dense_params=sum(bc.params for bc in live) + head.params,
+        dense_params=sum(o.params for bc in live for o in bc.ops if o.live) + head.params,
+        dense_params_live_blocks=sum(bc.params for bc in live) + head.params,
         dense_params_with_dead=sum(bc.params for bc in per_block) + head.params,
-        dense_params_live_ops=sum(o.params for bc in live for o in bc.ops if o.live) + head.params,
         embedding_params=sum(table_sizes) * e if table_sizes is not None else 0,
         dead_blocks=arch.dead_blocks(),
         per_block=tuple(per_block),

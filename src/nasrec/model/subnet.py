@@ -1,4 +1,8 @@
-"""Standalone models: one architecture at exactly its sizes, dead blocks pruned."""
+"""Standalone models: one architecture at exactly its sizes, without what cannot reach the head.
+
+Dead blocks are not built, and neither are the operators of live blocks whose results nobody reads
+(`live_outputs`): the model holds `ArchCost.dense_params` parameters and executes `ArchCost.flops`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from nasrec.model.cell import Cell, CellSpec, Output
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
 from nasrec.model.supernet import Supernet
-from nasrec.space.arch import Architecture
+from nasrec.space.arch import Architecture, Block
 from nasrec.space.liveness import live_outputs
 
 
@@ -32,20 +36,12 @@ class Subnet(nn.Module):
         self.outputs = live_outputs(arch)  # finer than `live`: a live block may compute one side only
         cells = {}
         for i, (block, live) in enumerate(zip(arch.blocks, self.live, strict=True)):
-            if not live:
-                continue
-            dense_segs = tuple(Seg(j, dense_w[j]) for j in block.dense_in) if block.uses_dense_in else ()
-            pad = max(dense_w[block.left], dense_w[block.right]) if block.uses_left_right else 1
-            spec = CellSpec(
-                dense_ops=block.dense_ops, sparse_ops=block.sparse_ops, dense_segs=dense_segs,
-                token_segs=tuple(Seg(j, token_w[j], has_d2s[j]) for j in block.sparse_in), pad_cap=pad,
-                width=block.dense_width, tokens=block.sparse_width, fm=block.fm, d2s=block.d2s,
-                layernorm=layernorm, exact=True,
-            )  # fmt: skip
-            cells[str(i)] = Cell(spec)
+            if live:
+                cells[str(i)] = Cell(_exact_spec(block, self.outputs[i], dense_w, token_w, has_d2s, layernorm))
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
         self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s, centre=layernorm)
+        self.register_load_state_dict_pre_hook(_drop_unread_operators)
 
     @classmethod
     def for_cache(cls, arch: Architecture, cache: Cache, layernorm: bool = False) -> Subnet:
@@ -78,3 +74,33 @@ class Subnet(nn.Module):
         last = outs[-1]
         assert last is not None  # the last block always reaches the head
         return last
+
+
+def _exact_spec(
+    block: Block, live: tuple[bool, bool], dense_w: list[int], token_w: list[int], has_d2s: list[bool], ln: bool
+) -> CellSpec:
+    """The cell of a live block at its exact sizes, holding only the operators whose results are read."""
+    dense_live, sparse_live = live
+    dense_on = dense_live or (block.d2s and sparse_live)  # as `Cell.forward`
+    sparse_on = sparse_live or (block.fm and dense_live)
+    dense_ops = block.dense_ops if dense_on else ()
+    reads_dense = any(op in ("fc", "dot") for op in dense_ops)
+    reads_tokens = sparse_on or "dot" in dense_ops
+    pairs = any(op in ("sum", "gating") for op in dense_ops)
+    return CellSpec(
+        dense_ops=dense_ops, sparse_ops=block.sparse_ops if sparse_on else (),
+        dense_segs=tuple(Seg(j, dense_w[j]) for j in block.dense_in) if reads_dense else (),
+        token_segs=tuple(Seg(j, token_w[j], has_d2s[j]) for j in block.sparse_in) if reads_tokens else (),
+        pad_cap=max(dense_w[block.left], dense_w[block.right]) if pairs else 1,
+        width=block.dense_width, tokens=block.sparse_width, fm=block.fm and dense_live,
+        d2s=block.d2s and sparse_live, layernorm=ln, exact=True,
+    )  # fmt: skip
+
+
+def _drop_unread_operators(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+    """Let a checkpoint of an older layout, which held unread operators' weights, load: drop those."""
+    cells = module.cells
+    for key in [k for k in state if k.startswith(prefix + "cells.")]:
+        index, layer = key[len(prefix) + len("cells.") :].split(".")[:2]
+        if index in cells and not hasattr(cells[index], layer):
+            del state[key]
