@@ -314,3 +314,63 @@ def test_schedule_state_round_trip(name: str) -> None:
         build_schedule(_two_groups(), "constant" if name != "constant" else "plateau", total_steps=40).load_state_dict(
             sched_state
         )
+
+
+def test_box_adagrad_on_a_supernet_equals_adagrad() -> None:
+    import numpy as np
+
+    from nasrec.model.supernet import Supernet
+    from nasrec.space.space import NASREC_SMALL
+    from nasrec.train.optim import BoxAdagrad
+
+    tables = [7, 30, 3, 50, 11]
+
+    def run(sliced: bool, steps: int, state: dict | None = None) -> tuple[Supernet, SplitOptimizer]:
+        torch.manual_seed(0)
+        model = Supernet(NASREC_SMALL, 4, tables, layernorm=True)
+        opt = build_optimizer(model, "adagrad", lr=0.1, sliced=sliced)
+        assert isinstance(opt.optimizers["dense"], BoxAdagrad) == sliced
+        rng = np.random.default_rng(0)
+        gen = torch.Generator().manual_seed(0)
+        for step in range(steps):
+            arch = NASREC_SMALL.sample(rng, "default")
+            dense = torch.randn(32, 4, generator=gen)
+            ids = torch.stack([torch.randint(0, t, (32,), generator=gen) for t in tables], 1)
+            y = (torch.rand(32, generator=gen) < 0.3).float()
+            if state is not None and step == steps // 2:  # a plain Adagrad state resumes in the box optimizer
+                opt.load_state_dict(state)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.binary_cross_entropy_with_logits(model(dense, ids, arch), y).backward()
+            clip_grad_norm(opt.parameters(), 5.0)
+            opt.step()
+            if state is None and not sliced and step == steps // 2 - 1:
+                run.saved = copy.deepcopy(opt.state_dict())  # type: ignore[attr-defined]
+        return model, opt
+
+    plain, plain_opt = run(False, 8)
+    boxed, boxed_opt = run(True, 8)
+    big = [p for p in plain.parameters() if p.numel() >= 1 << 14]
+    assert big  # the box path is exercised
+    for a, b in zip(plain.parameters(), boxed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(plain_opt.optimizers["dense"].state.values(), boxed_opt.optimizers["dense"].state.values(), strict=True):  # fmt: skip
+        assert a["step"] == b["step"]
+        torch.testing.assert_close(a["sum"], b["sum"], rtol=1e-6, atol=1e-7)
+    resumed, _ = run(True, 8, state=run.saved)  # type: ignore[attr-defined]
+    for a, b in zip(plain.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert isinstance(build_optimizer(plain, "adagrad", sliced=True, weight_decay=1e-4).optimizers["dense"], torch.optim.Adagrad)  # fmt: skip
+
+
+def test_nonzero_extents() -> None:
+    from nasrec.train.extents import nonzero_extents
+
+    g = torch.zeros(40, 30)
+    assert nonzero_extents(g) == (0, 0)
+    g[5, 2] = -1.0
+    g[1, 17] = 2.0
+    assert nonzero_extents(g) == (6, 18)
+    g[39, 0] = float("nan")
+    assert nonzero_extents(g) == (40, 18)
+    assert nonzero_extents(torch.zeros(3, 4), min_numel=100) == (3, 4)  # small: not scanned
+    assert nonzero_extents(torch.tensor([0.0, 1.0, 0.0])) == (2,)

@@ -58,6 +58,7 @@ from torch import nn
 
 from nasrec import distributed
 from nasrec.errors import NasrecError
+from nasrec.train.extents import nonzero_extents
 from nasrec.train.optim import sparse_parameters
 
 DEFAULT_BUCKET_BYTES = 32 << 20  # large enough to amortise per-collective latency, small enough to bound the copy
@@ -242,26 +243,8 @@ class GradientSync:
 
 
 def _extents(g: torch.Tensor) -> list[float]:
-    """Per dimension, one past the last index holding a nonzero (or NaN): the box outside which `g` is 0.
-
-    A supernet layer run on a slice of its weight gets a full-shape gradient that is zero outside that
-    slice; only the box is sent. A small tensor is sent whole: scanning it would cost more than its
-    bytes. ``amax`` and ``amin`` are vectorised passes that allocate nothing of the gradient's size
-    (several times faster than ``ne(0).any``), and NaN propagates through them, so it counts as nonzero.
-    """
-    if g.numel() < SCAN_MIN_NUMEL:
-        return [float(n) for n in g.shape]
-    ext: list[float] = []
-    box = g
-    for d in range(g.dim()):
-        other = tuple(k for k in range(g.dim()) if k != d)
-        hit = ((box.amax(dim=other) != 0) | (box.amin(dim=other) != 0)) if other else box != 0
-        where = hit.nonzero()
-        if not where.numel():
-            return [0.0] * g.dim()  # all zero: nothing to send
-        ext.append(float(where[-1]) + 1)
-        box = box.narrow(d, 0, int(ext[-1]))
-    return ext
+    """The box outside which `g` is 0 (`nonzero_extents`), as header values; small tensors are sent whole."""
+    return [float(n) for n in nonzero_extents(g, SCAN_MIN_NUMEL)]
 
 
 def _buckets(grads: list[torch.Tensor], cap: int) -> Iterable[list[torch.Tensor]]:

@@ -13,6 +13,11 @@
   the looked-up rows, and it changes the optimisation (slightly), unlike sparse Adagrad.
 - ``sgd``: plain `torch.optim.SGD` for both parts (no momentum: a sparse momentum buffer would fill up).
 
+A supernet runs slices of its weights, so a dense gradient is zero outside the box of the slice the
+step's path used. With ``sliced=True`` (and no weight decay) the dense Adagrad updates only that box
+(`BoxAdagrad`): Adagrad leaves an element with a zero gradient exactly as it is, so the result is the
+same and a step costs what the path touched, not the whole supernet.
+
 Weight decay is applied to the dense parameters only; the embedding group always has weight decay 0.
 Decaying a table exactly would touch every row at every step, the cost the sparse gradients avoid, and
 decaying only the looked-up rows is a different, frequency-dependent regulariser (the reference's L2
@@ -28,8 +33,10 @@ import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
+from nasrec.train.extents import nonzero_extents
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
+BOX_MIN_NUMEL = 1 << 14  # smaller tensors are updated whole: scanning them costs more than it saves
 DEFAULT_EPS = {"adagrad": 1e-2, "adam": 1e-8, "sgd": 0.0}
 
 
@@ -96,6 +103,40 @@ class SplitOptimizer:
         return f"SplitOptimizer({self.name!r}, {parts})"
 
 
+class BoxAdagrad(torch.optim.Adagrad):
+    """Adagrad (no weight decay, no lr decay) that updates only the box outside which a gradient is zero.
+
+    Same state and state dict as `torch.optim.Adagrad`, and the same arithmetic on every element it
+    touches; the elements it skips would not have changed.
+    """
+
+    def __init__(self, params: Any, lr: float, eps: float) -> None:
+        super().__init__(params, lr=lr, eps=eps, initial_accumulator_value=0.0)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        """One update of every parameter that has a gradient, restricted to each gradient's nonzero box."""
+        if closure is not None:
+            raise NasrecError("BoxAdagrad.step takes no closure")
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise NasrecError("BoxAdagrad updates dense gradients only")
+                state = self.state[p]
+                state["step"] += 1
+                ext = nonzero_extents(g, BOX_MIN_NUMEL)
+                if 0 in ext:
+                    continue
+                box = tuple(slice(0, e) for e in ext)
+                acc, gb = state["sum"][box], g[box]
+                acc.addcmul_(gb, gb, value=1)
+                p[box].addcdiv_(gb, acc.sqrt().add_(eps), value=-lr)
+
+
 def sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Weights of the model's `nn.Embedding` / `nn.EmbeddingBag` modules built with `sparse=True`."""
     found: dict[int, nn.Parameter] = {}
@@ -113,11 +154,13 @@ def build_optimizer(
     weight_decay: float = 0.0,
     embedding_lr: float | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
+    sliced: bool = False,
 ) -> SplitOptimizer:
     """The optimizer `name` over the model's trainable parameters, sparse embeddings in their own group.
 
     `eps` defaults to 1e-2 for adagrad (the paper) and 1e-8 for adam (sgd has none); `embedding_lr`
-    defaults to `lr`; `weight_decay` reaches dense parameters only (see the module docstring).
+    defaults to `lr`; `weight_decay` reaches dense parameters only (see the module docstring). `sliced`:
+    the model runs slices of its weights (a supernet), so dense Adagrad updates only each gradient's box.
     """
     if name not in OPTIMIZERS:
         raise NasrecError(f"unknown optimizer {name!r} (expected one of: {', '.join(OPTIMIZERS)})")
@@ -144,7 +187,9 @@ def build_optimizer(
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if dense:
         group = {"params": dense, "name": "dense"}
-        if name == "adagrad":
+        if name == "adagrad" and sliced and weight_decay == 0:
+            optimizers["dense"] = BoxAdagrad([group], lr=lr, eps=eps)
+        elif name == "adagrad":
             optimizers["dense"] = torch.optim.Adagrad(
                 [group], lr=lr, eps=eps, weight_decay=weight_decay, initial_accumulator_value=0.0
             )

@@ -190,7 +190,8 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.lr, eps=cfg.eps,
-                                         weight_decay=cfg.weight_decay, embedding_lr=cfg.embedding_lr)  # fmt: skip
+                                         weight_decay=cfg.weight_decay, embedding_lr=cfg.embedding_lr,
+                                         sliced=self.space is not None)  # fmt: skip
         self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps=self.total_steps,
                                        warmup_fraction=cfg.warmup_fraction)  # fmt: skip
         self.state = _State()
