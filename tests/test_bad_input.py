@@ -157,6 +157,18 @@ def test_bad_row_stops_prepare_with_its_location(
     assert_nothing_written(out)
 
 
+def test_vocabulary_refuses_the_id_reserved_for_missing_values(tmp_path: Path) -> None:
+    lines = good_lines()
+    lines[BAD_LINE - 1] = replace_field(BAD_LINE - 1, 14, "8000000000000000")  # 2^63: -2^63 as a signed id
+    inp = write_lines(tmp_path / "in.tsv", lines)
+    with pytest.raises(DataError) as info:
+        prepare(cfg(inp, tmp_path / "cache", encoding="vocab"))
+    assert (info.value.line, info.value.column) == (BAD_LINE, "C1")
+    assert "reserved for missing values" in info.value.reason
+    assert_nothing_written(tmp_path / "cache")
+    prepare(cfg(inp, tmp_path / "hashed", encoding="hash"))  # hashing has no such marker: the id is fine
+
+
 def test_first_of_several_bad_rows_is_reported(tmp_path: Path) -> None:
     lines = good_lines()
     lines[30] = replace_field(30, 0, "7")
