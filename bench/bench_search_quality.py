@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["synthetic", "criteo_kaggle_indexed_20k"])
     ap.add_argument("--space", default="full")
     ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-quality"))
+    ap.add_argument("--synthetic-rows", type=int, default=60_000, help="rows of the synthetic dataset")
     ap.add_argument("--supernet-epochs", type=int, default=4)
     ap.add_argument("--max-mflops", type=float, default=1.0446)
     ap.add_argument("--workers", type=int, default=2)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     rows, summaries = [], []
     for dataset in args.datasets:
-        cache = prepare_dataset(dataset, args.work, 2, 60_000, "interactions")
+        cache = prepare_dataset(dataset, args.work, 2, args.synthetic_rows, "interactions")
         t0 = time.perf_counter()
         sn = args.work / f"supernet-{dataset}-{args.space}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
