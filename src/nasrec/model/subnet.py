@@ -17,7 +17,7 @@ from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture, Block
-from nasrec.space.liveness import live_outputs
+from nasrec.space.liveness import live_outputs, op_live
 
 
 class Subnet(nn.Module):
@@ -80,20 +80,18 @@ def _exact_spec(
     block: Block, live: tuple[bool, bool], dense_w: list[int], token_w: list[int], has_d2s: list[bool], ln: bool
 ) -> CellSpec:
     """The cell of a live block at its exact sizes, holding only the operators whose results are read."""
-    dense_live, sparse_live = live
-    dense_on = dense_live or (block.d2s and sparse_live)  # as `Cell.forward`
-    sparse_on = sparse_live or (block.fm and dense_live)
-    dense_ops = block.dense_ops if dense_on else ()
+    dense_ops = tuple(op for op in block.dense_ops if op_live(op, block, *live))
+    sparse_ops = tuple(op for op in block.sparse_ops if op_live(op, block, *live))
     reads_dense = any(op in ("fc", "dot") for op in dense_ops)
-    reads_tokens = sparse_on or "dot" in dense_ops
+    reads_tokens = bool(sparse_ops) or "dot" in dense_ops
     pairs = any(op in ("sum", "gating") for op in dense_ops)
     return CellSpec(
-        dense_ops=dense_ops, sparse_ops=block.sparse_ops if sparse_on else (),
+        dense_ops=dense_ops, sparse_ops=sparse_ops,
         dense_segs=tuple(Seg(j, dense_w[j]) for j in block.dense_in) if reads_dense else (),
         token_segs=tuple(Seg(j, token_w[j], has_d2s[j]) for j in block.sparse_in) if reads_tokens else (),
         pad_cap=max(dense_w[block.left], dense_w[block.right]) if pairs else 1,
-        width=block.dense_width, tokens=block.sparse_width, fm=block.fm and dense_live,
-        d2s=block.d2s and sparse_live, layernorm=ln, exact=True,
+        width=block.dense_width, tokens=block.sparse_width, fm=op_live("fm", block, *live),
+        d2s=op_live("d2s", block, *live), layernorm=ln, exact=True,
     )  # fmt: skip
 
 
