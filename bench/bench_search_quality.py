@@ -15,10 +15,11 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
    the top 3 (`--top-k`) retrained with the quality benchmark's recipe (`--retrain-seeds` seeds each)
    and the final one chosen by validation loss;
 3. the final architecture trained with that recipe for seeds 0, 1, 2 (rows directly comparable with
-   `bench/bench_quality.py`'s);
+   `bench/bench_quality.py`'s; `--seeds` with no value skips them);
 4. `nasrec rankcheck`: `--rank-k` architectures scored through the supernet and trained with the recipe
    (seed 0, at most `--rank-epochs` epochs): Kendall tau and Spearman rho; the same architectures re-scored without fine-tune and with
-   4x the preset's fine-tune steps (the fine-tune ablation). `--rank-k 0` skips it.
+   4x the preset's fine-tune steps (the fine-tune ablation). `--rank-k 0` skips it; `--rank-capped`
+   draws only architectures within `--max-mflops`, where the search looks.
 
 `--nasrec-layernorm` / `--nasrec-lr` change the recipe of the nasrec architectures (retraining, final
 seeds, rank check) but not of the zoo; `--finetune` / `--finetune-steps` change the scoring.
@@ -64,6 +65,10 @@ def finetune_ablation(sn: Path, cache: Path, rc: dict, preset: str, workers: int
     return out
 
 
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["synthetic", "criteo_kaggle_indexed_20k"])
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, help="architectures retrained after the search (default: the preset's)")
     ap.add_argument("--retrain-seeds", type=int, default=1, help="seeds per retrained architecture (mean val loss)")
     ap.add_argument("--rank-epochs", type=int, default=2, help="training epochs of each rank-check architecture")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--rank-capped", action="store_true", help="rank-check architectures only within --max-mflops")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--preset", default="cpu", help="search preset (cpu-quick for a dry run)")
     ap.add_argument("--finetune", choices=["head", "all"], help="scoring fine-tune mode (default: the preset's)")
     ap.add_argument("--finetune-steps", type=int, help="scoring fine-tune steps (default: the preset's)")
@@ -120,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rank_k > 0:
             rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
                            train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec),
-                           workers=args.workers, score_overrides=scoring)  # fmt: skip
+                           workers=args.workers, score_overrides=scoring,
+                           max_mflops=args.max_mflops if args.rank_capped else None)  # fmt: skip
             ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers, scoring)
         summary = {"dataset": dataset, "space": args.space, "supernet_seconds": round(t_sn),
                    "supernet_val_logloss": sn_metrics.get("logloss"), "search_seconds": round(t_search),
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                    "best_supernet_score": res["best"]["score"], "final": res["final"]["chosen"],
                    "final_arch": final.to_dict(), "kendall_tau": rc["kendall_tau"], "spearman_rho": rc["spearman_rho"],
                    "rank_pairs": rc["pairs"], "finetune_ablation": ablation,
-                   "final_test_logloss_mean": statistics.mean(r["logloss"] for r in rows if r["dataset"] == dataset)}  # fmt: skip
+                   "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset])}  # fmt: skip
         summaries.append(summary)
         print(json.dumps(summary), flush=True)
     print(table(rows), flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import math
 import os
@@ -252,6 +253,7 @@ DIST_SETS = dict(population=6, sample=3, children=4, generations=2, **TINY_SCORE
 
 
 def _distributed_search(rank: int, store: str, sn: Path, cache: Path, root: Path) -> None:
+    faulthandler.enable(all_threads=True)  # a rank aborted by the C++ side leaves its stacks in stderr
     torch.set_num_threads(1)
     # The caller's own group, met through a file (no port to collide on), as in test_distributed.py.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -269,6 +271,8 @@ def _distributed_search(rank: int, store: str, sn: Path, cache: Path, root: Path
             except NasrecError as e:
                 errors.append(str(e))
         (root / f"result_{rank}.json").write_text(json.dumps({"first": res, "again": again, "errors": errors}))
+        # Neither rank tears its connections down while the other may still be using them (gloo aborts).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -345,14 +349,22 @@ def test_rank_correlation_values() -> None:
 
 def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
+    c = open_cache(cache)
+    shape = (len(c.dense_fields), len(c.table_sizes), tuple(c.table_sizes))
+    rng = np.random.default_rng(0)
+    drawn = [arch_cost(NASREC_SMALL.sample(rng, "uniform"), *shape).mflops for _ in range(40)]
+    cap = float(np.median(drawn))  # half of what uniform sampling draws is over it
     cmd = [sys.executable, "-m", "nasrec.cli", "rankcheck", "--supernet", str(sn), "--data", str(cache), "--out",
            str(tmp_path / "rc"), "-k", "4", *[x for k, v in TINY_SCORE.items() for x in ("--set", f"{k}={v}")],
-           "--train-set", "max_steps=10", "--train-set", "batch_size=128", "--train-set", "threads=1"]  # fmt: skip
+           "--train-set", "max_steps=10", "--train-set", "batch_size=128", "--train-set", "threads=1",
+           "--max-mflops", str(cap)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     res = json.loads((tmp_path / "rc" / "rankcheck.json").read_text())
     assert printed["pairs"] == res["pairs"] == 4 and -1 <= res["kendall_tau"] <= 1
+    assert res["max_mflops"] == cap
+    assert all(arch_cost(Architecture.from_dict(a["arch"]), *shape).mflops <= cap for a in res["candidates"])
     assert (tmp_path / "rc" / "rankcheck.png").stat().st_size > 1000
     assert len({c["hash"] for c in res["candidates"]}) == 4
     assert len(list((tmp_path / "rc" / "runs").glob("*/metrics.json"))) == 4

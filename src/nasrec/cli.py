@@ -407,6 +407,8 @@ def _add_rankcheck(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", "--k", type=int, default=20, help="architectures to sample (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategy", default="uniform", help="sampling strategy of the architectures")
+    p.add_argument("--max-mflops", type=float, metavar="X", help="only architectures of at most X MFLOPs")
+    p.add_argument("--max-params", type=int, metavar="N", help="only architectures of at most N non-embedding params")
     p.add_argument("--preset", default="cpu-quick", help="search preset whose scoring budget is used")
     p.add_argument("--train-preset", help="training preset of the from-scratch runs (default: the search preset's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scoring setting")
@@ -423,7 +425,8 @@ def _run_rankcheck(args: argparse.Namespace) -> int:
         train_overrides.setdefault("device", args.device)
     res = rankcheck(args.supernet, args.data, args.out, k=args.k, seed=args.seed, strategy=args.strategy,
                     preset=args.preset, score_overrides=score_overrides, train_preset=args.train_preset,
-                    train_overrides=train_overrides, workers=args.workers)  # fmt: skip
+                    train_overrides=train_overrides, workers=args.workers, max_mflops=args.max_mflops,
+                    max_params=args.max_params)  # fmt: skip
     print(json.dumps({k: res[k] for k in ("kendall_tau", "spearman_rho", "pairs")}))
     return 0
 

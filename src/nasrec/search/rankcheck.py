@@ -1,6 +1,7 @@
 """How well the supernet ranks architectures: supernet scores against training from scratch.
 
-`rankcheck` draws k distinct architectures of the supernet's space from a seed, scores each through
+`rankcheck` draws k distinct architectures of the supernet's space from a seed (optionally only those
+within a search's MFLOPs / parameter constraints, where the search will look), scores each through
 the supernet exactly as the search does, trains each from scratch with a short training preset, and
 reports Kendall's tau and Spearman's rho between the supernet scores and the from-scratch validation
 losses (scipy), with a scatter plot. The output directory holds `rankcheck.json`, `rankcheck.png` and
@@ -65,12 +66,17 @@ def rankcheck(
     train_preset: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     workers: int = 1,
+    max_mflops: float | None = None,
+    max_params: int | None = None,
 ) -> dict[str, Any]:
     """Score k sampled architectures through the supernet and from scratch; their rank correlations.
 
     `preset` is a search preset (its scoring budget and its retraining recipe, which `train_preset`
-    replaces).
+    replaces). `max_mflops` / `max_params` draw only architectures the search with those constraints
+    could return, counted as the search counts them.
     """
+    from nasrec.data.cache import open_cache
+    from nasrec.model.cost import arch_cost
     from nasrec.train.api import train
 
     if k < 3:
@@ -81,15 +87,26 @@ def rankcheck(
         raise NasrecError(f"{supernet}: not a supernet run directory")
     space = SearchSpace.from_dict(model["space"])
     _, score_cfg, preset_train = resolve(preset, None, score_overrides)
+    cache = open_cache(data)
+    num_dense, tables = len(cache.dense_fields), tuple(cache.table_sizes)
+
+    def feasible(a: Architecture) -> bool:
+        if max_mflops is None and max_params is None:
+            return True
+        c = arch_cost(a, num_dense, len(tables), tables)
+        return (max_mflops is None or c.mflops <= max_mflops) and (max_params is None or c.dense_params <= max_params)
+
     rng = np.random.default_rng(seed)
     archs: dict[str, Architecture] = {}
     for _ in range(1000 * k):
         a = space.sample(rng, strategy)
-        archs.setdefault(functional_hash(a), a)  # two that compute the same function are one point
+        if feasible(a):
+            archs.setdefault(functional_hash(a), a)  # two that compute the same function are one point
         if len(archs) == k:
             break
     if len(archs) < k:
-        raise NasrecError(f"the space holds fewer than {k} distinct architectures under strategy {strategy!r}")
+        raise NasrecError(f"fewer than {k} distinct architectures drawn in {1000 * k} tries under strategy "
+                          f"{strategy!r} (max_mflops={max_mflops}, max_params={max_params})")  # fmt: skip
     arch_list = list(archs.values())
     out.mkdir(parents=True, exist_ok=True)
     with ScoringPool(ScorerSpec(str(supernet), str(data), score_cfg.to_dict()), workers) as pool:
@@ -106,7 +123,8 @@ def rankcheck(
     x = [r["supernet_score"] for r in ok]
     y = [r["scratch_val_logloss"] for r in ok]
     stats = rank_correlation(x, y)
-    result = {**stats, "k": k, "pairs": len(ok), "seed": seed, "strategy": strategy, "score": score_cfg.to_dict(),
+    result = {**stats, "k": k, "pairs": len(ok), "seed": seed, "strategy": strategy, "max_mflops": max_mflops,
+              "max_params": max_params, "score": score_cfg.to_dict(),
               "train_preset": train_preset or preset_train, "candidates": rows}  # fmt: skip
     (out / "rankcheck.json").write_text(json.dumps(result, indent=1) + "\n")
     _scatter(out / "rankcheck.png", x, y, stats)
