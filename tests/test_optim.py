@@ -374,3 +374,22 @@ def test_nonzero_extents() -> None:
     assert nonzero_extents(g) == (40, 18)
     assert nonzero_extents(torch.zeros(3, 4), min_numel=100) == (3, 4)  # small: not scanned
     assert nonzero_extents(torch.tensor([0.0, 1.0, 0.0])) == (2,)
+    assert nonzero_extents(torch.tensor([0.0, float("nan")])) == (2,)
+    assert nonzero_extents(torch.zeros(0, 4)) == (0, 4)
+
+
+def test_nonzero_extents_matches_a_direct_search_of_the_nonzeros() -> None:
+    from nasrec.train.extents import nonzero_extents
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((7,), (9, 6), (5, 4, 3), (6, 1)):
+        for trial in range(40):
+            g = torch.zeros(shape)
+            box = tuple(int(torch.randint(0, n + 1, (1,), generator=gen)) for n in shape)
+            region = g[tuple(slice(0, e) for e in box)]
+            region.copy_(torch.randn(region.shape, generator=gen) * (torch.rand(region.shape, generator=gen) < 0.3))
+            if trial % 3 == 0 and region.numel():  # corners and edges of the box, where the last-slice test looks
+                region[tuple(-1 for _ in shape)] = float("nan") if trial % 2 else 1.0
+            nz = (g != 0).nonzero()
+            want = tuple(int(nz[:, d].max()) + 1 for d in range(g.dim())) if len(nz) else (0,) * g.dim()
+            assert nonzero_extents(g) == want, (shape, trial)
