@@ -8,8 +8,9 @@ Usage::
 
 Criteo shape (13 dense, 26 sparse fields, tables capped at 500,000 rows), batch 512, 2 threads, layer
 norms on, sampled paths (default strategy) or, with `--full-path`, the full path, whose gradients fill
-every tensor (the box is the whole tensor: what matters there is what finding it costs). Two copies of the supernet: every step computes the
-gradient of one path once, gives the second copy the same gradients, and times the dense part of
+every tensor (the box is the whole tensor: what matters there is what finding it costs). Two copies
+of the supernet: every step computes the gradient of one path once, gives the second copy the same
+gradients, and times the dense part of
 `build_optimizer(sliced=True)` (`BoxAdagrad`) and of `sliced=False` (torch's Adagrad) on them, in
 alternating order. The forward and backward time of the step is printed for scale.
 """

@@ -23,7 +23,7 @@ from nasrec import distributed
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
-from nasrec.search.evolution import RESULT_ONLY, Search, SearchConfig
+from nasrec.search.evolution import RESULT_ONLY, CostFn, Search, SearchConfig
 from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
@@ -148,6 +148,18 @@ def _settings(resolved: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
     return out
 
 
+def cost_function(data: str | Path) -> CostFn:
+    """(MFLOPs, non-embedding params) of an architecture on a cache's shape: what constraints count."""
+    cache = open_cache(data)
+    num_dense, tables = len(cache.dense_fields), tuple(cache.table_sizes)
+
+    def cost(arch: Architecture) -> tuple[float, int]:
+        c = arch_cost(arch, num_dense, len(tables), tables)
+        return c.mflops, c.dense_params
+
+    return cost
+
+
 def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig, score_cfg: ScoreConfig,
             train_preset: str, workers: int, resume: bool, progress: bool | None, active: bool) -> dict[str, Any]:  # fmt: skip
     """The search itself, inside the process group when there is one (`active`)."""
@@ -166,13 +178,7 @@ def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig
     if model.get("kind") != "supernet":
         raise NasrecError(f"{supernet}: not a supernet run (its model is {model.get('kind')!r})")
     space = SearchSpace.from_dict(model["space"])
-    cache = open_cache(data)
-    num_dense, tables = len(cache.dense_fields), tuple(cache.table_sizes)
-
-    def cost(arch: Architecture) -> tuple[float, int]:
-        c = arch_cost(arch, num_dense, len(tables), tables)
-        return c.mflops, c.dense_params
-
+    cost = cost_function(data)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(resolved, indent=1) + "\n")

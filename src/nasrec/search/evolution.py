@@ -132,6 +132,12 @@ ScoreBatch = Callable[[Sequence[Architecture]], list[float]]
 CostFn = Callable[[Architecture], tuple[float, int]]
 
 
+def within(cost: tuple[float, int], max_mflops: float | None, max_params: int | None) -> bool:
+    """Whether an architecture's (MFLOPs, params) meets the constraints (None: unconstrained)."""
+    mflops, params = cost
+    return (max_mflops is None or mflops <= max_mflops) and (max_params is None or params <= max_params)
+
+
 class Search:
     """One search run in a directory (see module docstring); `run()` returns the summary."""
 
@@ -191,11 +197,7 @@ class Search:
 
     # -- drawing candidates ----------------------------------------------------------------------
     def _feasible(self, arch: Architecture) -> bool:
-        mflops, params = self.cost(arch)
-        cfg = self.cfg
-        return (cfg.max_mflops is None or mflops <= cfg.max_mflops) and (
-            cfg.max_params is None or params <= cfg.max_params
-        )
+        return within(self.cost(arch), self.cfg.max_mflops, self.cfg.max_params)
 
     def _new(self, arch: Architecture, taken: set[str]) -> bool:
         # A candidate that differs from one already drawn only where nothing reaches the head is the same

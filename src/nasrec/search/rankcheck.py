@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from nasrec.errors import NasrecError
-from nasrec.search.api import resolve
+from nasrec.search.api import cost_function, resolve
+from nasrec.search.evolution import within
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
@@ -75,8 +76,6 @@ def rankcheck(
     replaces). `max_mflops` / `max_params` draw only architectures the search with those constraints
     could return, counted as the search counts them.
     """
-    from nasrec.data.cache import open_cache
-    from nasrec.model.cost import arch_cost
     from nasrec.train.api import train
 
     if k < 3:
@@ -87,20 +86,12 @@ def rankcheck(
         raise NasrecError(f"{supernet}: not a supernet run directory")
     space = SearchSpace.from_dict(model["space"])
     _, score_cfg, preset_train = resolve(preset, None, score_overrides)
-    cache = open_cache(data)
-    num_dense, tables = len(cache.dense_fields), tuple(cache.table_sizes)
-
-    def feasible(a: Architecture) -> bool:
-        if max_mflops is None and max_params is None:
-            return True
-        c = arch_cost(a, num_dense, len(tables), tables)
-        return (max_mflops is None or c.mflops <= max_mflops) and (max_params is None or c.dense_params <= max_params)
-
+    cost = cost_function(data)
     rng = np.random.default_rng(seed)
     archs: dict[str, Architecture] = {}
     for _ in range(1000 * k):
         a = space.sample(rng, strategy)
-        if feasible(a):
+        if within(cost(a), max_mflops, max_params):
             archs.setdefault(functional_hash(a), a)  # two that compute the same function are one point
         if len(archs) == k:
             break
