@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-quality"))
     ap.add_argument("--synthetic-rows", type=int, default=60_000, help="rows of the synthetic dataset")
     ap.add_argument("--supernet-epochs", type=int, default=4)
-    ap.add_argument("--max-mflops", type=float, default=1.0446)
+    ap.add_argument("--max-mflops", default="1.0446", help="the cap: MFLOPs or a zoo model (its MFLOPs on the data)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rank-k", type=int, default=12, help="architectures of the rank check (0: no rank check)")
     ap.add_argument("--top-k", type=int, help="architectures retrained after the search (default: the preset's)")

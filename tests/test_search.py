@@ -25,6 +25,7 @@ from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
 from nasrec.search.api import retrain_top, search
+from nasrec.search.budget import resolve_cap
 from nasrec.search.evolution import Search, SearchConfig, top_k
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.pareto import dominates, pareto_front
@@ -33,6 +34,7 @@ from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import train_supernet
+from nasrec.zoo.registry import zoo_cost
 
 # -- a cheap analytic objective: distance to a hidden target architecture ------------------------------
 TARGET = NASREC_SMALL.sample(np.random.default_rng(123), "uniform")
@@ -331,6 +333,33 @@ def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path
     assert (out / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
     for line in (out / "history.jsonl").read_text().splitlines():
         assert json.loads(line)["mflops"] <= 0.05
+
+
+def test_caps_named_after_a_zoo_model(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    sn, cache = supernet_run
+    c = open_cache(cache)
+    dlrm = zoo_cost("dlrm", len(c.dense_fields), tuple(c.table_sizes))
+    assert resolve_cap("max_mflops", " DLRM ", cache) == dlrm.mflops
+    assert resolve_cap("max_params", "dlrm", cache) == dlrm.dense_params
+    assert resolve_cap("max_mflops", "0.5", cache) == 0.5 and resolve_cap("max_params", "1e3", cache) == 1000
+    assert resolve_cap("max_mflops", 2, cache) == 2 and resolve_cap("max_params", None, cache) is None
+    for key, value, match in (("max_mflops", "dcnv3", "neither a number nor a zoo model"),
+                              ("max_params", True, "neither a number nor"), ("lr", "dlrm", "not a constraint")):  # fmt: skip
+        with pytest.raises(NasrecError, match=f"{key}.*{match}"):
+            resolve_cap(key, value, cache)
+    # the search records and applies the resolved number, so a resume with the same name continues it
+    sets = dict(population=6, sample=3, children=2, generations=2, max_mflops="dlrm", **TINY_SCORE)
+    out = tmp_path / "s"
+    search(sn, cache, out, preset="cpu-quick", overrides=sets, progress=False)
+    assert json.loads((out / "search.json").read_text())["search"]["max_mflops"] == dlrm.mflops
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 10 and all(h["mflops"] <= dlrm.mflops for h in history)
+    again = search(sn, cache, out, preset="cpu-quick", overrides=sets, resume=True, progress=False)
+    assert again["scored"] == 10
+    # a supernet trained within a named budget records the number
+    train_supernet(cache, tmp_path / "sn", space="small", preset_name="cpu-supernet", progress=False,
+                   overrides=dict(batch_size=256, max_steps=2, path_warmup_steps=1, threads=1, path_max_mflops="dlrm"))  # fmt: skip
+    assert json.loads((tmp_path / "sn" / "config.json").read_text())["train"]["path_max_mflops"] == dlrm.mflops
 
 
 def test_rank_correlation_values() -> None:

@@ -312,8 +312,9 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_supernet(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("supernet", help="train a weight-sharing supernet over a search space")
     p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
-    p.add_argument("--max-mflops", type=float, metavar="X",
-                   help="after the warm-up, train only paths of at most X MFLOPs (the search's cap)")  # fmt: skip
+    p.add_argument("--max-mflops", metavar="X|MODEL",
+                   help="after the warm-up, train only paths of at most X MFLOPs (the search's cap), or of at "
+                        "most a zoo model's MFLOPs on this data (e.g. dcnv2)")  # fmt: skip
     _add_train_options(p)
 
 
@@ -348,6 +349,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_caps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-mflops", metavar="X|MODEL",
+                   help="only architectures of at most X MFLOPs, or of at most a zoo model's on this data (dcnv2)")  # fmt: skip
+    p.add_argument("--max-params", metavar="N|MODEL",
+                   help="only architectures of at most N non-embedding params (or a zoo model's count)")  # fmt: skip
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a trained supernet's space (regularized evolution or random)")
     p.add_argument("--supernet", required=True, metavar="DIR", help="run directory of `nasrec supernet`")
@@ -355,8 +363,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="search directory")
     p.add_argument("--strategy", choices=["evolution", "random"])
     p.add_argument("--preset", help="paper (default), cpu, cpu-quick")
-    p.add_argument("--max-mflops", type=float, metavar="X", help="only architectures of at most X MFLOPs")
-    p.add_argument("--max-params", type=int, metavar="N", help="only architectures of at most N non-embedding params")
+    _add_caps(p)
     p.add_argument("--pareto", action="store_true", help="multi-objective: Pareto front of (val loss, MFLOPs)")
     p.add_argument("--workers", type=int, default=1, help="scoring processes (the result does not depend on it)")
     p.add_argument("--seed", type=int)
@@ -407,8 +414,7 @@ def _add_rankcheck(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", "--k", type=int, default=20, help="architectures to sample (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategy", default="uniform", help="sampling strategy of the architectures")
-    p.add_argument("--max-mflops", type=float, metavar="X", help="only architectures of at most X MFLOPs")
-    p.add_argument("--max-params", type=int, metavar="N", help="only architectures of at most N non-embedding params")
+    _add_caps(p)
     p.add_argument("--preset", default="cpu-quick", help="search preset whose scoring budget is used")
     p.add_argument("--train-preset", help="training preset of the from-scratch runs (default: the search preset's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scoring setting")

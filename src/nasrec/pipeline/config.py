@@ -188,6 +188,7 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
 
 def _check_stages(cfg: dict[str, Any]) -> None:
     from nasrec.search.api import PRESETS as SEARCH_PRESETS
+    from nasrec.search.budget import names_as_numbers
     from nasrec.space.space import get_space
     from nasrec.train.config import PRESETS as TRAIN_PRESETS
     from nasrec.train.config import preset
@@ -200,7 +201,7 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     for section in ("supernet", "final"):
         if cfg[section]["preset"] not in TRAIN_PRESETS:
             _fail(f"{section}.preset", f"must be one of {', '.join(TRAIN_PRESETS)}, got {cfg[section]['preset']!r}")
-        _check_overrides(f"{section}.set", cfg[section]["set"], lambda **kv: preset(None, **kv))
+        _check_overrides(f"{section}.set", cfg[section]["set"], lambda **kv: preset(None, **names_as_numbers(kv)))
     s = cfg["search"]
     if s["preset"] not in SEARCH_PRESETS:
         _fail("search.preset", f"must be one of {', '.join(SEARCH_PRESETS)}, got {s['preset']!r}")
@@ -208,7 +209,7 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         _check_type(f"search.{key}", s[key], int, "an integer")
         if s[key] < 1:
             _fail(f"search.{key}", f"must be >= 1, got {s[key]}")
-    _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], kv))
+    _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], names_as_numbers(kv)))
     _check_overrides("search.retrain_set", s["retrain_set"], lambda **kv: preset(None, **kv))
     b = cfg["baselines"]
     from nasrec.zoo.registry import ZOO_MODELS

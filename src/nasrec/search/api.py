@@ -23,6 +23,7 @@ from nasrec import distributed
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
+from nasrec.search.budget import resolve_caps
 from nasrec.search.evolution import RESULT_ONLY, CostFn, Search, SearchConfig
 from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
 from nasrec.search.scorer import ScoreConfig
@@ -102,12 +103,12 @@ def search(
     """Search the supernet's space for the architecture with the lowest supernet-scored validation loss.
 
     `overrides` may set any `SearchConfig` or `ScoreConfig` field (e.g. strategy, max_mflops, pareto,
-    finetune_steps). With `retrain`, the top-k architectures are then trained from scratch with the
+    finetune_steps); a cap may name a zoo model (`max_mflops="dcnv2"`: its MFLOPs on this data). With `retrain`, the top-k architectures are then trained from scratch with the
     preset's training recipe (with `train_overrides`) and the final one is chosen by validation loss, the
     mean over `retrain_seeds` training seeds each.
     """
     out = Path(out)
-    s_over, sc_over = _split_overrides(overrides)
+    s_over, sc_over = _split_overrides(resolve_caps(overrides, data))
     cfg, score_cfg, train_preset = resolve(preset, s_over, sc_over)
     if retrain and (distributed.launched() or distributed.is_initialized()):
         raise NasrecError("--retrain is not supported under torchrun: run the search under torchrun, then retrain "

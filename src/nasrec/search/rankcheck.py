@@ -19,6 +19,7 @@ import numpy as np
 
 from nasrec.errors import NasrecError
 from nasrec.search.api import cost_function, resolve
+from nasrec.search.budget import resolve_cap
 from nasrec.search.evolution import within
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.space.arch import Architecture
@@ -67,14 +68,14 @@ def rankcheck(
     train_preset: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     workers: int = 1,
-    max_mflops: float | None = None,
-    max_params: int | None = None,
+    max_mflops: float | str | None = None,
+    max_params: int | str | None = None,
 ) -> dict[str, Any]:
     """Score k sampled architectures through the supernet and from scratch; their rank correlations.
 
     `preset` is a search preset (its scoring budget and its retraining recipe, which `train_preset`
     replaces). `max_mflops` / `max_params` draw only architectures the search with those constraints
-    could return, counted as the search counts them.
+    could return, counted as the search counts them (a zoo model's name stands for its cost).
     """
     from nasrec.train.api import train
 
@@ -87,6 +88,7 @@ def rankcheck(
     space = SearchSpace.from_dict(model["space"])
     _, score_cfg, preset_train = resolve(preset, None, score_overrides)
     cost = cost_function(data)
+    max_mflops, max_params = resolve_cap("max_mflops", max_mflops, data), resolve_cap("max_params", max_params, data)
     rng = np.random.default_rng(seed)
     archs: dict[str, Architecture] = {}
     for _ in range(1000 * k):

@@ -73,11 +73,12 @@ def train_supernet(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train a weight-sharing supernet over a search space on a cache (torchrun-aware)."""
+    from nasrec.search.budget import resolve_caps
     from nasrec.space.space import get_space
 
     cache = open_cache(data)
     out = Path(out)
-    cfg = _config(preset_name, overrides, resume, out)
+    cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
     spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
                      table_sizes=tuple(cache.table_sizes), layernorm=True)  # fmt: skip
     with distributed.process_group():  # under torchrun: data-parallel over its processes
