@@ -103,9 +103,10 @@ def search(
     """Search the supernet's space for the architecture with the lowest supernet-scored validation loss.
 
     `overrides` may set any `SearchConfig` or `ScoreConfig` field (e.g. strategy, max_mflops, pareto,
-    finetune_steps); a cap may name a zoo model (`max_mflops="dcnv2"`: its MFLOPs on this data). With `retrain`, the top-k architectures are then trained from scratch with the
-    preset's training recipe (with `train_overrides`) and the final one is chosen by validation loss, the
-    mean over `retrain_seeds` training seeds each.
+    finetune_steps); a cap may name a zoo model (`max_mflops="dcnv2"`: its MFLOPs on this data). With
+    `retrain`, the top-k architectures are then trained from scratch with the preset's training recipe
+    (with `train_overrides`) and the final one is chosen by validation loss, the mean over
+    `retrain_seeds` training seeds each.
     """
     out = Path(out)
     s_over, sc_over = _split_overrides(resolve_caps(overrides, data))

@@ -8,7 +8,7 @@ cache the search (or supernet, or rank check) runs on, with the zoo model's defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
@@ -57,7 +57,7 @@ def resolve_caps(overrides: dict[str, Any] | None, data: str | Path) -> dict[str
     return out
 
 
-def _not_a_cap(key: str, value: Any) -> None:
+def _not_a_cap(key: str, value: Any) -> NoReturn:
     raise NasrecError(f"{key}: {value!r} is neither a number nor a zoo model name")
 
 
