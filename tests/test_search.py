@@ -343,8 +343,9 @@ def test_caps_named_after_a_zoo_model(supernet_run: tuple[Path, Path], tmp_path:
     assert resolve_cap("max_params", "dlrm", cache) == dlrm.dense_params
     assert resolve_cap("max_mflops", "0.5", cache) == 0.5 and resolve_cap("max_params", "1e3", cache) == 1000
     assert resolve_cap("max_mflops", 2, cache) == 2 and resolve_cap("max_params", None, cache) is None
-    for key, value, match in (("max_mflops", "dcnv3", "neither a number nor a zoo model"),
-                              ("max_params", True, "neither a number nor"), ("lr", "dlrm", "not a constraint")):  # fmt: skip
+    bad = (("max_mflops", "dcnv3", "neither a number nor a zoo model"), ("max_params", True, "neither a number nor"),
+           ("lr", "dlrm", "not a constraint"))  # fmt: skip
+    for key, value, match in bad:
         with pytest.raises(NasrecError, match=f"{key}.*{match}"):
             resolve_cap(key, value, cache)
     # the search records and applies the resolved number, so a resume with the same name continues it
@@ -357,8 +358,8 @@ def test_caps_named_after_a_zoo_model(supernet_run: tuple[Path, Path], tmp_path:
     again = search(sn, cache, out, preset="cpu-quick", overrides=sets, resume=True, progress=False)
     assert again["scored"] == 10
     # a supernet trained within a named budget records the number
-    train_supernet(cache, tmp_path / "sn", space="small", preset_name="cpu-supernet", progress=False,
-                   overrides=dict(batch_size=256, max_steps=2, path_warmup_steps=1, threads=1, path_max_mflops="dlrm"))  # fmt: skip
+    sets = dict(batch_size=256, max_steps=2, path_warmup_steps=1, threads=1, path_max_mflops="dlrm")
+    train_supernet(cache, tmp_path / "sn", space="small", preset_name="cpu-supernet", overrides=sets, progress=False)
     assert json.loads((tmp_path / "sn" / "config.json").read_text())["train"]["path_max_mflops"] == dlrm.mflops
 
 

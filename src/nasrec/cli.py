@@ -351,7 +351,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_caps(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-mflops", metavar="X|MODEL",
-                   help="only architectures of at most X MFLOPs, or of at most a zoo model's on this data (dcnv2)")  # fmt: skip
+                   help="only architectures of at most X MFLOPs, or of a zoo model's on this data (dcnv2)")  # fmt: skip
     p.add_argument("--max-params", metavar="N|MODEL",
                    help="only architectures of at most N non-embedding params (or a zoo model's count)")  # fmt: skip
 
