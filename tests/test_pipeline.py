@@ -132,8 +132,12 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     err({"data": {"format": "synthetic", "prepare": {"splt": "random"}}}, r"config data\.prepare\.splt")
     err({"data": {"format": "synthetic"}, "baselines": {"set": {"lr": 0}}}, r"config baselines\.set\.lr")
     # a cap may name a zoo model (resolved on the data later), not anything else
-    err({"data": {"format": "synthetic"}, "search": {"set": {"max_mflops": "dcnv3"}}}, r"search\.set\.max_mflops")
+    err(
+        {"data": {"format": "synthetic"}, "search": {"set": {"max_mflops": "dcnv3"}}},
+        r"search\.set\.max_mflops: 'dcnv3' is neither a number nor a zoo model \(lr, fm",
+    )
     err({"data": {"format": "synthetic"}, "supernet": {"set": {"path_max_mflops": "x"}}}, r"supernet\.set\.path_max")
+    err({"data": {"format": "synthetic"}, "search": {"set": {"max_params": "-5"}}}, r"search\.set\.max_params: .*> 0")
     named = {"data": {"format": "synthetic"}, "supernet": {"set": {"path_max_mflops": "dcnv2"}},
              "search": {"set": {"max_mflops": "DCNv2", "max_params": "dlrm"}}}  # fmt: skip
     assert resolve_config(named, tmp_path)["search"]["set"]["max_mflops"] == "DCNv2"

@@ -62,8 +62,15 @@ def _not_a_cap(key: str, value: Any) -> NoReturn:
 
 
 def names_as_numbers(overrides: dict[str, Any]) -> dict[str, Any]:
-    """`overrides` with caps that name a zoo model replaced by 1, to check a configuration before its data exists."""
+    """`overrides` with caps given as text made numbers (a zoo name: 1), to check a configuration before its data.
+
+    A text cap that is neither a number nor a zoo model's name raises the error `resolve_cap` would.
+    """
     from nasrec.zoo.registry import ZOO_MODELS
 
-    named = {k for k, v in overrides.items() if k in _KINDS and isinstance(v, str) and v.strip().lower() in ZOO_MODELS}
-    return {k: (1 if k in named else v) for k, v in overrides.items()}
+    out = dict(overrides)
+    for key in _KINDS:
+        value = out.get(key)
+        if isinstance(value, str):
+            out[key] = 1 if value.strip().lower() in ZOO_MODELS else resolve_cap(key, value, "")
+    return out
