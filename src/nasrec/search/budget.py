@@ -8,7 +8,7 @@ cache the search (or supernet, or rank check) runs on, with the zoo model's defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
@@ -17,34 +17,38 @@ from nasrec.errors import NasrecError
 _KINDS = {"max_mflops": "mflops", "path_max_mflops": "mflops", "max_params": "params"}
 
 
+def _parse(key: str, value: Any) -> float | int | str | None:
+    """A cap's number, or the zoo model it names (lower case); anything else raises naming `key`."""
+    from nasrec.zoo.registry import ZOO_MODELS
+
+    if key not in _KINDS:
+        raise NasrecError(f"resolve_cap: {key!r} is not a constraint ({', '.join(_KINDS)})")
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            if value.strip().lower() in ZOO_MODELS:
+                return value.strip().lower()
+        else:
+            return int(number) if _KINDS[key] == "params" and number.is_integer() else number
+    raise NasrecError(f"{key}: {value!r} is neither a number nor a zoo model ({', '.join(ZOO_MODELS)})")
+
+
 def resolve_cap(key: str, value: Any, data: str | Path) -> float | int | None:
     """A cap given as a number, a numeric string or a zoo model's name, as the number constraints compare.
 
     A name stands for that model's MFLOPs (for `*max_mflops`) or its non-embedding parameters (for
     `max_params`) on `data`'s shape, the counts the search applies to architectures.
     """
-    if key not in _KINDS:
-        raise NasrecError(f"resolve_cap: {key!r} is not a constraint ({', '.join(_KINDS)})")
-    if value is None or isinstance(value, bool):
-        return None if value is None else _not_a_cap(key, value)
-    if isinstance(value, int | float):
-        return value
-    if not isinstance(value, str):
-        return _not_a_cap(key, value)
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        return int(number) if _KINDS[key] == "params" and number.is_integer() else number
-    from nasrec.zoo.registry import ZOO_MODELS, zoo_cost
+    parsed = _parse(key, value)
+    if not isinstance(parsed, str):
+        return parsed
+    from nasrec.zoo.registry import zoo_cost
 
-    name = text.lower()
-    if name not in ZOO_MODELS:
-        raise NasrecError(f"{key}: {value!r} is neither a number nor a zoo model ({', '.join(ZOO_MODELS)})")
     cache = open_cache(data)
-    cost = zoo_cost(name, len(cache.dense_fields), tuple(cache.table_sizes))
+    cost = zoo_cost(parsed, len(cache.dense_fields), tuple(cache.table_sizes))
     return cost.mflops if _KINDS[key] == "mflops" else cost.dense_params
 
 
@@ -57,20 +61,14 @@ def resolve_caps(overrides: dict[str, Any] | None, data: str | Path) -> dict[str
     return out
 
 
-def _not_a_cap(key: str, value: Any) -> NoReturn:
-    raise NasrecError(f"{key}: {value!r} is neither a number nor a zoo model name")
-
-
 def names_as_numbers(overrides: dict[str, Any]) -> dict[str, Any]:
     """`overrides` with caps given as text made numbers (a zoo name: 1), to check a configuration before its data.
 
     A text cap that is neither a number nor a zoo model's name raises the error `resolve_cap` would.
     """
-    from nasrec.zoo.registry import ZOO_MODELS
-
     out = dict(overrides)
     for key in _KINDS:
-        value = out.get(key)
-        if isinstance(value, str):
-            out[key] = 1 if value.strip().lower() in ZOO_MODELS else resolve_cap(key, value, "")
+        if isinstance(out.get(key), str):
+            parsed = _parse(key, out[key])
+            out[key] = 1 if isinstance(parsed, str) else parsed
     return out
