@@ -14,6 +14,7 @@ import yaml
 from nasrec.errors import NasrecError
 from nasrec.pipeline.config import DEMO, load_config, resolve_config
 from nasrec.pipeline.runner import run_pipeline
+from nasrec.report import write_report
 
 TINY = {
     "seed": 1,
@@ -96,6 +97,47 @@ def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, 
     assert after["baselines"]["result"]["lr"]["steps"] == 3
 
 
+def test_final_seeds_train_every_model_again_and_the_report_compares_them(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "stages.json").read_text())
+    changed = json.loads(json.dumps(TINY))
+    changed["final"]["seeds"] = 2
+    after = run_pipeline(resolve_config(changed), run, progress=False)
+    assert after["search"] == before["search"]  # only the trained models are redone
+    for res, folder in ((after["final"]["result"], run / "final"), (after["baselines"]["result"]["lr"], run / "baselines" / "lr")):  # fmt: skip
+        assert sorted(res["seeds"]) == ["1", "2"]  # the run's seed 1, then 2
+        second = json.loads((folder / "seed-2" / "metrics.json").read_text())
+        assert json.loads((folder / "seed-2" / "config.json").read_text())["train"]["seed"] == 2
+        assert res["seeds"]["2"]["logloss"] == second["logloss"] and res["seeds"]["1"]["logloss"] == res["logloss"]
+        assert second["logloss"] != res["logloss"]
+    lls = [s["logloss"] for s in after["final"]["result"]["seeds"].values()]
+    md = (run / "report" / "report.md").read_text()
+    assert f"{sum(lls) / 2:.4f} ± " in md and "(2 seeds)" in md
+    assert "## Goal check" in md and "Best baseline by mean test log loss: lr" in md
+    assert "searched minus model" in md
+
+
+def test_report_checks_the_goal_against_the_best_and_the_costlier_baselines(tmp_path: Path) -> None:
+    def model(folder: Path, kind: str, mflops: float, lls: list[float]) -> None:
+        for i, ll in enumerate(lls):
+            d = folder if i == 0 else folder / f"seed-{i}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"logloss": ll, "auc": 0.7, "mflops": mflops, "params": 10}))
+            (d / "model.json").write_text(json.dumps({"kind": kind}))
+
+    model(tmp_path / "final", "nasrec", 4.0, [0.300, 0.302, 0.301])
+    model(tmp_path / "baselines" / "lr", "zoo", 1e-5, [0.320, 0.321, 0.322])  # cheap and worse
+    model(tmp_path / "baselines" / "tiny", "zoo", 0.5, [0.280, 0.281, 0.282])  # cheap and better: the best
+    model(tmp_path / "baselines" / "big", "zoo", 20.0, [0.300, 0.303, 0.300])  # costlier and level
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "| searched (final) | 0.3010 ± 0.0010 (3 seeds) |" in md
+    assert "| lr | 0.3210 ± 0.0010 (3 seeds) |" in md and "-0.0200 [" in md and "] better |" in md
+    assert "Best baseline by mean test log loss: tiny (0.5 MFLOPs)" in md and "(more)" in md
+    assert "at no more MFLOPs): **not met**" in md
+    assert "with at least its MFLOPs the best is big (20 MFLOPs)" in md and "**within noise** against it" in md
+
+
 def test_interrupted_stage_resumes(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -129,6 +171,8 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     err({"data": {"format": "synthetic"}, "baselines": {"models": ["dlrm", "gbdt"]}}, r"baselines\.models\[1\]")
     err({"data": {"format": "synthetic"}, "search": {"workers": 0}}, r"config search\.workers")
     err({"data": {"format": "synthetic"}, "search": {"retrain_seeds": 0}}, r"search\.retrain_seeds: must be >= 1")
+    err({"data": {"format": "synthetic"}, "final": {"seeds": 0}}, r"config final\.seeds: must be >= 1")
+    err({"data": {"format": "synthetic"}, "final": {"seeds": "3"}}, r"config final\.seeds: must be an integer")
     err({"data": {"format": "synthetic", "prepare": {"splt": "random"}}}, r"config data\.prepare\.splt")
     err({"data": {"format": "synthetic"}, "baselines": {"set": {"lr": 0}}}, r"config baselines\.set\.lr")
     # a cap may name a zoo model (resolved on the data later), not anything else

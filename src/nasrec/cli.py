@@ -510,8 +510,15 @@ def _run_run(args: argparse.Namespace) -> int:
 def _print_pipeline(records: dict, out: str) -> None:
     final = (records.get("final") or {}).get("result") or {}
     base = (records.get("baselines") or {}).get("result") or {}
-    summary = {"out": str(out), "final": {k: final.get(k) for k in ("logloss", "auc", "mflops")},
-               "baselines": {m: {k: r.get(k) for k in ("logloss", "auc", "mflops")} for m, r in base.items()},
+
+    def brief(r: dict) -> dict:
+        """The first seed's metrics and, over several seeds, the mean test log loss of all."""
+        out = {k: r.get(k) for k in ("logloss", "auc", "mflops")}
+        if len(r.get("seeds") or {}) > 1:
+            out["logloss_mean"] = sum(s["logloss"] for s in r["seeds"].values()) / len(r["seeds"])
+        return out
+
+    summary = {"out": str(out), "final": brief(final), "baselines": {m: brief(r) for m, r in base.items()},
                "report": ((records.get("report") or {}).get("result") or {}).get("html")}  # fmt: skip
     print(json.dumps(summary, default=str))
 

@@ -5,7 +5,9 @@ loss of synthetic data); the supernet's training curve; the search trajectory (b
 against candidates scored); the Pareto front of supernet score against MFLOPs, and the from-scratch
 validation log loss against MFLOPs of the retrained candidates, the final model and the baselines (zoo
 and published NASRecNets); the rank-correlation scatter of a `rankcheck/` folder; the final comparison
-table (test log loss, AUC, MFLOPs, parameters, training samples/s); the final architecture's diagram
+table (test log loss, AUC, MFLOPs, parameters, training samples/s; mean ± std over the seeds of `final.seeds`,
+each model against the searched one by Welch's interval) and the goal check against the best baseline; the
+final architecture's diagram
 (Graphviz SVG when `dot` is installed, else Mermaid text in the Markdown and a text summary).
 Plots are matplotlib PNGs in `report/`, embedded as data URIs in `report/report.html`.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nasrec.errors import NasrecError
+from nasrec.train.compare import difference, goal_check, seed_summary
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -78,7 +81,8 @@ def _trajectory(history: list[dict[str, Any]], out: Path) -> Path | None:
     ax.set_xlabel("candidates scored")
     ax.set_ylabel("supernet score (val log loss)")
     ax.set_title("Search trajectory")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     return _save(fig, out / "search.png")
 
 
@@ -96,7 +100,8 @@ def _pareto(history: list[dict[str, Any]], front: list[dict[str, Any]], models: 
     ax.set_xlabel("MFLOPs per example")
     ax.set_ylabel("supernet score (val log loss)")
     ax.set_title("Search: supernet scores")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     ax = axes[1]
     for group, marker, color in (("retrained", "o", "0.6"), ("zoo", "s", "C1"), ("published", "^", "C2"),
                                  ("final", "*", "C3")):  # fmt: skip
@@ -111,7 +116,8 @@ def _pareto(history: list[dict[str, Any]], front: list[dict[str, Any]], models: 
     ax.set_xlabel("MFLOPs per example")
     ax.set_ylabel("val log loss (trained from scratch)")
     ax.set_title("Trained models")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     return _save(fig, out / "pareto.png")
 
 
@@ -125,22 +131,91 @@ def _rank_scatter(run: Path, out: Path) -> tuple[Path | None, dict[str, Any] | N
 
 
 def _models(run: Path) -> list[dict[str, Any]]:
-    """Every trained model of the run with its metrics: the final one, baselines, retrained candidates."""
+    """Every trained model of the run with its metrics: the final one, baselines, retrained candidates.
+
+    `logloss_seeds` holds the test log loss of the folder's own run and of its `seed-<s>/` runs.
+    """
     rows = []
 
-    def add(name: str, group: str, metrics: dict[str, Any] | None) -> None:
+    def add(name: str, group: str, folder: Path) -> None:
+        metrics = _json(folder / "metrics.json")
         if metrics:
+            seeds = [metrics] + [m for d in sorted(folder.glob("seed-*")) if (m := _json(d / "metrics.json"))]
             rows.append({"name": name, "group": group, "logloss": metrics.get("logloss"), "auc": metrics.get("auc"),
                          "val_logloss": (metrics.get("val") or {}).get("logloss"), "mflops": metrics.get("mflops"),
-                         "params": metrics.get("params"), "samples_per_s": metrics.get("samples_per_s")})  # fmt: skip
+                         "params": metrics.get("params"), "samples_per_s": metrics.get("samples_per_s"),
+                         "logloss_seeds": [m["logloss"] for m in seeds if m.get("logloss") is not None],
+                         "auc_seeds": [m["auc"] for m in seeds if m.get("auc") is not None]})  # fmt: skip
 
-    add("searched (final)", "final", _json(run / "final" / "metrics.json"))
+    add("searched (final)", "final", run / "final")
     for d in sorted((run / "baselines").glob("*")) if (run / "baselines").exists() else []:
         model = _json(d / "model.json") or {}
-        add(d.name, "zoo" if model.get("kind") == "zoo" else "published", _json(d / "metrics.json"))
+        add(d.name, "zoo" if model.get("kind") == "zoo" else "published", d)
     for d in sorted((run / "search" / "retrain").glob("*")) if (run / "search" / "retrain").exists() else []:
-        add(f"retrained {d.name}", "retrained", _json(d / "metrics.json"))
+        add(f"retrained {d.name}", "retrained", d)
     return rows
+
+
+def _mean_std(values: list[float], spec: str) -> str:
+    """`mean ± std (n seeds)`, or the single value."""
+    if not values:
+        return "–"
+    s = seed_summary(values)
+    if s["n"] == 1:
+        return format(s["mean"], spec)
+    return f"{s['mean']:{spec}} ± {s['std']:{spec}} ({s['n']} seeds)"
+
+
+def _interval(d: dict[str, Any]) -> str:
+    """A difference of means with its interval, e.g. `-0.0012 [-0.0030, +0.0006] not distinguishable`."""
+    if d["low"] is None:
+        return f"{d['diff']:+.4f} (one seed: no interval)"
+    return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}"
+
+
+def _comparison(models: list[dict[str, Any]]) -> list[str]:
+    """The final comparison table (mean over seeds) and the goal check against the best baseline."""
+    final_models = [m for m in models if m["group"] != "retrained" and m["logloss_seeds"]]
+    if not final_models:
+        return []
+    searched = next((m for m in final_models if m["group"] == "final"), None)
+    md = ["## Final comparison (test split)", ""]
+    head = "| model | test log loss | test AUC | MFLOPs | params | train samples/s |"
+    if searched is not None:
+        md.append("Last column: the searched model's mean test log loss minus the model's, with Welch's 95 % interval "
+                  "over the seeds (training noise; the test split is the same for every seed).")  # fmt: skip
+        md.append("")
+        head += " searched minus model |"
+    md += [head, "|---" * head.count(" |") + "|"]
+    for m in sorted(final_models, key=lambda m: seed_summary(m["logloss_seeds"])["mean"]):
+        row = (f"| {m['name']} | {_mean_std(m['logloss_seeds'], '.4f')} | {_mean_std(m['auc_seeds'], '.4f')} | "
+               f"{_fmt(m['mflops'], '.4g')} | {_fmt(m['params'], ',')} | {_fmt(m['samples_per_s'], ',.0f')} |")  # fmt: skip
+        if searched is not None and m is not searched:
+            row += f" {_interval(difference(searched['logloss_seeds'], m['logloss_seeds']))} |"
+        elif searched is not None:
+            row += " – |"
+        md.append(row)
+    md.append("")
+    if searched is None:
+        return md
+    baselines = {m["name"]: {"logloss": m["logloss_seeds"], "mflops": m["mflops"]}
+                 for m in final_models if m["group"] != "final"}  # fmt: skip
+    searched_seeds = {"logloss": searched["logloss_seeds"], "mflops": searched["mflops"]}
+    goal = goal_check(searched_seeds, baselines)
+    if goal is not None:
+        md += ["## Goal check", "",
+               f"Best baseline by mean test log loss: {goal['baseline']} ({_fmt(goal['baseline_mflops'], '.4g')} MFLOPs); "
+               f"the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs "
+               f"({'no more' if goal['no_more_mflops'] else 'more'}). Searched minus baseline: "
+               f"{_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): **{goal['outcome']}**.", ""]  # fmt: skip
+        mine = searched["mflops"]
+        costlier = {n: b for n, b in baselines.items() if mine is not None and (b["mflops"] or 0) >= mine}
+        within = goal_check(searched_seeds, costlier)
+        if within is not None and within["baseline"] != goal["baseline"]:
+            md += [f"Among the baselines with at least its MFLOPs the best is {within['baseline']} "
+                   f"({_fmt(within['baseline_mflops'], '.4g')} MFLOPs): searched minus it "
+                   f"{_interval(within['difference'])}; **{within['outcome']}** against it.", ""]  # fmt: skip
+    return md
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -198,14 +273,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
         md += ["## Search", "", f"{result['scored']} candidates scored in {result['seconds']:.0f} s "
                f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
                f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.", ""]  # fmt: skip
-    final_models = [m for m in models if m["group"] != "retrained"]
-    if final_models:
-        md += ["## Final comparison (test split)", "", "| model | test log loss | test AUC | MFLOPs | params | train samples/s |",
-               "|---|---|---|---|---|---|"]  # fmt: skip
-        for m in sorted(final_models, key=lambda m: math.inf if m["logloss"] is None else m["logloss"]):
-            md.append(f"| {m['name']} | {_fmt(m['logloss'], '.4f')} | {_fmt(m['auc'], '.4f')} | "
-                      f"{_fmt(m['mflops'], '.4g')} | {_fmt(m['params'], ',')} | {_fmt(m['samples_per_s'], ',.0f')} |")  # fmt: skip
-        md.append("")
+    md += _comparison(models)
     if rc is not None:
         md += ["## Ranking quality", "", f"Kendall tau {rc['kendall_tau']:.3f}, Spearman rho {rc['spearman_rho']:.3f} "
                f"over {rc['pairs']} architectures.", ""]  # fmt: skip

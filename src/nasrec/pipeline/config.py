@@ -13,12 +13,14 @@ data:
   prepare: {split: random, encoding: vocab, min_count: 2}    # any `nasrec prepare` option
 supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
 search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1}
-final: {preset: cpu-quick, set: {epochs: 6}}
+final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3}   # seeds: the final model and each baseline
 baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}}
 ```
 
 Baselines train with the `final` recipe, then `baselines.set` on top (a baseline's own best learning rate,
-say).
+say). With `final.seeds: N` the final model and every baseline train with the recipe's seed (in `final/`,
+`baselines/<name>/`) and the next N-1 (in `seed-<s>/` below those), and the report compares them over the
+seeds (`nasrec.train.compare`).
 
 Every key is checked before any work starts; an error names the key path (`search.set.max_mflops`).
 """
@@ -42,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
              "seed": 0}, "prepare": {}},
     "supernet": {"space": "full", "preset": "cpu-supernet", "set": {}},
     "search": {"preset": "cpu-quick", "workers": 1, "set": {}, "retrain_set": {}, "retrain_seeds": 1},
-    "final": {"preset": "cpu-quick", "set": {}},
+    "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
     "baselines": {"models": [], "published": [], "set": {}},
 }  # fmt: skip
 
@@ -205,10 +207,11 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     s = cfg["search"]
     if s["preset"] not in SEARCH_PRESETS:
         _fail("search.preset", f"must be one of {', '.join(SEARCH_PRESETS)}, got {s['preset']!r}")
-    for key in ("workers", "retrain_seeds"):
-        _check_type(f"search.{key}", s[key], int, "an integer")
-        if s[key] < 1:
-            _fail(f"search.{key}", f"must be >= 1, got {s[key]}")
+    for path, value in (("search.workers", s["workers"]), ("search.retrain_seeds", s["retrain_seeds"]),
+                        ("final.seeds", cfg["final"]["seeds"])):  # fmt: skip
+        _check_type(path, value, int, "an integer")
+        if value < 1:
+            _fail(path, f"must be >= 1, got {value}")
     _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], names_as_numbers(kv)))
     _check_overrides("search.retrain_set", s["retrain_set"], lambda **kv: preset(None, **kv))
     b = cfg["baselines"]

@@ -93,7 +93,7 @@ class Pipeline:
         from nasrec.data.cache import open_cache
         from nasrec.train.config import preset
 
-        o = {"seed": self.cfg["seed"], **section["set"]}
+        o = {"seed": self.cfg["seed"], **section["set"]}  # `set` may name its own seed
         cfg = preset(section["preset"], **o)
         if (cfg.restore_best or cfg.early_stop_metric) and "eval_every" not in section["set"]:
             o["eval_every"] = max(1, len(open_cache(self.cache).split_index("train")) // cfg.batch_size)
@@ -117,12 +117,29 @@ class Pipeline:
                      train_overrides=retrain, retrain_seeds=s["retrain_seeds"], resume=True, progress=self.progress)  # fmt: skip
         return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
 
+    def _repeat(
+        self, out: Path, overrides: dict[str, Any], fit: Callable[[Path, dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """`fit` with the recipe's seed in `out` and, for `final.seeds` > 1, the next seeds in `out/seed-<s>`.
+
+        Returns the first seed's metrics with `seeds`: each seed's test log loss and AUC.
+        """
+        first = overrides["seed"]
+        main = fit(out, overrides)
+        per = {str(first): {k: main.get(k) for k in ("logloss", "auc")}}
+        for s in range(first + 1, first + self.cfg["final"]["seeds"]):
+            m = fit(out / f"seed-{s}", {**overrides, "seed": s})
+            per[str(s)] = {k: m.get(k) for k in ("logloss", "auc")}
+        return {**main, "seeds": per}
+
     def _final(self) -> dict[str, Any]:
         from nasrec.train.api import train
 
         f = self.cfg["final"]
-        return train(self.cache, self.out / "final", arch=self.out / "search" / "final.json", preset_name=f["preset"],
-                     overrides=self._train_overrides(f), resume=True, progress=self.progress)  # fmt: skip
+        arch = self.out / "search" / "final.json"
+        return self._repeat(self.out / "final", self._train_overrides(f),
+                            lambda d, o: train(self.cache, d, arch=arch, preset_name=f["preset"], overrides=o,
+                                               resume=True, progress=self.progress))  # fmt: skip
 
     def _baselines(self) -> dict[str, Any]:
         from nasrec.space.arch import Architecture
@@ -130,14 +147,13 @@ class Pipeline:
 
         f = self.cfg["final"]
         o = self._train_overrides({**f, "set": {**f["set"], **self.cfg["baselines"]["set"]}})
+        runs: list[tuple[str, dict[str, Any]]] = [(m, {"model": m}) for m in self.cfg["baselines"]["models"]]
+        runs += [(Path(p).stem, {"arch": Architecture.load(p)}) for p in self.cfg["baselines"]["published"]]
         out: dict[str, Any] = {}
-        for m in self.cfg["baselines"]["models"]:
-            out[m] = train(self.cache, self.out / "baselines" / m, model=m, preset_name=f["preset"], overrides=o,
-                           resume=True, progress=self.progress)  # fmt: skip
-        for p in self.cfg["baselines"]["published"]:
-            name = Path(p).stem
-            out[name] = train(self.cache, self.out / "baselines" / name, arch=Architecture.load(p),
-                              preset_name=f["preset"], overrides=o, resume=True, progress=self.progress)  # fmt: skip
+        for name, what in runs:
+            out[name] = self._repeat(self.out / "baselines" / name, o,
+                                     lambda d, ov, what=what: train(self.cache, d, **what, preset_name=f["preset"],
+                                                                    overrides=ov, resume=True, progress=self.progress))  # fmt: skip
         return out
 
     def _report(self) -> dict[str, Any]:
