@@ -315,6 +315,9 @@ def _add_supernet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-mflops", metavar="X|MODEL",
                    help="after the warm-up, train only paths of at most X MFLOPs (the search's cap), or of at "
                         "most a zoo model's MFLOPs on this data (e.g. dcnv2)")  # fmt: skip
+    p.add_argument("--semantics", choices=["slice", "mask"], default="slice",
+                   help="slice: nasrec's sliced weights (a path costs what it computes); mask: the reference's "
+                        "full-width operators with masks, to measure what slicing changes (slower)")  # fmt: skip
     _add_train_options(p)
 
 
@@ -326,7 +329,7 @@ def _run_supernet(args: argparse.Namespace) -> int:
     if args.max_mflops is not None:
         overrides["path_max_mflops"] = args.max_mflops
     res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
-                         overrides=overrides, resume=args.resume,
+                         overrides=overrides, resume=args.resume, semantics=args.semantics,
                          progress=False if args.no_progress else None)  # fmt: skip
     _print_final(res)
     return 0

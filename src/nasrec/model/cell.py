@@ -72,6 +72,7 @@ class CellSpec:
     d2s: bool
     layernorm: bool
     exact: bool = False  # a standalone cell: layers its fixed sizes never use are not built
+    masking: bool = False  # the reference's semantics (supernet only; see `Cell.forward`)
 
 
 def _cat(xs: list[torch.Tensor], dim: int) -> torch.Tensor:
@@ -146,8 +147,16 @@ class Cell(nn.Module):
         `live` says whether the block's (dense, sparse) outputs reach the head (`live_outputs`). A side
         that does not is left uncomputed (None), so that a model executes the FLOPs the cost model
         counts; its result could not change the logit, so the outputs are the same.
+
+        With `spec.masking` (a supernet built to measure what slicing changes, docs/design.md) every
+        operator runs as the reference's supernet runs it: at the cell's full widths, with layer norms
+        over all of them, then cut to the block's widths; the dot product always projects its inputs,
+        to round(sqrt(2 W_max)) tokens; sum and gating see block outputs as full-width vectors (so they
+        project only when both inputs are the raw input); attention takes the masked zero tokens in.
         """
         W, Ws = block.dense_width, block.sparse_width
+        mask = self.spec.masking
+        cW, cWs = (self.spec.width, self.spec.tokens) if mask else (W, Ws)  # widths computed, then cut to W, Ws
         dense_live, sparse_live = live
         dense_on = dense_live or (block.d2s and sparse_live)  # the pre-fm dense sum also feeds d2s
         sparse_on = sparse_live or (block.fm and dense_live)  # the pre-d2s token sum also feeds fm
@@ -165,50 +174,53 @@ class Cell(nn.Module):
         dense_out = None
         for op in dense_ops:
             if op == "fc":
-                y = F.relu(self._ln(self.fc_ln, self.fc(x_dense, dense_used, W)))
+                y = F.relu(self._ln(self.fc_ln, self.fc(x_dense, dense_used, cW)))
             elif op == "dot":
-                y = self._dot(x_dense, dense_used, x_tok_t, token_used, W)
+                y = self._dot(x_dense, dense_used, x_tok_t, token_used, cW)
             else:
-                y = self._pair(op, inputs[block.left].dense, inputs[block.right].dense, W)
+                left, right = inputs[block.left].dense, inputs[block.right].dense
+                # the reference's supernet passes every block output at full width, zeros beyond its own
+                m = max(w if j == 0 or not mask else cW for j, w in ((block.left, left.shape[1]), (block.right, right.shape[1])))  # fmt: skip
+                y = self._pair(op, left, right, cW, m)
+            y = y[:, :W] if mask else y
             dense_out = y if dense_out is None else dense_out + y
 
         tokens = None
         for op in block.sparse_ops if sparse_on else ():
             if op == "efc":
-                t = F.relu(self._ln(self.efc_ln, self.efc(x_tok_t, token_used, Ws))).transpose(1, 2)
+                t = F.relu(self._ln(self.efc_ln, self.efc(x_tok_t, token_used, cWs)))[:, :, :Ws].transpose(1, 2)
             else:
-                t = self._transformer(x_tok_t, token_used, Ws)
+                t = self._transformer(x_tok_t, token_used, cWs, Ws)
             tokens = t if tokens is None else tokens + t
 
         d2s = None
         if block.d2s and sparse_live:
-            z = dense_out if W == D2S_WIDTH else self._ln(self.d2s_ln, self.d2s_proj(dense_out, D2S_WIDTH))
+            z = dense_out if W == D2S_WIDTH and not mask else self._ln(self.d2s_ln, self.d2s_proj(dense_out, D2S_WIDTH))
             d2s = z.reshape(z.shape[0], D2S_TOKENS, EMBEDDING_DIM)
         if block.fm and dense_live:
             s = tokens.sum(1)
             v = s * s - (tokens * tokens).sum(1)  # pairwise interactions, without the 1/2 of the FM paper
-            dense_out = dense_out + self._ln(self.fm_ln, v if W == EMBEDDING_DIM else self.fm_proj(v, W))
+            dense_out = dense_out + self._ln(self.fm_ln, v if cW == EMBEDDING_DIM else self.fm_proj(v, cW))[:, :W]
         if not dense_live:
             dense_out = None  # the pre-fm sum fed d2s only
         return Output(dense_out, tokens if sparse_live else None, d2s)
 
     def _dot(self, x, dense_used, x_tok_t, token_used, W: int) -> torch.Tensor:
-        p = dot_tokens(W)
-        if x.shape[1] != EMBEDDING_DIM:
+        p, mask = dot_tokens(W), self.spec.masking  # the reference's supernet inputs are never 16 wide or p tokens
+        if x.shape[1] != EMBEDDING_DIM or mask:
             x = self._ln(self.dot_dense_ln, self.dot_dense(x, dense_used, EMBEDDING_DIM))
         y = x_tok_t
-        if x_tok_t.shape[2] != p:  # as the reference: no projection when there are already p tokens
+        if x_tok_t.shape[2] != p or mask:  # as the reference: no projection when there are already p tokens
             y = self._ln(self.dot_tokens_ln, self.dot_tokens(x_tok_t, token_used, p))
         z = torch.cat([x.unsqueeze(1), y.transpose(1, 2)], dim=1)  # [B, p+1, 16]
         gram = torch.bmm(z, z.transpose(1, 2))
         rows, cols = _tril(p + 1, z.device)
         pairs = gram[:, rows, cols]
-        if pairs.shape[1] == W:  # likewise no output layer when the pair count is already W
+        if pairs.shape[1] == W and not mask:  # likewise no output layer when the pair count is already W
             return pairs
         return self._ln(self.dot_out_ln, self.dot_out(pairs, W))
 
-    def _pair(self, op: str, left: torch.Tensor, right: torch.Tensor, W: int) -> torch.Tensor:
-        m = max(left.shape[1], right.shape[1])
+    def _pair(self, op: str, left: torch.Tensor, right: torch.Tensor, W: int, m: int) -> torch.Tensor:
         left = F.pad(left, (0, m - left.shape[1]))
         right = F.pad(right, (0, m - right.shape[1]))
         if op == "sum":
@@ -221,13 +233,15 @@ class Cell(nn.Module):
             y = self.gate_proj(y, W)
         return self._ln(self.gate_ln, y)
 
-    def _transformer(self, x_tok_t: torch.Tensor, token_used, Ws: int) -> torch.Tensor:
-        t = self._ln(self.tr_proj_ln, self.tr_proj(x_tok_t, token_used, Ws)).transpose(1, 2)  # [B, Ws, 16]
+    def _transformer(self, x_tok_t: torch.Tensor, token_used, cWs: int, Ws: int) -> torch.Tensor:
+        t = self._ln(self.tr_proj_ln, self.tr_proj(x_tok_t, token_used, cWs)).transpose(1, 2)  # [B, cWs, 16]
+        if cWs != Ws:  # masking: tokens >= Ws are zeros, and attend and are attended to
+            t = F.pad(t[:, :Ws], (0, 0, 0, cWs - Ws))
         B, T, E = t.shape
         q, k, v = self.attn_in(t).view(B, T, 3, HEADS, E // HEADS).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, E)
         t = self.attn_ln(t + self.attn_out(a))
-        return self.ffn_ln(t + self.ffn2(F.relu(self.ffn1(t))))
+        return self.ffn_ln(t + self.ffn2(F.relu(self.ffn1(t))))[:, :Ws]
 
     @torch.no_grad()
     def copy_from(self, other: Cell) -> None:

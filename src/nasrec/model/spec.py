@@ -11,6 +11,8 @@ from nasrec.errors import NasrecError
 from nasrec.space.arch import Architecture
 
 MODEL_KINDS = ("nasrec", "zoo", "supernet")
+# A supernet's `hparams["semantics"]`: nasrec's sliced weights, or the reference's masks (for measurements)
+SUPERNET_SEMANTICS = ("slice", "mask")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class ModelSpec:
     table_sizes: tuple[int, ...]
     arch: dict[str, Any] | None = None  # kind "nasrec": the canonical architecture JSON
     zoo: str | None = None  # kind "zoo": model name
-    hparams: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)  # zoo: hyper-parameters; supernet: `semantics`
     space: dict[str, Any] | None = None  # kind "supernet": the search space
     layernorm: bool = False
 
@@ -61,7 +63,11 @@ class ModelSpec:
         from nasrec.model.supernet import Supernet
         from nasrec.space.space import SearchSpace
 
-        return Supernet(SearchSpace.from_dict(self.space), self.num_dense, self.table_sizes, layernorm=True)
+        semantics = self.hparams.get("semantics", "slice")
+        if semantics not in SUPERNET_SEMANTICS:
+            raise NasrecError(f"supernet semantics must be one of {', '.join(SUPERNET_SEMANTICS)}, not {semantics!r}")
+        return Supernet(SearchSpace.from_dict(self.space), self.num_dense, self.table_sizes, layernorm=True,
+                        masking=semantics == "mask")  # fmt: skip
 
     def cost(self) -> dict[str, float | None]:
         """MFLOPs per example and parameter counts (a supernet reports parameters only: its MFLOPs are None)."""

@@ -31,12 +31,21 @@ class Supernet(nn.Module):
 
     Each block's input slots are the raw input and every earlier block, at the largest widths; a
     sampled architecture uses slices of those weights (see `layers.py`), so its cost is what it
-    computes. Blocks that cannot reach the head are skipped.
+    computes. Blocks that cannot reach the head are skipped. `masking` runs paths with the reference's
+    semantics instead (full widths, then masks: `Cell.forward`), to measure what slicing changes.
     """
 
-    def __init__(self, space: SpaceLike, num_dense: int, table_sizes: Sequence[int], layernorm: bool = True) -> None:
+    def __init__(
+        self,
+        space: SpaceLike,
+        num_dense: int,
+        table_sizes: Sequence[int],
+        layernorm: bool = True,
+        masking: bool = False,
+    ) -> None:
         super().__init__()
         self.space = space
+        self.masking = masking
         self.num_dense, self.num_sparse = num_dense, len(table_sizes)
         self.layernorm = layernorm
         self.embedding = FieldEmbedding(table_sizes)
@@ -48,7 +57,7 @@ class Supernet(nn.Module):
             spec = CellSpec(
                 dense_ops=tuple(space.dense_ops), sparse_ops=tuple(space.sparse_ops), dense_segs=dense_segs,
                 token_segs=token_segs, pad_cap=max(num_dense, W), width=W, tokens=Ws, fm=True, d2s=True,
-                layernorm=layernorm,
+                layernorm=layernorm, masking=masking,
             )  # fmt: skip
             cells.append(Cell(spec))
         self.cells = nn.ModuleList(cells)

@@ -71,16 +71,25 @@ def train_supernet(
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    semantics: str = "slice",
 ) -> dict[str, Any]:
-    """Train a weight-sharing supernet over a search space on a cache (torchrun-aware)."""
+    """Train a weight-sharing supernet over a search space on a cache (torchrun-aware).
+
+    `semantics="mask"` trains one that runs paths as the reference does (full widths, then masks), to
+    measure what nasrec's slicing changes; it computes at full width whatever the path, so it is slower.
+    """
+    from nasrec.model.spec import SUPERNET_SEMANTICS
     from nasrec.search.budget import resolve_caps
     from nasrec.space.space import get_space
 
+    if semantics not in SUPERNET_SEMANTICS:
+        raise NasrecError(f"supernet semantics must be one of {', '.join(SUPERNET_SEMANTICS)}, not {semantics!r}")
     cache = open_cache(data)
     out = Path(out)
     cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
     spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
-                     table_sizes=tuple(cache.table_sizes), layernorm=True)  # fmt: skip
+                     table_sizes=tuple(cache.table_sizes), layernorm=True,
+                     hparams={} if semantics == "slice" else {"semantics": semantics})  # fmt: skip
     with distributed.process_group():  # under torchrun: data-parallel over its processes
         return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 

@@ -325,6 +325,10 @@ class Trainer:
     def _start(self, resume: bool) -> dict[str, Any]:
         """Rank 0's decision: resume from the checkpoint, or start afresh (preparing the directory)."""
         if resume and (self.out / "checkpoint.pt").exists():
+            saved = json.loads((self.out / "model.json").read_text())
+            if saved != json.loads(json.dumps(self.spec.to_dict())):
+                return {"resume": True, "error": f"{self.out} holds another model (its model.json differs from the one "
+                        "asked for: a different architecture, data shape or supernet semantics); use a new directory"}  # fmt: skip
             return {"resume": True, "error": None}
         if self.out.exists() and any(self.out.iterdir()) and not resume:
             return {"resume": False, "error": f"{self.out} is not empty (use --resume to continue the run there)"}
