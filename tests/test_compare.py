@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import math
+import statistics
+from pathlib import Path
 
+import numpy as np
+import pytest
+from conftest import small_synth_cache
+
+from nasrec.cli import main
 from nasrec.errors import NasrecError
-from nasrec.train.compare import difference, goal_check, seed_summary
+from nasrec.train.api import train
+from nasrec.train.compare import delong, difference, goal_check, paired_logloss, seed_summary
+from nasrec.train.metrics import auc
 
 
 def test_seed_summary() -> None:
@@ -50,3 +60,76 @@ def test_goal_check_against_the_best_baseline() -> None:
     assert goal_check({"logloss": [0.290, 0.291, 0.292], "mflops": 25.0}, base)["outcome"] == "not met"  # costlier
     assert goal_check({"logloss": [0.290], "mflops": 4.0}, base)["outcome"] == "undetermined"
     assert goal_check({"logloss": [0.290], "mflops": 4.0}, {}) is None
+
+
+def _brute_delong(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> tuple[float, float]:
+    """AUC difference and its variance straight from DeLong's definitions (every positive-negative pair)."""
+    pos, neg = y > 0.5, y <= 0.5
+    v10, v01 = [], []
+    for s in (sa, sb):
+        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+        v10.append(psi.mean(1))
+        v01.append(psi.mean(0))
+    m, n = pos.sum(), neg.sum()
+    c10, c01 = np.cov(np.stack(v10)), np.cov(np.stack(v01))
+    var = (c10[0, 0] + c10[1, 1] - 2 * c10[0, 1]) / m + (c01[0, 0] + c01[1, 1] - 2 * c01[0, 1]) / n
+    return v10[0].mean() - v10[1].mean(), var
+
+
+def test_delong_matches_its_definition_and_the_exact_auc() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.3).astype(float)
+    sa = np.round(y + rng.normal(0, 1.0, 400), 1)  # rounded: ties within and across classes
+    sb = np.round(y + rng.normal(0, 1.3, 400), 1)
+    res = delong(y, sa, sb)
+    diff, var = _brute_delong(y, sa, sb)
+    assert res["auc_a"] == pytest.approx(auc(y, sa), abs=1e-12) and res["auc_b"] == pytest.approx(auc(y, sb), abs=1e-12)
+    assert res["diff"] == pytest.approx(diff, abs=1e-12)
+    half = 1.959964 * math.sqrt(var)
+    assert (res["low"], res["high"]) == pytest.approx((diff - half, diff + half), abs=1e-6)
+    assert res["rows"] == 400 and 0 < res["p"] < 1
+
+
+def test_row_comparisons_verdicts() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(5000) < 0.25).astype(float)
+    good = 3 * (y - 0.5) + rng.normal(0, 1, 5000)
+    noise = rng.normal(0, 1, 5000)
+    assert delong(y, good, noise)["verdict"] == "better" and delong(y, noise, good)["verdict"] == "worse"
+    assert paired_logloss(y, good, noise)["verdict"] == "better"
+    assert paired_logloss(y, good, good)["verdict"] == "undetermined"  # no difference on any row
+    assert delong(y, good, good)["verdict"] == "undetermined"
+    twin = good + rng.normal(0, 1e-3, 5000)  # practically the same model
+    assert paired_logloss(y, good, twin)["verdict"] == "not distinguishable"
+    with pytest.raises(NasrecError, match="both classes"):
+        delong(np.ones(10), good[:10], noise[:10])
+    with pytest.raises(NasrecError, match="differ in length"):
+        paired_logloss(y, good, noise[:10])
+
+
+def test_paired_logloss_by_hand() -> None:
+    y, za, zb = [1.0, 0.0, 1.0, 0.0], [2.0, -1.0, 0.5, 0.3], [1.0, 0.0, -0.5, -2.0]
+
+    def bce(t: float, z: float) -> float:
+        return math.log1p(math.exp(-z)) if t else math.log1p(math.exp(z))
+
+    d = [bce(t, a) - bce(t, b) for t, a, b in zip(y, za, zb, strict=True)]
+    se = statistics.stdev(d) / 2
+    res = paired_logloss(y, za, zb)
+    assert res["diff"] == pytest.approx(statistics.fmean(d))
+    assert res["logloss_a"] == pytest.approx(statistics.fmean(bce(t, a) for t, a in zip(y, za, strict=True)))
+    assert (res["low"], res["high"]) == pytest.approx((res["diff"] - 1.959964 * se, res["diff"] + 1.959964 * se))
+
+
+def test_nasrec_compare_two_trained_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, cache = small_synth_cache(tmp_path, rows=4_000, seed=4)
+    quick = dict(batch_size=256, epochs=1, lr=0.05, eval_every=0, log_every=10**6, threads=1)
+    a = train(cache, tmp_path / "dnn", model="dnn", overrides=quick, progress=False)
+    b = train(cache, tmp_path / "lr", model="lr", overrides=quick, progress=False)
+    assert main(["compare", str(tmp_path / "dnn"), str(tmp_path / "lr"), "--data", str(cache)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["logloss"]["logloss_a"] == pytest.approx(a["logloss"], abs=1e-6)
+    assert res["logloss"]["logloss_b"] == pytest.approx(b["logloss"], abs=1e-6)
+    assert res["auc"]["auc_a"] == pytest.approx(a["auc"], abs=1e-6) and res["auc"]["rows"] == res["logloss"]["rows"]
+    assert res["logloss"]["low"] <= res["logloss"]["diff"] <= res["logloss"]["high"]
+    assert main(["compare", str(tmp_path / "dnn"), str(tmp_path / "nope"), "--data", str(cache)]) == 2

@@ -352,6 +352,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="two trained models on the same rows: log loss and AUC differences with "
+                                       "intervals (paired per-row differences; DeLong's test)")  # fmt: skip
+    p.add_argument("runs", nargs=2, metavar="RUN", help="run directories of `nasrec train` (a, then b)")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    _add_device(p, "evaluate")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from nasrec.train.api import compare_runs
+
+    device = _device(args)
+    res = compare_runs(*args.runs, args.data, args.split, args.checkpoint, args.level, device=device)
+    print(json.dumps(res, default=str))
+    return 0
+
+
 def _add_caps(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-mflops", metavar="X|MODEL",
                    help="only architectures of at most X MFLOPs, or of a zoo model's on this data (dcnv2)")  # fmt: skip
@@ -560,6 +580,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "supernet": (_add_supernet, _run_supernet),
     "evaluate": (_add_evaluate, _run_evaluate),
+    "compare": (_add_compare, _run_compare),
     "search": (_add_search, _run_search),
     "rankcheck": (_add_rankcheck, _run_rankcheck),
     "predict": (_add_predict, _run_predict),

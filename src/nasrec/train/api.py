@@ -11,7 +11,7 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
-from nasrec.train.trainer import Trainer, evaluate, load_trained
+from nasrec.train.trainer import Trainer, evaluate, load_trained, split_logits
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
@@ -105,3 +105,24 @@ def evaluate_run(
     if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
         raise NasrecError(f"{data}: this cache's fields and table sizes differ from the model's")
     return {"split": split, **evaluate(model, cache, split), **spec.cost()}
+
+
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, data: str | Path, split: str = "test", which: str = "final",
+    level: float = 0.95, device: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Two trained models on the same rows of a split: log loss and AUC of a minus b, with intervals over the rows."""
+    from nasrec.train.compare import delong, paired_logloss
+
+    cache = open_cache(data)
+    preds = []
+    for run in (run_a, run_b):
+        model, spec = load_trained(run, which, device=device)
+        if spec.kind == "supernet":
+            raise NasrecError(f"{run}: a supernet is compared per architecture (see the search stage)")
+        if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
+            raise NasrecError(f"{data}: this cache's fields and table sizes differ from those of {run}")
+        preds.append(split_logits(model, cache, split))
+    (y, za), (_, zb) = preds
+    return {"a": str(run_a), "b": str(run_b), "split": split, "logloss": paired_logloss(y, za, zb, level),
+            "auc": delong(y, za, zb, level)}  # fmt: skip

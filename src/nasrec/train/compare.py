@@ -1,9 +1,11 @@
-"""Comparing trained models over seeds: mean, spread, and Welch's interval for a difference of means.
+"""Comparing trained models: over seeds (training noise) and over the rows of one test split (test noise).
 
 A model trained with several seeds gives a sample of a test metric; two models differ by more than their
-seeds' noise when Welch's t interval for the difference of their means excludes zero. Every seed is
-evaluated on the same test split, so the interval covers training noise (initialisation, shuffling), not
-the sampling of the test rows.
+seeds' noise when Welch's t interval for the difference of their means excludes zero (`difference`). Every
+seed is evaluated on the same test split, so that interval covers training noise (initialisation,
+shuffling), not the sampling of the test rows. For two trained models on the same rows, `paired_logloss`
+(the per-row log loss differences, a normal interval) and `delong` (DeLong's test for two correlated
+AUCs) cover the sampling of the rows instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from nasrec.errors import NasrecError
 
@@ -48,13 +52,73 @@ def difference(
     low, high = float(ci.low), float(ci.high)
     if math.isnan(low) or math.isnan(high):
         return out
-    out.update(low=low, high=high, p=float(res.pvalue))
-    if high < 0 or low > 0:
-        a_lower = high < 0
-        out["verdict"] = "better" if a_lower == lower_is_better else "worse"
-    else:
-        out["verdict"] = "not distinguishable"
+    out.update(low=low, high=high, p=float(res.pvalue), verdict=_verdict(low, high, lower_is_better))
     return out
+
+
+def _verdict(low: float, high: float, lower_is_better: bool) -> str:
+    """`better` / `worse` for a (a - b) interval that excludes zero, else `not distinguishable`."""
+    if high < 0 or low > 0:
+        return "better" if (high < 0) == lower_is_better else "worse"
+    return "not distinguishable"
+
+
+def _normal(diff: float, se: float, level: float, lower_is_better: bool) -> dict[str, Any]:
+    """Interval, two-sided p-value and verdict of an asymptotically normal difference."""
+    from scipy.stats import norm
+
+    if not 0 < level < 1:
+        raise NasrecError(f"confidence level must lie in (0, 1), got {level}")
+    if not se > 0:  # identical predictions, or a single row
+        return {"diff": diff, "low": None, "high": None, "p": None, "level": level, "verdict": "undetermined"}
+    h = float(norm.ppf(0.5 + level / 2)) * se
+    return {"diff": diff, "low": diff - h, "high": diff + h, "p": float(2 * norm.sf(abs(diff) / se)), "level": level,
+            "verdict": _verdict(diff - h, diff + h, lower_is_better)}  # fmt: skip
+
+
+def _rows(labels: Any, *values: Any) -> tuple[np.ndarray, ...]:
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    out = [np.asarray(v, dtype=np.float64).ravel() for v in values]
+    if any(v.shape != y.shape for v in out):
+        raise NasrecError(f"labels and predictions differ in length ({y.size} vs {[v.size for v in out]})")
+    if y.size < 2:
+        raise NasrecError("a paired comparison needs at least 2 rows")
+    return (y, *out)
+
+
+def paired_logloss(labels: Any, logits_a: Any, logits_b: Any, level: float = 0.95) -> dict[str, Any]:
+    """Log loss of a minus b on the same rows, with the normal interval of the mean per-row difference."""
+    y, za, zb = _rows(labels, logits_a, logits_b)
+    la = np.logaddexp(0.0, za) - y * za  # per-row binary cross-entropy of a logit, stable
+    lb = np.logaddexp(0.0, zb) - y * zb
+    d = la - lb
+    res = _normal(float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), level, lower_is_better=True)
+    return {"logloss_a": float(la.mean()), "logloss_b": float(lb.mean()), "rows": int(y.size), **res}
+
+
+def delong(labels: Any, scores_a: Any, scores_b: Any, level: float = 0.95) -> dict[str, Any]:
+    """AUC of a minus b on the same rows by DeLong's test (DeLong, DeLong and Clarke-Pearson 1988).
+
+    The structural components come from midranks (Sun and Xu 2014): one sort per model, no pair loop.
+    """
+    from scipy.stats import rankdata
+
+    y, sa, sb = _rows(labels, scores_a, scores_b)
+    pos = y > 0.5
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m == 0 or n == 0:
+        raise NasrecError("DeLong's test needs both classes among the rows")
+    v10, v01 = [], []
+    for s in (sa, sb):
+        tz = rankdata(s)  # midranks over all rows
+        tx, ty = rankdata(s[pos]), rankdata(s[~pos])
+        v10.append((tz[pos] - tx) / n)  # per positive: the share of negatives it outranks (ties 1/2)
+        v01.append(1.0 - (tz[~pos] - ty) / m)  # per negative: the share of positives that outrank it
+    aucs = [float(v.mean()) for v in v10]
+    s10, s01 = np.cov(np.stack(v10)), np.cov(np.stack(v01))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    res = _normal(aucs[0] - aucs[1], math.sqrt(max(float(var), 0.0)), level, lower_is_better=False)
+    return {"auc_a": aucs[0], "auc_b": aucs[1], "rows": int(y.size), **res}
 
 
 def goal_check(

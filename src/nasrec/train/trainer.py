@@ -123,6 +123,23 @@ def evaluate(
     return metrics.result()
 
 
+@torch.no_grad()
+def split_logits(model: nn.Module, cache: Cache, split: str, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and logits (float64) of a model on every row of a split, in file order."""
+    was_training = model.training
+    model.eval()
+    device = _model_device(model)
+    labels, logits = [], []
+    for batch in BatchLoader(cache, split, batch_size=batch_size):
+        batch = _to(batch, device)
+        labels.append(batch.label.double().cpu().numpy())
+        logits.append(model(batch.dense, batch.sparse).double().cpu().numpy())
+    model.train(was_training)
+    if not labels:
+        raise NasrecError(f"split {split!r} of {cache.path} has no rows")
+    return np.concatenate(labels), np.concatenate(logits)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     """Where the model's parameters live (the CPU for a model without any)."""
     p = next(model.parameters(), None)
