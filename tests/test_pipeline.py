@@ -115,6 +115,7 @@ def test_final_seeds_train_every_model_again_and_the_report_compares_them(tiny_r
     md = (run / "report" / "report.md").read_text()
     assert f"{sum(lls) / 2:.4f} ± " in md and "(2 seeds)" in md
     assert "## Goal check" in md and "Best baseline by mean test log loss: lr" in md
+    assert "test rows (the recipe's seed of each), searched minus lr: log loss " in md and "(DeLong's test)" in md
     assert "searched minus model" in md
 
 

@@ -6,7 +6,8 @@ against candidates scored); the Pareto front of supernet score against MFLOPs, a
 validation log loss against MFLOPs of the retrained candidates, the final model and the baselines (zoo
 and published NASRecNets); the rank-correlation scatter of a `rankcheck/` folder; the final comparison
 table (test log loss, AUC, MFLOPs, parameters, training samples/s; mean ± std over the seeds of `final.seeds`,
-each model against the searched one by Welch's interval) and the goal check against the best baseline; the
+each model against the searched one by Welch's interval) and the goal check against the best baseline (over the
+seeds, and over the test rows by `nasrec compare`'s tests); the
 final architecture's diagram
 (Graphviz SVG when `dot` is installed, else Mermaid text in the Markdown and a text summary).
 Plots are matplotlib PNGs in `report/`, embedded as data URIs in `report/report.html`.
@@ -166,14 +167,30 @@ def _mean_std(values: list[float], spec: str) -> str:
     return f"{s['mean']:{spec}} ± {s['std']:{spec}} ({s['n']} seeds)"
 
 
-def _interval(d: dict[str, Any]) -> str:
-    """A difference of means with its interval, e.g. `-0.0012 [-0.0030, +0.0006] not distinguishable`."""
+def _interval(d: dict[str, Any], why_none: str = "one seed: no interval") -> str:
+    """A difference with its interval, e.g. `-0.0012 [-0.0030, +0.0006] not distinguishable`."""
     if d["low"] is None:
-        return f"{d['diff']:+.4f} (one seed: no interval)"
+        return f"{d['diff']:+.4f} ({why_none})"
     return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}"
 
 
-def _comparison(models: list[dict[str, Any]]) -> list[str]:
+def _row_check(run: Path, baseline: str) -> list[str]:
+    """The final model against a baseline on the test rows (each folder's own run), when both can be loaded."""
+    from nasrec.train.api import compare_runs
+
+    cache = run / "data" / "cache"
+    if not (cache / "meta.json").exists():
+        return []
+    try:
+        r = compare_runs(run / "final", run / "baselines" / baseline, cache)
+    except (NasrecError, OSError):  # a run without weights (e.g. copied without them): nothing to compare
+        return []
+    same = "identical predictions"
+    return [f"On the {r['logloss']['rows']:,} test rows (the recipe's seed of each), searched minus {baseline}: "
+            f"log loss {_interval(r['logloss'], same)}, AUC {_interval(r['auc'], same)} (DeLong's test).", ""]  # fmt: skip
+
+
+def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
     """The final comparison table (mean over seeds) and the goal check against the best baseline."""
     final_models = [m for m in models if m["group"] != "retrained" and m["logloss_seeds"]]
     if not final_models:
@@ -208,6 +225,7 @@ def _comparison(models: list[dict[str, Any]]) -> list[str]:
                f"the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs "
                f"({'no more' if goal['no_more_mflops'] else 'more'}). Searched minus baseline: "
                f"{_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): **{goal['outcome']}**.", ""]  # fmt: skip
+        md += _row_check(run, goal["baseline"])
         mine = searched["mflops"]
         costlier = {n: b for n, b in baselines.items() if mine is not None and (b["mflops"] or 0) >= mine}
         within = goal_check(searched_seeds, costlier)
@@ -215,6 +233,7 @@ def _comparison(models: list[dict[str, Any]]) -> list[str]:
             md += [f"Among the baselines with at least its MFLOPs the best is {within['baseline']} "
                    f"({_fmt(within['baseline_mflops'], '.4g')} MFLOPs): searched minus it "
                    f"{_interval(within['difference'])}; **{within['outcome']}** against it.", ""]  # fmt: skip
+            md += _row_check(run, within["baseline"])
     return md
 
 
@@ -273,7 +292,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
         md += ["## Search", "", f"{result['scored']} candidates scored in {result['seconds']:.0f} s "
                f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
                f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.", ""]  # fmt: skip
-    md += _comparison(models)
+    md += _comparison(run, models)
     if rc is not None:
         md += ["## Ranking quality", "", f"Kendall tau {rc['kendall_tau']:.3f}, Spearman rho {rc['spearman_rho']:.3f} "
                f"over {rc['pairs']} architectures.", ""]  # fmt: skip
