@@ -5,12 +5,11 @@ loss of synthetic data); the supernet's training curve; the search trajectory (b
 against candidates scored); the Pareto front of supernet score against MFLOPs, and the from-scratch
 validation log loss against MFLOPs of the retrained candidates, the final model and the baselines (zoo
 and published NASRecNets); the rank-correlation scatter of a `rankcheck/` folder; the final comparison
-table (test log loss, AUC, MFLOPs, parameters, training samples/s; mean ± std over the seeds of `final.seeds`,
-each model against the searched one by Welch's interval) and the goal check against the best baseline (over the
-seeds, and over the test rows by `nasrec compare`'s tests); the
-final architecture's diagram
-(Graphviz SVG when `dot` is installed, else Mermaid text in the Markdown and a text summary).
-Plots are matplotlib PNGs in `report/`, embedded as data URIs in `report/report.html`.
+table (test log loss, AUC, MFLOPs, parameters, training samples/s; mean ± std over the seeds of
+`final.seeds`, each model against the searched one by Welch's interval); the goal check against the
+best baseline, over the seeds and over the test rows (`nasrec compare`'s tests); the final
+architecture's diagram (Graphviz SVG when `dot` is installed, else Mermaid text in the Markdown and a
+text summary). Plots are matplotlib PNGs in `report/`, embedded as data URIs in `report/report.html`.
 """
 
 from __future__ import annotations
