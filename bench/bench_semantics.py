@@ -10,9 +10,9 @@ On one prepared dataset (as `bench/bench_quality.py` prepares it, under the same
    warm-up over the first quarter of the steps): `semantics="slice"` (nasrec) and `semantics="mask"` (the
    reference's full-width operators, layer norms over all positions, dot product on 45 tokens, attention
    over masked zero tokens; `nasrec.model.cell.Cell.forward`);
-2. `--k` architectures drawn once (`rankcheck`'s draw, seed 0), trained from scratch once with the quality
-   benchmark's recipe (at most `--rank-epochs` epochs, layer norms and `--nasrec-lr` as the search
-   benchmark's nasrec models), shared by every rank check below;
+2. `--k` architectures drawn once (`rankcheck`'s draw, seed 0; with `--max-mflops` only those within the
+   cap), trained from scratch once with the quality benchmark's recipe (at most `--rank-epochs` epochs,
+   layer norms and `--nasrec-lr` as the search benchmark's nasrec models), shared by every rank check;
 3. each supernet scores them with each fine-tune mode of `--finetune` (`head`: through the supernet's own
    path, so its semantics; `all`: the materialised standalone model, so only the trained weights differ),
    `--finetune-steps` steps: Kendall tau and Spearman rho against the from-scratch validation losses.
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", nargs="+", default=["head", "all"], choices=["head", "all"])
     ap.add_argument("--finetune-steps", type=int, default=20)
     ap.add_argument("--nasrec-lr", type=float, default=0.15, help="learning rate of the architectures from scratch")
+    ap.add_argument("--max-mflops", help="draw only architectures within this cap (MFLOPs or a zoo model)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="threads of supernet training")
     args = ap.parse_args(argv)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "runs").symlink_to(shared_runs.resolve(), target_is_directory=True)
             t0 = time.perf_counter()
             rc = rankcheck(sn, cache, out, k=args.k, preset="cpu", train_overrides=train, workers=args.workers,
-                           score_overrides={"finetune": ft, "finetune_steps": args.finetune_steps})  # fmt: skip
+                           score_overrides={"finetune": ft, "finetune_steps": args.finetune_steps},
+                           max_mflops=args.max_mflops)  # fmt: skip
             row = {"supernet": semantics, "finetune": ft, "kendall_tau": rc["kendall_tau"],
                    "spearman_rho": rc["spearman_rho"], "pairs": rc["pairs"], "seconds": round(time.perf_counter() - t0),
                    "scores": [c["supernet_score"] for c in rc["candidates"]]}  # fmt: skip
