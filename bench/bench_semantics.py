@@ -17,7 +17,8 @@ On one prepared dataset (as `bench/bench_quality.py` prepares it, under the same
    path, so its semantics; `all`: the materialised standalone model, so only the trained weights differ),
    `--finetune-steps` steps: Kendall tau and Spearman rho against the from-scratch validation losses.
 
-Prints one JSON line per supernet and per rank check, then a Markdown table.
+Prints one JSON line per supernet and per rank check, then per fine-tune mode tau(mask) - tau(slice) with a
+95 % paired bootstrap over the architectures, and a Markdown table.
 """
 
 from __future__ import annotations
@@ -28,13 +29,32 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # bench/ is not a package
 from bench_quality import prepare_dataset, recipe
+from scipy.stats import kendalltau
 
 from nasrec.data.cache import open_cache
 from nasrec.search.rankcheck import rankcheck
 from nasrec.train.api import train_supernet
+
+
+def tau_difference(
+    a: list[float], b: list[float], truth: list[float], rounds: int = 4000
+) -> tuple[float, float, float]:
+    """Kendall tau of `a` minus that of `b` against `truth`, with a 95 % paired bootstrap over the architectures."""
+    a_, b_, t = np.asarray(a), np.asarray(b), np.asarray(truth)
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(rounds):
+        i = rng.integers(0, len(t), len(t))
+        d = kendalltau(a_[i], t[i]).statistic - kendalltau(b_[i], t[i]).statistic
+        if np.isfinite(d):  # a resample with a constant column has no tau
+            diffs.append(d)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(kendalltau(a_, t).statistic - kendalltau(b_, t).statistic), float(low), float(high)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
                            max_mflops=args.max_mflops)  # fmt: skip
             row = {"supernet": semantics, "finetune": ft, "kendall_tau": rc["kendall_tau"],
                    "spearman_rho": rc["spearman_rho"], "pairs": rc["pairs"], "seconds": round(time.perf_counter() - t0),
-                   "scores": [c["supernet_score"] for c in rc["candidates"]]}  # fmt: skip
+                   "scores": [c["supernet_score"] for c in rc["candidates"]],
+                   "scratch": [c["scratch_val_logloss"] for c in rc["candidates"]]}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
+    for ft in args.finetune:  # the same architectures under both supernets: a paired bootstrap over them
+        by = {r["supernet"]: r for r in rows if r["finetune"] == ft}
+        diff, low, high = tau_difference(by["mask"]["scores"], by["slice"]["scores"], by["slice"]["scratch"])
+        print(json.dumps({"finetune": ft, "tau_mask_minus_slice": diff, "bootstrap_95": [low, high],
+                          "tau_between_supernets": kendalltau(by["mask"]["scores"], by["slice"]["scores"]).statistic}))  # fmt: skip
     print("| supernet | fine-tune | Kendall tau | Spearman rho | architectures |")
     print("|---|---|---|---|---|")
     for r in rows:
