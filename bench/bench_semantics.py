@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     for ft in args.finetune:  # the same architectures under both supernets: a paired bootstrap over them
         by = {r["supernet"]: r for r in rows if r["finetune"] == ft}
         diff, low, high = tau_difference(by["mask"]["scores"], by["slice"]["scores"], by["slice"]["scratch"])
+        between = kendalltau(by["mask"]["scores"], by["slice"]["scores"]).statistic
         print(json.dumps({"finetune": ft, "tau_mask_minus_slice": diff, "bootstrap_95": [low, high],
-                          "tau_between_supernets": kendalltau(by["mask"]["scores"], by["slice"]["scores"]).statistic}))  # fmt: skip
+                          "tau_between_supernets": between}))  # fmt: skip
     print("| supernet | fine-tune | Kendall tau | Spearman rho | architectures |")
     print("|---|---|---|---|---|")
     for r in rows:

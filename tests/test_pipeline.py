@@ -105,7 +105,8 @@ def test_final_seeds_train_every_model_again_and_the_report_compares_them(tiny_r
     changed["final"]["seeds"] = 2
     after = run_pipeline(resolve_config(changed), run, progress=False)
     assert after["search"] == before["search"]  # only the trained models are redone
-    for res, folder in ((after["final"]["result"], run / "final"), (after["baselines"]["result"]["lr"], run / "baselines" / "lr")):  # fmt: skip
+    results = after["final"]["result"], after["baselines"]["result"]["lr"]
+    for res, folder in zip(results, (run / "final", run / "baselines" / "lr"), strict=True):
         assert sorted(res["seeds"]) == ["1", "2"]  # the run's seed 1, then 2
         second = json.loads((folder / "seed-2" / "metrics.json").read_text())
         assert json.loads((folder / "seed-2" / "config.json").read_text())["train"]["seed"] == 2

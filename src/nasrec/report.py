@@ -219,11 +219,12 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
     searched_seeds = {"logloss": searched["logloss_seeds"], "mflops": searched["mflops"]}
     goal = goal_check(searched_seeds, baselines)
     if goal is not None:
+        cost = "no more" if goal["no_more_mflops"] else "more"
         md += ["## Goal check", "",
-               f"Best baseline by mean test log loss: {goal['baseline']} ({_fmt(goal['baseline_mflops'], '.4g')} MFLOPs); "
-               f"the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs "
-               f"({'no more' if goal['no_more_mflops'] else 'more'}). Searched minus baseline: "
-               f"{_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): **{goal['outcome']}**.", ""]  # fmt: skip
+               f"Best baseline by mean test log loss: {goal['baseline']} ({_fmt(goal['baseline_mflops'], '.4g')} "
+               f"MFLOPs); the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs ({cost}). Searched minus "
+               f"baseline: {_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): "
+               f"**{goal['outcome']}**.", ""]  # fmt: skip
         md += _row_check(run, goal["baseline"])
         mine = searched["mflops"]
         costlier = {n: b for n, b in baselines.items() if mine is not None and (b["mflops"] or 0) >= mine}

@@ -180,8 +180,9 @@ class Cell(nn.Module):
             else:
                 left, right = inputs[block.left].dense, inputs[block.right].dense
                 # the reference's supernet passes every block output at full width, zeros beyond its own
-                m = max(w if j == 0 or not mask else cW for j, w in ((block.left, left.shape[1]), (block.right, right.shape[1])))  # fmt: skip
-                y = self._pair(op, left, right, cW, m)
+                wl = cW if mask and block.left else left.shape[1]
+                wr = cW if mask and block.right else right.shape[1]
+                y = self._pair(op, left, right, cW, max(wl, wr))
             y = y[:, :W] if mask else y
             dense_out = y if dense_out is None else dense_out + y
 

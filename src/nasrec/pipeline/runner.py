@@ -151,9 +151,12 @@ class Pipeline:
         runs += [(Path(p).stem, {"arch": Architecture.load(p)}) for p in self.cfg["baselines"]["published"]]
         out: dict[str, Any] = {}
         for name, what in runs:
-            out[name] = self._repeat(self.out / "baselines" / name, o,
-                                     lambda d, ov, what=what: train(self.cache, d, **what, preset_name=f["preset"],
-                                                                    overrides=ov, resume=True, progress=self.progress))  # fmt: skip
+
+            def fit(d: Path, ov: dict[str, Any], what: dict[str, Any] = what) -> dict[str, Any]:
+                return train(self.cache, d, **what, preset_name=f["preset"], overrides=ov, resume=True,
+                             progress=self.progress)  # fmt: skip
+
+            out[name] = self._repeat(self.out / "baselines" / name, o, fit)
         return out
 
     def _report(self) -> dict[str, Any]:

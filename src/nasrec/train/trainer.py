@@ -344,8 +344,8 @@ class Trainer:
         if resume and (self.out / "checkpoint.pt").exists():
             saved = json.loads((self.out / "model.json").read_text())
             if saved != json.loads(json.dumps(self.spec.to_dict())):
-                return {"resume": True, "error": f"{self.out} holds another model (its model.json differs from the one "
-                        "asked for: a different architecture, data shape or supernet semantics); use a new directory"}  # fmt: skip
+                why = "its model.json differs: another architecture, data shape or supernet semantics"
+                return {"resume": True, "error": f"{self.out} holds another model ({why}); use a new directory"}
             return {"resume": True, "error": None}
         if self.out.exists() and any(self.out.iterdir()) and not resume:
             return {"resume": False, "error": f"{self.out} is not empty (use --resume to continue the run there)"}
