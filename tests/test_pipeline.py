@@ -195,6 +195,10 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "nasrec.cli", "run", str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0 and "config final.sett: unknown key" in proc.stderr
     assert not (tmp_path / "never").exists()
+    demo = [sys.executable, "-m", "nasrec.cli", "demo", "--seeds", "0", "--out", str(tmp_path / "never")]
+    proc = subprocess.run(demo, capture_output=True, text=True)
+    assert proc.returncode == 2 and "config final.seeds: must be >= 1" in proc.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_config_file_paths_are_relative_to_it(tmp_path: Path) -> None:

@@ -549,6 +549,9 @@ def _print_pipeline(records: dict, out: str) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on bundled synthetic data (minutes on a CPU)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train the final model and each baseline with N seeds; the report compares them "
+                        "over the seeds (the pipeline's final.seeds)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -556,7 +559,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from nasrec.pipeline.config import DEMO, resolve_config
     from nasrec.pipeline.runner import run_pipeline
 
-    records = run_pipeline(resolve_config(DEMO), args.out, progress=False if args.no_progress else None)
+    cfg = resolve_config({**DEMO, "final": {**DEMO["final"], "seeds": args.seeds}})
+    records = run_pipeline(cfg, args.out, progress=False if args.no_progress else None)
     _print_pipeline(records, args.out)
     return 0
 
