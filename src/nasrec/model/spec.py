@@ -31,6 +31,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise NasrecError(f"model kind must be one of {', '.join(MODEL_KINDS)}, not {self.kind!r}")
+        semantics = self.hparams.get("semantics", "slice") if self.kind == "supernet" else "slice"
+        if semantics not in SUPERNET_SEMANTICS:
+            raise NasrecError(f"supernet semantics must be one of {', '.join(SUPERNET_SEMANTICS)}, not {semantics!r}")
         object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,11 +66,8 @@ class ModelSpec:
         from nasrec.model.supernet import Supernet
         from nasrec.space.space import SearchSpace
 
-        semantics = self.hparams.get("semantics", "slice")
-        if semantics not in SUPERNET_SEMANTICS:
-            raise NasrecError(f"supernet semantics must be one of {', '.join(SUPERNET_SEMANTICS)}, not {semantics!r}")
         return Supernet(SearchSpace.from_dict(self.space), self.num_dense, self.table_sizes, layernorm=True,
-                        masking=semantics == "mask")  # fmt: skip
+                        masking=self.hparams.get("semantics") == "mask")  # fmt: skip
 
     def cost(self) -> dict[str, float | None]:
         """MFLOPs per example and parameter counts (a supernet reports parameters only: its MFLOPs are None)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from nasrec import distributed
-from nasrec.data.cache import open_cache
+from nasrec.data.cache import Cache, open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
@@ -78,18 +78,15 @@ def train_supernet(
     `semantics="mask"` trains one that runs paths as the reference does (full widths, then masks), to
     measure what nasrec's slicing changes; it computes at full width whatever the path, so it is slower.
     """
-    from nasrec.model.spec import SUPERNET_SEMANTICS
     from nasrec.search.budget import resolve_caps
     from nasrec.space.space import get_space
 
-    if semantics not in SUPERNET_SEMANTICS:
-        raise NasrecError(f"supernet semantics must be one of {', '.join(SUPERNET_SEMANTICS)}, not {semantics!r}")
     cache = open_cache(data)
     out = Path(out)
-    cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
     spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
                      table_sizes=tuple(cache.table_sizes), layernorm=True,
                      hparams={} if semantics == "slice" else {"semantics": semantics})  # fmt: skip
+    cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
     with distributed.process_group():  # under torchrun: data-parallel over its processes
         return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 
@@ -98,13 +95,19 @@ def evaluate_run(
     model_dir: str | Path, data: str | Path, split: str = "test", which: str = "final", device: str | None = None
 ) -> dict:
     """Log loss, AUC and calibration of a trained run's model on a split of a cache (on `device`, default cpu)."""
-    model, spec = load_trained(model_dir, which, device=device)
-    if spec.kind == "supernet":
-        raise NasrecError(f"{model_dir}: a supernet is evaluated per architecture (see the search stage)")
     cache = open_cache(data)
-    if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
-        raise NasrecError(f"{data}: this cache's fields and table sizes differ from the model's")
+    model, spec = _load_for(model_dir, cache, which, device)
     return {"split": split, **evaluate(model, cache, split), **spec.cost()}
+
+
+def _load_for(run: str | Path, cache: Cache, which: str, device: str | None) -> tuple[Any, ModelSpec]:
+    """A trained run's model (not a supernet) whose input shape fits the cache."""
+    model, spec = load_trained(run, which, device=device)
+    if spec.kind == "supernet":
+        raise NasrecError(f"{run}: a supernet is scored per architecture (see the search stage)")
+    if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
+        raise NasrecError(f"{cache.path}: this cache's fields and table sizes differ from those of {run}")
+    return model, spec
 
 
 def compare_runs(
@@ -115,14 +118,6 @@ def compare_runs(
     from nasrec.train.compare import delong, paired_logloss
 
     cache = open_cache(data)
-    preds = []
-    for run in (run_a, run_b):
-        model, spec = load_trained(run, which, device=device)
-        if spec.kind == "supernet":
-            raise NasrecError(f"{run}: a supernet is compared per architecture (see the search stage)")
-        if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
-            raise NasrecError(f"{data}: this cache's fields and table sizes differ from those of {run}")
-        preds.append(split_logits(model, cache, split))
-    (y, za), (_, zb) = preds
+    (y, za), (_, zb) = (split_logits(_load_for(run, cache, which, device)[0], cache, split) for run in (run_a, run_b))
     return {"a": str(run_a), "b": str(run_b), "split": split, "logloss": paired_logloss(y, za, zb, level),
             "auc": delong(y, za, zb, level)}  # fmt: skip
