@@ -1,0 +1,197 @@
+"""Run directories: one writer at a time, atomic file writes, and append-only logs that survive a kill.
+
+Every command that writes a directory (train, supernet, search, rankcheck, run, prepare's output) holds
+an exclusive `fcntl.flock` on a lock file for as long as it writes. A second writer fails at once with a
+one-line error naming the process that holds the lock. The lock is released by the kernel when its
+holder exits, however it exits, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from nasrec.errors import NasrecError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".nasrec.lock"
+# Temporary files of atomic writes: `.NAME.tmp` or `.NAME.tmp-PID[-...]` (checkpoints, JSON files)
+_TMP = re.compile(r"^\..+\.tmp(?:-(\d+)(?:-.*)?)?$")
+
+_held: dict[Path, list[Any]] = {}  # lock path -> [open file, depth]; a process may nest writers on one directory
+
+
+def lock_path(directory: Path | str, *, beside: bool = False) -> Path:
+    """The lock file of `directory`: inside it, or (`beside`) next to it for a directory replaced as a whole."""
+    directory = Path(directory)
+    if beside:
+        return directory.parent / f".{directory.name}.lock"
+    return directory / LOCK_NAME
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path | str, what: str = "run", *, beside: bool = False) -> Iterator[Path]:
+    """Hold the exclusive writer lock of `directory` (created if missing) for the duration of the block.
+
+    Re-entrant within one process (the pipeline writes its stages' directories itself). Another process
+    holding the lock makes this raise NasrecError at once, naming that process.
+    """
+    path = lock_path(directory, beside=beside).resolve()
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield path
+        finally:
+            _held[path][1] -= 1
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    except OSError as e:
+        raise NasrecError(f"{path.parent}: cannot create the {what} directory's lock ({e.strerror})") from None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        shown = path.parent if not beside else Path(directory)
+        raise NasrecError(
+            f"{shown} is in use by {holder}; wait for it to finish or use another directory"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} ({_command()})\n")
+    fh.flush()
+    _held[path] = [fh, 1]
+    try:
+        if not beside:
+            remove_stale_tmp(path.parent)
+        yield path
+    finally:
+        _held.pop(path, None)
+        with contextlib.suppress(OSError):
+            fh.seek(0)
+            fh.truncate()
+        fh.close()  # closing releases the flock
+
+
+def _command() -> str:
+    """A short description of this process's command line, for the other writer's error message."""
+    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
+    text = " ".join(argv)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def remove_stale_tmp(directory: Path | str) -> list[Path]:
+    """Delete temporary files of interrupted atomic writes in `directory` (not below it).
+
+    Called by the lock holder: no other writer can be live there, so every temporary file is stale; one
+    named with a live process id other than ours is left alone all the same (a writer that ignores locks).
+    """
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TMP.match(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            size = p.stat().st_size
+            p.unlink()
+            removed.append(p)
+            log.info("removed %s (%d bytes), left by an interrupted write", p, size)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def is_empty(directory: Path | str) -> bool:
+    """Whether `directory` is missing or holds nothing but its lock file."""
+    directory = Path(directory)
+    return not directory.exists() or all(p.name == LOCK_NAME for p in directory.iterdir())
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write `text` to a temporary sibling, fsync it, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path | str, obj: Any, *, default: Callable[[Any], Any] | None = None) -> None:
+    """`obj` as indented JSON, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=1, default=default) + "\n")
+
+
+def read_jsonl(path: Path | str, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log, repairing a torn last line (a kill in mid-append) on disk.
+
+    A last line without its newline, or one that does not parse, is dropped; so are records for which
+    `keep` is false (written after the state the caller resumes from). The file is rewritten atomically
+    when anything was dropped. A malformed line before the last is an error naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    torn = lines[-1] != ""  # the final record lacks its newline: the append was cut short
+    lines = lines[:-1] if not torn else lines
+    records: list[dict[str, Any]] = []
+    kept: list[str] = []
+    changed = False
+    for i, line in enumerate(lines, 1):
+        last = i == len(lines)
+        if not line.strip():
+            changed = True
+            continue
+        try:
+            rec = json.loads(line)
+            if torn and last:
+                raise ValueError("no newline")
+        except ValueError:
+            if last:
+                log.warning("%s: dropped a torn last line (line %d), left by an interrupted write", path, i)
+                changed = True
+                continue
+            raise NasrecError(f"{path}, line {i}: not a JSON record; the log is damaged") from None
+        if keep is not None and not keep(rec):
+            changed = True
+            continue
+        records.append(rec)
+        kept.append(line)
+    if changed:
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    return records
+
+
+def append_jsonl(path: Path | str, record: dict[str, Any], *, default: Callable[[Any], Any] | None = None) -> None:
+    """Append one record as a line (a kill may tear only this line, which `read_jsonl` repairs)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, default=default) + "\n")
