@@ -39,12 +39,18 @@ def lock_path(directory: Path | str, *, beside: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(directory: Path | str, what: str = "run", *, beside: bool = False) -> Iterator[Path]:
+def exclusive(
+    directory: Path | str, what: str = "run", *, beside: bool = False, enabled: bool = True
+) -> Iterator[Path | None]:
     """Hold the exclusive writer lock of `directory` (created if missing) for the duration of the block.
 
     Re-entrant within one process (the pipeline writes its stages' directories itself). Another process
-    holding the lock makes this raise NasrecError at once, naming that process.
+    holding the lock makes this raise NasrecError at once, naming that process. With `enabled` false
+    (a rank of a torchrun group other than the writing rank 0) nothing is locked.
     """
+    if not enabled:
+        yield None
+        return
     path = lock_path(directory, beside=beside).resolve()
     if path in _held:
         _held[path][1] += 1
@@ -53,6 +59,7 @@ def exclusive(directory: Path | str, what: str = "run", *, beside: bool = False)
         finally:
             _held[path][1] -= 1
         return
+    created = not path.parent.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
@@ -65,9 +72,7 @@ def exclusive(directory: Path | str, what: str = "run", *, beside: bool = False)
         holder = fh.read().strip() or "another process"
         fh.close()
         shown = path.parent if not beside else Path(directory)
-        raise NasrecError(
-            f"{shown} is in use by {holder}; wait for it to finish or use another directory"
-        ) from None
+        raise NasrecError(f"{shown} is in use by {holder}; wait for it to finish or use another directory") from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"pid {os.getpid()} ({_command()})\n")
@@ -82,12 +87,15 @@ def exclusive(directory: Path | str, what: str = "run", *, beside: bool = False)
         with contextlib.suppress(OSError):
             fh.seek(0)
             fh.truncate()
+            if created and not beside and is_empty(path.parent):  # a writer that failed before writing anything
+                path.unlink()
+                path.parent.rmdir()
         fh.close()  # closing releases the flock
 
 
 def _command() -> str:
     """A short description of this process's command line, for the other writer's error message."""
-    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
+    argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
     text = " ".join(argv)
     return text if len(text) <= 160 else text[:157] + "..."
 

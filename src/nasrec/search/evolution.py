@@ -27,6 +27,7 @@ resume that rank reads the saved state and broadcasts it, so the other ranks nee
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,13 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from nasrec import distributed
+from nasrec import distributed, rundir
 from nasrec.configfile import checked_replace
+from nasrec.console import duration
 from nasrec.errors import NasrecError
 from nasrec.search.pareto import pareto_front
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace, mutation_count
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("evolution", "random")
 # Settings that only pick the result from the history: a search may be resumed with other values.
@@ -63,6 +67,9 @@ class SearchConfig:
     keep_per_generation: int | None = 2
     max_mflops: float | None = None
     max_params: int | None = None
+    # How MFLOPs and params are counted (caps, history, Pareto front): for the served model with layer norms
+    # or without, as the recipe that trains it says (`nasrec.model.cost.ServedCost`)
+    count_layernorm: bool = False
     pareto: bool = False
     top_k: int = 15
     seed: int = 0
@@ -163,9 +170,7 @@ class Search:
         state = {"config": self.cfg.to_dict(), "space": self.space.to_dict(), "step": self.step,
                  "scored": len(self.history), "population": self.population, "pending": self.pending,
                  "rng": self.rng.bit_generator.state, "seconds": self.seconds}  # fmt: skip
-        tmp = self.out / ".state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.out / "state.json")
+        rundir.atomic_write_text(self.out / "state.json", json.dumps(state))
 
     def _read_saved(self) -> tuple[dict[str, Any], list[str]]:
         """The saved state and the history lines (of the writing rank's directory)."""
@@ -278,6 +283,15 @@ class Search:
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Search until the budget is scored; returns the summary also written to `result.json`."""
         self._start(resume)
+        if self.writer:
+            cfg = self.cfg
+            plan = (f"{cfg.budget:,} random candidates" if cfg.strategy == "random" else
+                    f"{cfg.budget:,} candidates: a population of {cfg.population}, then {cfg.generations} generations "
+                    f"of {cfg.children} children")  # fmt: skip
+            caps = [f"{k} {v}" for k, v in (("max MFLOPs", cfg.max_mflops), ("max params", cfg.max_params)) if v]
+            done = f"; resuming with {len(self.history):,} scored" if self.history else ""
+            log.info("search %s: %s%s%s", self.out, plan, f" ({', '.join(caps)})" if caps else "", done)
+        estimated = False
         while len(self.history) < self.cfg.budget or self.pending:
             t0 = time.perf_counter()
             if not self.pending:
@@ -287,9 +301,33 @@ class Search:
             self.step += 1
             self.seconds += time.perf_counter() - t0
             self._write_state()
+            st = self.status()
+            if not estimated and self.writer and st["eta_s"] is not None:
+                estimated = True  # once, from the first candidates this process scored
+                log.info("search: %d of %d candidates scored in %s: about %s in all, %s left", st["scored"],
+                         st["budget"], duration(self.seconds), duration(st["total_s"]),
+                         duration(st["eta_s"]))  # fmt: skip
+            if self.writer:
+                self._say_step(st)
             if self.progress is not None:
-                self.progress(self.status())
+                self.progress(st)
         return self._finish()
+
+    def _say_step(self, st: dict[str, Any]) -> None:
+        """A line per search step (a generation's children, or a batch of the initial population)."""
+        from nasrec.console import bar_extra, duration
+
+        cfg, last = self.cfg, self.history[-1]
+        if cfg.strategy == "random":
+            where = "random"
+        elif last.generation < 0:
+            where = "initial population"
+        else:
+            where = f"generation {last.generation + 1}/{cfg.generations}"
+        left = f", about {duration(st['eta_s'])} left" if st.get("eta_s") else ""
+        log.info("search %s: %s/%s scored, best %.5f, %.1f candidates/min%s", where, f"{st['scored']:,}",
+                 f"{st['budget']:,}", st["best"], st["per_minute"], left,
+                 extra=bar_extra(self.progress is not None))  # fmt: skip
 
     def _start(self, resume: bool) -> None:
         """Restore the saved search or start a new one; the writer decides and tells the other ranks."""
@@ -314,9 +352,13 @@ class Search:
     def status(self) -> dict[str, Any]:
         """Progress figures: generation, candidates scored, best score so far, candidates per minute."""
         scores = [_key(c.score) for c in self.history]
-        return {"generation": self._generation(), "scored": len(self.history), "budget": self.cfg.budget,
+        n, budget = len(self.history), self.cfg.budget
+        per = self.seconds / n if n and self.seconds else None  # the search's own time per candidate so far
+        return {"generation": self._generation(), "scored": n, "budget": budget,
                 "best": min(scores) if scores else math.nan,
-                "per_minute": 60 * len(self.history) / self.seconds if self.seconds else 0.0}  # fmt: skip
+                "per_minute": 60 / per if per else 0.0,
+                "total_s": per * budget if per else None,
+                "eta_s": per * max(0, budget - n) if per else None}  # fmt: skip
 
     # -- results ---------------------------------------------------------------------------------
     def kept(self) -> list[Candidate]:
@@ -347,12 +389,18 @@ class Search:
         _write_json(self.out / "top.json", [_summary(c) for c in ranked])
         _write_json(self.out / "pareto.json", [_summary(c) for c in front])
         _write_json(self.out / "result.json", result)
+        log.info("search done: %s candidates in %.1f s; best %s (score %.5f, %.4f MFLOPs), top %d in top.json, "
+                 "Pareto front of %d", f"{len(self.history):,}", self.seconds, best.hash[:12], best.score, best.mflops,
+                 len(ranked), len(front))  # fmt: skip
         return result
 
 
 def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide which candidates a search scores (all but RESULT_ONLY)."""
-    return {k: v for k, v in config.items() if k not in RESULT_ONLY}
+    """The settings that decide which candidates a search scores (all but RESULT_ONLY).
+
+    A setting added after a search was saved counts with its default, so that older searches still resume.
+    """
+    return {k: v for k, v in {**SearchConfig().to_dict(), **config}.items() if k not in RESULT_ONLY}
 
 
 def top_k(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
@@ -373,6 +421,4 @@ def _summary(c: Candidate) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+    rundir.atomic_write_json(path, obj)

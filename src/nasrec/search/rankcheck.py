@@ -11,20 +11,26 @@ the training runs under `runs/`; finished runs are kept, so an interrupted check
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nasrec import rundir
 from nasrec.errors import NasrecError
-from nasrec.search.api import cost_function, resolve
+from nasrec.search.api import cost_function, resolve, served_layernorm
 from nasrec.search.budget import resolve_cap
 from nasrec.search.evolution import within
 from nasrec.search.parallel import ScorerSpec, ScoringPool
+from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace
+
+log = logging.getLogger(__name__)
 
 
 def rank_correlation(x: list[float], y: list[float]) -> dict[str, float]:
@@ -77,8 +83,6 @@ def rankcheck(
     replaces). `max_mflops` / `max_params` draw only architectures the search with those constraints
     could return, counted as the search counts them (a zoo model's name stands for its cost).
     """
-    from nasrec.train.api import train
-
     if k < 3:
         raise NasrecError(f"rankcheck needs k >= 3 architectures, got {k}")
     out = Path(out)
@@ -87,7 +91,8 @@ def rankcheck(
         raise NasrecError(f"{supernet}: not a supernet run directory")
     space = SearchSpace.from_dict(model["space"])
     _, score_cfg, preset_train = resolve(preset, None, score_overrides)
-    cost = cost_function(data)
+    # counted as the from-scratch runs' metrics count their models (with their recipe's layer norms or not)
+    cost = cost_function(data, layernorm=served_layernorm(train_preset or preset_train, train_overrides))
     max_mflops, max_params = resolve_cap("max_mflops", max_mflops, data), resolve_cap("max_params", max_params, data)
     rng = np.random.default_rng(seed)
     archs: dict[str, Architecture] = {}
@@ -101,14 +106,29 @@ def rankcheck(
         raise NasrecError(f"fewer than {k} distinct architectures drawn in {1000 * k} tries under strategy "
                           f"{strategy!r} (max_mflops={max_mflops}, max_params={max_params})")  # fmt: skip
     arch_list = list(archs.values())
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.exclusive(out, "rank check"):
+        return _rankcheck(out, arch_list, supernet, data, score_cfg, workers, train_preset or preset_train,
+                          train_overrides, {"k": k, "seed": seed, "strategy": strategy, "max_mflops": max_mflops,
+                                            "max_params": max_params})  # fmt: skip
+
+
+def _rankcheck(out: Path, arch_list: list[Architecture], supernet: str | Path, data: str | Path,
+               score_cfg: ScoreConfig, workers: int, train_preset: str, train_overrides: dict[str, Any] | None,
+               settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Score, train and compare the drawn architectures (the rank check's writer holds `out`'s lock)."""
+    from nasrec.train.api import train
+
+    t0 = time.perf_counter()
+    log.info("rank check %s: scoring %d architectures with the supernet", out, len(arch_list))
     with ScoringPool(ScorerSpec(str(supernet), str(data), score_cfg.to_dict()), workers) as pool:
         scores = pool(arch_list)
+    log.info("rank check: scored in %.1f s; training each from scratch (%s)", time.perf_counter() - t0, train_preset)
     rows = []
     for i, (a, s) in enumerate(zip(arch_list, scores, strict=True)):
         run = out / "runs" / f"{i:03d}-{a.hash()[:12]}"
+        log.info("rank check: architecture %d/%d, %s (supernet score %.5f)", i + 1, len(arch_list), a.hash()[:12], s)
         m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else train(
-            data, run, arch=a, preset_name=train_preset or preset_train, overrides=train_overrides, resume=True,
+            data, run, arch=a, preset_name=train_preset, overrides=train_overrides, resume=True,
             progress=False)  # fmt: skip
         rows.append({"hash": a.hash(), "supernet_score": s, "scratch_val_logloss": (m.get("val") or {}).get("logloss"),
                      "mflops": m["mflops"], "arch": a.to_dict()})  # fmt: skip
@@ -116,11 +136,12 @@ def rankcheck(
     x = [r["supernet_score"] for r in ok]
     y = [r["scratch_val_logloss"] for r in ok]
     stats = rank_correlation(x, y)
-    result = {**stats, "k": k, "pairs": len(ok), "seed": seed, "strategy": strategy, "max_mflops": max_mflops,
-              "max_params": max_params, "score": score_cfg.to_dict(),
-              "train_preset": train_preset or preset_train, "candidates": rows}  # fmt: skip
-    (out / "rankcheck.json").write_text(json.dumps(result, indent=1) + "\n")
+    result = {**stats, "k": settings["k"], "pairs": len(ok), **{k: v for k, v in settings.items() if k != "k"},
+              "score": score_cfg.to_dict(), "train_preset": train_preset, "candidates": rows}  # fmt: skip
+    rundir.atomic_write_json(out / "rankcheck.json", result)
     _scatter(out / "rankcheck.png", x, y, stats)
+    log.info("rank check done: Kendall tau %.3f, Spearman rho %.3f over %d pairs", stats["kendall_tau"],
+             stats["spearman_rho"], len(ok))  # fmt: skip
     return result
 
 

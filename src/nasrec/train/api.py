@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nasrec import distributed
+from nasrec import distributed, rundir
 from nasrec.data.cache import Cache, open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
@@ -51,15 +51,21 @@ def train(
         raise NasrecError("give exactly one of --arch FILE.json or --model NAME")
     cache = open_cache(data)
     out = Path(out)
-    cfg = _config(preset_name, overrides, resume, out)
-    common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
-    if arch is not None:
-        a = arch if isinstance(arch, Architecture) else Architecture.load(arch)
-        spec = ModelSpec(kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, **common)
-    else:
-        spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
-    with distributed.process_group():  # under torchrun: data-parallel over its processes
-        return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+    with _writing(out, "training run"):
+        cfg = _config(preset_name, overrides, resume, out)
+        common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
+        if arch is not None:
+            a = arch if isinstance(arch, Architecture) else Architecture.load(arch)
+            spec = ModelSpec(kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, **common)
+        else:
+            spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
+        with distributed.process_group():  # under torchrun: data-parallel over its processes
+            return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+
+
+def _writing(out: Path, what: str):
+    """The run directory's writer lock, taken by the writing process (rank 0) before its config is read."""
+    return rundir.exclusive(out, what, enabled=distributed.is_main())
 
 
 def train_supernet(
@@ -86,9 +92,10 @@ def train_supernet(
     spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
                      table_sizes=tuple(cache.table_sizes), layernorm=True,
                      hparams={} if semantics == "slice" else {"semantics": semantics})  # fmt: skip
-    cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
-    with distributed.process_group():  # under torchrun: data-parallel over its processes
-        return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+    with _writing(out, "supernet run"):
+        cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
+        with distributed.process_group():  # under torchrun: data-parallel over its processes
+            return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 
 
 def evaluate_run(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import sys
 import time
@@ -43,12 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasrec import distributed
+from nasrec import distributed, rundir
+from nasrec.console import Heartbeat, bar_extra, duration
 from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
-from nasrec.model.cost import arch_cost
+from nasrec.model.cost import ServedCost
 from nasrec.model.layers import HeadLinear, calibrate_head, init_head_bias, set_batch_group
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
@@ -59,6 +61,8 @@ from nasrec.train.gradsync import GradientSync
 from nasrec.train.metrics import StreamingMetrics
 from nasrec.train.optim import build_optimizer
 from nasrec.train.schedule import build_schedule
+
+log = logging.getLogger(__name__)
 
 _EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is evaluated on
 _PATH_TRIES = 10_000  # draws allowed to find a path within the budget (6 % of Full's are under 0.5 MFLOPs)
@@ -88,13 +92,26 @@ def sample_within(space: Any, rng: np.random.Generator, strategy: str,
 
 
 def mflops_budget(
-    max_mflops: float | None, num_dense: int, table_sizes: Sequence[int]
+    max_mflops: float | None, num_dense: int, table_sizes: Sequence[int], layernorm: bool = False
 ) -> Callable[[Architecture], bool] | None:
-    """The test "at most `max_mflops`", counted as the search counts (None without a budget)."""
+    """The test "at most `max_mflops`" for a served model with or without layer norms (None without a budget)."""
     if max_mflops is None:
         return None
-    n = len(table_sizes)
-    return lambda arch: arch_cost(arch, num_dense, n, table_sizes).mflops <= max_mflops
+    cost = ServedCost(num_dense, tuple(table_sizes), layernorm)
+    return lambda arch: cost(arch)[0] <= max_mflops
+
+
+def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:
+    """The full-path warm-up in steps: the absolute one capped to the training length, or the fraction of it."""
+    if cfg.path_warmup_fraction:
+        return round(cfg.path_warmup_fraction * total_steps)
+    if cfg.path_warmup_steps > total_steps:
+        if warn:
+            log.warning("path_warmup_steps %d exceeds the %d training steps: capped at %d, so the whole run is "
+                        "warm-up; path_warmup_fraction gives it as a share of training", cfg.path_warmup_steps,
+                        total_steps, total_steps)  # fmt: skip
+        return total_steps
+    return cfg.path_warmup_steps
 
 
 @torch.no_grad()
@@ -164,6 +181,7 @@ class _State:
     stopped: bool = False
     train_seconds: float = 0.0
     samples: int = 0  # examples of the global batches trained on
+    log_lines: int | None = 0  # metrics.jsonl lines written (None: a checkpoint of an older nasrec)
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -196,7 +214,7 @@ class Trainer:
             self.space = self.model.space
         elif cfg.path_max_mflops is not None:
             raise NasrecError("training config: path_max_mflops applies to supernets only")
-        self._within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes)
+        self._within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
         self.loader = BatchLoader(cache, "train", batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
                                   drop_last=True, prefetch=2, rank=self.rank, world_size=self.world,
                                   shard="rows")  # fmt: skip
@@ -206,6 +224,7 @@ class Trainer:
         self.total_steps = per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.path_warmup = path_warmup(cfg, self.total_steps, warn=self.main) if self.space is not None else 0
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.lr, eps=cfg.eps,
                                          weight_decay=cfg.weight_decay, embedding_lr=cfg.embedding_lr,
                                          sliced=self.space is not None)  # fmt: skip
@@ -227,30 +246,30 @@ class Trainer:
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
-        if not self.main:
-            return
-        tmp = self.out / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
-        tmp.replace(self.out / name)
+        if self.main:
+            rundir.atomic_write_json(self.out / name, obj, default=_json_default)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.main:
             return
-        with open(self.out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+        rundir.append_jsonl(self.out / "metrics.jsonl", record, default=_json_default)
+        self.state.log_lines = (self.state.log_lines or 0) + 1
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and k != "step":
                     self._tb.add_scalar(k, v, record["step"])
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, final: bool = False) -> None:
+        """Write the run's state; a `final` one keeps the optimizer state only if asked (it can no longer resume)."""
         if not self.main:
             return  # every rank holds the same state; one copy is written
         s = self.state
+        keep = not final or self.cfg.keep_optimizer
         payload = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
+            # Adagrad / Adam state is as large as the weights (twice for Adam): a finished run drops it
+            "optimizer": self.optimizer.state_dict() if keep else None,
+            "schedule": self.schedule.state_dict() if keep else None,
             "torch_rng": torch.get_rng_state(),
             # dropout on a GPU draws from its own generator; restored only when resuming on a GPU
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -267,21 +286,37 @@ class Trainer:
         # The checkpoint is read onto the CPU; loading copies it to the model's device, and the optimizer
         # moves its state next to each parameter, so a run resumes on any device.
         self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.schedule.load_state_dict(ck["schedule"])
+        self.state = _State(**{"log_lines": None, **ck["state"]}, evals=json.loads(ck["evals_json"]))
+        if ck["optimizer"] is not None:
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.schedule.load_state_dict(ck["schedule"])
+        elif self.state.step < self.total_steps and not self.state.stopped:
+            raise NasrecError(f"{self.out}: its checkpoint holds the final weights only; the run cannot continue")
         torch.set_rng_state(ck["torch_rng"])
         if ck.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
-        self.state = _State(**ck["state"], evals=json.loads(ck["evals_json"]))
-        # drop log lines written after the checkpoint: they will be written again
-        log = self.out / "metrics.jsonl"
-        if self.main and log.exists():
-            keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
-            log.write_text("".join(ln + "\n" for ln in keep))
+        if self.main:
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint (they will be written again), and a torn last line."""
+        s = self.state
+        if s.log_lines is not None:  # the checkpoint counts the lines it covers
+            seen = itertools.count()
+            rundir.read_jsonl(self.out / "metrics.jsonl", keep=lambda r: next(seen) < s.log_lines)
+        else:  # written by an older nasrec: keep by step, and drop the final record (written again)
+            kept = rundir.read_jsonl(self.out / "metrics.jsonl", keep=lambda r: r.get("step", 0) <= s.step
+                                     and not r.get("final"))  # fmt: skip
+            s.log_lines = len(kept)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
         """Train (or continue an interrupted run), evaluate, and return the final metrics."""
+        # One writer per run directory (rank 0); a second one fails here, before touching anything.
+        with rundir.exclusive(self.out, "run", enabled=self.main):
+            return self._fit(resume, progress)
+
+    def _fit(self, resume: bool, progress: bool | None) -> dict[str, Any]:
         cfg = self.cfg
         # Rank 0 decides from its view of the run directory; the others follow (and, to resume, read
         # the same checkpoint: the run directory must be on a file system every rank sees).
@@ -303,8 +338,12 @@ class Trainer:
             except ImportError:
                 raise NasrecError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        if self.main:
+            self._say_start(bool(start["resume"]))
         bar = _progress(progress, self.total_steps, self.state.step) if self.main else None
         s = self.state
+        per_epoch = len(self.loader)
+        beat, ep_loss, ep_steps, t_fit, step0 = Heartbeat(), 0.0, 0, time.perf_counter(), s.step
         self.model.train()
         try:
             while s.step < self.total_steps and not s.stopped:
@@ -318,9 +357,16 @@ class Trainer:
                     s.batch += 1
                     s.loss_sum += loss
                     s.loss_count += 1
+                    ep_loss, ep_steps = ep_loss + loss, ep_steps + 1
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.4f}", sps=f"{s.samples / max(s.train_seconds, 1e-9):,.0f}")
+                    if self.main and (s.batch == per_epoch or (bar is None and beat())):
+                        # a line per epoch, and every 30 s in between when no bar shows the progress
+                        left = (self.total_steps - s.step) * (time.perf_counter() - t_fit) / (s.step - step0)
+                        self._say_progress(s.batch == per_epoch, ep_loss / ep_steps, left, bar is not None)
+                        if s.batch == per_epoch:
+                            ep_loss, ep_steps = 0.0, 0
                     self._after_step()
                     if s.step >= self.total_steps or s.stopped:
                         break
@@ -331,13 +377,44 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self._calibrate_head()  # the saved final weights carry the mean their evaluation uses
-        self._checkpoint()
+        self._checkpoint(final=True)
         if cfg.restore_best:
             self._restore_best()
         final = self._final()
         if self._tb is not None:
             self._tb.close()
         return final
+
+    # -- log lines (rank 0) ---------------------------------------------------------------------
+    def _what(self) -> str:
+        if self.spec.kind == "supernet":
+            return "supernet"
+        if self.spec.kind == "zoo":
+            return f"{self.spec.zoo} model"
+        return f"architecture {self.spec.architecture().hash()[:12]}"
+
+    def _say_start(self, resumed: bool) -> None:
+        cfg, s, per_epoch = self.cfg, self.state, len(self.loader)
+        epochs = -(-self.total_steps // per_epoch)
+        if resumed:
+            log.info("%s: resuming the %s at step %s of %s (epoch %d of %d)", self.out, self._what(), f"{s.step:,}",
+                     f"{self.total_steps:,}", min(s.epoch + 1, epochs), epochs)  # fmt: skip
+        else:
+            if self.total_steps == epochs * per_epoch:
+                plan = f"{epochs} epoch{'s' if epochs > 1 else ''} of {per_epoch:,} steps"
+            else:
+                plan = f"max_steps; an epoch is {per_epoch:,} steps"
+            log.info("%s: training the %s on %s: %s steps (%s, batch %s) on %s", self.out, self._what(), self.cache.path,
+                     f"{self.total_steps:,}", plan, f"{cfg.batch_size:,}", self.device)  # fmt: skip
+
+    def _say_progress(self, epoch_end: bool, loss: float, seconds_left: float, bar_shown: bool) -> None:
+        s, per_epoch = self.state, len(self.loader)
+        epochs = -(-self.total_steps // per_epoch)
+        sps = s.samples / max(s.train_seconds, 1e-9)
+        head = f"epoch {s.epoch + 1}/{epochs} done" if epoch_end else f"epoch {s.epoch + 1}/{epochs}"
+        left = f", about {duration(seconds_left)} left" if s.step < self.total_steps else ""
+        log.info("%s: step %s/%s, train loss %.5f, %s samples/s%s", head, f"{s.step:,}", f"{self.total_steps:,}",
+                 loss, f"{sps:,.0f}", left, extra=bar_extra(bar_shown))  # fmt: skip
 
     def _start(self, resume: bool) -> dict[str, Any]:
         """Rank 0's decision: resume from the checkpoint, or start afresh (preparing the directory)."""
@@ -347,7 +424,7 @@ class Trainer:
                 why = "its model.json differs: another architecture, data shape or supernet semantics"
                 return {"resume": True, "error": f"{self.out} holds another model ({why}); use a new directory"}
             return {"resume": True, "error": None}
-        if self.out.exists() and any(self.out.iterdir()) and not resume:
+        if not rundir.is_empty(self.out) and not resume:
             return {"resume": False, "error": f"{self.out} is not empty (use --resume to continue the run there)"}
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint
@@ -361,7 +438,7 @@ class Trainer:
         batch = _to(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         if self.space is not None:
-            arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, cfg.path_warmup_steps, self._within)
+            arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, self.path_warmup, self._within)
             logits = self.model(batch.dense, batch.sparse, arch)
         else:
             logits = self.model(batch.dense, batch.sparse)
@@ -480,6 +557,11 @@ class Trainer:
             s.bad_evals += 1
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
                 s.stopped = True
+        if self.main:
+            verdict = "best so far" if s.bad_evals == 0 else f"no better for {s.bad_evals} evaluation(s)"
+            log.info("step %s/%s: %s log loss %.5f, AUC %.5f (%s)%s", f"{s.step:,}", f"{self.total_steps:,}",
+                     cfg.eval_split, m["logloss"], m["auc"], verdict,
+                     "; early stop" if s.stopped else "")  # fmt: skip
 
     def _restore_best(self) -> None:
         """Evaluate the last weights if they were not, then take the best evaluation's weights."""
@@ -515,6 +597,10 @@ class Trainer:
             final["comm_bytes_per_step"] = self._comm_total / max(self._comm_total_steps, 1)
         self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
         self._write_json("metrics.json", final)
+        if self.main:
+            scores = "; ".join(f"{n} log loss {r['logloss']:.5f}, AUC {r['auc']:.5f}" for n, r in results.items())
+            log.info("%s: done, %s steps in %s (%s samples/s)%s", self.out, f"{s.step:,}", duration(s.train_seconds),
+                     f"{final['samples_per_s']:,.0f}", f"; {scores}" if scores else "")  # fmt: skip
         # every rank returns rank 0's figures (its timings, the run's written result)
         return distributed.broadcast_object(final)
 
@@ -548,12 +634,15 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
     return model.to(target).eval(), spec
 
 
+_NOT_IDENTITY = ("device", "keep_optimizer")
+
+
 def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result: all but the device, so a GPU run may resume on a CPU.
+    """The settings that decide a run's result: not the device (a GPU run may resume on a CPU) nor what is kept.
 
     A setting added after the run was saved counts with its default, so that older runs still resume.
     """
-    return {k: v for k, v in {**TrainConfig().to_dict(), **cfg}.items() if k != "device"}
+    return {k: v for k, v in {**TrainConfig().to_dict(), **cfg}.items() if k not in _NOT_IDENTITY}
 
 
 def _restores_best(run: Path) -> bool:
