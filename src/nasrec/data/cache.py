@@ -2,7 +2,9 @@
 
 Layout of a cache directory (format version 1)::
 
-    meta.json              schema, encoder state, table sizes, split, row counts, checksums
+    meta.json              schema, encoder state, table sizes, split, row counts, and `files`: the size,
+                           mtime and SHA-256 of every other file (sparse.npy's also each column's id
+                           min and max), checked by `open_cache` and `nasrec cache verify`
     dense.npy              float32 [N, D]  encoded dense features, in source file order
     sparse.npy             int32   [N, S]  embedding row ids, each in [0, table_size)
     label.npy              float32 [N]     0.0 / 1.0
@@ -25,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from nasrec.errors import NasrecError
+from nasrec.data import integrity
+from nasrec.errors import DataError, NasrecError
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
@@ -125,8 +128,14 @@ class CacheWriter:
         return p
 
     def commit(self, meta: dict[str, Any]) -> Path:
-        """Write meta.json last, then move the directory into place (replacing an old cache)."""
+        """Write meta.json last, then move the directory into place (replacing an old cache).
+
+        Unless `meta` holds them already, the size, mtime and checksum of every file are recorded in
+        its `files` (see `nasrec.data.integrity.record_files`).
+        """
         meta = {"format_version": FORMAT_VERSION, **meta}
+        if "files" not in meta:
+            meta["files"] = integrity.record_files(self.tmp)
         with open(self.tmp / "meta.json.part", "w") as fh:
             json.dump(meta, fh, indent=1, sort_keys=False)
             fh.flush()
@@ -212,29 +221,47 @@ class Cache:
         return self._splits[name]
 
 
-def open_cache(path: Path | str) -> Cache:
-    """Open a prepared cache without copying its arrays."""
+def read_meta(path: Path | str) -> dict[str, Any]:
+    """The checked meta.json of a cache directory (NasrecError naming what is wrong)."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise NasrecError(f"{path}: not a nasrec cache (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise NasrecError(f"{meta_path}: unreadable ({e})") from None
-    version = meta.get("format_version")
+    except OSError as e:
+        raise NasrecError(f"{meta_path}: cannot be read ({e.strerror or e})") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise NasrecError(f"{path}: cache format version {version}, this nasrec reads {FORMAT_VERSION}")
+    integrity.check_meta(meta_path, meta)
+    return meta
+
+
+def open_cache(path: Path | str) -> Cache:
+    """Open a prepared cache without copying its arrays, after the checks of `nasrec.data.integrity`.
+
+    The files' headers, sizes and dtypes are checked against meta.json, and every categorical column's
+    ids against its table size (from the ranges recorded at prepare time while sparse.npy is unchanged,
+    else recomputed once per process); any problem is a one-line DataError naming the file.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    layouts = integrity.check_arrays(path, meta)
+    integrity.check_id_ranges(
+        path / integrity.SPARSE, meta["sparse_fields"], meta["table_sizes"],
+        integrity.id_ranges(path, meta, layouts[integrity.SPARSE]),
+    )  # fmt: skip
 
     def load(name: str) -> np.ndarray:
+        lay = layouts[name]  # checked: what np.load(mmap_mode="r") would map, without reading the header again
         try:
-            return np.load(path / name, mmap_mode="r")
-        except FileNotFoundError:
-            raise NasrecError(f"{path}: incomplete cache, {name} is missing") from None
+            return np.memmap(path / name, dtype=lay.dtype, mode="r", offset=lay.offset, shape=lay.shape)
+        except (OSError, ValueError) as e:  # only a file changed since the checks gets here
+            raise DataError(f"cannot be opened ({e})", file=str(path / name)) from None
 
     dense, sparse, label = load("dense.npy"), load("sparse.npy"), load("label.npy")
     splits = {name: load(f"splits/{name}.npy") for name in meta["split"]["rows"]}
-    n = label.shape[0]
-    if dense.shape[0] != n or sparse.shape[0] != n:
-        raise NasrecError(f"{path}: inconsistent row counts {dense.shape[0]}, {sparse.shape[0]}, {n}")
     return Cache(path=path, meta=meta, dense=dense, sparse=sparse, label=label, _splits=splits)

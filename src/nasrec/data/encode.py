@@ -13,7 +13,7 @@ from nasrec.data.parse import ChunkParser, ParsedChunk, make_plan
 from nasrec.data.readers import DEFAULT_CHUNK_BYTES
 from nasrec.data.schema import Schema, schema_from_dict
 from nasrec.data.sources import ErrorLog, check_inputs, iter_chunks
-from nasrec.errors import NasrecError
+from nasrec.errors import DataError, NasrecError
 
 
 class RowEncoder:
@@ -36,6 +36,9 @@ class RowEncoder:
         if not isinstance(cache, Cache):
             cache = open_cache(cache)
         meta = cache.meta
+        for key in ("schema", "encoder"):
+            if not isinstance(meta.get(key), dict):
+                raise DataError(f"missing key {key!r} (needed to encode new rows)", file=str(cache.path / "meta.json"))
         schema = schema_from_dict(meta["schema"], source=str(cache.path / "meta.json"))
         state = EncoderState.from_dict(meta["encoder"], cache.path)
         return cls(schema, state, meta.get("format", "schema"), meta.get("kdd_profile"))

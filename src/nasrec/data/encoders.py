@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nasrec.errors import NasrecError
+from nasrec.data.integrity import npy_layout
+from nasrec.errors import DataError, NasrecError
 
 MISSING_ID = np.iinfo(np.int64).min  # raw-id sentinel for a missing categorical value
 BUCKETIZE_TABLE_SIZE = 1024  # floor(ln(x)^2) stays below 1024 for every x < e^32
@@ -204,7 +205,7 @@ class EncoderState:
             if st["type"] == "hash":
                 sparse[name] = HashEncoder(int(st["table_size"]))
             elif st["type"] == "vocab":
-                keys = np.load(root / st["file"])
+                keys = _load_vocabulary(root / st["file"])
                 if len(keys) != st["size"]:
                     raise NasrecError(f"{root / st['file']}: vocabulary size {len(keys)}, meta says {st['size']}")
                 sparse[name] = VocabEncoder(st["min_count"], st["max_size"], keys)
@@ -217,3 +218,11 @@ def _vocab_file(position: int, name: str) -> str:
     # the position keeps names that differ only in punctuation apart
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return f"encoder/{position:03d}_{safe}.npy"
+
+
+def _load_vocabulary(path: Path) -> np.ndarray:
+    """A stored vocabulary, after the checks of `nasrec.data.integrity` (one-line DataError when damaged)."""
+    layout = npy_layout(path)
+    if layout.dtype.kind not in "iu" or len(layout.shape) != 1:
+        raise DataError(f"shape {layout.shape} of {layout.dtype}, expected a 1-D array of integer ids", file=str(path))
+    return np.load(path, allow_pickle=False)

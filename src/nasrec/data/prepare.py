@@ -8,6 +8,7 @@ rows and rewrites the arrays block by block. The cache directory appears only wh
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from nasrec import __version__
+from nasrec.console import Heartbeat, duration
 from nasrec.data.cache import AppendableArray, CacheWriter, read_rows, write_rows
 from nasrec.data.encoders import (
     EncoderState,
@@ -28,13 +30,24 @@ from nasrec.data.encoders import (
     VocabEncoder,
 )
 from nasrec.data.formats import builtin_schema
+from nasrec.data.integrity import record_files
 from nasrec.data.parse import ChunkParser, EncodingPlan, make_plan
 from nasrec.data.readers import DEFAULT_CHUNK_BYTES, SourceInfo
 from nasrec.data.schema import Schema, load_schema
-from nasrec.data.sources import ErrorLog, check_inputs, iter_chunks, split_kdd_inputs
+from nasrec.data.sources import (
+    DEFAULT_MAX_BAD_FRACTION,
+    ErrorLog,
+    check_bad_share,
+    check_inputs,
+    iter_chunks,
+    split_kdd_inputs,
+)
 from nasrec.data.split import AUTOCTR_SEED, SplitSpec, assign_splits
 from nasrec.errors import NasrecError
 from nasrec.prefetch import prefetch
+from nasrec.rundir import exclusive
+
+log = logging.getLogger(__name__)
 
 PASS2_BLOCK_ROWS = 1 << 18  # rows per block of pass 2: bounds its memory
 
@@ -54,6 +67,8 @@ class PrepareConfig:
     min_count: int = 1
     max_table_size: int | None = None
     on_error: str = "fail"  # fail | skip
+    # skip: fail all the same when more than this share of the rows read is malformed (see DEFAULT_MAX_BAD_FRACTION)
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
     dense_transform: str | None = None  # override the format's default for every dense field
     drop_id: bool = False  # avazu
     time_features: bool = False  # avazu
@@ -112,6 +127,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         raise NasrecError(f"--on-error must be 'fail' or 'skip', not {cfg.on_error!r}")
     if cfg.min_count < 1:
         raise NasrecError(f"--min-count must be at least 1, not {cfg.min_count}")
+    if not 0 <= cfg.max_bad_fraction <= 1:
+        raise NasrecError(f"--max-bad-fraction must be between 0 and 1, not {cfg.max_bad_fraction}")
     schema = resolve_schema(cfg)
     plan = make_plan(schema, cfg.encoding, cfg.max_table_size)
     seed = cfg.seed if cfg.seed is not None else (AUTOCTR_SEED if cfg.split.startswith("autoctr") else 0)
@@ -120,7 +137,15 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     check_inputs(paths)
     errors = ErrorLog() if cfg.on_error == "skip" else None
     parser = ChunkParser(plan, on_bad_row=errors)
+    # One writer per output: the cache directory is replaced as a whole, so its lock file lies beside it.
+    with exclusive(cfg.out, "cache", beside=True):
+        return _prepare_locked(cfg, t0, schema, plan, spec, paths, errors, parser)
 
+
+def _prepare_locked(
+    cfg: PrepareConfig, t0: float, schema: Schema, plan: EncodingPlan, spec: SplitSpec, paths: list[Path],
+    errors: ErrorLog | None, parser: ChunkParser,
+) -> PrepareResult:  # fmt: skip
     try:
         writer = CacheWriter(cfg.out, overwrite=cfg.force)
     except OSError as e:  # e.g. a parent of --out is a file, or not writable
@@ -139,6 +164,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         infos: list[SourceInfo] = []
         total_bytes = sum(p.stat().st_size for p in paths)
         bar = _progress(cfg.progress, total_bytes)
+        log.info("prepare %s: reading %d file(s), %s MB (%s format, %s encoding, %s split)", cfg.out, len(paths),
+                 f"{total_bytes / 1e6:,.1f}", cfg.format, plan.mode, cfg.split)  # fmt: skip
+        beat, read_bytes = Heartbeat(), 0
         try:
             chunks = iter_chunks(
                 schema, paths, fmt=cfg.format, kdd_profile=cfg.kdd_profile, chunk_bytes=cfg.chunk_bytes,
@@ -152,18 +180,27 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
                 arrays["line"].append(parsed.lines)
                 if bar is not None:
                     bar.update(nbytes)
+                read_bytes += nbytes
+                if bar is None and beat():  # every 30 s when no bar shows the progress
+                    log.info("prepare: read %s of %s MB, %s rows", f"{read_bytes / 1e6:,.1f}",
+                             f"{total_bytes / 1e6:,.1f}", f"{arrays['label'].rows:,}")  # fmt: skip
         finally:
             for a in arrays.values():
                 a.close()
             if bar is not None:
                 bar.close()
         n = arrays["label"].rows
+        where = ", ".join(map(str, paths))
+        if errors is not None:
+            check_bad_share(where, n, errors, cfg.max_bad_fraction)
         if n == 0:
-            where = ", ".join(map(str, paths))
-            raise NasrecError(f"{where}: no data rows" + (" left after skipping bad rows" if errors else ""))
+            raise NasrecError(f"{where}: no data rows")
 
+        log.info("prepare: read %s rows in %s%s", f"{n:,}", duration(time.perf_counter() - t0),
+                 f", skipped {errors.count:,} bad rows" if errors and errors.count else "")  # fmt: skip
         label = read_rows(writer.path("label.npy"), 0, n).astype(np.int8)  # 0/1: one byte per row
         splits = assign_splits(label, spec)
+        log.info("prepare: split %s", ", ".join(f"{k} {len(v):,}" for k, v in splits.items()))
         for name, idx in splits.items():
             np.save(writer.path(f"splits/{name}.npy"), idx)
         train_mask = np.zeros(n, dtype=bool)
@@ -188,7 +225,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             "sources": [vars(i) for i in infos],
             "skipped": {
                 "count": errors.count if errors else 0,
-                "examples": errors.examples if errors else [],
+                "rows_read": n + (errors.count if errors else 0),
+                "examples": errors.sorted_examples() if errors else [],
             },
         }
         if cfg.format == "kdd12":
@@ -196,6 +234,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         bayes = _bayes_floor(paths, writer, splits, label)
         if bayes is not None:
             meta["bayes_logloss"] = bayes
+        meta["files"] = record_files(writer.tmp)  # sizes, mtimes, checksums and id ranges (integrity.py)
         seconds = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         meta["prepare_stats"] = {
@@ -204,6 +243,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             "peak_rss_mb": round(peak),
         }
         writer.commit(meta)
+    log.info("prepare: wrote the cache %s in %s (%s rows/s)", cfg.out, duration(seconds), f"{n / seconds:,.0f}")
     return PrepareResult(
         path=Path(cfg.out), rows=rows, ctr=ctr, table_sizes=dict(zip(plan.sparse_names, meta["table_sizes"], strict=True)),
         skipped=meta["skipped"]["count"], seconds=seconds, rows_per_s=n / seconds, peak_rss_mb=peak, meta=meta,

@@ -9,12 +9,17 @@ reported with its file, line and column.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
 import io
+import lzma
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -24,6 +29,70 @@ from nasrec.errors import DataError, NasrecError
 
 DEFAULT_CHUNK_BYTES = 16 << 20  # measured fastest on 2 cores (cache friendly polars parse)
 PARQUET_CHUNK_ROWS = 250_000
+SNIFF_BYTES = 1 << 16  # the start of a file that decides its line ends
+
+
+def compression_of(path: Path) -> str | None:
+    """The compression of a file, "gzip", "bzip2" or "xz" (by its first bytes, not its name); None for plain.
+
+    Formats this reader cannot stream (zstd, zip) are a one-line error naming what to do instead.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:3] == b"\x1f\x8b\x08":
+        return "gzip"
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bzip2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        raise NasrecError(
+            f"{path}: zstd-compressed, which nasrec cannot stream; decompress it first (zstd -d), "
+            "or recompress it with gzip, bzip2 or xz"
+        )
+    if head[:4] == b"PK\x03\x04":
+        raise NasrecError(f"{path}: a zip archive; unpack it first (unzip)")
+    return None
+
+
+def is_parquet(path: Path) -> bool:
+    """Whether a file is Parquet (by its magic bytes at both ends)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PAR1":
+                return False
+            fh.seek(-4, io.SEEK_END)
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+class _Tap:
+    """A binary file that feeds every byte read through it into a digest, and counts them."""
+
+    def __init__(self, fh: Any, digest: Any) -> None:
+        self.fh = fh
+        self.digest = digest
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.fh.read(n)
+        self.digest.update(b)
+        self.count += len(b)
+        return b
+
+    def close(self) -> None:  # the file itself is closed by its owner
+        pass
+
+
+def _decompressed(kind: str | None, tap: _Tap) -> Any:
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=tap, mode="rb")  # type: ignore[arg-type]
+    if kind == "bzip2":
+        return bz2.BZ2File(tap)  # type: ignore[arg-type]
+    if kind == "xz":
+        return lzma.LZMAFile(tap)  # type: ignore[arg-type]
+    return tap
 
 
 @dataclass
@@ -48,6 +117,7 @@ class SourceInfo:
     bytes: int
     sha256: str
     rows: int = 0
+    compression: str | None = None  # gzip, bzip2 or xz when the file was decompressed while read
 
 
 def _line_field_counts(buf: bytes, sep: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -102,70 +172,143 @@ class TextReader:
         self._pending: DataError | None = None
 
     def read(self, path: Path, info: SourceInfo) -> Iterator[Chunk]:
-        """Yield the chunks of one file, updating `info` (size, checksum, rows) as it goes."""
+        """Yield the chunks of one file, updating `info` (size, checksum, rows) as it goes.
+
+        A gzip, bzip2 or xz file (known by its first bytes, whatever its name) is decompressed as it
+        streams; the checksum and `nbytes` count the bytes of the file on disk.
+        """
+        kind = compression_of(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as raw:
+            tap = _Tap(raw, digest)
+            stream = _decompressed(kind, tap)
+            try:
+                yield from self._read_stream(path, stream, tap, info, kind)
+            finally:
+                if stream is not tap:
+                    stream.close()
+            while tap.read(1 << 24):  # whatever the decompressor left unread still counts for the checksum
+                pass
+        info.bytes = path.stat().st_size
+        info.sha256 = digest.hexdigest()
+        info.compression = kind
+
+    def _read_stream(self, path: Path, stream: Any, tap: _Tap, info: SourceInfo, kind: str | None) -> Iterator[Chunk]:
         s = self.schema
         sep = s.separator.encode()
-        digest = hashlib.sha256()
         line_no = 1  # physical line number of the next line in the file
         columns = self.file_columns or s.columns
         first = True
-        with open(path, "rb") as fh:
-            rest = b""
-            while True:
-                block = fh.read(self.chunk_bytes)
-                digest.update(block)
-                buf = rest + block
-                if block:
-                    cut = buf.rfind(b"\n") + 1
-                    if cut == 0:  # a line longer than the block: keep reading
-                        rest = buf
-                        continue
-                    buf, rest = buf[:cut], buf[cut:]
-                else:
-                    rest = b""
+        consumed = 0  # bytes of the file on disk accounted for in the chunks so far
+        blocks = self._blocks(stream)
+        rest = b""
+        while True:
+            try:
+                block = next(blocks, b"")
+            except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+                if kind is None:
+                    raise DataError(f"cannot be read after line {line_no - 1:,} ({e})", file=str(path)) from None
+                raise DataError(
+                    f"the {kind} data is damaged or cut short after line {line_no - 1:,} ({e}); "
+                    "the file is truncated or corrupt", file=str(path),
+                ) from None  # fmt: skip
+            buf = rest + block
+            if block:
+                cut = buf.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than the block: keep reading
+                    rest = buf
+                    continue
+                buf, rest = buf[:cut], buf[cut:]
+            else:
+                rest = b""
+            if not buf:
+                break
+            if b"\r" in buf:
+                buf = buf.replace(b"\r\n", b"\n")
+                if not block and buf.endswith(b"\r"):  # a CRLF file cut between its last CR and LF
+                    buf = buf[:-1] + b"\n"
+            if first:
+                first = False
+                columns, buf, skipped = self._header(path, buf, columns)
+                line_no += skipped
                 if not buf:
-                    break
-                if b"\r" in buf:
-                    buf = buf.replace(b"\r\n", b"\n")
-                if first:
-                    first = False
-                    columns, buf, skipped = self._header(path, buf, columns)
-                    line_no += skipped
-                    if not buf:
-                        continue
-                nbytes = len(buf)
-                frame = self._fast_parse(buf, columns, sep)
-                if frame is not None:
-                    lines = np.arange(line_no, line_no + frame.height, dtype=np.int64)
-                    line_no += frame.height
-                else:
-                    n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
-                    buf, lines = self._check_fields(path, buf, columns, line_no, n_lines, sep)
-                    line_no += n_lines
-                    if len(lines):
-                        frame, lines = self._parse(path, buf, columns, lines)
-                    pending, self._pending = self._pending, None
-                    if len(lines) == 0:
-                        if pending is not None:
-                            raise pending
-                        continue
+                    continue
+            if not block and not buf.endswith(b"\n"):  # the file's last line, without its newline
+                buf = self._last_line(path, buf, columns, sep, line_no)
+                if not buf:  # skipped as cut short
+                    line_no += 1
+                    continue
+            nbytes, consumed = tap.count - consumed, tap.count
+            frame = self._fast_parse(buf, columns, sep)
+            if frame is not None:
+                lines = np.arange(line_no, line_no + frame.height, dtype=np.int64)
+                line_no += frame.height
+            else:
+                n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
+                buf, lines = self._check_fields(path, buf, columns, line_no, n_lines, sep)
+                line_no += n_lines
+                if len(lines):
+                    frame, lines = self._parse(path, buf, columns, lines)
+                pending, self._pending = self._pending, None
+                if len(lines) == 0:
                     if pending is not None:
-                        yield Chunk(frame, str(path), lines, "line", nbytes, pending)
-                        raise pending  # in case the consumer did not
-                info.rows += frame.height
-                yield Chunk(frame, str(path), lines, "line", nbytes)
-        info.bytes = path.stat().st_size
-        info.sha256 = digest.hexdigest()
+                        raise pending
+                    continue
+                if pending is not None:
+                    yield Chunk(frame, str(path), lines, "line", nbytes, pending)
+                    raise pending  # in case the consumer did not
+            info.rows += frame.height
+            yield Chunk(frame, str(path), lines, "line", nbytes)
+
+    def _blocks(self, stream: Any) -> Iterator[bytes]:
+        """Blocks of `chunk_bytes` of a (decompressed) stream; a file whose lines end with a lone CR
+        (classic Mac OS) has them turned into LF. The line ends are judged on the first 64 KiB: CRs and
+        no LF there means CR line ends (a CR inside a line of an LF file stays data)."""
+        head = stream.read(max(self.chunk_bytes, SNIFF_BYTES))
+        if b"\n" not in head and head.endswith(b"\r"):
+            head += stream.read(1)  # a CR at the very end of the sample may be the first half of a CRLF
+        cr_only = b"\r" in head and b"\n" not in head
+        for i in range(0, len(head), self.chunk_bytes):
+            piece = head[i : i + self.chunk_bytes]
+            yield piece.replace(b"\r", b"\n") if cr_only else piece
+        while block := stream.read(self.chunk_bytes):
+            yield block.replace(b"\r", b"\n") if cr_only else block
+
+    def _last_line(self, path: Path, buf: bytes, columns: tuple[str, ...], sep: bytes, line_no: int) -> bytes:
+        """The file's last line lacks its newline: if it also looks cut short (its last field empty, or too
+        few fields), a truncated file is the likely cause. Report it (raise, or skip: returns b"")."""
+        want, found = len(columns), buf.count(sep) + 1
+        if buf.endswith(sep):
+            why = "its last field is empty"
+        elif found < want:
+            why = f"it has {found} of {want} fields"
+        else:
+            return buf + b"\n"
+        err = DataError(
+            f"the file ends in the middle of this line (no final newline, and {why}): is it truncated? "
+            "If the line is complete, end it with a newline", file=str(path), line=line_no,
+        )  # fmt: skip
+        if self.on_bad_line is None:
+            raise err
+        self.on_bad_line(err)
+        return b""
 
     def _header(self, path: Path, buf: bytes, columns: tuple[str, ...] | None) -> tuple:
         """Consume the header line if there is one; return (columns, rest of block, lines consumed)."""
         s = self.schema
         if buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not part of the first field
             buf = buf[3:]
+        if s.header is False:
+            return columns, buf, 0
         end = buf.find(b"\n")
         head = (buf if end < 0 else buf[:end]).decode("utf-8", errors="replace")
         rest = b"" if end < 0 else buf[end + 1 :]
-        names = next(csv.reader([head], delimiter=s.separator, quotechar=s.quote or '"'), [])
+        try:
+            names = next(csv.reader([head], delimiter=s.separator, quotechar=s.quote or '"'), [])
+        except csv.Error as e:
+            if s.header is True:
+                raise DataError(f"cannot read the header ({e})", file=str(path), line=1) from None
+            return columns, buf, 0  # "auto": not a header; the line is checked as data
         names = [n.strip() for n in names]
         if s.header is True:
             missing = [c for c in s.used_columns if c not in names]

@@ -11,11 +11,25 @@ from pathlib import Path
 import polars as pl
 
 from nasrec.data.formats import KDD12_COLUMNS, KDD12_PROFILE_COLUMNS
-from nasrec.data.readers import DEFAULT_CHUNK_BYTES, Chunk, SourceInfo, TextReader, read_parquet
+from nasrec.data.readers import DEFAULT_CHUNK_BYTES, Chunk, SourceInfo, TextReader, is_parquet, read_parquet
 from nasrec.data.schema import Schema, SparseField
 from nasrec.errors import DataError, NasrecError
 
-MAX_REPORTED_ERRORS = 100
+MAX_REPORTED_ERRORS = 100  # bad rows kept with their location (in meta.json); all are counted
+SHOWN_ERRORS = 10  # bad rows a command prints
+# `--on-error skip` is for the odd damaged line. When more than 1% of the rows read are malformed, the cause
+# is rarely random damage (a wrong --format or schema, a mangled export, a truncated or mixed file), and the
+# rows dropped are then not a random sample either: the cache (or the predictions) would quietly differ from
+# the data. The public CTR logs have no malformed rows at all. `--max-bad-fraction 1` keeps any share.
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
+def format_bad_row(err: dict) -> str:
+    """A skipped row as `file:line:column: reason` (`file:line: reason` for a whole-line problem)."""
+    where = [str(err.get("file") or "?"), str(err.get("line") if err.get("line") is not None else "?")]
+    if err.get("column") is not None:
+        where.append(str(err["column"]))
+    return f"{':'.join(where)}: {err.get('reason')}"
 
 
 class ErrorLog:
@@ -29,6 +43,42 @@ class ErrorLog:
         self.count += 1
         if len(self.examples) < MAX_REPORTED_ERRORS:
             self.examples.append(err.to_dict())
+
+    def sorted_examples(self) -> list[dict]:
+        """The recorded bad rows in file order (the reader and the parser report a block's rows apart)."""
+        return in_file_order(self.examples)
+
+
+def in_file_order(examples: list[dict]) -> list[dict]:
+    """Bad-row records sorted by file (in the order the files were read) and line."""
+    files = {f: i for i, f in reversed(list(enumerate(e.get("file") for e in examples)))}
+    return sorted(examples, key=lambda e: (files[e.get("file")], e.get("line") or 0))
+
+
+def shown_bad_rows(count: int, examples: list[dict], limit: int = SHOWN_ERRORS) -> list[str]:
+    """The first `limit` of `count` bad rows as `file:line:column: reason`, then `... and N more`."""
+    shown = [format_bad_row(e) for e in in_file_order(examples)[:limit]]
+    if count > len(shown):
+        shown.append(f"... and {count - len(shown):,} more")
+    return shown
+
+
+def check_bad_share(where: str, good: int, errors: ErrorLog, max_fraction: float) -> None:
+    """Skip mode: fail when no row is left, or when more than `max_fraction` of the rows read were bad."""
+    bad = errors.count
+    if not bad:
+        return
+    total = good + bad
+    first = f" (first: {format_bad_row(errors.sorted_examples()[0])})" if errors.examples else ""
+    if good == 0:
+        raise NasrecError(
+            f"{where}: no data rows left after skipping bad rows: all {bad:,} rows read are malformed{first}"
+        )
+    if bad > max_fraction * total:
+        raise NasrecError(
+            f"{where}: {bad:,} of {total:,} rows read ({bad / total:.2%}) are malformed, more than the "
+            f"--max-bad-fraction of {max_fraction:g} allows{first}; fix the input, or raise the limit"
+        )
 
 
 def check_inputs(paths: list[Path]) -> None:
@@ -90,7 +140,7 @@ def iter_chunks(
         info = SourceInfo(str(path), 0, "")
         if infos is not None:
             infos.append(info)
-        if schema.file_type == "parquet" or path.suffix.lower() == ".parquet":
+        if schema.file_type == "parquet" or path.suffix.lower() == ".parquet" or is_parquet(path):
             stream = read_parquet(schema, path, info)
         else:
             stream = reader.read(path, info)
