@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import resource
+import subprocess
 from dataclasses import dataclass
 
 
@@ -51,16 +52,92 @@ class LoadSample:
         return self.other_share
 
 
-def machine_info() -> dict[str, object]:
-    """nproc, CPU model, Python and library versions: recorded with every figure."""
-    model = ""
+def cpu_model() -> str:
+    """The CPU model name, from /proc/cpuinfo (lscpu's "Model name" where /proc/cpuinfo has none)."""
     try:
         with open("/proc/cpuinfo") as fh:
             model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
     except OSError:
-        pass
-    info: dict[str, object] = {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+        model = ""
+    if not model:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+            model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+    return model or platform.processor() or "unknown CPU"
+
+
+def cpu_capability() -> str:
+    """`torch.backends.cpu.get_cpu_capability()` (AVX2, AVX512, ...): which kernels torch runs here."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    """nproc, CPU model, torch's CPU capability, Python and library versions: recorded with every figure."""
+    info: dict[str, object] = {"nproc": os.cpu_count(), "cpu": cpu_model(), "cpu_capability": cpu_capability(),
+                               "python": platform.python_version()}  # fmt: skip
     for mod in ("torch", "numpy", "polars"):
         with contextlib.suppress(ImportError):
             info[mod] = __import__(mod).__version__
     return info
+
+
+def machine_line() -> str:
+    """One line naming the machine, printed first by every bench script."""
+    m = machine_info()
+    return (f"machine: {m['cpu']}, {m['nproc']} CPUs, torch CPU capability {m['cpu_capability']}, "
+            f"torch {m.get('torch', '-')}, Python {m['python']}")  # fmt: skip
+
+
+# Figures of the published NASRec implementation (../shared/docs/benchmarking.md), 2 threads, idle machine,
+# median of 5, samples/s, by the torch CPU capability of the machine they were measured on. A ratio is only
+# taken against a figure measured on a CPU of the same capability (`reference`); figures from another
+# machine are shown beside nasrec's, never divided by.
+REFERENCE_FIGURES: dict[str, dict[str, float]] = {
+    "AVX512": {
+        "supernet small sampled b512": 799, "supernet full sampled b512": 322,
+        "supernet small sampled b256": 531, "supernet full sampled b256": 258,
+        "supernet small full-path b512": 431, "supernet full full-path b512": 81,
+        "eval small b8192": 1617, "eval full b8192": 626,
+        "train criteo_autoctr_best capped b256": 1017, "train criteo_xlarge_best capped b256": 679,
+        "train criteo_autoctr_best capped b512": 1856, "train criteo_xlarge_best capped b512": 960,
+        "train criteo_autoctr_best real b256": 98, "train criteo_xlarge_best real b256": 77,
+    },
+    "AVX2": {  # measured side by side with nasrec on the AVX2 CPU, 2026-12-03
+        "supernet small sampled b512": 472, "supernet full sampled b512": 193,
+        "eval small b8192": 1045, "eval full b8192": 429,
+        "train criteo_autoctr_best real b256": 43.9, "train criteo_xlarge_best real b256": 46.4,
+    },
+}  # fmt: skip
+REFERENCE_MACHINES = {"AVX512": "reference on the AVX-512 CPU", "AVX2": "reference on the AVX2 CPU (AMD EPYC)"}
+
+
+def reference(key: str, value: float | None = None) -> dict[str, object]:
+    """The reference's figures for `key` on every machine that has one, and `value`'s ratio to this CPU's.
+
+    {"reference": {"AVX2": 472, "AVX512": 799}, "ratio": 7.4, "ratio_against": "AVX2"}; "ratio" is
+    present only when the reference was measured on a CPU of this machine's capability.
+    """
+    here = cpu_capability()
+    figures = {cap: table[key] for cap, table in REFERENCE_FIGURES.items() if key in table}
+    out: dict[str, object] = {"reference": figures}
+    if value is not None and here in figures:
+        out["ratio"] = round(value / figures[here], 1)
+        out["ratio_against"] = here
+    return out
+
+
+def reference_text(key: str, value: float | None = None) -> str:
+    """`reference()` in words: "7.4x the reference on this CPU (AVX2: 472)", or the raw figures only."""
+    r = reference(key, value)
+    figures: dict[str, float] = r["reference"]  # type: ignore[assignment]
+    if not figures:
+        return "no reference figure"
+    raw = ", ".join(f"{cap}: {v:,g}" for cap, v in figures.items())
+    if "ratio" in r:
+        return f"{r['ratio']}x the reference on this CPU capability (reference {raw})"
+    return f"reference measured on other CPUs, not divided by ({raw})"

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # bench/ is not a package
+from _machine import machine_info, machine_line  # bench/ is not a package
 from bench_supernet import batches
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--full-path", action="store_true", help="train the full path at every step")
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     torch.set_num_threads(args.threads)
     tables = [min(n, 500_000) for n in CRITEO_TABLE_SIZES]
     spaces = ["small", "full"] if args.space == "both" else [args.space]

@@ -38,7 +38,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info, machine_ticks, own_cpu_s  # bench/ is not a package
+from _machine import machine_info, machine_line, machine_ticks, own_cpu_s  # bench/ is not a package
 from bench_supernet import batches  # identical in every process: a fixed seed
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table-cap", type=int, default=500_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     results = []
     for space in ["small", "full"] if args.space == "both" else [args.space]:
         row: dict = {"space": space, "batch": args.batch}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import LoadSample, machine_info  # bench/ is not a package
+from _machine import LoadSample, machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.cache import open_cache
 from nasrec.data.loader import BatchLoader
@@ -60,15 +60,15 @@ def prepare_data(work: Path, rows: int) -> Path:
     return cache
 
 
-def train_model(name: str, cache: Path, work: Path, threads: int) -> Path:
+def train_model(name: str, cache: Path, work: Path, threads: int, configs: Path = CONFIGS) -> Path:
     """One epoch of a zoo model or a published NASRecNet (reused when already trained)."""
     out = work / "runs" / name
     if (out / "metrics.json").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
     overrides = dict(batch_size=512, epochs=1, lr=0.05, threads=threads)
-    if (CONFIGS / f"{name}.json").exists():
-        train(cache, out, arch=Architecture.load(CONFIGS / f"{name}.json"), overrides=overrides, progress=False)
+    if (configs / f"{name}.json").exists():
+        train(cache, out, arch=Architecture.load(configs / f"{name}.json"), overrides=overrides, progress=False)
     else:
         train(cache, out, model=name, overrides=overrides, progress=False)
     return out
@@ -127,14 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument(
+        "--configs",
+        type=Path,
+        default=CONFIGS,
+        help="directory of the published architectures (default: ../shared/configs beside the repository)",
+    )
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     work = Path(args.work)
     if args.model:
         runs = {Path(m).name: Path(m) for m in args.model}
     else:
         cache = prepare_data(work, args.rows)
-        names = [m for m in args.models if not m.startswith("criteo_") or (CONFIGS / f"{m}.json").exists()]
-        runs = {m: train_model(m, cache, work, max(args.threads)) for m in names}
+        names = []
+        for m in args.models:
+            if m.startswith("criteo_") and not (args.configs / f"{m}.json").exists():
+                print(f"skipped: {m}: {args.configs / (m + '.json')} not found (give --configs DIR)", flush=True)
+            else:
+                names.append(m)
+        runs = {m: train_model(m, cache, work, max(args.threads), args.configs) for m in names}
     results = []
     for name, run in runs.items():
         exports, export_s = {}, {}

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # bench/ is not a package
+from _machine import machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.data.loader import Batch
@@ -106,11 +106,12 @@ def train_rate(model: torch.nn.Module, data: list[Batch], warmup: int, device: t
     return sum(int(b.label.shape[0]) for b in data[warmup:]) / (time.perf_counter() - t0)
 
 
-def published_arch() -> tuple[str, Architecture]:
-    """The published Criteo NASRec-Full best architecture, or a sampled NASRec-Full one without ../shared."""
-    path = CONFIGS / "criteo_xlarge_best.json"
+def published_arch(configs: Path = CONFIGS) -> tuple[str, Architecture]:
+    """The published Criteo NASRec-Full best architecture, or a sampled NASRec-Full one without it."""
+    path = configs / "criteo_xlarge_best.json"
     if path.is_file():
         return "criteo_xlarge_best", Architecture.load(path)
+    print(f"{path} not found (give --configs DIR): a sampled NASRec-Full architecture instead", flush=True)
     return "sampled_full_seed0", NASREC_FULL.sample(np.random.default_rng(0), "default")
 
 
@@ -130,7 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda", help="cpu, cuda, cuda:N or auto (default cuda)")
     ap.add_argument("--quick", action="store_true", help="a tiny budget, to check the code paths (e.g. on a CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument(
+        "--configs",
+        type=Path,
+        default=CONFIGS,
+        help="directory of the published architectures (default: ../shared/configs beside the repository)",
+    )
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     try:
         device = resolve_device(args.device)
     except NasrecError as e:
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         del model
         _free(device)
 
-    arch_name, arch = published_arch()
+    arch_name, arch = published_arch(args.configs)
     for model_name in (arch_name, "dlrm"):
         for batch in batches:
             torch.manual_seed(0)

@@ -35,7 +35,7 @@ from nasrec.data.cache import AppendableArray, CacheWriter, open_cache
 from nasrec.data.loader import DEFAULT_GROUP_BATCHES, BatchLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import LoadSample, machine_info  # bench/ is not a package
+from _machine import LoadSample, machine_info, machine_line  # bench/ is not a package
 
 TARGET_ROWS_S = 2_000_000
 NOISY_SHARE = 0.05
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=MIN_RUNS, help=f"timed epochs per configuration (>= {MIN_RUNS})")
     p.add_argument("--min-run-s", type=float, default=1.0, help="repeat epochs until a timed run lasts this long")
     args = p.parse_args(argv)
+    print(machine_line(), flush=True)
     if args.runs < MIN_RUNS:
         p.error(f"--runs must be at least {MIN_RUNS}")
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import LoadSample, machine_info  # bench/ is not a package
+from _machine import LoadSample, machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.synthetic import generate_synthetic
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated inputs for later runs")
     ap.add_argument("prepare_args", nargs="*", help="extra prepare flags after --, e.g. -- --split random")
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results = []

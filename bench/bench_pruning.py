@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # bench/ is not a package
+from _machine import machine_info, machine_line  # bench/ is not a package
 from bench_train import measure
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     torch.set_num_threads(args.threads)
     tables = [min(t, 500_000) for t in CRITEO_TABLE_SIZES]
     space, rng = get_space(args.space), np.random.default_rng(args.seed)

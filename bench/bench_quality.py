@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # bench/ is not a package
+from _machine import machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.cache import open_cache
 from nasrec.data.prepare import PrepareConfig, prepare
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     unknown = [m for m in args.models if m not in ZOO_MODELS and m not in PUBLISHED]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; zoo: {list(ZOO_MODELS)}, published: {PUBLISHED}")

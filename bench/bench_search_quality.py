@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # bench/ is not a package
+from _machine import machine_info, machine_line  # bench/ is not a package
 from bench_quality import SHARED, nasrec_set, prepare_dataset, recipe, run_one, table
 
 from nasrec.data.cache import open_cache
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     nasrec = nasrec_set(args)
     scoring = {k: v for k, v in (("finetune", args.finetune), ("finetune_steps", args.finetune_steps)) if v is not None}
     searching = {"top_k": args.top_k} if args.top_k is not None else {}

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # bench/ is not a package
+from _machine import machine_info, machine_line  # bench/ is not a package
 from bench_quality import prepare_dataset, recipe
 from scipy.stats import kendalltau
 
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="threads of supernet training")
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     cache = prepare_dataset(args.dataset, args.work, 2, args.rows, "interactions")
     steps = args.epochs * (len(open_cache(cache).split_index("train")) // 512)
     base = args.work / f"semantics-{args.dataset}-{args.space}"

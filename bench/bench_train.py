@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import LoadSample, machine_info  # bench/ is not a package
+from _machine import LoadSample, machine_info, machine_line, reference, reference_text  # bench/ is not a package
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.model.subnet import Subnet
@@ -35,16 +35,13 @@ from nasrec.space.arch import Architecture
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.optim import build_optimizer
 
-CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
-# Reference implementation on this machine kind (benchmarking.md): best Criteo archs, samples/s.
-REFERENCE = {("criteo_autoctr_best", "real"): 98, ("criteo_xlarge_best", "real"): 77,
-             ("criteo_autoctr_best", "capped"): 1856, ("criteo_xlarge_best", "capped"): 960}  # fmt: skip
+CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"  # ../shared/configs beside the repository
 
 
-def build(name: str, tables: list[int]) -> torch.nn.Module:
-    """A published architecture (from ../shared/configs) or a zoo model."""
+def build(name: str, tables: list[int], configs: Path = CONFIGS) -> torch.nn.Module:
+    """A published architecture (from `configs`) or a zoo model."""
     if name.startswith("criteo_"):
-        return Subnet(Architecture.load(CONFIGS / f"{name}.json"), 13, tables, layernorm=False)
+        return Subnet(Architecture.load(configs / f"{name}.json"), 13, tables, layernorm=False)
     from nasrec.zoo.registry import build_zoo_model
 
     return build_zoo_model(name, 13, tables)
@@ -90,24 +87,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dense-steps", type=int, default=3, help="steps per run with dense embedding gradients")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--configs",
+        type=Path,
+        default=CONFIGS,
+        help="directory of the published architectures (default: ../shared/configs beside the repository)",
+    )
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
+    models = []
+    for name in args.models:
+        if name.startswith("criteo_") and not (args.configs / f"{name}.json").is_file():
+            print(f"skipped: {name}: {args.configs / (name + '.json')} not found (give --configs DIR)", flush=True)
+        else:
+            models.append(name)
     torch.set_num_threads(args.threads)
     results = []
     for tables_kind in args.tables:
         tables = list(CRITEO_TABLE_SIZES) if tables_kind == "real" else [min(n, 500_000) for n in CRITEO_TABLE_SIZES]
         batch = 256 if tables_kind == "real" else 512
-        for name in args.models:
+        for name in models:
             row = {"model": name, "tables": tables_kind, "batch": batch}
             for mode in args.modes:
                 torch.manual_seed(0)
-                model = build(name, tables)
+                model = build(name, tables, args.configs)
                 model.embedding.table.sparse = mode == "sparse"
                 steps = args.steps if mode == "sparse" else args.dense_steps
                 row[mode] = measure(model, batch, tables, steps, args.runs)
                 del model
-            ref = REFERENCE.get((name, tables_kind))
-            if ref and "sparse" in row:
-                row["reference"], row["speedup_vs_reference"] = ref, round(row["sparse"]["median"] / ref, 1)
+            if "sparse" in row:  # a ratio only against a reference figure of this CPU capability
+                key = f"train {name} {tables_kind} b{batch}"
+                row.update(reference(key, row["sparse"]["median"]))
+                print(
+                    f"{name} {tables_kind} sparse {row['sparse']['median']:,.0f} samples/s  [{reference_text(key, row['sparse']['median'])}]",
+                    flush=True,
+                )
             if "sparse" in row and "dense" in row:
                 row["sparse_over_dense"] = round(row["sparse"]["median"] / row["dense"]["median"], 1)
             results.append(row)
