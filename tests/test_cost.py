@@ -462,3 +462,24 @@ def test_published_flops_and_params(configs: Path, name: str) -> None:
 def test_published_match_reference_model(configs: Path, name: str) -> None:
     num_dense, num_sparse, _ = DATASETS[name.split("_")[0]]
     check_against_reference(Architecture.load(configs / f"{name}_best.json"), num_dense, num_sparse, ln=False)
+
+
+def test_served_cost_is_the_one_count_and_states_its_layer_norms() -> None:
+    """Caps, the search's history and a trained model's metrics count alike: with the served recipe's layer norms."""
+    import numpy as np
+
+    from nasrec.model.spec import ModelSpec
+    from nasrec.space.space import NASREC_SMALL
+
+    tables = (5, 12, 30, 60, 8, 20)
+    arch = NASREC_SMALL.sample(np.random.default_rng(4), "uniform")
+    for ln in (False, True):
+        served = C.ServedCost(4, tables, ln)
+        expected = C.arch_cost(arch, 4, 6, tables, use_layernorm=ln)
+        assert served(arch) == (expected.mflops, expected.dense_params) and served.of(arch) == expected
+        trained = ModelSpec(kind="nasrec", num_dense=4, table_sizes=tables, arch=arch.to_dict(), layernorm=ln).cost()
+        assert (trained["mflops"], trained["dense_params"]) == served(arch)
+    # layer norms cost FLOPs: a count without them is lower than the served model's with them
+    assert C.ServedCost(4, tables, True)(arch)[0] > C.ServedCost(4, tables, False)(arch)[0]
+    with pytest.raises(TypeError):
+        C.ServedCost(4, tables)  # type: ignore[call-arg]  # the layer norms must be stated

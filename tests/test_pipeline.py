@@ -235,3 +235,54 @@ def test_report_html_renders_in_a_headless_browser(tiny_run: Path, tmp_path: Pat
                     "--no-first-run", f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
                     "--window-size=1200,3000", page.as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_caps_search_and_goal_check_count_the_served_model(tiny_run: Path, tmp_path: Path) -> None:
+    """The final recipe (cpu-quick) has layer norms: the search's cap, its history and the report count them alike."""
+    from nasrec.model.cost import ServedCost
+    from nasrec.space.arch import Architecture
+    from nasrec.zoo.registry import zoo_cost
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    capped = json.loads(json.dumps(TINY))
+    capped["search"]["set"]["max_mflops"] = "dcnv2"  # its trained run reports this count too (test_search.py)
+    records = run_pipeline(resolve_config(capped), run, progress=False)
+    assert records["baselines"]["seconds"] == json.loads((tiny_run / "stages.json").read_text())["baselines"]["seconds"]
+    saved = json.loads((run / "search" / "search.json").read_text())
+    assert saved["search"]["count_layernorm"] is True
+    meta = json.loads((run / "data" / "cache" / "meta.json").read_text())
+    dcnv2 = zoo_cost("dcnv2", len(meta["dense_fields"]), tuple(meta["table_sizes"])).mflops
+    assert saved["search"]["max_mflops"] == dcnv2
+    served = ServedCost(len(meta["dense_fields"]), tuple(meta["table_sizes"]), True)
+    for line in (run / "search" / "history.jsonl").read_text().splitlines():
+        h = json.loads(line)
+        assert h["mflops"] == served(Architecture.from_dict(h["arch"]))[0] <= dcnv2
+    final = json.loads((run / "final" / "metrics.json").read_text())
+    assert final["mflops"] <= dcnv2 and records["final"]["done"]
+    md = (run / "report" / "report.md").read_text()
+    assert "MFLOPs); the searched model has" in md and "## Goal check" in md
+    assert "The goal check compares the searched model with the baselines this run trained (" in md
+    assert "this run trained (lr) and no others: fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm were not trained" in md
+    assert "the searched one with the layer norms of its final recipe, as the search's caps counted it" in md
+    # a count stated against the final recipe is refused, naming the key
+    wrong = json.loads(json.dumps(capped))
+    wrong["search"]["set"]["count_layernorm"] = False
+    with pytest.raises(NasrecError, match=r"search\.set\.count_layernorm: the final recipe trains models with"):
+        run_pipeline(resolve_config(wrong), tmp_path / "wrong", progress=False)
+
+
+def test_baselines_all_is_the_whole_zoo(tmp_path: Path) -> None:
+    from nasrec.zoo.registry import ZOO_MODELS
+
+    for given in ("all", {"models": "all"}, {"models": "all", "set": {"lr": 0.1}}):
+        cfg = resolve_config({"data": {"format": "synthetic"}, "baselines": given}, tmp_path)
+        assert cfg["baselines"]["models"] == list(ZOO_MODELS)
+    with pytest.raises(NasrecError, match=r"config baselines\.models: .*zoo model names \(or all\)"):
+        resolve_config({"data": {"format": "synthetic"}, "baselines": {"models": "some"}}, tmp_path)
+    with pytest.raises(NasrecError, match=r"config search\.time_budget: applies to the auto preset only"):
+        resolve_config({"data": {"format": "synthetic"}, "search": {"time_budget": "5m"}}, tmp_path)
+    with pytest.raises(NasrecError, match=r"config search\.time_budget: time budget 'soon'"):
+        resolve_config({"data": {"format": "synthetic"}, "search": {"preset": "auto", "time_budget": "soon"}}, tmp_path)
+    cfg = resolve_config({"data": {"format": "synthetic"}, "search": {"preset": "auto", "time_budget": "5m"}}, tmp_path)
+    assert cfg["search"]["time_budget"] == "5m"

@@ -481,3 +481,134 @@ def test_workers_exit_when_the_search_is_killed(supernet_run: tuple[Path, Path],
     while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """MFLOPs are counted one way: a model found under a cap keeps to it once trained with layer norms."""
+    from nasrec.model.cost import ServedCost
+    from nasrec.train.api import train
+
+    sn, cache = supernet_run
+    c = open_cache(cache)
+    with_ln, without = (ServedCost(len(c.dense_fields), tuple(c.table_sizes), ln) for ln in (True, False))
+    rng = np.random.default_rng(0)
+    drawn = [NASREC_SMALL.sample(rng, "uniform") for _ in range(100)]
+
+    def straddling(cap: float) -> int:  # passed when counted without layer norms, over the cap as served with them
+        return sum(without(a)[0] <= cap < with_ln(a)[0] for a in drawn)
+
+    cap = max((without(a)[0] for a in drawn), key=straddling)
+    assert straddling(cap) >= 3
+    sets = dict(population=6, sample=3, children=3, generations=2, top_k=2, max_mflops=cap, **TINY_SCORE)
+    res = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
+                 train_overrides=dict(max_steps=4, threads=1), progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "s" / "search.json").read_text())["search"]["count_layernorm"] is True
+    history = [json.loads(x) for x in (tmp_path / "s" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 12
+    for h in history:
+        assert h["mflops"] == with_ln(Architecture.from_dict(h["arch"]))[0] <= cap
+    for r in res["final"]["runs"]:  # the trained models' own count, which the report and its goal check read
+        m = json.loads((Path(r["run"]) / "metrics.json").read_text())
+        assert r["mflops"] == m["mflops"] <= cap
+    # a zoo model's name stands for the MFLOPs its trained baseline reports: the goal check and the cap agree
+    zoo = train(cache, tmp_path / "dcnv2", model="dcnv2", preset_name="cpu-quick",
+                overrides=dict(max_steps=1, batch_size=256, threads=1), progress=False)  # fmt: skip
+    assert resolve_cap("max_mflops", "dcnv2", cache) == zoo["mflops"]
+    # the count can be stated the other way (a final recipe without layer norms), and is recorded
+    out = tmp_path / "no-ln"
+    search(sn, cache, out, preset="cpu-quick", overrides=dict(sets, count_layernorm=False), progress=False)
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert all(h["mflops"] == without(Architecture.from_dict(h["arch"]))[0] <= cap for h in history)
+    # a search written before the count was a setting (it counted without layer norms) still resumes
+    saved = json.loads((out / "search.json").read_text())
+    del saved["preset"], saved["search"]["count_layernorm"]
+    (out / "search.json").write_text(json.dumps(saved))
+    state = json.loads((out / "state.json").read_text())
+    del state["config"]["count_layernorm"]
+    (out / "state.json").write_text(json.dumps(state))
+    sets.pop("top_k")
+    again = search(sn, cache, out, preset="cpu-quick", overrides=sets, resume=True, progress=False)
+    assert again["scored"] == 12
+    with pytest.raises(NasrecError, match="own settings"):
+        search(sn, cache, out, preset="cpu-quick", overrides=dict(sets, count_layernorm=True), resume=True,
+               progress=False)  # fmt: skip
+
+
+def test_auto_preset_budgets(supernet_run: tuple[Path, Path]) -> None:
+    from nasrec.search import auto
+
+    _, cache = supernet_run
+    c = open_cache(cache)
+    train_rows, val_rows = len(c.split_index("train")), len(c.split_index("val"))
+    score, recipe, figures = auto.data_budget(c, {})
+    assert figures == {"train_rows": train_rows, "val_rows": val_rows} and recipe == "cpu-quick"
+    # at most one pass over the train split (20 steps at least), the whole validation split
+    assert score == {"finetune_steps": 20, "warmup_steps": 2, "val_batch_size": 8192, "val_batches": 1}
+    assert auto.data_budget(c, {"finetune_steps": 7, "val_batch_size": 100})[0] == {
+        "finetune_steps": 7, "warmup_steps": 0, "val_batch_size": 100, "val_batches": math.ceil(val_rows / 100)}  # fmt: skip
+    # the candidate count: the largest on the ladder that fits, in the paper's proportions
+    shape, n, scale = auto.candidate_budget(0.1, 900, {})
+    assert n == 2048 and scale == 1 and shape == {"population": 128, "sample": 64, "children": 8,
+                                                  "generations": 240, "keep_per_generation": 2, "top_k": 15}  # fmt: skip
+    shape, n, scale = auto.candidate_budget(2.0, 900, {"top_k": 5})
+    assert n == 256 and scale == 1 and "top_k" not in shape
+    assert shape["population"] + shape["generations"] * shape["children"] == 256
+    assert SearchConfig().updated(**shape).budget == 256
+    shape, n, scale = auto.candidate_budget(100.0, 900, {})
+    assert n == 16 and scale == 9 / 16 and SearchConfig().updated(**shape).budget == 16
+    cut = auto.scaled_scoring({"finetune_steps": 500, "warmup_steps": 50, "val_batches": 150, "val_batch_size": 8192},
+                              0.01, {})  # fmt: skip
+    assert cut == {"finetune_steps": 10, "warmup_steps": 1, "val_batches": 2, "val_batch_size": 8192}
+    assert auto.parse_duration("15m") == 900 and auto.parse_duration("90s") == 90 and auto.parse_duration(30) == 30
+    assert auto.parse_duration("1.5h") == 5400 and auto.parse_duration(None) is None
+    for bad in ("soon", "0", "-5m"):
+        with pytest.raises(NasrecError, match="time budget"):
+            auto.parse_duration(bad)
+
+
+def test_auto_preset_is_the_default_decided_once_and_reproducible(
+    supernet_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nasrec.search import auto
+
+    sn, cache = supernet_run
+    timed = auto.seconds_per_candidate
+
+    def measured(seconds: float):  # the calibration runs, and the clock reads `seconds` whatever the machine
+        return lambda *a: (timed(*a), seconds)[1]
+
+    def never(*a: object) -> float:
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(auto, "seconds_per_candidate", measured(1.0))
+    with caplog.at_level("INFO", logger="nasrec.search"):  # a small scoring budget given: the test stays quick
+        res = search(sn, cache, tmp_path / "a", overrides=TINY_SCORE, time_budget="20s", progress=False)
+    saved = json.loads((tmp_path / "a" / "search.json").read_text())
+    assert saved["preset"] == "auto" and saved["train_preset"] == "cpu-quick"
+    assert saved["auto"]["seconds_per_candidate"] == 1.0 and saved["auto"]["calibration_candidates"] == 3
+    assert saved["auto"]["candidates"] == res["scored"] == 16  # 20 s at 1 s each: 16 on the ladder
+    assert saved["search"]["count_layernorm"] is True  # cpu-quick's models have layer norms
+    assert all(saved["score"][k] == v for k, v in TINY_SCORE.items())  # given explicitly: kept
+    text = caplog.text
+    assert "search preset auto (" in text and "time budget 20.0 s" in text and "16 candidates" in text
+    assert "search: 4 of 16 candidates scored in" in text and "in all" in text  # the estimate after the first step
+    # a resume reuses the recorded settings: no new calibration, whatever the time budget says now
+    monkeypatch.setattr(auto, "seconds_per_candidate", never)
+    again = search(sn, cache, tmp_path / "a", time_budget="1h", resume=True, progress=False)
+    assert again["best"] == res["best"] and json.loads((tmp_path / "a" / "search.json").read_text()) == saved
+    # the same settings given explicitly reproduce the search on any machine (no calibration either)
+    keys = [*auto.SEARCH_KEYS, *auto.SCORE_KEYS]
+    given = {k: v for part in ("search", "score") for k, v in saved[part].items() if k in keys}
+    assert "--preset auto " + " ".join(f"--set {k}={'null' if v is None else v}" for k, v in given.items()) in text
+    search(sn, cache, tmp_path / "b", preset="auto", overrides=dict(TINY_SCORE, **given), progress=False)
+    assert (tmp_path / "b" / "history.jsonl").read_text() == (tmp_path / "a" / "history.jsonl").read_text()
+    # too slow for even 16 candidates: the scoring budget is cut, and the estimate said to be over the budget
+    monkeypatch.setattr(auto, "seconds_per_candidate", measured(10.0))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nasrec.search"):
+        search(sn, cache, tmp_path / "c", overrides=dict(finetune_batch_size=128), time_budget="20s", progress=False)
+    slow = json.loads((tmp_path / "c" / "search.json").read_text())
+    assert slow["score"]["finetune_steps"] == 10 and slow["score"]["val_batch_size"] == 2048  # from 37 and 8192
+    assert 0 < slow["auto"]["scoring_scale"] < 1 and "over the time budget" in caplog.text
+    with pytest.raises(NasrecError, match="auto preset only"):
+        search(sn, cache, tmp_path / "d", preset="paper", time_budget="5m", progress=False)

@@ -286,3 +286,40 @@ def test_weights_that_do_not_fit_their_model_are_named(cache_dir: Path, tmp_path
     save_checkpoint(out / "checkpoint.pt", ck)
     with pytest.raises(NasrecError, match="do not fit the model built from its model"):
         load_trained(out)
+
+
+def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nasrec.train.config import TrainConfig, preset
+    from nasrec.train.trainer import _identity, path_warmup
+
+    # the CPU preset gives its warm-up as a share of training, so that it ends on any data size
+    cpu = preset("cpu-supernet")
+    assert cpu.path_warmup_fraction == 0.2 and cpu.path_warmup_steps == 0
+    assert path_warmup(cpu, 135) == 27 and path_warmup(cpu, 1000) == 200
+    # an explicit warm-up of either kind replaces the preset's other kind
+    assert (preset("cpu-supernet", path_warmup_steps=20).path_warmup_fraction, preset("paper-supernet",
+            path_warmup_fraction=0.1).path_warmup_steps) == (0.0, 0)  # fmt: skip
+    with pytest.raises(NasrecError, match="path_warmup_steps or path_warmup_fraction, not both"):
+        TrainConfig(path_warmup_steps=10, path_warmup_fraction=0.1)
+    with pytest.raises(NasrecError, match="path_warmup_fraction: expected a number >= 0 and <= 1"):
+        TrainConfig(path_warmup_fraction=1.5)
+    # an absolute warm-up longer than the training is capped to it, with a warning
+    with caplog.at_level("WARNING", logger="nasrec.train.trainer"):
+        assert path_warmup(TrainConfig(path_warmup_steps=200), 135) == 135
+        assert path_warmup(TrainConfig(path_warmup_steps=100), 135) == 100
+    assert [r.getMessage() for r in caplog.records] == [
+        "path_warmup_steps 200 exceeds the 135 training steps: capped at 135, so the whole run is warm-up; "
+        "path_warmup_fraction gives it as a share of training"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nasrec.train.trainer"):
+        res = train_supernet(cache_dir, tmp_path / "sn", space="small", preset_name="cpu-supernet", progress=False,
+                             overrides=dict(batch_size=256, max_steps=6, path_warmup_steps=50, eval_max_batches=1,
+                                            supernet_eval_archs=2))  # fmt: skip
+    assert res["steps"] == 6 and any("exceeds the 6 training steps" in r.getMessage() for r in caplog.records)
+    # runs saved before the fraction existed keep their identity (a new setting counts with its default)
+    old = TrainConfig(path_warmup_steps=200).to_dict()
+    del old["path_warmup_fraction"], old["path_count_layernorm"]
+    assert _identity(old) == _identity(TrainConfig(path_warmup_steps=200).to_dict())

@@ -314,7 +314,8 @@ def _add_supernet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
     p.add_argument("--max-mflops", metavar="X|MODEL",
                    help="after the warm-up, train only paths of at most X MFLOPs (the search's cap), or of at "
-                        "most a zoo model's MFLOPs on this data (e.g. dcnv2)")  # fmt: skip
+                        "most a zoo model's MFLOPs on this data (e.g. dcnv2); paths count as models without layer "
+                        "norms unless --set path_count_layernorm=true (as a cpu-quick final model has them)")  # fmt: skip
     p.add_argument("--semantics", choices=["slice", "mask"], default="slice",
                    help="slice: nasrec's sliced weights (a path costs what it computes); mask: the reference's "
                         "full-width operators with masks, to measure what slicing changes (slower)")  # fmt: skip
@@ -385,7 +386,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory (the supernet's)")
     p.add_argument("--out", required=True, metavar="DIR", help="search directory")
     p.add_argument("--strategy", choices=["evolution", "random"])
-    p.add_argument("--preset", help="paper (default), cpu, cpu-quick")
+    p.add_argument("--preset", help="auto (default: the paper's search fitted to the data and --time-budget), "
+                                    "paper, cpu, cpu-quick")  # fmt: skip
+    p.add_argument("--time-budget", metavar="T", help="wall time the auto preset fits its scoring into: seconds or "
+                                                      "15m, 2h (default 15m; retraining not included)")  # fmt: skip
     _add_caps(p)
     p.add_argument("--pareto", action="store_true", help="multi-objective: Pareto front of (val loss, MFLOPs)")
     p.add_argument("--workers", type=int, default=1, help="scoring processes (the result does not depend on it)")
@@ -556,6 +560,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="count MFLOPs and params (caps, history) for served models with layer norms, or without "
+                        "(default: as the retraining recipe trains them)")  # fmt: skip
     from nasrec.pipeline.config import DEMO, resolve_config
     from nasrec.pipeline.runner import run_pipeline
 
@@ -580,6 +587,8 @@ def _run_report(args: argparse.Namespace) -> int:
 COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
+    if args.layernorm is not None:
+        overrides["count_layernorm"] = args.layernorm
     "arch": (_add_arch, _run_arch),
     "train": (_add_train, _run_train),
     "supernet": (_add_supernet, _run_supernet),

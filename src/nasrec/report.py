@@ -330,6 +330,21 @@ def _html(name: str, md: list[str], plots: list[tuple[str, Path]], diagram: dict
                 cells = [c.strip() for c in line.strip("|").split("|")]
                 tag = "th" if not table else "td"
                 table.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+def _compared_note(run: Path, names: list[str]) -> str:
+    """Which baselines the goal check saw (only those this run trained), and how their MFLOPs were counted."""
+    from nasrec.zoo.registry import ZOO_MODELS
+
+    others = [m for m in ZOO_MODELS if m not in names]
+    note = f"The goal check compares the searched model with the baselines this run trained ({', '.join(names)})"
+    note += (f" and no others: {', '.join(others)} were not trained (`baselines: all` trains the whole zoo). "
+             if others else ", the whole zoo. ")  # fmt: skip
+    ln = (_json(run / "final" / "model.json") or {}).get("layernorm")
+    if ln is not None:
+        note += (f"MFLOPs count every model as it is served, the searched one {'with' if ln else 'without'} the layer "
+                 "norms of its final recipe, as the search's caps counted it.")  # fmt: skip
+    return note.rstrip()
+
+
             continue
         if table:
             body.append("<table>" + "".join(table) + "</table>")
@@ -355,3 +370,4 @@ def _html(name: str, md: list[str], plots: list[tuple[str, Path]], diagram: dict
              "td:first-child,th:first-child{text-align:left}img{max-width:100%}pre{background:#f6f6f6;padding:8px}")  # fmt: skip
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nasrec report: {html.escape(name)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+        md += [_compared_note(run, list(baselines)), ""]

@@ -14,6 +14,12 @@ prunes only dead blocks executes; nasrec's models skip the unread operators too 
 Parameters likewise: ``dense_params`` is what nasrec's standalone model holds (unread operators are not
 built), ``dense_params_live_blocks`` and ``dense_params_with_dead`` what the reference's models hold.
 
+Which count applies where: ``ServedCost`` is the one count of a nasrec model's cost everywhere a
+number is compared or reported (caps, the search's history and Pareto front, budget-aware supernet
+paths, a trained run's metrics, the report and its goal check): the model that will be served, with or
+without the layer norms of the recipe that trains it. ``arch_cost`` alone is the formula (the paper's
+figures count without layer norms).
+
 Each operator's formula lives in one small function (``fc_cost``, ``dot_cost``, ...) so that a model
 implementation can be checked against it operator by operator. The math follows ``docs/design.md``,
 "Operator semantics", plus one rule of the reference that the published figures need: dot skips its
@@ -294,3 +300,29 @@ def arch_cost(
         head_input=head_input,
         use_layernorm=use_layernorm,
     )
+
+
+@dataclass(frozen=True)
+class ServedCost:
+    """The cost of nasrec models as served on a data shape: with the layer norms of their training recipe or without.
+
+    Calling it gives (MFLOPs, non-embedding params), what caps compare. `layernorm` must be stated: a
+    count without the layer norms of a model trained with them is a few per cent low (up to a quarter),
+    enough to pass a cap that the trained model then breaks.
+    """
+
+    num_dense: int
+    table_sizes: tuple[int, ...]
+    layernorm: bool
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
+
+    def of(self, arch: Architecture) -> ArchCost:
+        """The full cost breakdown of `arch`'s standalone model."""
+        return arch_cost(arch, self.num_dense, len(self.table_sizes), self.table_sizes, use_layernorm=self.layernorm)
+
+    def __call__(self, arch: Architecture) -> tuple[float, int]:
+        """(MFLOPs per example, non-embedding parameters) of `arch`."""
+        c = self.of(arch)
+        return c.mflops, c.dense_params

@@ -72,10 +72,9 @@ class ModelSpec:
     def cost(self) -> dict[str, float | None]:
         """MFLOPs per example and parameter counts (a supernet reports parameters only: its MFLOPs are None)."""
         if self.kind == "nasrec":
-            from nasrec.model.cost import arch_cost
+            from nasrec.model.cost import ServedCost
 
-            c = arch_cost(self.architecture(), self.num_dense, len(self.table_sizes), self.table_sizes,
-                          use_layernorm=self.layernorm)  # fmt: skip
+            c = ServedCost(self.num_dense, self.table_sizes, self.layernorm).of(self.architecture())
             return {"mflops": c.mflops, "params": c.params, "dense_params": c.dense_params}
         if self.kind == "zoo":
             from nasrec.zoo.registry import zoo_cost

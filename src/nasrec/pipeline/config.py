@@ -18,7 +18,12 @@ baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {l
 ```
 
 Baselines train with the `final` recipe, then `baselines.set` on top (a baseline's own best learning rate,
-say). With `final.seeds: N` the final model and every baseline train with the recipe's seed (in `final/`,
+say). `baselines: all` (or `models: all`) stands for every zoo model at its default hyper-parameters; the
+report's goal check compares the searched model with the baselines trained here, and only those.
+`search.preset: auto` fits the paper's search to the data and to `search.time_budget` (seconds or `15m`).
+MFLOPs are counted for the models the final recipe trains (with its layer norms or without), by the search's
+caps, a capped supernet's paths and the report alike. With
+`final.seeds: N` the final model and every baseline train with the recipe's seed (in `final/`,
 `baselines/<name>/`) and the next N-1 (in `seed-<s>/` below those), and the report compares them over the
 seeds (`nasrec.train.compare`).
 
@@ -43,7 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {"format": None, "input": [], "schema": None, "synthetic": {"rows": 60_000, "preset": "interactions",
              "seed": 0}, "prepare": {}},
     "supernet": {"space": "full", "preset": "cpu-supernet", "set": {}},
-    "search": {"preset": "cpu-quick", "workers": 1, "set": {}, "retrain_set": {}, "retrain_seeds": 1},
+    "search": {"preset": "cpu-quick", "workers": 1, "set": {}, "retrain_set": {}, "retrain_seeds": 1,
+               "time_budget": None},
     "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
     "baselines": {"models": [], "published": [], "set": {}},
 }  # fmt: skip
@@ -124,6 +130,8 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
     """The full configuration: defaults merged with `given`, every key checked; relative paths from `base`."""
     if not isinstance(given, dict):
         _fail("(top level)", "must be a mapping")
+    if given.get("baselines") == "all":  # shorthand: the whole zoo at its defaults
+        given = {**given, "baselines": {"models": "all"}}
     cfg = _merge(DEFAULTS, given, "")
     base = base or Path.cwd()
     _check_type("seed", cfg["seed"], int, "an integer")
@@ -212,12 +220,23 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         _check_type(path, value, int, "an integer")
         if value < 1:
             _fail(path, f"must be >= 1, got {value}")
+    if s["time_budget"] is not None:
+        from nasrec.search.auto import parse_duration
+
+        try:
+            parse_duration(s["time_budget"])
+        except NasrecError as e:
+            _fail("search.time_budget", str(e))
+        if s["preset"] != "auto":
+            _fail("search.time_budget", f"applies to the auto preset only (preset is {s['preset']})")
     _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], names_as_numbers(kv)))
     _check_overrides("search.retrain_set", s["retrain_set"], lambda **kv: preset(None, **kv))
     b = cfg["baselines"]
     from nasrec.zoo.registry import ZOO_MODELS
 
-    _check_type("baselines.models", b["models"], list, "a list of zoo model names")
+    if b["models"] == "all":
+        b["models"] = list(ZOO_MODELS)
+    _check_type("baselines.models", b["models"], list, "a list of zoo model names (or all)")
     for i, m in enumerate(b["models"]):
         if m not in ZOO_MODELS:
             _fail(f"baselines.models[{i}]", f"unknown zoo model {m!r} (one of: {', '.join(ZOO_MODELS)})")

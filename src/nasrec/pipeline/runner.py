@@ -104,17 +104,17 @@ class Pipeline:
 
         sn = self.cfg["supernet"]
         return train_supernet(self.cache, self.out / "supernet", space=sn["space"], preset_name=sn["preset"],
-                              overrides={"seed": self.cfg["seed"], **sn["set"]}, resume=True,
-                              progress=self.progress)  # fmt: skip
+                              overrides=o, resume=True, progress=self.progress)  # fmt: skip
 
     def _search(self) -> dict[str, Any]:
         from nasrec.search.api import search
 
         s = self.cfg["search"]
         retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
-        res = search(self.out / "supernet", self.cache, self.out / "search", preset=s["preset"],
-                     overrides={"seed": self.cfg["seed"], **s["set"]}, workers=s["workers"], retrain=True,
-                     train_overrides=retrain, retrain_seeds=s["retrain_seeds"], resume=True, progress=self.progress)  # fmt: skip
+        o = self._counted("search", "count_layernorm", {"seed": self.cfg["seed"], **s["set"]})
+        res = search(self.out / "supernet", self.cache, self.out / "search", preset=s["preset"], overrides=o,
+                     workers=s["workers"], retrain=True, train_overrides=retrain, retrain_seeds=s["retrain_seeds"],
+                     resume=True, progress=self.progress, time_budget=s["time_budget"])  # fmt: skip
         return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
 
     def _repeat(
@@ -133,10 +133,27 @@ class Pipeline:
         return {**main, "seeds": per}
 
     def _final(self) -> dict[str, Any]:
+    def _served_layernorm(self) -> bool:
+        """Whether the final model has layer norms: every MFLOPs count of the run (caps, search, report) says so."""
+        from nasrec.train.config import preset
+
+        return preset(self.cfg["final"]["preset"], **self.cfg["final"]["set"]).layernorm
+
+    def _counted(self, section: str, key: str, given: dict[str, Any]) -> dict[str, Any]:
+        """`given` with `key` (how caps count MFLOPs) set to the final model's layer norms; another value is refused."""
+        ln = self._served_layernorm()
+        if given.get(key, ln) != ln:
+            raise NasrecError(f"config {section}.set.{key}: the final recipe trains models with layernorm={ln}, and "
+                              f"caps count the model that will be served; drop {key}")  # fmt: skip
+        return {**given, key: ln}
+
         from nasrec.train.api import train
 
         f = self.cfg["final"]
         arch = self.out / "search" / "final.json"
+        o = {"seed": self.cfg["seed"], **sn["set"]}
+        if o.get("path_max_mflops") is not None:
+            o = self._counted("supernet", "path_count_layernorm", o)
         return self._repeat(self.out / "final", self._train_overrides(f),
                             lambda d, o: train(self.cache, d, arch=arch, preset_name=f["preset"], overrides=o,
                                                resume=True, progress=self.progress))  # fmt: skip
@@ -177,8 +194,13 @@ class Pipeline:
         if c["data"]["schema"]:
             files.append((c["data"]["schema"], Path(c["data"]["schema"]).stat().st_mtime_ns))
         fp = {"prepare": _fingerprint(c["data"], files)}  # a changed input file invalidates the cache
-        fp["supernet"] = _fingerprint(fp["prepare"], c["supernet"], seed)
-        fp["search"] = _fingerprint(fp["supernet"], c["search"], seed)
+        # How MFLOPs are counted follows the final recipe's layer norms, so a change re-runs what counted them.
+        # Counting without them (as before the count followed the recipe) keeps the earlier fingerprints.
+        ln = [{"served_layernorm": True}] if self._served_layernorm() else []
+        capped = c["supernet"]["set"].get("path_max_mflops") is not None
+        fp["supernet"] = _fingerprint(fp["prepare"], c["supernet"], seed, *(ln if capped else []))
+        search_cfg = {k: v for k, v in c["search"].items() if not (k == "time_budget" and v is None)}
+        fp["search"] = _fingerprint(fp["supernet"], search_cfg, seed, *ln)
         fp["final"] = _fingerprint(fp["search"], c["final"], seed)
         fp["baselines"] = _fingerprint(fp["prepare"], c["baselines"], c["final"], seed)
         fp["report"] = _fingerprint(fp["final"], fp["baselines"], time.time())  # always rewritten

@@ -1,5 +1,10 @@
 """Python entry points of the search stage: `search` (with top-k retraining) and its presets.
 
+The default preset, `auto`, fits the paper's budget to the data and to a time budget
+(`nasrec.search.auto`); `paper` is the paper's. MFLOPs and params are counted for the model that will be
+served (`nasrec.model.cost.ServedCost`): with layer norms when the retraining recipe has them, unless
+`count_layernorm` says otherwise (the pipeline sets it from its final recipe).
+
 A search directory holds `search.json` (the resolved configuration), `history.jsonl`, `state.json`,
 and at the end `result.json`, `best.json` (architecture JSON), `top.json` and `pareto.json`; with
 retraining, `retrain/NN-HASH/` training runs and `final.json` (the architecture chosen by validation
@@ -14,15 +19,20 @@ distributed search is retrained afterwards by resuming the finished search with 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasrec import distributed
+from nasrec import distributed, rundir
+from nasrec.configfile import ConfigError
+from nasrec.console import duration
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
-from nasrec.model.cost import arch_cost
+from nasrec.model.cost import ServedCost
+from nasrec.search import auto
 from nasrec.search.budget import resolve_caps
 from nasrec.search.evolution import RESULT_ONLY, CostFn, Search, SearchConfig
 from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
@@ -30,8 +40,13 @@ from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
 from nasrec.space.space import SearchSpace
 
+log = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "auto"
 # name -> (search settings, scoring settings, training preset of the top-k retraining)
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    # the paper's, fitted to the data and the time budget when the search starts (nasrec.search.auto)
+    "auto": ({}, {}, "paper-final"),
     # spec 4: 128 + 240 x 8 = 2,048 candidates; 500 head steps; 150 x 8192 validation rows
     "paper": ({}, {}, "paper-final"),
     # about an hour on a 2-core CPU for Criteo-shaped data: 32 + 24 x 8 = 224 candidates
@@ -44,8 +59,11 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
 
 
 def resolve(preset: str | None, search: dict[str, Any] | None, score: dict[str, Any] | None) -> tuple[SearchConfig, ScoreConfig, str]:  # fmt: skip
-    """Search and scoring configurations of a preset (default "paper") with overrides applied."""
-    name = preset or "paper"
+    """Search and scoring configurations of a preset (default "auto") with overrides applied.
+
+    For `auto` these are its base, the paper's settings: `search` fits them to the data and the machine.
+    """
+    name = preset or DEFAULT_PRESET
     if name not in PRESETS:
         raise NasrecError(f"unknown search preset {name!r} (expected one of: {', '.join(PRESETS)})")
     s, sc, train_preset = PRESETS[name]
@@ -67,8 +85,8 @@ def _split_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], 
         elif k in score_keys:
             sc[k] = v
         else:
-            raise NasrecError(f"unknown search setting {k!r} (search: {', '.join(sorted(search_keys))}; "
-                              f"scoring: {', '.join(sorted(score_keys))})")  # fmt: skip
+            raise ConfigError("search settings", str(k), f"unknown key (known: search {', '.join(sorted(search_keys))}; "
+                              f"scoring {', '.join(sorted(score_keys))})")  # fmt: skip
     return s, sc
 
 
@@ -78,10 +96,22 @@ def _progress_printer(enabled: bool | None):
     if not enabled:
         return None
 
+    from tqdm import tqdm  # a tqdm bar: log lines (written through tqdm) then do not break it
+
+    bar: Any = None
+
     def show(st: dict[str, Any]) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=st["budget"], desc="search", file=sys.stderr, leave=False,
+                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]")  # fmt: skip
         gen = "init" if st["generation"] < 0 else f"gen {st['generation']}"
-        print(f"\rsearch {gen}: {st['scored']}/{st['budget']} scored, best {st['best']:.5f}, "
-              f"{st['per_minute']:.1f} candidates/min", end="", file=sys.stderr, flush=True)  # fmt: skip
+        eta = f", {duration(st['eta_s'])} left" if st.get("eta_s") is not None else ""
+        bar.n = st["scored"]
+        bar.set_postfix_str(f"{gen}, best {st['best']:.5f}, {st['per_minute']:.1f}/min{eta}", refresh=False)
+        bar.refresh()
+        if st["scored"] >= st["budget"]:
+            bar.close()
 
     return show
 
@@ -99,28 +129,45 @@ def search(
     retrain_seeds: int = 1,
     resume: bool = False,
     progress: bool | None = None,
+    time_budget: float | str | None = None,
 ) -> dict[str, Any]:
     """Search the supernet's space for the architecture with the lowest supernet-scored validation loss.
 
     `overrides` may set any `SearchConfig` or `ScoreConfig` field (e.g. strategy, max_mflops, pareto,
-    finetune_steps); a cap may name a zoo model (`max_mflops="dcnv2"`: its MFLOPs on this data). With
-    `retrain`, the top-k architectures are then trained from scratch with the preset's training recipe
-    (with `train_overrides`) and the final one is chosen by validation loss, the mean over
-    `retrain_seeds` training seeds each.
+    finetune_steps); a cap may name a zoo model (`max_mflops="dcnv2"`: its MFLOPs on this data). The
+    `auto` preset (the default) fits its budget to `time_budget` (seconds, or "15m"; default 15 minutes).
+    With `retrain`, the top-k architectures are then trained from scratch with the preset's training
+    recipe (with `train_overrides`) and the final one is chosen by validation loss, the mean over
+    `retrain_seeds` training seeds each. A resumed search keeps the settings recorded in `search.json`.
     """
     out = Path(out)
     s_over, sc_over = _split_overrides(resolve_caps(overrides, data))
-    cfg, score_cfg, train_preset = resolve(preset, s_over, sc_over)
+    resolve(preset, s_over, sc_over)  # an unknown preset or a bad value fails before any work
+    budget = auto.parse_duration(time_budget)
+    if budget is not None and preset not in (None, "auto"):
+        raise NasrecError(f"a time budget applies to the auto preset only, not to {preset!r}")
     if retrain and (distributed.launched() or distributed.is_initialized()):
         raise NasrecError("--retrain is not supported under torchrun: run the search under torchrun, then retrain "
                           "in one process by resuming the finished search (--resume --retrain)")  # fmt: skip
-    with distributed.process_group() as active:  # under torchrun: scoring spread over its processes
-        result = _search(supernet, data, out, cfg, score_cfg, train_preset, workers, resume, progress, active)
-    if progress is not False and sys.stderr.isatty() and distributed.is_main():
-        print(file=sys.stderr)
-    if retrain:
-        result["final"] = retrain_top(out, data, train_preset, train_overrides, seeds=retrain_seeds)
+    asked = _Asked(preset, s_over, sc_over, dict(train_overrides or {}), budget)
+    # One writer per search directory (rank 0), for the search and its retraining alike.
+    with rundir.exclusive(out, "search", enabled=distributed.is_main()):
+        with distributed.process_group() as active:  # under torchrun: scoring spread over its processes
+            result, train_preset = _search(supernet, data, out, asked, workers, resume, progress, active)
+        if retrain:
+            result["final"] = retrain_top(out, data, train_preset, train_overrides, seeds=retrain_seeds)
     return result
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What the caller asked for: a preset (or none), the settings given explicitly, the time budget."""
+
+    preset: str | None
+    search: dict[str, Any]
+    score: dict[str, Any]
+    train: dict[str, Any]  # the retraining overrides (their layernorm is the served model's)
+    time_budget: float | None
 
 
 def _check_out(out: Path, resolved: dict[str, Any], resume: bool) -> str | None:
@@ -140,39 +187,78 @@ def _settings(resolved: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
     """The settings of a search that must match to resume it.
 
     The scoring device may change, and so may top_k: it only picks the result from the history (a
-    finished search resumed with another k rewrites top.json and retrains the new top k).
+    finished search resumed with another k rewrites top.json and retrains the new top k). A setting
+    added after the search was saved counts with its default.
     """
     out = {k: resolved.get(k) for k in keys}
     if isinstance(out.get("score"), dict):
         out["score"] = {k: v for k, v in out["score"].items() if k != "device"}
     if isinstance(out.get("search"), dict):
-        out["search"] = {k: v for k, v in out["search"].items() if k not in RESULT_ONLY}
+        full = {**SearchConfig().to_dict(), **out["search"]}
+        out["search"] = {k: v for k, v in full.items() if k not in RESULT_ONLY}
     return out
 
 
-def cost_function(data: str | Path) -> CostFn:
-    """(MFLOPs, non-embedding params) of an architecture on a cache's shape: what constraints count."""
+def cost_function(data: str | Path, *, layernorm: bool) -> CostFn:
+    """(MFLOPs, non-embedding params) of an architecture's served model on a cache's shape: what constraints count.
+
+    `layernorm`: whether the served model has layer norms (its training recipe's `layernorm`).
+    """
     cache = open_cache(data)
-    num_dense, tables = len(cache.dense_fields), tuple(cache.table_sizes)
-
-    def cost(arch: Architecture) -> tuple[float, int]:
-        c = arch_cost(arch, num_dense, len(tables), tables)
-        return c.mflops, c.dense_params
-
-    return cost
+    return ServedCost(len(cache.dense_fields), tuple(cache.table_sizes), layernorm)
 
 
-def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig, score_cfg: ScoreConfig,
-            train_preset: str, workers: int, resume: bool, progress: bool | None, active: bool) -> dict[str, Any]:  # fmt: skip
-    """The search itself, inside the process group when there is one (`active`)."""
+def served_layernorm(train_preset: str, train_overrides: dict[str, Any] | None) -> bool:
+    """Whether the models a training recipe trains have layer norms: the count of their MFLOPs and params."""
+    from nasrec.train.config import preset as train_config
+
+    return train_config(train_preset, **(train_overrides or {})).layernorm
+
+
+def _settle(asked: _Asked, saved: dict[str, Any] | None, cache: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The search's settings before any calibration: (resolved search.json content, auto figures or None).
+
+    A resumed search starts from its recorded settings (the explicit ones applied on top, so that a
+    changed one is refused), and never decides again; a fresh one from its preset's.
+    """
+    if saved is not None:
+        name = saved.get("preset")  # None: a search written before presets were recorded
+        if asked.preset is not None and name is not None and asked.preset != name:
+            raise NasrecError(f"--resume continues a search with its own settings (preset {name}, not "
+                              f"{asked.preset}); drop --preset")  # fmt: skip
+        cfg = SearchConfig().updated(**{**saved["search"], **asked.search})
+        score = ScoreConfig().updated(**{**saved["score"], **asked.score})
+        train_preset = saved["train_preset"]
+        if asked.preset not in (None, "auto") and name is None:  # compare with what that preset resolves to now
+            fresh, fresh_score, fresh_train = resolve(asked.preset, asked.search, asked.score)
+            fresh = fresh.updated(count_layernorm=asked.search.get("count_layernorm", cfg.count_layernorm))
+            mine = {"search": cfg.to_dict(), "score": score.to_dict(), "train_preset": train_preset}
+            theirs = {"search": fresh.to_dict(), "score": fresh_score.to_dict(), "train_preset": fresh_train}
+            keys = ("search", "score", "train_preset")
+            if _settings(mine, keys) != _settings(theirs, keys):
+                raise NasrecError("--resume continues a search with its own settings; drop the changed options")
+        resolved = {"preset": name or asked.preset, "search": cfg.to_dict(), "score": score.to_dict(),
+                    "train_preset": train_preset}  # fmt: skip
+        if "auto" in saved:
+            resolved["auto"] = saved["auto"]
+        return resolved, None
+    name = asked.preset or DEFAULT_PRESET
+    cfg, score, train_preset = resolve(name, asked.search, asked.score)
+    figures = None
+    if name == "auto":
+        fitted, train_preset, figures = auto.data_budget(cache, asked.score)
+        score = score.updated(**fitted)
+    if "count_layernorm" not in asked.search:
+        cfg = cfg.updated(count_layernorm=served_layernorm(train_preset, asked.train))
+    resolved = {"preset": name, "search": cfg.to_dict(), "score": score.to_dict(), "train_preset": train_preset}
+    return resolved, figures
+
+
+def _search(supernet: str | Path, data: str | Path, out: Path, asked: _Asked, workers: int, resume: bool,
+            progress: bool | None, active: bool) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """The search itself, inside the process group when there is one (`active`); (result, retraining preset)."""
     main = distributed.is_main()
-    saved = out / "search.json"
-    resolved = {"search": cfg.to_dict(), "score": score_cfg.to_dict(), "supernet": str(supernet), "data": str(data),
-                "train_preset": train_preset}  # fmt: skip
-    # Only rank 0's directory counts; its verdict goes to every rank, so that all raise or none does.
-    error = distributed.broadcast_object(_check_out(out, resolved, resume) if main else None)
-    if error is not None:
-        raise NasrecError(error)
+    saved_path = out / "search.json"
     model_json = Path(supernet) / "model.json"
     if not model_json.exists():
         raise NasrecError(f"{supernet}: not a supernet run directory (no model.json)")
@@ -180,22 +266,115 @@ def _search(supernet: str | Path, data: str | Path, out: Path, cfg: SearchConfig
     if model.get("kind") != "supernet":
         raise NasrecError(f"{supernet}: not a supernet run (its model is {model.get('kind')!r})")
     space = SearchSpace.from_dict(model["space"])
-    cost = cost_function(data)
+    cache = open_cache(data)
+    # Only rank 0's directory counts; what it read goes to every rank, so that all raise or none does.
+    saved = None
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(resolved, indent=1) + "\n")
-    spec = ScorerSpec(str(supernet), str(data), score_cfg.to_dict())
-    pool: ScoringPool | DistributedScoringPool
-    if active:
-        if workers != 1 and main:
-            print(f"note: --workers {workers} ignored under torchrun: scoring is spread over the "
-                  f"{distributed.world_size()} ranks", file=sys.stderr)  # fmt: skip
-        pool = DistributedScoringPool(spec)
-    else:
-        pool = ScoringPool(spec, workers)
-    with pool:
+        if resume and saved_path.exists():
+            saved = json.loads(saved_path.read_text())
+        elif not resume and (out / "state.json").exists():
+            saved = {"error": f"{out} already holds a search (use --resume to continue it)"}
+    saved = distributed.broadcast_object(saved)
+    if saved is not None and "error" in saved:
+        raise NasrecError(saved["error"])
+    resolved, figures = _settle(asked, saved, cache)
+    resolved = {**resolved, "supernet": str(supernet), "data": str(data)}
+    error = distributed.broadcast_object(_check_out(out, resolved, resume) if main else None)
+    if error is not None:
+        raise NasrecError(error)
+    cfg, score_cfg = SearchConfig().updated(**resolved["search"]), ScoreConfig().updated(**resolved["score"])
+    cost = cost_function(data, layernorm=cfg.count_layernorm)
+    pool = _pool(supernet, data, score_cfg, workers, active)
+    try:
+        if figures is not None:  # a fresh auto search: time a few candidates, then decide the budget
+            pool, cfg, score_cfg, resolved["auto"] = _fit_to_time(pool, space, cost, cfg, score_cfg, asked, figures,
+                                                                  (supernet, data, workers, active))  # fmt: skip
+            resolved.update(search=cfg.to_dict(), score=score_cfg.to_dict())
+        if main:
+            _explain(resolved, saved is not None, pool_size=_parallel(workers, active))
+            out.mkdir(parents=True, exist_ok=True)
+            rundir.atomic_write_json(saved_path, resolved)
         show = _progress_printer(progress) if main else None
-        return Search(space, pool, cost, cfg, out, progress=show, writer=main).run(resume=resume)
+        result = Search(space, pool, cost, cfg, out, progress=show, writer=main).run(resume=resume)
+    finally:
+        pool.close()
+    return result, resolved["train_preset"]
+
+
+def _parallel(workers: int, active: bool) -> int:
+    """Candidates scored at once: the ranks under torchrun, else the workers."""
+    return distributed.world_size() if active else workers
+
+
+def _pool(supernet: str | Path, data: str | Path, score_cfg: ScoreConfig, workers: int,
+          active: bool) -> ScoringPool | DistributedScoringPool:  # fmt: skip
+    spec = ScorerSpec(str(supernet), str(data), score_cfg.to_dict())
+    if active:
+        if workers != 1 and distributed.is_main():
+            log.warning("--workers %d ignored under torchrun: scoring is spread over the %d ranks", workers,
+                        distributed.world_size())  # fmt: skip
+        return DistributedScoringPool(spec)
+    return ScoringPool(spec, workers)
+
+
+def _fit_to_time(pool: Any, space: SearchSpace, cost: CostFn, cfg: SearchConfig, score_cfg: ScoreConfig,
+                 asked: _Asked, figures: dict[str, Any], where: tuple[Any, ...]) -> tuple[Any, SearchConfig, ScoreConfig, dict[str, Any]]:  # fmt: skip
+    """The auto preset's second step: the candidate count (and, if need be, a smaller scoring budget) for the time budget."""
+    supernet, data, workers, active = where
+    parallel = _parallel(workers, active)
+    budget = asked.time_budget or auto.DEFAULT_TIME_BUDGET
+    if all(k in asked.search for k in ("population", "children", "generations")):  # the count is given: no timing
+        record = {"time_budget_s": budget, **figures, "candidates": cfg.budget, "given": True}
+        return pool, cfg, score_cfg, record
+    archs = auto.calibration_archs(space, cost, cfg.max_mflops, cfg.max_params, cfg.seed, 3 * parallel)
+    seconds = auto.seconds_per_candidate(pool, archs, parallel)
+    # every rank scored the same architectures; rank 0's clock decides for all
+    seconds = float(distributed.broadcast_object(seconds if distributed.is_main() else None))
+    shape, count, scale = auto.candidate_budget(seconds, budget, asked.search)
+    record = {"time_budget_s": budget, **figures, "calibration_candidates": len(archs), "parallel": parallel,
+              "seconds_per_candidate": seconds, "candidates": count}  # fmt: skip
+    if scale < 1:
+        before = auto.scoring_rows(score_cfg.to_dict(), figures["val_rows"])
+        smaller = score_cfg.updated(**auto.scaled_scoring(score_cfg.to_dict(), scale, asked.score))
+        if smaller != score_cfg:
+            pool.close()
+            pool = _pool(supernet, data, smaller, workers, active)
+            record["scoring_scale"] = auto.scoring_rows(smaller.to_dict(), figures["val_rows"]) / before
+            record["seconds_per_candidate_scaled"] = seconds * record["scoring_scale"]
+            score_cfg = smaller
+    return pool, cfg.updated(**shape), score_cfg, record
+
+
+def _explain(resolved: dict[str, Any], resumed: bool, pool_size: int) -> None:
+    """Log which preset the search runs and why (with the figures an auto preset was decided from)."""
+    s, sc = resolved["search"], resolved["score"]
+    budget = SearchConfig().updated(**s).budget
+    counted = "with" if s.get("count_layernorm") else "without"
+    what = (f"{budget:,} candidates (population {s['population']}, {s['generations']} generations of "
+            f"{s['children']}), each fine-tuned {sc['finetune_steps']} steps of {sc['finetune_batch_size']} and "
+            f"validated on {sc['val_batches']} x {sc['val_batch_size']} rows; MFLOPs and params counted {counted} "
+            f"layer norms (the served model's); retraining recipe {resolved['train_preset']}")  # fmt: skip
+    if resumed:
+        log.info("search: resuming with its recorded settings (preset %s): %s", resolved.get("preset"), what)
+        return
+    a = resolved.get("auto")
+    if a is None or a.get("given"):
+        log.info("search preset %s: %s", resolved["preset"], what)
+        return
+    per = a.get("seconds_per_candidate_scaled", a["seconds_per_candidate"])
+    why = (f"{a['train_rows']:,} train and {a['val_rows']:,} validation rows; {a['seconds_per_candidate']:.2f} s "
+           f"per candidate measured on {a['calibration_candidates']} candidates, {pool_size} at a time; time "
+           f"budget {duration(a['time_budget_s'])}")  # fmt: skip
+    if "scoring_scale" in a:
+        why += f"; scoring cut to {a['scoring_scale']:.0%} of its rows to fit"
+    est = per * budget  # measured with the workers at work: seconds of wall time per candidate
+    log.info("search preset auto (%s): %s; about %s", why, what, duration(est))
+    if est > 1.5 * a["time_budget_s"]:
+        log.warning("search: about %s even at the smallest budget, over the time budget of %s",
+                    duration(est), duration(a["time_budget_s"]))  # fmt: skip
+    keys = [*auto.SEARCH_KEYS, *auto.SCORE_KEYS]
+    sets = " ".join(f"--set {k}={'null' if v is None else v}" for k, v in {**s, **sc}.items() if k in keys)
+    log.info("search: the same settings on another machine: --preset auto %s", sets)
 
 
 def retrain_top(search_dir: str | Path, data: str | Path, preset: str = "paper-final",
@@ -243,6 +422,9 @@ def retrain_top(search_dir: str | Path, data: str | Path, preset: str = "paper-f
     arch = top[best["rank"]]["arch"]
     (search_dir / "final.json").write_text(json.dumps(arch, indent=1) + "\n")
     final = {"chosen": best, "runs": runs, "seeds": seeds}
+    log.info("retrained the top %d: chose %s (validation log loss %.5f, test log loss %s) as final.json", len(runs),
+             best["hash"][:12], best["val_logloss"], "n/a" if best["test_logloss"] is None else
+             f"{best['test_logloss']:.5f}")  # fmt: skip
     (search_dir / "final_metrics.json").write_text(json.dumps(final, indent=1) + "\n")
     return final
 
