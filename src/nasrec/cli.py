@@ -390,6 +390,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                                     "paper, cpu, cpu-quick")  # fmt: skip
     p.add_argument("--time-budget", metavar="T", help="wall time the auto preset fits its scoring into: seconds or "
                                                       "15m, 2h (default 15m; retraining not included)")  # fmt: skip
+    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="count MFLOPs and params (caps, history) for served models with layer norms, or without "
+                        "(default: as the retraining recipe trains them)")  # fmt: skip
     _add_caps(p)
     p.add_argument("--pareto", action="store_true", help="multi-objective: Pareto front of (val loss, MFLOPs)")
     p.add_argument("--workers", type=int, default=1, help="scoring processes (the result does not depend on it)")
@@ -413,12 +416,14 @@ def _run_search(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.pareto:
         overrides["pareto"] = True
+    if args.layernorm is not None:
+        overrides["count_layernorm"] = args.layernorm
     train_overrides = _parse_sets(args.train_set)
     if _device(args, overrides):
         train_overrides.setdefault("device", args.device)
     res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
                  retrain=args.retrain, train_overrides=train_overrides, retrain_seeds=args.retrain_seeds,
-                 resume=args.resume,
+                 resume=args.resume, time_budget=args.time_budget,
                  progress=False if args.no_progress else None)  # fmt: skip
     from nasrec.distributed import is_main
 
@@ -560,9 +565,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=None,
-                   help="count MFLOPs and params (caps, history) for served models with layer norms, or without "
-                        "(default: as the retraining recipe trains them)")  # fmt: skip
     from nasrec.pipeline.config import DEMO, resolve_config
     from nasrec.pipeline.runner import run_pipeline
 
@@ -587,8 +589,6 @@ def _run_report(args: argparse.Namespace) -> int:
 COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
-    if args.layernorm is not None:
-        overrides["count_layernorm"] = args.layernorm
     "arch": (_add_arch, _run_arch),
     "train": (_add_train, _run_train),
     "supernet": (_add_supernet, _run_supernet),

@@ -189,6 +189,21 @@ def _row_check(run: Path, baseline: str) -> list[str]:
             f"log loss {_interval(r['logloss'], same)}, AUC {_interval(r['auc'], same)} (DeLong's test).", ""]  # fmt: skip
 
 
+def _compared_note(run: Path, names: list[str]) -> str:
+    """Which baselines the goal check saw (only those this run trained), and how their MFLOPs were counted."""
+    from nasrec.zoo.registry import ZOO_MODELS
+
+    others = [m for m in ZOO_MODELS if m not in names]
+    note = f"The goal check compares the searched model with the baselines this run trained ({', '.join(names)})"
+    note += (f" and no others: {', '.join(others)} were not trained (`baselines: all` trains the whole zoo). "
+             if others else ", the whole zoo. ")  # fmt: skip
+    ln = (_json(run / "final" / "model.json") or {}).get("layernorm")
+    if ln is not None:
+        note += (f"MFLOPs count every model as it is served, the searched one {'with' if ln else 'without'} the layer "
+                 "norms of its final recipe, as the search's caps counted it.")  # fmt: skip
+    return note.rstrip()
+
+
 def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
     """The final comparison table (mean over seeds) and the goal check against the best baseline."""
     final_models = [m for m in models if m["group"] != "retrained" and m["logloss_seeds"]]
@@ -225,6 +240,7 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
                f"MFLOPs); the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs ({cost}). Searched minus "
                f"baseline: {_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): "
                f"**{goal['outcome']}**.", ""]  # fmt: skip
+        md += [_compared_note(run, list(baselines)), ""]
         md += _row_check(run, goal["baseline"])
         mine = searched["mflops"]
         costlier = {n: b for n, b in baselines.items() if mine is not None and (b["mflops"] or 0) >= mine}
@@ -330,21 +346,6 @@ def _html(name: str, md: list[str], plots: list[tuple[str, Path]], diagram: dict
                 cells = [c.strip() for c in line.strip("|").split("|")]
                 tag = "th" if not table else "td"
                 table.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-def _compared_note(run: Path, names: list[str]) -> str:
-    """Which baselines the goal check saw (only those this run trained), and how their MFLOPs were counted."""
-    from nasrec.zoo.registry import ZOO_MODELS
-
-    others = [m for m in ZOO_MODELS if m not in names]
-    note = f"The goal check compares the searched model with the baselines this run trained ({', '.join(names)})"
-    note += (f" and no others: {', '.join(others)} were not trained (`baselines: all` trains the whole zoo). "
-             if others else ", the whole zoo. ")  # fmt: skip
-    ln = (_json(run / "final" / "model.json") or {}).get("layernorm")
-    if ln is not None:
-        note += (f"MFLOPs count every model as it is served, the searched one {'with' if ln else 'without'} the layer "
-                 "norms of its final recipe, as the search's caps counted it.")  # fmt: skip
-    return note.rstrip()
-
-
             continue
         if table:
             body.append("<table>" + "".join(table) + "</table>")
@@ -370,4 +371,3 @@ def _compared_note(run: Path, names: list[str]) -> str:
              "td:first-child,th:first-child{text-align:left}img{max-width:100%}pre{background:#f6f6f6;padding:8px}")  # fmt: skip
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nasrec report: {html.escape(name)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
-        md += [_compared_note(run, list(baselines)), ""]

@@ -99,10 +99,27 @@ class Pipeline:
             o["eval_every"] = max(1, len(open_cache(self.cache).split_index("train")) // cfg.batch_size)
         return o
 
+    def _served_layernorm(self) -> bool:
+        """Whether the final model has layer norms: every MFLOPs count of the run (caps, search, report) says so."""
+        from nasrec.train.config import preset
+
+        return preset(self.cfg["final"]["preset"], **self.cfg["final"]["set"]).layernorm
+
+    def _counted(self, section: str, key: str, given: dict[str, Any]) -> dict[str, Any]:
+        """`given` with `key` (how caps count MFLOPs) set to the final model's layer norms; another value is refused."""
+        ln = self._served_layernorm()
+        if given.get(key, ln) != ln:
+            raise NasrecError(f"config {section}.set.{key}: the final recipe trains models with layernorm={ln}, and "
+                              f"caps count the model that will be served; drop {key}")  # fmt: skip
+        return {**given, key: ln}
+
     def _supernet(self) -> dict[str, Any]:
         from nasrec.train.api import train_supernet
 
         sn = self.cfg["supernet"]
+        o = {"seed": self.cfg["seed"], **sn["set"]}
+        if o.get("path_max_mflops") is not None:
+            o = self._counted("supernet", "path_count_layernorm", o)
         return train_supernet(self.cache, self.out / "supernet", space=sn["space"], preset_name=sn["preset"],
                               overrides=o, resume=True, progress=self.progress)  # fmt: skip
 
@@ -133,27 +150,10 @@ class Pipeline:
         return {**main, "seeds": per}
 
     def _final(self) -> dict[str, Any]:
-    def _served_layernorm(self) -> bool:
-        """Whether the final model has layer norms: every MFLOPs count of the run (caps, search, report) says so."""
-        from nasrec.train.config import preset
-
-        return preset(self.cfg["final"]["preset"], **self.cfg["final"]["set"]).layernorm
-
-    def _counted(self, section: str, key: str, given: dict[str, Any]) -> dict[str, Any]:
-        """`given` with `key` (how caps count MFLOPs) set to the final model's layer norms; another value is refused."""
-        ln = self._served_layernorm()
-        if given.get(key, ln) != ln:
-            raise NasrecError(f"config {section}.set.{key}: the final recipe trains models with layernorm={ln}, and "
-                              f"caps count the model that will be served; drop {key}")  # fmt: skip
-        return {**given, key: ln}
-
         from nasrec.train.api import train
 
         f = self.cfg["final"]
         arch = self.out / "search" / "final.json"
-        o = {"seed": self.cfg["seed"], **sn["set"]}
-        if o.get("path_max_mflops") is not None:
-            o = self._counted("supernet", "path_count_layernorm", o)
         return self._repeat(self.out / "final", self._train_overrides(f),
                             lambda d, o: train(self.cache, d, arch=arch, preset_name=f["preset"], overrides=o,
                                                resume=True, progress=self.progress))  # fmt: skip
