@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,25 @@ def test_training_starts_a_centred_head_at_the_click_rate_log_odds() -> None:
     init_head_bias(with_ln, 0.2)
     init_head_bias(without, 0.2)
     assert with_ln.head.bias.item() == pytest.approx(np.log(0.25)) and without.head.bias.item() == 0.0
+
+
+def test_data_without_dense_fields_materialises_every_operator() -> None:
+    """num_dense=0 (Frappe-like data): an operator on the empty raw dense input builds and matches the supernet.
+
+    Gating of the raw input with itself has a 0 x 0 gate; building it used to divide by zero in the init.
+    """
+    torch.manual_seed(0)
+    supernet = Supernet(NASREC_FULL, 0, TABLES, layernorm=True)
+    g = torch.Generator().manual_seed(3)
+    dense = torch.zeros(8, 0)
+    sparse = torch.stack([torch.randint(0, t, (8,), generator=g) for t in TABLES], 1)
+    rng = np.random.default_rng(5)
+    archs = [supernet.space.sample(rng, "default") for _ in range(4)]
+    for op in NASREC_FULL.dense_ops:  # block 0 reads only the raw (empty) dense input
+        first = replace(archs[0].blocks[0], dense_ops=(op,), dense_in=(0,), left=0, right=0)
+        archs.append(Architecture((first, *archs[0].blocks[1:])))
+    supernet.eval()
+    for arch in archs:
+        sub = Subnet.from_supernet(supernet, arch).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)

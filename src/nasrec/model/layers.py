@@ -39,6 +39,8 @@ class Used:
 
 
 def _xavier_uniform_(w: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    if fan_in + fan_out == 0:  # a 0 x 0 layer (gating of an empty dense input, with no dense fields)
+        return
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     nn.init.uniform_(w, -bound, bound)
 
