@@ -64,17 +64,36 @@ def test_unseen_categories_and_malformed_rows(trained, tmp_path: Path) -> None:
     with pytest.raises(NasrecError, match=r"new\.tsv.*line 2"):
         predict(run, [f], tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists()
-    res = predict(run, [f], tmp_path / "p.csv", on_error="skip")
+    res = predict(run, [f], tmp_path / "p.csv", on_error="skip", max_bad_fraction=0.2)
     assert res["rows"] == 4 and res["skipped"] == 1
     df = pl.read_csv(tmp_path / "p.csv")
     assert df["line"].to_list() == [1, 3, 4, 5] and all(0 < p < 1 for p in df["probability"])
+    # 1 bad row of 5 is far over the default limit (0.01): an error naming the counts, and no output
+    with pytest.raises(NasrecError, match=r"1 of 5 rows read \(20\.00%\) are malformed.*--max-bad-fraction"):
+        predict(run, [f], tmp_path / "q.csv", on_error="skip")
+    assert not (tmp_path / "q.csv").exists() and not list(tmp_path.glob(".q.csv*"))
+    # nothing usable left: an error too, whatever the limit
+    allbad = tmp_path / "allbad.tsv"
+    allbad.write_text("\n".join(["\t".join(bad)] * 3) + "\n")
+    cmd = [sys.executable, "-m", "nasrec.cli", "predict", "--model", str(run), "--input", str(allbad), "--out",
+           str(tmp_path / "r.csv"), "--on-error", "skip", "--max-bad-fraction", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "all 3 rows read are malformed" in proc.stderr and f"{allbad}:1:label:" in proc.stderr
+    assert not (tmp_path / "r.csv").exists()
+    # the skipped rows on stderr as file:line:column: reason (no Python dicts)
+    cmd[cmd.index(str(allbad))] = str(f)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped {f}:2:label: label must be 0 or 1: '7'" in proc.stderr.splitlines()
+    assert "{" not in proc.stderr
 
 
 def test_predict_cli(trained, tmp_path: Path) -> None:
     raw, _, run = trained
     out = tmp_path / "cli.csv"
     proc = subprocess.run([sys.executable, "-m", "nasrec.cli", "predict", "--model", str(run), "--input", str(raw),
-                           str(raw), "--out", str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
+                           str(raw), "--out", str(out), "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["rows"] == 10_000 and math.isfinite(summary["logloss"])

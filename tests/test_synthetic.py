@@ -18,6 +18,7 @@ from nasrec.data.synthetic import (
     SynthConfig,
     SynthResult,
     bayes_logloss,
+    click_model_of,
     generate_synthetic,
     meta_path,
     truth_path,
@@ -258,3 +259,62 @@ def test_interaction_model_beats_linear_model(tmp_path: Path) -> None:
     assert floor < crossed
     # Crossing the planted pairs closes most of the linear model's gap to the floor.
     assert linear - crossed > 2 * (crossed - floor), (linear, crossed, floor)
+
+
+def test_model_seed_shares_the_click_model_across_row_seeds(tmp_path: Path) -> None:
+    # no dense terms, so that the click probability is a function of the categorical values alone
+    cfg = SynthConfig(num_dense=3, num_sparse=4, cardinalities=(5, 9, 20, 7), num_dense_linear=0,
+                      num_interactions=2, num_gated=0)  # fmt: skip
+    a = generate_synthetic(tmp_path / "a.tsv", 3000, seed=5, config=cfg)
+    same = generate_synthetic(tmp_path / "same.tsv", 3000, seed=5, config=cfg, model_seed=5)
+    assert _files(a.path)[:2] == _files(same.path)[:2]  # the default model seed is the row seed
+    b = generate_synthetic(tmp_path / "b.tsv", 3000, seed=6, config=cfg, model_seed=5)
+    other = generate_synthetic(tmp_path / "other.tsv", 3000, seed=6, config=cfg)
+    ma, mb, mo = (json.loads(meta_path(r.path).read_text()) for r in (a, b, other))
+    assert (ma["seed"], ma["model_seed"], mb["seed"], mb["model_seed"]) == (5, 5, 6, 5)
+    assert ma["planted"] == mb["planted"] and ma["planted"] != mo["planted"]  # one click model, another one
+    da, db, do = (_read(r.path, cfg) for r in (a, b, other))
+    assert not da.equals(db)  # new rows
+    for f in range(1, 5):
+        codes = set(da[f"C{f}"].drop_nulls())
+        assert set(db[f"C{f}"].drop_nulls()) == codes  # the same category codes (small vocabularies: all drawn)
+        assert not set(do[f"C{f}"].drop_nulls()) & codes  # another click model shares none
+    # the same click probability wherever the two files hold the same features
+    feats = [f"C{f}" for f in range(1, 5)]
+    ta = da.select(feats).with_columns(p=pl.Series(np.load(a.truth_path))).unique(subset=feats)
+    tb = db.select(feats).with_columns(p=pl.Series(np.load(b.truth_path))).unique(subset=feats)
+    joined = ta.join(tb, on=feats, nulls_equal=True)
+    assert joined.height > 100
+    np.testing.assert_allclose(joined["p"], joined["p_right"], rtol=1e-12)
+
+
+def test_click_model_of_reads_the_sidecar(tmp_path: Path) -> None:
+    cfg = SynthConfig(num_dense=2, num_sparse=3, cardinalities=(4, 6, 8), num_dense_linear=1, num_interactions=1,
+                      num_gated=1, sparse_missing_rate=(0.0, 0.1, 0.2))  # fmt: skip
+    res = generate_synthetic(tmp_path / "a.tsv", 100, seed=3, config=cfg, model_seed=11)
+    assert click_model_of(res.path) == (cfg, 11, 3)
+    assert click_model_of(meta_path(res.path)) == (cfg, 11, 3)
+    meta = json.loads(meta_path(res.path).read_text())
+    del meta["model_seed"]  # a file written before model seeds existed: its click model came from its seed
+    meta_path(res.path).write_text(json.dumps(meta))
+    assert click_model_of(res.path) == (cfg, 3, 3)
+    with pytest.raises(NasrecError, match=r"nope\.tsv: no nope\.tsv\.synth\.json beside it"):
+        click_model_of(tmp_path / "nope.tsv")
+
+
+def test_synth_cli_like_draws_new_rows_from_the_files_click_model(tmp_path: Path, capsys) -> None:
+    from nasrec.cli import main
+
+    first = tmp_path / "a.tsv"
+    assert main(["synth", "--rows", "500", "--out", str(first), "--preset", "interactions", "--seed", "2"]) == 0
+    assert main(["synth", "--rows", "300", "--out", str(tmp_path / "b.tsv"), "--like", str(first)]) == 0
+    out = capsys.readouterr().out
+    assert f"click model of {first} (model seed 2), rows drawn with seed 3" in out and "nasrec predict" in out
+    cfg, model_seed, seed = click_model_of(tmp_path / "b.tsv")
+    assert (model_seed, seed) == (2, 3) and cfg == click_model_of(first)[0]
+    assert main(["synth", "--rows", "300", "--out", str(tmp_path / "c.tsv"), "--like", str(first), "--seed", "2"]) == 0
+    assert "these rows repeat its first rows" in capsys.readouterr().out
+    assert (tmp_path / "c.tsv").read_text().splitlines() == first.read_text().splitlines()[:300]
+    assert main(["synth", "--rows", "10", "--out", str(tmp_path / "d.tsv"), "--like", str(first), "--num-sparse",
+                 "3"]) == 2  # fmt: skip
+    assert "--like takes the click model from" in capsys.readouterr().err

@@ -30,6 +30,12 @@ deviation over rows equals the configured strength.
 Rows are drawn in fixed blocks of ``BLOCK_ROWS`` rows, each from its own generator derived from the
 seed and the block number, so the output does not depend on how it is written out, and the first
 ``n`` rows of a larger file are exactly the ``n``-row file.
+
+The click model (vocabularies, weights, intercept) comes from ``model_seed`` and the rows from ``seed``;
+by default the two are the same. New rows from the click model of an existing file, e.g. to predict
+on with a model trained on it, take that file's configuration and model seed with another row seed
+(``click_model_of``; ``nasrec synth --like FILE``). Another ``seed`` alone draws another click model:
+other category codes, other weights, so a model trained on the first file has nothing to go on.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -422,15 +428,19 @@ def generate_synthetic(
     seed: int = 0,
     config: SynthConfig | None = None,
     chunk_rows: int = 250_000,
+    model_seed: int | None = None,
 ) -> SynthResult:
     """Write ``rows`` synthetic Criteo-format rows to ``path`` plus the truth and JSON sidecars.
 
     Existing files are replaced. ``chunk_rows`` only sets how many rows are buffered per write (it
-    bounds memory); the rows themselves depend on nothing but ``seed`` and ``config``.
+    bounds memory); the rows themselves depend on nothing but ``seed``, ``model_seed`` and ``config``.
+    ``model_seed`` (default ``seed``) draws the click model, ``seed`` the rows: files with the same
+    configuration and model seed share one click model whatever their row seeds.
     """
     start = time.perf_counter()
     rows = _check_int("rows", rows, 1)
     seed = _check_int("seed", seed, 0)
+    model_seed = seed if model_seed is None else _check_int("model_seed", model_seed, 0)
     chunk_rows = _check_int("chunk_rows", chunk_rows, 1)
     if config is not None and not isinstance(config, SynthConfig):
         raise NasrecError(f"config must be a SynthConfig, got {type(config).__name__}")
@@ -440,8 +450,8 @@ def generate_synthetic(
         raise NasrecError(f"{path} is a directory, expected a file path for the synthetic data")
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    model = _build_model(cfg, seed)
-    model.intercept = _calibrate_intercept(model, cfg, seed)
+    model = _build_model(cfg, model_seed)
+    model.intercept = _calibrate_intercept(model, cfg, model_seed)
 
     # Everything goes to temporary siblings first, so a crash never leaves a file set that looks whole.
     tag = f".part-{os.getpid()}"
@@ -488,7 +498,7 @@ def generate_synthetic(
             expected_logloss=entropy_sum / rows,
             seconds=0.0,
         )
-        meta = _meta(cfg, seed, model, result)
+        meta = _meta(cfg, seed, model_seed, model, result)
         with open(tmp[2], "w") as fh:
             json.dump(meta, fh, indent=1)
             fh.write("\n")
@@ -502,12 +512,13 @@ def generate_synthetic(
     return replace(result, seconds=time.perf_counter() - start)
 
 
-def _meta(cfg: SynthConfig, seed: int, model: _Model, result: SynthResult) -> dict[str, Any]:
+def _meta(cfg: SynthConfig, seed: int, model_seed: int, model: _Model, result: SynthResult) -> dict[str, Any]:
     """The JSON record: config, counts, loss floors and the planted structure of the click model."""
     return {
         "format_version": FORMAT_VERSION,
         "format": "criteo-kaggle-tsv",
         "seed": seed,
+        "model_seed": model_seed,
         "rows": result.rows,
         "positives": result.positives,
         "ctr": result.ctr,
@@ -533,6 +544,29 @@ def _meta(cfg: SynthConfig, seed: int, model: _Model, result: SynthResult) -> di
     }
 
 
+def click_model_of(path: str | Path) -> tuple[SynthConfig, int, int]:
+    """The configuration, click-model seed and row seed of a synthetic file (read from its sidecar).
+
+    `path` is the data file (or its ``.synth.json``). ``generate_synthetic(out, rows, seed=s,
+    config=config, model_seed=model_seed)`` with another ``s`` then draws new rows from the same click
+    model: same fields, same category codes, same weights.
+    """
+    path = Path(path)
+    meta = path if path.name.endswith(META_SUFFIX) else meta_path(path)
+    try:
+        record = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise NasrecError(f"{path}: no {meta.name} beside it (not a file written by nasrec synth)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise NasrecError(f"{meta}: unreadable ({e})") from None
+    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
+        raise NasrecError(f"{meta}: not a synthetic data description of format version {FORMAT_VERSION}")
+    known = {f.name for f in fields(SynthConfig)}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items() if k in known}
+    seed = int(record["seed"])
+    return SynthConfig(**options), int(record.get("model_seed", seed)), seed
+
+
 __all__ = [
     "BLOCK_ROWS",
     "MAX_CARDINALITY",
@@ -541,6 +575,7 @@ __all__ = [
     "SynthConfig",
     "SynthResult",
     "bayes_logloss",
+    "click_model_of",
     "generate_synthetic",
     "meta_path",
     "truth_path",
