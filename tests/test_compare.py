@@ -126,7 +126,7 @@ def test_nasrec_compare_two_trained_runs(tmp_path: Path, capsys: pytest.CaptureF
     quick = dict(batch_size=256, epochs=1, lr=0.05, eval_every=0, log_every=10**6, threads=1)
     a = train(cache, tmp_path / "dnn", model="dnn", overrides=quick, progress=False)
     b = train(cache, tmp_path / "lr", model="lr", overrides=quick, progress=False)
-    assert main(["compare", str(tmp_path / "dnn"), str(tmp_path / "lr"), "--data", str(cache)]) == 0
+    assert main(["compare", str(tmp_path / "dnn"), str(tmp_path / "lr"), "--data", str(cache), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["logloss"]["logloss_a"] == pytest.approx(a["logloss"], abs=1e-6)
     assert res["logloss"]["logloss_b"] == pytest.approx(b["logloss"], abs=1e-6)

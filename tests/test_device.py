@@ -66,19 +66,26 @@ def test_cuda_without_cuda_is_a_clear_error(name: str) -> None:
 def test_cli_rejects_cuda_before_any_work(
     cache_dir: Path, arch_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Paths are checked first (cheaply, before torch is imported): these look like a run and an input file.
+    given = tmp_path / "given"
+    (given / "run").mkdir(parents=True)
+    (given / "run" / "model.json").write_text("{}")
+    (given / "rows.tsv").write_text("")
+    run = str(given / "run")
     commands = [
         ["train", "--arch", str(arch_file), "--data", str(cache_dir), "--out", str(tmp_path / "t")],
         ["supernet", "--space", "small", "--data", str(cache_dir), "--out", str(tmp_path / "s")],
-        ["evaluate", "--model", str(tmp_path / "missing"), "--data", str(cache_dir)],
-        ["search", "--supernet", str(tmp_path / "missing"), "--data", str(cache_dir), "--out", str(tmp_path / "x")],
-        ["rankcheck", "--supernet", str(tmp_path / "missing"), "--data", str(cache_dir), "--out", str(tmp_path / "r")],
-        ["predict", "--model", str(tmp_path / "missing"), "--input", "none.tsv", "--out", str(tmp_path / "p.csv")],
+        ["evaluate", "--model", run, "--data", str(cache_dir)],
+        ["search", "--supernet", run, "--data", str(cache_dir), "--out", str(tmp_path / "x")],
+        ["rankcheck", "--supernet", run, "--data", str(cache_dir), "--out", str(tmp_path / "r")],
+        ["predict", "--model", run, "--input", str(given / "rows.tsv"), "--out", str(tmp_path / "p.csv")],
     ]
     for argv in commands:
         assert main([*argv, "--device", "cuda"]) == 2, argv[0]
         err = capsys.readouterr().err
         assert "cuda requested but torch.cuda.is_available() is False" in err, (argv[0], err)
-    assert not any(tmp_path.iterdir())  # nothing was written
+    assert [p.name for p in tmp_path.iterdir()] == ["given"]  # nothing was written
+    assert sorted(p.name for p in given.rglob("*")) == ["model.json", "rows.tsv", "run"]
     assert main(["train", "--arch", str(arch_file), "--data", str(cache_dir), "--out", str(tmp_path / "t"),
                  "--device", "tpu"]) == 2  # fmt: skip
     assert "device must be one of" in capsys.readouterr().err

@@ -242,7 +242,7 @@ def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
     sets = [f"{k}={v}" for k, v in dict(COMMON, max_steps=3).items()]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), "-m", "nasrec.cli", "train", "--model", "dlrm",
-           "--data", str(runs["cache"]), "--out", str(out), "--no-progress",
+           "--data", str(runs["cache"]), "--out", str(out), "--no-progress", "--json",
            *[x for s in sets for x in ("--set", s)]]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"

@@ -214,7 +214,7 @@ def test_cli_draw(tmp_path: Path, capsys, fmt: str) -> None:
 def test_cli_info(tmp_path: Path, capsys) -> None:
     pytest.importorskip("nasrec.model.cost")
     path = config_path("criteo_xlarge_best.json")
-    assert main(["arch", "info", str(path)]) == 0
+    assert main(["arch", "info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["blocks"] == 7 and info["dead_blocks"] == [3, 4, 5] and info["head_input"] == 896
     assert info["hash"] == Architecture.load(path).hash() and info["spaces"] == ["full"]
@@ -223,11 +223,11 @@ def test_cli_info(tmp_path: Path, capsys) -> None:
     assert info["embedding_params"] == 16 * sum(CRITEO_TABLE_SIZES)
     assert 0 < info["mflops"] == pytest.approx(info["flops"] / 1e6)
     assert info["summary"] == summary(Architecture.load(path)).splitlines()
-    assert main(["arch", "info", str(path), "--dataset", "avazu", "--layernorm"]) == 0
+    assert main(["arch", "info", str(path), "--dataset", "avazu", "--layernorm", "--json"]) == 0
     avazu = json.loads(capsys.readouterr().out)
     assert (avazu["num_dense"], avazu["num_sparse"], avazu["use_layernorm"]) == (1, 23, True)
     assert avazu["embedding_params"] == 16 * sum(AVAZU_TABLE_SIZES)
-    assert main(["arch", "info", str(path), "--dataset", "kdd12"]) == 0
+    assert main(["arch", "info", str(path), "--dataset", "kdd12", "--json"]) == 0
     assert (lambda d: (d["num_dense"], d["num_sparse"]))(json.loads(capsys.readouterr().out)) == (3, 10)
 
 
@@ -241,7 +241,7 @@ def test_cli_info_from_a_cache(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     arch = tmp_path / "a.json"
     sample_architecture("full", 3).save(arch)
-    assert main(["arch", "info", str(arch), "--cache", str(cache)]) == 0
+    assert main(["arch", "info", str(arch), "--cache", str(cache), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     sizes = json.loads((cache / "meta.json").read_text())["table_sizes"]
     assert (info["num_dense"], info["num_sparse"]) == (2, 3)

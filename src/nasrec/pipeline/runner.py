@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import sys
 import time
@@ -18,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nasrec import __version__
+from nasrec import __version__, rundir
 from nasrec.errors import NasrecError
+
+log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "supernet", "search", "final", "baselines", "report")
 
@@ -27,6 +30,35 @@ STAGES = ("prepare", "supernet", "search", "final", "baselines", "report")
 def _fingerprint(*parts: Any) -> str:
     blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _metrics(r: dict[str, Any]) -> str:
+    def f(x: Any) -> str:
+        return f"{x:.5f}" if isinstance(x, int | float) else "n/a"
+
+    return f"test log loss {f(r.get('logloss'))}, AUC {f(r.get('auc'))}"
+
+
+def _brief(stage: str, r: dict[str, Any]) -> str:
+    """What a finished stage found, in a few words for its log line."""
+    try:
+        if stage == "prepare":
+            skipped = f", {r['skipped']:,} bad rows skipped" if r.get("skipped") else ""
+            return f"{sum(r['rows'].values()):,} rows{skipped}"
+        if stage == "supernet":
+            return f"{r['steps']:,} steps, validation log loss {r['val']['logloss']:.5f} (mean over sampled paths)"
+        if stage == "search":
+            chosen = (r.get("final") or {}).get("chosen") or {}
+            return f"{r['scored']:,} candidates scored; final.json is {chosen.get('hash', '?')[:12]}"
+        if stage == "final":
+            return f"{_metrics(r)}, {r['mflops']:.4f} MFLOPs"
+        if stage == "baselines":
+            return "; ".join(f"{m} {_metrics(v)}" for m, v in r.items())
+        if stage == "report":
+            return str(r.get("html", ""))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass
+    return ""
 
 
 class Pipeline:
@@ -41,13 +73,10 @@ class Pipeline:
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _save(self) -> None:
-        tmp = self.out / ".stages.json.tmp"
-        tmp.write_text(json.dumps(self.records, indent=1, default=str) + "\n")
-        tmp.replace(self.out / "stages.json")
+        rundir.atomic_write_json(self.out / "stages.json", self.records, default=str)
 
     def _say(self, msg: str) -> None:
-        if self.progress:
-            print(msg, file=sys.stderr, flush=True)
+        log.info("%s", msg)  # the command line shows it on stderr and in <out>/nasrec.log
 
     def _stage(self, name: str, fp: str, dirs: list[Path], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         rec = self.records.get(name)
@@ -66,6 +95,11 @@ class Pipeline:
         result = json.loads(json.dumps(fn(), default=str))  # the same value whether fresh or read back
         self.records[name] = {"fingerprint": fp, "done": True, "seconds": time.perf_counter() - t0, "result": result}
         self._save()
+        from nasrec.console import duration
+
+        said = _brief(name, result)
+        self._say(f"[{n}/{len(STAGES)}] {name}: done in {duration(self.records[name]['seconds'])}"
+                  + (f": {said}" if said else ""))  # fmt: skip
         return result
 
     # -- stages --------------------------------------------------------------------------------------
@@ -184,6 +218,10 @@ class Pipeline:
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run (or continue) every stage; returns the stage records."""
+        with rundir.exclusive(self.out, "pipeline run"):  # one writer per run directory
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         rec_path = self.out / "stages.json"
         if rec_path.exists():
