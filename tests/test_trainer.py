@@ -146,7 +146,7 @@ def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path
     assert run["steps"] == 6 and np.isfinite(run["logloss"])
     assert json.loads((tmp_path / "sn" / "config.json").read_text())["train"]["path_max_mflops"] == 0.3
     cfg["path_max_mflops"] = 0.3
-    with pytest.raises(NasrecError, match="path_max_mflops must be > 0"):
+    with pytest.raises(NasrecError, match="path_max_mflops: expected a number > 0"):
         train_supernet(cache_dir, tmp_path / "bad", space="full", overrides=dict(cfg, path_max_mflops=0.0))
     with pytest.raises(NasrecError, match="supernets only"):
         train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, path_max_mflops=1.0), progress=False)
@@ -323,3 +323,15 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     old = TrainConfig(path_warmup_steps=200).to_dict()
     del old["path_warmup_fraction"], old["path_count_layernorm"]
     assert _identity(old) == _identity(TrainConfig(path_warmup_steps=200).to_dict())
+
+
+def test_a_supernet_reports_its_rate_after_the_warm_up_apart(cache_dir: Path, tmp_path: Path) -> None:
+    cfg = dict(QUICK, epochs=1, max_steps=12, log_every=3, path_warmup_steps=6)
+    res = train_supernet(cache_dir, tmp_path / "sn", space="small", overrides=cfg, progress=False)
+    assert res["samples_per_s_sampled"] > 0 and res["samples_per_s"] > 0
+    lines = [json.loads(x) for x in (tmp_path / "sn" / "metrics.jsonl").read_text().splitlines()]
+    phases = [(x["step"], x["path_warmup"]) for x in lines if "train_loss" in x]
+    assert phases == [(3, True), (6, True), (9, False), (12, False)]
+    # standalone models have no warm-up to report
+    res = train(cache_dir, tmp_path / "lr", model="lr", overrides=cfg, progress=False)
+    assert "samples_per_s_sampled" not in res

@@ -28,6 +28,7 @@ Data parallelism (torchrun)
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasrec import distributed, rundir
+from nasrec.configfile import ConfigError
 from nasrec.console import Heartbeat, bar_extra, duration
 from nasrec.data.cache import Cache
 from nasrec.data.loader import Batch, BatchLoader
@@ -52,11 +54,12 @@ from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
 from nasrec.model.cost import ServedCost
 from nasrec.model.layers import HeadLinear, calibrate_head, init_head_bias, set_batch_group
+from nasrec.model.memory import check_spec_fits
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
 from nasrec.train.clip import clip_grad_norm
-from nasrec.train.config import TrainConfig
+from nasrec.train.config import TrainConfig, default_eps_as_none
 from nasrec.train.gradsync import GradientSync
 from nasrec.train.metrics import StreamingMetrics
 from nasrec.train.optim import build_optimizer
@@ -65,6 +68,7 @@ from nasrec.train.schedule import build_schedule
 log = logging.getLogger(__name__)
 
 _EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is evaluated on
+_RATE_WINDOW = 50  # steps over which the logged and displayed samples/s are measured
 _PATH_TRIES = 10_000  # draws allowed to find a path within the budget (6 % of Full's are under 0.5 MFLOPs)
 
 
@@ -181,6 +185,10 @@ class _State:
     stopped: bool = False
     train_seconds: float = 0.0
     samples: int = 0  # examples of the global batches trained on
+    # The same after a supernet's full-path warm-up: sampled paths run several times faster than the
+    # warm-up's full path, so a rate averaged from step 0 says little about the rest of the run
+    sampled_seconds: float = 0.0
+    sampled_samples: int = 0
     log_lines: int | None = 0  # metrics.jsonl lines written (None: a checkpoint of an older nasrec)
     evals: list[dict[str, Any]] = field(default_factory=list)
 
@@ -206,6 +214,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        # A model too large for this machine is refused before anything is allocated (`nasrec.model.memory`).
+        check_spec_fits(spec, cfg.optimizer)
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
         self.model = spec.build().to(self.device)
         init_head_bias(self.model, _train_ctr(cache))
@@ -221,6 +231,10 @@ class Trainer:
         per_epoch = len(self.loader)
         if per_epoch == 0:
             raise NasrecError(f"{cache.path}: the train split has fewer rows than one batch ({cfg.batch_size})")
+        if (cfg.eval_every or cfg.restore_best or cfg.schedule == "plateau") and not len(
+            cache.split_index(cfg.eval_split)
+        ):  # evaluations on no rows give NaN metrics, which early stopping and the schedule would act on
+            raise ConfigError("training config", "eval_split", f"the {cfg.eval_split} split of {cache.path} is empty")
         self.total_steps = per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -231,6 +245,7 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps=self.total_steps,
                                        warmup_fraction=cfg.warmup_fraction)  # fmt: skip
         self.state = _State()
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=_RATE_WINDOW)
         self._calib: list[Batch] | None = None  # the head calibration batches, read at the first evaluation
         self._calibrated_at: int | None = None  # the step whose weights the head's mean was measured for
         self._tb = None
@@ -350,9 +365,15 @@ class Trainer:
                 batches = self.loader.iter_epoch(s.epoch)
                 for batch in itertools.islice(batches, s.batch, None):
                     t0 = time.perf_counter()
+                    warm = s.step < self.path_warmup
                     loss = self._train_step(batch)
-                    s.train_seconds += time.perf_counter() - t0
-                    s.samples += batch.label.shape[0] * self.world
+                    dt, n = time.perf_counter() - t0, batch.label.shape[0] * self.world
+                    s.train_seconds += dt
+                    s.samples += n
+                    self._recent.append((dt, n))
+                    if self.space is not None and not warm:
+                        s.sampled_seconds += dt
+                        s.sampled_samples += n
                     s.step += 1
                     s.batch += 1
                     s.loss_sum += loss
@@ -360,13 +381,14 @@ class Trainer:
                     ep_loss, ep_steps = ep_loss + loss, ep_steps + 1
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{s.samples / max(s.train_seconds, 1e-9):,.0f}")
+                        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{self._recent_rate():,.0f}")
                     if self.main and (s.batch == per_epoch or (bar is None and beat())):
                         # a line per epoch, and every 30 s in between when no bar shows the progress
                         left = (self.total_steps - s.step) * (time.perf_counter() - t_fit) / (s.step - step0)
                         self._say_progress(s.batch == per_epoch, ep_loss / ep_steps, left, bar is not None)
                         if s.batch == per_epoch:
                             ep_loss, ep_steps = 0.0, 0
+                            beat.reset()
                     self._after_step()
                     if s.step >= self.total_steps or s.stopped:
                         break
@@ -407,10 +429,15 @@ class Trainer:
             log.info("%s: training the %s on %s: %s steps (%s, batch %s) on %s", self.out, self._what(), self.cache.path,
                      f"{self.total_steps:,}", plan, f"{cfg.batch_size:,}", self.device)  # fmt: skip
 
+    def _recent_rate(self) -> float:
+        """Samples per second over the last steps (at most `_RATE_WINDOW`): what the run does now."""
+        seconds = sum(dt for dt, _ in self._recent)
+        return sum(n for _, n in self._recent) / seconds if seconds > 0 else 0.0
+
     def _say_progress(self, epoch_end: bool, loss: float, seconds_left: float, bar_shown: bool) -> None:
         s, per_epoch = self.state, len(self.loader)
         epochs = -(-self.total_steps // per_epoch)
-        sps = s.samples / max(s.train_seconds, 1e-9)
+        sps = self._recent_rate()
         head = f"epoch {s.epoch + 1}/{epochs} done" if epoch_end else f"epoch {s.epoch + 1}/{epochs}"
         left = f", about {duration(seconds_left)} left" if s.step < self.total_steps else ""
         log.info("%s: step %s/%s, train loss %.5f, %s samples/s%s", head, f"{s.step:,}", f"{self.total_steps:,}",
@@ -471,7 +498,9 @@ class Trainer:
         if s.step % cfg.log_every == 0:
             record = {"step": s.step, "epoch": s.epoch, "train_loss": s.loss_sum / max(s.loss_count, 1),
                       "lr": self.optimizer.param_groups[0]["lr"],
-                      "samples_per_s": s.samples / max(s.train_seconds, 1e-9)}  # fmt: skip
+                      "samples_per_s": self._recent_rate()}  # fmt: skip
+            if self.space is not None:
+                record["path_warmup"] = s.step <= self.path_warmup
             if self.sync is not None:
                 record["world_size"] = self.world
                 record["comm_bytes_per_step"] = self._comm_bytes / max(self._comm_steps, 1)
@@ -585,6 +614,7 @@ class Trainer:
             **results,
             **self.spec.cost(),
             "samples_per_s": s.samples / max(s.train_seconds, 1e-9),
+            **({"samples_per_s_sampled": s.sampled_samples / s.sampled_seconds} if s.sampled_seconds else {}),
             "steps": s.step,
             "epochs": s.epoch + (1 if s.batch else 0),
             "early_stopped": s.stopped,
@@ -640,9 +670,10 @@ _NOT_IDENTITY = ("device", "keep_optimizer")
 def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's result: not the device (a GPU run may resume on a CPU) nor what is kept.
 
-    A setting added after the run was saved counts with its default, so that older runs still resume.
+    A setting added after the run was saved counts with its default, and eps is compared as TrainConfig keeps
+    it (`default_eps_as_none`), so that older runs still resume.
     """
-    return {k: v for k, v in {**TrainConfig().to_dict(), **cfg}.items() if k not in _NOT_IDENTITY}
+    return {k: v for k, v in default_eps_as_none({**TrainConfig().to_dict(), **cfg}).items() if k not in _NOT_IDENTITY}
 
 
 def _restores_best(run: Path) -> bool:
