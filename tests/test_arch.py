@@ -130,7 +130,7 @@ def test_from_dict_errors() -> None:
         Architecture.from_dict({**d, "version": 2})
     broken = json.loads(json.dumps(d))
     del broken["blocks"][1]["dense_width"]
-    with pytest.raises(NasrecError, match="block 1: missing or invalid field 'dense_width'"):
+    with pytest.raises(NasrecError, match=r"^x\.json: architecture block 1: missing key 'dense_width'$"):
         Architecture.from_dict(broken, "x.json")
     broken = json.loads(json.dumps(d))
     broken["blocks"][1]["left"] = 5

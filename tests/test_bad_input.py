@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,11 +28,13 @@ from nasrec.data.formats import CRITEO_TABLE_SIZES, criteo_schema
 from nasrec.data.prepare import PrepareConfig, PrepareResult, prepare
 from nasrec.data.readers import SourceInfo, TextReader
 from nasrec.errors import DataError, NasrecError
+from nasrec.rundir import lock_path
 
 CHUNK = 256  # bytes per read block: every test file spans many chunks
 N_ROWS = 40
 BAD_LINE = 23  # 1-based line of the bad row in single-error tests: far beyond the first chunk
 CLI_PREFIX = "nasrec prepare: error:"
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d ")  # a progress line of the command's log on stderr
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -74,8 +77,13 @@ def cfg(inp: Path | list[Path], out: Path, **kw: object) -> PrepareConfig:
 
 def assert_nothing_written(out: Path) -> None:
     assert not out.exists(), f"{out} exists after a failed run"
-    leftovers = sorted(p.name for p in out.parent.glob(f".{out.name}.*"))
+    leftovers = sorted(p.name for p in out.parent.glob(f".{out.name}.*") if p != lock_path(out, beside=True))
     assert leftovers == [], f"temporary directories left behind: {leftovers}"
+
+
+def listing(directory: Path) -> list[str]:
+    """Names in a directory, less the writer lock files that prepare leaves beside its outputs (empty, unlocked)."""
+    return sorted(p.name for p in directory.iterdir() if not (p.name.startswith(".") and p.name.endswith(".lock")))
 
 
 def row_ids(cache_dir: Path) -> list[int]:
@@ -90,10 +98,10 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def assert_cli_error(res: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit code 2, exactly one stderr line with the CLI prefix and every needle, no traceback."""
+    """Exit code 2, exactly one stderr line (besides log lines) with the CLI prefix and every needle, no traceback."""
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr, res.stderr
-    lines = res.stderr.strip("\n").split("\n")
+    lines = [ln for ln in res.stderr.strip("\n").split("\n") if not LOG_LINE.match(ln)]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith(CLI_PREFIX), lines[0]
     for n in needles:
@@ -277,7 +285,7 @@ def test_invalid_utf8_is_a_located_data_error(tmp_path: Path) -> None:
         prepare(cfg(inp, tmp_path / "cache"))
     assert info.value.line == BAD_LINE
     assert_nothing_written(tmp_path / "cache")
-    res = prepare(cfg(inp, tmp_path / "skip", on_error="skip"))
+    res = prepare(cfg(inp, tmp_path / "skip", on_error="skip", max_bad_fraction=0.05))
     assert res.skipped == 1
     assert row_ids(tmp_path / "skip") == [i for i in range(N_ROWS) if i != BAD_LINE - 1]
 
@@ -348,16 +356,17 @@ def test_skip_mode_drops_exactly_the_bad_rows(tmp_path: Path, chunk_bytes: int) 
         same = next(c for c in chunks if 5 in c)
         assert 7 in same and len(chunks) > 3
     out = tmp_path / "cache"
-    res = prepare(cfg(inp, out, on_error="skip", chunk_bytes=chunk_bytes))
+    res = prepare(cfg(inp, out, on_error="skip", chunk_bytes=chunk_bytes, max_bad_fraction=1.0))
     _check_skipped(res, out, inp, bad)
-    assert not list(tmp_path.glob(".cache.*"))
+    assert_nothing_written(tmp_path / "no-such-output")
+    assert [p.name for p in tmp_path.glob(".cache.*")] == [".cache.lock"]
 
 
 def test_skip_mode_examples_are_capped_but_counted(tmp_path: Path) -> None:
     n = 600
     lines = [replace_field(i, 0, "9") if i % 3 == 0 else criteo_line(i) for i in range(n)]
     inp = write_lines(tmp_path / "in.tsv", lines)
-    res = prepare(cfg(inp, tmp_path / "cache", on_error="skip", chunk_bytes=4096))
+    res = prepare(cfg(inp, tmp_path / "cache", on_error="skip", chunk_bytes=4096, max_bad_fraction=0.5))
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     assert res.skipped == meta["skipped"]["count"] == 200
     examples = meta["skipped"]["examples"]
@@ -369,25 +378,65 @@ def test_skip_mode_examples_are_capped_but_counted(tmp_path: Path) -> None:
 def test_cli_skip_mode_reports_and_records(tmp_path: Path) -> None:
     inp, bad = _file_with_bad_rows(tmp_path / "in.tsv")
     out = tmp_path / "cache"
-    res = cli("--format", "criteo", "--split", "sequential", "--on-error", "skip", "--input", str(inp),
-              "--out", str(out))  # fmt: skip
+    res = cli("--format", "criteo", "--split", "sequential", "--on-error", "skip", "--max-bad-fraction", "0.2",
+              "--input", str(inp), "--out", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    assert f"skipped {len(bad)} bad rows" in res.stdout
-    first = re.search(r"skipped .*\(first: (.+), line (\d+): .+\)", res.stdout)
-    assert first is not None, res.stdout
-    assert first.group(1) == str(inp) and int(first.group(2)) in bad
+    assert f"skipped {len(bad)} bad rows of {N_ROWS} read (17.50%):" in res.stdout
+    # one `file:line:column: reason` line per bad row (`file:line: reason` for a field-count error)
+    shown = re.findall(r"^    (.+):(\d+):(?:(\w+):)? (.+)$", res.stdout, re.MULTILINE)
+    assert sorted((int(line), col or None) for _, line, col, _ in shown) == sorted(bad.items()), res.stdout
+    assert all(f == str(inp) and reason for f, _, _, reason in shown)
+    assert "{" not in res.stdout and "{" not in res.stderr  # no Python dicts
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["skipped"]["count"] == len(bad)
+    assert meta["skipped"]["count"] == len(bad) and meta["skipped"]["rows_read"] == N_ROWS
     assert sorted(e["line"] for e in meta["skipped"]["examples"]) == sorted(bad)
     assert row_ids(out) == [i for i in range(N_ROWS) if i + 1 not in bad]
 
 
+def test_cli_skip_mode_shows_the_first_ten_bad_rows_and_counts_the_rest(tmp_path: Path) -> None:
+    n = 600
+    inp = write_lines(
+        tmp_path / "in.tsv", [replace_field(i, 0, "9") if i % 3 == 0 else criteo_line(i) for i in range(n)]
+    )
+    res = cli("--format", "criteo", "--on-error", "skip", "--max-bad-fraction", "1", "--input", str(inp),
+              "--out", str(tmp_path / "cache"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if "skipped 200 bad rows of 600 read (33.33%)" in ln)
+    shown = lines[at + 1 : at + 12]
+    assert shown[:10] == [f"    {inp}:{3 * k + 1}:label: label must be 0 or 1: '9'" for k in range(10)]
+    assert shown[10] == "    ... and 190 more"
+
+
+def test_skip_mode_fails_when_too_many_rows_are_bad(tmp_path: Path) -> None:
+    """The default --max-bad-fraction (0.01) refuses 7 bad rows of 40; the limit is checked before anything is written."""
+    inp, _ = _file_with_bad_rows(tmp_path / "in.tsv")
+    out = tmp_path / "cache"
+    with pytest.raises(NasrecError) as info:
+        prepare(cfg(inp, out, on_error="skip"))
+    msg = str(info.value)
+    assert "7 of 40 rows read (17.50%) are malformed" in msg and "--max-bad-fraction of 0.01" in msg
+    assert f"(first: {inp}:5:label: label must be 0 or 1" in msg
+    assert_nothing_written(out)
+    with pytest.raises(NasrecError, match="7 of 40 rows read"):
+        prepare(cfg(inp, out, on_error="skip", max_bad_fraction=0.17))
+    assert prepare(cfg(inp, out, on_error="skip", max_bad_fraction=0.175)).skipped == 7  # exactly at the limit
+    res = cli("--format", "criteo", "--on-error", "skip", "--input", str(inp), "--out", str(tmp_path / "cli"))
+    assert_cli_error(res, str(inp), "7 of 40 rows read", "--max-bad-fraction")
+    assert_nothing_written(tmp_path / "cli")
+    with pytest.raises(NasrecError, match="--max-bad-fraction must be between 0 and 1"):
+        prepare(cfg(inp, out, on_error="skip", max_bad_fraction=1.5))
+
+
 def test_skip_mode_with_every_row_bad_is_an_error(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "in.tsv", [replace_field(i, 0, "x") for i in range(10)])
-    with pytest.raises(NasrecError, match="no data rows"):
-        prepare(cfg(inp, tmp_path / "cache", on_error="skip"))
+    with pytest.raises(NasrecError, match="no data rows left after skipping bad rows: all 10 rows read are malformed"):
+        prepare(cfg(inp, tmp_path / "cache", on_error="skip", max_bad_fraction=1.0))
     assert_nothing_written(tmp_path / "cache")
+    res = cli("--format", "criteo", "--on-error", "skip", "--max-bad-fraction", "1", "--input", str(inp), "--out",
+              str(tmp_path / "cli"))  # fmt: skip
+    assert_cli_error(res, str(inp), "all 10 rows read are malformed", f"{inp}:1:label:")
 
 
 # -- line endings ------------------------------------------------------------------------------------
@@ -437,6 +486,203 @@ def test_line_longer_than_a_read_block(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "in.tsv", lines)
     prepare(cfg(inp, tmp_path / "cache", chunk_bytes=16))
     assert row_ids(tmp_path / "cache") == list(range(12))
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_cr_only_line_endings_parse_like_lf(tmp_path: Path, final: bool) -> None:
+    """Classic Mac OS files end lines with a lone CR: read as lines, with the same line numbers."""
+    prepare(cfg(write_lines(tmp_path / "base.tsv", good_lines()), tmp_path / "base"))
+    expected = _arrays(tmp_path / "base")
+    inp = write_lines(tmp_path / "mac.tsv", good_lines(), newline="\r", final_newline=final)
+    for k, size in enumerate([CHUNK, 1000, 1 << 20]):
+        prepare(cfg(inp, tmp_path / f"c{k}", chunk_bytes=size))
+        got = _arrays(tmp_path / f"c{k}")
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{name} (chunk {size})")
+    lines = good_lines()
+    lines[BAD_LINE - 1] = replace_field(BAD_LINE - 1, 2, "oops")
+    bad = write_lines(tmp_path / "bad.tsv", lines, newline="\r")
+    with pytest.raises(DataError) as info:
+        prepare(cfg(bad, tmp_path / "bad"))
+    assert (info.value.line, info.value.column) == (BAD_LINE, "I2")
+    res = cli("--format", "criteo", "--split", "sequential", "--input", str(inp), "--out", str(tmp_path / "cli"))
+    assert res.returncode == 0, res.stderr
+    assert row_ids(tmp_path / "cli") == list(range(N_ROWS))
+
+
+def test_cr_only_csv_with_header(tmp_path: Path) -> None:
+    schema = _schema(tmp_path / "s.yaml", "label: y\ndense: [x]\nsparse: [city]\n")
+    rows = ["y,x,city", *[f'{i % 2},{i},"City {i}, ST"' for i in range(30)]]
+    lf = write_lines(tmp_path / "lf.csv", rows)
+    cr = write_lines(tmp_path / "cr.csv", rows, newline="\r")
+    a = prepare(cfg(lf, tmp_path / "lf", format="schema", schema=str(schema), chunk_bytes=64))
+    b = prepare(cfg(cr, tmp_path / "cr", format="schema", schema=str(schema), chunk_bytes=64))
+    assert a.rows == b.rows
+    for name, arr in _arrays(tmp_path / "lf").items():
+        np.testing.assert_array_equal(_arrays(tmp_path / "cr")[name], arr)
+
+
+def test_lone_carriage_return_in_a_header_is_a_located_error(tmp_path: Path) -> None:
+    schema = _schema(tmp_path / "s.yaml", "label: y\ndense: [x]\nsparse: [city]\n")
+    inp = write_lines(tmp_path / "in.csv", ["y,x\rz,city", *[f"{i % 2},{i},c{i}" for i in range(20)]])
+    res = cli("--format", "schema", "--schema", str(schema), "--input", str(inp), "--out", str(tmp_path / "c"))
+    assert_cli_error(res, str(inp), "line 1", "header")
+
+
+@pytest.mark.parametrize(
+    ("cut", "words"),
+    [(lambda t: t[: t.rfind("\t") + 1], "its last field is empty"), (lambda t: t[: t.rfind("\t")], "39 of 40 fields")],
+    ids=["last_value_cut", "last_field_cut"],
+)
+def test_file_cut_in_its_last_line_is_flagged(tmp_path: Path, cut: Callable[[str], str], words: str) -> None:
+    """A truncated copy whose cut falls in the last line must not turn the lost value into a missing one."""
+    inp = tmp_path / "cut.tsv"
+    inp.write_text(cut("\n".join(good_lines())))
+    out = tmp_path / "cache"
+    with pytest.raises(DataError) as info:
+        prepare(cfg(inp, out))
+    assert (info.value.file, info.value.line) == (str(inp), N_ROWS)
+    assert "no final newline" in info.value.reason and words in info.value.reason and "truncated" in info.value.reason
+    assert_nothing_written(out)
+    res = prepare(cfg(inp, out, on_error="skip", max_bad_fraction=0.05))
+    assert res.skipped == 1 and row_ids(out) == list(range(N_ROWS - 1))
+    assert "no final newline" in json.loads((out / "meta.json").read_text())["skipped"]["examples"][0]["reason"]
+    assert_cli_error(cli("--format", "criteo", "--input", str(inp), "--out", str(tmp_path / "cli")), f"line {N_ROWS}")
+
+
+def test_last_line_without_newline_but_whole_is_read(tmp_path: Path) -> None:
+    """Only a last line that also looks cut short is flagged; a whole one is data (and so is a CRLF file cut
+    between its final CR and LF)."""
+    lines = good_lines()
+    inp = write_lines(tmp_path / "whole.tsv", lines, final_newline=False)
+    prepare(cfg(inp, tmp_path / "a"))
+    assert row_ids(tmp_path / "a") == list(range(N_ROWS))
+    crlf = tmp_path / "crlf.tsv"
+    crlf.write_bytes(("\r\n".join(lines) + "\r").encode())
+    prepare(cfg(crlf, tmp_path / "b"))
+    for name, arr in _arrays(tmp_path / "a").items():
+        np.testing.assert_array_equal(_arrays(tmp_path / "b")[name], arr)
+
+
+# -- compressed inputs -------------------------------------------------------------------------------
+def _compressed(path: Path, kind: str, data: bytes) -> Path:
+    import bz2
+    import gzip
+    import lzma
+
+    pack = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[kind]
+    path.write_bytes(pack(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz"])
+def test_compressed_input_is_read_by_its_magic_bytes(tmp_path: Path, kind: str) -> None:
+    import hashlib
+
+    plain = write_lines(tmp_path / "plain.tsv", good_lines())
+    prepare(cfg(plain, tmp_path / "plain"))
+    expected = _arrays(tmp_path / "plain")
+    for name in ("day_0.tsv.gz", "day_0.tsv"):  # the name does not matter, the first bytes do
+        inp = _compressed(tmp_path / name, kind, plain.read_bytes())
+        for k, size in enumerate([CHUNK, 1 << 20]):
+            out = tmp_path / f"{name}-{k}"
+            res = prepare(cfg(inp, out, chunk_bytes=size))
+            for a, arr in _arrays(out).items():
+                np.testing.assert_array_equal(arr, expected[a], err_msg=f"{a} ({name}, chunk {size})")
+            (source,) = res.meta["sources"]
+            assert source["compression"] == kind and source["rows"] == N_ROWS
+            assert source["sha256"] == hashlib.sha256(inp.read_bytes()).hexdigest()  # of the file on disk
+            assert source["bytes"] == inp.stat().st_size
+    named_gz = tmp_path / "not_really.gz"  # plain text with a .gz name is read as text
+    named_gz.write_bytes(plain.read_bytes())
+    prepare(cfg(named_gz, tmp_path / "named"))
+    assert row_ids(tmp_path / "named") == list(range(N_ROWS))
+
+
+def test_compressed_bad_row_is_located(tmp_path: Path) -> None:
+    lines = good_lines()
+    lines[BAD_LINE - 1] = replace_field(BAD_LINE - 1, 5, "abc")
+    inp = _compressed(tmp_path / "in.tsv.gz", "gzip", ("\n".join(lines) + "\n").encode())
+    with pytest.raises(DataError) as info:
+        prepare(cfg(inp, tmp_path / "cache"))
+    assert (info.value.file, info.value.line, info.value.column) == (str(inp), BAD_LINE, "I5")
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz"])
+def test_truncated_or_corrupt_compressed_input_is_one_line(tmp_path: Path, kind: str) -> None:
+    data = _compressed(tmp_path / "whole", kind, ("\n".join(good_lines(400)) + "\n").encode()).read_bytes()
+    cut = tmp_path / "cut.tsv.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DataError) as info:
+        prepare(cfg(cut, tmp_path / "c1"))
+    assert str(cut) in str(info.value) and "truncated or corrupt" in str(info.value) and "\n" not in str(info.value)
+    assert_nothing_written(tmp_path / "c1")
+    assert_cli_error(cli("--format", "criteo", "--input", str(cut), "--out", str(tmp_path / "c2")), str(cut), kind)
+    garbled = bytearray(data)
+    for i in range(len(garbled) // 3, len(garbled) // 3 + 64):
+        garbled[i] ^= 0x5A
+    bad = tmp_path / "garbled.tsv.gz"
+    bad.write_bytes(bytes(garbled))
+    assert_cli_error(cli("--format", "criteo", "--input", str(bad), "--out", str(tmp_path / "c3")), str(bad))
+
+
+@pytest.mark.parametrize(
+    ("magic", "words"), [(b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip archive")], ids=["zstd", "zip"]
+)
+def test_formats_that_cannot_be_streamed_are_one_line(tmp_path: Path, magic: bytes, words: str) -> None:
+    inp = tmp_path / "data.tsv"
+    inp.write_bytes(magic + b"\0" * 200)
+    res = cli("--format", "criteo", "--input", str(inp), "--out", str(tmp_path / "cache"))
+    assert_cli_error(res, str(inp), words)
+    assert_nothing_written(tmp_path / "cache")
+
+
+def test_parquet_is_known_by_its_magic_bytes(tmp_path: Path) -> None:
+    import polars as pl
+
+    schema = _schema(tmp_path / "s.yaml", "label: y\ndense: [x]\nsparse: [city]\n")
+    frame = pl.DataFrame({"y": [str(i % 2) for i in range(20)], "x": [str(i) for i in range(20)],
+                          "city": [f"c{i % 3}" for i in range(20)]})  # fmt: skip
+    frame.write_parquet(tmp_path / "data.parquet")
+    shutil.copy(tmp_path / "data.parquet", tmp_path / "data.dat")
+    a = prepare(cfg(tmp_path / "data.parquet", tmp_path / "a", format="schema", schema=str(schema)))
+    b = prepare(cfg(tmp_path / "data.dat", tmp_path / "b", format="schema", schema=str(schema)))
+    assert a.rows == b.rows and sum(b.rows.values()) == 20
+    for name, arr in _arrays(tmp_path / "a").items():
+        np.testing.assert_array_equal(_arrays(tmp_path / "b")[name], arr)
+
+
+# -- one writer per output ---------------------------------------------------------------------------
+def test_prepare_fails_at_once_while_another_writer_holds_the_output(tmp_path: Path) -> None:
+    inp = write_lines(tmp_path / "in.tsv", good_lines())
+    out = tmp_path / "cache"
+    holder = (
+        "import sys, time\n"
+        "from nasrec.rundir import exclusive\n"
+        "with exclusive(sys.argv[1], 'cache', beside=True):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(NasrecError) as info:
+            prepare(cfg(inp, out))
+        assert time.monotonic() - t0 < 5  # at once, not after reading the input
+        msg = str(info.value)
+        assert "\n" not in msg and str(out) in msg and "in use by" in msg and f"pid {proc.pid}" in msg
+        assert not out.exists()
+        res = cli("--format", "criteo", "--input", str(inp), "--out", str(out))
+        assert_cli_error(res, str(out), "in use by", f"pid {proc.pid}")
+        assert not out.exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    res2 = prepare(cfg(inp, out))  # the holder is gone: its lock went with it
+    assert sum(res2.rows.values()) == N_ROWS
 
 
 # -- bad files, schemas and options ------------------------------------------------------------------
@@ -670,7 +916,7 @@ def test_existing_out_is_kept_without_force(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         prepare(cfg(bad, out, force=True))
     assert (out / "meta.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv", "cache", "in.tsv"]
+    assert listing(tmp_path) == ["bad.tsv", "cache", "in.tsv"]
 
 
 # -- a killed run ------------------------------------------------------------------------------------
@@ -705,7 +951,7 @@ def test_killed_run_leaves_no_cache(tmp_path: Path, big_input: Path) -> None:
     if rc == -signal.SIGKILL:
         # killed mid-run: there is no cache, at most a temporary sibling
         assert not out.exists()
-        assert all(p.name.startswith(".cache.tmp-") for p in tmp_path.iterdir())
+        assert all(name.startswith(".cache.tmp-") for name in listing(tmp_path))
     else:
         # the run won the race: then the cache must be whole
         assert rc == 0, stderr

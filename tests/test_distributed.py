@@ -56,7 +56,9 @@ def _supernet_trainer(cache_dir: Path, out: Path, resume_at: int | None = None) 
     cache = open_cache(cache_dir)
     spec = ModelSpec(kind="supernet", space=get_space("small").to_dict(), num_dense=len(cache.dense_fields),
                      table_sizes=tuple(cache.table_sizes), layernorm=True)  # fmt: skip
-    trainer = Trainer(spec, cache, preset(None, **SUPERNET), out)
+    # An interrupted run keeps its optimizer state (as a killed run's last periodic checkpoint does); the
+    # final checkpoint of a finished run would not.
+    trainer = Trainer(spec, cache, preset(None, **SUPERNET, keep_optimizer=resume_at is not None), out)
     if resume_at is not None:
         trainer.total_steps = resume_at  # the schedule keeps the full length, as in a killed run
     return trainer

@@ -219,7 +219,7 @@ def test_full_finetune_scores_like_training_the_materialised_subnet(supernet_run
     assert finetune_all(Subnet.from_supernet(scorer.supernet, arch), scorer.data) == pytest.approx(score, abs=1e-6)
     head_only = ScorerSpec(str(sn), str(cache), TINY_SCORE).build().score(arch)
     assert head_only != pytest.approx(score, abs=1e-6)
-    with pytest.raises(NasrecError, match="finetune must be head or all"):
+    with pytest.raises(NasrecError, match="scoring config finetune: expected one of head, all"):
         ScoreConfig(finetune="body")
 
 
@@ -387,7 +387,7 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "nasrec.cli", "rankcheck", "--supernet", str(sn), "--data", str(cache), "--out",
            str(tmp_path / "rc"), "-k", "4", *[x for k, v in TINY_SCORE.items() for x in ("--set", f"{k}={v}")],
            "--train-set", "max_steps=10", "--train-set", "batch_size=128", "--train-set", "threads=1",
-           "--max-mflops", str(cap)]  # fmt: skip
+           "--max-mflops", str(cap), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)

@@ -1,9 +1,26 @@
-"""Reading the YAML / JSON files users write (schemas, search spaces), with one-line errors; config updates."""
+"""Reading the YAML / JSON files users write (schemas, search spaces), with one-line errors; config checks.
+
+Every configuration value (the training, search and scoring configurations, and the sections of a
+pipeline configuration) is checked by one mechanism: `check_value` checks one value against its type
+and a `Rule` (range, choices), `check_fields` every field of a dataclass (the types come from its
+annotations, the rules from a table next to it), and `checked_replace` refuses unknown keys. A problem
+raises `ConfigError`, one line of one of two shapes, naming the configuration and the key:
+
+    training config lr: expected a number > 0 and <= 100 (...), got nan
+    config search.set.populaton: unknown key (known: children, generations, ...)
+
+Types: a bool is not an integer (`batch_size: true` is a mistake), an integer is accepted for a number
+(and stored as a float), and a number must be finite.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import fields, replace
+import math
+import types
+import typing
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,10 +46,161 @@ def read_config_file(path: Path | str, what: str) -> Any:
 
 T = TypeVar("T")
 
+# Seeds of the training, search and pipeline configurations: >= 0 (numpy refuses negative ones), 32 bits.
+SEED_MAX = 2**32 - 1
+
+
+class ConfigError(NasrecError):
+    """A configuration value that is refused: `what` names the configuration, `key` the setting.
+
+    `related` lists other keys the problem involves (a combination, such as a tournament larger than
+    the population), so that a caller can point at whichever of them a user gave.
+    """
+
+    def __init__(self, what: str, key: str, problem: str, related: tuple[str, ...] = ()) -> None:
+        self.what, self.key, self.problem, self.related = what, key, problem, tuple(related)
+        super().__init__(f"{what} {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value may be besides its type: a range, a set of choices; `why` explains a bound.
+
+    `kind` (int, float, str, bool, list, dict) and `optional` (None allowed) are taken from a
+    dataclass field's annotation when not given; `desc` replaces the generated description.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    why: str | None = None
+    kind: Any = None
+    optional: bool = False
+    desc: str | None = None
+
+
+SEED = Rule(ge=0, le=SEED_MAX)
+# Adagrad and Adam move a weight by up to the learning rate per step (the sign of its gradient), so a
+# rate of 100 already throws every weight far off in one step, and one near 1e38 overflows float32.
+LEARNING_RATE = Rule(gt=0, le=100, why="Adagrad and Adam move a weight by up to lr per step; the presets use 0.1-0.16")
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "a mapping"}  # fmt: skip
+
+
+def show(value: Any) -> str:
+    """A value as a user wrote it in YAML or JSON (true, null, 'text', 1e+300, nan)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        return type(value).__name__
+    return repr(value)
+
+
+def describe(kind: Any, rule: Rule | None = None, optional: bool = False) -> str:
+    """What a value must be, in words ("an integer >= 1 or null")."""
+    rule = rule or Rule()
+    if rule.desc:
+        text = rule.desc
+    elif rule.choices is not None:
+        text = "one of " + ", ".join(str(c) for c in rule.choices)
+    else:
+        text = _KIND_NAMES.get(kind, "a value")
+        bounds = [f"{op} {_num(v)}" for op, v in ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt))
+                  if v is not None]  # fmt: skip
+        if bounds:
+            text += " " + " and ".join(bounds)
+    if optional:
+        text += " or null"
+    if rule.why:
+        text += f" ({rule.why})"
+    return text
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def check_value(what: str, key: str, value: Any, kind: Any = None, rule: Rule | None = None,
+                optional: bool = False) -> Any:  # fmt: skip
+    """`value` checked against its type and `rule` (ints become floats for a float); raises ConfigError."""
+    rule = rule or Rule()
+    kind = rule.kind if rule.kind is not None else kind
+    optional = optional or rule.optional
+
+    given = value
+
+    def fail() -> None:
+        raise ConfigError(what, key, f"expected {describe(kind, rule, optional)}, got {show(given)}")
+
+    if value is None:
+        if not optional:
+            fail()
+        return None
+    if kind is bool:
+        if not isinstance(value, bool):
+            fail()
+    elif kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail()
+    elif kind is float:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            fail()
+        value = float(value)
+    elif kind is not None and not isinstance(value, kind):
+        fail()
+    if rule.choices is not None and value not in rule.choices:
+        fail()
+    for bound, ok in ((rule.ge, lambda b: value >= b), (rule.gt, lambda b: value > b), (rule.le, lambda b: value <= b),
+                      (rule.lt, lambda b: value < b)):  # fmt: skip
+        if bound is not None and not ok(bound):
+            fail()
+    return value
+
+
+@functools.cache
+def _field_kinds(cls: type) -> dict[str, tuple[Any, bool]]:
+    """(kind, optional) of each field of a dataclass, from its annotations; kind None: not checked by type."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        hint = hints.get(f.name)
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds = [a for a in args if a is not type(None)]
+        kind = kinds[0] if len(kinds) == 1 and kinds[0] in _KIND_NAMES else None
+        out[f.name] = (kind, len(kinds) < len(args))
+    return out
+
+
+def check_fields(config: Any, what: str, rules: dict[str, Rule]) -> None:
+    """Check every field of the (frozen) dataclass `config` by type and rule; ints are stored as floats for floats."""
+    for name, (kind, optional) in _field_kinds(type(config)).items():
+        value = getattr(config, name)
+        checked = check_value(what, name, value, kind, rules.get(name), optional)
+        if checked is not value:
+            object.__setattr__(config, name, checked)
+
+
+def check_mapping(what: str, path: str, values: dict[str, Any], cls: type, rules: dict[str, Rule],
+                  exclude: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    """`values` (some fields of the dataclass `cls`, less `exclude`) checked as `check_fields` would; keys named `path.key`."""
+    kinds = {k: v for k, v in _field_kinds(cls).items() if k not in exclude}
+    out = {}
+    for k, v in values.items():
+        if k not in kinds:
+            raise ConfigError(what, f"{path}.{k}", f"unknown key (known: {', '.join(sorted(kinds))})")
+        out[k] = check_value(what, f"{path}.{k}", v, kinds[k][0], rules.get(k), kinds[k][1])
+    return out
+
 
 def checked_replace(config: T, what: str, changes: dict[str, Any]) -> T:
-    """A copy of the dataclass `config` with `changes`; unknown names raise NasrecError naming `what`."""
-    unknown = sorted(set(changes) - {f.name for f in fields(config)})  # type: ignore[arg-type]
+    """A copy of the dataclass `config` with `changes`; an unknown name raises ConfigError naming `what`."""
+    known = [f.name for f in fields(config)]  # type: ignore[arg-type]
+    unknown = sorted((k for k in changes if k not in known), key=str)
     if unknown:
-        raise NasrecError(f"{what}: unknown key(s) {', '.join(unknown)}")
+        raise ConfigError(what, str(unknown[0]), f"unknown key (known: {', '.join(sorted(known))})")
     return replace(config, **changes)  # type: ignore[type-var]

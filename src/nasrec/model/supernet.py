@@ -75,8 +75,8 @@ class Supernet(nn.Module):
 
     def features(self, dense: torch.Tensor, sparse: torch.Tensor, arch: Architecture) -> Output:
         """The head's inputs for the subnet `arch`: the last block's dense, token and d2s outputs."""
-        if arch.num_blocks != len(self.cells):
-            raise ValueError(f"architecture has {arch.num_blocks} blocks, the supernet {len(self.cells)}")
+        # an architecture outside the space (a width it does not offer, say) would read past the shared weights
+        self.space.check(arch)
         outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
         for cell, block, live in zip(self.cells, arch.blocks, live_outputs(arch), strict=True):
             outs.append(cell(outs, block, live) if any(live) else None)

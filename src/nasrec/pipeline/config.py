@@ -27,17 +27,20 @@ caps, a capped supernet's paths and the report alike. With
 `baselines/<name>/`) and the next N-1 (in `seed-<s>/` below those), and the report compares them over the
 seeds (`nasrec.train.compare`).
 
-Every key is checked before any work starts; an error names the key path (`search.set.max_mflops`).
+Every key is checked before any work starts, by the checks of `nasrec.configfile` (the `set` mappings by
+the configurations they set); an error is one line naming the key path, of one shape for every section:
+`config search.set.populaton: unknown key (known: ...)` or `config final.seeds: expected an integer >= 1,
+got 0`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nasrec.configfile import read_config_file
+from nasrec.configfile import SEED, ConfigError, Rule, check_mapping, check_value, read_config_file, show
 from nasrec.errors import NasrecError
 
 FORMATS = ("criteo", "avazu", "kdd12", "schema", "synthetic")
@@ -73,7 +76,7 @@ DEMO: dict[str, Any] = {
 
 
 def _fail(path: str, msg: str) -> None:
-    raise NasrecError(f"config {path}: {msg}")
+    raise ConfigError("config", path, msg)
 
 
 def _merge(defaults: dict[str, Any], given: dict[str, Any], path: str) -> dict[str, Any]:
@@ -82,48 +85,45 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], path: str) -> dict[s
     for k, v in given.items():
         p = f"{path}.{k}" if path else k
         if k not in defaults:
-            _fail(p, f"unknown key (expected one of: {', '.join(defaults)})")
+            _fail(p, f"unknown key (known: {', '.join(defaults)})")
         if isinstance(defaults[k], dict) and k not in ("set", "retrain_set", "prepare"):
-            if not isinstance(v, dict):
-                _fail(p, f"must be a mapping, got {type(v).__name__}")
+            _check_type(p, v, dict)
             out[k] = _merge(defaults[k], v, p)
         else:
             out[k] = v
     return out
 
 
-def _check_type(path: str, value: Any, kind: type, what: str) -> None:
-    # bool is an int subclass, but `seed: true` is a mistake
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        _fail(path, f"must be {what}, got {value!r}")
+def _check_type(path: str, value: Any, kind: type, what: str | None = None, rule: Rule | None = None) -> Any:
+    """`value` checked by `nasrec.configfile.check_value` (a bool is not an integer: `seed: true` is a mistake)."""
+    if what is not None:
+        rule = replace(rule or Rule(), desc=what)
+    return check_value("config", path, value, kind, rule)
+
+
+# `data.prepare` options: PrepareConfig's fields less those the pipeline sets, with these ranges.
+_PREPARE_RULES = {"seed": SEED, "min_count": Rule(ge=1), "max_table_size": Rule(ge=1), "chunk_bytes": Rule(ge=1)}
 
 
 def _check_overrides(path: str, values: Any, check: Any) -> None:
     """`values` must be a mapping accepted by `check(**values)` (a config's `updated`).
 
-    An error is reported at the key that fails on its own, else (a combination, such as a tournament
-    larger than the population) at the mapping.
+    An error is reported at the key it names (or, for a combination such as a tournament larger than
+    the population, at the first key of it the mapping gives), else at the mapping.
     """
-    if not isinstance(values, dict):
-        _fail(path, f"must be a mapping, got {type(values).__name__}")
-
-    def problem(kv: dict[str, Any]) -> str | None:
-        try:
-            check(**kv)
-        except NasrecError as e:
-            return str(e).split(": ", 1)[-1]
-        except TypeError as e:
-            return f"wrong type ({e})"
-        return None
-
-    whole = problem(values)
-    if whole is None:
-        return
-    for k, v in values.items():
-        msg = problem({k: v})
-        if msg is not None:
-            _fail(f"{path}.{k}", msg)
-    _fail(path, whole)
+    _check_type(path, values, dict)
+    for k in values:
+        if not isinstance(k, str):
+            _fail(f"{path}.{k}", f"expected a setting name, got {show(k)}")
+    try:
+        check(**values)
+    except ConfigError as e:
+        given = [k for k in (e.key, *e.related) if k in values]
+        if given:
+            _fail(f"{path}.{given[0]}", e.problem)
+        _fail(path, f"{e.key}: {e.problem}")
+    except NasrecError as e:
+        _fail(path, str(e))
 
 
 def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
@@ -134,12 +134,11 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
         given = {**given, "baselines": {"models": "all"}}
     cfg = _merge(DEFAULTS, given, "")
     base = base or Path.cwd()
-    _check_type("seed", cfg["seed"], int, "an integer")
+    _check_type("seed", cfg["seed"], int, rule=SEED)
     if cfg["out"] is not None:
         _check_type("out", cfg["out"], str, "a path")
     d = cfg["data"]
-    if d["format"] not in FORMATS:
-        _fail("data.format", f"must be one of {', '.join(FORMATS)}, got {d['format']!r}")
+    _check_type("data.format", d["format"], str, rule=Rule(choices=FORMATS))
     if isinstance(d["input"], str):
         d["input"] = [d["input"]]
     _check_type("data.input", d["input"], list, "a list of files")
@@ -149,12 +148,9 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
         s = d["synthetic"]
         from nasrec.data.synthetic import SYNTH_PRESETS
 
-        _check_type("data.synthetic.rows", s["rows"], int, "an integer")
-        if s["rows"] < 1_000:
-            _fail("data.synthetic.rows", f"must be at least 1000, got {s['rows']}")
-        if s["preset"] not in SYNTH_PRESETS:
-            _fail("data.synthetic.preset", f"must be one of {', '.join(SYNTH_PRESETS)}, got {s['preset']!r}")
-        _check_type("data.synthetic.seed", s["seed"], int, "an integer")
+        _check_type("data.synthetic.rows", s["rows"], int, rule=Rule(ge=1_000))
+        _check_type("data.synthetic.preset", s["preset"], str, rule=Rule(choices=tuple(SYNTH_PRESETS)))
+        _check_type("data.synthetic.seed", s["seed"], int, rule=SEED)
     else:
         if not d["input"]:
             _fail("data.input", f"format {d['format']} needs at least one input file")
@@ -177,13 +173,15 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
         _fail("data.schema", f"only used with format schema (format is {d['format']})")
     from nasrec.data.prepare import PrepareConfig
 
-    known = {f.name for f in fields(PrepareConfig)} - {"inputs", "out", "format", "schema", "progress"}
-    _check_type("data.prepare", d["prepare"], dict, "a mapping")
-    for k, v in d["prepare"].items():
-        if k not in known:
-            _fail(f"data.prepare.{k}", f"unknown prepare option (expected one of: {', '.join(sorted(known))})")
-        if k == "ratios":
-            d["prepare"][k] = tuple(v)
+    _check_type("data.prepare", d["prepare"], dict)
+    if "ratios" in d["prepare"]:
+        r = d["prepare"]["ratios"]
+        if not (isinstance(r, list | tuple) and len(r) == 3 and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                                                   and x >= 0 for x in r)):  # fmt: skip
+            _fail("data.prepare.ratios", f"expected a list of three numbers >= 0 (train, val, test), got {r!r}")
+        d["prepare"]["ratios"] = tuple(r)
+    d["prepare"] = check_mapping("config", "data.prepare", d["prepare"], PrepareConfig, _PREPARE_RULES,
+                                 exclude=("inputs", "out", "format", "schema", "progress"))  # fmt: skip
     _check_stages(cfg)
     published = []
     for i, f in enumerate(cfg["baselines"]["published"]):
@@ -209,17 +207,13 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     except NasrecError as e:
         _fail("supernet.space", str(e))
     for section in ("supernet", "final"):
-        if cfg[section]["preset"] not in TRAIN_PRESETS:
-            _fail(f"{section}.preset", f"must be one of {', '.join(TRAIN_PRESETS)}, got {cfg[section]['preset']!r}")
+        _check_type(f"{section}.preset", cfg[section]["preset"], str, rule=Rule(choices=tuple(TRAIN_PRESETS)))
         _check_overrides(f"{section}.set", cfg[section]["set"], lambda **kv: preset(None, **names_as_numbers(kv)))
     s = cfg["search"]
-    if s["preset"] not in SEARCH_PRESETS:
-        _fail("search.preset", f"must be one of {', '.join(SEARCH_PRESETS)}, got {s['preset']!r}")
+    _check_type("search.preset", s["preset"], str, rule=Rule(choices=tuple(SEARCH_PRESETS)))
     for path, value in (("search.workers", s["workers"]), ("search.retrain_seeds", s["retrain_seeds"]),
                         ("final.seeds", cfg["final"]["seeds"])):  # fmt: skip
-        _check_type(path, value, int, "an integer")
-        if value < 1:
-            _fail(path, f"must be >= 1, got {value}")
+        _check_type(path, value, int, rule=Rule(ge=1))
     if s["time_budget"] is not None:
         from nasrec.search.auto import parse_duration
 
@@ -238,8 +232,7 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         b["models"] = list(ZOO_MODELS)
     _check_type("baselines.models", b["models"], list, "a list of zoo model names (or all)")
     for i, m in enumerate(b["models"]):
-        if m not in ZOO_MODELS:
-            _fail(f"baselines.models[{i}]", f"unknown zoo model {m!r} (one of: {', '.join(ZOO_MODELS)})")
+        _check_type(f"baselines.models[{i}]", m, str, rule=Rule(choices=tuple(ZOO_MODELS)))
     _check_type("baselines.published", b["published"], list, "a list of architecture files")
     _check_overrides("baselines.set", b["set"], lambda **kv: preset(None, **{**cfg["final"]["set"], **kv}))
 

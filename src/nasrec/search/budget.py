@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nasrec.configfile import ConfigError, show
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 
@@ -33,7 +34,8 @@ def _parse(key: str, value: Any) -> float | int | str | None:
                 return value.strip().lower()
         else:
             return int(number) if _KINDS[key] == "params" and number.is_integer() else number
-    raise NasrecError(f"{key}: {value!r} is neither a number nor a zoo model ({', '.join(ZOO_MODELS)})")
+    what = "training config" if key == "path_max_mflops" else "search config"
+    raise ConfigError(what, key, f"{show(value)} is neither a number nor a zoo model ({', '.join(ZOO_MODELS)})")
 
 
 def resolve_cap(key: str, value: Any, data: str | Path) -> float | int | None:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from nasrec import distributed, rundir
-from nasrec.configfile import checked_replace
+from nasrec.configfile import SEED, ConfigError, Rule, check_fields, checked_replace
 from nasrec.console import duration
 from nasrec.errors import NasrecError
 from nasrec.search.pareto import pareto_front
@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("evolution", "random")
 # Settings that only pick the result from the history: a search may be resumed with other values.
 RESULT_ONLY = ("top_k",)
+# The range of every SearchConfig field that has one (types come from the annotations); see `nasrec.configfile`.
+RULES: dict[str, Rule] = {
+    "strategy": Rule(choices=STRATEGIES), "population": Rule(ge=1), "sample": Rule(ge=1), "children": Rule(ge=1),
+    "generations": Rule(ge=1), "keep_per_generation": Rule(ge=1), "max_mflops": Rule(gt=0), "max_params": Rule(ge=1),
+    "top_k": Rule(ge=1), "seed": SEED, "max_tries": Rule(ge=1),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,19 +82,10 @@ class SearchConfig:
     max_tries: int = 10_000  # draws (or mutations of one child) before giving up on the constraints
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise NasrecError(f"search config: strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
-        for name in ("population", "sample", "children", "generations", "top_k", "max_tries"):
-            if getattr(self, name) < 1:
-                raise NasrecError(f"search config: {name} must be >= 1, not {getattr(self, name)}")
+        check_fields(self, "search config", RULES)
         if self.sample > self.population:
-            raise NasrecError(f"search config: sample ({self.sample}) exceeds population ({self.population})")
-        if self.keep_per_generation is not None and self.keep_per_generation < 1:
-            raise NasrecError("search config: keep_per_generation must be >= 1 or null")
-        for name in ("max_mflops", "max_params"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise NasrecError(f"search config: {name} must be > 0, not {v}")
+            raise ConfigError("search config", "sample", f"sample ({self.sample}) exceeds population ({self.population})",
+                              related=("population",))  # fmt: skip
 
     @property
     def budget(self) -> int:

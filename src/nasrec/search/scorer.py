@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasrec.configfile import checked_replace
-from nasrec.data.cache import Cache
+from nasrec.configfile import LEARNING_RATE, ConfigError, Rule, check_fields, checked_replace
+from nasrec.data.cache import SPLIT_NAMES, Cache
 from nasrec.data.loader import Batch, BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
@@ -46,6 +46,14 @@ from nasrec.space.liveness import functional_hash
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.optim import build_optimizer
 from nasrec.train.schedule import build_schedule
+
+# The range of every ScoreConfig field that has one (types come from the annotations); see `nasrec.configfile`.
+RULES: dict[str, Rule] = {
+    "finetune_steps": Rule(ge=0), "finetune": Rule(choices=("head", "all")), "finetune_batch_size": Rule(ge=1),
+    "finetune_lr": LEARNING_RATE, "warmup_steps": Rule(ge=0), "eps": Rule(gt=0, le=1), "clip": Rule(gt=0),
+    "calib_batches": Rule(ge=1), "val_batches": Rule(ge=1), "val_batch_size": Rule(ge=1),
+    "val_split": Rule(choices=SPLIT_NAMES), "threads": Rule(ge=1),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,19 +79,11 @@ class ScoreConfig:
     device: str = "cpu"  # where the supernet and the scoring batches live ("cpu", "cuda", "cuda:N", "auto")
 
     def __post_init__(self) -> None:
-        for name in ("finetune_batch_size", "calib_batches", "val_batches", "val_batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise NasrecError(f"scoring config: {name} must be >= 1, not {getattr(self, name)}")
-        if self.finetune_steps < 0 or self.warmup_steps < 0:
-            raise NasrecError("scoring config: finetune_steps and warmup_steps must be >= 0")
-        if self.finetune not in ("head", "all"):
-            raise NasrecError(f"scoring config: finetune must be head or all, not {self.finetune!r}")
-        if not self.finetune_lr > 0:
-            raise NasrecError(f"scoring config: finetune_lr must be > 0, not {self.finetune_lr}")
+        check_fields(self, "scoring config", RULES)
         try:
             resolve_device(self.device)  # an unavailable device fails here, before any work
         except NasrecError as e:
-            raise NasrecError(f"scoring config: {e}") from None
+            raise ConfigError("scoring config", "device", str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -26,6 +26,18 @@ EMBEDDING_DIM = 16  # NASRec embeds every sparse feature (and every d2s token) i
 D2S_TOKENS = 8  # the dense-to-sparse merger appends 8 tokens of 16
 ARCH_FORMAT = "nasrec-architecture"
 ARCH_VERSION = 1
+# The widest block nasrec builds: NASRec's spaces stop at 1024 (dense) and 64 tokens (sparse). A model
+# near these limits is already tens of GB; `nasrec.model.memory` says whether one fits before building it.
+MAX_DENSE_WIDTH = 65_536
+MAX_SPARSE_WIDTH = 4_096
+
+# Keys of a block in the canonical JSON: what each must be (d2s and fm may be left out: false).
+_BLOCK_KEYS = {"dense_ops": "ops", "sparse_ops": "ops", "dense_in": "indices", "sparse_in": "indices", "left": "int",
+               "right": "int", "dense_width": "int", "sparse_width": "int", "d2s": "bool", "fm": "bool"}  # fmt: skip
+_OPTIONAL_BLOCK_KEYS = ("d2s", "fm")
+_ARCH_KEYS = ("format", "version", "blocks")
+_EXPECTED = {"ops": "a list of operator names", "indices": "a list of input indices", "int": "an integer",
+             "bool": "true or false", "flag": "0, 1, true or false"}  # fmt: skip
 
 # Node numbering of the NASRec reference JSON ("active_nodes"), per search space.
 NASREC_NODES = {
@@ -136,25 +148,10 @@ class Architecture:
             raise NasrecError(f"{source}: not a nasrec architecture (format {d.get('format')!r})")
         if d.get("version") != ARCH_VERSION:
             raise NasrecError(f"{source}: architecture version {d.get('version')!r}, this nasrec reads {ARCH_VERSION}")
-        blocks = []
-        for i, bd in enumerate(d.get("blocks") or []):
-            try:
-                blocks.append(
-                    Block(
-                        dense_ops=tuple(bd["dense_ops"]),
-                        sparse_ops=tuple(bd["sparse_ops"]),
-                        dense_in=tuple(bd["dense_in"]),
-                        sparse_in=tuple(bd["sparse_in"]),
-                        left=bd["left"],
-                        right=bd["right"],
-                        dense_width=bd["dense_width"],
-                        sparse_width=bd["sparse_width"],
-                        d2s=bd.get("d2s", False),
-                        fm=bd.get("fm", False),
-                    )
-                )
-            except (KeyError, TypeError) as e:
-                raise NasrecError(f"{source}: block {i}: missing or invalid field {e}") from None
+        _check_keys(source, d, _ARCH_KEYS, _ARCH_KEYS)
+        if not isinstance(d["blocks"], list):
+            raise NasrecError(f"{source}: field blocks: expected a list of blocks, got {_show(d['blocks'])}")
+        blocks = [Block(**_read_block(f"{source}: architecture block {i}", bd)) for i, bd in enumerate(d["blocks"])]
         try:
             return cls(tuple(blocks))
         except NasrecError as e:
@@ -175,6 +172,53 @@ class Architecture:
     def save(self, path: str | Path) -> None:
         """Write the canonical JSON form."""
         Path(path).write_text(self.to_json(indent=1) + "\n")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict | list | tuple):
+        return "a JSON object" if isinstance(value, dict) else "a list"
+    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+
+
+def _check_keys(where: str, d: dict[str, Any], required: tuple[str, ...], known: tuple[str, ...] | None) -> None:
+    """Raise naming the first key of `required` that `d` lacks, then (unless `known` is None) its first unknown key."""
+    for k in required:
+        if k not in d:
+            raise NasrecError(f"{where}: missing key {k!r}")
+    if known is not None:
+        for k in d:
+            if k not in known:
+                raise NasrecError(f"{where}: unknown key {k!r} (known: {', '.join(known)})")
+
+
+def _typed(kind: str, v: Any) -> bool:
+    def integer(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if kind == "ops":
+        return isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)
+    if kind == "indices":
+        return isinstance(v, list | tuple) and all(integer(x) for x in v)
+    if kind == "int":
+        return integer(v)
+    if kind == "bool":
+        return isinstance(v, bool)
+    return isinstance(v, bool) or v in (0, 1)  # "flag": the reference writes 0 and 1
+
+
+def _field(where: str, name: str, kind: str, v: Any) -> Any:
+    if not _typed(kind, v):
+        raise NasrecError(f"{where}, field {name}: expected {_EXPECTED[kind]}, got {_show(v)}")
+    return v
+
+
+def _read_block(where: str, bd: Any) -> dict[str, Any]:
+    """The Block fields of one canonical JSON block; a missing, unknown or mistyped key raises naming it."""
+    if not isinstance(bd, dict):
+        raise NasrecError(f"{where}: expected a JSON object, got {_show(bd)}")
+    _check_keys(where, bd, tuple(k for k in _BLOCK_KEYS if k not in _OPTIONAL_BLOCK_KEYS), tuple(_BLOCK_KEYS))
+    out = {k: _field(where, k, kind, bd.get(k, False)) for k, kind in _BLOCK_KEYS.items()}
+    return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in out.items()}
 
 
 def _canonical(ops: tuple[str, ...], order: tuple[str, ...]) -> tuple[str, ...]:
@@ -207,10 +251,13 @@ def _check_block(i: int, b: Block) -> None:
         j = getattr(b, name)
         if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j <= i:
             fail(name, f"{j!r}: inputs of block {i} are 0 (raw input) to {i}")
-    for name in ("dense_width", "sparse_width"):
+    for name, most in (("dense_width", MAX_DENSE_WIDTH), ("sparse_width", MAX_SPARSE_WIDTH)):
         w = getattr(b, name)
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             fail(name, f"{w!r} must be a positive integer")
+        if w > most:
+            fail(name, f"{w:,} is more than nasrec builds ({most:,}; NASRec's spaces stop at "
+                       f"{1024 if name == 'dense_width' else 64})")  # fmt: skip
     for name in ("d2s", "fm"):
         if not isinstance(getattr(b, name), bool):
             fail(name, f"{getattr(b, name)!r} must be true or false")
@@ -223,14 +270,23 @@ def from_nasrec(d: dict[str, Any], source: str = "NASRec JSON") -> Architecture:
         raise NasrecError(f"{source}: unknown NASRec config {space!r} (expected xlarge or autoctr)")
     nodes = NASREC_NODES[space]
     macro, micro = d["macro"], d["micro"]
+    for name, entries in (("macro", macro), ("micro", micro)):
+        if not isinstance(entries, list):
+            raise NasrecError(f"{source}: field {name}: expected a list of blocks, got {_show(entries)}")
     if len(macro) != len(micro):
         raise NasrecError(f"{source}: {len(macro)} macro entries but {len(micro)} micro entries")
     blocks = []
     for i, (ma, mi) in enumerate(zip(macro, micro, strict=True)):
+        ma, mi = _reference_entry(source, i, "macro", ma), _reference_entry(source, i, "micro", mi)
         try:
             ops = [nodes[n] for n in mi["active_nodes"]]
         except KeyError as e:
             raise NasrecError(f"{source}: block {i}: unknown node {e} for config {space!r}") from None
+        for side in ("dense_left_idx", "dense_right_idx"):
+            if not ma[side]:
+                raise NasrecError(
+                    f"{source}: block {i}, macro field {side}: expected a list of one input index, got []"
+                )
         blocks.append(
             Block(
                 dense_ops=tuple(op for op in ops if op in DENSE_OPS),
@@ -249,3 +305,24 @@ def from_nasrec(d: dict[str, Any], source: str = "NASRec JSON") -> Architecture:
         return Architecture(tuple(blocks))
     except NasrecError as e:
         raise NasrecError(f"{source}: {e}") from None
+
+
+# Keys of the reference JSON's entries per block (other keys are left alone: the reference adds some).
+_REFERENCE_KEYS = {
+    "macro": {"dense_idx": "indices", "sparse_idx": "indices", "dense_left_idx": "indices",
+              "dense_right_idx": "indices"},
+    "micro": {"active_nodes": "indices", "dense_in_dims": "int", "sparse_in_dims": "int",
+              "dense_sparse_interact": "flag", "deep_fm": "flag"},
+}  # fmt: skip
+
+
+def _reference_entry(source: str, i: int, part: str, entry: Any) -> dict[str, Any]:
+    where = f"{source}: block {i}, {part}"
+    if not isinstance(entry, dict):
+        raise NasrecError(f"{where}: expected a JSON object, got {_show(entry)}")
+    keys = _REFERENCE_KEYS[part]
+    _check_keys(where, entry, tuple(keys), None)
+    for k, kind in keys.items():
+        if not _typed(kind, entry[k]):
+            raise NasrecError(f"{where} field {k}: expected {_EXPECTED[kind]}, got {_show(entry[k])}")
+    return entry

@@ -30,7 +30,15 @@ import numpy as np
 
 from nasrec.configfile import read_config_file
 from nasrec.errors import NasrecError
-from nasrec.space.arch import DENSE_OPS, MAX_INPUTS, SPARSE_OPS, Architecture, Block
+from nasrec.space.arch import (
+    DENSE_OPS,
+    MAX_DENSE_WIDTH,
+    MAX_INPUTS,
+    MAX_SPARSE_WIDTH,
+    SPARSE_OPS,
+    Architecture,
+    Block,
+)
 
 NASREC_DENSE_WIDTHS = (16, 32, 64, 128, 256, 512, 768, 1024)
 NASREC_SPARSE_WIDTHS = (16, 32, 48, 64)
@@ -84,12 +92,14 @@ class SearchSpace:
             if len(set(ops)) != len(ops):
                 fail(name, f"{list(ops)!r} lists an operator twice")
             object.__setattr__(self, name, tuple(op for op in known if op in ops))
-        for name in ("dense_widths", "sparse_widths"):
+        for name, most in (("dense_widths", MAX_DENSE_WIDTH), ("sparse_widths", MAX_SPARSE_WIDTH)):
             ws = getattr(self, name)
             if not isinstance(ws, list | tuple) or not ws:
                 fail(name, f"{ws!r} must be a non-empty list of positive integers")
             if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in ws):
                 fail(name, f"{list(ws)!r} must be positive integers")
+            if max(ws) > most:
+                fail(name, f"{max(ws):,} is more than nasrec builds ({most:,})")
             if len(set(ws)) != len(ws):
                 fail(name, f"{list(ws)!r} lists a width twice")
             object.__setattr__(self, name, tuple(sorted(ws)))

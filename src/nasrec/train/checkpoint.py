@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,4 +35,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise NasrecError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise NasrecError(_refusal(path, e)) from None
+
+
+def _refusal(path: Path, e: Exception) -> str:
+    """Why a file was not loaded, in one line; never torch's advice to turn the weights-only check off."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        # The file is not made of tensors and plain containers alone. Loading it anyway would mean running
+        # what it asks for (code from the file), which a nasrec checkpoint never needs.
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        holds = f"it asks to build {found.group(1)}" if found else "it is not made of tensors and plain containers"
+        return f"{path}: refused: not a nasrec checkpoint, or from an untrusted source ({holds}; nasrec loads nothing else)"
+    first = text.splitlines()[0] if text else ""
+    return f"{path}: unreadable checkpoint ({type(e).__name__}{': ' + first if first else ''})"

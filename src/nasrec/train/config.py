@@ -5,9 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nasrec.configfile import checked_replace
+from nasrec.configfile import LEARNING_RATE, SEED, ConfigError, Rule, check_fields, checked_replace
+from nasrec.data.cache import SPLIT_NAMES
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
+from nasrec.space.space import STRATEGIES
+from nasrec.train.optim import DEFAULT_EPS, OPTIMIZERS
+
+# The range of every field that has one (types come from the annotations); see `nasrec.configfile`.
+RULES: dict[str, Rule] = {
+    "batch_size": Rule(ge=1), "epochs": Rule(ge=1), "max_steps": Rule(ge=1), "optimizer": Rule(choices=OPTIMIZERS),
+    "lr": LEARNING_RATE, "eps": Rule(gt=0, le=1), "embedding_lr": LEARNING_RATE, "weight_decay": Rule(ge=0, le=1),
+    "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")), "warmup_fraction": Rule(ge=0, lt=1),
+    "clip": Rule(gt=0), "seed": SEED, "eval_split": Rule(choices=SPLIT_NAMES), "eval_every": Rule(ge=0),
+    "eval_batch_size": Rule(ge=1), "eval_max_batches": Rule(ge=1), "early_stop_metric": Rule(choices=("logloss", "auc")),
+    "patience": Rule(ge=1), "checkpoint_every": Rule(ge=1), "log_every": Rule(ge=1), "threads": Rule(ge=1),
+    "head_calib_batches": Rule(ge=0), "strategy": Rule(choices=STRATEGIES), "path_warmup_steps": Rule(ge=0),
+    "path_warmup_fraction": Rule(ge=0, le=1), "supernet_eval_archs": Rule(ge=1), "path_max_mflops": Rule(gt=0),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -19,7 +34,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (None: whole epochs)
     optimizer: str = "adagrad"
     lr: float = 0.12
-    eps: float = 1e-2
+    # None: the optimizer's own (adagrad 1e-2, the paper's; adam 1e-8; sgd has none). A value equal to the
+    # optimizer's own is kept as None, so a run saved when eps was always 1e-2 resumes (`default_eps_as_none`).
+    eps: float | None = None
     embedding_lr: float | None = None
     weight_decay: float = 0.0
     schedule: str = "warmup-cosine"
@@ -41,6 +58,9 @@ class TrainConfig:
     # "cpu", "cuda", "cuda:N" or "auto"; not part of a run's identity (a run may resume on another device)
     device: str = "cpu"
     tensorboard: bool = False
+    # Keep the optimizer state in a finished run's checkpoint (it only serves a resume, which a finished
+    # run no longer needs, and is as large as the weights); not part of a run's identity
+    keep_optimizer: bool = False
     # Standalone models with a centred head (layer norms on): before each evaluation its mean is measured
     # exactly over the first this-many train batches (file order) with the current weights; 0 keeps the
     # running mean, which lags the weights when they move fast (docs/design.md, "Centred head"). A
@@ -61,32 +81,19 @@ class TrainConfig:
     path_count_layernorm: bool = False
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every", "log_every", "patience")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise NasrecError(f"training config: {name} must be >= 1, not {getattr(self, name)}")
-        if self.head_calib_batches < 0:
-            raise NasrecError(f"training config: head_calib_batches must be >= 0, not {self.head_calib_batches}")
-        if self.optimizer not in ("adagrad", "adam", "sgd"):
-            raise NasrecError(f"training config: unknown optimizer {self.optimizer!r} (adagrad, adam, sgd)")
-        if self.schedule not in ("warmup-cosine", "constant", "plateau"):
-            raise NasrecError(f"training config: unknown schedule {self.schedule!r} (warmup-cosine, constant, plateau)")
-        if self.early_stop_metric not in (None, "logloss", "auc"):
-            raise NasrecError(
-                f"training config: early_stop_metric must be logloss or auc, not {self.early_stop_metric!r}"
-            )
-        if self.path_max_mflops is not None and not self.path_max_mflops > 0:
-            raise NasrecError(f"training config: path_max_mflops must be > 0, not {self.path_max_mflops}")
-        if not 0 <= self.path_warmup_fraction <= 1:
-            raise NasrecError(f"training config: path_warmup_fraction must be in [0, 1], not {self.path_warmup_fraction}")
+        check_fields(self, "training config", RULES)
+        if self.eps is not None:
+            if self.optimizer == "sgd":
+                raise ConfigError("training config", "eps", "sgd has no eps (leave it unset)", related=("optimizer",))
+            if self.eps == DEFAULT_EPS[self.optimizer]:
+                object.__setattr__(self, "eps", None)
         if self.path_warmup_fraction and self.path_warmup_steps:
-            raise NasrecError("training config: give path_warmup_steps or path_warmup_fraction, not both")
-        if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
-            raise NasrecError("training config: lr must be > 0 and warmup_fraction in [0, 1)")
+            raise ConfigError("training config", "path_warmup_fraction", "give path_warmup_steps or "
+                              "path_warmup_fraction, not both", related=("path_warmup_steps",))  # fmt: skip
         try:
             resolve_device(self.device)  # an unavailable device fails here, before any work
         except NasrecError as e:
-            raise NasrecError(f"training config: {e}") from None
+            raise ConfigError("training config", "device", str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -98,16 +105,30 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Rebuild from `to_dict` output."""
-        return cls().updated(**d)
+        """Rebuild from `to_dict` output (also as written by an older nasrec: see `default_eps_as_none`)."""
+        return cls().updated(**default_eps_as_none(d))
+
+
+def default_eps_as_none(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration's dict with eps written as TrainConfig keeps it: None for the optimizer's own.
+
+    Runs saved before eps followed the optimizer hold eps 0.01 whatever the optimizer: with adagrad that is
+    its own eps (the same run as eps None), and sgd has none (it never used it). With adam it stays 0.01,
+    the eps that run trained with.
+    """
+    out = dict(d)
+    optimizer = out.get("optimizer", "adagrad")
+    if out.get("eps") is not None and (optimizer == "sgd" or out["eps"] == DEFAULT_EPS.get(optimizer)):
+        out["eps"] = None
+    return out
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     # spec 3: supernet training of the paper (Criteo: T = 15,000; one epoch on train)
-    "paper-supernet": dict(batch_size=512, epochs=1, optimizer="adagrad", lr=0.12, eps=1e-2, schedule="warmup-cosine",
+    "paper-supernet": dict(batch_size=512, epochs=1, optimizer="adagrad", lr=0.12, schedule="warmup-cosine",
                            warmup_fraction=0.1, clip=5.0, path_warmup_steps=15_000, shuffle=False),
     # spec 4: final training from scratch (Criteo NASRec-Full lr 0.16; Small 0.1), LN off, batch 256
-    "paper-final": dict(batch_size=256, epochs=1, optimizer="adagrad", lr=0.16, eps=1e-2, schedule="warmup-cosine",
+    "paper-final": dict(batch_size=256, epochs=1, optimizer="adagrad", lr=0.16, schedule="warmup-cosine",
                         warmup_fraction=0.1, clip=5.0, layernorm=False, shuffle=False, eval_every=10_000),
     # minutes on a 2-core CPU with a few hundred thousand rows. Layer norms on (like the supernet): without
     # them a random architecture's initial logits reach std 1e1-1e4 on small-vocabulary data and the
