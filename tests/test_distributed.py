@@ -241,7 +241,7 @@ def test_only_rank_zero_writes(runs: dict[str, Any]) -> None:
 def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
     # `train` with a small zoo model keeps this quick; `supernet` goes through the same Trainer path
     out = tmp_path / "cli"
-    sets = [f"{k}={v}" for k, v in dict(COMMON, max_steps=3).items()]
+    sets = [f"{k}={json.dumps(v)}" for k, v in dict(COMMON, max_steps=3).items()]  # JSON values, as --set reads them
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), "-m", "nasrec.cli", "train", "--model", "dlrm",
            "--data", str(runs["cache"]), "--out", str(out), "--no-progress", "--json",

@@ -204,3 +204,12 @@ def test_read_jsonl_repairs_a_torn_end_and_names_a_damaged_middle(tmp_path: Path
     p.write_text('{"step": 1}\n{"step": 2}\n')
     assert rundir.read_jsonl(p, keep=lambda r: r["step"] < 2) == [{"step": 1}]
     assert p.read_text() == '{"step": 1}\n'
+
+
+def test_a_resume_may_ask_to_keep_the_optimizer_state(cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(cache_dir, out, model="lr", overrides=QUICK, progress=False)
+    assert load_checkpoint(out / "checkpoint.pt")["optimizer"] is None
+    train(cache_dir, out, model="lr", overrides={**QUICK, "keep_optimizer": True}, resume=True, progress=False)
+    with pytest.raises(NasrecError, match="own configuration"):  # but not train another run
+        train(cache_dir, out, model="lr", overrides={**QUICK, "lr": 0.2}, resume=True, progress=False)

@@ -11,7 +11,7 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
-from nasrec.train.trainer import Trainer, evaluate, load_trained, split_logits
+from nasrec.train.trainer import Trainer, evaluate, load_trained, same_run, split_logits
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
@@ -28,8 +28,9 @@ def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: b
         saved = TrainConfig.from_dict(saved_dict)
         if preset_name or overrides:
             wanted = preset(preset_name, **overrides, device=saved.device)
-            if wanted != saved:
-                raise NasrecError(f"{out}: --resume continues with the run's own configuration; drop --preset/--set")
+            if same_run(wanted, saved):  # what is kept may change (keep_optimizer), not what is trained
+                return saved.updated(keep_optimizer=wanted.keep_optimizer)
+            raise NasrecError(f"{out}: --resume continues with the run's own configuration; drop --preset/--set")
         return saved
     return preset(preset_name, **(overrides or {}))
 

@@ -676,6 +676,11 @@ def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in default_eps_as_none({**TrainConfig().to_dict(), **cfg}).items() if k not in _NOT_IDENTITY}
 
 
+def same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configurations train the same run (they may differ in device and in what is kept)."""
+    return _identity(a.to_dict()) == _identity(b.to_dict())
+
+
 def _restores_best(run: Path) -> bool:
     try:
         return bool(json.loads((run / "config.json").read_text())["train"].get("restore_best", False))
