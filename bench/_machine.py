@@ -141,3 +141,14 @@ def reference_text(key: str, value: float | None = None) -> str:
     if "ratio" in r:
         return f"{r['ratio']}x the reference on this CPU capability (reference {raw})"
     return f"reference measured on other CPUs, not divided by ({raw})"
+
+
+def available_models(names: list[str], configs) -> list[str]:
+    """`names` without the published configs (criteo_*) missing from `configs`, each skip printed with why."""
+    kept = []
+    for name in names:
+        if name.startswith("criteo_") and not (configs / f"{name}.json").is_file():
+            print(f"skipped: {name}: {configs / (name + '.json')} not found (give --configs DIR)", flush=True)
+        else:
+            kept.append(name)
+    return kept

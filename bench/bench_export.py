@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import LoadSample, machine_info, machine_line  # bench/ is not a package
+from _machine import LoadSample, available_models, machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.cache import open_cache
 from nasrec.data.loader import BatchLoader
@@ -140,12 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {Path(m).name: Path(m) for m in args.model}
     else:
         cache = prepare_data(work, args.rows)
-        names = []
-        for m in args.models:
-            if m.startswith("criteo_") and not (args.configs / f"{m}.json").exists():
-                print(f"skipped: {m}: {args.configs / (m + '.json')} not found (give --configs DIR)", flush=True)
-            else:
-                names.append(m)
+        names = available_models(args.models, args.configs)
         runs = {m: train_model(m, cache, work, max(args.threads), args.configs) for m in names}
     results = []
     for name, run in runs.items():

@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import LoadSample, machine_info, machine_line, reference, reference_text  # bench/ is not a package
+from _machine import (  # bench/ is not a package
+    LoadSample,
+    available_models,
+    machine_info,
+    machine_line,
+    reference,
+    reference_text,
+)
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.model.subnet import Subnet
@@ -95,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
-    models = []
-    for name in args.models:
-        if name.startswith("criteo_") and not (args.configs / f"{name}.json").is_file():
-            print(f"skipped: {name}: {args.configs / (name + '.json')} not found (give --configs DIR)", flush=True)
-        else:
-            models.append(name)
+    models = available_models(args.models, args.configs)
     torch.set_num_threads(args.threads)
     results = []
     for tables_kind in args.tables:
