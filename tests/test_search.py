@@ -125,6 +125,32 @@ def test_constraints_are_respected_and_infeasible_never_scored(tmp_path: Path) -
         Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(max_mflops=1e-6, max_tries=50), tmp_path / "x").run()
 
 
+class CountingSpace:
+    """The Small space, counting its mutations."""
+
+    def __init__(self) -> None:
+        self.mutations = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(NASREC_SMALL, name)
+
+    def mutate(self, arch: Architecture, rng: np.random.Generator) -> Architecture:
+        self.mutations += 1
+        return NASREC_SMALL.mutate(arch, rng)
+
+
+def test_children_under_a_tight_cap_take_few_mutations(tmp_path: Path) -> None:
+    flops = sorted(cost(NASREC_SMALL.sample(np.random.default_rng(s), "uniform"))[0] for s in range(300))
+    limit = flops[5]  # about 2 % of random architectures pass
+    space = CountingSpace()
+    cfg = SMALL_EA.updated(population=8, sample=4, children=2, generations=10, max_mflops=limit)
+    rec = Recorder()
+    Search(space, rec, cost, cfg, tmp_path / "s").run()  # type: ignore[arg-type]
+    assert all(cost(a)[0] <= limit for a in rec.seen) and len(rec.seen) == cfg.budget
+    # a walk through infeasible children took thousands of mutations per child here
+    assert space.mutations <= 100 * cfg.generations * cfg.children, space.mutations
+
+
 def test_pareto_front_of_known_points() -> None:
     pts = [(0.50, 3.0), (0.45, 5.0), (0.50, 2.0), (0.40, 9.0), (0.47, 5.0), (0.45, 5.0), (math.nan, 0.1), (0.6, 1.0)]
     # (0.50, 3.0) is dominated by (0.50, 2.0); (0.47, 5.0) by (0.45, 5.0); the repeated (0.45, 5.0) kept once
