@@ -277,3 +277,24 @@ def test_data_without_dense_fields_materialises_every_operator() -> None:
         sub = Subnet.from_supernet(supernet, arch).eval()
         with torch.no_grad():
             torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch,tokens", [(3, 16), (300, 64), (700, 48)])
+def test_chunked_attention_equals_torch_attention(batch: int, tokens: int) -> None:
+    import torch.nn.functional as F
+
+    from nasrec.model import cell
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, tokens, 3, cell.HEADS, 2, generator=g)
+    grads = torch.randn(batch, cell.HEADS, tokens, 2, generator=g)
+    results = []
+    for fn in (cell.attention, F.scaled_dot_product_attention):
+        q, k, v = (t.detach().requires_grad_() for t in x.permute(2, 0, 3, 1, 4))  # as the cell's strides
+        out = fn(q, k, v)
+        out.backward(grads)
+        results.append((out.detach(), q.grad, k.grad, v.grad))
+    # 300 rows of 64 tokens and 700 of 48 are split into chunks; 3 rows of 16 are not
+    assert (max(1, cell.ATTENTION_CHUNK // (cell.HEADS * tokens * tokens)) < batch) == (batch > 3)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -45,6 +45,24 @@ def dot_tokens(width: int) -> int:
     return round(math.sqrt(2 * width))
 
 
+ATTENTION_CHUNK = 2**20  # score entries per chunk (4 MB): a chunk's scores stay in cache
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over [B, heads, T, d], computed in chunks of the batch."""
+    # With 2-dimensional heads, torch's fused CPU attention spends its time on per-block overhead, and
+    # the plain form on memory traffic: scores of [512, 8, 64, 64] are 67 MB a tensor. Chunks of the
+    # batch whose scores fit in cache were 25-35 % faster than either, forward and backward, at 16-64
+    # tokens (BENCHMARKS.md). Export sees one chunk: a traced split would fix the batch size.
+    B, H, T, d = q.shape
+    rows = max(1, ATTENTION_CHUNK // (H * T * T))
+    q = q * d**-0.5
+    if rows >= B or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), -1), v)
+    parts = zip(q.split(rows), k.split(rows), v.split(rows), strict=True)
+    return torch.cat([torch.matmul(torch.softmax(torch.matmul(a, b.transpose(-1, -2)), -1), c) for a, b, c in parts])
+
+
 @dataclass
 class Output:
     """A block's (or the raw input's) outputs: dense [B, W], tokens [B, Ws, 16], d2s tokens [B, 8, 16].
@@ -240,7 +258,7 @@ class Cell(nn.Module):
             t = F.pad(t[:, :Ws], (0, 0, 0, cWs - Ws))
         B, T, E = t.shape
         q, k, v = self.attn_in(t).view(B, T, 3, HEADS, E // HEADS).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, E)
+        a = attention(q, k, v).transpose(1, 2).reshape(B, T, E)
         t = self.attn_ln(t + self.attn_out(a))
         return self.ffn_ln(t + self.ffn2(F.relu(self.ffn1(t))))[:, :Ws]
 
