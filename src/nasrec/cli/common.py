@@ -1,0 +1,58 @@
+"""Argument helpers shared by the `nasrec` subcommands: option help texts, `--set`, `--device`, caps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nasrec.errors import NasrecError
+
+NO_PROGRESS_HELP = "no progress bars: log lines instead (bars are shown only when stderr is a terminal)"
+
+
+JSON_HELP = "print the result as one JSON object on stdout (the log stays on stderr)"
+
+
+def add_max_bad_fraction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
+                   help="with --on-error skip: fail all the same when more than this share of the rows read is "
+                        "malformed (default 0.01; 1 accepts any share)")  # fmt: skip
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """`--set key=value` pairs; values parsed as JSON when they can be (numbers, true, null...)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise NasrecError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def add_device(p: argparse.ArgumentParser, what: str, resumable: bool = False) -> None:
+    default = "default cpu; on resume: the run's own" if resumable else "default cpu"
+    p.add_argument("--device", metavar="cpu|cuda|cuda:N|auto",
+                   help=f"where to {what} ({default}; auto: cuda when available)")  # fmt: skip
+
+
+def device_arg(args: argparse.Namespace, overrides: dict | None = None) -> str | None:
+    """`--device`, checked before any work (an unavailable CUDA is an error), and put into `overrides`."""
+    if args.device is None:
+        return None
+    from nasrec.device import resolve_device
+
+    resolve_device(args.device)
+    if overrides is not None:
+        overrides["device"] = args.device
+    return args.device
+
+
+def add_caps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-mflops", metavar="X|MODEL",
+                   help="only architectures of at most X MFLOPs, or of a zoo model's on this data (dcnv2)")  # fmt: skip
+    p.add_argument("--max-params", metavar="N|MODEL",
+                   help="only architectures of at most N non-embedding params (or a zoo model's count)")  # fmt: skip

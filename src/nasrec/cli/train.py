@@ -1,0 +1,174 @@
+"""Training commands: `nasrec train`, `supernet`, `evaluate` and `compare`."""
+
+from __future__ import annotations
+
+import argparse
+
+from nasrec import clicheck, console
+from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_device, device_arg, parse_sets
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    p.add_argument("--preset", help="paper-supernet, paper-final, cpu-quick, cpu-supernet")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training setting (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_device(p, "train", resumable=True)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an architecture or a zoo baseline from scratch")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", metavar="FILE.json", help="nasrec architecture (canonical or NASRec JSON)")
+    what.add_argument(
+        "--model", metavar="NAME", help="zoo baseline: lr, fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm"
+    )
+    p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="zoo model hyper-parameter (repeatable)")
+    _add_train_options(p)
+
+
+def _print_final(res: dict, args: argparse.Namespace) -> None:
+    from nasrec.distributed import is_main
+
+    if not is_main():  # under torchrun every rank returns the result; one prints it
+        return
+    keys = ("logloss", "auc", "mflops", "params", "samples_per_s", "steps")
+    console.show({"out": args.out, **{k: res.get(k) for k in keys}}, args.json, lambda _: _train_text(res, args))
+
+
+def _train_text(res: dict, args: argparse.Namespace) -> str:
+    what = "supernet" if args.command == "supernet" else "model"
+    stop = ", early stopped" if res.get("early_stopped") else ""
+    best = f", weights of step {res['best_step']:,} (best validation)" if res.get("weights") == "best" else ""
+    lines = [f"trained {what} in {args.out}: {res.get('steps', 0):,} steps{stop} in "
+             f"{console.duration(res.get('train_seconds') or 0.0)} ({res.get('samples_per_s') or 0:,.0f} samples/s){best}"]  # fmt: skip
+    for split in ("val", "test"):
+        m = res.get(split)
+        if m:
+            lines.append(f"  {split:<5} log loss {console.num(m.get('logloss'))}   AUC {console.num(m.get('auc'))}")
+    if args.command == "supernet":
+        lines.append("  (a supernet's metrics are the mean over fixed sampled paths)")
+    cost = [f"{console.mflops(res['mflops'])} MFLOPs"] if res.get("mflops") is not None else []
+    cost += [f"{res['params']:,} parameters"] if res.get("params") is not None else []
+    if cost:
+        lines.append(f"  model: {', '.join(cost)}")
+    return "\n".join(lines)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from nasrec.train.api import train
+
+    overrides = parse_sets(args.set)
+    device_arg(args, overrides)
+    res = train(args.data, args.out, arch=args.arch, model=args.model, hparams=parse_sets(args.hparam),
+                preset_name=args.preset, overrides=overrides, resume=args.resume,
+                progress=False if args.no_progress else None)  # fmt: skip
+    _print_final(res, args)
+    return 0
+
+
+def _add_supernet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("supernet", help="train a weight-sharing supernet over a search space")
+    p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
+    p.add_argument("--max-mflops", metavar="X|MODEL",
+                   help="after the warm-up, train only paths of at most X MFLOPs (the search's cap), or of at "
+                        "most a zoo model's MFLOPs on this data (e.g. dcnv2); paths count as models without layer "
+                        "norms unless --set path_count_layernorm=true (as a cpu-quick final model has them)")  # fmt: skip
+    p.add_argument("--semantics", choices=["slice", "mask"], default="slice",
+                   help="slice: nasrec's sliced weights (a path costs what it computes); mask: the reference's "
+                        "full-width operators with masks, to measure what slicing changes (slower)")  # fmt: skip
+    _add_train_options(p)
+
+
+def _run_supernet(args: argparse.Namespace) -> int:
+    from nasrec.train.api import train_supernet
+
+    overrides = parse_sets(args.set)
+    device_arg(args, overrides)
+    if args.max_mflops is not None:
+        overrides["path_max_mflops"] = args.max_mflops
+    res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
+                         overrides=overrides, resume=args.resume, semantics=args.semantics,
+                         progress=False if args.no_progress else None)  # fmt: skip
+    _print_final(res, args)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="log loss and AUC of a trained model on a split")
+    p.add_argument("--model", required=True, metavar="DIR", help="run directory of `nasrec train`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    add_device(p, "evaluate")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from nasrec.train.api import evaluate_run
+
+    device = device_arg(args)
+    res = evaluate_run(args.model, args.data, args.split, args.checkpoint, device=device)
+    console.show(res, args.json, lambda r: _evaluate_text(r, args))
+    return 0
+
+
+def _evaluate_text(r: dict, args: argparse.Namespace) -> str:
+    n = console.num
+    lines = [f"{args.model} ({args.checkpoint} weights) on the {r['split']} split of {args.data}, "
+             f"{int(r.get('count') or 0):,} rows:",
+             f"  log loss {n(r.get('logloss'))}   AUC {n(r.get('auc'))}   calibration {n(r.get('calibration'), 3)} "
+             f"(mean prediction {n(r.get('mean_pred'), 4)}, CTR {n(r.get('ctr'), 4)})"]  # fmt: skip
+    if r.get("mflops") is not None:
+        lines.append(f"  model: {console.mflops(r['mflops'])} MFLOPs, {r.get('params') or 0:,} parameters")
+    return "\n".join(lines)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="two trained models on the same rows: log loss and AUC differences with "
+                                       "intervals (paired per-row differences; DeLong's test)")  # fmt: skip
+    p.add_argument("runs", nargs=2, metavar="RUN", help="run directories of `nasrec train` (a, then b)")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--level", type=clicheck.fraction, default=0.95,
+                   help="confidence level of the intervals (default 0.95)")  # fmt: skip
+    add_device(p, "evaluate")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from nasrec.train.api import compare_runs
+
+    device = device_arg(args)
+    res = compare_runs(*args.runs, args.data, args.split, args.checkpoint, args.level, device=device)
+    console.show(res, args.json, _compare_text)
+    return 0
+
+
+def _compare_text(r: dict) -> str:
+    n = console.num
+    ll, auc = r["logloss"], r["auc"]
+    level = f"{100 * ll.get('level', 0.95):g}%"
+    lines = [f"a: {r['a']}", f"b: {r['b']}",
+             f"{r['split']} split, {ll.get('rows', 0):,} rows; a minus b with {level} intervals:"]  # fmt: skip
+    for name, m, key in (("log loss", ll, "logloss"), ("AUC", auc, "auc")):
+        interval = f"[{n(m.get('low'))}, {n(m.get('high'))}]" if m.get("low") is not None else "[n/a]"
+        diff = m.get("diff")
+        sign = "+" if isinstance(diff, float) and diff >= 0 else ""
+        verdict = m.get("verdict")
+        said = f"a is {verdict}" if verdict in ("better", "worse") else verdict
+        lines.append(f"  {name:<8} a {n(m.get(key + '_a'))}  b {n(m.get(key + '_b'))}  a-b {sign}{n(diff)} "
+                     f"{interval}  p {n(m.get('p'), 3)}: {said}")  # fmt: skip
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "train": (_add_train, _run_train),
+    "supernet": (_add_supernet, _run_supernet),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "compare": (_add_compare, _run_compare),
+}
