@@ -124,14 +124,14 @@ def test_diagram_backend_follows_dot(run: Path, monkeypatch: pytest.MonkeyPatch)
     svg = '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><g/></svg>'
     monkeypatch.setattr(report.shutil, "which", lambda name: "/usr/bin/dot" if name == "dot" else None)
     assert _diagram_backend() == "graphviz"
-    monkeypatch.setattr(report, "_graphviz_svg", lambda dot: svg)
+    monkeypatch.setattr(report.diagram, "_graphviz_svg", lambda dot: svg)
     page = write_report(run)["html"].read_text()
     out = run / "report"
     assert (out / "architecture.svg").read_text() == svg and not (out / "architecture.png").exists()
     assert '<div class="diagram" role="img" aria-label="final architecture"><svg' in page
     assert "![final architecture](architecture.svg)" in (out / "report.md").read_text()
     # dot installed but failing: the matplotlib drawing instead, and the stale SVG goes
-    monkeypatch.setattr(report, "_graphviz_svg", lambda dot: None)
+    monkeypatch.setattr(report.diagram, "_graphviz_svg", lambda dot: None)
     page = write_report(run)["html"].read_text()
     assert (out / "architecture.png").exists() and not (out / "architecture.svg").exists()
     assert page.count('<img alt="final architecture" src="data:image/png;base64,') == 1

@@ -1,0 +1,85 @@
+"""`write_report`: the report's Markdown and HTML pages of one run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nasrec.errors import NasrecError
+from nasrec.report.diagram import _diagram
+from nasrec.report.figures import _pareto, _rank_scatter, _supernet_curve, _trajectory
+from nasrec.report.html import _html
+from nasrec.report.sources import _json, _jsonl, _models
+from nasrec.report.tables import _comparison, _fmt
+
+
+def write_report(run: str | Path) -> dict[str, Path]:
+    """Write `report/report.md` and `report/report.html` (plus PNGs) for a run directory."""
+    run = Path(run)
+    if not run.is_dir():
+        raise NasrecError(f"{run}: no such run directory")
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    stages = _json(run / "stages.json") or {}
+    prep = (stages.get("prepare") or {}).get("result") or {}
+    history = _jsonl(run / "search" / "history.jsonl")
+    front = _json(run / "search" / "pareto.json") or []
+    result = _json(run / "search" / "result.json")
+    models = _models(run)
+    plots: list[tuple[str, Path]] = []
+    for title, p in (("Supernet training", _supernet_curve(run, out)),
+                     ("Search trajectory (validation split)", _trajectory(history, out)),
+                     ("Pareto fronts (validation split)", _pareto(history, front, models, out))):  # fmt: skip
+        if p is not None:
+            plots.append((title, p))
+    rank_png, rc = _rank_scatter(run, out)
+    if rank_png is not None:
+        plots.append(("Supernet ranking against training from scratch", rank_png))
+    diagram = _diagram(run, out)
+
+    md = [f"# nasrec report: {run.name}", ""]
+    if prep:
+        md += _data_section(prep)
+    if result:
+        md += ["## Search", "", f"{result['scored']} candidates scored in {result['seconds']:.0f} s "
+               f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
+               f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.", ""]  # fmt: skip
+    md += _comparison(run, models)
+    if rc is not None:
+        md += ["## Ranking quality", "", f"Kendall tau {rc['kendall_tau']:.3f}, Spearman rho {rc['spearman_rho']:.3f} "
+               f"over {rc['pairs']} architectures.", ""]  # fmt: skip
+    for title, p in plots:
+        md += [f"## {title}", "", f"![{title}]({p.name})", ""]
+    if diagram:
+        how = ("Drawn with Graphviz; edge labels say which inputs an edge carries." if "svg" in diagram else
+               "Drawn with matplotlib (with Graphviz's `dot` installed the report draws an SVG instead): blue "
+               "brackets carry dense inputs, orange ones sparse (embedding) inputs.")  # fmt: skip
+        md += ["## Final architecture", "",
+               f"![final architecture]({diagram['image'].name})", "",
+               how + (" Grey dashed blocks are dead: their output never reaches the head."
+                      if "no dead blocks" not in diagram["text"] else ""), "",
+               "```mermaid", diagram["mermaid"].rstrip(), "```", "", "```", diagram["text"].rstrip(), "```", ""]  # fmt: skip
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.html").write_text(_html(run.name, md, plots, diagram))
+    return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _data_section(prep: dict[str, Any]) -> list[str]:
+    """Rows, CTR and (synthetic data) the Bayes-optimal log loss of each split, as a table."""
+    rows, ctr = prep.get("rows") or {}, prep.get("ctr") or {}
+    bayes = {k: v for k, v in (prep.get("bayes_logloss") or {}).items() if v is not None}
+    head = ["split", "rows", "CTR"] + (["Bayes-optimal log loss"] if bayes else [])
+    table = []
+    for split in rows or ctr:
+        cells = [split, _fmt(rows.get(split), ","), _fmt(ctr.get(split), ".4f")]
+        table.append(cells + ([_fmt(bayes.get(split), ".4f")] if bayes else []))
+    if len(rows) > 1 and all(isinstance(n, int) for n in rows.values()):
+        table.append(["all", f"{sum(rows.values()):,}", "", *([""] if bayes else [])])
+    md = ["## Data", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    md += ["| " + " | ".join(cells) + " |" for cells in table] + [""]
+    if bayes:
+        md += ["Bayes-optimal log loss: the log loss of the true click probabilities of the synthetic data "
+               "(its known click model), the floor no model can beat on those rows.", ""]  # fmt: skip
+    if prep.get("skipped"):
+        md += [f"{prep['skipped']:,} malformed input rows were skipped.", ""]
+    return md
