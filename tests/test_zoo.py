@@ -94,6 +94,10 @@ def test_forward_shape_and_sparse_embedding_gradients(name: str) -> None:
     # Every parameter takes part in the output (no dead layers).
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
+    # The analytic cost counts exactly the parameters the built model holds.
+    cost = zoo_cost(name, NUM_DENSE, TABLES)
+    assert cost.flops >= 0 and cost.dense_params > 0 and cost.embedding_params > 0
+    assert cost.params == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -253,8 +257,9 @@ def test_cost_at_criteo_shape_needs_no_tables() -> None:
 
 # -- errors -----------------------------------------------------------------------------------------------
 def test_errors_name_the_problem() -> None:
-    with pytest.raises(NasrecError, match="unknown zoo model 'widedeep'"):
-        build_zoo_model("widedeep", NUM_DENSE, TABLES)
+    for unknown in ("widedeep", "gbdt"):
+        with pytest.raises(NasrecError, match=f"unknown zoo model '{unknown}'"):
+            build_zoo_model(unknown, NUM_DENSE, TABLES)
     with pytest.raises(NasrecError, match="unknown zoo model"):
         default_hparams("nope")
     with pytest.raises(NasrecError, match="unknown zoo model"):
