@@ -41,8 +41,9 @@ from _machine import machine_info, machine_line  # bench/ is not a package
 from bench_quality import SHARED, nasrec_set, prepare_dataset, recipe, run_one, table
 
 from nasrec.data.cache import open_cache
-from nasrec.search.api import resolve, search
+from nasrec.search.api import search
 from nasrec.search.parallel import ScorerSpec, ScoringPool
+from nasrec.search.presets import resolve
 from nasrec.search.rankcheck import rank_correlation, rankcheck
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train_supernet

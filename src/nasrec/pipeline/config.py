@@ -195,11 +195,11 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
 
 
 def _check_stages(cfg: dict[str, Any]) -> None:
-    from nasrec.search.api import PRESETS as SEARCH_PRESETS
-    from nasrec.search.budget import names_as_numbers
+    from nasrec.search.presets import PRESETS as SEARCH_PRESETS
     from nasrec.space.space import get_space
     from nasrec.train.config import PRESETS as TRAIN_PRESETS
     from nasrec.train.config import preset
+    from nasrec.zoo.budget import names_as_numbers
 
     sn = cfg["supernet"]
     try:
@@ -238,9 +238,9 @@ def _check_stages(cfg: dict[str, Any]) -> None:
 
 
 def _resolve_search(preset_name: str, overrides: dict[str, Any]) -> None:
-    from nasrec.search.api import _split_overrides, resolve
+    from nasrec.search.presets import resolve, split_overrides
 
-    s, sc = _split_overrides(overrides)
+    s, sc = split_overrides(overrides)
     resolve(preset_name, s, sc)
 
 

@@ -1,4 +1,4 @@
-"""Python entry points of the search stage: `search` (with top-k retraining) and its presets.
+"""Python entry point of the search stage: `search` (with top-k retraining, `nasrec.search.retrain`).
 
 The default preset, `auto`, fits the paper's budget to the data and to a time budget
 (`nasrec.search.auto`); `paper` is the paper's. MFLOPs and params are counted for the model that will be
@@ -20,74 +20,28 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nasrec import distributed, rundir
-from nasrec.configfile import ConfigError
 from nasrec.console import duration
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import ServedCost
 from nasrec.search import auto
-from nasrec.search.budget import resolve_caps
-from nasrec.search.evolution import RESULT_ONLY, CostFn, Search, SearchConfig
+from nasrec.search.candidate import CostFn
+from nasrec.search.config import SearchConfig, trajectory
+from nasrec.search.evolution import Search
 from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
+from nasrec.search.presets import DEFAULT_PRESET, resolve, split_overrides
+from nasrec.search.retrain import retrain_top
 from nasrec.search.scorer import ScoreConfig
-from nasrec.space.arch import Architecture
 from nasrec.space.space import SearchSpace
+from nasrec.zoo.budget import resolve_caps
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PRESET = "auto"
-# name -> (search settings, scoring settings, training preset of the top-k retraining)
-PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
-    # the paper's, fitted to the data and the time budget when the search starts (nasrec.search.auto)
-    "auto": ({}, {}, "paper-final"),
-    # spec 4: 128 + 240 x 8 = 2,048 candidates; 500 head steps; 150 x 8192 validation rows
-    "paper": ({}, {}, "paper-final"),
-    # about an hour on a 2-core CPU for Criteo-shaped data: 32 + 24 x 8 = 224 candidates
-    "cpu": (dict(population=32, sample=16, generations=24, keep_per_generation=None, top_k=3),
-            dict(finetune_steps=50, warmup_steps=5, val_batches=4), "cpu-quick"),
-    # minutes: the demo and quick checks
-    "cpu-quick": (dict(population=16, sample=8, children=4, generations=8, keep_per_generation=None, top_k=2),
-                  dict(finetune_steps=20, warmup_steps=2, val_batches=2, val_batch_size=4096), "cpu-quick"),
-}  # fmt: skip
-
-
-def resolve(preset: str | None, search: dict[str, Any] | None, score: dict[str, Any] | None) -> tuple[SearchConfig, ScoreConfig, str]:  # fmt: skip
-    """Search and scoring configurations of a preset (default "auto") with overrides applied.
-
-    For `auto` these are its base, the paper's settings: `search` fits them to the data and the machine.
-    """
-    name = preset or DEFAULT_PRESET
-    if name not in PRESETS:
-        raise NasrecError(f"unknown search preset {name!r} (expected one of: {', '.join(PRESETS)})")
-    s, sc, train_preset = PRESETS[name]
-    return (
-        SearchConfig().updated(**{**s, **(search or {})}),
-        ScoreConfig().updated(**{**sc, **(score or {})}),
-        train_preset,
-    )
-
-
-def _split_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`--set` keys go to the search or the scoring configuration by name."""
-    search_keys = set(SearchConfig().to_dict())
-    score_keys = set(ScoreConfig().to_dict())
-    s, sc = {}, {}
-    for k, v in (overrides or {}).items():
-        if k in search_keys:
-            s[k] = v
-        elif k in score_keys:
-            sc[k] = v
-        else:
-            raise ConfigError("search settings", str(k), f"unknown key (known: search {', '.join(sorted(search_keys))}; "
-                              f"scoring {', '.join(sorted(score_keys))})")  # fmt: skip
-    return s, sc
 
 
 def _progress_printer(enabled: bool | None):
@@ -141,7 +95,7 @@ def search(
     `retrain_seeds` training seeds each. A resumed search keeps the settings recorded in `search.json`.
     """
     out = Path(out)
-    s_over, sc_over = _split_overrides(resolve_caps(overrides, data))
+    s_over, sc_over = split_overrides(resolve_caps(overrides, data))
     resolve(preset, s_over, sc_over)  # an unknown preset or a bad value fails before any work
     budget = auto.parse_duration(time_budget)
     if budget is not None and preset not in (None, "auto"):
@@ -194,8 +148,7 @@ def _settings(resolved: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
     if isinstance(out.get("score"), dict):
         out["score"] = {k: v for k, v in out["score"].items() if k != "device"}
     if isinstance(out.get("search"), dict):
-        full = {**SearchConfig().to_dict(), **out["search"]}
-        out["search"] = {k: v for k, v in full.items() if k not in RESULT_ONLY}
+        out["search"] = trajectory(out["search"])
     return out
 
 
@@ -376,61 +329,3 @@ def _explain(resolved: dict[str, Any], resumed: bool, pool_size: int) -> None:
     sets = " ".join(f"--set {k}={'null' if v is None else v}" for k, v in {**s, **sc}.items() if k in keys)
     log.info("search: the same settings on another machine: --preset auto %s", sets)
 
-
-def retrain_top(search_dir: str | Path, data: str | Path, preset: str = "paper-final",
-                overrides: dict[str, Any] | None = None, seeds: int = 1) -> dict[str, Any]:  # fmt: skip
-    """Train the search's top-k architectures from scratch; the final one has the lowest validation loss.
-
-    With `seeds` > 1 every architecture is trained with that many seeds (the recipe's seed, then the next
-    ones) and judged by its mean validation loss: one run's loss varies with the seed by about as much
-    as good architectures differ, so a single seed tends to crown a lucky run. Finished runs are kept
-    and an interrupted one resumes, so re-running continues where it stopped.
-    """
-    from nasrec.train.api import train
-    from nasrec.train.config import preset as train_preset
-
-    if seeds < 1:
-        raise NasrecError(f"retrain seeds must be >= 1, not {seeds}")
-    search_dir = Path(search_dir)
-    top = json.loads((search_dir / "top.json").read_text())
-    base_seed = train_preset(preset, **(overrides or {})).seed
-    runs = []
-    for rank, c in enumerate(top):
-        per_seed = []
-        for j in range(seeds):
-            name = f"{rank:02d}-{c['hash'][:12]}" + (f"-s{j}" if j else "")  # seed 0's run keeps the 1-seed name
-            run = search_dir / "retrain" / name
-            if (run / "metrics.json").exists():
-                m = json.loads((run / "metrics.json").read_text())
-            else:  # resume=True also starts a run that has no checkpoint yet
-                m = train(data, run, arch=Architecture.from_dict(c["arch"]), preset_name=preset,
-                          overrides={**(overrides or {}), "seed": base_seed + j}, resume=True,
-                          progress=False)  # fmt: skip
-            per_seed.append({"seed": base_seed + j, "run": str(run), "val_logloss": (m.get("val") or {}).get("logloss"),
-                             "test_logloss": (m.get("test") or {}).get("logloss"),
-                             "test_auc": (m.get("test") or {}).get("auc"), "mflops": m["mflops"]})  # fmt: skip
-        entry = {"rank": rank, "hash": c["hash"], "supernet_score": c["score"], "run": per_seed[0]["run"],
-                 **{k: _mean([r[k] for r in per_seed]) for k in ("val_logloss", "test_logloss", "test_auc")},
-                 "mflops": per_seed[0]["mflops"]}  # fmt: skip
-        if seeds > 1:
-            entry["seeds"] = per_seed
-        runs.append(entry)
-    scored = [r for r in runs if r["val_logloss"] is not None and math.isfinite(r["val_logloss"])]
-    if not scored:
-        raise NasrecError(f"{search_dir}: no retrained architecture has a finite validation loss")
-    best = min(scored, key=lambda r: r["val_logloss"])
-    arch = top[best["rank"]]["arch"]
-    (search_dir / "final.json").write_text(json.dumps(arch, indent=1) + "\n")
-    final = {"chosen": best, "runs": runs, "seeds": seeds}
-    log.info("retrained the top %d: chose %s (validation log loss %.5f, test log loss %s) as final.json", len(runs),
-             best["hash"][:12], best["val_logloss"], "n/a" if best["test_logloss"] is None else
-             f"{best['test_logloss']:.5f}")  # fmt: skip
-    (search_dir / "final_metrics.json").write_text(json.dumps(final, indent=1) + "\n")
-    return final
-
-
-def _mean(values: list[float | None]) -> float | None:
-    """Mean of the values, None when any is missing (a run without that split), NaN when any diverged."""
-    if any(v is None for v in values):
-        return None
-    return sum(values) / len(values)  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ import numpy as np
 
 from nasrec.data.cache import Cache
 from nasrec.errors import NasrecError
-from nasrec.search.evolution import CostFn, within
+from nasrec.search.candidate import CostFn, within
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace

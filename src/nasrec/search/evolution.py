@@ -30,117 +30,23 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nasrec import distributed, rundir
-from nasrec.configfile import SEED, ConfigError, Rule, check_fields, checked_replace
 from nasrec.console import duration
 from nasrec.errors import NasrecError
+from nasrec.search.candidate import Candidate, CostFn, ScoreBatch, score_key, summary, top_k, within
+from nasrec.search.config import SearchConfig, trajectory
 from nasrec.search.pareto import pareto_front
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace, mutation_count
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("evolution", "random")
-# Settings that only pick the result from the history: a search may be resumed with other values.
-RESULT_ONLY = ("top_k",)
-# The range of every SearchConfig field that has one (types come from the annotations); see `nasrec.configfile`.
-RULES: dict[str, Rule] = {
-    "strategy": Rule(choices=STRATEGIES), "population": Rule(ge=1), "sample": Rule(ge=1), "children": Rule(ge=1),
-    "generations": Rule(ge=1), "keep_per_generation": Rule(ge=1), "max_mflops": Rule(gt=0), "max_params": Rule(ge=1),
-    "top_k": Rule(ge=1), "seed": SEED, "max_tries": Rule(ge=1),
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """How many candidates, how they are drawn, and the constraints."""
-
-    strategy: str = "evolution"
-    population: int = 128
-    sample: int = 64
-    children: int = 8
-    generations: int = 240
-    # Candidates kept per generation for the result (the paper keeps the top 2 children; the initial
-    # population then never counts); None keeps every scored candidate.
-    keep_per_generation: int | None = 2
-    max_mflops: float | None = None
-    max_params: int | None = None
-    # How MFLOPs and params are counted (caps, history, Pareto front): for the served model with layer norms
-    # or without, as the recipe that trains it says (`nasrec.model.cost.ServedCost`)
-    count_layernorm: bool = False
-    pareto: bool = False
-    top_k: int = 15
-    seed: int = 0
-    max_tries: int = 10_000  # draws (or mutations of one child) before giving up on the constraints
-
-    def __post_init__(self) -> None:
-        check_fields(self, "search config", RULES)
-        if self.sample > self.population:
-            raise ConfigError("search config", "sample", f"sample ({self.sample}) exceeds population ({self.population})",
-                              related=("population",))  # fmt: skip
-
-    @property
-    def budget(self) -> int:
-        """Candidates scored in all: the initial population plus every generation's children."""
-        return self.population + self.generations * self.children
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    def updated(self, **changes: Any) -> SearchConfig:
-        """A copy with some fields changed (unknown names are an error)."""
-        return checked_replace(self, "search config", changes)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One scored architecture."""
-
-    index: int  # order of scoring
-    generation: int  # -1: the initial population (or random search's draws)
-    arch: Architecture
-    hash: str
-    score: float  # validation log loss; NaN if it diverged
-    mflops: float
-    params: int  # non-embedding parameters
-    parent: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """One history line (NaN written as null)."""
-        return {"index": self.index, "generation": self.generation, "hash": self.hash,
-                "score": None if math.isnan(self.score) else self.score, "mflops": self.mflops,
-                "params": self.params, "parent": self.parent, "arch": self.arch.to_dict()}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        """Inverse of `to_dict`."""
-        score = math.nan if d["score"] is None else float(d["score"])
-        return cls(d["index"], d["generation"], Architecture.from_dict(d["arch"]), d["hash"], score, d["mflops"],
-                   d["params"], d["parent"])  # fmt: skip
-
-
-def _key(score: float) -> float:
-    return math.inf if math.isnan(score) else score
-
-
-ScoreBatch = Callable[[Sequence[Architecture]], list[float]]
-CostFn = Callable[[Architecture], tuple[float, int]]
-
-
-def within(cost: tuple[float, int], max_mflops: float | None, max_params: int | None) -> bool:
-    """Whether an architecture's (MFLOPs, params) meets the constraints (None: unconstrained)."""
-    mflops, params = cost
-    return (max_mflops is None or mflops <= max_mflops) and (max_params is None or params <= max_params)
-
 
 class Search:
     """One search run in a directory (see module docstring); `run()` returns the summary."""
@@ -176,7 +82,7 @@ class Search:
         return state, lines
 
     def _restore(self, state: dict[str, Any], lines: list[str]) -> None:
-        if _trajectory(state["config"]) != _trajectory(self.cfg.to_dict()) or state["space"] != self.space.to_dict():
+        if trajectory(state["config"]) != trajectory(self.cfg.to_dict()) or state["space"] != self.space.to_dict():
             raise NasrecError(f"{self.out}: --resume continues a search with its own configuration and space")
         if len(lines) < state["scored"]:
             raise NasrecError(f"{self.out}: history.jsonl holds fewer candidates than state.json records")
@@ -238,8 +144,8 @@ class Search:
         idx = sorted(int(i) for i in self.rng.choice(len(self.population), size=cfg.sample, replace=False))
         members = [self.by_hash[self.population[i]] for i in idx]
         if not cfg.pareto:
-            return min(members, key=lambda c: _key(c.score))  # ties: the oldest
-        front = pareto_front([(_key(c.score), c.mflops) for c in members])
+            return min(members, key=lambda c: score_key(c.score))  # ties: the oldest
+        front = pareto_front([(score_key(c.score), c.mflops) for c in members])
         if not front:  # every member diverged
             return members[0]
         return members[sorted(front)[int(self.rng.integers(len(front)))]]
@@ -356,7 +262,7 @@ class Search:
 
     def status(self) -> dict[str, Any]:
         """Progress figures: generation, candidates scored, best score so far, candidates per minute."""
-        scores = [_key(c.score) for c in self.history]
+        scores = [score_key(c.score) for c in self.history]
         n, budget = len(self.history), self.cfg.budget
         per = self.seconds / n if n and self.seconds else None  # the search's own time per candidate so far
         return {"generation": self._generation(), "scored": n, "budget": budget,
@@ -374,7 +280,7 @@ class Search:
         out = []
         for g in range(self.cfg.generations):
             children = [c for c in self.history if c.generation == g]
-            out += sorted(children, key=lambda c: (_key(c.score), c.index))[:k]
+            out += sorted(children, key=lambda c: (score_key(c.score), c.index))[:k]
         return out
 
     def _finish(self) -> dict[str, Any]:
@@ -386,43 +292,19 @@ class Search:
         best = ranked[0]
         result = {"strategy": self.cfg.strategy, "scored": len(self.history), "seconds": self.seconds,
                   "candidates_per_minute": 60 * len(self.history) / max(self.seconds, 1e-9),
-                  "best": _summary(best), "pareto": [c.hash for c in front],
+                  "best": summary(best), "pareto": [c.hash for c in front],
                   "top": [c.hash for c in ranked]}  # fmt: skip
         if not self.writer:
             return result
         _write_json(self.out / "best.json", best.arch.to_dict())
-        _write_json(self.out / "top.json", [_summary(c) for c in ranked])
-        _write_json(self.out / "pareto.json", [_summary(c) for c in front])
+        _write_json(self.out / "top.json", [summary(c) for c in ranked])
+        _write_json(self.out / "pareto.json", [summary(c) for c in front])
         _write_json(self.out / "result.json", result)
         log.info("search done: %s candidates in %.1f s; best %s (score %.5f, %.4f MFLOPs), top %d in top.json, "
                  "Pareto front of %d", f"{len(self.history):,}", self.seconds, best.hash[:12], best.score, best.mflops,
                  len(ranked), len(front))  # fmt: skip
         return result
 
-
-def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide which candidates a search scores (all but RESULT_ONLY).
-
-    A setting added after a search was saved counts with its default, so that older searches still resume.
-    """
-    return {k: v for k, v in {**SearchConfig().to_dict(), **config}.items() if k not in RESULT_ONLY}
-
-
-def top_k(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
-    """The k best by score, skipping a candidate whose score is within 1e-6 of one already taken (spec 4)."""
-    out: list[Candidate] = []
-    for c in sorted(candidates, key=lambda c: (_key(c.score), c.index)):
-        if math.isnan(c.score) or any(abs(c.score - o.score) <= 1e-6 for o in out):
-            continue
-        out.append(c)
-        if len(out) == k:
-            break
-    return out
-
-
-def _summary(c: Candidate) -> dict[str, Any]:
-    return {"hash": c.hash, "score": c.score, "mflops": c.mflops, "params": c.params, "generation": c.generation,
-            "arch": c.arch.to_dict()}  # fmt: skip
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -21,14 +21,15 @@ import numpy as np
 
 from nasrec import rundir
 from nasrec.errors import NasrecError
-from nasrec.search.api import cost_function, resolve, served_layernorm
-from nasrec.search.budget import resolve_cap
-from nasrec.search.evolution import within
+from nasrec.search.api import cost_function, served_layernorm
+from nasrec.search.candidate import within
 from nasrec.search.parallel import ScorerSpec, ScoringPool
+from nasrec.search.presets import resolve
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace
+from nasrec.zoo.budget import resolve_cap
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,80 @@
+"""The search configuration: how many candidates, how they are drawn, and the constraints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nasrec.configfile import SEED, ConfigError, Rule, check_fields, checked_replace
+
+STRATEGIES = ("evolution", "random")
+# Settings that only pick the result from the history: a search may be resumed with other values.
+RESULT_ONLY = ("top_k",)
+# The range of every SearchConfig field that has one (types come from the annotations); see `nasrec.configfile`.
+RULES: dict[str, Rule] = {
+    "strategy": Rule(choices=STRATEGIES),
+    "population": Rule(ge=1),
+    "sample": Rule(ge=1),
+    "children": Rule(ge=1),
+    "generations": Rule(ge=1),
+    "keep_per_generation": Rule(ge=1),
+    "max_mflops": Rule(gt=0),
+    "max_params": Rule(ge=1),
+    "top_k": Rule(ge=1),
+    "seed": SEED,
+    "max_tries": Rule(ge=1),
+}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How many candidates, how they are drawn, and the constraints."""
+
+    strategy: str = "evolution"
+    population: int = 128
+    sample: int = 64
+    children: int = 8
+    generations: int = 240
+    # Candidates kept per generation for the result (the paper keeps the top 2 children; the initial
+    # population then never counts); None keeps every scored candidate.
+    keep_per_generation: int | None = 2
+    max_mflops: float | None = None
+    max_params: int | None = None
+    # How MFLOPs and params are counted (caps, history, Pareto front): for the served model with layer norms
+    # or without, as the recipe that trains it says (`nasrec.model.cost.ServedCost`)
+    count_layernorm: bool = False
+    pareto: bool = False
+    top_k: int = 15
+    seed: int = 0
+    max_tries: int = 10_000  # draws (or mutations of one child) before giving up on the constraints
+
+    def __post_init__(self) -> None:
+        check_fields(self, "search config", RULES)
+        if self.sample > self.population:
+            raise ConfigError(
+                "search config",
+                "sample",
+                f"sample ({self.sample}) exceeds population ({self.population})",
+                related=("population",),
+            )
+
+    @property
+    def budget(self) -> int:
+        """Candidates scored in all: the initial population plus every generation's children."""
+        return self.population + self.generations * self.children
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    def updated(self, **changes: Any) -> SearchConfig:
+        """A copy with some fields changed (unknown names are an error)."""
+        return checked_replace(self, "search config", changes)
+
+
+def trajectory(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide which candidates a search scores (all but RESULT_ONLY).
+
+    A setting added after a search was saved counts with its default, so that older searches still resume.
+    """
+    return {k: v for k, v in {**SearchConfig().to_dict(), **config}.items() if k not in RESULT_ONLY}

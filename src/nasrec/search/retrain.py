@@ -1,0 +1,100 @@
+"""Retraining a search's top-k architectures from scratch, and the choice of the final one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from nasrec.errors import NasrecError
+from nasrec.space.arch import Architecture
+
+log = logging.getLogger(__name__)
+
+
+def retrain_top(
+    search_dir: str | Path,
+    data: str | Path,
+    preset: str = "paper-final",
+    overrides: dict[str, Any] | None = None,
+    seeds: int = 1,
+) -> dict[str, Any]:
+    """Train the search's top-k architectures from scratch; the final one has the lowest validation loss.
+
+    With `seeds` > 1 every architecture is trained with that many seeds (the recipe's seed, then the next
+    ones) and judged by its mean validation loss: one run's loss varies with the seed by about as much
+    as good architectures differ, so a single seed tends to crown a lucky run. Finished runs are kept
+    and an interrupted one resumes, so re-running continues where it stopped.
+    """
+    from nasrec.train.api import train
+    from nasrec.train.config import preset as train_preset
+
+    if seeds < 1:
+        raise NasrecError(f"retrain seeds must be >= 1, not {seeds}")
+    search_dir = Path(search_dir)
+    top = json.loads((search_dir / "top.json").read_text())
+    base_seed = train_preset(preset, **(overrides or {})).seed
+    runs = []
+    for rank, c in enumerate(top):
+        per_seed = []
+        for j in range(seeds):
+            name = f"{rank:02d}-{c['hash'][:12]}" + (f"-s{j}" if j else "")  # seed 0's run keeps the 1-seed name
+            run = search_dir / "retrain" / name
+            if (run / "metrics.json").exists():
+                m = json.loads((run / "metrics.json").read_text())
+            else:  # resume=True also starts a run that has no checkpoint yet
+                m = train(
+                    data,
+                    run,
+                    arch=Architecture.from_dict(c["arch"]),
+                    preset_name=preset,
+                    overrides={**(overrides or {}), "seed": base_seed + j},
+                    resume=True,
+                    progress=False,
+                )
+            per_seed.append(
+                {
+                    "seed": base_seed + j,
+                    "run": str(run),
+                    "val_logloss": (m.get("val") or {}).get("logloss"),
+                    "test_logloss": (m.get("test") or {}).get("logloss"),
+                    "test_auc": (m.get("test") or {}).get("auc"),
+                    "mflops": m["mflops"],
+                }
+            )
+        entry = {
+            "rank": rank,
+            "hash": c["hash"],
+            "supernet_score": c["score"],
+            "run": per_seed[0]["run"],
+            **{k: _mean([r[k] for r in per_seed]) for k in ("val_logloss", "test_logloss", "test_auc")},
+            "mflops": per_seed[0]["mflops"],
+        }
+        if seeds > 1:
+            entry["seeds"] = per_seed
+        runs.append(entry)
+    scored = [r for r in runs if r["val_logloss"] is not None and math.isfinite(r["val_logloss"])]
+    if not scored:
+        raise NasrecError(f"{search_dir}: no retrained architecture has a finite validation loss")
+    best = min(scored, key=lambda r: r["val_logloss"])
+    arch = top[best["rank"]]["arch"]
+    (search_dir / "final.json").write_text(json.dumps(arch, indent=1) + "\n")
+    final = {"chosen": best, "runs": runs, "seeds": seeds}
+    log.info(
+        "retrained the top %d: chose %s (validation log loss %.5f, test log loss %s) as final.json",
+        len(runs),
+        best["hash"][:12],
+        best["val_logloss"],
+        "n/a" if best["test_logloss"] is None else f"{best['test_logloss']:.5f}",
+    )
+    (search_dir / "final_metrics.json").write_text(json.dumps(final, indent=1) + "\n")
+    return final
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the values, None when any is missing (a run without that split), NaN when any diverged."""
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
