@@ -237,6 +237,7 @@ def test_quoted_csv_bad_rows_are_located(tmp_path: Path) -> None:
         assert_nothing_written(tmp_path / out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bad", "line", "words"),
     [('1,3,"unclosed', 31, "spanning several lines"), ('1,3,"two\nlines"', 31, "spanning several lines"),
@@ -290,6 +291,7 @@ def test_invalid_utf8_is_a_located_data_error(tmp_path: Path) -> None:
     assert row_ids(tmp_path / "skip") == [i for i in range(N_ROWS) if i != BAD_LINE - 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "column"),
     [("too_few_fields", None), ("empty_line", None), ("dense_not_numeric", "I5"), ("label_two", "label"),
@@ -375,6 +377,7 @@ def test_skip_mode_examples_are_capped_but_counted(tmp_path: Path) -> None:
     assert row_ids(tmp_path / "cache") == [i for i in range(n) if i % 3]
 
 
+@pytest.mark.slow
 def test_cli_skip_mode_reports_and_records(tmp_path: Path) -> None:
     inp, bad = _file_with_bad_rows(tmp_path / "in.tsv")
     out = tmp_path / "cache"
@@ -394,6 +397,7 @@ def test_cli_skip_mode_reports_and_records(tmp_path: Path) -> None:
     assert row_ids(out) == [i for i in range(N_ROWS) if i + 1 not in bad]
 
 
+@pytest.mark.slow
 def test_cli_skip_mode_shows_the_first_ten_bad_rows_and_counts_the_rest(tmp_path: Path) -> None:
     n = 600
     inp = write_lines(
@@ -409,6 +413,7 @@ def test_cli_skip_mode_shows_the_first_ten_bad_rows_and_counts_the_rest(tmp_path
     assert shown[10] == "    ... and 190 more"
 
 
+@pytest.mark.slow
 def test_skip_mode_fails_when_too_many_rows_are_bad(tmp_path: Path) -> None:
     """The default --max-bad-fraction (0.01) refuses 7 bad rows of 40; the limit is checked before anything is written."""
     inp, _ = _file_with_bad_rows(tmp_path / "in.tsv")
@@ -429,6 +434,7 @@ def test_skip_mode_fails_when_too_many_rows_are_bad(tmp_path: Path) -> None:
         prepare(cfg(inp, out, on_error="skip", max_bad_fraction=1.5))
 
 
+@pytest.mark.slow
 def test_skip_mode_with_every_row_bad_is_an_error(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "in.tsv", [replace_field(i, 0, "x") for i in range(10)])
     with pytest.raises(NasrecError, match="no data rows left after skipping bad rows: all 10 rows read are malformed"):
@@ -488,6 +494,7 @@ def test_line_longer_than_a_read_block(tmp_path: Path) -> None:
     assert row_ids(tmp_path / "cache") == list(range(12))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("final", [True, False])
 def test_cr_only_line_endings_parse_like_lf(tmp_path: Path, final: bool) -> None:
     """Classic Mac OS files end lines with a lone CR: read as lines, with the same line numbers."""
@@ -522,6 +529,7 @@ def test_cr_only_csv_with_header(tmp_path: Path) -> None:
         np.testing.assert_array_equal(_arrays(tmp_path / "cr")[name], arr)
 
 
+@pytest.mark.slow
 def test_lone_carriage_return_in_a_header_is_a_located_error(tmp_path: Path) -> None:
     schema = _schema(tmp_path / "s.yaml", "label: y\ndense: [x]\nsparse: [city]\n")
     inp = write_lines(tmp_path / "in.csv", ["y,x\rz,city", *[f"{i % 2},{i},c{i}" for i in range(20)]])
@@ -529,6 +537,7 @@ def test_lone_carriage_return_in_a_header_is_a_located_error(tmp_path: Path) -> 
     assert_cli_error(res, str(inp), "line 1", "header")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("cut", "words"),
     [(lambda t: t[: t.rfind("\t") + 1], "its last field is empty"), (lambda t: t[: t.rfind("\t")], "39 of 40 fields")],
@@ -608,6 +617,7 @@ def test_compressed_bad_row_is_located(tmp_path: Path) -> None:
     assert (info.value.file, info.value.line, info.value.column) == (str(inp), BAD_LINE, "I5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz"])
 def test_truncated_or_corrupt_compressed_input_is_one_line(tmp_path: Path, kind: str) -> None:
     data = _compressed(tmp_path / "whole", kind, ("\n".join(good_lines(400)) + "\n").encode()).read_bytes()
@@ -626,6 +636,7 @@ def test_truncated_or_corrupt_compressed_input_is_one_line(tmp_path: Path, kind:
     assert_cli_error(cli("--format", "criteo", "--input", str(bad), "--out", str(tmp_path / "c3")), str(bad))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("magic", "words"), [(b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip archive")], ids=["zstd", "zip"]
 )
@@ -653,6 +664,7 @@ def test_parquet_is_known_by_its_magic_bytes(tmp_path: Path) -> None:
 
 
 # -- one writer per output ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_prepare_fails_at_once_while_another_writer_holds_the_output(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "in.tsv", good_lines())
     out = tmp_path / "cache"
@@ -860,6 +872,7 @@ def test_bad_file_or_schema_api(tmp_path: Path, case: str) -> None:
         assert_nothing_written(Path(kw["out"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(FILE_CASES))
 def test_bad_file_or_schema_cli(tmp_path: Path, case: str) -> None:
     _, args, needles = FILE_CASES[case](tmp_path)
@@ -872,6 +885,7 @@ def test_bad_file_or_schema_cli(tmp_path: Path, case: str) -> None:
         assert_nothing_written(out)
 
 
+@pytest.mark.slow
 def test_unknown_format(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "in.tsv", good_lines(10))
     out = tmp_path / "cache"
@@ -901,6 +915,7 @@ def test_bad_options(tmp_path: Path, kw: dict, needle: str) -> None:
     assert_nothing_written(tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_existing_out_is_kept_without_force(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "in.tsv", good_lines())
     out = tmp_path / "cache"
@@ -927,6 +942,7 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("big") / "synth.tsv", 300_000, seed=3).path
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_cache(tmp_path: Path, big_input: Path) -> None:
     out = tmp_path / "cache"
     cmd = [sys.executable, "-m", "nasrec.cli", "prepare", "--no-progress", "--format", "criteo", "--input",

@@ -309,6 +309,7 @@ def test_ranges_are_computed_in_bounded_blocks(cache: Path, monkeypatch: pytest.
 
 
 # -- nasrec cache verify --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_verify_a_whole_cache(cache: Path) -> None:
     res = verify_cli(str(cache))
     assert res.returncode == 0, res.stderr
@@ -326,6 +327,7 @@ def test_verify_a_whole_cache(cache: Path) -> None:
     assert all(f["status"] == "ok" and f["problems"] == [] for f in out["files"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "file", "status", "words"),
     [
@@ -367,6 +369,7 @@ def _poke(cache: Path, name: str, index: object, value: object) -> None:
     a.flush()
 
 
+@pytest.mark.slow
 def test_verify_an_older_cache_and_extra_files(cache: Path) -> None:
     (cache / "notes.txt").write_text("mine")
     res = verify_cli(str(cache))
@@ -379,6 +382,7 @@ def test_verify_an_older_cache_and_extra_files(cache: Path) -> None:
     assert "without a recorded checksum" in res.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_verify_of_a_broken_meta_or_no_cache_is_a_one_line_error(cache: Path, tmp_path: Path) -> None:
     for target in (tmp_path / "nowhere", tmp_path):
         res = verify_cli(str(target))

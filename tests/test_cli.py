@@ -37,6 +37,7 @@ def test_synth_then_prepare_records_the_bayes_floor(tmp_path: Path, capsys) -> N
     assert sum(cache.meta["split"]["rows"].values()) == 3000
 
 
+@pytest.mark.slow
 def test_synth_other_shape_writes_a_schema(tmp_path: Path) -> None:
     raw = tmp_path / "s.tsv"
     r = _run("synth", "--rows", "500", "--out", str(raw), "--num-dense", "2", "--num-sparse", "3")
@@ -50,6 +51,7 @@ def test_synth_other_shape_writes_a_schema(tmp_path: Path) -> None:
     assert cache.dense.shape == (500, 2) and cache.sparse.shape == (500, 3)
 
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     for args in (["prepare", "--format", "parquetish", "--input", "x", "--out", "y"], ["prepare", "--input", "x"]):
         r = _run(*args)
@@ -58,6 +60,7 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
         assert r.stderr.startswith("nasrec prepare: error:")
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     raw = tmp_path / "s.tsv"
     assert _run("synth", "--rows", "300", "--out", str(raw)).returncode == 0

@@ -51,6 +51,7 @@ def _one_json_object(stdout: str) -> dict:
 
 
 # -- logs and results ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_logs_each_epoch_to_a_redirected_stderr_and_json_is_alone_on_stdout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -95,6 +96,7 @@ def test_train_logs_each_epoch_to_a_redirected_stderr_and_json_is_alone_on_stdou
         assert _one_json_object(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_pipeline_logs_a_line_per_stage_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg, out = tmp_path / "tiny.yaml", tmp_path / "run"
     cfg.write_text(yaml.safe_dump(TINY_PIPELINE))
@@ -191,6 +193,7 @@ print(json.dumps({"rc": results, "torch": "torch" in sys.modules, "numpy": "nump
 """
 
 
+@pytest.mark.slow
 def test_path_and_number_errors_come_before_torch_is_imported(tmp_path: Path) -> None:
     fake_cache = tmp_path / "cache"
     fake_cache.mkdir()

@@ -91,6 +91,7 @@ def test_cli_rejects_cuda_before_any_work(
     assert "device must be one of" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_explicit_cpu_trains_exactly_as_the_default(cache_dir: Path, arch_file: Path, tmp_path: Path) -> None:
     default = train(cache_dir, tmp_path / "a", arch=arch_file, overrides=TINY, progress=False)
     cpu = train(cache_dir, tmp_path / "b", arch=arch_file, overrides={**TINY, "device": "cpu"}, progress=False)
@@ -114,6 +115,7 @@ def test_resume_may_change_the_device(cache_dir: Path, arch_file: Path, tmp_path
     assert res["steps"] == 8
 
 
+@pytest.mark.slow
 def test_explicit_cpu_scores_exactly_as_the_default(cache_dir: Path, tmp_path: Path) -> None:
     train_supernet(cache_dir, tmp_path / "sn", space="small", preset_name="cpu-supernet",
                    overrides=dict(batch_size=256, max_steps=6, path_warmup_steps=2, threads=1),

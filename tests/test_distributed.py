@@ -181,6 +181,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(wb["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.slow
 def test_standalone_model_matches_single_process(runs: dict[str, Any]) -> None:
     _assert_same_run(runs["single"] / "standalone", runs["dist"] / "standalone")
     single = json.loads((runs["single"] / "standalone" / "metrics.json").read_text())
@@ -191,6 +192,7 @@ def test_standalone_model_matches_single_process(runs: dict[str, Any]) -> None:
     assert multi["auc"] == pytest.approx(single["auc"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_supernet_matches_single_process(runs: dict[str, Any]) -> None:
     _assert_same_run(runs["single"] / "supernet", runs["dist"] / "supernet")
     lines = [json.loads(x) for x in (runs["dist"] / "supernet" / "metrics.jsonl").read_text().splitlines()]
@@ -199,6 +201,7 @@ def test_supernet_matches_single_process(runs: dict[str, Any]) -> None:
     assert len(comm) == SUPERNET["max_steps"] and min(comm) < comm[0]
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_resumes_in_one_process(runs: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     shutil.copytree(runs["dist"] / "interrupted", out)
@@ -211,17 +214,20 @@ def test_two_process_checkpoint_resumes_in_one_process(runs: dict[str, Any], tmp
     _assert_same_run(runs["single"] / "supernet", out)
 
 
+@pytest.mark.slow
 def test_helpers_in_a_group(runs: dict[str, Any]) -> None:
     for r in range(WORLD):
         assert json.loads((runs["root"] / f"helpers_{r}.json").read_text()) == [True] * 6
 
 
+@pytest.mark.slow
 def test_sync_of_parameters_used_differently_by_the_ranks(runs: dict[str, Any]) -> None:
     # one rank without embedding rows, parameters used by one rank only, different slices of one weight
     for r in range(WORLD):
         assert json.loads((runs["root"] / f"sync_edge_{r}.json").read_text()) < 1e-6
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(runs: dict[str, Any]) -> None:
     assert not (runs["root"] / "rank1").exists()
     assert {p.name for p in runs["root"].iterdir()} == {"data", "arch.json", "dist", "single"} | {
@@ -238,6 +244,7 @@ def test_only_rank_zero_writes(runs: dict[str, Any]) -> None:
     assert not (runs["dist"] / "odd").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
     # `train` with a small zoo model keeps this quick; `supernet` goes through the same Trainer path
     out = tmp_path / "cli"
@@ -256,6 +263,7 @@ def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
 # -- the loader's row sharding, in one process --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -275,6 +283,7 @@ def test_row_sharding_splits_every_global_batch(runs: dict[str, Any], shuffle: b
         np.testing.assert_array_equal(np.concatenate([s[k] for s in shards]), batch)
 
 
+@pytest.mark.slow
 def test_row_sharding_needs_a_divisible_batch(runs: dict[str, Any]) -> None:
     with pytest.raises(NasrecError, match="not a multiple of the world size 3"):
         BatchLoader(open_cache(runs["cache"]), "train", batch_size=64, world_size=3, shard="rows")

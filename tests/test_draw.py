@@ -263,6 +263,7 @@ def test_cli_errors(tmp_path: Path, capsys) -> None:
         sample_architecture("medium", 1)
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_in_a_subprocess(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "nasrec.cli", "arch", "draw", str(tmp_path / "none.json")],
                        capture_output=True, text=True)  # fmt: skip

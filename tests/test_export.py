@@ -77,6 +77,7 @@ def test_torchscript_export_equals_pytorch(runs, tmp_path: Path) -> None:
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["files"]["encoder"] == "ctr.encoder.json"
 
 
+@pytest.mark.slow
 def test_onnx_export_equals_pytorch(runs, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -93,6 +94,7 @@ def test_onnx_export_equals_pytorch(runs, tmp_path: Path) -> None:
     assert manifest["exporter"]["opset"] == export_mod.ONNX_OPSET and manifest["versions"]["onnxruntime"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_subnet_and_zoo_models_export(runs, tmp_path: Path, fmt: str) -> None:
     if fmt == "onnx":

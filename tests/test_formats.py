@@ -334,6 +334,7 @@ def test_kdd12_profile_among_inputs(tmp_path: Path, kdd_files: tuple[Path, Path]
     assert_same_arrays(c, run([prof, train], tmp_path / "b", format="kdd12"))
 
 
+@pytest.mark.slow
 def test_kdd12_profile_flag_cli(tmp_path: Path, kdd_files: tuple[Path, Path]) -> None:
     train, prof = kdd_files
     base = [sys.executable, "-m", "nasrec.cli", "prepare", "--format", "kdd12", "--split", "sequential"]
@@ -574,6 +575,7 @@ def test_vocab_encoder_state_round_trips(tmp_path: Path) -> None:
         np.testing.assert_array_equal(enc.transform(raw), c.sparse[:, j])
 
 
+@pytest.mark.slow
 def test_vocab_via_cli(tmp_path: Path) -> None:
     data, _ = vocab_csv(tmp_path / "v.csv")
     (tmp_path / "s.yaml").write_text(VOCAB_SCHEMA)
@@ -602,6 +604,7 @@ def test_max_table_size_caps_hash_tables(tmp_path: Path, cap: int) -> None:
     assert (c.sparse < np.array(sizes)).all()
 
 
+@pytest.mark.slow
 def test_max_table_size_cli_matches_api(tmp_path: Path) -> None:
     inp = write_criteo(tmp_path / "d.tsv", criteo_rows(30, seed=4))
     out = tmp_path / "cli"

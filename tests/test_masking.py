@@ -73,6 +73,7 @@ def test_narrow_paths_differ_and_depend_on_the_masked_neurons() -> None:
     assert any((after[i][1] - before[i][1]).abs().max() > 1e-3 for i in uses_fc)
 
 
+@pytest.mark.slow
 def test_a_masking_supernet_trains_scores_and_keeps_its_semantics(tmp_path: Path) -> None:
     _, cache = small_synth_cache(tmp_path, rows=2_000, seed=1)
     o = {"max_steps": 3, "batch_size": 128, "threads": 1, "log_every": 1}

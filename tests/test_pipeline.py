@@ -38,6 +38,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_and_reports(tiny_run: Path) -> None:
     records = json.loads((tiny_run / "stages.json").read_text())
     assert list(records) == ["prepare", "supernet", "search", "final", "baselines", "report"]
@@ -67,6 +68,7 @@ def test_pipeline_runs_every_stage_and_reports(tiny_run: Path) -> None:
     assert page.count("data:image/png;base64,") == pngs and "<table>" in page
 
 
+@pytest.mark.slow
 def test_rerun_skips_complete_stages_and_redoes_changed_ones(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -86,6 +88,7 @@ def test_rerun_skips_complete_stages_and_redoes_changed_ones(tiny_run: Path, tmp
     assert again["baselines"]["fingerprint"] != before["baselines"]["fingerprint"]  # same recipe as the final
 
 
+@pytest.mark.slow
 def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -99,6 +102,7 @@ def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, 
     assert after["baselines"]["result"]["lr"]["steps"] == 3
 
 
+@pytest.mark.slow
 def test_final_seeds_train_every_model_again_and_the_report_compares_them(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -142,6 +146,7 @@ def test_report_checks_the_goal_against_the_best_and_the_costlier_baselines(tmp_
     assert "with at least its MFLOPs the best is big (20 MFLOPs)" in md and "**within noise** against it" in md
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -160,6 +165,7 @@ def test_interrupted_stage_resumes(tiny_run: Path, tmp_path: Path) -> None:
     assert out["final"]["result"]["logloss"] == ref["final"]["result"]["logloss"]
 
 
+@pytest.mark.slow
 def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     def err(cfg: dict, match: str) -> None:
         with pytest.raises(NasrecError, match=match):
@@ -235,6 +241,7 @@ def _browser() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_report_html_renders_in_a_headless_browser(tiny_run: Path, tmp_path: Path) -> None:
     browser = _browser()
     if browser is None:
@@ -255,6 +262,7 @@ def test_report_html_renders_in_a_headless_browser(tiny_run: Path, tmp_path: Pat
     assert shot.exists() and shot.stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_caps_search_and_goal_check_count_the_served_model(tiny_run: Path, tmp_path: Path) -> None:
     """The final recipe (cpu-quick) has layer norms: the search's cap, its history and the report count them alike."""
     from nasrec.model.cost import ServedCost

@@ -52,6 +52,7 @@ def test_predictions_on_the_test_rows_equal_the_model_on_the_cache(trained, tmp_
     assert ll == pytest.approx(evaluate_run(run, cache_dir, "test")["logloss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_unseen_categories_and_malformed_rows(trained, tmp_path: Path) -> None:
     raw, _, run = trained
     lines = raw.read_text().splitlines()[:5]
@@ -89,6 +90,7 @@ def test_unseen_categories_and_malformed_rows(trained, tmp_path: Path) -> None:
     assert "{" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_cli(trained, tmp_path: Path) -> None:
     raw, _, run = trained
     out = tmp_path / "cli.csv"

@@ -81,6 +81,7 @@ def test_training_into_a_locked_directory_is_refused_before_writing(cache_dir: P
     train(cache_dir, out, model="lr", overrides=QUICK, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_second_cli_writer_fails_while_the_first_trains(cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
 
@@ -185,6 +186,7 @@ def test_a_finished_run_keeps_its_weights_only_unless_asked(cache_dir: Path, tmp
     assert train(cache_dir, lean, model="dlrm", overrides=QUICK, resume=True, progress=False)["test"] == m["test"]
 
 
+@pytest.mark.slow
 def test_a_supernet_keeps_its_weights_only_once_final(cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sn"
     train_supernet(cache_dir, out, space="small", overrides={**QUICK, "max_steps": 6}, progress=False)

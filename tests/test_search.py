@@ -81,6 +81,7 @@ def _best(strategy: str, seed: int, tmp: Path) -> float:
     return res["best"]["score"]
 
 
+@pytest.mark.slow
 def test_evolution_beats_random_search_at_equal_budget(tmp_path: Path) -> None:
     evo = [_best("evolution", s, tmp_path) for s in range(4)]
     rnd = [_best("random", s, tmp_path) for s in range(4)]
@@ -197,9 +198,14 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path: Path, fail_at: 
 
 # -- the supernet scorer ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def supernet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("search")
-    small_synth_cache(root, rows=6_000, seed=3)
+def search_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared data of the search tests (cheap: no training)."""
+    return small_synth_cache(tmp_path_factory.mktemp("search"), rows=6_000, seed=3)[1]
+
+
+@pytest.fixture(scope="module")
+def supernet_run(search_cache: Path) -> tuple[Path, Path]:
+    root = search_cache.parent
     train_supernet(root / "cache", root / "sn", space="small", preset_name="cpu-supernet",
                    overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, threads=1),
                    progress=False)  # fmt: skip
@@ -209,6 +215,7 @@ def supernet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 TINY_SCORE = dict(finetune_steps=6, warmup_steps=2, finetune_batch_size=128, val_batches=2, val_batch_size=256)
 
 
+@pytest.mark.slow
 def test_score_equals_the_materialised_subnet_after_the_same_finetune(supernet_run: tuple[Path, Path]) -> None:
     sn, cache = supernet_run
     scorer = ScorerSpec(str(sn), str(cache), TINY_SCORE).build()
@@ -234,6 +241,7 @@ def test_score_equals_the_materialised_subnet_after_the_same_finetune(supernet_r
         assert scorer.score(arch) == score  # deterministic
 
 
+@pytest.mark.slow
 def test_full_finetune_scores_like_training_the_materialised_subnet(supernet_run: tuple[Path, Path]) -> None:
     sn, cache = supernet_run
     scorer = ScorerSpec(str(sn), str(cache), {**TINY_SCORE, "finetune": "all"}).build()
@@ -249,6 +257,7 @@ def test_full_finetune_scores_like_training_the_materialised_subnet(supernet_run
         ScoreConfig(finetune="body")
 
 
+@pytest.mark.slow
 def test_an_equivalent_architecture_reuses_the_score(supernet_run: tuple[Path, Path]) -> None:
     sn, cache = supernet_run
     rng = np.random.default_rng(5)
@@ -265,6 +274,7 @@ def test_an_equivalent_architecture_reuses_the_score(supernet_run: tuple[Path, P
     assert fresh.score(b) == sa  # scored on its own, the mutant gets exactly the same loss
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_give_the_same_search(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     sets = dict(population=6, sample=3, children=4, generations=2, **TINY_SCORE)
@@ -305,6 +315,7 @@ def _distributed_search(rank: int, store: str, sn: Path, cache: Path, root: Path
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_search_equals_single_process(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     root = tmp_path / "runs"
@@ -337,6 +348,7 @@ def _search_cli(sn: Path, cache: Path, out: Path, resume: bool = False) -> subpr
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     ref = _search_cli(sn, cache, tmp_path / "ref")
@@ -361,6 +373,7 @@ def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path
         assert json.loads(line)["mflops"] <= 0.05
 
 
+@pytest.mark.slow
 def test_caps_named_after_a_zoo_model(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     c = open_cache(cache)
@@ -403,6 +416,7 @@ def test_rank_correlation_values() -> None:
         rank_correlation([1, 2], [1, 2])
 
 
+@pytest.mark.slow
 def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     c = open_cache(cache)
@@ -426,6 +440,7 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     assert len(list((tmp_path / "rc" / "runs").glob("*/metrics.json"))) == 4
 
 
+@pytest.mark.slow
 def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     sets = dict(population=6, sample=3, children=3, generations=2, top_k=3, **TINY_SCORE)
@@ -454,6 +469,7 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
                progress=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_retraining_with_several_seeds_judges_the_mean(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     sets = dict(population=6, sample=3, children=3, generations=1, top_k=2, **TINY_SCORE)
@@ -487,6 +503,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_workers_exit_when_the_search_is_killed(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
@@ -509,6 +526,7 @@ def test_workers_exit_when_the_search_is_killed(supernet_run: tuple[Path, Path],
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
 
 
+@pytest.mark.slow
 def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     """MFLOPs are counted one way: a model found under a cap keeps to it once trained with layer norms."""
     from nasrec.model.cost import ServedCost
@@ -560,10 +578,10 @@ def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path,
                progress=False)  # fmt: skip
 
 
-def test_auto_preset_budgets(supernet_run: tuple[Path, Path]) -> None:
+def test_auto_preset_budgets(search_cache: Path) -> None:
     from nasrec.search import auto
 
-    _, cache = supernet_run
+    cache = search_cache
     c = open_cache(cache)
     train_rows, val_rows = len(c.split_index("train")), len(c.split_index("val"))
     score, recipe, figures = auto.data_budget(c, {})
@@ -592,6 +610,7 @@ def test_auto_preset_budgets(supernet_run: tuple[Path, Path]) -> None:
             auto.parse_duration(bad)
 
 
+@pytest.mark.slow
 def test_auto_preset_is_the_default_decided_once_and_reproducible(
     supernet_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

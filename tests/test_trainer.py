@@ -43,6 +43,7 @@ QUICK = dict(batch_size=256, epochs=2, lr=0.05, shuffle=True, eval_every=20, eva
              checkpoint_every=10, layernorm=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_a_run_directory(cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = train(cache_dir, out, arch=_arch_file(tmp_path), overrides=QUICK, progress=False)
@@ -62,6 +63,7 @@ def test_training_learns_and_writes_a_run_directory(cache_dir: Path, tmp_path: P
     assert again["auc"] == pytest.approx(res["test"]["auc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_centred_head_is_calibrated_on_fixed_train_batches(cache_dir: Path, tmp_path: Path) -> None:
     from nasrec.data.cache import open_cache
     from nasrec.data.loader import BatchLoader
@@ -157,6 +159,7 @@ def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path
         train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, path_max_mflops=1.0), progress=False)
 
 
+@pytest.mark.slow
 def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
     res = train_supernet(cache_dir, tmp_path / "sn", space="small", progress=False,
                          overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, eval_max_batches=1,
@@ -168,6 +171,7 @@ def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
     assert metrics["mflops"] is None and metrics["params"] > 0
 
 
+@pytest.mark.slow
 def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp_path: Path) -> None:
     from nasrec.data.cache import open_cache
     from nasrec.data.loader import BatchLoader
@@ -235,6 +239,7 @@ def _run_cli(cache_dir: Path, arch: Path, out: Path, resume: bool = False) -> su
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(cache_dir: Path, tmp_path: Path) -> None:
     arch = _arch_file(tmp_path, seed=4, max_mflops=0.5)
     ref = _run_cli(cache_dir, arch, tmp_path / "ref")
@@ -294,6 +299,7 @@ def test_weights_that_do_not_fit_their_model_are_named(cache_dir: Path, tmp_path
         load_trained(out)
 
 
+@pytest.mark.slow
 def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -331,6 +337,7 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     assert _identity(old) == _identity(TrainConfig(path_warmup_steps=200).to_dict())
 
 
+@pytest.mark.slow
 def test_a_supernet_reports_its_rate_after_the_warm_up_apart(cache_dir: Path, tmp_path: Path) -> None:
     cfg = dict(QUICK, epochs=1, max_steps=12, log_every=3, path_warmup_steps=6)
     res = train_supernet(cache_dir, tmp_path / "sn", space="small", overrides=cfg, progress=False)

@@ -316,6 +316,7 @@ def _fit(name: str, cache: Cache, lr: float, max_epochs: int = 3, seed: int = 0)
     return best_test
 
 
+@pytest.mark.slow
 def test_interaction_models_beat_logistic_regression(tmp_path: Path) -> None:
     torch.manual_seed(0)
     raw = tmp_path / "planted.tsv"
