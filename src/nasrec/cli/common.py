@@ -8,8 +8,6 @@ import json
 from nasrec.errors import NasrecError
 
 NO_PROGRESS_HELP = "no progress bars: log lines instead (bars are shown only when stderr is a terminal)"
-
-
 JSON_HELP = "print the result as one JSON object on stdout (the log stays on stderr)"
 
 

@@ -80,14 +80,8 @@ __all__ = [
 ]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
-
-
 DEFAULT_VERIFY_ROWS = 65_536
-
-
 VERIFY_TOLERANCE = 1e-5
-
-
 _VERIFY_BATCH = 8192
 
 

@@ -17,20 +17,10 @@ from torch import nn
 from nasrec.errors import NasrecError
 
 ONNX_OPSET = 20
-
-
 INPUT_NAMES = ("dense", "sparse")
-
-
 OUTPUT_NAME = "probability"
-
-
 _EXAMPLE_BATCH = 3  # > 1: exporters specialise axes of size 0 and 1 to constants
-
-
 _EXTERNAL_DATA_BYTES = 1 << 30  # ONNX protobufs stop at 2 GiB: larger weights go to a .data file
-
-
 _ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 

@@ -13,11 +13,7 @@ from nasrec.data.encoders import MISSING_ID, MISSING_INDEX, OOV_INDEX, VocabEnco
 from nasrec.errors import NasrecError
 
 ENCODER_FORMAT = "nasrec-encoder"
-
-
 ENCODER_FORMAT_VERSION = 1
-
-
 # How each encoding step works, written once into every encoder JSON so that the file explains itself.
 ENCODER_RULES: dict[str, str] = {
     "missing": "A raw value is missing when it is empty or absent, or equals one of source.schema.missing. "

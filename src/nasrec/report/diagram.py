@@ -53,8 +53,6 @@ def _diagram(run: Path, out: Path) -> dict[str, Any]:
 
 
 _DENSE_SIDE = {"dense", "left", "right"}  # drawn left of the column; "sparse" right of it
-
-
 _DEAD = "#9a9a9a"
 
 
