@@ -23,13 +23,13 @@ from nasrec.configfile import ConfigError
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.pipeline.config import resolve_config
+from nasrec.rundir import load_checkpoint, save_checkpoint
 from nasrec.search.api import resolve
 from nasrec.search.evolution import SearchConfig
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
 from nasrec.space.space import NASREC_SMALL, SearchSpace
 from nasrec.train.api import train
-from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
 from nasrec.train.config import TrainConfig, preset
 
 ONE_LINE = re.compile(r"^[^\n]+$")

@@ -14,11 +14,11 @@ from conftest import small_synth_cache
 from nasrec.cli import main
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
+from nasrec.rundir import load_checkpoint
 from nasrec.search.parallel import ScorerSpec
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.checkpoint import load_checkpoint
 from nasrec.train.config import TrainConfig
 from nasrec.train.trainer import load_trained
 

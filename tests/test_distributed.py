@@ -24,10 +24,10 @@ from nasrec.data.cache import Cache, open_cache
 from nasrec.data.loader import BatchLoader
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
+from nasrec.rundir import load_checkpoint
 from nasrec.space.space import NASREC_SMALL, get_space
 from nasrec.train import gradsync
 from nasrec.train.api import train, train_supernet
-from nasrec.train.checkpoint import load_checkpoint
 from nasrec.train.config import preset
 from nasrec.train.gradsync import GradientSync
 from nasrec.train.trainer import Trainer

@@ -15,8 +15,8 @@ from conftest import small_synth_cache
 
 from nasrec import rundir
 from nasrec.errors import NasrecError
+from nasrec.rundir import load_checkpoint, save_checkpoint
 from nasrec.train.api import train, train_supernet
-from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
 
 QUICK = dict(batch_size=256, epochs=1, max_steps=12, lr=0.05, eval_every=0, eval_max_batches=2, log_every=4,
              checkpoint_every=5, layernorm=True)  # fmt: skip

@@ -17,9 +17,9 @@ from conftest import small_synth_cache
 
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
+from nasrec.rundir import load_checkpoint, save_checkpoint
 from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
 from nasrec.train.trainer import load_trained, supernet_path
 
 

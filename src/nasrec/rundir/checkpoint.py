@@ -1,34 +1,31 @@
-"""Checkpoints: written atomically, loaded without executing code from the file."""
+"""Checkpoints: written atomically, loaded without executing code from the file.
+
+torch is imported when a checkpoint is read or written, not with `nasrec.rundir`: the command line
+checks its arguments before it pays for importing torch.
+"""
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nasrec.errors import NasrecError
+from nasrec.rundir.io import atomic_write
 
 
 def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
-    """Write `payload` to a temporary file in the same directory, fsync it, then rename it into place.
+    """Write `payload` atomically: a run killed at any moment leaves the previous checkpoint or the new one."""
+    import torch
 
-    A run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(payload, fh), binary=True)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`: tensors and plain containers only, no pickled code."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise NasrecError(f"{path}: no checkpoint")

@@ -1,4 +1,4 @@
-"""Run directories: one writer at a time, atomic file writes, and append-only logs that survive a kill.
+"""One writer per run directory: an exclusive lock, and removal of what an interrupted writer left behind.
 
 Every command that writes a directory (train, supernet, search, rankcheck, run, prepare's output) holds
 an exclusive `fcntl.flock` on a lock file for as long as it writes. A second writer fails at once with a
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,67 +138,3 @@ def is_empty(directory: Path | str) -> bool:
     """Whether `directory` is missing or holds nothing but its lock file."""
     directory = Path(directory)
     return not directory.exists() or all(p.name == LOCK_NAME for p in directory.iterdir())
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write `text` to a temporary sibling, fsync it, then rename it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path | str, obj: Any, *, default: Callable[[Any], Any] | None = None) -> None:
-    """`obj` as indented JSON, written atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=1, default=default) + "\n")
-
-
-def read_jsonl(path: Path | str, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
-    """The records of a JSON-lines log, repairing a torn last line (a kill in mid-append) on disk.
-
-    A last line without its newline, or one that does not parse, is dropped; so are records for which
-    `keep` is false (written after the state the caller resumes from). The file is rewritten atomically
-    when anything was dropped. A malformed line before the last is an error naming the line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.split("\n")
-    torn = lines[-1] != ""  # the final record lacks its newline: the append was cut short
-    lines = lines[:-1] if not torn else lines
-    records: list[dict[str, Any]] = []
-    kept: list[str] = []
-    changed = False
-    for i, line in enumerate(lines, 1):
-        last = i == len(lines)
-        if not line.strip():
-            changed = True
-            continue
-        try:
-            rec = json.loads(line)
-            if torn and last:
-                raise ValueError("no newline")
-        except ValueError:
-            if last:
-                log.warning("%s: dropped a torn last line (line %d), left by an interrupted write", path, i)
-                changed = True
-                continue
-            raise NasrecError(f"{path}, line {i}: not a JSON record; the log is damaged") from None
-        if keep is not None and not keep(rec):
-            changed = True
-            continue
-        records.append(rec)
-        kept.append(line)
-    if changed:
-        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-    return records
-
-
-def append_jsonl(path: Path | str, record: dict[str, Any], *, default: Callable[[Any], Any] | None = None) -> None:
-    """Append one record as a line (a kill may tear only this line, which `read_jsonl` repairs)."""
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, default=default) + "\n")

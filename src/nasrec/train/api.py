@@ -15,14 +15,12 @@ from nasrec.train.trainer import Trainer, evaluate, load_trained, same_run, spli
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
-    if resume and (out / "config.json").exists():
-        import json
-
+    saved_dict = rundir.read_train_config(out) if resume else None
+    if saved_dict is not None:
         # The device is not part of the run's configuration: a run resumes on the device asked for now
         # (default: its own), so a GPU run can continue on a CPU.
         overrides = dict(overrides or {})
         device = overrides.pop("device", None)
-        saved_dict = json.loads((out / "config.json").read_text())["train"]
         if device is not None:
             saved_dict["device"] = device
         saved = TrainConfig.from_dict(saved_dict)
@@ -111,8 +109,7 @@ def evaluate_run(
 def _load_for(run: str | Path, cache: Cache, which: str, device: str | None) -> tuple[Any, ModelSpec]:
     """A trained run's model (not a supernet) whose input shape fits the cache."""
     model, spec = load_trained(run, which, device=device)
-    if spec.kind == "supernet":
-        raise NasrecError(f"{run}: a supernet is scored per architecture (see the search stage)")
+    rundir.check_not_supernet(run, spec.kind, "a supernet is scored per architecture (see the search stage)")
     if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
         raise NasrecError(f"{cache.path}: this cache's fields and table sizes differ from those of {run}")
     return model, spec

@@ -1,13 +1,7 @@
 """The training engine: one loop for supernets, nasrec architectures and zoo baselines.
 
-A run directory holds::
-
-    config.json      the resolved TrainConfig, the model spec and the data it was trained on
-    model.json       the ModelSpec (enough to rebuild the model for evaluation or prediction)
-    checkpoint.pt    the latest state (model, optimizer, schedule, RNG, data position, counters)
-    best.pt          the model weights at the best evaluation (when evaluating during training)
-    metrics.jsonl    one JSON object per log line or evaluation
-    metrics.json     the final evaluation (log loss, AUC, MFLOPs, params, samples/s)
+A run directory holds config.json, model.json, checkpoint.pt, best.pt, metrics.jsonl and metrics.json
+(see `nasrec.rundir.names`).
 
 Every choice that varies between steps is a pure function of the seed and the position: the data
 order (seed, epoch), and for a supernet the path of step t (seed, t). Together with the checkpointed
@@ -56,8 +50,17 @@ from nasrec.model.cost import ServedCost
 from nasrec.model.layers import HeadLinear, calibrate_head, init_head_bias, set_batch_group
 from nasrec.model.memory import check_spec_fits
 from nasrec.model.spec import ModelSpec
+from nasrec.rundir import (
+    BEST_PT,
+    CHECKPOINT_PT,
+    CONFIG_JSON,
+    METRICS_JSON,
+    METRICS_JSONL,
+    MODEL_JSON,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nasrec.space.arch import Architecture
-from nasrec.train.checkpoint import load_checkpoint, save_checkpoint
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig, default_eps_as_none
 from nasrec.train.gradsync import GradientSync
@@ -267,7 +270,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.main:
             return
-        rundir.append_jsonl(self.out / "metrics.jsonl", record, default=_json_default)
+        rundir.append_jsonl(self.out / METRICS_JSONL, record, default=_json_default)
         self.state.log_lines = (self.state.log_lines or 0) + 1
         if self._tb is not None:
             for k, v in record.items():
@@ -292,10 +295,10 @@ class Trainer:
             "evals_json": json.dumps(s.evals, default=_json_default),
             "config_json": json.dumps(self.cfg.to_dict()),
         }
-        save_checkpoint(self.out / "checkpoint.pt", payload)
+        save_checkpoint(self.out / CHECKPOINT_PT, payload)
 
     def _restore(self) -> None:
-        ck = load_checkpoint(self.out / "checkpoint.pt")
+        ck = load_checkpoint(self.out / CHECKPOINT_PT)
         if _identity(json.loads(ck["config_json"])) != _identity(self.cfg.to_dict()):
             raise NasrecError(f"{self.out}: the run was started with another configuration; cannot resume")
         # The checkpoint is read onto the CPU; loading copies it to the model's device, and the optimizer
@@ -318,9 +321,9 @@ class Trainer:
         s = self.state
         if s.log_lines is not None:  # the checkpoint counts the lines it covers
             seen = itertools.count()
-            rundir.read_jsonl(self.out / "metrics.jsonl", keep=lambda r: next(seen) < s.log_lines)
+            rundir.read_jsonl(self.out / METRICS_JSONL, keep=lambda r: next(seen) < s.log_lines)
         else:  # written by an older nasrec: keep by step, and drop the final record (written again)
-            kept = rundir.read_jsonl(self.out / "metrics.jsonl", keep=lambda r: r.get("step", 0) <= s.step
+            kept = rundir.read_jsonl(self.out / METRICS_JSONL, keep=lambda r: r.get("step", 0) <= s.step
                                      and not r.get("final"))  # fmt: skip
             s.log_lines = len(kept)
 
@@ -445,8 +448,8 @@ class Trainer:
 
     def _start(self, resume: bool) -> dict[str, Any]:
         """Rank 0's decision: resume from the checkpoint, or start afresh (preparing the directory)."""
-        if resume and (self.out / "checkpoint.pt").exists():
-            saved = json.loads((self.out / "model.json").read_text())
+        if resume and (self.out / CHECKPOINT_PT).exists():
+            saved = rundir.read_model(self.out)
             if saved != json.loads(json.dumps(self.spec.to_dict())):
                 why = "its model.json differs: another architecture, data shape or supernet semantics"
                 return {"resume": True, "error": f"{self.out} holds another model ({why}); use a new directory"}
@@ -454,10 +457,10 @@ class Trainer:
         if not rundir.is_empty(self.out) and not resume:
             return {"resume": False, "error": f"{self.out} is not empty (use --resume to continue the run there)"}
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint
-        self._write_json("config.json", {"train": self.cfg.to_dict(), "model": self.spec.to_dict(),
-                                         "data": str(self.cache.path)})  # fmt: skip
-        self._write_json("model.json", self.spec.to_dict())
+        (self.out / METRICS_JSONL).unlink(missing_ok=True)  # killed before its first checkpoint
+        self._write_json(CONFIG_JSON, {"train": self.cfg.to_dict(), "model": self.spec.to_dict(),
+                                       "data": str(self.cache.path)})  # fmt: skip
+        self._write_json(MODEL_JSON, self.spec.to_dict())
         return {"resume": False, "error": None}
 
     def _train_step(self, batch) -> float:
@@ -581,7 +584,7 @@ class Trainer:
         if s.best is None or value < s.best:
             s.best, s.bad_evals = value, 0
             if self.main:
-                save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": s.step})
+                save_checkpoint(self.out / BEST_PT, {"model": self.model.state_dict(), "step": s.step})
         else:
             s.bad_evals += 1
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
@@ -598,7 +601,7 @@ class Trainer:
         if not s.evals or s.evals[-1]["step"] != s.step:
             self._evaluate_during_training()
         if self.main:  # only rank 0 evaluates the final model
-            ck = load_checkpoint(self.out / "best.pt")
+            ck = load_checkpoint(self.out / BEST_PT)
             self.model.load_state_dict(ck["model"])
             s.best_step = int(ck["step"])
         self._calibrated_at = None  # other weights now (rank 0 loaded its best): measure them again
@@ -626,7 +629,7 @@ class Trainer:
             final["world_size"] = self.world
             final["comm_bytes_per_step"] = self._comm_total / max(self._comm_total_steps, 1)
         self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
-        self._write_json("metrics.json", final)
+        self._write_json(METRICS_JSON, final)
         if self.main:
             scores = "; ".join(f"{n} log loss {r['logloss']:.5f}, AUC {r['auc']:.5f}" for n, r in results.items())
             log.info("%s: done, %s steps in %s (%s samples/s)%s", self.out, f"{s.step:,}", duration(s.train_seconds),
@@ -647,14 +650,10 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
     """The model of a run directory with its final (`checkpoint.pt`) or best (`best.pt`) weights, on `device` (cpu)."""
     target = resolve_device(device)  # before any work: an unavailable device fails at once
     run = Path(run)
-    try:
-        spec = ModelSpec.from_dict(json.loads((run / "model.json").read_text()))
-    except FileNotFoundError:
-        raise NasrecError(f"{run}: not a training run (no model.json)") from None
+    spec = ModelSpec.from_dict(rundir.read_model(run))
     model = spec.build()
-    if which == "final" and _restores_best(run):
-        which = "best"  # the run's final model is its best evaluation's (see TrainConfig.restore_best)
-    ck = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
+    # a run that restores its best evaluation's weights has them as its final model (TrainConfig.restore_best)
+    ck = load_checkpoint(rundir.weights_path(run, which))
     try:
         model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
     except RuntimeError as e:  # e.g. a model with layer norms saved before the head was centred
@@ -681,11 +680,6 @@ def same_run(a: TrainConfig, b: TrainConfig) -> bool:
     return _identity(a.to_dict()) == _identity(b.to_dict())
 
 
-def _restores_best(run: Path) -> bool:
-    try:
-        return bool(json.loads((run / "config.json").read_text())["train"].get("restore_best", False))
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return False
 
 
 def _json_default(o: Any) -> Any:
