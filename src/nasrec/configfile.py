@@ -170,7 +170,7 @@ def _field_kinds(cls: type) -> dict[str, tuple[Any, bool]]:
     for f in fields(cls):
         hint = hints.get(f.name)
         args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        kinds = [a for a in args if a is not type(None)]
+        kinds = [typing.get_origin(a) or a for a in args if a is not type(None)]  # dict[str, Any]: a dict
         kind = kinds[0] if len(kinds) == 1 and kinds[0] in _KIND_NAMES else None
         out[f.name] = (kind, len(kinds) < len(args))
     return out
@@ -187,13 +187,17 @@ def check_fields(config: Any, what: str, rules: dict[str, Rule]) -> None:
 
 def check_mapping(what: str, path: str, values: dict[str, Any], cls: type, rules: dict[str, Rule],
                   exclude: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
-    """`values` (some fields of the dataclass `cls`, less `exclude`) checked as `check_fields` would; keys named `path.key`."""
+    """`values` (some fields of the dataclass `cls`, less `exclude`) checked as `check_fields` would.
+
+    Keys are named `path.key` in errors (`key` alone when `path` is empty).
+    """
     kinds = {k: v for k, v in _field_kinds(cls).items() if k not in exclude}
     out = {}
     for k, v in values.items():
+        key = f"{path}.{k}" if path else str(k)
         if k not in kinds:
-            raise ConfigError(what, f"{path}.{k}", f"unknown key (known: {', '.join(sorted(kinds))})")
-        out[k] = check_value(what, f"{path}.{k}", v, kinds[k][0], rules.get(k), kinds[k][1])
+            raise ConfigError(what, key, f"unknown key (known: {', '.join(sorted(kinds))})")
+        out[k] = check_value(what, key, v, kinds[k][0], rules.get(k), kinds[k][1])
     return out
 
 
@@ -204,3 +208,31 @@ def checked_replace(config: T, what: str, changes: dict[str, Any]) -> T:
     if unknown:
         raise ConfigError(what, str(unknown[0]), f"unknown key (known: {', '.join(sorted(known))})")
     return replace(config, **changes)  # type: ignore[type-var]
+
+
+# The presets shipped with nasrec, one YAML file per preset: presets/<kind>/<name>.yaml (package data). A new
+# file is a new preset: every list of names (the CLI's choices, the pipeline's checks) is read from the folder.
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names(kind: str) -> tuple[str, ...]:
+    """Names of the presets of one kind ("train" or "search"), sorted: their files' names (none is read)."""
+    return tuple(sorted(p.stem for p in (PRESET_DIR / kind).glob("*.yaml")))
+
+
+def preset_file(kind: str, name: str, what: str) -> Path:
+    """The file of the preset `name` of a kind; an unknown name is an error listing the known ones."""
+    names = preset_names(kind)
+    if name not in names:
+        raise NasrecError(f"unknown {what} {name!r} (expected one of: {', '.join(names)})")
+    return PRESET_DIR / kind / f"{name}.yaml"
+
+
+def read_preset(path: Path, what: str) -> dict[str, Any]:
+    """The settings in a preset file (an empty file has none); anything but a mapping is a one-line error."""
+    values = read_config_file(path, what)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise NasrecError(f"{path}: a {what} is a mapping of settings, not {show(values)}")
+    return values

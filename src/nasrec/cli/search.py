@@ -6,6 +6,7 @@ import argparse
 
 from nasrec import clicheck, console
 from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_caps, add_device, device_arg, parse_sets
+from nasrec.configfile import preset_names
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +15,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory (the supernet's)")
     p.add_argument("--out", required=True, metavar="DIR", help="search directory")
     p.add_argument("--strategy", choices=["evolution", "random"])
-    p.add_argument("--preset", help="auto (default: the paper's search fitted to the data and --time-budget), "
-                                    "paper, cpu, cpu-quick")  # fmt: skip
+    fitted = "default auto: the paper's search fitted to the data and --time-budget"
+    p.add_argument("--preset", choices=preset_names("search"), help=f"search preset (nasrec/presets/search; {fitted})")
     p.add_argument("--time-budget", metavar="T", help="wall time the auto preset fits its scoring into: seconds or "
                                                       "15m, 2h (default 15m; retraining not included)")  # fmt: skip
     add_caps(p)
@@ -91,8 +92,9 @@ def _add_rankcheck(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=clicheck.int_at_least(0), default=0)
     p.add_argument("--strategy", default="uniform", help="sampling strategy of the architectures")
     add_caps(p)
-    p.add_argument("--preset", default="cpu-quick", help="search preset whose scoring budget is used")
-    p.add_argument("--train-preset", help="training preset of the from-scratch runs (default: the search preset's)")
+    p.add_argument("--preset", default="cpu-quick", choices=preset_names("search"), help="search preset to score with")
+    from_scratch = "training preset of the from-scratch runs (default: the search preset's)"
+    p.add_argument("--train-preset", choices=preset_names("train"), help=from_scratch)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scoring setting")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a training setting")
     p.add_argument("--workers", type=clicheck.int_at_least(1), default=1, help="scoring processes")

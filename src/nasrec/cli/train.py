@@ -6,12 +6,13 @@ import argparse
 
 from nasrec import clicheck, console
 from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_device, device_arg, parse_sets
+from nasrec.configfile import preset_names
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
-    p.add_argument("--preset", help="paper-supernet, paper-final, cpu-quick, cpu-supernet")
+    p.add_argument("--preset", choices=preset_names("train"), help="training preset (nasrec/presets/train)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training setting (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_device(p, "train", resumable=True)

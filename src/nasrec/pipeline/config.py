@@ -40,7 +40,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nasrec.configfile import SEED, ConfigError, Rule, check_mapping, check_value, read_config_file, show
+from nasrec.configfile import (
+    SEED,
+    ConfigError,
+    Rule,
+    check_mapping,
+    check_value,
+    preset_names,
+    read_config_file,
+    show,
+)
 from nasrec.errors import NasrecError
 
 FORMATS = ("criteo", "avazu", "kdd12", "schema", "synthetic")
@@ -195,9 +204,7 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
 
 
 def _check_stages(cfg: dict[str, Any]) -> None:
-    from nasrec.search.presets import PRESETS as SEARCH_PRESETS
     from nasrec.space.space import get_space
-    from nasrec.train.config import PRESETS as TRAIN_PRESETS
     from nasrec.train.config import preset
     from nasrec.zoo.budget import names_as_numbers
 
@@ -207,10 +214,10 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     except NasrecError as e:
         _fail("supernet.space", str(e))
     for section in ("supernet", "final"):
-        _check_type(f"{section}.preset", cfg[section]["preset"], str, rule=Rule(choices=tuple(TRAIN_PRESETS)))
+        _check_type(f"{section}.preset", cfg[section]["preset"], str, rule=Rule(choices=preset_names("train")))
         _check_overrides(f"{section}.set", cfg[section]["set"], lambda **kv: preset(None, **names_as_numbers(kv)))
     s = cfg["search"]
-    _check_type("search.preset", s["preset"], str, rule=Rule(choices=tuple(SEARCH_PRESETS)))
+    _check_type("search.preset", s["preset"], str, rule=Rule(choices=preset_names("search")))
     for path, value in (("search.workers", s["workers"]), ("search.retrain_seeds", s["retrain_seeds"]),
                         ("final.seeds", cfg["final"]["seeds"])):  # fmt: skip
         _check_type(path, value, int, rule=Rule(ge=1))

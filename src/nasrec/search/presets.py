@@ -1,34 +1,52 @@
-"""The search presets: named search and scoring settings with the training recipe of the top-k retraining."""
+"""The search presets: named search and scoring settings with the training recipe of the top-k retraining.
+
+Each is a YAML file in nasrec/presets/search (package data): `search` holds `SearchConfig` fields,
+`score` holds `ScoreConfig` fields, and `train_preset` names the training preset the top-k are retrained
+with. A file is checked by type and range when its preset is used, and a mistake is one line naming the
+file and the key. The default, `auto`, is the paper's preset fitted to the data and to a time budget
+(`nasrec.search.auto`); its file holds the base it starts from.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from nasrec.configfile import ConfigError
-from nasrec.errors import NasrecError
+from nasrec.configfile import ConfigError, Rule, check_mapping, preset_file, preset_names, read_preset
+from nasrec.search import config, scorer
 from nasrec.search.config import SearchConfig
 from nasrec.search.scorer import ScoreConfig
 
 DEFAULT_PRESET = "auto"
-# name -> (search settings, scoring settings, training preset of the top-k retraining)
-PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
-    # the paper's, fitted to the data and the time budget when the search starts (nasrec.search.auto)
-    "auto": ({}, {}, "paper-final"),
-    # spec 4: 128 + 240 x 8 = 2,048 candidates; 500 head steps; 150 x 8192 validation rows
-    "paper": ({}, {}, "paper-final"),
-    # about an hour on a 2-core CPU for Criteo-shaped data: 32 + 24 x 8 = 224 candidates
-    "cpu": (
-        dict(population=32, sample=16, generations=24, keep_per_generation=None, top_k=3),
-        dict(finetune_steps=50, warmup_steps=5, val_batches=4),
-        "cpu-quick",
-    ),
-    # minutes: the demo and quick checks
-    "cpu-quick": (
-        dict(population=16, sample=8, children=4, generations=8, keep_per_generation=None, top_k=2),
-        dict(finetune_steps=20, warmup_steps=2, val_batches=2, val_batch_size=4096),
-        "cpu-quick",
-    ),
-}
+
+
+@dataclass(frozen=True)
+class SearchPreset:
+    """A search preset as its file gives it: settings that differ from the configurations' defaults."""
+
+    train_preset: str
+    search: dict[str, Any] = field(default_factory=dict)
+    score: dict[str, Any] = field(default_factory=dict)
+
+
+def load_preset(name: str) -> SearchPreset:
+    """The search preset `name` (nasrec/presets/search/NAME.yaml), checked by type and range."""
+    path = preset_file("search", name, "search preset")
+    what = f"search preset {path}"
+    given = read_preset(path, "search preset")
+    top = check_mapping(what, "", given, SearchPreset, {"train_preset": Rule(choices=preset_names("train"))})
+    if "train_preset" not in top:
+        raise ConfigError(what, "train_preset", "missing (the training preset of the top-k retraining)")
+    search = check_mapping(what, "search", top.get("search", {}), SearchConfig, config.RULES)
+    score = check_mapping(what, "score", top.get("score", {}), ScoreConfig, scorer.RULES)
+    for section, cls, values in (("search", SearchConfig, search), ("score", ScoreConfig, score)):
+        try:  # the combinations too (a tournament larger than the population)
+            cls().updated(**values)
+        except ConfigError as e:
+            raise ConfigError(
+                what, f"{section}.{e.key}", e.problem, tuple(f"{section}.{k}" for k in e.related)
+            ) from None
+    return SearchPreset(top["train_preset"], search, score)
 
 
 def resolve(
@@ -38,14 +56,11 @@ def resolve(
 
     For `auto` these are its base, the paper's settings: `search` fits them to the data and the machine.
     """
-    name = preset or DEFAULT_PRESET
-    if name not in PRESETS:
-        raise NasrecError(f"unknown search preset {name!r} (expected one of: {', '.join(PRESETS)})")
-    s, sc, train_preset = PRESETS[name]
+    p = load_preset(preset or DEFAULT_PRESET)
     return (
-        SearchConfig().updated(**{**s, **(search or {})}),
-        ScoreConfig().updated(**{**sc, **(score or {})}),
-        train_preset,
+        SearchConfig().updated(**{**p.search, **(search or {})}),
+        ScoreConfig().updated(**{**p.score, **(score or {})}),
+        p.train_preset,
     )
 
 

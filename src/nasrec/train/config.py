@@ -1,11 +1,21 @@
-"""Training configuration as a plain, validated value, and the named presets."""
+"""Training configuration as a plain, validated value, and the named presets (YAML files in nasrec/presets/train)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nasrec.configfile import LEARNING_RATE, SEED, ConfigError, Rule, check_fields, checked_replace
+from nasrec.configfile import (
+    LEARNING_RATE,
+    SEED,
+    ConfigError,
+    Rule,
+    check_fields,
+    check_mapping,
+    checked_replace,
+    preset_file,
+    read_preset,
+)
 from nasrec.data.cache import SPLIT_NAMES
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
@@ -123,34 +133,21 @@ def default_eps_as_none(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # spec 3: supernet training of the paper (Criteo: T = 15,000; one epoch on train)
-    "paper-supernet": dict(batch_size=512, epochs=1, optimizer="adagrad", lr=0.12, schedule="warmup-cosine",
-                           warmup_fraction=0.1, clip=5.0, path_warmup_steps=15_000, shuffle=False),
-    # spec 4: final training from scratch (Criteo NASRec-Full lr 0.16; Small 0.1), LN off, batch 256
-    "paper-final": dict(batch_size=256, epochs=1, optimizer="adagrad", lr=0.16, schedule="warmup-cosine",
-                        warmup_fraction=0.1, clip=5.0, layernorm=False, shuffle=False, eval_every=10_000),
-    # minutes on a 2-core CPU with a few hundred thousand rows. Layer norms on (like the supernet): without
-    # them a random architecture's initial logits reach std 1e1-1e4 on small-vocabulary data and the
-    # higher learning rates diverge (docs/design.md, "Layer norms and learning rate in standalone training").
-    "cpu-quick": dict(batch_size=512, epochs=2, optimizer="adagrad", lr=0.15, schedule="warmup-cosine",
-                      warmup_fraction=0.05, clip=5.0, shuffle=True, eval_every=500, eval_max_batches=10,
-                      layernorm=True),
-    # The full-path warm-up is a fifth of the training, the paper's share (15,000 of Criteo's ~72,000 steps
-    # per epoch), so that it ends on any data size.
-    # lr 0.1: with the centred head, a 4-epoch Small supernet on the demo data ends at train loss 0.37 at
-    # lr 0.1 against 0.45 at 0.05 (docs/design.md, "Centred head")
-    "cpu-supernet": dict(batch_size=512, epochs=1, optimizer="adagrad", lr=0.1, schedule="warmup-cosine",
-                         warmup_fraction=0.05, clip=5.0, shuffle=True, path_warmup_fraction=0.2, eval_every=0,
-                         eval_max_batches=10),
-}  # fmt: skip
+def preset_settings(name: str) -> dict[str, Any]:
+    """The settings of a named training preset (nasrec/presets/train/NAME.yaml), checked by type and range."""
+    path = preset_file("train", name, "preset")
+    what = f"training preset {path}"
+    values = check_mapping(what, "", read_preset(path, "training preset"), TrainConfig, RULES)
+    try:
+        TrainConfig().updated(**values)  # the combinations too (eps with sgd, both warm-up forms)
+    except ConfigError as e:
+        raise ConfigError(what, e.key, e.problem, e.related) from None
+    return values
 
 
 def preset(name: str | None, **overrides: Any) -> TrainConfig:
     """A named preset (or the defaults), with overrides applied."""
-    if name is not None and name not in PRESETS:
-        raise NasrecError(f"unknown preset {name!r} (expected one of: {', '.join(PRESETS)})")
-    base = dict(PRESETS[name]) if name else {}
+    base = preset_settings(name) if name is not None else {}
     # the warm-up is given one way: one given explicitly replaces the preset's other way
     for given, other in (("path_warmup_steps", "path_warmup_fraction"), ("path_warmup_fraction", "path_warmup_steps")):
         if given in overrides and other not in overrides:
