@@ -25,7 +25,6 @@ from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
 from nasrec.search.api import retrain_top, search
-from nasrec.search.budget import resolve_cap
 from nasrec.search.evolution import Search, SearchConfig, top_k
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.pareto import dominates, pareto_front
@@ -34,6 +33,7 @@ from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import train_supernet
+from nasrec.zoo.budget import resolve_cap
 from nasrec.zoo.registry import zoo_cost
 
 # -- a cheap analytic objective: distance to a hidden target architecture ------------------------------

@@ -1,6 +1,6 @@
 """How much memory a model needs, known before it is built, and a one-line refusal when the machine lacks it.
 
-The count is analytic (`nasrec.model.cost`, `nasrec.zoo.registry.zoo_cost` on the meta device), so even an
+The count is analytic (`nasrec.model.cost`, the zoo's `zoo_cost` on the meta device), so even an
 architecture of absurd widths is measured without allocating anything. Training holds, in float32:
 
 - the weights: every parameter, 4 bytes;
@@ -58,9 +58,9 @@ def spec_params(spec: Any) -> tuple[int, int]:
                       use_layernorm=spec.layernorm)  # fmt: skip
         return int(c.params), int(c.dense_params)
     if spec.kind == "zoo":
-        from nasrec.zoo.registry import zoo_cost
+        from nasrec.model.spec import zoo_model_cost
 
-        z = zoo_cost(spec.zoo, spec.num_dense, spec.table_sizes, **spec.hparams)
+        z = zoo_model_cost(spec.zoo, spec.num_dense, spec.table_sizes, spec.hparams)
         return int(z.params), int(z.dense_params)
     from nasrec.space.space import SearchSpace
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +14,27 @@ from nasrec.space.arch import Architecture
 MODEL_KINDS = ("nasrec", "zoo", "supernet")
 # A supernet's `hparams["semantics"]`: nasrec's sliced weights, or the reference's masks (for measurements)
 SUPERNET_SEMANTICS = ("slice", "mask")
+
+# The baseline zoo is the layer above this one (its models are built from `FieldEmbedding`): rather than being
+# imported from here, it registers how its models are built and costed when `nasrec.zoo` is imported.
+_ZOO: dict[str, Callable[..., Any]] = {}
+
+
+def register_zoo(build: Callable[..., nn.Module], cost: Callable[..., Any]) -> None:
+    """Make kind "zoo" buildable: `build` and `cost` take (name, num_dense, table_sizes, **hparams)."""
+    _ZOO.update(build=build, cost=cost)
+
+
+def zoo_model_cost(name: str, num_dense: int, table_sizes: Sequence[int], hparams: dict[str, Any]) -> Any:
+    """A zoo model's analytic cost (`nasrec.zoo.ZooCost`: mflops, params, dense_params) through the registration."""
+    return _zoo("cost")(name, num_dense, table_sizes, **hparams)
+
+
+def _zoo(what: str) -> Callable[..., Any]:
+    """The zoo's registered `build` or `cost`."""
+    if what not in _ZOO:
+        raise NasrecError("a zoo model's spec needs the zoo registered: import nasrec.zoo first")
+    return _ZOO[what]
 
 
 @dataclass(frozen=True)
@@ -60,9 +82,7 @@ class ModelSpec:
 
             return Subnet(self.architecture(), self.num_dense, self.table_sizes, layernorm=self.layernorm)
         if self.kind == "zoo":
-            from nasrec.zoo.registry import build_zoo_model
-
-            return build_zoo_model(self.zoo, self.num_dense, self.table_sizes, **self.hparams)
+            return _zoo("build")(self.zoo, self.num_dense, self.table_sizes, **self.hparams)
         from nasrec.model.supernet import Supernet
         from nasrec.space.space import SearchSpace
 
@@ -77,9 +97,7 @@ class ModelSpec:
             c = ServedCost(self.num_dense, self.table_sizes, self.layernorm).of(self.architecture())
             return {"mflops": c.mflops, "params": c.params, "dense_params": c.dense_params}
         if self.kind == "zoo":
-            from nasrec.zoo.registry import zoo_cost
-
-            c = zoo_cost(self.zoo, self.num_dense, self.table_sizes, **self.hparams)
+            c = zoo_model_cost(self.zoo, self.num_dense, self.table_sizes, self.hparams)
             return {"mflops": c.mflops, "params": c.params, "dense_params": c.dense_params}
         model = self.build()
         n = sum(p.numel() for p in model.parameters())

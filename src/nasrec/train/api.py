@@ -83,8 +83,8 @@ def train_supernet(
     `semantics="mask"` trains one that runs paths as the reference does (full widths, then masks), to
     measure what nasrec's slicing changes; it computes at full width whatever the path, so it is slower.
     """
-    from nasrec.search.budget import resolve_caps
     from nasrec.space.space import get_space
+    from nasrec.zoo.budget import resolve_caps
 
     cache = open_cache(data)
     out = Path(out)

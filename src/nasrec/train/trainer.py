@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import distributed, rundir
 from nasrec.configfile import ConfigError
 from nasrec.console import Heartbeat, bar_extra, duration

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nasrec.errors import NasrecError
 from nasrec.model.cost import LN_FLOPS_PER_ELEMENT
 from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.spec import register_zoo
 from nasrec.zoo.autoint import AutoIntPlus
 from nasrec.zoo.base import ZooModel
 from nasrec.zoo.dcn import DCNv2
@@ -148,3 +149,7 @@ def zoo_cost(name_or_model: str | nn.Module, num_dense: int, table_sizes: Sequen
     flops = _measure_flops(model, num_dense, len(table_sizes), device)
     dense, emb = _param_counts(model)
     return ZooCost(flops=flops, dense_params=dense, embedding_params=emb)
+
+
+# `ModelSpec` (the layer below) builds and costs kind "zoo" through these once the zoo is imported
+register_zoo(build_zoo_model, zoo_cost)
