@@ -9,9 +9,7 @@ reported with its file, line and column.
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import hashlib
 import io
 import lzma
@@ -24,35 +22,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from nasrec.data.badlines import BadLineHandling, line_field_counts
+from nasrec.data.compression import Tap, compression_of, decompressed
 from nasrec.data.schema import Schema
 from nasrec.errors import DataError, NasrecError
 
 DEFAULT_CHUNK_BYTES = 16 << 20  # measured fastest on 2 cores (cache friendly polars parse)
 PARQUET_CHUNK_ROWS = 250_000
 SNIFF_BYTES = 1 << 16  # the start of a file that decides its line ends
-
-
-def compression_of(path: Path) -> str | None:
-    """The compression of a file, "gzip", "bzip2" or "xz" (by its first bytes, not its name); None for plain.
-
-    Formats this reader cannot stream (zstd, zip) are a one-line error naming what to do instead.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if head[:3] == b"\x1f\x8b\x08":
-        return "gzip"
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
-        return "bzip2"
-    if head[:6] == b"\xfd7zXZ\x00":
-        return "xz"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        raise NasrecError(
-            f"{path}: zstd-compressed, which nasrec cannot stream; decompress it first (zstd -d), "
-            "or recompress it with gzip, bzip2 or xz"
-        )
-    if head[:4] == b"PK\x03\x04":
-        raise NasrecError(f"{path}: a zip archive; unpack it first (unzip)")
-    return None
 
 
 def is_parquet(path: Path) -> bool:
@@ -65,34 +42,6 @@ def is_parquet(path: Path) -> bool:
             return fh.read(4) == b"PAR1"
     except OSError:
         return False
-
-
-class _Tap:
-    """A binary file that feeds every byte read through it into a digest, and counts them."""
-
-    def __init__(self, fh: Any, digest: Any) -> None:
-        self.fh = fh
-        self.digest = digest
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        b = self.fh.read(n)
-        self.digest.update(b)
-        self.count += len(b)
-        return b
-
-    def close(self) -> None:  # the file itself is closed by its owner
-        pass
-
-
-def _decompressed(kind: str | None, tap: _Tap) -> Any:
-    if kind == "gzip":
-        return gzip.GzipFile(fileobj=tap, mode="rb")  # type: ignore[arg-type]
-    if kind == "bzip2":
-        return bz2.BZ2File(tap)  # type: ignore[arg-type]
-    if kind == "xz":
-        return lzma.LZMAFile(tap)  # type: ignore[arg-type]
-    return tap
 
 
 @dataclass
@@ -120,41 +69,7 @@ class SourceInfo:
     compression: str | None = None  # gzip, bzip2 or xz when the file was decompressed while read
 
 
-def _line_field_counts(buf: bytes, sep: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start offsets of each line and the number of fields on it (slow path, used on mismatch)."""
-    a = np.frombuffer(buf, np.uint8)
-    ends = np.flatnonzero(a == 10)
-    if len(buf) and buf[-1:] != b"\n":
-        ends = np.append(ends, len(buf))
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    seps = np.flatnonzero(a == sep[0])
-    counts = np.diff(np.searchsorted(seps, np.concatenate(([0], ends)))) + 1
-    counts[starts == ends] = 0  # an empty line holds no field at all
-    return starts, counts
-
-
-def _quoted_field_counts(buf: bytes, sep: str, quote: str, path: Path, line_no: int) -> np.ndarray:
-    """Fields per record of a block that contains quote characters (the csv module's view).
-
-    A record spanning several lines (a quoted newline, an unclosed quote) or text the csv module
-    rejects is reported at its line: `line_no` is the line number of the block's first line.
-    """
-    reader = csv.reader(io.StringIO(buf.decode("utf-8", errors="replace")), delimiter=sep, quotechar=quote)
-    counts = []
-    prev = 0  # lines consumed before the current record
-    try:
-        for record in reader:
-            if reader.line_num - prev > 1:
-                msg = "quoted fields spanning several lines are not supported (unclosed quote?)"
-                raise DataError(msg, file=str(path), line=line_no + prev)
-            counts.append(len(record))
-            prev = reader.line_num
-    except csv.Error as e:
-        raise DataError(f"malformed CSV ({e})", file=str(path), line=line_no + prev) from None
-    return np.array(counts, dtype=np.int64)
-
-
-class TextReader:
+class TextReader(BadLineHandling):
     """Reads CSV/TSV files of a schema in chunks, checking each line's field count."""
 
     def __init__(
@@ -180,8 +95,8 @@ class TextReader:
         kind = compression_of(path)
         digest = hashlib.sha256()
         with open(path, "rb") as raw:
-            tap = _Tap(raw, digest)
-            stream = _decompressed(kind, tap)
+            tap = Tap(raw, digest)
+            stream = decompressed(kind, tap)
             try:
                 yield from self._read_stream(path, stream, tap, info, kind)
             finally:
@@ -193,7 +108,7 @@ class TextReader:
         info.sha256 = digest.hexdigest()
         info.compression = kind
 
-    def _read_stream(self, path: Path, stream: Any, tap: _Tap, info: SourceInfo, kind: str | None) -> Iterator[Chunk]:
+    def _read_stream(self, path: Path, stream: Any, tap: Tap, info: SourceInfo, kind: str | None) -> Iterator[Chunk]:
         s = self.schema
         sep = s.separator.encode()
         line_no = 1  # physical line number of the next line in the file
@@ -342,70 +257,13 @@ class TextReader:
             return None
         return frame.select([c for c in s.used_columns if c in columns])
 
-    def _check_fields(
-        self, path: Path, buf: bytes, columns: tuple[str, ...], line_no: int, n_lines: int, sep: bytes
-    ) -> tuple[bytes, np.ndarray]:
-        """Verify every line has len(columns) fields; drop (skip mode) or report bad ones."""
-        s = self.schema
-        want = len(columns)
-        lines = np.arange(line_no, line_no + n_lines, dtype=np.int64)
-        if s.quote is not None and s.quote.encode() in buf:
-            counts = _quoted_field_counts(buf, s.separator, s.quote, path, line_no)
-            if len(counts) != n_lines:
-                raise DataError("quoted fields spanning several lines are not supported", file=str(path), line=line_no)
-            if (counts == want).all():
-                return buf, lines
-            starts, _ = _line_field_counts(buf, sep)
-            return self._drop_bad(path, buf, lines, starts, counts, want)
-        # Cheap and exact together with the parser: polars rejects any line with too many fields
-        # (see _parse), so a matching total means no line has too few.
-        if buf.count(sep) == (want - 1) * n_lines:
-            return buf, lines
-        starts, counts = _line_field_counts(buf, sep)
-        return self._drop_bad(path, buf, lines, starts, counts, want)
-
-    def _drop_bad(
-        self, path: Path, buf: bytes, lines: np.ndarray, starts: np.ndarray, counts: np.ndarray, want: int
-    ) -> tuple[bytes, np.ndarray]:
-        bad = np.flatnonzero(counts != want)
-        reasons = {int(i): f"expected {want} fields, found {counts[i]}" for i in bad}
-        return self._drop_lines(path, buf, lines, starts, reasons)
-
-    def _drop_lines(
-        self, path: Path, buf: bytes, lines: np.ndarray, starts: np.ndarray, reasons: dict[int, str]
-    ) -> tuple[bytes, np.ndarray]:
-        """Report the lines {index in block: reason} (raise on the first unless skipping) and cut them out."""
-        if not reasons:
-            return buf, lines
-        bad = np.array(sorted(reasons), dtype=np.int64)
-        if self.on_bad_line is None:
-            # Fail mode: keep the lines before the first bad one; their own errors come first.
-            first = int(bad[0])  # earlier than any pending error: only lines before that one remain
-            self._pending = DataError(reasons[first], file=str(path), line=int(lines[first]))
-            return buf[: starts[first]], lines[:first]
-        for i in bad:
-            self.on_bad_line(DataError(reasons[int(i)], file=str(path), line=int(lines[i])))
-        ends = np.append(starts[1:], len(buf))
-        keep = np.ones(len(lines), dtype=bool)
-        keep[bad] = False
-        pieces = []
-        prev = 0
-        for i in bad:  # a loop over bad lines only: copy the good runs between them
-            pieces.append(buf[prev : starts[i]])
-            prev = ends[i]
-        pieces.append(buf[prev:])
-        out = b"".join(pieces)
-        if out and not out.endswith(b"\n"):
-            out += b"\n"
-        return out, lines[keep]
-
     def _parse(self, path: Path, buf: bytes, columns: tuple[str, ...], lines: np.ndarray) -> tuple:
         """Parse a checked block into string columns; returns (frame, lines)."""
         try:
             frame = self._read(buf, columns)
         except pl.exceptions.PolarsError:
             # A line with too many fields: locate it exactly, then parse what is left.
-            starts, counts = _line_field_counts(buf, self.schema.separator.encode())
+            starts, counts = line_field_counts(buf, self.schema.separator.encode())
             buf, lines = self._drop_bad(path, buf, lines, starts, counts, len(columns))
             try:
                 frame = self._read(buf, columns)
@@ -413,31 +271,6 @@ class TextReader:
                 buf, lines = self._drop_unparseable(path, buf, lines, columns)
                 frame = self._read(buf, columns)
         return frame.select([c for c in self.schema.used_columns if c in columns]), lines
-
-    def _drop_unparseable(
-        self, path: Path, buf: bytes, lines: np.ndarray, columns: tuple[str, ...]
-    ) -> tuple[bytes, np.ndarray]:
-        """Report or cut out the lines polars cannot read (error path only: checks line by line)."""
-        starts, _ = _line_field_counts(buf, self.schema.separator.encode())
-        ends = np.append(starts[1:], len(buf)).tolist()
-        reasons: dict[int, str] = {}
-        for i, a in enumerate(starts.tolist()):
-            try:
-                buf[a : ends[i]].decode("utf-8")
-            except UnicodeDecodeError:
-                reasons[i] = "invalid UTF-8"
-        if not reasons:
-            for i, a in enumerate(starts.tolist()):
-                try:
-                    self._read(buf[a : ends[i]], columns)
-                except pl.exceptions.PolarsError as e:
-                    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-                    reasons[i] = f"cannot parse the line ({first})"
-                    if self.on_bad_line is None:
-                        break
-        if not reasons:
-            raise DataError("cannot parse these lines (malformed quoting?)", file=str(path), line=int(lines[0]))
-        return self._drop_lines(path, buf, lines, starts, reasons)
 
     def _read(self, buf: bytes, columns: tuple[str, ...]) -> pl.DataFrame:
         s = self.schema
