@@ -24,8 +24,8 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.pipeline.config import resolve_config
 from nasrec.rundir import load_checkpoint, save_checkpoint
-from nasrec.search.api import resolve
-from nasrec.search.evolution import SearchConfig
+from nasrec.search.config import SearchConfig
+from nasrec.search.presets import resolve
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.arch import Architecture
 from nasrec.space.space import NASREC_SMALL, SearchSpace

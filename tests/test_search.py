@@ -24,10 +24,13 @@ from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
-from nasrec.search.api import retrain_top, search
-from nasrec.search.evolution import Search, SearchConfig, top_k
+from nasrec.search.api import search
+from nasrec.search.candidate import top_k
+from nasrec.search.config import SearchConfig
+from nasrec.search.evolution import Search
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.pareto import dominates, pareto_front
+from nasrec.search.retrain import retrain_top
 from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_all, finetune_head
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
@@ -175,7 +178,7 @@ def test_pareto_search_returns_the_non_dominated_candidates(tmp_path: Path) -> N
 
 
 def test_top_k_skips_equal_scores() -> None:
-    from nasrec.search.evolution import Candidate
+    from nasrec.search.candidate import Candidate
 
     archs = [NASREC_SMALL.sample(np.random.default_rng(s), "uniform") for s in range(5)]
     cands = [Candidate(i, 0, a, a.hash(), s, 1.0, 1) for i, (a, s) in
