@@ -105,14 +105,31 @@ def test_a_run_saved_before_a_setting_existed_still_resumes(cache_dir: Path, tmp
 
 
 def test_zoo_model_and_errors(cache_dir: Path, tmp_path: Path) -> None:
+    from nasrec.data.cache import open_cache
+    from nasrec.data.loader import BatchLoader
+    from nasrec.zoo import zoo_cost
+
     res = train(cache_dir, tmp_path / "lr", model="lr", overrides=dict(QUICK, epochs=1), progress=False)
     assert np.isfinite(res["logloss"]) and res["mflops"] >= 0
-    with pytest.raises(NasrecError, match="not empty"):
+    # the run serves the zoo model: one finite logit a row, its cost the zoo's analytic count of that model
+    cache = open_cache(cache_dir)
+    model, spec = load_trained(tmp_path / "lr")
+    assert spec.kind != "supernet"
+    batch = next(iter(BatchLoader(cache, "test", batch_size=100)))
+    with torch.no_grad():
+        logits = model(batch.dense, batch.sparse)
+    assert logits.shape == (100,) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert logits.std() > 0  # trained away from its all-zero start: the rows get different predictions
+    cost = zoo_cost("lr", len(cache.dense_fields), cache.table_sizes)
+    assert res["mflops"] == cost.mflops and res["params"] == cost.params == sum(p.numel() for p in model.parameters())
+    # errors name what is wrong: the directory, the missing choice, the unknown key
+    with pytest.raises(NasrecError, match=f"{tmp_path / 'lr'} is not empty"):
         train(cache_dir, tmp_path / "lr", model="lr", overrides=QUICK, progress=False)
-    with pytest.raises(NasrecError, match="exactly one"):
+    with pytest.raises(NasrecError, match=r"exactly one of --arch FILE\.json or --model NAME"):
         train(cache_dir, tmp_path / "x", progress=False)
-    with pytest.raises(NasrecError, match="unknown key"):
+    with pytest.raises(NasrecError, match="learning_rate: unknown key"):
         train(cache_dir, tmp_path / "y", model="lr", overrides={"learning_rate": 1}, progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
 
 
 def test_supernet_paths_are_a_function_of_seed_and_step() -> None:
@@ -161,14 +178,28 @@ def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
+    from nasrec.model.spec import ModelSpec
+
     res = train_supernet(cache_dir, tmp_path / "sn", space="small", progress=False,
                          overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, eval_max_batches=1,
-                                        supernet_eval_archs=2, lr=0.05))  # fmt: skip
+                                        supernet_eval_archs=2, lr=0.05, log_every=5))  # fmt: skip
     assert res["steps"] == 30 and np.isfinite(res["logloss"])
     assert json.loads((tmp_path / "sn" / "model.json").read_text())["kind"] == "supernet"
     # Strict JSON (no NaN): a supernet has parameters but no single MFLOPs figure.
     metrics = json.loads((tmp_path / "sn" / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert metrics["mflops"] is None and metrics["params"] > 0
+    # It learns: the training loss falls over the full-path warm-up and the sampled paths after it.
+    lines = [json.loads(x) for x in (tmp_path / "sn" / "metrics.jsonl").read_text().splitlines()]
+    logged = [(x["step"], x["path_warmup"], x["train_loss"]) for x in lines if "train_loss" in x]
+    assert [(s, w) for s, w, _ in logged] == [(5, True), (10, True), (15, False), (20, False), (25, False), (30, False)]
+    assert logged[-1][2] < logged[0][2], logged
+    # Training moved the shared weights from their seeded start (the same seed builds the same supernet).
+    spec = ModelSpec.from_dict(json.loads((tmp_path / "sn" / "model.json").read_text()))
+    torch.manual_seed(0)
+    start = spec.build().state_dict()
+    trained = load_trained(tmp_path / "sn")[0].state_dict()
+    moved = {k for k, v in trained.items() if k in start and not torch.equal(v, start[k])}
+    assert any(k.startswith("embedding") for k in moved) and any(k.startswith("cells") for k in moved), moved
 
 
 @pytest.mark.slow
@@ -278,7 +309,7 @@ def test_killed_run_resumes_to_the_same_result(cache_dir: Path, tmp_path: Path) 
 
 
 def test_tensorboard_option(cache_dir: Path, tmp_path: Path) -> None:
-    cfg = dict(QUICK, epochs=1, max_steps=12, tensorboard=True)
+    cfg = dict(QUICK, epochs=1, max_steps=12, log_every=4, eval_every=6, tensorboard=True)
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
@@ -286,7 +317,24 @@ def test_tensorboard_option(cache_dir: Path, tmp_path: Path) -> None:
             train(cache_dir, tmp_path / "tb", model="lr", overrides=cfg, progress=False)
         return
     train(cache_dir, tmp_path / "tb", model="lr", overrides=cfg, progress=False)
-    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    # every number of the metrics log is a scalar of the same name, at the step of its line
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for k, v in record.items():
+            if isinstance(v, int | float) and k != "step":
+                expected.setdefault(k, []).append((record["step"], float(v)))
+    assert [s for s, _ in expected["train_loss"]] == [4, 8, 12] and expected["eval_logloss"][0][0] == 6
+    acc = accumulator.EventAccumulator(str(events[0]), size_guidance={accumulator.SCALARS: 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == sorted(expected)
+    for tag, points in expected.items():
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6), tag  # stored as float32
 
 
 def test_weights_that_do_not_fit_their_model_are_named(cache_dir: Path, tmp_path: Path) -> None:
