@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import types
 import typing
 from dataclasses import dataclass, fields, replace
@@ -86,8 +87,14 @@ SEED = Rule(ge=0, le=SEED_MAX)
 # rate of 100 already throws every weight far off in one step, and one near 1e38 overflows float32.
 LEARNING_RATE = Rule(gt=0, le=100, why="Adagrad and Adam move a weight by up to lr per step; the presets use 0.1-0.16")
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-               dict: "a mapping"}  # fmt: skip
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "a mapping",
+}
 
 
 def show(value: Any) -> str:
@@ -110,8 +117,11 @@ def describe(kind: Any, rule: Rule | None = None, optional: bool = False) -> str
         text = "one of " + ", ".join(str(c) for c in rule.choices)
     else:
         text = _KIND_NAMES.get(kind, "a value")
-        bounds = [f"{op} {_num(v)}" for op, v in ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt))
-                  if v is not None]  # fmt: skip
+        bounds = [
+            f"{op} {_num(v)}"
+            for op, v in ((">=", rule.ge), (">", rule.gt), ("<=", rule.le), ("<", rule.lt))
+            if v is not None
+        ]
         if bounds:
             text += " " + " and ".join(bounds)
     if optional:
@@ -125,8 +135,9 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
-def check_value(what: str, key: str, value: Any, kind: Any = None, rule: Rule | None = None,
-                optional: bool = False) -> Any:  # fmt: skip
+def check_value(
+    what: str, key: str, value: Any, kind: Any = None, rule: Rule | None = None, optional: bool = False
+) -> Any:
     """`value` checked against its type and `rule` (ints become floats for a float); raises ConfigError."""
     rule = rule or Rule()
     kind = rule.kind if rule.kind is not None else kind
@@ -155,9 +166,8 @@ def check_value(what: str, key: str, value: Any, kind: Any = None, rule: Rule | 
         fail()
     if rule.choices is not None and value not in rule.choices:
         fail()
-    for bound, ok in ((rule.ge, lambda b: value >= b), (rule.gt, lambda b: value > b), (rule.le, lambda b: value <= b),
-                      (rule.lt, lambda b: value < b)):  # fmt: skip
-        if bound is not None and not ok(bound):
+    for bound, ok in ((rule.ge, operator.ge), (rule.gt, operator.gt), (rule.le, operator.le), (rule.lt, operator.lt)):
+        if bound is not None and not ok(value, bound):
             fail()
     return value
 
@@ -185,8 +195,9 @@ def check_fields(config: Any, what: str, rules: dict[str, Rule]) -> None:
             object.__setattr__(config, name, checked)
 
 
-def check_mapping(what: str, path: str, values: dict[str, Any], cls: type, rules: dict[str, Rule],
-                  exclude: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+def check_mapping(
+    what: str, path: str, values: dict[str, Any], cls: type, rules: dict[str, Rule], exclude: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """`values` (some fields of the dataclass `cls`, less `exclude`) checked as `check_fields` would.
 
     Keys are named `path.key` in errors (`key` alone when `path` is empty).
