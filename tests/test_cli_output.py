@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -130,6 +131,7 @@ def test_run_log_waits_until_the_run_directory_is_written(tmp_path: Path) -> Non
     lock = run / ".nasrec.lock"  # nasrec.rundir's writer lock, as its holder fills it in
     lock.write_text(f"pid {os.getpid()} (nasrec train)\n")  # the lock alone: the directory still counts as empty
     lg = logging.getLogger("nasrec.test")
+    handlers = list(logging.getLogger("nasrec").handlers)  # the library's NullHandler alone
     with console.session("train", ["train", "--out", str(run)], run) as s:
         lg.info("before the run wrote anything")
         assert not (run / console.LOG_NAME).exists()
@@ -150,7 +152,7 @@ def test_run_log_waits_until_the_run_directory_is_written(tmp_path: Path) -> Non
         lg.info("starting")
         s.failed("error: something")
     assert not fresh.exists()
-    assert logging.getLogger("nasrec").handlers == []  # the session put the loggers back
+    assert logging.getLogger("nasrec").handlers == handlers  # the session put the loggers back
 
 
 def test_json_output_is_strict() -> None:
@@ -176,6 +178,64 @@ def test_help_texts() -> None:
     for name in ("predict", "evaluate", "compare", "rankcheck"):
         assert "resume" not in _subcommand_help(name), name
     assert "on resume: the run's own" in " ".join(_subcommand_help("train").split())
+
+
+# -- --quiet and --verbose ---------------------------------------------------------------------------
+def _commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every command that runs something, by its words (`arch info`), with its parser."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        return {prefix: parser}
+    return {k: v for name, p in groups[0].choices.items() for k, v in _commands(p, (*prefix, name)).items()}
+
+
+def test_every_command_takes_quiet_and_verbose() -> None:
+    commands = _commands(build_parser())
+    assert ("arch", "draw") in commands and ("cache", "verify") in commands and ("demo",) in commands
+    for words, parser in commands.items():
+        text = " ".join(parser.format_help().split())
+        assert "-q, --quiet" in text and "-v, --verbose" in text, words
+        assert parser.get_default("verbosity") == 0, words
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["report", "RUN", "--quiet", "--verbose"])  # one or the other
+    assert e.value.code == 2
+
+
+def test_quiet_keeps_warnings_and_the_result_verbose_adds_debug_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tmp_path / "raw.tsv"
+    assert main(["synth", "--rows", "300", "--out", str(raw), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {raw}: 300 rows") and captured.err == ""
+    prepare = ["prepare", "--format", "criteo", "--input", str(raw), "--split", "random"]
+
+    assert main([*prepare, "--out", str(tmp_path / "plain")]) == 0
+    plain = capsys.readouterr()
+    assert "prepare: " in plain.err and "Python" not in plain.err  # INFO lines, no DEBUG line
+    assert main([*prepare, "--out", str(tmp_path / "quiet"), "-q"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out.startswith(f"prepared {tmp_path / 'quiet'}: 300 rows")  # the result, no log
+    assert quiet.out.splitlines()[1:] == plain.out.splitlines()[1:]
+    assert main([*prepare, "--out", str(tmp_path / "verbose"), "--verbose"]) == 0
+    verbose = capsys.readouterr()
+    debug = [line for line in verbose.err.splitlines() if "on Python" in line]
+    assert len(debug) == 1 and TIME.match(debug[0]) and "'command': 'prepare'" in debug[0]
+    assert "prepare: " in verbose.err and verbose.out.splitlines()[1:] == plain.out.splitlines()[1:]
+
+    # warnings and errors still reach stderr when quiet; no progress bars then, and none outside a command
+    log = logging.getLogger("nasrec.test")
+    with console.session("test", [], verbosity=-1):
+        log.info("an info line")
+        log.warning("a warning line")
+        assert console.progress_bar(None, total=1) is None and console.progress_bar(False, total=1) is None
+    err = capsys.readouterr().err
+    assert "a warning line" in err and "an info line" not in err
+    assert not console.progress_enabled(None) and console.progress_enabled(True)
+    assert main(["report", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
 
 
 # -- cheap errors ------------------------------------------------------------------------------------

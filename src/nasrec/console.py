@@ -4,14 +4,16 @@ The library logs through `logging` under the `nasrec.*` logger names: a line per
 search generation, and a summary at the end. It configures no handler itself; the command line does,
 for one command at a time (`session`):
 
-- stderr: one line per record, `HH:MM:SS message`. When stderr is a terminal the long commands show
-  progress bars as well, and a record that only repeats what a bar shows (`extra=BAR`) is left out
-  there. Lines are written through tqdm when it is loaded, so that they do not break a bar.
+- stderr: one line per record, `HH:MM:SS message`: INFO and above, warnings only with `--quiet`, DEBUG too
+  with `--verbose`. When stderr is a terminal (and not `--quiet`) the long commands show tqdm progress
+  bars as well (`progress_bar`, the one progress mechanism), and a record that only repeats what a bar
+  shows (`extra=BAR`) is left out there. Lines are written through tqdm when it is loaded, so that they
+  do not break a bar. Outside a command no bar is shown unless a caller asks for one.
 - `<run dir>/nasrec.log` (train, supernet, search, rankcheck, run, demo): every record, with the date,
   level and logger. The file appears once the command has written its run directory (so that a run
   directory is still "empty" until then); lines logged before are kept and written first.
 
-stdout holds the command's result alone: readable text, or with `--json` one JSON object (`show`).
+stdout holds the command's result alone: readable text, or with `--json` one JSON object (`show`, `out`).
 
 This module imports nothing heavy (no torch, numpy or tqdm): the command line loads it first.
 """
@@ -207,8 +209,9 @@ class RunLogHandler(logging.Handler):
 class Session:
     """The logging set up for one command: a stderr handler and any run-directory logs."""
 
-    def __init__(self, command: str, argv: list[str], level: int) -> None:
+    def __init__(self, command: str, argv: list[str], level: int, bars: bool = False) -> None:
         self.command = command
+        self.bars = bars  # whether progress bars are wanted when a caller leaves it open (`progress_enabled`)
         self.header = f"nasrec {' '.join(argv)} (pid {os.getpid()})"
         self.logger = logging.getLogger("nasrec")
         self.stderr = _StderrHandler()
@@ -255,18 +258,21 @@ def _rank() -> int:
 
 
 @contextlib.contextmanager
-def session(command: str, argv: list[str], run_dir: str | Path | None = None) -> Iterator[Session]:
+def session(command: str, argv: list[str], run_dir: str | Path | None = None, verbosity: int = 0) -> Iterator[Session]:
     """Configure the `nasrec` loggers for one command, and put them back as they were afterwards.
 
-    INFO and above go to stderr (warnings and errors only on torchrun ranks other than 0, which would
-    repeat rank 0's lines); `run_dir` adds its `nasrec.log`.
+    INFO and above go to stderr; `verbosity` -1 (`--quiet`) keeps warnings and errors only and no progress
+    bars, 1 (`--verbose`) adds DEBUG. Torchrun ranks other than 0, which would repeat rank 0's lines, show
+    warnings and errors only. `run_dir` adds its `nasrec.log`, which gets INFO and above (DEBUG too when
+    verbose) whatever stderr shows.
     """
     global _current
     logger = logging.getLogger("nasrec")
     saved = (logger.level, logger.propagate, _current)
-    s = Session(command, argv, logging.INFO if _rank() == 0 else logging.WARNING)
+    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, verbosity))]
+    s = Session(command, argv, level if _rank() == 0 else logging.WARNING, bars=verbosity >= 0 and _isatty(sys.stderr))
     logger.addHandler(s.stderr)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
     logger.propagate = False  # one handler on stderr, not another through the root logger
     _current = s
     if run_dir is not None:
@@ -286,6 +292,23 @@ def add_run_log(directory: str | Path) -> None:
         _current.add_run_log(directory)
 
 
+# -- progress bars --------------------------------------------------------------------------------
+def progress_enabled(progress: bool | None) -> bool:
+    """Whether to show progress bars: `progress` when given; else the command's choice, none outside one."""
+    if progress is not None:
+        return progress
+    return _current is not None and _current.bars
+
+
+def progress_bar(progress: bool | None, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr that disappears when closed, or None when bars are off (`progress_enabled`)."""
+    if not progress_enabled(progress):
+        return None
+    from tqdm import tqdm  # log lines are written through tqdm once it is loaded, so they do not break a bar
+
+    return tqdm(file=sys.stderr, leave=False, **kwargs)
+
+
 # -- results on stdout ----------------------------------------------------------------------------
 def _finite(obj: Any) -> Any:
     """`obj` with NaN and infinities as None, so that the JSON is strict (jq, JavaScript)."""
@@ -303,9 +326,21 @@ def to_json(obj: Any) -> str:
     return json.dumps(_finite(json.loads(json.dumps(obj, default=str))), allow_nan=False)
 
 
+def out(text: str, end: str = "\n") -> None:
+    """Write (part of) a command's result on stdout: the one place the command line prints its results."""
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def note(text: str) -> None:
+    """A line on stderr as it is, without time stamp or level: a command's error line, a skipped input row."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def show(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    """Print a command's result on stdout: `text(result)`, or one JSON object with `--json`."""
-    print(to_json(result) if as_json else text(result).rstrip("\n"), flush=True)
+    """Write a command's result on stdout: `text(result)`, or one JSON object with `--json`."""
+    out(to_json(result) if as_json else text(result).rstrip("\n"))
 
 
 def mflops(x: float | None) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import platform
 import sys
 from collections.abc import Sequence
 
@@ -32,9 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
+    for command in sub.choices.values():
+        _add_verbosity(command)
     return parser
 
 
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """`--quiet` / `--verbose` on a command, or on each subcommand of a command group (`arch`, `cache`)."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if groups:
+        for command in groups[0].choices.values():
+            _add_verbosity(command)
+        return
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                     help="on stderr warnings and errors only, no progress lines or bars (the result stays on stdout)")  # fmt: skip
+    how.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                     help="debug lines as well, on stderr and in the run directory's nasrec.log")  # fmt: skip
+    parser.set_defaults(verbosity=0)
+
+
+log = logging.getLogger(__name__)
 # Commands whose --out is a run directory: their log is also written to <out>/nasrec.log (`run` adds its own).
 _RUN_LOGS = ("train", "supernet", "search", "rankcheck", "demo")
 
@@ -49,14 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     run_log = getattr(args, "out", None) if args.command in _RUN_LOGS else None
-    with console.session(args.command, argv, run_log) as session:
+    with console.session(args.command, argv, run_log, verbosity=args.verbosity) as session:
+        log.debug("nasrec %s on Python %s: %s", __version__, platform.python_version(), vars(args))
         try:
             clicheck.check(args)
             rc = COMMANDS[args.command][1](args)
             session.finished(rc)
             return rc
         except NasrecError as e:
-            print(f"nasrec {args.command}: error: {e}", file=sys.stderr)
+            console.note(f"nasrec {args.command}: error: {e}")
             session.failed(f"error: {e}")
             return e.exit_code
         except BrokenPipeError:  # output piped into a program that stopped reading (e.g. `| head`)
@@ -64,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             session.finished(0)
             return 0
         except KeyboardInterrupt:
-            print(f"nasrec {args.command}: interrupted", file=sys.stderr)
+            console.note(f"nasrec {args.command}: interrupted")
             session.failed("interrupted")
             return 130
         except Exception as e:  # a bug: its traceback goes to stderr as usual, and into the run log

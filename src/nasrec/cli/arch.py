@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nasrec import clicheck, console
 from nasrec.cli.common import JSON_HELP
@@ -118,11 +117,11 @@ def _run_arch_sample(args: argparse.Namespace) -> int:
     arch = sample_architecture(args.space, args.seed, args.strategy)
     if args.out:
         arch.save(args.out)
-        print(
+        console.out(
             f"wrote {args.out} (architecture {arch.hash()}, {args.strategy} sample of {args.space}, seed {args.seed})"
         )
     else:
-        print(arch.to_json(indent=1))
+        console.out(arch.to_json(indent=1))
     return 0
 
 
@@ -139,7 +138,7 @@ def _run_arch_draw(args: argparse.Namespace) -> int:
         except OSError as e:
             raise NasrecError(f"{args.out}: cannot write ({e.strerror})") from None
     else:
-        sys.stdout.write(text)
+        console.out(text, end="")
     return 0
 
 

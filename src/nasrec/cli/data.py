@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from nasrec import clicheck, console
@@ -51,28 +50,28 @@ def _run_prepare(args: argparse.Namespace) -> int:
         max_table_size=args.max_table_size, on_error=args.on_error, max_bad_fraction=args.max_bad_fraction,
         dense_transform=args.dense_transform,
         drop_id=args.drop_id, time_features=args.time_features, kdd_profile=args.kdd_profile, force=args.force,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=console.progress_enabled(False if args.no_progress else None),
     )  # fmt: skip
     res = prepare(cfg)
     if args.json:
-        print(console.to_json({k: v for k, v in vars(res).items() if k != "meta"}))
+        console.out(console.to_json({k: v for k, v in vars(res).items() if k != "meta"}))
         return 0
-    print(f"prepared {res.path}: {sum(res.rows.values()):,} rows in {res.seconds:.2f} s "
+    console.out(f"prepared {res.path}: {sum(res.rows.values()):,} rows in {res.seconds:.2f} s "
           f"({res.rows_per_s:,.0f} rows/s, peak memory {res.peak_rss_mb:,.0f} MB)")  # fmt: skip
     for name, n in res.rows.items():
-        print(f"  {name:<6} {n:>12,} rows   CTR {res.ctr[name]:.4f}")
+        console.out(f"  {name:<6} {n:>12,} rows   CTR {res.ctr[name]:.4f}")
     sizes = list(res.table_sizes.values())
-    print(f"  {len(sizes)} categorical tables, {sum(sizes):,} rows in all (largest {max(sizes, default=0):,})")
+    console.out(f"  {len(sizes)} categorical tables, {sum(sizes):,} rows in all (largest {max(sizes, default=0):,})")
     if "bayes_logloss" in res.meta:
         floor = ", ".join(f"{k} {v:.5f}" for k, v in res.meta["bayes_logloss"].items() if v is not None)
-        print(f"  Bayes-optimal log loss: {floor}")
+        console.out(f"  Bayes-optimal log loss: {floor}")
     if res.skipped:
         from nasrec.data.sources import shown_bad_rows
 
         read = res.meta["skipped"]["rows_read"]
-        print(f"  skipped {res.skipped:,} bad rows of {read:,} read ({res.skipped / read:.2%}):")
+        console.out(f"  skipped {res.skipped:,} bad rows of {read:,} read ({res.skipped / read:.2%}):")
         for line in shown_bad_rows(res.skipped, res.meta["skipped"]["examples"]):
-            print(f"    {line}")
+            console.out(f"    {line}")
     return 0
 
 
@@ -175,10 +174,10 @@ def _run_synth_like(args: argparse.Namespace) -> int:
     _synth_written(args, cfg, res, prepare_hint=False)
     if args.json:
         return 0
-    print(f"  click model of {args.like} (model seed {model_seed}), rows drawn with seed {seed}")
+    console.out(f"  click model of {args.like} (model seed {model_seed}), rows drawn with seed {seed}")
     if seed == row_seed:
-        print(f"  note: {args.like} was drawn with the same row seed, so these rows repeat its first rows")
-    print(f"  predict on it with: nasrec predict --model RUN --input {res.path} --out predictions.csv")
+        console.out(f"  note: {args.like} was drawn with the same row seed, so these rows repeat its first rows")
+    console.out(f"  predict on it with: nasrec predict --model RUN --input {res.path} --out predictions.csv")
     return 0
 
 
@@ -191,16 +190,18 @@ def _synth_written(args: argparse.Namespace, cfg: Any, res: Any, prepare_hint: b
         json.dump(synth_schema(cfg).to_dict(), fh, indent=1)
     if args.json:
         fields = ("path", "rows", "positives", "ctr", "bayes_logloss", "expected_logloss", "seconds")
-        print(console.to_json({**{k: getattr(res, k) for k in fields}, "schema": schema_path}))
+        console.out(console.to_json({**{k: getattr(res, k) for k in fields}, "schema": schema_path}))
         return
-    print(f"wrote {res.path}: {res.rows:,} rows, CTR {res.ctr:.4f}, "
+    console.out(f"wrote {res.path}: {res.rows:,} rows, CTR {res.ctr:.4f}, "
           f"Bayes-optimal log loss {res.bayes_logloss:.5f} ({res.seconds:.1f} s)")  # fmt: skip
     if not prepare_hint:
         return
     if (cfg.num_dense, cfg.num_sparse) == (13, 26):
-        print(f"  prepare it with: nasrec prepare --format criteo --input {res.path} --out DIR")
+        console.out(f"  prepare it with: nasrec prepare --format criteo --input {res.path} --out DIR")
     else:
-        print(f"  prepare it with: nasrec prepare --format schema --schema {schema_path} --input {res.path} --out DIR")
+        console.out(
+            f"  prepare it with: nasrec prepare --format schema --schema {schema_path} --input {res.path} --out DIR"
+        )
 
 
 COMMANDS = {

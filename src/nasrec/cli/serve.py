@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nasrec import clicheck, console
 from nasrec.cli.common import JSON_HELP, add_device, add_max_bad_fraction, device_arg
@@ -37,7 +36,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         from nasrec.data.sources import shown_bad_rows
 
         for line in shown_bad_rows(res["skipped"], res["skipped_examples"]):
-            print(f"skipped {line}", file=sys.stderr)
+            console.note(f"skipped {line}")
     return 0
 
 
@@ -80,15 +79,15 @@ def _run_export(args: argparse.Namespace) -> int:
     res = export_model(args.model, args.out, args.format, checkpoint=args.checkpoint, data=args.data,
                        verify_rows=args.verify_rows)  # fmt: skip
     if args.json:
-        print(console.to_json(res))
+        console.out(console.to_json(res))
         return 0
-    print(f"exported {args.model} as {res['format']}:")
+    console.out(f"exported {args.model} as {res['format']}:")
     for f in res["files"]:
-        print(f"  {f}")
+        console.out(f"  {f}")
     if res["passed"] is None:
-        print("  not verified (no rows compared)")
+        console.out("  not verified (no rows compared)")
     else:
-        print(f"  verified on {res['verified_rows']:,} {res['split']} rows: max |exported - PyTorch| = "
+        console.out(f"  verified on {res['verified_rows']:,} {res['split']} rows: max |exported - PyTorch| = "
               f"{res['max_abs_diff']:.3g}")  # fmt: skip
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from nasrec import __version__
-from nasrec.console import Heartbeat, duration
+from nasrec.console import Heartbeat, duration, progress_bar
 from nasrec.data.cache import AppendableArray, CacheWriter, read_rows, write_rows
 from nasrec.data.encoders import (
     EncoderState,
@@ -330,8 +329,4 @@ def _bayes_floor(paths: list[Path], writer: CacheWriter, splits: dict, label: np
 
 
 def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, leave=False)
+    return progress_bar(enabled, total=total, unit="B", unit_scale=True, desc="prepare")
