@@ -140,6 +140,7 @@ BAD_ROWS: list[tuple[str, Callable[[int], str], str | None, str]] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("bad", "column", "reason"), [c[1:] for c in BAD_ROWS], ids=[c[0] for c in BAD_ROWS])
 def test_bad_row_stops_prepare_with_its_location(
     tmp_path: Path, bad: Callable[[int], str], column: str | None, reason: str
@@ -453,6 +454,7 @@ def _arrays(out: Path) -> dict[str, np.ndarray]:
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("newline", "final"), [("\r\n", True), ("\n", False), ("\r\n", False)])
 def test_line_endings_and_missing_final_newline_parse_the_same(tmp_path: Path, newline: str, final: bool) -> None:
     lines = good_lines()
@@ -584,6 +586,7 @@ def _compressed(path: Path, kind: str, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz"])
 def test_compressed_input_is_read_by_its_magic_bytes(tmp_path: Path, kind: str) -> None:
     import hashlib

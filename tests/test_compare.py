@@ -121,6 +121,7 @@ def test_paired_logloss_by_hand() -> None:
     assert (res["low"], res["high"]) == pytest.approx((res["diff"] - 1.959964 * se, res["diff"] + 1.959964 * se))
 
 
+@pytest.mark.slow
 def test_nasrec_compare_two_trained_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, cache = small_synth_cache(tmp_path, rows=4_000, seed=4)
     quick = dict(batch_size=256, epochs=1, lr=0.05, eval_every=0, log_every=10**6, threads=1)

@@ -104,6 +104,7 @@ def test_explicit_cpu_trains_exactly_as_the_default(cache_dir: Path, arch_file: 
     assert evaluate_run(tmp_path / "b", cache_dir, "test", device="cpu") == evaluate_run(tmp_path / "a", cache_dir)
 
 
+@pytest.mark.slow
 def test_resume_may_change_the_device(cache_dir: Path, arch_file: Path, tmp_path: Path) -> None:
     # A run's device is not part of its configuration: a run (e.g. one trained on a GPU) resumes on another.
     out = tmp_path / "run"

@@ -21,6 +21,7 @@ def synth_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("encoding", "dense", "cap"),
     [("hash", "log", None), ("hash", "bucketize", 100), ("vocab", "standardize", None), ("vocab", "log", 50)],

@@ -446,6 +446,7 @@ def test_dense_none_and_log(tmp_path: Path) -> None:
             np.testing.assert_allclose(c.dense[:, k], want, rtol=1e-6, atol=1e-7, err_msg=f"I{k + 1} {transform}")
 
 
+@pytest.mark.slow
 def test_dense_standardize_uses_train_statistics_only(tmp_path: Path) -> None:
     rows = criteo_rows(200, seed=1)
     inp = write_criteo(tmp_path / "d.tsv", rows)

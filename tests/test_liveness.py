@@ -41,6 +41,7 @@ def _equivalent_pairs(space: SearchSpace, n: int, seed: int) -> list[tuple[Archi
     raise AssertionError(f"found only {len(pairs)} equivalent pairs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space", [NASREC_SMALL, NASREC_FULL], ids=["small", "full"])
 def test_equivalent_architectures_compute_the_same_function(space: SearchSpace) -> None:
     torch.manual_seed(0)

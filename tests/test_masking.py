@@ -37,6 +37,7 @@ def _pair(space) -> tuple[Supernet, Supernet]:
     return sliced.eval(), masked.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space", [NASREC_SMALL, NASREC_FULL], ids=["small", "full"])
 def test_at_full_widths_masking_and_slicing_agree(space) -> None:
     sliced, masked = _pair(space)
@@ -50,6 +51,7 @@ def test_at_full_widths_masking_and_slicing_agree(space) -> None:
             torch.testing.assert_close(masked(dense, sparse, wide), sliced(dense, sparse, wide), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_narrow_paths_differ_and_depend_on_the_masked_neurons() -> None:
     sliced, masked = _pair(NASREC_FULL)
     dense, sparse = _batch()

@@ -33,6 +33,7 @@ def supernet(request: pytest.FixtureRequest) -> Supernet:
     return Supernet(space, NUM_DENSE, TABLES, layernorm=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["default", "any-path", "single-path"])
 def test_materialised_subnet_equals_supernet_path(supernet: Supernet, strategy: str) -> None:
     rng = np.random.default_rng(1)
@@ -93,6 +94,7 @@ def test_dead_blocks_are_pruned_and_unused_weights_get_no_gradient() -> None:
     assert rows == expected
 
 
+@pytest.mark.slow
 def test_fresh_subnet_trains_and_has_only_its_weights() -> None:
     torch.manual_seed(0)
     arch = NASREC_FULL.sample(np.random.default_rng(5), "default")

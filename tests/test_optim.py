@@ -316,6 +316,7 @@ def test_schedule_state_round_trip(name: str) -> None:
         )
 
 
+@pytest.mark.slow
 def test_box_adagrad_on_a_supernet_equals_adagrad() -> None:
     import numpy as np
 

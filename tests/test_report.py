@@ -97,6 +97,7 @@ def test_inline_markdown_becomes_html() -> None:
     assert _inline("`**not bold**`") == "<code>**not bold**</code>"
 
 
+@pytest.mark.slow
 def test_no_markdown_marker_reaches_the_page(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report.shutil, "which", lambda name: None)  # no Graphviz: the matplotlib drawing
     page = write_report(run)["html"].read_text()
@@ -110,6 +111,7 @@ def test_no_markdown_marker_reaches_the_page(run: Path, monkeypatch: pytest.Monk
     assert "Graphviz's dot installed" in text  # the code span's text, without its backticks
 
 
+@pytest.mark.slow
 def test_data_section_is_a_table_of_rounded_numbers(run: Path) -> None:
     md = write_report(run)["markdown"].read_text()
     assert "| split | rows | CTR | Bayes-optimal log loss |" in md
@@ -120,6 +122,7 @@ def test_data_section_is_a_table_of_rounded_numbers(run: Path) -> None:
     assert "<tr><td>train</td><td>2,400</td><td>0.2488</td><td>0.3036</td></tr>" in page
 
 
+@pytest.mark.slow
 def test_diagram_backend_follows_dot(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     svg = '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><g/></svg>'
     monkeypatch.setattr(report.shutil, "which", lambda name: "/usr/bin/dot" if name == "dot" else None)
@@ -195,6 +198,7 @@ def _label_boxes(fig) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_trained_models_plot_breaks_its_axis_and_labels_do_not_overlap(run: Path) -> None:
     models = report._models(run)
     # crowd the labels: more models close together

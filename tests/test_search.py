@@ -92,6 +92,7 @@ def test_evolution_beats_random_search_at_equal_budget(tmp_path: Path) -> None:
     assert sum(e < r for e, r in zip(evo, rnd, strict=True)) >= 3
 
 
+@pytest.mark.slow
 def test_search_runs_its_budget_without_duplicates_and_is_seeded(tmp_path: Path) -> None:
     rec = Recorder()
     res = Search(NASREC_SMALL, rec, cost, SMALL_EA, tmp_path / "a").run()
@@ -113,6 +114,7 @@ def test_search_runs_its_budget_without_duplicates_and_is_seeded(tmp_path: Path)
         Search(NASREC_SMALL, Recorder(), cost, SMALL_EA, tmp_path / "a").run()
 
 
+@pytest.mark.slow
 def test_constraints_are_respected_and_infeasible_never_scored(tmp_path: Path) -> None:
     flops = sorted(cost(NASREC_SMALL.sample(np.random.default_rng(s), "uniform"))[0] for s in range(200))
     limit, plimit = flops[60], 400_000  # about a third of random architectures pass the MFLOPs limit
@@ -186,6 +188,7 @@ def test_top_k_skips_equal_scores() -> None:
     assert [c.index for c in top_k(cands, 3)] == [1, 4, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fail_at", [1, 3, 4, 9, 20])
 def test_interrupted_search_resumes_to_the_same_result(tmp_path: Path, fail_at: int) -> None:
     ref = Search(NASREC_SMALL, Recorder(), cost, SMALL_EA, tmp_path / "ref").run()

@@ -102,6 +102,7 @@ def test_every_strategy_samples_the_space_deterministically(space: SearchSpace, 
         assert samples(space, 5, strategy, seed=8) != archs[:5]
 
 
+@pytest.mark.slow
 def test_default_strategy_distributions() -> None:
     archs = samples(NASREC_FULL, 2000, "default", seed=123)
     blocks = [b for a in archs for b in a.blocks]
@@ -149,6 +150,7 @@ def test_any_path_draws_several_operators() -> None:
     assert {b.sparse_ops for a in samples(NASREC_SMALL, 50, "any-path") for b in a.blocks} == {("efc",)}
 
 
+@pytest.mark.slow
 def test_uniform_strategy_connection_counts() -> None:
     archs = samples(NASREC_FULL, 2000, "uniform", seed=5)
     assert all(len(b.dense_ops) == len(b.sparse_ops) == 1 for a in archs for b in a.blocks)

@@ -41,6 +41,7 @@ def _files(path: Path) -> list[bytes]:
     return [path.read_bytes(), truth_path(path).read_bytes(), meta_path(path).read_bytes()]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
     a = generate_synthetic(tmp_path / "a.tsv", 3000, seed=7)
     b = generate_synthetic(tmp_path / "b.tsv", 3000, seed=7)
@@ -132,6 +133,7 @@ def test_truth_file_matches_rows(tmp_path: Path) -> None:
     assert labels[order[-rows // 10 :]].mean() > 3 * labels[order[: rows // 10]].mean()
 
 
+@pytest.mark.slow
 def test_meta_json_and_bayes_logloss_agree_with_files(tmp_path: Path) -> None:
     res = generate_synthetic(tmp_path / "j.tsv", 5000, seed=4)
     meta = json.loads(res.meta_path.read_text())
@@ -216,6 +218,7 @@ def test_invalid_config(kwargs: dict, message: str) -> None:
         SynthConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_interaction_model_beats_linear_model(tmp_path: Path) -> None:
     cfg = SynthConfig(
         num_dense=2,

@@ -159,6 +159,7 @@ def test_supernet_paths_within_a_flops_budget() -> None:
         sample_within(NASREC_FULL, np.random.default_rng(0), "default", lambda a: False, tries=5)
 
 
+@pytest.mark.slow
 def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path) -> None:
     from nasrec.cli import main
 

@@ -144,6 +144,7 @@ def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
     return open_cache(tmp / "c")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_model_trains(name: str, small_cache: Cache) -> None:
     torch.manual_seed(0)
