@@ -215,3 +215,41 @@ def test_a_resume_may_ask_to_keep_the_optimizer_state(cache_dir: Path, tmp_path:
     train(cache_dir, out, model="lr", overrides={**QUICK, "keep_optimizer": True}, resume=True, progress=False)
     with pytest.raises(NasrecError, match="own configuration"):  # but not train another run
         train(cache_dir, out, model="lr", overrides={**QUICK, "lr": 0.2}, resume=True, progress=False)
+
+
+def test_typed_records_read_back_the_files_they_came_from(cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(cache_dir, out, model="lr", overrides=QUICK, progress=False)
+    text = (out / rundir.METRICS_JSON).read_text()
+    m = rundir.read_metrics(out)
+    assert m is not None and m.extra == {}  # every key of metrics.json is a field
+    assert json.dumps(m.to_dict(), indent=1) + "\n" == text  # same keys, same order, same values
+    assert m.split("val").logloss == json.loads(text)["val"]["logloss"]
+    assert rundir.model_kind(out) == "zoo"
+    assert not rundir.is_supernet(out) and rundir.weights_path(out) == out / rundir.CHECKPOINT_PT
+    with pytest.raises(NasrecError, match="not a supernet run"):
+        rundir.read_supernet(out)
+    with pytest.raises(NasrecError, match=r"not a training run \(no model.json\)"):
+        rundir.read_model(tmp_path)
+    retrained = {"chosen": {"rank": 0, "hash": "ab", "supernet_score": 0.4, "run": "r", "val_logloss": 0.4,
+                            "test_logloss": None, "test_auc": None, "mflops": 0.1},
+                 "runs": [{"rank": 0, "hash": "ab", "supernet_score": 0.4, "run": "r", "val_logloss": 0.4,
+                           "test_logloss": None, "test_auc": None, "mflops": 0.1, "seeds": [
+                               {"seed": 1, "run": "r", "val_logloss": 0.4, "test_logloss": None, "test_auc": None,
+                                "mflops": 0.1}]}],
+                 "seeds": 2, "later": "kept"}  # fmt: skip
+    assert rundir.RetrainResult.from_dict(retrained).to_dict() == retrained
+    stage = {"fingerprint": "f", "done": False}
+    assert rundir.StageRecord.from_dict(stage).to_dict() == stage
+
+
+def test_a_failed_atomic_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None:
+    p = tmp_path / "x.json"
+    rundir.atomic_write_json(p, {"a": 1})
+
+    def fail(fh: object) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        rundir.atomic_write(p, fail)
+    assert json.loads(p.read_text()) == {"a": 1} and sorted(x.name for x in tmp_path.iterdir()) == ["x.json"]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nasrec.errors import NasrecError
+from nasrec.rundir import MODEL_JSON
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|auto")  # as nasrec.device.check_device_name, which imports torch
 
@@ -84,8 +85,8 @@ def run_dir(path: str | Path, what: str = "training run", made_by: str = "nasrec
     p = Path(path)
     if not p.exists():
         raise NasrecError(f"{p}: no such directory (expected a {what} of `{made_by}`)")
-    if not p.is_dir() or not (p / "model.json").is_file():
-        raise NasrecError(f"{p}: not a {what} (no model.json)")
+    if not p.is_dir() or not (p / MODEL_JSON).is_file():
+        raise NasrecError(f"{p}: not a {what} (no {MODEL_JSON})")
 
 
 def output_dir(path: str | Path) -> None:

@@ -19,16 +19,16 @@ unseen raw id that lands on a trained row counts as seen, so there the share is 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import polars as pl
 import torch
 
+from nasrec import rundir
 from nasrec.data.cache import Cache, open_cache
 from nasrec.data.encode import RowEncoder
 from nasrec.data.encoders import OOV_INDEX, VocabEncoder
@@ -122,11 +122,7 @@ def unseen_report(names: list[str], shares: list[float | None], split: str | Non
 
 def model_cache(model_dir: str | Path) -> Path:
     """The cache a training run was trained on (from its config.json)."""
-    config = Path(model_dir) / "config.json"
-    try:
-        return Path(json.loads(config.read_text())["data"])
-    except FileNotFoundError:
-        raise NasrecError(f"{model_dir}: not a training run (no config.json)") from None
+    return rundir.trained_on(model_dir)
 
 
 def predict(
@@ -157,8 +153,7 @@ def predict(
         raise NasrecError(f"--max-bad-fraction must be between 0 and 1, not {max_bad_fraction}")
     model, spec = load_trained(model_dir, checkpoint, device=device)
     on = next(model.parameters()).device
-    if spec.kind == "supernet":
-        raise NasrecError(f"{model_dir}: a supernet predicts per architecture; train the chosen one first")
+    rundir.check_not_supernet(model_dir, spec.kind, "a supernet predicts per architecture; train the chosen one first")
     cache = open_cache(Path(data) if data is not None else model_cache(model_dir))
     encoder = RowEncoder.from_cache(cache)
     if len(encoder.plan.dense) != spec.num_dense or len(encoder.plan.sparse) != len(spec.table_sizes):
@@ -170,33 +165,33 @@ def predict(
     several = len(inputs) > 1
     rows = 0
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with torch.inference_mode(), open(tmp, "wb") as fh:
-        header = True
-        for chunk in encoder.iter_encoded(list(inputs), on_error=on_error, errors=errors):
-            dense = torch.from_numpy(np.ascontiguousarray(chunk.dense, dtype=np.float32))
-            sparse = torch.from_numpy(chunk.sparse.astype(np.int64))
-            # one slice at a time on the device; the logits come back to the CPU for the CSV
-            logits = torch.cat([model(dense[i : i + batch_size].to(on), sparse[i : i + batch_size].to(on)).cpu()
-                                for i in range(0, len(dense), batch_size)]) if len(dense) else torch.zeros(0)  # fmt: skip
-            metrics.update(chunk.label, logits)
-            if unseen is not None:
-                unseen.update(chunk.sparse)
-            cols: dict[str, Any] = {}
-            if several:
-                cols["file"] = [chunk.file] * len(dense)
-            cols.update(line=chunk.lines, label=chunk.label, probability=torch.sigmoid(logits).numpy())
-            pl.DataFrame(cols).write_csv(fh, include_header=header, float_precision=None)
-            header = False
-            rows += len(dense)
-        if header:  # no rows at all: still a valid CSV
-            fh.write((("file," if several else "") + "line,label,probability\n").encode())
-    try:
+
+    def write(fh: IO[bytes]) -> None:
+        nonlocal rows
+        with torch.inference_mode():
+            header = True
+            for chunk in encoder.iter_encoded(list(inputs), on_error=on_error, errors=errors):
+                dense = torch.from_numpy(np.ascontiguousarray(chunk.dense, dtype=np.float32))
+                sparse = torch.from_numpy(chunk.sparse.astype(np.int64))
+                # one slice at a time on the device; the logits come back to the CPU for the CSV
+                logits = torch.cat([model(dense[i : i + batch_size].to(on), sparse[i : i + batch_size].to(on)).cpu()
+                                    for i in range(0, len(dense), batch_size)]) if len(dense) else torch.zeros(0)  # fmt: skip
+                metrics.update(chunk.label, logits)
+                if unseen is not None:
+                    unseen.update(chunk.sparse)
+                cols: dict[str, Any] = {}
+                if several:
+                    cols["file"] = [chunk.file] * len(dense)
+                cols.update(line=chunk.lines, label=chunk.label, probability=torch.sigmoid(logits).numpy())
+                pl.DataFrame(cols).write_csv(fh, include_header=header, float_precision=None)
+                header = False
+                rows += len(dense)
+            if header:  # no rows at all: still a valid CSV
+                fh.write((("file," if several else "") + "line,label,probability\n").encode())
+        # a refusal leaves no file behind (nor a previous one changed)
         check_bad_share(", ".join(map(str, inputs)), rows, errors, max_bad_fraction)
-    except NasrecError:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
+
+    rundir.atomic_write(out, write, binary=True)
     m = metrics.result()
     drift: dict[str, Any] = {}
     if unseen is not None and seen is not None:

@@ -60,11 +60,14 @@ def _run_search(args: argparse.Namespace) -> int:
 
     if not is_main():  # under torchrun every rank returns the result; one prints it
         return 0
-    best = res["best"]
-    summary = {"best": best["hash"], "score": best["score"], "mflops": best["mflops"], "scored": res["scored"],
-               "candidates_per_minute": round(res["candidates_per_minute"], 2), "pareto": len(res["pareto"])}  # fmt: skip
-    if "final" in res:
-        summary["final"] = res["final"]["chosen"]
+    from nasrec.rundir import SearchResult
+
+    r = SearchResult.from_dict(res)
+    best = r.best
+    summary = {"best": best.hash, "score": best.score, "mflops": best.mflops, "scored": r.scored,
+               "candidates_per_minute": round(r.candidates_per_minute, 2), "pareto": len(r.pareto)}  # fmt: skip
+    if r.final is not None and r.final.chosen is not None:
+        summary["final"] = r.final.chosen.to_dict()
     console.show(summary, args.json, lambda s: _search_text(s, res, args.out))
     return 0
 

@@ -41,19 +41,22 @@ def _print_final(res: dict, args: argparse.Namespace) -> None:
 
 
 def _train_text(res: dict, args: argparse.Namespace) -> str:
+    from nasrec.rundir import RunMetrics
+
+    r = RunMetrics.from_dict(res)
     what = "supernet" if args.command == "supernet" else "model"
-    stop = ", early stopped" if res.get("early_stopped") else ""
-    best = f", weights of step {res['best_step']:,} (best validation)" if res.get("weights") == "best" else ""
-    lines = [f"trained {what} in {args.out}: {res.get('steps', 0):,} steps{stop} in "
-             f"{console.duration(res.get('train_seconds') or 0.0)} ({res.get('samples_per_s') or 0:,.0f} samples/s){best}"]  # fmt: skip
+    stop = ", early stopped" if r.early_stopped else ""
+    best = f", weights of step {r.best_step:,} (best validation)" if r.weights == "best" else ""
+    lines = [f"trained {what} in {args.out}: {r.steps or 0:,} steps{stop} in "
+             f"{console.duration(r.train_seconds or 0.0)} ({r.samples_per_s or 0:,.0f} samples/s){best}"]  # fmt: skip
     for split in ("val", "test"):
-        m = res.get(split)
-        if m:
-            lines.append(f"  {split:<5} log loss {console.num(m.get('logloss'))}   AUC {console.num(m.get('auc'))}")
+        if res.get(split):
+            m = r.split(split)
+            lines.append(f"  {split:<5} log loss {console.num(m.logloss)}   AUC {console.num(m.auc)}")
     if args.command == "supernet":
         lines.append("  (a supernet's metrics are the mean over fixed sampled paths)")
-    cost = [f"{console.mflops(res['mflops'])} MFLOPs"] if res.get("mflops") is not None else []
-    cost += [f"{res['params']:,} parameters"] if res.get("params") is not None else []
+    cost = [f"{console.mflops(r.mflops)} MFLOPs"] if r.mflops is not None else []
+    cost += [f"{r.params:,} parameters"] if r.params is not None else []
     if cost:
         lines.append(f"  model: {', '.join(cost)}")
     return "\n".join(lines)

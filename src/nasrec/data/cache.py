@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from nasrec import rundir
 from nasrec.data import integrity
 from nasrec.errors import DataError, NasrecError
 
@@ -136,11 +137,7 @@ class CacheWriter:
         meta = {"format_version": FORMAT_VERSION, **meta}
         if "files" not in meta:
             meta["files"] = integrity.record_files(self.tmp)
-        with open(self.tmp / "meta.json.part", "w") as fh:
-            json.dump(meta, fh, indent=1, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(self.tmp / "meta.json.part", self.tmp / "meta.json")
+        rundir.atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=1))
         old = None
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"

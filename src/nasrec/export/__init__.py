@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasrec import __version__
+from nasrec import __version__, rundir
 from nasrec.data.cache import Cache, open_cache
 from nasrec.data.loader import BatchLoader
 from nasrec.errors import NasrecError
@@ -130,8 +130,9 @@ def export_model(
     onnx_modules = _import_onnx() if fmt == "onnx" else {}
     paths = artefact_paths(out)
     model, spec = load_trained(model_dir, checkpoint)
-    if spec.kind == "supernet":
-        raise NasrecError(f"{model_dir}: a supernet has no single model to export; train the chosen architecture first")
+    rundir.check_not_supernet(
+        model_dir, spec.kind, "a supernet has no single model to export; train the chosen architecture first"
+    )
     cache_path = Path(data) if data is not None else model_cache(model_dir)
     cache = open_cache(cache_path)
     if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
@@ -238,10 +239,11 @@ def _manifest(
     versions = {"nasrec": __version__, "torch": torch.__version__}
     versions.update({name: getattr(m, "__version__", None) for name, m in onnx_modules.items()})
     try:
-        trained = json.loads((model_dir / "metrics.json").read_text())
-        metrics = {k: trained.get(k) for k in ("logloss", "auc", "mflops", "params", "dense_params", "weights")}
-    except (FileNotFoundError, json.JSONDecodeError):
-        metrics = None
+        trained = rundir.read_metrics(model_dir)
+    except json.JSONDecodeError:
+        trained = None
+    keys = ("logloss", "auc", "mflops", "params", "dense_params", "weights")
+    metrics = None if trained is None else {k: getattr(trained, k) for k in keys}
     D, S = spec.num_dense, len(spec.table_sizes)
     return {
         "format": fmt,

@@ -21,6 +21,7 @@ from typing import Any
 
 from nasrec import __version__, rundir
 from nasrec.errors import NasrecError
+from nasrec.rundir import BASELINES_DIR, FINAL_DIR, SEARCH_DIR, SUPERNET_DIR, RunMetrics, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def _brief(stage: str, r: dict[str, Any]) -> str:
             skipped = f", {r['skipped']:,} bad rows skipped" if r.get("skipped") else ""
             return f"{sum(r['rows'].values()):,} rows{skipped}"
         if stage == "supernet":
-            return f"{r['steps']:,} steps, validation log loss {r['val']['logloss']:.5f} (mean over sampled paths)"
+            m = RunMetrics.from_dict(r)
+            return f"{m.steps:,} steps, validation log loss {m.split('val').logloss:.5f} (mean over sampled paths)"
         if stage == "search":
             chosen = (r.get("final") or {}).get("chosen") or {}
             return f"{r['scored']:,} candidates scored; final.json is {chosen.get('hash', '?')[:12]}"
@@ -73,32 +75,33 @@ class Pipeline:
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _save(self) -> None:
-        rundir.atomic_write_json(self.out / "stages.json", self.records, default=str)
+        rundir.atomic_write_json(self.out / rundir.STAGES_JSON, self.records, default=str)
 
     def _say(self, msg: str) -> None:
         log.info("%s", msg)  # the command line shows it on stderr and in <out>/nasrec.log
 
     def _stage(self, name: str, fp: str, dirs: list[Path], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        rec = self.records.get(name)
+        rec = StageRecord.from_dict(self.records[name]) if name in self.records else None
         n = STAGES.index(name) + 1
-        if rec and rec["fingerprint"] == fp and rec["done"]:
+        if rec and rec.fingerprint == fp and rec.done:
             self._say(f"[{n}/{len(STAGES)}] {name}: complete, skipped")
-            return rec["result"]
-        if rec and rec["fingerprint"] != fp:
+            return rec.result
+        if rec and rec.fingerprint != fp:
             for d in dirs:  # its inputs changed: start over
                 shutil.rmtree(d, ignore_errors=True)
-        resumed = bool(rec) and rec["fingerprint"] == fp
+        resumed = rec is not None and rec.fingerprint == fp
         self._say(f"[{n}/{len(STAGES)}] {name}: {'resuming' if resumed else 'running'}")
-        self.records[name] = {"fingerprint": fp, "done": False}
+        self.records[name] = StageRecord(fp, done=False).to_dict()
         self._save()
         t0 = time.perf_counter()
         result = json.loads(json.dumps(fn(), default=str))  # the same value whether fresh or read back
-        self.records[name] = {"fingerprint": fp, "done": True, "seconds": time.perf_counter() - t0, "result": result}
+        done = StageRecord(fp, done=True, seconds=time.perf_counter() - t0, result=result)
+        self.records[name] = done.to_dict()
         self._save()
         from nasrec.console import duration
 
         said = _brief(name, result)
-        self._say(f"[{n}/{len(STAGES)}] {name}: done in {duration(self.records[name]['seconds'])}"
+        self._say(f"[{n}/{len(STAGES)}] {name}: done in {duration(done.seconds or 0.0)}"
                   + (f": {said}" if said else ""))  # fmt: skip
         return result
 
@@ -154,7 +157,7 @@ class Pipeline:
         o = {"seed": self.cfg["seed"], **sn["set"]}
         if o.get("path_max_mflops") is not None:
             o = self._counted("supernet", "path_count_layernorm", o)
-        return train_supernet(self.cache, self.out / "supernet", space=sn["space"], preset_name=sn["preset"],
+        return train_supernet(self.cache, self.out / SUPERNET_DIR, space=sn["space"], preset_name=sn["preset"],
                               overrides=o, resume=True, progress=self.progress)  # fmt: skip
 
     def _search(self) -> dict[str, Any]:
@@ -163,7 +166,7 @@ class Pipeline:
         s = self.cfg["search"]
         retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
         o = self._counted("search", "count_layernorm", {"seed": self.cfg["seed"], **s["set"]})
-        res = search(self.out / "supernet", self.cache, self.out / "search", preset=s["preset"], overrides=o,
+        res = search(self.out / SUPERNET_DIR, self.cache, self.out / SEARCH_DIR, preset=s["preset"], overrides=o,
                      workers=s["workers"], retrain=True, train_overrides=retrain, retrain_seeds=s["retrain_seeds"],
                      resume=True, progress=self.progress, time_budget=s["time_budget"])  # fmt: skip
         return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
@@ -187,8 +190,8 @@ class Pipeline:
         from nasrec.train.api import train
 
         f = self.cfg["final"]
-        arch = self.out / "search" / "final.json"
-        return self._repeat(self.out / "final", self._train_overrides(f),
+        arch = self.out / SEARCH_DIR / rundir.FINAL_JSON
+        return self._repeat(self.out / FINAL_DIR, self._train_overrides(f),
                             lambda d, o: train(self.cache, d, arch=arch, preset_name=f["preset"], overrides=o,
                                                resume=True, progress=self.progress))  # fmt: skip
 
@@ -207,7 +210,7 @@ class Pipeline:
                 return train(self.cache, d, **what, preset_name=f["preset"], overrides=ov, resume=True,
                              progress=self.progress)  # fmt: skip
 
-            out[name] = self._repeat(self.out / "baselines" / name, o, fit)
+            out[name] = self._repeat(self.out / BASELINES_DIR / name, o, fit)
         return out
 
     def _report(self) -> dict[str, Any]:
@@ -223,10 +226,8 @@ class Pipeline:
 
     def _run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
-        rec_path = self.out / "stages.json"
-        if rec_path.exists():
-            self.records = json.loads(rec_path.read_text())
-        (self.out / "pipeline.json").write_text(json.dumps(self.cfg, indent=1, default=str) + "\n")
+        self.records = rundir.read_json(self.out / rundir.STAGES_JSON) or self.records
+        rundir.atomic_write_json(self.out / rundir.PIPELINE_JSON, self.cfg, default=str)
         c, seed = self.cfg, self.cfg["seed"]
         files = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in c["data"]["input"]]
         if c["data"]["schema"]:
@@ -244,10 +245,10 @@ class Pipeline:
         fp["report"] = _fingerprint(fp["final"], fp["baselines"], time.time())  # always rewritten
         o = self.out
         self._stage("prepare", fp["prepare"], [o / "data"], self._prepare)
-        self._stage("supernet", fp["supernet"], [o / "supernet"], self._supernet)
-        self._stage("search", fp["search"], [o / "search"], self._search)
-        self._stage("final", fp["final"], [o / "final"], self._final)
-        self._stage("baselines", fp["baselines"], [o / "baselines"], self._baselines)
+        self._stage("supernet", fp["supernet"], [o / SUPERNET_DIR], self._supernet)
+        self._stage("search", fp["search"], [o / SEARCH_DIR], self._search)
+        self._stage("final", fp["final"], [o / FINAL_DIR], self._final)
+        self._stage("baselines", fp["baselines"], [o / BASELINES_DIR], self._baselines)
         self._stage("report", fp["report"], [], self._report)
         return self.records
 

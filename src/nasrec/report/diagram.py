@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from nasrec import rundir
 from nasrec.report.figures import DPI, _plt, _save
 
 
@@ -36,7 +37,7 @@ def _diagram(run: Path, out: Path) -> dict[str, Any]:
     from nasrec.space.arch import Architecture
     from nasrec.space.draw import summary, to_dot, to_mermaid
 
-    path = run / "search" / "final.json"
+    path = run / rundir.SEARCH_DIR / rundir.FINAL_JSON
     if not path.exists():
         return {}
     arch = Architecture.load(path)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from nasrec import rundir
 from nasrec.report.sources import _json, _jsonl
 
 
@@ -33,7 +34,7 @@ def _save(fig: Any, path: Path, layout: bool = True) -> Path:
 
 
 def _supernet_curve(run: Path, out: Path) -> Path | None:
-    log = [r for r in _jsonl(run / "supernet" / "metrics.jsonl") if "train_loss" in r]
+    log = [r for r in _jsonl(run / rundir.SUPERNET_DIR / rundir.METRICS_JSONL) if "train_loss" in r]
     if not log:
         return None
     fig, ax = _plt().subplots(figsize=(6, 3.5))
@@ -236,8 +237,8 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]],
 
 
 def _rank_scatter(run: Path, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    rc = _json(run / "rankcheck" / "rankcheck.json")
-    png = run / "rankcheck" / "rankcheck.png"
+    rc = _json(run / rundir.RANKCHECK_DIR / rundir.RANKCHECK_JSON)
+    png = run / rundir.RANKCHECK_DIR / "rankcheck.png"
     if rc is None or not png.exists():
         return None, None
     shutil.copyfile(png, out / "rankcheck.png")

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nasrec import rundir
+from nasrec.rundir import BASELINES_DIR, FINAL_DIR, METRICS_JSON, RETRAIN_DIR, SEARCH_DIR, RunMetrics
+
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -14,7 +17,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+    return rundir.read_json(path)
 
 
 def _models(run: Path) -> list[dict[str, Any]]:
@@ -25,19 +28,20 @@ def _models(run: Path) -> list[dict[str, Any]]:
     rows = []
 
     def add(name: str, group: str, folder: Path) -> None:
-        metrics = _json(folder / "metrics.json")
-        if metrics:
-            seeds = [metrics] + [m for d in sorted(folder.glob("seed-*")) if (m := _json(d / "metrics.json"))]
-            rows.append({"name": name, "group": group, "logloss": metrics.get("logloss"), "auc": metrics.get("auc"),
-                         "val_logloss": (metrics.get("val") or {}).get("logloss"), "mflops": metrics.get("mflops"),
-                         "params": metrics.get("params"), "samples_per_s": metrics.get("samples_per_s"),
-                         "logloss_seeds": [m["logloss"] for m in seeds if m.get("logloss") is not None],
-                         "auc_seeds": [m["auc"] for m in seeds if m.get("auc") is not None]})  # fmt: skip
+        raw = _json(folder / METRICS_JSON)
+        if raw:
+            m = RunMetrics.from_dict(raw)
+            seeds = [m] + [s for d in sorted(folder.glob("seed-*")) if (s := rundir.read_metrics(d))]
+            rows.append({"name": name, "group": group, "logloss": m.logloss, "auc": m.auc,
+                         "val_logloss": m.split("val").logloss, "mflops": m.mflops, "params": m.params,
+                         "samples_per_s": m.samples_per_s,
+                         "logloss_seeds": [s.logloss for s in seeds if s.logloss is not None],
+                         "auc_seeds": [s.auc for s in seeds if s.auc is not None]})  # fmt: skip
 
-    add("searched (final)", "final", run / "final")
-    for d in sorted((run / "baselines").glob("*")) if (run / "baselines").exists() else []:
-        model = _json(d / "model.json") or {}
-        add(d.name, "zoo" if model.get("kind") == "zoo" else "published", d)
-    for d in sorted((run / "search" / "retrain").glob("*")) if (run / "search" / "retrain").exists() else []:
+    add("searched (final)", "final", run / FINAL_DIR)
+    baselines, retrained = run / BASELINES_DIR, run / SEARCH_DIR / RETRAIN_DIR
+    for d in sorted(baselines.glob("*")) if baselines.exists() else []:
+        add(d.name, "zoo" if rundir.model_kind(d) == "zoo" else "published", d)
+    for d in sorted(retrained.glob("*")) if retrained.exists() else []:
         add(f"retrained {d.name}", "retrained", d)
     return rows

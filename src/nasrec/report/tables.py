@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from nasrec import rundir
 from nasrec.errors import NasrecError
 from nasrec.report.sources import _json
 from nasrec.train.compare import difference, goal_check, seed_summary
@@ -36,7 +37,7 @@ def _row_check(run: Path, baseline: str) -> list[str]:
     if not (cache / "meta.json").exists():
         return []
     try:
-        r = compare_runs(run / "final", run / "baselines" / baseline, cache)
+        r = compare_runs(run / rundir.FINAL_DIR, run / rundir.BASELINES_DIR / baseline, cache)
     except (NasrecError, OSError):  # a run without weights (e.g. copied without them): nothing to compare
         return []
     same = "identical predictions"
@@ -52,7 +53,7 @@ def _compared_note(run: Path, names: list[str]) -> str:
     note = f"The goal check compares the searched model with the baselines this run trained ({', '.join(names)})"
     note += (f" and no others: {', '.join(others)} were not trained (`baselines: all` trains the whole zoo). "
              if others else ", the whole zoo. ")  # fmt: skip
-    ln = (_json(run / "final" / "model.json") or {}).get("layernorm")
+    ln = (_json(run / rundir.FINAL_DIR / rundir.MODEL_JSON) or {}).get("layernorm")
     if ln is not None:
         note += (f"MFLOPs count every model as it is served, the searched one {'with' if ln else 'without'} the layer "
                  "norms of its final recipe, as the search's caps counted it.")  # fmt: skip

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nasrec import rundir
 from nasrec.errors import NasrecError
 from nasrec.report.diagram import _diagram
 from nasrec.report.figures import _pareto, _rank_scatter, _supernet_curve, _trajectory
 from nasrec.report.html import _html
 from nasrec.report.sources import _json, _jsonl, _models
 from nasrec.report.tables import _comparison, _fmt
+from nasrec.rundir import StageRecord
 
 
 def write_report(run: str | Path) -> dict[str, Path]:
@@ -20,11 +22,12 @@ def write_report(run: str | Path) -> dict[str, Path]:
         raise NasrecError(f"{run}: no such run directory")
     out = run / "report"
     out.mkdir(exist_ok=True)
-    stages = _json(run / "stages.json") or {}
-    prep = (stages.get("prepare") or {}).get("result") or {}
-    history = _jsonl(run / "search" / "history.jsonl")
-    front = _json(run / "search" / "pareto.json") or []
-    result = _json(run / "search" / "result.json")
+    stages = _json(run / rundir.STAGES_JSON) or {}
+    prep = StageRecord.from_dict(stages.get("prepare") or {}).result or {}
+    search_dir = run / rundir.SEARCH_DIR
+    history = _jsonl(search_dir / rundir.HISTORY_JSONL)
+    front = _json(search_dir / rundir.PARETO_JSON) or []
+    result = _json(search_dir / rundir.RESULT_JSON)
     models = _models(run)
     plots: list[tuple[str, Path]] = []
     for title, p in (("Supernet training", _supernet_curve(run, out)),

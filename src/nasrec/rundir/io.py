@@ -26,13 +26,20 @@ def tmp_path(path: Path | str) -> Path:
 
 
 def atomic_write(path: Path | str, write: Callable[[IO[Any]], None], *, binary: bool = False) -> None:
-    """Call `write` on a temporary sibling of `path`, fsync it, then rename it over `path`."""
+    """Call `write` on a temporary sibling of `path`, fsync it, then rename it over `path`.
+
+    When `write` raises, the temporary file is removed and `path` is left as it was.
+    """
     path = Path(path)
     tmp = tmp_path(path)
-    with open(tmp, "wb" if binary else "w") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -126,13 +126,13 @@ class _Asked:
 
 def _check_out(out: Path, resolved: dict[str, Any], resume: bool) -> str | None:
     """Why the search directory cannot be used (None if it can)."""
-    saved = out / "search.json"
+    saved = out / rundir.SEARCH_JSON
     if resume and saved.exists():
         # Settings only: a run directory that was moved keeps its search.
         same = ("search", "score", "train_preset")
         if _settings(json.loads(saved.read_text()), same) != _settings(resolved, same):
             return f"{out}: --resume continues a search with its own settings; drop the changed options"
-    elif (out / "state.json").exists():
+    elif (out / rundir.STATE_JSON).exists():
         return f"{out} already holds a search (use --resume to continue it)"
     return None
 
@@ -211,21 +211,15 @@ def _search(supernet: str | Path, data: str | Path, out: Path, asked: _Asked, wo
             progress: bool | None, active: bool) -> tuple[dict[str, Any], str]:  # fmt: skip
     """The search itself, inside the process group when there is one (`active`); (result, retraining preset)."""
     main = distributed.is_main()
-    saved_path = out / "search.json"
-    model_json = Path(supernet) / "model.json"
-    if not model_json.exists():
-        raise NasrecError(f"{supernet}: not a supernet run directory (no model.json)")
-    model = json.loads(model_json.read_text())
-    if model.get("kind") != "supernet":
-        raise NasrecError(f"{supernet}: not a supernet run (its model is {model.get('kind')!r})")
-    space = SearchSpace.from_dict(model["space"])
+    saved_path = out / rundir.SEARCH_JSON
+    space = SearchSpace.from_dict(rundir.read_supernet(supernet)["space"])
     cache = open_cache(data)
     # Only rank 0's directory counts; what it read goes to every rank, so that all raise or none does.
     saved = None
     if main:
         if resume and saved_path.exists():
             saved = json.loads(saved_path.read_text())
-        elif not resume and (out / "state.json").exists():
+        elif not resume and (out / rundir.STATE_JSON).exists():
             saved = {"error": f"{out} already holds a search (use --resume to continue it)"}
     saved = distributed.broadcast_object(saved)
     if saved is not None and "error" in saved:
@@ -328,4 +322,3 @@ def _explain(resolved: dict[str, Any], resumed: bool, pool_size: int) -> None:
     keys = [*auto.SEARCH_KEYS, *auto.SCORE_KEYS]
     sets = " ".join(f"--set {k}={'null' if v is None else v}" for k, v in {**s, **sc}.items() if k in keys)
     log.info("search: the same settings on another machine: --preset auto %s", sets)
-

@@ -73,12 +73,13 @@ class Search:
         state = {"config": self.cfg.to_dict(), "space": self.space.to_dict(), "step": self.step,
                  "scored": len(self.history), "population": self.population, "pending": self.pending,
                  "rng": self.rng.bit_generator.state, "seconds": self.seconds}  # fmt: skip
-        rundir.atomic_write_text(self.out / "state.json", json.dumps(state))
+        rundir.atomic_write_text(self.out / rundir.STATE_JSON, json.dumps(state))
 
     def _read_saved(self) -> tuple[dict[str, Any], list[str]]:
         """The saved state and the history lines (of the writing rank's directory)."""
-        state = json.loads((self.out / "state.json").read_text())
-        lines = (self.out / "history.jsonl").read_text().splitlines() if (self.out / "history.jsonl").exists() else []
+        state = rundir.read_json(self.out / rundir.STATE_JSON)
+        history = self.out / rundir.HISTORY_JSONL
+        lines = history.read_text().splitlines() if history.exists() else []
         return state, lines
 
     def _restore(self, state: dict[str, Any], lines: list[str]) -> None:
@@ -88,7 +89,7 @@ class Search:
             raise NasrecError(f"{self.out}: history.jsonl holds fewer candidates than state.json records")
         lines = lines[: state["scored"]]  # lines written after the last state belong to pending candidates
         if self.writer:
-            (self.out / "history.jsonl").write_text("".join(ln + "\n" for ln in lines))
+            rundir.atomic_write_text(self.out / rundir.HISTORY_JSONL, "".join(ln + "\n" for ln in lines))
         for ln in lines:
             self._add(Candidate.from_dict(json.loads(ln)), write=False)
         self.population, self.pending, self.step = state["population"], state["pending"], state["step"]
@@ -100,8 +101,7 @@ class Search:
         self.by_hash[c.hash] = c
         self.functions.add(functional_hash(c.arch))
         if write and self.writer:
-            with open(self.out / "history.jsonl", "a") as fh:
-                fh.write(json.dumps(c.to_dict()) + "\n")
+            rundir.append_jsonl(self.out / rundir.HISTORY_JSONL, c.to_dict())
 
     # -- drawing candidates ----------------------------------------------------------------------
     def _feasible(self, arch: Architecture) -> bool:
@@ -244,13 +244,13 @@ class Search:
         """Restore the saved search or start a new one; the writer decides and tells the other ranks."""
         error, saved = None, None
         if self.writer:
-            if resume and (self.out / "state.json").exists():
+            if resume and (self.out / rundir.STATE_JSON).exists():
                 saved = self._read_saved()
-            elif (self.out / "state.json").exists():
+            elif (self.out / rundir.STATE_JSON).exists():
                 error = f"{self.out} already holds a search (use --resume to continue it)"
             else:
                 self.out.mkdir(parents=True, exist_ok=True)
-                (self.out / "history.jsonl").write_text("")
+                (self.out / rundir.HISTORY_JSONL).write_text("")
         # Every rank raises or goes on together: a rank left alone in the next collective would hang.
         error, saved = distributed.broadcast_object((error, saved))
         if error is not None:
@@ -296,16 +296,11 @@ class Search:
                   "top": [c.hash for c in ranked]}  # fmt: skip
         if not self.writer:
             return result
-        _write_json(self.out / "best.json", best.arch.to_dict())
-        _write_json(self.out / "top.json", [summary(c) for c in ranked])
-        _write_json(self.out / "pareto.json", [summary(c) for c in front])
-        _write_json(self.out / "result.json", result)
+        rundir.atomic_write_json(self.out / rundir.BEST_JSON, best.arch.to_dict())
+        rundir.atomic_write_json(self.out / rundir.TOP_JSON, [summary(c) for c in ranked])
+        rundir.atomic_write_json(self.out / rundir.PARETO_JSON, [summary(c) for c in front])
+        rundir.atomic_write_json(self.out / rundir.RESULT_JSON, result)
         log.info("search done: %s candidates in %.1f s; best %s (score %.5f, %.4f MFLOPs), top %d in top.json, "
                  "Pareto front of %d", f"{len(self.history):,}", self.seconds, best.hash[:12], best.score, best.mflops,
                  len(ranked), len(front))  # fmt: skip
         return result
-
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    rundir.atomic_write_json(path, obj)

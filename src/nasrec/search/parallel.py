@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from nasrec import distributed
+from nasrec import distributed, rundir
 from nasrec.errors import NasrecError
 from nasrec.search.scorer import ScoreConfig, SupernetScorer
 from nasrec.space.arch import Architecture
@@ -40,12 +40,10 @@ class ScorerSpec:
     def build(self) -> SupernetScorer:
         """Load the supernet and the scoring batches."""
         from nasrec.data.cache import open_cache
-        from nasrec.model.supernet import Supernet
         from nasrec.train.trainer import load_trained
 
         model, spec = load_trained(self.supernet_dir, self.checkpoint)
-        if not isinstance(model, Supernet):
-            raise NasrecError(f"{self.supernet_dir}: not a supernet run (its model is {spec.kind!r})")
+        rundir.check_supernet(self.supernet_dir, spec.kind)
         cache = open_cache(self.data_dir)
         if len(cache.dense_fields) != spec.num_dense or tuple(cache.table_sizes) != spec.table_sizes:
             raise NasrecError(f"{self.data_dir}: this cache's fields and table sizes differ from the supernet's")

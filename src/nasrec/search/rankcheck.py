@@ -10,7 +10,6 @@ the training runs under `runs/`; finished runs are kept, so an interrupted check
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from nasrec import rundir
 from nasrec.errors import NasrecError
+from nasrec.rundir import RunMetrics
 from nasrec.search.api import cost_function, served_layernorm
 from nasrec.search.candidate import within
 from nasrec.search.parallel import ScorerSpec, ScoringPool
@@ -87,10 +87,7 @@ def rankcheck(
     if k < 3:
         raise NasrecError(f"rankcheck needs k >= 3 architectures, got {k}")
     out = Path(out)
-    model = json.loads((Path(supernet) / "model.json").read_text()) if (Path(supernet) / "model.json").exists() else {}
-    if model.get("kind") != "supernet":
-        raise NasrecError(f"{supernet}: not a supernet run directory")
-    space = SearchSpace.from_dict(model["space"])
+    space = SearchSpace.from_dict(rundir.read_supernet(supernet)["space"])
     _, score_cfg, preset_train = resolve(preset, None, score_overrides)
     # counted as the from-scratch runs' metrics count their models (with their recipe's layer norms or not)
     cost = cost_function(data, layernorm=served_layernorm(train_preset or preset_train, train_overrides))
@@ -128,18 +125,18 @@ def _rankcheck(out: Path, arch_list: list[Architecture], supernet: str | Path, d
     for i, (a, s) in enumerate(zip(arch_list, scores, strict=True)):
         run = out / "runs" / f"{i:03d}-{a.hash()[:12]}"
         log.info("rank check: architecture %d/%d, %s (supernet score %.5f)", i + 1, len(arch_list), a.hash()[:12], s)
-        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else train(
+        m = rundir.read_metrics(run) or RunMetrics.from_dict(train(
             data, run, arch=a, preset_name=train_preset, overrides=train_overrides, resume=True,
-            progress=False)  # fmt: skip
-        rows.append({"hash": a.hash(), "supernet_score": s, "scratch_val_logloss": (m.get("val") or {}).get("logloss"),
-                     "mflops": m["mflops"], "arch": a.to_dict()})  # fmt: skip
+            progress=False))  # fmt: skip
+        rows.append({"hash": a.hash(), "supernet_score": s, "scratch_val_logloss": m.split("val").logloss,
+                     "mflops": m.mflops, "arch": a.to_dict()})  # fmt: skip
     ok = [r for r in rows if _finite(r["supernet_score"]) and _finite(r["scratch_val_logloss"])]
     x = [r["supernet_score"] for r in ok]
     y = [r["scratch_val_logloss"] for r in ok]
     stats = rank_correlation(x, y)
     result = {**stats, "k": settings["k"], "pairs": len(ok), **{k: v for k, v in settings.items() if k != "k"},
               "score": score_cfg.to_dict(), "train_preset": train_preset, "candidates": rows}  # fmt: skip
-    rundir.atomic_write_json(out / "rankcheck.json", result)
+    rundir.atomic_write_json(out / rundir.RANKCHECK_JSON, result)
     _scatter(out / "rankcheck.png", x, y, stats)
     log.info("rank check done: Kendall tau %.3f, Spearman rho %.3f over %d pairs", stats["kendall_tau"],
              stats["spearman_rho"], len(ok))  # fmt: skip

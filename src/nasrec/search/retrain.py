@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from nasrec import rundir
 from nasrec.errors import NasrecError
+from nasrec.rundir import RetrainedArch, RetrainResult, RunMetrics, SeedRun
 from nasrec.space.arch import Architecture
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,17 @@ def retrain_top(
     if seeds < 1:
         raise NasrecError(f"retrain seeds must be >= 1, not {seeds}")
     search_dir = Path(search_dir)
-    top = json.loads((search_dir / "top.json").read_text())
+    top = rundir.read_json(search_dir / rundir.TOP_JSON)
     base_seed = train_preset(preset, **(overrides or {})).seed
-    runs = []
+    runs: list[RetrainedArch] = []
     for rank, c in enumerate(top):
-        per_seed = []
+        per_seed: list[SeedRun] = []
         for j in range(seeds):
             name = f"{rank:02d}-{c['hash'][:12]}" + (f"-s{j}" if j else "")  # seed 0's run keeps the 1-seed name
-            run = search_dir / "retrain" / name
-            if (run / "metrics.json").exists():
-                m = json.loads((run / "metrics.json").read_text())
-            else:  # resume=True also starts a run that has no checkpoint yet
-                m = train(
+            run = search_dir / rundir.RETRAIN_DIR / name
+            m = rundir.read_metrics(run)
+            if m is None:  # resume=True also starts a run that has no checkpoint yet
+                fresh = train(
                     data,
                     run,
                     arch=Architecture.from_dict(c["arch"]),
@@ -54,43 +54,37 @@ def retrain_top(
                     resume=True,
                     progress=False,
                 )
-            per_seed.append(
-                {
-                    "seed": base_seed + j,
-                    "run": str(run),
-                    "val_logloss": (m.get("val") or {}).get("logloss"),
-                    "test_logloss": (m.get("test") or {}).get("logloss"),
-                    "test_auc": (m.get("test") or {}).get("auc"),
-                    "mflops": m["mflops"],
-                }
+                m = RunMetrics.from_dict(fresh)
+            per_seed.append(SeedRun.of(base_seed + j, str(run), m))
+        runs.append(
+            RetrainedArch(
+                rank=rank,
+                hash=c["hash"],
+                supernet_score=c["score"],
+                run=per_seed[0].run,
+                val_logloss=_mean([r.val_logloss for r in per_seed]),
+                test_logloss=_mean([r.test_logloss for r in per_seed]),
+                test_auc=_mean([r.test_auc for r in per_seed]),
+                mflops=per_seed[0].mflops,
+                seeds=per_seed if seeds > 1 else None,
             )
-        entry = {
-            "rank": rank,
-            "hash": c["hash"],
-            "supernet_score": c["score"],
-            "run": per_seed[0]["run"],
-            **{k: _mean([r[k] for r in per_seed]) for k in ("val_logloss", "test_logloss", "test_auc")},
-            "mflops": per_seed[0]["mflops"],
-        }
-        if seeds > 1:
-            entry["seeds"] = per_seed
-        runs.append(entry)
-    scored = [r for r in runs if r["val_logloss"] is not None and math.isfinite(r["val_logloss"])]
+        )
+    scored = [r for r in runs if r.val_logloss is not None and math.isfinite(r.val_logloss)]
     if not scored:
         raise NasrecError(f"{search_dir}: no retrained architecture has a finite validation loss")
-    best = min(scored, key=lambda r: r["val_logloss"])
-    arch = top[best["rank"]]["arch"]
-    (search_dir / "final.json").write_text(json.dumps(arch, indent=1) + "\n")
-    final = {"chosen": best, "runs": runs, "seeds": seeds}
+    best = min(scored, key=lambda r: r.val_logloss)  # type: ignore[arg-type, return-value]
+    rundir.atomic_write_json(search_dir / rundir.FINAL_JSON, top[best.rank]["arch"])
+    final = RetrainResult(chosen=best, runs=runs, seeds=seeds)
     log.info(
-        "retrained the top %d: chose %s (validation log loss %.5f, test log loss %s) as final.json",
+        "retrained the top %d: chose %s (validation log loss %.5f, test log loss %s) as %s",
         len(runs),
-        best["hash"][:12],
-        best["val_logloss"],
-        "n/a" if best["test_logloss"] is None else f"{best['test_logloss']:.5f}",
+        best.hash[:12],
+        best.val_logloss,
+        "n/a" if best.test_logloss is None else f"{best.test_logloss:.5f}",
+        rundir.FINAL_JSON,
     )
-    (search_dir / "final_metrics.json").write_text(json.dumps(final, indent=1) + "\n")
-    return final
+    rundir.atomic_write_json(search_dir / rundir.FINAL_METRICS_JSON, final.to_dict())
+    return final.to_dict()
 
 
 def _mean(values: list[float | None]) -> float | None:
