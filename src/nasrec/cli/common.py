@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from nasrec import console
 from nasrec.errors import NasrecError
 
 NO_PROGRESS_HELP = "no progress bars: log lines instead (bars are shown only when stderr is a terminal)"
@@ -54,3 +55,8 @@ def add_caps(p: argparse.ArgumentParser) -> None:
                    help="only architectures of at most X MFLOPs, or of a zoo model's on this data (dcnv2)")  # fmt: skip
     p.add_argument("--max-params", metavar="N|MODEL",
                    help="only architectures of at most N non-embedding params (or a zoo model's count)")  # fmt: skip
+
+
+def bars(args: argparse.Namespace) -> bool:
+    """Whether the command shows progress bars: on a terminal, unless --no-progress or --quiet."""
+    return console.progress_enabled(False if args.no_progress else None)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from nasrec import clicheck, console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_max_bad_fraction
+from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_max_bad_fraction, bars
 from nasrec.errors import NasrecError
 
 
@@ -50,7 +50,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         max_table_size=args.max_table_size, on_error=args.on_error, max_bad_fraction=args.max_bad_fraction,
         dense_transform=args.dense_transform,
         drop_id=args.drop_id, time_features=args.time_features, kdd_profile=args.kdd_profile, force=args.force,
-        progress=console.progress_enabled(False if args.no_progress else None),
+        progress=bars(args),
     )  # fmt: skip
     res = prepare(cfg)
     if args.json:

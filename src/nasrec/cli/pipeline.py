@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nasrec import console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP
+from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, bars
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def _run_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.out or cfg.get("out"):
         console.add_run_log(args.out or cfg["out"])
-    records = run_pipeline(cfg, args.out, progress=False if args.no_progress else None)
+    records = run_pipeline(cfg, args.out, progress=bars(args))
     _print_pipeline(records, args.out or cfg["out"], args.json)
     return 0
 
@@ -79,7 +79,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from nasrec.pipeline.runner import run_pipeline
 
     cfg = resolve_config({**DEMO, "final": {**DEMO["final"], "seeds": args.seeds}})
-    records = run_pipeline(cfg, args.out, progress=False if args.no_progress else None)
+    records = run_pipeline(cfg, args.out, progress=bars(args))
     _print_pipeline(records, args.out, args.json)
     return 0
 
