@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import LoadSample, available_models, machine_info, machine_line  # bench/ is not a package
 
+from nasrec import rundir
 from nasrec.data.cache import open_cache
 from nasrec.data.loader import BatchLoader
 from nasrec.data.prepare import PrepareConfig, prepare
@@ -63,7 +64,7 @@ def prepare_data(work: Path, rows: int) -> Path:
 def train_model(name: str, cache: Path, work: Path, threads: int, configs: Path = CONFIGS) -> Path:
     """One epoch of a zoo model or a published NASRecNet (reused when already trained)."""
     out = work / "runs" / name
-    if (out / "metrics.json").exists():
+    if rundir.is_finished(out):
         return out
     shutil.rmtree(out, ignore_errors=True)
     overrides = dict(batch_size=512, epochs=1, lr=0.05, threads=threads)
