@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nasrec import clicheck, console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_caps, add_device, device_arg, parse_sets
+from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_caps, add_device, bars, device_arg, parse_sets
 from nasrec.configfile import preset_names
 
 
@@ -55,7 +55,7 @@ def _run_search(args: argparse.Namespace) -> int:
     res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
                  retrain=args.retrain, train_overrides=train_overrides, retrain_seeds=args.retrain_seeds,
                  resume=args.resume, time_budget=args.time_budget,
-                 progress=False if args.no_progress else None)  # fmt: skip
+                 progress=bars(args))  # fmt: skip
     from nasrec.distributed import is_main
 
     if not is_main():  # under torchrun every rank returns the result; one prints it

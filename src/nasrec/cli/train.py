@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nasrec import clicheck, console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_device, device_arg, parse_sets
+from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_device, bars, device_arg, parse_sets
 from nasrec.configfile import preset_names
 
 
@@ -69,7 +69,7 @@ def _run_train(args: argparse.Namespace) -> int:
     device_arg(args, overrides)
     res = train(args.data, args.out, arch=args.arch, model=args.model, hparams=parse_sets(args.hparam),
                 preset_name=args.preset, overrides=overrides, resume=args.resume,
-                progress=False if args.no_progress else None)  # fmt: skip
+                progress=bars(args))  # fmt: skip
     _print_final(res, args)
     return 0
 
@@ -96,7 +96,7 @@ def _run_supernet(args: argparse.Namespace) -> int:
         overrides["path_max_mflops"] = args.max_mflops
     res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
                          overrides=overrides, resume=args.resume, semantics=args.semantics,
-                         progress=False if args.no_progress else None)  # fmt: skip
+                         progress=bars(args))  # fmt: skip
     _print_final(res, args)
     return 0
 

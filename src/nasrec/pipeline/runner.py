@@ -13,13 +13,13 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nasrec import __version__, rundir
+from nasrec.console import progress_enabled
 from nasrec.errors import NasrecError
 from nasrec.rundir import BASELINES_DIR, FINAL_DIR, SEARCH_DIR, SUPERNET_DIR, RunMetrics, StageRecord
 
@@ -69,7 +69,7 @@ class Pipeline:
     def __init__(self, cfg: dict[str, Any], out: str | Path, progress: bool | None = None) -> None:
         self.cfg = cfg
         self.out = Path(out)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress_enabled(progress)
         self.cache = self.out / "data" / "cache"
         self.records: dict[str, Any] = {}
 

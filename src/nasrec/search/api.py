@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nasrec import distributed, rundir
-from nasrec.console import duration
+from nasrec.console import duration, progress_bar, progress_enabled
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import ServedCost
@@ -45,20 +44,15 @@ log = logging.getLogger(__name__)
 
 
 def _progress_printer(enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
+    if not progress_enabled(enabled):
         return None
-
-    from tqdm import tqdm  # a tqdm bar: log lines (written through tqdm) then do not break it
-
     bar: Any = None
 
     def show(st: dict[str, Any]) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=st["budget"], desc="search", file=sys.stderr, leave=False,
-                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]")  # fmt: skip
+            bar = progress_bar(True, total=st["budget"], desc="search",
+                               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]")  # fmt: skip
         gen = "init" if st["generation"] < 0 else f"gen {st['generation']}"
         eta = f", {duration(st['eta_s'])} left" if st.get("eta_s") is not None else ""
         bar.n = st["scored"]
