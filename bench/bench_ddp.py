@@ -42,12 +42,12 @@ from _machine import machine_info, machine_line, machine_ticks, own_cpu_s  # ben
 from bench_supernet import batches  # identical in every process: a fixed seed
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
+from nasrec.model.paths import supernet_path
 from nasrec.model.supernet import Supernet
 from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.gradsync import GradientSync
 from nasrec.train.optim import build_optimizer
-from nasrec.train.trainer import supernet_path
 
 CONFIGS = ((1, 2), (1, 1), (2, 1))  # (processes, threads per process)
 

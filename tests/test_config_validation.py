@@ -260,7 +260,7 @@ def test_each_optimizer_gets_its_own_eps(cache_dir: Path, tmp_path: Path) -> Non
 
 
 def test_a_run_saved_with_eps_0_01_still_resumes(cache_dir: Path, tmp_path: Path) -> None:
-    from nasrec.train.trainer import _identity
+    from nasrec.train.resume import run_identity
 
     cfg = dict(batch_size=256, max_steps=6, checkpoint_every=3, eval_max_batches=1, log_every=3)
     first = train(cache_dir, tmp_path / "old", model="lr", preset_name="cpu-quick", overrides=cfg, progress=False)
@@ -273,7 +273,7 @@ def test_a_run_saved_with_eps_0_01_still_resumes(cache_dir: Path, tmp_path: Path
     run_cfg = json.loads((tmp_path / "old" / "config.json").read_text())
     run_cfg["train"]["eps"] = 0.01
     (tmp_path / "old" / "config.json").write_text(json.dumps(run_cfg))
-    assert _identity({**saved, "eps": 0.01}) == _identity(saved)
+    assert run_identity({**saved, "eps": 0.01}) == run_identity(saved)
     # resumed with its recipe (as the pipeline does) and without
     for kw in (dict(preset_name="cpu-quick", overrides=cfg), {}):
         again = train(cache_dir, tmp_path / "old", model="lr", resume=True, progress=False, **kw)  # type: ignore[arg-type]

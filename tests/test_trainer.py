@@ -17,10 +17,11 @@ from conftest import small_synth_cache
 
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
+from nasrec.model.paths import supernet_path
 from nasrec.rundir import load_checkpoint, save_checkpoint
 from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.trainer import load_trained, supernet_path
+from nasrec.train.trainer import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_supernet_paths_are_a_function_of_seed_and_step() -> None:
 
 def test_supernet_paths_within_a_flops_budget() -> None:
     from nasrec.model.cost import arch_cost
-    from nasrec.train.trainer import mflops_budget, sample_within
+    from nasrec.model.paths import mflops_budget, sample_within
 
     within = mflops_budget(0.5, 13, [100] * 26)
     assert mflops_budget(None, 13, [100] * 26) is None
@@ -208,9 +209,11 @@ def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp
     from nasrec.data.cache import open_cache
     from nasrec.data.loader import BatchLoader
     from nasrec.model.layers import calibrate_head
+    from nasrec.model.paths import EVAL_SEED
     from nasrec.model.spec import ModelSpec
     from nasrec.train.config import preset
-    from nasrec.train.trainer import _EVAL_SEED, Trainer, evaluate
+    from nasrec.train.evaluation import evaluate
+    from nasrec.train.trainer import Trainer
 
     cfg = dict(batch_size=256, max_steps=20, path_warmup_steps=5, eval_max_batches=1, supernet_eval_archs=3,
                lr=0.05, head_calib_batches=2, seed=4)  # fmt: skip
@@ -219,7 +222,7 @@ def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp
     saved = {k: v.clone() for k, v in net.head.named_buffers()}
     cache = open_cache(cache_dir)
     calib = list(BatchLoader(cache, "train", batch_size=256))[:2]
-    rng = np.random.default_rng([4, _EVAL_SEED])
+    rng = np.random.default_rng([4, EVAL_SEED])
     losses = []
     for _ in range(3):
         arch = NASREC_SMALL.sample(rng, "default")
@@ -353,7 +356,8 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from nasrec.train.config import TrainConfig, preset
-    from nasrec.train.trainer import _identity, path_warmup
+    from nasrec.train.resume import run_identity
+    from nasrec.train.sampling import path_warmup
 
     # the CPU preset gives its warm-up as a share of training, so that it ends on any data size
     cpu = preset("cpu-supernet")
@@ -367,7 +371,7 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     with pytest.raises(NasrecError, match="path_warmup_fraction: expected a number >= 0 and <= 1"):
         TrainConfig(path_warmup_fraction=1.5)
     # an absolute warm-up longer than the training is capped to it, with a warning
-    with caplog.at_level("WARNING", logger="nasrec.train.trainer"):
+    with caplog.at_level("WARNING", logger="nasrec.train.sampling"):
         assert path_warmup(TrainConfig(path_warmup_steps=200), 135) == 135
         assert path_warmup(TrainConfig(path_warmup_steps=100), 135) == 100
     assert [r.getMessage() for r in caplog.records] == [
@@ -375,7 +379,7 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
         "path_warmup_fraction gives it as a share of training"
     ]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="nasrec.train.trainer"):
+    with caplog.at_level("WARNING", logger="nasrec.train.sampling"):
         res = train_supernet(cache_dir, tmp_path / "sn", space="small", preset_name="cpu-supernet", progress=False,
                              overrides=dict(batch_size=256, max_steps=6, path_warmup_steps=50, eval_max_batches=1,
                                             supernet_eval_archs=2))  # fmt: skip
@@ -383,7 +387,7 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     # runs saved before the fraction existed keep their identity (a new setting counts with its default)
     old = TrainConfig(path_warmup_steps=200).to_dict()
     del old["path_warmup_fraction"], old["path_count_layernorm"]
-    assert _identity(old) == _identity(TrainConfig(path_warmup_steps=200).to_dict())
+    assert run_identity(old) == run_identity(TrainConfig(path_warmup_steps=200).to_dict())
 
 
 @pytest.mark.slow

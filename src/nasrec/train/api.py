@@ -11,7 +11,9 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
-from nasrec.train.trainer import Trainer, evaluate, load_trained, same_run, split_logits
+from nasrec.train.evaluation import evaluate, split_logits
+from nasrec.train.resume import same_run
+from nasrec.train.trainer import Trainer, load_trained
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:

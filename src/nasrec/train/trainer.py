@@ -22,15 +22,10 @@ Data parallelism (torchrun)
 
 from __future__ import annotations
 
-import collections
 import itertools
-import json
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,159 +37,33 @@ from torch import nn
 import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import distributed, rundir
 from nasrec.configfile import ConfigError
-from nasrec.console import Heartbeat, bar_extra, duration
+from nasrec.console import Heartbeat, duration
 from nasrec.data.cache import Cache
-from nasrec.data.loader import Batch, BatchLoader
+from nasrec.data.loader import BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
-from nasrec.model.cost import ServedCost
-from nasrec.model.layers import HeadLinear, calibrate_head, init_head_bias, set_batch_group
+from nasrec.model.layers import init_head_bias, set_batch_group
 from nasrec.model.memory import check_spec_fits
 from nasrec.model.spec import ModelSpec
 from nasrec.rundir import (
     BEST_PT,
     CHECKPOINT_PT,
-    CONFIG_JSON,
     METRICS_JSON,
     METRICS_JSONL,
-    MODEL_JSON,
     load_checkpoint,
     save_checkpoint,
 )
-from nasrec.space.arch import Architecture
 from nasrec.train.clip import clip_grad_norm
-from nasrec.train.config import TrainConfig, default_eps_as_none
+from nasrec.train.config import TrainConfig
+from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, to_device
 from nasrec.train.gradsync import GradientSync
-from nasrec.train.metrics import StreamingMetrics
 from nasrec.train.optim import build_optimizer
+from nasrec.train.progress import Progress, describe, progress_bar
+from nasrec.train.resume import TrainState, json_default, restore_state, save_state, start_run, truncate_log
+from nasrec.train.sampling import check_paths_config, path_sampler
 from nasrec.train.schedule import build_schedule
 
 log = logging.getLogger(__name__)
-
-_EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is evaluated on
-_RATE_WINDOW = 50  # steps over which the logged and displayed samples/s are measured
-_PATH_TRIES = 10_000  # draws allowed to find a path within the budget (6 % of Full's are under 0.5 MFLOPs)
-
-
-def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps: int,
-                  within: Callable[[Architecture], bool] | None = None) -> Architecture:  # fmt: skip
-    """The path trained at `step`: a pure function of (seed, step), so every rank draws the same one.
-
-    After the warm-up, paths for which `within` is false are redrawn (from the same generator).
-    """
-    prob = max(0.0, 1.0 - step / warmup_steps) if warmup_steps > 0 else 0.0
-    rng = np.random.default_rng([seed, step])
-    if prob > 0:
-        return space.sample(rng, strategy, full_path_prob=prob)
-    return sample_within(space, rng, strategy, within)
-
-
-def sample_within(space: Any, rng: np.random.Generator, strategy: str,
-                  within: Callable[[Architecture], bool] | None, tries: int = _PATH_TRIES) -> Architecture:  # fmt: skip
-    """The first architecture drawn with `strategy` for which `within` holds (the first drawn if None)."""
-    for _ in range(tries):
-        arch = space.sample(rng, strategy)
-        if within is None or within(arch):
-            return arch
-    raise NasrecError(f"no {strategy} path within the budget in {tries} draws: raise path_max_mflops")
-
-
-def mflops_budget(
-    max_mflops: float | None, num_dense: int, table_sizes: Sequence[int], layernorm: bool = False
-) -> Callable[[Architecture], bool] | None:
-    """The test "at most `max_mflops`" for a served model with or without layer norms (None without a budget)."""
-    if max_mflops is None:
-        return None
-    cost = ServedCost(num_dense, tuple(table_sizes), layernorm)
-    return lambda arch: cost(arch)[0] <= max_mflops
-
-
-def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:
-    """The full-path warm-up in steps: the absolute one capped to the training length, or the fraction of it."""
-    if cfg.path_warmup_fraction:
-        return round(cfg.path_warmup_fraction * total_steps)
-    if cfg.path_warmup_steps > total_steps:
-        if warn:
-            log.warning("path_warmup_steps %d exceeds the %d training steps: capped at %d, so the whole run is "
-                        "warm-up; path_warmup_fraction gives it as a share of training", cfg.path_warmup_steps,
-                        total_steps, total_steps)  # fmt: skip
-        return total_steps
-    return cfg.path_warmup_steps
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    cache: Cache,
-    split: str,
-    batch_size: int = 8192,
-    max_batches: int | None = None,
-    arch: Architecture | None = None,
-) -> dict[str, float]:
-    """Log loss, AUC, mean prediction and CTR of a model (or a supernet path) on a split, in file order.
-
-    Batches go to the device of the model's parameters.
-    """
-    was_training = model.training
-    model.eval()
-    metrics = StreamingMetrics()
-    loader = BatchLoader(cache, split, batch_size=batch_size)
-    device = _model_device(model)
-    for batch in itertools.islice(loader, max_batches):
-        batch = _to(batch, device)
-        logits = model(batch.dense, batch.sparse) if arch is None else model(batch.dense, batch.sparse, arch)
-        metrics.update(batch.label, logits)
-    model.train(was_training)
-    return metrics.result()
-
-
-@torch.no_grad()
-def split_logits(model: nn.Module, cache: Cache, split: str, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and logits (float64) of a model on every row of a split, in file order."""
-    was_training = model.training
-    model.eval()
-    device = _model_device(model)
-    labels, logits = [], []
-    for batch in BatchLoader(cache, split, batch_size=batch_size):
-        batch = _to(batch, device)
-        labels.append(batch.label.double().cpu().numpy())
-        logits.append(model(batch.dense, batch.sparse).double().cpu().numpy())
-    model.train(was_training)
-    if not labels:
-        raise NasrecError(f"split {split!r} of {cache.path} has no rows")
-    return np.concatenate(labels), np.concatenate(logits)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (the CPU for a model without any)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _to(batch: Batch, device: torch.device) -> Batch:
-    """`batch` on `device` (the same tensors when it is there already)."""
-    return Batch(batch.dense.to(device), batch.sparse.to(device), batch.label.to(device))
-
-
-@dataclass
-class _State:
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # batches of `epoch` already consumed
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    best: float | None = None
-    bad_evals: int = 0
-    best_step: int | None = None
-    stopped: bool = False
-    train_seconds: float = 0.0
-    samples: int = 0  # examples of the global batches trained on
-    # The same after a supernet's full-path warm-up: sampled paths run several times faster than the
-    # warm-up's full path, so a rate averaged from step 0 says little about the rest of the run
-    sampled_seconds: float = 0.0
-    sampled_samples: int = 0
-    log_lines: int | None = 0  # metrics.jsonl lines written (None: a checkpoint of an older nasrec)
-    evals: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -223,12 +92,8 @@ class Trainer:
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
         self.model = spec.build().to(self.device)
         init_head_bias(self.model, _train_ctr(cache))
-        self.space = None
-        if spec.kind == "supernet":
-            self.space = self.model.space
-        elif cfg.path_max_mflops is not None:
-            raise NasrecError("training config: path_max_mflops applies to supernets only")
-        self._within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
+        # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
+        check_paths_config(spec, cfg)
         self.loader = BatchLoader(cache, "train", batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
                                   drop_last=True, prefetch=2, rank=self.rank, world_size=self.world,
                                   shard="rows")  # fmt: skip
@@ -242,16 +107,15 @@ class Trainer:
         self.total_steps = per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.path_warmup = path_warmup(cfg, self.total_steps, warn=self.main) if self.space is not None else 0
+        self.paths = path_sampler(self.model, spec, cfg, self.total_steps, warn=self.main)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.lr, eps=cfg.eps,
                                          weight_decay=cfg.weight_decay, embedding_lr=cfg.embedding_lr,
-                                         sliced=self.space is not None)  # fmt: skip
+                                         sliced=self.paths.has_paths)  # fmt: skip
         self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps=self.total_steps,
                                        warmup_fraction=cfg.warmup_fraction)  # fmt: skip
-        self.state = _State()
-        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=_RATE_WINDOW)
-        self._calib: list[Batch] | None = None  # the head calibration batches, read at the first evaluation
-        self._calibrated_at: int | None = None  # the step whose weights the head's mean was measured for
+        self.state = TrainState()
+        self.progress = Progress(self.out, describe(spec), self.total_steps, per_epoch)
+        self.calib = HeadCalibration(self.model, cache, cfg.batch_size, cfg.head_calib_batches, self.device)
         self._tb = None
         self.sync = GradientSync.for_model(self.model) if self.world > 1 else None
         if self.sync is not None:  # centred heads average over the global batch, as one process would
@@ -266,12 +130,12 @@ class Trainer:
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
         if self.main:
-            rundir.atomic_write_json(self.out / name, obj, default=_json_default)
+            rundir.atomic_write_json(self.out / name, obj, default=json_default)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.main:
             return
-        rundir.append_jsonl(self.out / METRICS_JSONL, record, default=_json_default)
+        rundir.append_jsonl(self.out / METRICS_JSONL, record, default=json_default)
         self.state.log_lines = (self.state.log_lines or 0) + 1
         if self._tb is not None:
             for k, v in record.items():
@@ -280,53 +144,15 @@ class Trainer:
 
     def _checkpoint(self, final: bool = False) -> None:
         """Write the run's state; a `final` one keeps the optimizer state only if asked (it can no longer resume)."""
-        if not self.main:
-            return  # every rank holds the same state; one copy is written
-        s = self.state
-        keep = not final or self.cfg.keep_optimizer
-        payload = {
-            "model": self.model.state_dict(),
-            # Adagrad / Adam state is as large as the weights (twice for Adam): a finished run drops it
-            "optimizer": self.optimizer.state_dict() if keep else None,
-            "schedule": self.schedule.state_dict() if keep else None,
-            "torch_rng": torch.get_rng_state(),
-            # dropout on a GPU draws from its own generator; restored only when resuming on a GPU
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "state": {k: v for k, v in vars(s).items() if k != "evals"},
-            "evals_json": json.dumps(s.evals, default=_json_default),
-            "config_json": json.dumps(self.cfg.to_dict()),
-        }
-        save_checkpoint(self.out / CHECKPOINT_PT, payload)
+        if self.main:  # every rank holds the same state; one copy is written
+            save_state(self.out / CHECKPOINT_PT, self.model, self.optimizer, self.schedule, self.state, self.cfg,
+                       self.device, keep_optimizer=not final or self.cfg.keep_optimizer)  # fmt: skip
 
     def _restore(self) -> None:
-        ck = load_checkpoint(self.out / CHECKPOINT_PT)
-        if _identity(json.loads(ck["config_json"])) != _identity(self.cfg.to_dict()):
-            raise NasrecError(f"{self.out}: the run was started with another configuration; cannot resume")
-        # The checkpoint is read onto the CPU; loading copies it to the model's device, and the optimizer
-        # moves its state next to each parameter, so a run resumes on any device.
-        self.model.load_state_dict(ck["model"])
-        self.state = _State(**{"log_lines": None, **ck["state"]}, evals=json.loads(ck["evals_json"]))
-        if ck["optimizer"] is not None:
-            self.optimizer.load_state_dict(ck["optimizer"])
-            self.schedule.load_state_dict(ck["schedule"])
-        elif self.state.step < self.total_steps and not self.state.stopped:
-            raise NasrecError(f"{self.out}: its checkpoint holds the final weights only; the run cannot continue")
-        torch.set_rng_state(ck["torch_rng"])
-        if ck.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
+        self.state = restore_state(self.out / CHECKPOINT_PT, self.model, self.optimizer, self.schedule, self.cfg,
+                                   self.device, self.total_steps, self.out)  # fmt: skip
         if self.main:
-            self._truncate_log()
-
-    def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint (they will be written again), and a torn last line."""
-        s = self.state
-        if s.log_lines is not None:  # the checkpoint counts the lines it covers
-            seen = itertools.count()
-            rundir.read_jsonl(self.out / METRICS_JSONL, keep=lambda r: next(seen) < s.log_lines)
-        else:  # written by an older nasrec: keep by step, and drop the final record (written again)
-            kept = rundir.read_jsonl(self.out / METRICS_JSONL, keep=lambda r: r.get("step", 0) <= s.step
-                                     and not r.get("final"))  # fmt: skip
-            s.log_lines = len(kept)
+            truncate_log(self.out / METRICS_JSONL, self.state)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
@@ -342,7 +168,7 @@ class Trainer:
         start = None
         if self.main:
             try:
-                start = self._start(resume)
+                start = start_run(self.out, self.spec.to_dict(), self.cfg, self.cache.path, resume)
             except OSError as e:  # reported by every rank, rather than leaving the others in the broadcast
                 start = {"resume": False, "error": f"{self.out}: cannot write the run directory ({e})"}
         start = distributed.broadcast_object(start)
@@ -358,8 +184,9 @@ class Trainer:
                 raise NasrecError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
         if self.main:
-            self._say_start(bool(start["resume"]))
-        bar = _progress(progress, self.total_steps, self.state.step) if self.main else None
+            self.progress.say_start(self.state.step, self.state.epoch, bool(start["resume"]), self.cache.path,
+                                    cfg.batch_size, self.device)  # fmt: skip
+        bar = progress_bar(progress, self.total_steps, self.state.step) if self.main else None
         s = self.state
         per_epoch = len(self.loader)
         beat, ep_loss, ep_steps, t_fit, step0 = Heartbeat(), 0.0, 0, time.perf_counter(), s.step
@@ -369,13 +196,13 @@ class Trainer:
                 batches = self.loader.iter_epoch(s.epoch)
                 for batch in itertools.islice(batches, s.batch, None):
                     t0 = time.perf_counter()
-                    warm = s.step < self.path_warmup
+                    warm = self.paths.warm(s.step)
                     loss = self._train_step(batch)
                     dt, n = time.perf_counter() - t0, batch.label.shape[0] * self.world
                     s.train_seconds += dt
                     s.samples += n
-                    self._recent.append((dt, n))
-                    if self.space is not None and not warm:
+                    self.progress.step_done(dt, n)
+                    if self.paths.has_paths and not warm:
                         s.sampled_seconds += dt
                         s.sampled_samples += n
                     s.step += 1
@@ -385,11 +212,12 @@ class Trainer:
                     ep_loss, ep_steps = ep_loss + loss, ep_steps + 1
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{self._recent_rate():,.0f}")
+                        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{self.progress.rate():,.0f}")
                     if self.main and (s.batch == per_epoch or (bar is None and beat())):
                         # a line per epoch, and every 30 s in between when no bar shows the progress
                         left = (self.total_steps - s.step) * (time.perf_counter() - t_fit) / (s.step - step0)
-                        self._say_progress(s.batch == per_epoch, ep_loss / ep_steps, left, bar is not None)
+                        self.progress.say_progress(s.step, s.epoch, s.batch == per_epoch, ep_loss / ep_steps, left,
+                                                   bar is not None)  # fmt: skip
                         if s.batch == per_epoch:
                             ep_loss, ep_steps = 0.0, 0
                             beat.reset()
@@ -411,68 +239,12 @@ class Trainer:
             self._tb.close()
         return final
 
-    # -- log lines (rank 0) ---------------------------------------------------------------------
-    def _what(self) -> str:
-        if self.spec.kind == "supernet":
-            return "supernet"
-        if self.spec.kind == "zoo":
-            return f"{self.spec.zoo} model"
-        return f"architecture {self.spec.architecture().hash()[:12]}"
-
-    def _say_start(self, resumed: bool) -> None:
-        cfg, s, per_epoch = self.cfg, self.state, len(self.loader)
-        epochs = -(-self.total_steps // per_epoch)
-        if resumed:
-            log.info("%s: resuming the %s at step %s of %s (epoch %d of %d)", self.out, self._what(), f"{s.step:,}",
-                     f"{self.total_steps:,}", min(s.epoch + 1, epochs), epochs)  # fmt: skip
-        else:
-            if self.total_steps == epochs * per_epoch:
-                plan = f"{epochs} epoch{'s' if epochs > 1 else ''} of {per_epoch:,} steps"
-            else:
-                plan = f"max_steps; an epoch is {per_epoch:,} steps"
-            log.info("%s: training the %s on %s: %s steps (%s, batch %s) on %s", self.out, self._what(), self.cache.path,
-                     f"{self.total_steps:,}", plan, f"{cfg.batch_size:,}", self.device)  # fmt: skip
-
-    def _recent_rate(self) -> float:
-        """Samples per second over the last steps (at most `_RATE_WINDOW`): what the run does now."""
-        seconds = sum(dt for dt, _ in self._recent)
-        return sum(n for _, n in self._recent) / seconds if seconds > 0 else 0.0
-
-    def _say_progress(self, epoch_end: bool, loss: float, seconds_left: float, bar_shown: bool) -> None:
-        s, per_epoch = self.state, len(self.loader)
-        epochs = -(-self.total_steps // per_epoch)
-        sps = self._recent_rate()
-        head = f"epoch {s.epoch + 1}/{epochs} done" if epoch_end else f"epoch {s.epoch + 1}/{epochs}"
-        left = f", about {duration(seconds_left)} left" if s.step < self.total_steps else ""
-        log.info("%s: step %s/%s, train loss %.5f, %s samples/s%s", head, f"{s.step:,}", f"{self.total_steps:,}",
-                 loss, f"{sps:,.0f}", left, extra=bar_extra(bar_shown))  # fmt: skip
-
-    def _start(self, resume: bool) -> dict[str, Any]:
-        """Rank 0's decision: resume from the checkpoint, or start afresh (preparing the directory)."""
-        if resume and (self.out / CHECKPOINT_PT).exists():
-            saved = rundir.read_model(self.out)
-            if saved != json.loads(json.dumps(self.spec.to_dict())):
-                why = "its model.json differs: another architecture, data shape or supernet semantics"
-                return {"resume": True, "error": f"{self.out} holds another model ({why}); use a new directory"}
-            return {"resume": True, "error": None}
-        if not rundir.is_empty(self.out) and not resume:
-            return {"resume": False, "error": f"{self.out} is not empty (use --resume to continue the run there)"}
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / METRICS_JSONL).unlink(missing_ok=True)  # killed before its first checkpoint
-        self._write_json(CONFIG_JSON, {"train": self.cfg.to_dict(), "model": self.spec.to_dict(),
-                                       "data": str(self.cache.path)})  # fmt: skip
-        self._write_json(MODEL_JSON, self.spec.to_dict())
-        return {"resume": False, "error": None}
-
     def _train_step(self, batch) -> float:
         cfg, s = self.cfg, self.state
-        batch = _to(batch, self.device)
+        batch = to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.space is not None:
-            arch = supernet_path(self.space, cfg.seed, s.step, cfg.strategy, self.path_warmup, self._within)
-            logits = self.model(batch.dense, batch.sparse, arch)
-        else:
-            logits = self.model(batch.dense, batch.sparse)
+        arch = self.paths.path(s.step)
+        logits = self.model(batch.dense, batch.sparse) if arch is None else self.model(batch.dense, batch.sparse, arch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.label)
         if self.sync is None:
             value = float(loss.detach())
@@ -502,9 +274,9 @@ class Trainer:
         if s.step % cfg.log_every == 0:
             record = {"step": s.step, "epoch": s.epoch, "train_loss": s.loss_sum / max(s.loss_count, 1),
                       "lr": self.optimizer.param_groups[0]["lr"],
-                      "samples_per_s": self._recent_rate()}  # fmt: skip
-            if self.space is not None:
-                record["path_warmup"] = s.step <= self.path_warmup
+                      "samples_per_s": self.progress.rate()}  # fmt: skip
+            if self.paths.has_paths:
+                record["path_warmup"] = self.paths.warm(s.step - 1)  # the step just trained
             if self.sync is not None:
                 record["world_size"] = self.world
                 record["comm_bytes_per_step"] = self._comm_bytes / max(self._comm_steps, 1)
@@ -522,54 +294,17 @@ class Trainer:
         return distributed.broadcast_object(self._eval_here(split) if self.main else None)
 
     def _calibrate_head(self) -> None:
-        """Set a standalone model's centred head mean exactly, over fixed train batches, before it is judged.
-
-        The running mean follows the batch means of the last ~10 steps, taken under older weights; at a
-        high learning rate that lag alone moved a validation loss from 0.309 to 0.355 (docs/design.md).
-        """
-        head = getattr(self.model, "head", None)
-        n = self.cfg.head_calib_batches
-        if self.space is not None or n == 0 or not (isinstance(head, HeadLinear) and head.centre):
-            return
-        if self._calibrated_at == self.state.step:  # these weights were measured already (val, then test)
-            return
-        was_training = self.model.training
-        self.model.eval()
-        calibrate_head(self.model.features, head, self._calib_batches())
-        self.model.train(was_training)
-        self._calibrated_at = self.state.step
-
-    def _calib_batches(self) -> list[Batch]:
-        """The first `head_calib_batches` train batches in file order (read once, kept on the device)."""
-        if self._calib is None:
-            loader = BatchLoader(self.cache, "train", batch_size=self.cfg.batch_size)
-            self._calib = [_to(b, self.device) for b in itertools.islice(loader, self.cfg.head_calib_batches)]
-        return self._calib
+        """Set a standalone model's centred head mean exactly for the current weights, before it is judged."""
+        if not self.paths.has_paths:  # a supernet's evaluation measures it for each of its paths
+            self.calib.whole_model(self.state.step)
 
     def _eval_here(self, split: str) -> dict[str, float]:
         cfg = self.cfg
-        if self.space is None:
+        paths = self.paths.eval_paths()
+        if not paths:
             return evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches)
-        rng = np.random.default_rng([cfg.seed, _EVAL_SEED])
-        head = self.model.head
-        # A centred head's running mean mixes every path trained. Each path is judged with its own exact
-        # mean, as a candidate is scored, and the supernet's buffers are put back afterwards.
-        saved = {k: v.clone() for k, v in head.named_buffers()}
-        results = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for _ in range(cfg.supernet_eval_archs):
-                arch = sample_within(self.space, rng, "default", self._within)
-                if cfg.head_calib_batches:
-                    calibrate_head(lambda d, x, a=arch: self.model.features(d, x, a), head, self._calib_batches())
-                results.append(evaluate(self.model, self.cache, split, cfg.eval_batch_size, cfg.eval_max_batches,
-                                        arch))  # fmt: skip
-        finally:
-            for k, v in head.named_buffers():
-                v.copy_(saved[k])
-            self.model.train(was_training)
-        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        calib = self.calib.batches if cfg.head_calib_batches else None
+        return evaluate_paths(self.model, self.cache, split, paths, calib, cfg.eval_batch_size, cfg.eval_max_batches)
 
     def _evaluate_during_training(self) -> None:
         cfg, s = self.cfg, self.state
@@ -605,7 +340,7 @@ class Trainer:
             ck = load_checkpoint(self.out / BEST_PT)
             self.model.load_state_dict(ck["model"])
             s.best_step = int(ck["step"])
-        self._calibrated_at = None  # other weights now (rank 0 loaded its best): measure them again
+        self.calib.measured_at = None  # other weights now (rank 0 loaded its best): measure them again
         s.best_step = distributed.broadcast_object(s.best_step)
 
     def _final(self) -> dict[str, Any]:
@@ -662,40 +397,3 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
         raise NasrecError(f"{run}: its weights do not fit the model built from its model.json ({first}); "
                           "was it saved by an older nasrec?") from None  # fmt: skip
     return model.to(target).eval(), spec
-
-
-_NOT_IDENTITY = ("device", "keep_optimizer")
-
-
-def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result: not the device (a GPU run may resume on a CPU) nor what is kept.
-
-    A setting added after the run was saved counts with its default, and eps is compared as TrainConfig keeps
-    it (`default_eps_as_none`), so that older runs still resume.
-    """
-    return {k: v for k, v in default_eps_as_none({**TrainConfig().to_dict(), **cfg}).items() if k not in _NOT_IDENTITY}
-
-
-def same_run(a: TrainConfig, b: TrainConfig) -> bool:
-    """Whether two configurations train the same run (they may differ in device and in what is kept)."""
-    return _identity(a.to_dict()) == _identity(b.to_dict())
-
-
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _progress(enabled: bool | None, total: int, initial: int):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, leave=False)

@@ -1,0 +1,51 @@
+"""The path sampler a training configuration asks for: a supernet's paths, or the whole model.
+
+The trainer asks the sampler (`nasrec.model.paths.PathSampler`) for each step's path and for the paths an
+evaluation averages over; what a supernet is and how its paths are drawn stays on the model side.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from nasrec.errors import NasrecError
+from nasrec.model.paths import PathSampler, SupernetPaths, WholeModel, mflops_budget
+from nasrec.model.spec import ModelSpec
+from nasrec.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_paths_config(spec: ModelSpec, cfg: TrainConfig) -> None:
+    """Refuse settings of supernet paths for a model without paths."""
+    if spec.kind != "supernet" and cfg.path_max_mflops is not None:
+        raise NasrecError("training config: path_max_mflops applies to supernets only")
+
+
+def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:
+    """The full-path warm-up in steps: the absolute one capped to the training length, or the fraction of it."""
+    if cfg.path_warmup_fraction:
+        return round(cfg.path_warmup_fraction * total_steps)
+    if cfg.path_warmup_steps > total_steps:
+        if warn:
+            log.warning("path_warmup_steps %d exceeds the %d training steps: capped at %d, so the whole run is "
+                        "warm-up; path_warmup_fraction gives it as a share of training", cfg.path_warmup_steps,
+                        total_steps, total_steps)  # fmt: skip
+        return total_steps
+    return cfg.path_warmup_steps
+
+
+def path_sampler(model: nn.Module, spec: ModelSpec, cfg: TrainConfig, total_steps: int,
+                 warn: bool = True) -> PathSampler:  # fmt: skip
+    """`SupernetPaths` of `cfg` (strategy, warm-up, budget, evaluation paths) for a supernet, else `WholeModel`.
+
+    `warn`: log that an absolute warm-up is capped to the training length (rank 0 says it once).
+    """
+    check_paths_config(spec, cfg)
+    if spec.kind != "supernet":
+        return WholeModel()
+    within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
+    return SupernetPaths(model.space, cfg.seed, cfg.strategy, path_warmup(cfg, total_steps, warn=warn), within,
+                         cfg.supernet_eval_archs)  # fmt: skip
