@@ -302,6 +302,7 @@ def verify_cache(path: Path | str) -> VerifyReport:
             fc.problems.append("missing" + (" (recorded in meta.json)" if rec else " (the cache needs it)"))
             continue
         fc.bytes = p.stat().st_size
+        log.debug("%s: reading %s (%s bytes)", cache, rel, f"{fc.bytes:,}")
         layout = None
         if rel.endswith(".npy"):
             try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib  # noqa: F401 - tests replace export.importlib.import_module (the ONNX packages)
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -62,6 +63,8 @@ from nasrec.export.encoder import ENCODER_FORMAT, ENCODER_FORMAT_VERSION, ENCODE
 from nasrec.model.spec import ModelSpec
 from nasrec.predict import model_cache
 from nasrec.train.trainer import load_trained
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_VERIFY_ROWS",
@@ -221,6 +224,7 @@ def _verify(
             if seen >= rows:
                 break
     result.update(rows=seen, max_abs_diff=worst, passed=bool(worst <= VERIFY_TOLERANCE))
+    log.debug("verified on %s %s rows: max |exported - eager| = %.3g", f"{seen:,}", split, worst)
     return result
 
 
