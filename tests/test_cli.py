@@ -40,8 +40,7 @@ def test_synth_then_prepare_records_the_bayes_floor(tmp_path: Path, capsys) -> N
 @pytest.mark.slow
 def test_synth_other_shape_writes_a_schema(tmp_path: Path) -> None:
     raw = tmp_path / "s.tsv"
-    r = _run("synth", "--rows", "500", "--out", str(raw), "--num-dense", "2", "--num-sparse", "3")
-    assert r.returncode == 0, r.stderr
+    assert main(["synth", "--rows", "500", "--out", str(raw), "--num-dense", "2", "--num-sparse", "3"]) == 0
     r = _run("prepare", "--format", "schema", "--schema", f"{raw}.schema.json", "--input", str(raw),
              "--out", str(tmp_path / "c"), "--split", "random", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -63,10 +62,10 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     raw = tmp_path / "s.tsv"
-    assert _run("synth", "--rows", "300", "--out", str(raw)).returncode == 0
+    assert main(["synth", "--rows", "300", "--out", str(raw)]) == 0  # in-process: only the refusal needs a process
     args = ["prepare", "--format", "criteo", "--input", str(raw), "--out", str(tmp_path / "c"), "--split", "sequential"]
-    assert _run(*args).returncode == 0
+    assert main(args) == 0
     r = _run(*args)
     assert r.returncode == 2 and "already exists" in r.stderr
-    assert _run(*args, "--force", "--split", "random").returncode == 0
+    assert main([*args, "--force", "--split", "random"]) == 0
     assert open_cache(tmp_path / "c").meta["split"]["method"] == "random"
