@@ -336,14 +336,18 @@ def test_kdd12_profile_among_inputs(tmp_path: Path, kdd_files: tuple[Path, Path]
 
 @pytest.mark.slow
 def test_kdd12_profile_flag_cli(tmp_path: Path, kdd_files: tuple[Path, Path]) -> None:
+    from nasrec.cli import main
+
     train, prof = kdd_files
-    base = [sys.executable, "-m", "nasrec.cli", "prepare", "--format", "kdd12", "--split", "sequential"]
+    args = ["prepare", "--format", "kdd12", "--split", "sequential"]
     for name, inputs in [("flag", ["--input", str(train), "--kdd-profile", str(prof)]),
                          ("inputs", ["--input", str(train), str(prof)])]:  # fmt: skip
-        res = subprocess.run(
-            [*base, *inputs, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=60
-        )
-        assert res.returncode == 0, res.stderr
+        if name == "flag":  # one real process; the other spelling is the same parser, in-process
+            res = subprocess.run([sys.executable, "-m", "nasrec.cli", *args, *inputs, "--out", str(tmp_path / name)],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert res.returncode == 0, res.stderr
+        else:
+            assert main([*args, *inputs, "--out", str(tmp_path / name)]) == 0
         check_kdd(open_cache(tmp_path / name))
         assert open_cache(tmp_path / name).meta["kdd_profile"] == str(prof)
 
