@@ -48,11 +48,20 @@ from nasrec.space.space import SearchSpace, mutation_count
 
 log = logging.getLogger(__name__)
 
+
 class Search:
     """One search run in a directory (see module docstring); `run()` returns the summary."""
 
-    def __init__(self, space: SearchSpace, score_batch: ScoreBatch, cost: CostFn, cfg: SearchConfig, out: Path | str,
-                 progress: Callable[[dict[str, Any]], None] | None = None, writer: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        space: SearchSpace,
+        score_batch: ScoreBatch,
+        cost: CostFn,
+        cfg: SearchConfig,
+        out: Path | str,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        writer: bool = True,
+    ) -> None:
         self.writer = writer  # False: a non-main rank of a distributed search, which writes nothing
         self.space, self.score_batch, self.cost, self.cfg = space, score_batch, cost, cfg
         self.out = Path(out)
@@ -70,9 +79,16 @@ class Search:
     def _write_state(self) -> None:
         if not self.writer:
             return
-        state = {"config": self.cfg.to_dict(), "space": self.space.to_dict(), "step": self.step,
-                 "scored": len(self.history), "population": self.population, "pending": self.pending,
-                 "rng": self.rng.bit_generator.state, "seconds": self.seconds}  # fmt: skip
+        state = {
+            "config": self.cfg.to_dict(),
+            "space": self.space.to_dict(),
+            "step": self.step,
+            "scored": len(self.history),
+            "population": self.population,
+            "pending": self.pending,
+            "rng": self.rng.bit_generator.state,
+            "seconds": self.seconds,
+        }
         rundir.atomic_write_text(self.out / rundir.STATE_JSON, json.dumps(state))
 
     def _read_saved(self) -> tuple[dict[str, Any], list[str]]:
@@ -120,8 +136,10 @@ class Search:
             arch = self.space.sample(self.rng, "uniform")
             if self._new(arch, taken):
                 return arch
-        raise NasrecError(f"no new architecture within the constraints in {self.cfg.max_tries} draws "
-                          f"(max_mflops={self.cfg.max_mflops}, max_params={self.cfg.max_params})")  # fmt: skip
+        raise NasrecError(
+            f"no new architecture within the constraints in {self.cfg.max_tries} draws "
+            f"(max_mflops={self.cfg.max_mflops}, max_params={self.cfg.max_params})"
+        )
 
     def _draw_child(self, parent: Architecture, mutations: int, taken: set[str]) -> Architecture:
         # A walk that only takes feasible steps: an infeasible mutation is redrawn, not walked through.
@@ -196,9 +214,12 @@ class Search:
         self._start(resume)
         if self.writer:
             cfg = self.cfg
-            plan = (f"{cfg.budget:,} random candidates" if cfg.strategy == "random" else
+            plan = f"{cfg.budget:,} random candidates"
+            if cfg.strategy != "random":
+                plan = (
                     f"{cfg.budget:,} candidates: a population of {cfg.population}, then {cfg.generations} generations "
-                    f"of {cfg.children} children")  # fmt: skip
+                    f"of {cfg.children} children"
+                )
             caps = [f"{k} {v}" for k, v in (("max MFLOPs", cfg.max_mflops), ("max params", cfg.max_params)) if v]
             done = f"; resuming with {len(self.history):,} scored" if self.history else ""
             log.info("search %s: %s%s%s", self.out, plan, f" ({', '.join(caps)})" if caps else "", done)
@@ -215,9 +236,14 @@ class Search:
             st = self.status()
             if not estimated and self.writer and st["eta_s"] is not None:
                 estimated = True  # once, from the first candidates this process scored
-                log.info("search: %d of %d candidates scored in %s: about %s in all, %s left", st["scored"],
-                         st["budget"], duration(self.seconds), duration(st["total_s"]),
-                         duration(st["eta_s"]))  # fmt: skip
+                log.info(
+                    "search: %d of %d candidates scored in %s: about %s in all, %s left",
+                    st["scored"],
+                    st["budget"],
+                    duration(self.seconds),
+                    duration(st["total_s"]),
+                    duration(st["eta_s"]),
+                )
             if self.writer:
                 self._say_step(st)
             if self.progress is not None:
@@ -236,9 +262,16 @@ class Search:
         else:
             where = f"generation {last.generation + 1}/{cfg.generations}"
         left = f", about {duration(st['eta_s'])} left" if st.get("eta_s") else ""
-        log.info("search %s: %s/%s scored, best %.5f, %.1f candidates/min%s", where, f"{st['scored']:,}",
-                 f"{st['budget']:,}", st["best"], st["per_minute"], left,
-                 extra=bar_extra(self.progress is not None))  # fmt: skip
+        log.info(
+            "search %s: %s/%s scored, best %.5f, %.1f candidates/min%s",
+            where,
+            f"{st['scored']:,}",
+            f"{st['budget']:,}",
+            st["best"],
+            st["per_minute"],
+            left,
+            extra=bar_extra(self.progress is not None),
+        )
 
     def _start(self, resume: bool) -> None:
         """Restore the saved search or start a new one; the writer decides and tells the other ranks."""
@@ -265,11 +298,15 @@ class Search:
         scores = [score_key(c.score) for c in self.history]
         n, budget = len(self.history), self.cfg.budget
         per = self.seconds / n if n and self.seconds else None  # the search's own time per candidate so far
-        return {"generation": self._generation(), "scored": n, "budget": budget,
-                "best": min(scores) if scores else math.nan,
-                "per_minute": 60 / per if per else 0.0,
-                "total_s": per * budget if per else None,
-                "eta_s": per * max(0, budget - n) if per else None}  # fmt: skip
+        return {
+            "generation": self._generation(),
+            "scored": n,
+            "budget": budget,
+            "best": min(scores) if scores else math.nan,
+            "per_minute": 60 / per if per else 0.0,
+            "total_s": per * budget if per else None,
+            "eta_s": per * max(0, budget - n) if per else None,
+        }
 
     # -- results ---------------------------------------------------------------------------------
     def kept(self) -> list[Candidate]:
@@ -290,17 +327,30 @@ class Search:
         ranked = top_k(pool, self.cfg.top_k)
         front = [pool[i] for i in pareto_front([(c.score, c.mflops) for c in pool])]
         best = ranked[0]
-        result = {"strategy": self.cfg.strategy, "scored": len(self.history), "seconds": self.seconds,
-                  "candidates_per_minute": 60 * len(self.history) / max(self.seconds, 1e-9),
-                  "best": summary(best), "pareto": [c.hash for c in front],
-                  "top": [c.hash for c in ranked]}  # fmt: skip
+        result = {
+            "strategy": self.cfg.strategy,
+            "scored": len(self.history),
+            "seconds": self.seconds,
+            "candidates_per_minute": 60 * len(self.history) / max(self.seconds, 1e-9),
+            "best": summary(best),
+            "pareto": [c.hash for c in front],
+            "top": [c.hash for c in ranked],
+        }
         if not self.writer:
             return result
         rundir.atomic_write_json(self.out / rundir.BEST_JSON, best.arch.to_dict())
         rundir.atomic_write_json(self.out / rundir.TOP_JSON, [summary(c) for c in ranked])
         rundir.atomic_write_json(self.out / rundir.PARETO_JSON, [summary(c) for c in front])
         rundir.atomic_write_json(self.out / rundir.RESULT_JSON, result)
-        log.info("search done: %s candidates in %.1f s; best %s (score %.5f, %.4f MFLOPs), top %d in top.json, "
-                 "Pareto front of %d", f"{len(self.history):,}", self.seconds, best.hash[:12], best.score, best.mflops,
-                 len(ranked), len(front))  # fmt: skip
+        log.info(
+            "search done: %s candidates in %.1f s; best %s (score %.5f, %.4f MFLOPs), top %d in top.json, "
+            "Pareto front of %d",
+            f"{len(self.history):,}",
+            self.seconds,
+            best.hash[:12],
+            best.score,
+            best.mflops,
+            len(ranked),
+            len(front),
+        )
         return result
