@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from nasrec.console import bar_extra, duration
+from nasrec.console import progress_bar as step_bar
 from nasrec.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,5 @@ class Progress:
 
 
 def progress_bar(enabled: bool | None, total: int, initial: int) -> Any:
-    """A tqdm bar of the training steps on stderr (by default when stderr is a terminal), or None."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, leave=False)
+    """A tqdm bar of the training steps on stderr, or None (by default: a command's choice, none outside one)."""
+    return step_bar(enabled, total=total, initial=initial, desc="train", unit="step")
