@@ -36,6 +36,8 @@ def retrain_top(
         raise NasrecError(f"retrain seeds must be >= 1, not {seeds}")
     search_dir = Path(search_dir)
     top = rundir.read_json(search_dir / rundir.TOP_JSON)
+    if top is None:
+        raise NasrecError(f"{search_dir}: no {rundir.TOP_JSON}; run the search there first")
     base_seed = train_preset(preset, **(overrides or {})).seed
     runs: list[RetrainedArch] = []
     for rank, c in enumerate(top):
