@@ -51,8 +51,12 @@ def _progress_printer(enabled: bool | None):
     def show(st: dict[str, Any]) -> None:
         nonlocal bar
         if bar is None:
-            bar = progress_bar(True, total=st["budget"], desc="search",
-                               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]")  # fmt: skip
+            bar = progress_bar(
+                True,
+                total=st["budget"],
+                desc="search",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]",
+            )
         gen = "init" if st["generation"] < 0 else f"gen {st['generation']}"
         eta = f", {duration(st['eta_s'])} left" if st.get("eta_s") is not None else ""
         bar.n = st["scored"]
@@ -95,8 +99,10 @@ def search(
     if budget is not None and preset not in (None, "auto"):
         raise NasrecError(f"a time budget applies to the auto preset only, not to {preset!r}")
     if retrain and (distributed.launched() or distributed.is_initialized()):
-        raise NasrecError("--retrain is not supported under torchrun: run the search under torchrun, then retrain "
-                          "in one process by resuming the finished search (--resume --retrain)")  # fmt: skip
+        raise NasrecError(
+            "--retrain is not supported under torchrun: run the search under torchrun, then retrain "
+            "in one process by resuming the finished search (--resume --retrain)"
+        )
     asked = _Asked(preset, s_over, sc_over, dict(train_overrides or {}), budget)
     # One writer per search directory (rank 0), for the search and its retraining alike.
     with rundir.exclusive(out, "search", enabled=distributed.is_main()):
@@ -171,8 +177,9 @@ def _settle(asked: _Asked, saved: dict[str, Any] | None, cache: Any) -> tuple[di
     if saved is not None:
         name = saved.get("preset")  # None: a search written before presets were recorded
         if asked.preset is not None and name is not None and asked.preset != name:
-            raise NasrecError(f"--resume continues a search with its own settings (preset {name}, not "
-                              f"{asked.preset}); drop --preset")  # fmt: skip
+            raise NasrecError(
+                f"--resume continues a search with its own settings (preset {name}, not {asked.preset}); drop --preset"
+            )
         cfg = SearchConfig().updated(**{**saved["search"], **asked.search})
         score = ScoreConfig().updated(**{**saved["score"], **asked.score})
         train_preset = saved["train_preset"]
@@ -184,8 +191,12 @@ def _settle(asked: _Asked, saved: dict[str, Any] | None, cache: Any) -> tuple[di
             keys = ("search", "score", "train_preset")
             if _settings(mine, keys) != _settings(theirs, keys):
                 raise NasrecError("--resume continues a search with its own settings; drop the changed options")
-        resolved = {"preset": name or asked.preset, "search": cfg.to_dict(), "score": score.to_dict(),
-                    "train_preset": train_preset}  # fmt: skip
+        resolved = {
+            "preset": name or asked.preset,
+            "search": cfg.to_dict(),
+            "score": score.to_dict(),
+            "train_preset": train_preset,
+        }
         if "auto" in saved:
             resolved["auto"] = saved["auto"]
         return resolved, None
@@ -201,8 +212,16 @@ def _settle(asked: _Asked, saved: dict[str, Any] | None, cache: Any) -> tuple[di
     return resolved, figures
 
 
-def _search(supernet: str | Path, data: str | Path, out: Path, asked: _Asked, workers: int, resume: bool,
-            progress: bool | None, active: bool) -> tuple[dict[str, Any], str]:  # fmt: skip
+def _search(
+    supernet: str | Path,
+    data: str | Path,
+    out: Path,
+    asked: _Asked,
+    workers: int,
+    resume: bool,
+    progress: bool | None,
+    active: bool,
+) -> tuple[dict[str, Any], str]:
     """The search itself, inside the process group when there is one (`active`); (result, retraining preset)."""
     main = distributed.is_main()
     saved_path = out / rundir.SEARCH_JSON
@@ -228,8 +247,9 @@ def _search(supernet: str | Path, data: str | Path, out: Path, asked: _Asked, wo
     pool = _pool(supernet, data, score_cfg, workers, active)
     try:
         if figures is not None:  # a fresh auto search: time a few candidates, then decide the budget
-            pool, cfg, score_cfg, resolved["auto"] = _fit_to_time(pool, space, cost, cfg, score_cfg, asked, figures,
-                                                                  (supernet, data, workers, active))  # fmt: skip
+            pool, cfg, score_cfg, resolved["auto"] = _fit_to_time(
+                pool, space, cost, cfg, score_cfg, asked, figures, (supernet, data, workers, active)
+            )
             resolved.update(search=cfg.to_dict(), score=score_cfg.to_dict())
         if main:
             _explain(resolved, saved is not None, pool_size=_parallel(workers, active))
@@ -247,19 +267,31 @@ def _parallel(workers: int, active: bool) -> int:
     return distributed.world_size() if active else workers
 
 
-def _pool(supernet: str | Path, data: str | Path, score_cfg: ScoreConfig, workers: int,
-          active: bool) -> ScoringPool | DistributedScoringPool:  # fmt: skip
+def _pool(
+    supernet: str | Path, data: str | Path, score_cfg: ScoreConfig, workers: int, active: bool
+) -> ScoringPool | DistributedScoringPool:
     spec = ScorerSpec(str(supernet), str(data), score_cfg.to_dict())
     if active:
         if workers != 1 and distributed.is_main():
-            log.warning("--workers %d ignored under torchrun: scoring is spread over the %d ranks", workers,
-                        distributed.world_size())  # fmt: skip
+            log.warning(
+                "--workers %d ignored under torchrun: scoring is spread over the %d ranks",
+                workers,
+                distributed.world_size(),
+            )
         return DistributedScoringPool(spec)
     return ScoringPool(spec, workers)
 
 
-def _fit_to_time(pool: Any, space: SearchSpace, cost: CostFn, cfg: SearchConfig, score_cfg: ScoreConfig,
-                 asked: _Asked, figures: dict[str, Any], where: tuple[Any, ...]) -> tuple[Any, SearchConfig, ScoreConfig, dict[str, Any]]:  # fmt: skip
+def _fit_to_time(
+    pool: Any,
+    space: SearchSpace,
+    cost: CostFn,
+    cfg: SearchConfig,
+    score_cfg: ScoreConfig,
+    asked: _Asked,
+    figures: dict[str, Any],
+    where: tuple[Any, ...],
+) -> tuple[Any, SearchConfig, ScoreConfig, dict[str, Any]]:
     """The auto preset's second step: the candidate count (and, if need be, a smaller scoring budget) for the time budget."""
     supernet, data, workers, active = where
     parallel = _parallel(workers, active)
@@ -272,8 +304,14 @@ def _fit_to_time(pool: Any, space: SearchSpace, cost: CostFn, cfg: SearchConfig,
     # every rank scored the same architectures; rank 0's clock decides for all
     seconds = float(distributed.broadcast_object(seconds if distributed.is_main() else None))
     shape, count, scale = auto.candidate_budget(seconds, budget, asked.search)
-    record = {"time_budget_s": budget, **figures, "calibration_candidates": len(archs), "parallel": parallel,
-              "seconds_per_candidate": seconds, "candidates": count}  # fmt: skip
+    record = {
+        "time_budget_s": budget,
+        **figures,
+        "calibration_candidates": len(archs),
+        "parallel": parallel,
+        "seconds_per_candidate": seconds,
+        "candidates": count,
+    }
     if scale < 1:
         before = auto.scoring_rows(score_cfg.to_dict(), figures["val_rows"])
         smaller = score_cfg.updated(**auto.scaled_scoring(score_cfg.to_dict(), scale, asked.score))
@@ -291,10 +329,12 @@ def _explain(resolved: dict[str, Any], resumed: bool, pool_size: int) -> None:
     s, sc = resolved["search"], resolved["score"]
     budget = SearchConfig().updated(**s).budget
     counted = "with" if s.get("count_layernorm") else "without"
-    what = (f"{budget:,} candidates (population {s['population']}, {s['generations']} generations of "
-            f"{s['children']}), each fine-tuned {sc['finetune_steps']} steps of {sc['finetune_batch_size']} and "
-            f"validated on {sc['val_batches']} x {sc['val_batch_size']} rows; MFLOPs and params counted {counted} "
-            f"layer norms (the served model's); retraining recipe {resolved['train_preset']}")  # fmt: skip
+    what = (
+        f"{budget:,} candidates (population {s['population']}, {s['generations']} generations of "
+        f"{s['children']}), each fine-tuned {sc['finetune_steps']} steps of {sc['finetune_batch_size']} and "
+        f"validated on {sc['val_batches']} x {sc['val_batch_size']} rows; MFLOPs and params counted {counted} "
+        f"layer norms (the served model's); retraining recipe {resolved['train_preset']}"
+    )
     if resumed:
         log.info("search: resuming with its recorded settings (preset %s): %s", resolved.get("preset"), what)
         return
@@ -303,16 +343,21 @@ def _explain(resolved: dict[str, Any], resumed: bool, pool_size: int) -> None:
         log.info("search preset %s: %s", resolved["preset"], what)
         return
     per = a.get("seconds_per_candidate_scaled", a["seconds_per_candidate"])
-    why = (f"{a['train_rows']:,} train and {a['val_rows']:,} validation rows; {a['seconds_per_candidate']:.2f} s "
-           f"per candidate measured on {a['calibration_candidates']} candidates, {pool_size} at a time; time "
-           f"budget {duration(a['time_budget_s'])}")  # fmt: skip
+    why = (
+        f"{a['train_rows']:,} train and {a['val_rows']:,} validation rows; {a['seconds_per_candidate']:.2f} s "
+        f"per candidate measured on {a['calibration_candidates']} candidates, {pool_size} at a time; time "
+        f"budget {duration(a['time_budget_s'])}"
+    )
     if "scoring_scale" in a:
         why += f"; scoring cut to {a['scoring_scale']:.0%} of its rows to fit"
     est = per * budget  # measured with the workers at work: seconds of wall time per candidate
     log.info("search preset auto (%s): %s; about %s", why, what, duration(est))
     if est > 1.5 * a["time_budget_s"]:
-        log.warning("search: about %s even at the smallest budget, over the time budget of %s",
-                    duration(est), duration(a["time_budget_s"]))  # fmt: skip
+        log.warning(
+            "search: about %s even at the smallest budget, over the time budget of %s",
+            duration(est),
+            duration(a["time_budget_s"]),
+        )
     keys = [*auto.SEARCH_KEYS, *auto.SCORE_KEYS]
     sets = " ".join(f"--set {k}={'null' if v is None else v}" for k, v in {**s, **sc}.items() if k in keys)
     log.info("search: the same settings on another machine: --preset auto %s", sets)
