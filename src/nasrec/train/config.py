@@ -24,15 +24,34 @@ from nasrec.train.optim import DEFAULT_EPS, OPTIMIZERS
 
 # The range of every field that has one (types come from the annotations); see `nasrec.configfile`.
 RULES: dict[str, Rule] = {
-    "batch_size": Rule(ge=1), "epochs": Rule(ge=1), "max_steps": Rule(ge=1), "optimizer": Rule(choices=OPTIMIZERS),
-    "lr": LEARNING_RATE, "eps": Rule(gt=0, le=1), "embedding_lr": LEARNING_RATE, "weight_decay": Rule(ge=0, le=1),
-    "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")), "warmup_fraction": Rule(ge=0, lt=1),
-    "clip": Rule(gt=0), "seed": SEED, "eval_split": Rule(choices=SPLIT_NAMES), "eval_every": Rule(ge=0),
-    "eval_batch_size": Rule(ge=1), "eval_max_batches": Rule(ge=1), "early_stop_metric": Rule(choices=("logloss", "auc")),
-    "patience": Rule(ge=1), "checkpoint_every": Rule(ge=1), "log_every": Rule(ge=1), "threads": Rule(ge=1),
-    "head_calib_batches": Rule(ge=0), "strategy": Rule(choices=STRATEGIES), "path_warmup_steps": Rule(ge=0),
-    "path_warmup_fraction": Rule(ge=0, le=1), "supernet_eval_archs": Rule(ge=1), "path_max_mflops": Rule(gt=0),
-}  # fmt: skip
+    "batch_size": Rule(ge=1),
+    "epochs": Rule(ge=1),
+    "max_steps": Rule(ge=1),
+    "optimizer": Rule(choices=OPTIMIZERS),
+    "lr": LEARNING_RATE,
+    "eps": Rule(gt=0, le=1),
+    "embedding_lr": LEARNING_RATE,
+    "weight_decay": Rule(ge=0, le=1),
+    "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")),
+    "warmup_fraction": Rule(ge=0, lt=1),
+    "clip": Rule(gt=0),
+    "seed": SEED,
+    "eval_split": Rule(choices=SPLIT_NAMES),
+    "eval_every": Rule(ge=0),
+    "eval_batch_size": Rule(ge=1),
+    "eval_max_batches": Rule(ge=1),
+    "early_stop_metric": Rule(choices=("logloss", "auc")),
+    "patience": Rule(ge=1),
+    "checkpoint_every": Rule(ge=1),
+    "log_every": Rule(ge=1),
+    "threads": Rule(ge=1),
+    "head_calib_batches": Rule(ge=0),
+    "strategy": Rule(choices=STRATEGIES),
+    "path_warmup_steps": Rule(ge=0),
+    "path_warmup_fraction": Rule(ge=0, le=1),
+    "supernet_eval_archs": Rule(ge=1),
+    "path_max_mflops": Rule(gt=0),
+}
 
 
 @dataclass(frozen=True)
@@ -98,8 +117,12 @@ class TrainConfig:
             if self.eps == DEFAULT_EPS[self.optimizer]:
                 object.__setattr__(self, "eps", None)
         if self.path_warmup_fraction and self.path_warmup_steps:
-            raise ConfigError("training config", "path_warmup_fraction", "give path_warmup_steps or "
-                              "path_warmup_fraction, not both", related=("path_warmup_steps",))  # fmt: skip
+            raise ConfigError(
+                "training config",
+                "path_warmup_fraction",
+                "give path_warmup_steps or path_warmup_fraction, not both",
+                related=("path_warmup_steps",),
+            )
         try:
             resolve_device(self.device)  # an unavailable device fails here, before any work
         except NasrecError as e:
