@@ -17,6 +17,7 @@ import numpy as np
 from nasrec.errors import NasrecError
 from nasrec.model.cost import ServedCost
 from nasrec.space.arch import Architecture
+from nasrec.space.space import SearchSpace
 
 EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is evaluated on
 PATH_TRIES = 10_000  # draws allowed to find a path within the budget (6 % of Full's are under 0.5 MFLOPs)
@@ -101,7 +102,7 @@ class SupernetPaths:
     `eval_archs` default-strategy paths drawn from their own stream (`EVAL_SEED`), the same each time.
     """
 
-    space: Any  # a SearchSpace
+    space: SearchSpace
     seed: int
     strategy: str = "default"
     warmup_steps: int = 0

@@ -81,6 +81,33 @@ class SyncStats:
         return self.header_bytes + self.dense_bytes + self.sparse_bytes
 
 
+@dataclass
+class CommMeter:
+    """Bytes the syncs sent: since the last log line, and over the whole (possibly resumed) process."""
+
+    window_bytes: int = 0
+    window_steps: int = 0
+    total_bytes: int = 0
+    total_steps: int = 0
+
+    def add(self, stats: SyncStats) -> None:
+        """Count one step's synchronisation."""
+        self.window_bytes += stats.comm_bytes
+        self.window_steps += 1
+        self.total_bytes += stats.comm_bytes
+        self.total_steps += 1
+
+    def window_per_step(self) -> float:
+        """Mean bytes per step since the last call, which starts a new window."""
+        mean = self.window_bytes / max(self.window_steps, 1)
+        self.window_bytes, self.window_steps = 0, 0
+        return mean
+
+    def per_step(self) -> float:
+        """Mean bytes per step over the process."""
+        return self.total_bytes / max(self.total_steps, 1)
+
+
 class GradientSync:
     """Averages the gradients of a fixed list of parameters over the ranks of the process group."""
 

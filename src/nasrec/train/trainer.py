@@ -56,7 +56,7 @@ from nasrec.rundir import (
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig
 from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, to_device
-from nasrec.train.gradsync import GradientSync
+from nasrec.train.gradsync import CommMeter, GradientSync
 from nasrec.train.optim import build_optimizer
 from nasrec.train.progress import Progress, describe, progress_bar
 from nasrec.train.resume import TrainState, json_default, restore_state, save_state, start_run, truncate_log
@@ -122,10 +122,7 @@ class Trainer:
             import torch.distributed as dist
 
             set_batch_group(self.model, dist.group.WORLD)
-        self._comm_bytes = 0  # sent since the last log line
-        self._comm_steps = 0
-        self._comm_total = 0  # over the whole (possibly resumed) process
-        self._comm_total_steps = 0
+        self.comm = CommMeter()
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
@@ -259,10 +256,7 @@ class Trainer:
             value = stats.loss
             if not math.isfinite(value):
                 raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
-            self._comm_bytes += stats.comm_bytes
-            self._comm_steps += 1
-            self._comm_total += stats.comm_bytes
-            self._comm_total_steps += 1
+            self.comm.add(stats)
         if cfg.clip:
             clip_grad_norm(self.model.parameters(), cfg.clip)  # on the synchronised gradient
         self.optimizer.step()
@@ -279,8 +273,7 @@ class Trainer:
                 record["path_warmup"] = self.paths.warm(s.step - 1)  # the step just trained
             if self.sync is not None:
                 record["world_size"] = self.world
-                record["comm_bytes_per_step"] = self._comm_bytes / max(self._comm_steps, 1)
-                self._comm_bytes, self._comm_steps = 0, 0
+                record["comm_bytes_per_step"] = self.comm.window_per_step()
             self._log(record)
             s.loss_sum, s.loss_count = 0.0, 0
         if cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < self.total_steps:
@@ -363,7 +356,7 @@ class Trainer:
         }
         if self.sync is not None:
             final["world_size"] = self.world
-            final["comm_bytes_per_step"] = self._comm_total / max(self._comm_total_steps, 1)
+            final["comm_bytes_per_step"] = self.comm.per_step()
         self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
         self._write_json(METRICS_JSON, final)
         if self.main:
