@@ -619,3 +619,12 @@ def test_max_table_size_cli_matches_api(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert open_cache(out).table_sizes == [min(n, 500) for n in CRITEO_TABLE_SIZES]
     assert_same_arrays(open_cache(out), run(inp, tmp_path / "api", max_table_size=500))
+
+
+def test_package_exports_are_the_functions_even_after_their_submodule_is_imported() -> None:
+    import nasrec.data.prepare  # noqa: F401  (binds the name "prepare" on the package, as any import of it does)
+    from nasrec import PrepareConfig, generate_synthetic, prepare
+    from nasrec.data import prepare as prepare_again
+
+    assert callable(prepare) and prepare is prepare_again and prepare.__module__ == "nasrec.data.prepare"
+    assert isinstance(PrepareConfig, type) and callable(generate_synthetic)
