@@ -14,7 +14,7 @@ softmax(q k^T / sqrt(d)) v on the whole batch; "chunked" is nasrec's `attention`
 chunks of the batch whose scores fit in cache). First the operator alone, forward and backward, on
 [512, 8, T, 2] at T = 16, 32, 48, 64 (the Full space's sparse widths); then Full supernet training
 steps (Criteo shape, batch 512, sampled paths, Adagrad with clipping, as `bench_supernet.py`) with the
-cell's attention swapped between rounds.
+transformer operator's attention (`nasrec.model.ops.transformer.attention`) swapped between rounds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, machine_line  # bench/ is not a package
 from bench_supernet import CRITEO_CAPPED, batches, path_sampler, train_steps
 
-from nasrec.model import cell
+from nasrec.model.ops import transformer
 from nasrec.model.supernet import Supernet
 from nasrec.space.space import NASREC_FULL
 from nasrec.train.optim import build_optimizer
@@ -45,7 +45,7 @@ def plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.matmul(torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)), -1), v)
 
 
-FORMS = {"fused": F.scaled_dot_product_attention, "plain": plain, "chunked": cell.attention}
+FORMS = {"fused": F.scaled_dot_product_attention, "plain": plain, "chunked": transformer.attention}
 
 
 def summary(rates: dict[str, list[float]], base: str) -> dict[str, dict]:
@@ -63,9 +63,9 @@ def operator_rates(rounds: int, reps: int) -> dict[int, dict]:
     res = {}
     for tokens in (16, 32, 48, 64):
         g = torch.Generator().manual_seed(tokens)
-        x = torch.randn(512, tokens, 3, cell.HEADS, 2, generator=g)
+        x = torch.randn(512, tokens, 3, transformer.HEADS, 2, generator=g)
         q, k, v = (t.detach().requires_grad_() for t in x.permute(2, 0, 3, 1, 4))  # the cell's strides
-        grad = torch.randn(512, cell.HEADS, tokens, 2, generator=g)
+        grad = torch.randn(512, transformer.HEADS, tokens, 2, generator=g)
         rates: dict[str, list[float]] = {name: [] for name in FORMS}
         for _ in range(rounds + 1):  # the first round warms up and is not kept
             for name, fn in FORMS.items():
@@ -92,12 +92,12 @@ def supernet_rates(rounds: int, steps: int, seed: int) -> dict[str, dict]:
         for _ in range(rounds):
             paths = archs(steps)
             for name in rates:
-                cell.attention = FORMS[name]
+                transformer.attention = FORMS[name]  # the transformer operator looks it up at each call
                 t0 = time.perf_counter()
                 train_steps(model, opt, data, paths)
                 rates[name].append(steps * 512 / (time.perf_counter() - t0))
     finally:
-        cell.attention = FORMS["chunked"]
+        transformer.attention = FORMS["chunked"]
     res = summary(rates, "fused")
     print(f"Full supernet, sampled paths, samples/s: fused {res['fused']['median']:,.0f}, chunked "
           f"{res['chunked']['median']:,.0f}; chunked/fused per round {res['chunked']['round_ratios']} "

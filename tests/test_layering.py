@@ -39,8 +39,12 @@ LAYERS: dict[str, int] = {
     "nasrec.distributed": 0,
     # 1 data
     "nasrec.data": 1,
-    # 2 search spaces and architectures
+    # 2 search spaces and architectures, and the operators they are written with: an operator module
+    # (nasrec.model.ops) says what it reads, for liveness, and is built from the elastic layers
+    # (nasrec.model.layers); neither imports nasrec.space nor the rest of nasrec.model
     "nasrec.space": 2,
+    "nasrec.model.ops": 2,
+    "nasrec.model.layers": 2,
     # 3 nasrec's models (operators, supernet, subnets, cost, path sampling) and the model spec
     "nasrec.model": 3,
     # 4 the baseline zoo: built from model's embedding, registered with model's spec

@@ -151,7 +151,7 @@ def export_model(
         B, S = _EXAMPLE_BATCH, len(spec.table_sizes)
         example = (torch.zeros(B, spec.num_dense), torch.zeros(B, S, dtype=torch.int64))
         with torch.no_grad():
-            # one eager pass first: it fills nasrec.model.cell's index cache, so that the exported graphs
+            # one eager pass first: it fills nasrec.model.ops.dot's index cache, so that the exported graphs
             # hold those indices as constants
             wrapper(*example)
         if fmt == "torchscript":

@@ -20,8 +20,9 @@ paths, a trained run's metrics, the report and its goal check): the model that w
 without the layer norms of the recipe that trains it. ``arch_cost`` alone is the formula (the paper's
 figures count without layer norms).
 
-Each operator's formula lives in one small function (``fc_cost``, ``dot_cost``, ...) so that a model
-implementation can be checked against it operator by operator. The math follows ``docs/design.md``,
+Each operator's formula lives in its module of `nasrec.model.ops` (``fc_cost``, ``dot_cost``, ..., re-exported
+here) and is what the operator answers for its `cost`, so that a model implementation can be checked
+against it operator by operator; this module adds them up. The math follows ``docs/design.md``,
 "Operator semantics", plus one rule of the reference that the published figures need: dot skips its
 token-axis projection (and its LN) when the input already has p tokens, and its output Linear when
 (p+1)p/2 = W. ``E`` is the embedding (token) dimension, 16 in NASRec.
@@ -29,133 +30,30 @@ token-axis projection (and its LN) when the input already has p tokens, and its 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nasrec.errors import NasrecError
-from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block
+from nasrec.model.ops import registry
+
+# the formulas of layers and operators are re-exported: callers and tests check models against them here
+from nasrec.model.ops.base import (  # noqa: F401
+    LN_FLOPS_PER_ELEMENT,
+    ZERO,
+    Cost,
+    layernorm_cost,
+    linear_cost,
+    linear_ln_cost,
+    token_linear_cost,
+)
+from nasrec.model.ops.dot import dot_cost, dot_tokens  # noqa: F401
+from nasrec.model.ops.efc import efc_cost  # noqa: F401
+from nasrec.model.ops.fc import fc_cost  # noqa: F401
+from nasrec.model.ops.merge import d2s_cost, fm_cost  # noqa: F401
+from nasrec.model.ops.pair import gating_cost, sum_cost  # noqa: F401
+from nasrec.model.ops.transformer import attention_matmul_flops, mha_cost, transformer_cost  # noqa: F401
+from nasrec.space.arch import EMBEDDING_DIM, Architecture, Block
 from nasrec.space.liveness import live_outputs, op_live
-
-LN_FLOPS_PER_ELEMENT = 5  # fvcore's count for an affine LayerNorm
-
-
-@dataclass(frozen=True)
-class Cost:
-    """FLOPs per example and parameter count of one layer or operator."""
-
-    flops: int = 0
-    params: int = 0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.params + other.params)
-
-
-ZERO = Cost()
-
-
-# -- layers ------------------------------------------------------------------------------------------
-def linear_cost(din: int, dout: int, bias: bool, rows: int = 1) -> Cost:
-    """Linear(din → dout) applied to `rows` vectors of one example (a bias adds parameters, not FLOPs)."""
-    return Cost(rows * din * dout, din * dout + (dout if bias else 0))
-
-
-def layernorm_cost(n: int, rows: int = 1) -> Cost:
-    """Affine LayerNorm over `n` features applied to `rows` vectors of one example."""
-    return Cost(LN_FLOPS_PER_ELEMENT * n * rows, 2 * n)
-
-
-def _ln_if(ln: bool, n: int, rows: int = 1) -> Cost:
-    return layernorm_cost(n, rows) if ln else ZERO
-
-
-def linear_ln_cost(din: int, dout: int, ln: bool, rows: int = 1) -> Cost:
-    """The recurring Linear + LN?(dout): the Linear has a bias exactly when no LayerNorm follows it."""
-    return linear_cost(din, dout, bias=not ln, rows=rows) + _ln_if(ln, dout, rows)
-
-
-def token_linear_cost(tin: int, tout: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """Token-axis Linear(tin → tout) + LN?(tout) applied to each of the `e` channels (efc, dot, transformer)."""
-    return linear_ln_cost(tin, tout, ln, rows=e)
-
-
-def attention_matmul_flops(tokens: int, e: int = EMBEDDING_DIM) -> int:
-    """FLOPs of attention's Q·Kᵀ and A·V over `tokens` tokens of width `e` (hidden inside SDPA in torch 2).
-
-    The head count does not enter: heads × tokens² × (e / heads) = e · tokens² for each product.
-    """
-    return 2 * e * tokens * tokens
-
-
-def mha_cost(tokens: int, e: int = EMBEDDING_DIM) -> Cost:
-    """Self-attention (q = k = v) over `tokens` tokens of width `e`; in/out projections with bias."""
-    projections = linear_cost(e, 3 * e, bias=True, rows=tokens) + linear_cost(e, e, bias=True, rows=tokens)
-    return projections + Cost(attention_matmul_flops(tokens, e), 0)
-
-
-# -- operators ---------------------------------------------------------------------------------------
-def fc_cost(din: int, w: int, ln: bool) -> Cost:
-    """fc: Linear(din → w), LN?(w), ReLU."""
-    return linear_ln_cost(din, w, ln)
-
-
-def sum_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
-    """sum: pad to m = max(dl, dr) and add; Linear(m → w) only if m ≠ w; LN?(w) either way."""
-    m = max(dl, dr)
-    return linear_ln_cost(m, w, ln) if m != w else _ln_if(ln, w)
-
-
-def gating_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
-    """gating: pad to m; sigmoid(Linear_m×m(left)) ⊙ right; Linear(m → w) only if m ≠ w; LN?(w). Biases always."""
-    m = max(dl, dr)
-    cost = linear_cost(m, m, bias=True)
-    if m != w:
-        cost += linear_cost(m, w, bias=True)
-    return cost + _ln_if(ln, w)
-
-
-def dot_tokens(w: int) -> int:
-    """Number p of projected sparse tokens of dot at output width w: round(sqrt(2w)), Python rounding."""
-    return round(math.sqrt(2 * w))
-
-
-def dot_cost(din: int, tin: int, w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """dot: dense → e, tokens tin → p, Gram of the p+1 tokens, its lower triangle → w, LN?(w).
-
-    Each projection (with its LN?) is skipped when the widths already match: din = e, tin = p,
-    (p+1)p/2 = w. The final LN?(w) is kept either way.
-    """
-    p = dot_tokens(w)
-    pairs = (p + 1) * p // 2
-    cost = linear_ln_cost(din, e, ln) if din != e else ZERO
-    if tin != p:
-        cost += token_linear_cost(tin, p, ln, e)
-    cost += Cost((p + 1) * (p + 1) * e, 0)  # Gram matrix Z·Zᵀ, a batched matrix product
-    return cost + (linear_ln_cost(pairs, w, ln) if pairs != w else _ln_if(ln, w))
-
-
-def efc_cost(tin: int, ws: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """efc: token-axis Linear(tin → ws) on each channel, LN?(ws), ReLU."""
-    return token_linear_cost(tin, ws, ln, e)
-
-
-def transformer_cost(tin: int, ws: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """transformer: token-axis Linear(tin → ws) + LN?; self-attention; LN(e); FFN e → e → e; LN(e)."""
-    cost = token_linear_cost(tin, ws, ln, e) + mha_cost(ws, e)
-    ffn = linear_cost(e, e, bias=True, rows=ws) + linear_cost(e, e, bias=True, rows=ws)
-    # Both LN(e) exist whatever use_layernorm says.
-    return cost + ffn + layernorm_cost(e, ws) + layernorm_cost(e, ws)
-
-
-def fm_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """fm flag: the (Σe)² − Σe² term is element-wise; Linear(e → w) only if w ≠ e, then LN?(w)."""
-    return linear_ln_cost(e, w, ln) if w != e else _ln_if(ln, w)
-
-
-def d2s_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-    """d2s flag: Linear(w → 8e) + LN?(8e) only if w ≠ 8e; the reshape to 8 tokens is free."""
-    out = D2S_TOKENS * e
-    return linear_ln_cost(w, out, ln) if w != out else ZERO
 
 
 def head_cost(width: int) -> Cost:
@@ -167,27 +65,13 @@ def op_cost(
     op: str, block: Block, dense_in: int, sparse_in: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM
 ) -> Cost:
     """Cost of operator (or merge flag) `op` of `block`, given the widths of its inputs (tokens for sparse)."""
-    w, ws = block.dense_width, block.sparse_width
-    if op == "fc":
-        return fc_cost(dense_in, w, ln)
-    if op == "dot":
-        return dot_cost(dense_in, sparse_in, w, ln, e)
-    if op == "sum":
-        return sum_cost(left, right, w, ln)
-    if op == "gating":
-        return gating_cost(left, right, w, ln)
-    if op == "efc":
-        return efc_cost(sparse_in, ws, ln, e)
-    if op == "transformer":
-        return transformer_cost(sparse_in, ws, ln, e)
-    if op == "d2s":
-        return d2s_cost(w, ln, e)
-    if op == "fm":
-        return fm_cost(w, ln, e)
-    raise NasrecError(f"op_cost: unknown operator {op!r}")
+    try:
+        operator = registry.get(op)
+    except NasrecError as err:
+        raise NasrecError(f"op_cost: {err}") from None
+    return operator.cost(block, dense_in, sparse_in, left, right, ln, e)
 
 
-# -- liveness at operator level ----------------------------------------------------------------------
 # -- whole architectures -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OpCost:
@@ -282,10 +166,7 @@ def arch_cost(
     head = head_cost(head_input)
     live = [bc for bc in per_block if bc.live]
     attention = sum(
-        attention_matmul_flops(arch.blocks[bc.index].sparse_width, e)
-        for bc in live
-        for o in bc.ops
-        if o.name == "transformer" and o.live
+        registry.get(o.name).attention_flops(arch.blocks[bc.index], e) for bc in live for o in bc.ops if o.live
     )
     return ArchCost(
         flops=sum(bc.live_flops for bc in live) + head.flops,

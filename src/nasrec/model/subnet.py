@@ -15,6 +15,7 @@ from nasrec.data.cache import Cache
 from nasrec.model.cell import Cell, CellSpec, Output
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
+from nasrec.model.ops import registry
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture, Block
 from nasrec.space.liveness import live_outputs, op_live
@@ -82,14 +83,12 @@ def _exact_spec(
     """The cell of a live block at its exact sizes, holding only the operators whose results are read."""
     dense_ops = tuple(op for op in block.dense_ops if op_live(op, block, *live))
     sparse_ops = tuple(op for op in block.sparse_ops if op_live(op, block, *live))
-    reads_dense = any(op in ("fc", "dot") for op in dense_ops)
-    reads_tokens = bool(sparse_ops) or "dot" in dense_ops
-    pairs = any(op in ("sum", "gating") for op in dense_ops)
+    reads = set().union(*(registry.get(op).reads for op in (*dense_ops, *sparse_ops)))
     return CellSpec(
         dense_ops=dense_ops, sparse_ops=sparse_ops,
-        dense_segs=tuple(Seg(j, dense_w[j]) for j in block.dense_in) if reads_dense else (),
-        token_segs=tuple(Seg(j, token_w[j], has_d2s[j]) for j in block.sparse_in) if reads_tokens else (),
-        pad_cap=max(dense_w[block.left], dense_w[block.right]) if pairs else 1,
+        dense_segs=tuple(Seg(j, dense_w[j]) for j in block.dense_in) if "dense_in" in reads else (),
+        token_segs=tuple(Seg(j, token_w[j], has_d2s[j]) for j in block.sparse_in) if "sparse_in" in reads else (),
+        pad_cap=max(dense_w[block.left], dense_w[block.right]) if reads & {"left", "right"} else 1,
         width=block.dense_width, tokens=block.sparse_width, fm=op_live("fm", block, *live),
         d2s=op_live("d2s", block, *live), layernorm=ln, exact=True,
     )  # fmt: skip

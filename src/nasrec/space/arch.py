@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from nasrec.errors import NasrecError
+from nasrec.model.ops import registry
+from nasrec.model.ops.base import EMBEDDING_DIM  # noqa: F401  (re-exported: every sparse feature's width, 16)
+from nasrec.model.ops.merge import D2S_TOKENS  # the dense-to-sparse merger appends 8 tokens of 16
 
-DENSE_OPS = ("fc", "dot", "gating", "sum")
-SPARSE_OPS = ("efc", "transformer")
 MAX_INPUTS = 4  # a block reads at most this many earlier outputs per input list
-EMBEDDING_DIM = 16  # NASRec embeds every sparse feature (and every d2s token) in 16 dimensions
-D2S_TOKENS = 8  # the dense-to-sparse merger appends 8 tokens of 16
 ARCH_FORMAT = "nasrec-architecture"
 ARCH_VERSION = 1
 # The widest block nasrec builds: NASRec's spaces stop at 1024 (dense) and 64 tokens (sparse). A model
@@ -38,6 +37,32 @@ _OPTIONAL_BLOCK_KEYS = ("d2s", "fm")
 _ARCH_KEYS = ("format", "version", "blocks")
 _EXPECTED = {"ops": "a list of operator names", "indices": "a list of input indices", "int": "an integer",
              "bool": "true or false", "flag": "0, 1, true or false"}  # fmt: skip
+
+
+# Operator names are those of the registry (`nasrec.model.ops.registry`), in its canonical order.
+# `DENSE_OPS` and `SPARSE_OPS`, module attributes, read it at each access (with operators registered later).
+def dense_op_names() -> tuple[str, ...]:
+    """The dense operators an architecture may name, in canonical order."""
+    return registry.names("dense")
+
+
+def sparse_op_names() -> tuple[str, ...]:
+    """The sparse operators an architecture may name, in canonical order."""
+    return registry.names("sparse")
+
+
+def op_reads(op: str) -> frozenset[str]:
+    """The input lists of a block (dense_in, sparse_in, left, right) that operator `op` reads."""
+    return registry.get(op).reads
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DENSE_OPS":
+        return dense_op_names()
+    if name == "SPARSE_OPS":
+        return sparse_op_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Node numbering of the NASRec reference JSON ("active_nodes"), per search space.
 NASREC_NODES = {
@@ -61,23 +86,34 @@ class Block:
     d2s: bool = False  # dense-to-sparse merger: 8 tokens from the dense output appended
     fm: bool = False  # factorisation-machine term of the sparse output added to the dense output
 
+    def read_fields(self) -> frozenset[str]:
+        """The input lists (dense_in, sparse_in, left, right) that operators of this block read."""
+        return frozenset().union(*(op_reads(op) for op in (*self.dense_ops, *self.sparse_ops)))
+
+    def reads(self, field: str) -> bool:
+        """Whether an operator of this block reads its input list `field`."""
+        return field in self.read_fields()
+
     @property
     def uses_dense_in(self) -> bool:
-        """Whether dense_in feeds an operator of this block."""
-        return any(op in ("fc", "dot") for op in self.dense_ops)
+        """Whether dense_in feeds an operator of this block (fc, dot)."""
+        return self.reads("dense_in")
 
     @property
     def uses_left_right(self) -> bool:
-        """Whether left/right feed an operator of this block."""
-        return any(op in ("sum", "gating") for op in self.dense_ops)
+        """Whether left/right feed an operator of this block (sum, gating)."""
+        return bool(self.read_fields() & {"left", "right"})
 
     def dependencies(self) -> set[int]:
         """Input indices this block actually reads (0 = raw input)."""
-        deps = set(self.sparse_in)
-        if self.uses_dense_in:
-            deps |= set(self.dense_in)
-        if self.uses_left_right:
-            deps |= {self.left, self.right}
+        fields = self.read_fields()
+        deps: set[int] = set()
+        for field in ("dense_in", "sparse_in"):
+            if field in fields:
+                deps |= set(getattr(self, field))
+        for field in ("left", "right"):
+            if field in fields:
+                deps.add(getattr(self, field))
         return deps
 
     @property
@@ -94,8 +130,9 @@ class Architecture:
 
     def __post_init__(self) -> None:
         # operators in canonical order, so that equal architectures have equal forms and hashes
+        dense, sparse = dense_op_names(), sparse_op_names()
         blocks = tuple(
-            replace(b, dense_ops=_canonical(b.dense_ops, DENSE_OPS), sparse_ops=_canonical(b.sparse_ops, SPARSE_OPS))
+            replace(b, dense_ops=_canonical(b.dense_ops, dense), sparse_ops=_canonical(b.sparse_ops, sparse))
             for b in self.blocks
         )
         object.__setattr__(self, "blocks", blocks)
@@ -229,14 +266,10 @@ def _check_block(i: int, b: Block) -> None:
     def fail(fieldname: str, msg: str) -> None:
         raise NasrecError(f"architecture block {i}, field {fieldname}: {msg}")
 
-    if not b.dense_ops or len(set(b.dense_ops)) != len(b.dense_ops) or any(op not in DENSE_OPS for op in b.dense_ops):
-        fail("dense_ops", f"{list(b.dense_ops)!r} must be distinct names from {DENSE_OPS}")
-    if (
-        not b.sparse_ops
-        or len(set(b.sparse_ops)) != len(b.sparse_ops)
-        or any(op not in SPARSE_OPS for op in b.sparse_ops)
-    ):
-        fail("sparse_ops", f"{list(b.sparse_ops)!r} must be distinct names from {SPARSE_OPS}")
+    for name, known in (("dense_ops", dense_op_names()), ("sparse_ops", sparse_op_names())):
+        ops = getattr(b, name)
+        if not ops or len(set(ops)) != len(ops) or any(op not in known for op in ops):
+            fail(name, f"{list(ops)!r} must be distinct names from {known}")
     for name in ("dense_in", "sparse_in"):
         idx = getattr(b, name)
         if not all(isinstance(j, int) and not isinstance(j, bool) for j in idx):
@@ -289,8 +322,8 @@ def from_nasrec(d: dict[str, Any], source: str = "NASRec JSON") -> Architecture:
                 )
         blocks.append(
             Block(
-                dense_ops=tuple(op for op in ops if op in DENSE_OPS),
-                sparse_ops=tuple(op for op in ops if op in SPARSE_OPS),
+                dense_ops=tuple(op for op in ops if op in dense_op_names()),
+                sparse_ops=tuple(op for op in ops if op in sparse_op_names()),
                 dense_in=tuple(sorted(set(ma["dense_idx"]))),
                 sparse_in=tuple(sorted(set(ma["sparse_idx"]))),
                 left=int(ma["dense_left_idx"][0]),

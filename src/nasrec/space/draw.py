@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block
+from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block, op_reads
 
 _DEAD_COLOR = "#9a9a9a"
 
@@ -29,11 +29,14 @@ def _names(idx: tuple[int, ...]) -> str:
 
 
 def _dense_op_text(b: Block, op: str) -> str:
-    if op == "fc":
-        return f"fc({_names(b.dense_in)})"
-    if op == "dot":
-        return f"dot({_names(b.dense_in)}; sparse {_names(b.sparse_in)})"
-    return f"{op}(L={input_name(b.left)}, R={input_name(b.right)})"
+    reads = op_reads(op)
+    if "dense_in" in reads:  # fc(B0,B2), dot(B0; sparse B1)
+        sparse = f"; sparse {_names(b.sparse_in)}" if "sparse_in" in reads else ""
+        return f"{op}({_names(b.dense_in)}{sparse})"
+    sides = [f"{s[0].upper()}={input_name(getattr(b, s))}" for s in ("left", "right") if s in reads]
+    if "sparse_in" in reads:
+        sides.append(f"sparse {_names(b.sparse_in)}")
+    return f"{op}({', '.join(sides)})"  # sum(L=in, R=B1)
 
 
 def _dense_text(b: Block) -> str:
@@ -91,11 +94,12 @@ def _edges(arch: Architecture) -> list[tuple[str, str, str, bool]]:
         if b.uses_dense_in:
             for j in b.dense_in:
                 roles.setdefault(j, []).append("dense")
-        for j in b.sparse_in:
-            roles.setdefault(j, []).append("sparse")
-        if b.uses_left_right:
-            roles.setdefault(b.left, []).append("left")
-            roles.setdefault(b.right, []).append("right")
+        if b.reads("sparse_in"):
+            for j in b.sparse_in:
+                roles.setdefault(j, []).append("sparse")
+        for side in ("left", "right"):
+            if b.reads(side):
+                roles.setdefault(getattr(b, side), []).append(side)
         for j in sorted(roles):
             out.append((_node_id(j), f"b{i}", ", ".join(roles[j]), live[i]))
     out.append((f"b{arch.num_blocks - 1}", "head", "", True))

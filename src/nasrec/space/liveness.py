@@ -12,30 +12,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
+from nasrec.model.ops import registry
 from nasrec.space.arch import Architecture, Block
 
 
 def op_live(op: str, b: Block, dense_live: bool, sparse_live: bool) -> bool:
-    """Whether operator `op` of block `b` can reach the head, given which of the block's outputs can."""
-    # The pre-fm dense sum also feeds d2s; the pre-d2s sparse sum also feeds fm.
-    if op in ("fc", "dot", "sum", "gating"):
-        return dense_live or (b.d2s and sparse_live)
-    if op in ("efc", "transformer"):
-        return sparse_live or (b.fm and dense_live)
-    if op == "d2s":
-        return b.d2s and sparse_live
-    return b.fm and dense_live  # fm
+    """Whether operator (or merge flag) `op` of block `b` can reach the head, given which outputs of `b` can."""
+    return registry.get(op).live(b, dense_live, sparse_live)
 
 
 def op_inputs(op: str, b: Block) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The (dense, sparse) input indices that operator `op` of block `b` reads."""
-    if op == "fc":
-        return b.dense_in, ()
-    if op == "dot":
-        return b.dense_in, b.sparse_in
-    if op in ("sum", "gating"):
-        return (b.left, b.right), ()
-    return (), b.sparse_in  # efc, transformer
+    return registry.get(op).inputs(b)
 
 
 def live_outputs(arch: Architecture) -> tuple[tuple[bool, bool], ...]:
@@ -71,14 +59,12 @@ def _functional_block(b: Block, dense_live: bool, sparse_live: bool) -> Block:
     out = replace(b, d2s=b.d2s and sparse_live, fm=b.fm and dense_live)
     if not dense_on:
         out = replace(out, dense_ops=_NOTHING.dense_ops, dense_width=_NOTHING.dense_width)
-    if not (dense_on and any(op in ("fc", "dot") for op in out.dense_ops)):
-        out = replace(out, dense_in=_NOTHING.dense_in)
-    if not (dense_on and any(op in ("sum", "gating") for op in out.dense_ops)):
-        out = replace(out, left=0, right=0)
     if not sparse_on:
         out = replace(out, sparse_ops=_NOTHING.sparse_ops, sparse_width=_NOTHING.sparse_width)
-        if not (dense_on and "dot" in out.dense_ops):
-            out = replace(out, sparse_in=_NOTHING.sparse_in)
+    computed = (*(b.dense_ops if dense_on else ()), *(b.sparse_ops if sparse_on else ()))
+    for field in ("dense_in", "sparse_in", "left", "right"):  # inputs no computed operator reads
+        if not any(field in registry.get(op).reads for op in computed):
+            out = replace(out, **{field: getattr(_NOTHING, field)})
     return out
 
 

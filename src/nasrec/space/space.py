@@ -31,13 +31,13 @@ import numpy as np
 from nasrec.configfile import read_config_file
 from nasrec.errors import NasrecError
 from nasrec.space.arch import (
-    DENSE_OPS,
     MAX_DENSE_WIDTH,
     MAX_INPUTS,
     MAX_SPARSE_WIDTH,
-    SPARSE_OPS,
     Architecture,
     Block,
+    dense_op_names,
+    sparse_op_names,
 )
 
 NASREC_DENSE_WIDTHS = (16, 32, 64, 128, 256, 512, 768, 1024)
@@ -80,9 +80,9 @@ class SearchSpace:
                 fail(name, f"{v!r} must be a positive integer")
         if self.max_inputs > MAX_INPUTS:
             fail("max_inputs", f"{self.max_inputs} is more than an architecture allows ({MAX_INPUTS})")
-        # Operators are kept in the canonical order of arch.DENSE_OPS / SPARSE_OPS, widths ascending,
+        # Operators are kept in the canonical order (the operator registry's), widths ascending,
         # so that equal spaces compare equal and sample identically however a file lists them.
-        for name, known in (("dense_ops", DENSE_OPS), ("sparse_ops", SPARSE_OPS)):
+        for name, known in (("dense_ops", dense_op_names()), ("sparse_ops", sparse_op_names())):
             ops = getattr(self, name)
             if not isinstance(ops, list | tuple) or not ops:
                 fail(name, f"{ops!r} must be a non-empty list of operator names from {', '.join(known)}")

@@ -1,0 +1,1 @@
+"""Operators of a block, one module per family; `registry` maps the names architectures use to them."""

@@ -1,0 +1,111 @@
+"""sum and gating: the two operators that combine two dense inputs, `left` and `right`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nasrec.model.ops.base import (
+    EMBEDDING_DIM,
+    BlockLike,
+    CellSpec,
+    Cost,
+    DenseOperator,
+    OpInput,
+    linear_cost,
+    linear_ln_cost,
+    ln_if,
+    norm,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def sum_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
+    """sum: pad to m = max(dl, dr) and add; Linear(m → w) only if m ≠ w; LN?(w) either way."""
+    m = max(dl, dr)
+    return linear_ln_cost(m, w, ln) if m != w else ln_if(ln, w)
+
+
+def gating_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
+    """gating: pad to m; sigmoid(Linear_m×m(left)) ⊙ right; Linear(m → w) only if m ≠ w; LN?(w). Biases always."""
+    m = max(dl, dr)
+    cost = linear_cost(m, m, bias=True)
+    if m != w:
+        cost += linear_cost(m, w, bias=True)
+    return cost + ln_if(ln, w)
+
+
+def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Left and right zero-padded to the wider of the two, and that width m."""
+    import torch.nn.functional as F
+
+    b = x.block
+    left, right = x.inputs[b.left].dense, x.inputs[b.right].dense
+    # the reference's supernet passes every block output at full width, zeros beyond its own
+    wl = x.width if x.masking and b.left else left.shape[1]
+    wr = x.width if x.masking and b.right else right.shape[1]
+    m = max(wl, wr)
+    return F.pad(left, (0, m - left.shape[1])), F.pad(right, (0, m - right.shape[1])), m
+
+
+class Sum(DenseOperator):
+    """left + right (padded to m = the wider), Linear(m → W) where m ≠ W, LN?(W)."""
+
+    name = "sum"
+    reads = frozenset({"left", "right"})
+    layers = ("sum_proj", "sum_ln")
+
+    @classmethod
+    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
+        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+
+        ln, W, M = spec.layernorm, spec.width, spec.pad_cap
+        if not (spec.exact and M == W):
+            cell.sum_proj = SliceLinear(M, W, bias=not ln)
+        cell.sum_ln = SliceLayerNorm(W) if ln else None
+
+    @classmethod
+    def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
+        left, right, m = _padded(x)
+        y = left + right
+        if m != x.width:
+            y = cell.sum_proj(y, x.width)
+        return norm(cell.sum_ln, y)
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return sum_cost(left, right, b.dense_width, ln)
+
+
+class Gating(DenseOperator):
+    """sigmoid(Linear(m → m)(left)) ⊙ right (padded to m), Linear(m → W) where m ≠ W, LN?(W); biases always."""
+
+    name = "gating"
+    reads = frozenset({"left", "right"})
+    layers = ("gate", "gate_proj", "gate_ln")
+
+    @classmethod
+    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
+        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+
+        ln, W, M = spec.layernorm, spec.width, spec.pad_cap
+        cell.gate = SliceLinear(M, M, bias=True)
+        if not (spec.exact and M == W):
+            cell.gate_proj = SliceLinear(M, W, bias=True)
+        cell.gate_ln = SliceLayerNorm(W) if ln else None
+
+    @classmethod
+    def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
+        import torch
+
+        left, right, m = _padded(x)
+        y = torch.sigmoid(cell.gate(left, m)) * right
+        if m != x.width:
+            y = cell.gate_proj(y, x.width)
+        return norm(cell.gate_ln, y)
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return gating_cost(left, right, b.dense_width, ln)

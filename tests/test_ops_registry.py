@@ -1,0 +1,331 @@
+"""The operator registry: an operator is one module plus one registry line.
+
+Two toy operators defined here only (a dense "scale" and a sparse "tscale") are registered for a while
+and go through everything an operator takes part in: architecture and search-space validation, the
+supernet forward, a materialised subnet (same outputs), the cost model (its count against the
+operator's own and against the model built) and liveness. The built-in operators' layout is pinned:
+state_dict keys and parameter order are what checkpoints and same-seed initial weights rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasrec.errors import NasrecError
+from nasrec.model.cell import Cell, CellSpec
+from nasrec.model.cost import arch_cost
+from nasrec.model.layers import Seg, SegLinear, SliceLayerNorm
+from nasrec.model.ops import registry, transformer
+from nasrec.model.ops.base import Cost, DenseOperator, OpInput, SparseOperator, linear_cost, norm, token_linear_cost
+from nasrec.model.subnet import Subnet
+from nasrec.model.supernet import Supernet
+from nasrec.space import arch as arch_module
+from nasrec.space.arch import Architecture, Block
+from nasrec.space.draw import summary
+from nasrec.space.liveness import functional_form, live_outputs, op_inputs, op_live
+from nasrec.space.space import NASREC_FULL, SearchSpace
+
+TABLES = [7, 30, 3, 50, 11, 5]
+NUM_DENSE = 5
+
+
+# -- two toy operators -----------------------------------------------------------------------------------
+class Gain(nn.Module):
+    """A per-feature gain vector at a capacity, used on its first n entries (an operator's own layer kind)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, cap))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight[: x.shape[-1]]
+
+    @torch.no_grad()
+    def copy_from(self, other: Gain) -> None:
+        self.weight.copy_(other.weight[: self.cap])
+
+
+class Scale(DenseOperator):
+    """Linear(dense_in → W) with a bias, times a learned gain per feature, LN?(W)."""
+
+    name = "scale"
+    reads = frozenset({"dense_in"})
+    layers = ("scale_proj", "scale_gain", "scale_ln")
+
+    @classmethod
+    def build(cls, cell, spec) -> None:
+        cell.scale_proj = SegLinear(spec.dense_segs, spec.width, bias=True)
+        cell.scale_gain = Gain(spec.width)
+        cell.scale_ln = SliceLayerNorm(spec.width) if spec.layernorm else None
+
+    @classmethod
+    def forward(cls, cell, x: OpInput) -> torch.Tensor:
+        return norm(cell.scale_ln, cell.scale_gain(cell.scale_proj(x.dense, x.dense_used, x.width)))
+
+    @classmethod
+    def cost(cls, b: Block, din: int, tin: int, left: int, right: int, ln: bool, e: int = 16) -> Cost:
+        w = b.dense_width
+        c = linear_cost(din, w, bias=True) + Cost(0, w)  # the gain is element-wise: parameters, no FLOPs
+        return c + (Cost(5 * w, 2 * w) if ln else Cost())
+
+
+class TScale(SparseOperator):
+    """Token-axis Linear(sparse_in tokens → Ws) + LN?(Ws), tanh."""
+
+    name = "tscale"
+    reads = frozenset({"sparse_in"})
+    layers = ("tscale", "tscale_ln")
+
+    @classmethod
+    def build(cls, cell, spec) -> None:
+        cell.tscale = SegLinear(spec.token_segs, spec.tokens, bias=not spec.layernorm)
+        cell.tscale_ln = SliceLayerNorm(spec.tokens) if spec.layernorm else None
+
+    @classmethod
+    def forward(cls, cell, x: OpInput) -> torch.Tensor:
+        t = torch.tanh(norm(cell.tscale_ln, cell.tscale(x.tokens_t, x.token_used, x.tokens)))
+        return t[:, :, : x.block.sparse_width].transpose(1, 2)
+
+    @classmethod
+    def cost(cls, b: Block, din: int, tin: int, left: int, right: int, ln: bool, e: int = 16) -> Cost:
+        return token_linear_cost(tin, b.sparse_width, ln, e)
+
+
+@pytest.fixture
+def toy_ops() -> Iterator[None]:
+    with registry.registered(Scale, TScale):
+        yield
+
+
+def _space() -> SearchSpace:
+    return SearchSpace(name="toy", num_blocks=4, dense_ops=("fc", "scale", "sum"), sparse_ops=("tscale", "efc"),
+                       dense_widths=(8, 16, 24), sparse_widths=(4, 8))  # fmt: skip
+
+
+def _batch(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(n, NUM_DENSE, generator=g)
+    return dense, torch.stack([torch.randint(0, t, (n,), generator=g) for t in TABLES], 1)
+
+
+def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
+    rng = np.random.default_rng(seed)
+    archs = [space.full_path()] + [space.sample(rng, s) for s in ("any-path", "default") for _ in range(n)]
+    assert any("scale" in b.dense_ops for a in archs for b in a.blocks)
+    assert any("tscale" in b.sparse_ops for a in archs for b in a.blocks)
+    return archs
+
+
+# -- registering --------------------------------------------------------------------------------------------
+def test_builtin_registry_order() -> None:
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum")
+    assert registry.names("sparse") == ("efc", "transformer")
+    # cells have always created sum's layers before gating's: the same seed gives the same weights
+    assert registry.build_order() == ("fc", "dot", "sum", "gating", "efc", "transformer")
+
+
+def test_registered_for_a_while() -> None:
+    block = Block(("fc", "scale"), ("tscale",), (0,), (0,), 0, 0, 16, 8)
+    with pytest.raises(NasrecError, match="field dense_ops"):
+        Architecture((block,))
+    with pytest.raises(NasrecError, match="unknown operator 'scale'"):
+        _space()
+    with registry.registered(Scale, TScale):
+        assert registry.names("dense")[-1] == "scale" and registry.names("sparse")[-1] == "tscale"
+        assert arch_module.DENSE_OPS == ("fc", "dot", "gating", "sum", "scale")  # read at each access
+        arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
+        assert arch.blocks[0].dense_ops == ("fc", "scale")  # canonical order: the registry's
+        assert _space().dense_ops == ("fc", "sum", "scale")
+        with pytest.raises(NasrecError, match="already registered"):
+            registry.register(Scale)
+    assert "scale" not in registry.names("dense") and "tscale" not in registry.names("sparse")
+    with pytest.raises(NasrecError, match="field dense_ops"):
+        Architecture((block,))
+
+
+def test_register_refuses_bad_operators() -> None:
+    class Clash(Scale):
+        name = "clash"
+        layers = ("fc",)  # fc's layer
+
+    class NoKind(Scale):
+        name = "nokind"
+        kind = "other"
+
+    class BadReads(Scale):
+        name = "badreads"
+        reads = frozenset({"dense"})
+
+    for op, message in ((Clash, "layer 'fc' is already operator 'fc'"), (NoKind, "kind must be"),
+                        (BadReads, "reads"), (type("Fm", (Scale,), {"name": "fm"}), "already registered")):  # fmt: skip
+        with pytest.raises(NasrecError, match=message):
+            registry.register(op)
+    with pytest.raises(NasrecError, match="not registered"):
+        registry.unregister("scale")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum")
+
+
+# -- models ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_supernet_and_materialised_subnet(toy_ops: None, layernorm: bool) -> None:
+    torch.manual_seed(0)
+    space = _space()
+    supernet = Supernet(space, NUM_DENSE, TABLES, layernorm=layernorm)
+    assert {"scale_proj", "scale_gain", "tscale"} <= {n for n, _ in supernet.cells[2].named_children()}
+    dense, sparse = _batch()
+    for arch in _archs(space, 8, seed=1):
+        supernet.train()
+        y = supernet(dense, sparse, arch)
+        y.sum().backward()  # gradients reach the toy operators' layers
+        sub = Subnet.from_supernet(supernet, arch)
+        for train in (True, False):
+            supernet.train(train)
+            sub.train(train)
+            with torch.no_grad():
+                torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)
+    assert supernet.cells[0].scale_proj.blocks[0].grad.abs().sum() > 0
+    assert supernet.cells[0].tscale.blocks[0].grad.abs().sum() > 0
+    masking = Supernet(space, NUM_DENSE, TABLES, layernorm=layernorm, masking=True)  # the reference's semantics
+    assert masking(dense, sparse, space.full_path()).isfinite().all()
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_cost_of_toy_operators(toy_ops: None, layernorm: bool) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    space = _space()
+    dense, sparse = _batch(1)
+    for arch in _archs(space, 6, seed=2):
+        cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES, use_layernorm=layernorm)
+        sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=layernorm)
+        held = sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+        assert held == cost.dense_params  # the model built holds what the operators count
+        widths = [NUM_DENSE] + [b.dense_width for b in arch.blocks]
+        tokens = [len(TABLES)] + [b.sparse_tokens for b in arch.blocks]
+        for bc in cost.per_block:
+            b = arch.blocks[bc.index]
+            for o in bc.ops:
+                op = registry.get(o.name)
+                own = op.cost(b, bc.dense_in, bc.sparse_in, widths[b.left], widths[b.right], layernorm)
+                assert (o.flops, o.params) == (own.flops, own.params)
+                if o.name in ("scale", "tscale") and o.live:  # its layers in the model hold what it counts
+                    cell = sub.cells[str(bc.index)]
+                    layers = [getattr(cell, n) for n in op.layers if getattr(cell, n, None) is not None]
+                    assert sum(p.numel() for m in layers for p in m.parameters()) == own.params
+            assert bc.sparse_in == sum(tokens[j] for j in b.sparse_in)
+        if not layernorm:  # linears only: the counter measures what the cost model counts
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                sub(dense, sparse)
+            assert counter.get_total_flops() // 2 == cost.flops
+
+
+def test_liveness_asks_the_operator(toy_ops: None) -> None:
+    b0 = Block(("scale",), ("tscale",), (0,), (0,), 0, 0, 16, 8)
+    b1 = Block(("scale",), ("efc",), (0, 1), (0,), 1, 1, 16, 8)  # left/right name block 0: scale does not read them
+    b2 = Block(("sum",), ("tscale",), (0,), (0,), 2, 0, 8, 4)
+    arch = Architecture((b0, b1, b2))
+    assert op_inputs("scale", b1) == ((0, 1), ()) and op_inputs("tscale", b0) == ((), (0,))
+    assert b1.dependencies() == {0, 1} and not b1.uses_left_right and b1.uses_dense_in
+    # block 2 reads block 1's dense output through sum; block 1 reads block 0's dense output
+    assert live_outputs(arch) == ((True, False), (True, False), (True, True))
+    assert arch.live_blocks() == (True, True, True)
+    assert op_live("scale", b0, True, False) and not op_live("tscale", b0, True, False)
+    assert op_live("tscale", replace(b0, fm=True), True, False)  # its tokens feed fm
+    form = functional_form(arch)
+    assert (form.blocks[1].left, form.blocks[1].right) == (0, 0)  # unread inputs are left out
+    assert form.blocks[0].sparse_ops == ("efc",) and form.blocks[0].sparse_width == 1  # tokens unread
+    cost = arch_cost(arch, NUM_DENSE, len(TABLES))
+    assert [o.live for o in cost.per_block[0].ops] == [True, False]
+    sub = Subnet(arch, NUM_DENSE, TABLES)
+    assert not hasattr(sub.cells["0"], "tscale")  # an unread operator is not built
+    assert "scale(in,B0)" in summary(arch)
+
+
+# -- the built-in operators' layout ---------------------------------------------------------------------
+# state_dict keys of a Full supernet cell reading two inputs, in order: checkpoints load by these keys,
+# optimizer states by the order of the parameters, and the order of creation fixes initial weights
+CELL_KEYS_LN = [
+    "fc.blocks.0", "fc.blocks.1", "fc_ln.weight", "fc_ln.bias", "dot_dense.blocks.0", "dot_dense.blocks.1",
+    "dot_dense_ln.weight", "dot_dense_ln.bias", "dot_tokens.blocks.0", "dot_tokens.blocks.1", "dot_tokens_ln.weight",
+    "dot_tokens_ln.bias", "dot_out.weight", "dot_out_ln.weight", "dot_out_ln.bias", "sum_proj.weight", "sum_ln.weight",
+    "sum_ln.bias", "gate.weight", "gate.bias", "gate_proj.weight", "gate_proj.bias", "gate_ln.weight", "gate_ln.bias",
+    "efc.blocks.0", "efc.blocks.1", "efc_ln.weight", "efc_ln.bias", "tr_proj.blocks.0", "tr_proj.blocks.1",
+    "tr_proj_ln.weight", "tr_proj_ln.bias", "attn_in.weight", "attn_in.bias", "attn_out.weight", "attn_out.bias",
+    "attn_ln.weight", "attn_ln.bias", "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias", "ffn_ln.weight",
+    "ffn_ln.bias", "fm_proj.weight", "fm_ln.weight", "fm_ln.bias", "d2s_proj.weight", "d2s_ln.weight", "d2s_ln.bias",
+]  # fmt: skip
+CELL_KEYS = [
+    "fc.bias", "fc.blocks.0", "fc.blocks.1", "dot_dense.bias", "dot_dense.blocks.0", "dot_dense.blocks.1",
+    "dot_tokens.bias", "dot_tokens.blocks.0", "dot_tokens.blocks.1", "dot_out.weight", "dot_out.bias",
+    "sum_proj.weight", "sum_proj.bias", "gate.weight", "gate.bias", "gate_proj.weight", "gate_proj.bias", "efc.bias",
+    "efc.blocks.0", "efc.blocks.1", "tr_proj.bias", "tr_proj.blocks.0", "tr_proj.blocks.1", "attn_in.weight",
+    "attn_in.bias", "attn_out.weight", "attn_out.bias", "attn_ln.weight", "attn_ln.bias", "ffn1.weight", "ffn1.bias",
+    "ffn2.weight", "ffn2.bias", "ffn_ln.weight", "ffn_ln.bias", "fm_proj.weight", "fm_proj.bias", "d2s_proj.weight",
+    "d2s_proj.bias",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_builtin_layout_is_pinned(layernorm: bool) -> None:
+    space = replace(NASREC_FULL, name="t", num_blocks=2, dense_widths=(16, 32), sparse_widths=(4, 8))
+    cell = Supernet(space, 3, [5, 6], layernorm=layernorm).cells[1]
+    assert list(cell.state_dict()) == (CELL_KEYS_LN if layernorm else CELL_KEYS)
+    assert [n for n, _ in cell.named_parameters()] == [k for k in cell.state_dict() if "." in k]
+    # every layer of a cell is declared by exactly one operator, which materialises it (`copy_from`)
+    declared = [layer for op in (*registry.build_order(), "fm", "d2s") for layer in registry.get(op).layers]
+    assert len(set(declared)) == len(declared)
+    assert {n for n, _ in cell.named_children()} <= set(declared)
+
+
+def test_attention_is_swapped_where_the_operator_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nasrec.model import cell as cell_module
+
+    assert cell_module.attention is transformer.attention and cell_module.HEADS == transformer.HEADS
+    torch.manual_seed(0)
+    space = replace(NASREC_FULL, name="t", num_blocks=2, dense_widths=(16,), sparse_widths=(8,))
+    supernet = Supernet(space, NUM_DENSE, TABLES).eval()
+    dense, sparse = _batch()
+    arch = space.full_path()
+    with torch.no_grad():
+        before = supernet(dense, sparse, arch)
+        monkeypatch.setattr(transformer, "attention", lambda q, k, v: torch.zeros_like(v))
+        assert not torch.equal(supernet(dense, sparse, arch), before)
+        monkeypatch.setattr(transformer, "attention", F.scaled_dot_product_attention)
+        torch.testing.assert_close(supernet(dense, sparse, arch), before, atol=1e-5, rtol=0)
+
+
+def test_cell_refuses_an_unknown_operator() -> None:
+    spec = CellSpec(dense_ops=("scale",), sparse_ops=("efc",), dense_segs=(Seg(0, 3),), token_segs=(Seg(0, 2),),
+                    pad_cap=3, width=8, tokens=4, fm=False, d2s=False, layernorm=False)  # fmt: skip
+    with pytest.raises(NasrecError, match="unknown operator 'scale'"):
+        Cell(spec)
+    with registry.registered(Scale):
+        # an operator registered later creates its layers after the built-in ones: their order does not move
+        assert [n for n, _ in Cell(spec).named_children()] == ["efc", "scale_proj", "scale_gain"]
+
+
+def test_names_inputs_and_costs_need_no_torch() -> None:
+    code = """
+import json, sys
+from nasrec.model.cost import arch_cost
+from nasrec.space.draw import summary
+from nasrec.space.liveness import functional_hash
+from nasrec.space.space import NASREC_FULL, sample_architecture
+arch = sample_architecture("full", 3)
+NASREC_FULL.check(arch)
+print(json.dumps([arch_cost(arch).flops, functional_hash(arch), len(summary(arch)), "torch" in sys.modules]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    flops, _, _, torch_loaded = json.loads(out.stdout)
+    assert flops > 0 and not torch_loaded
