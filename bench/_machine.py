@@ -78,8 +78,12 @@ def cpu_capability() -> str:
 
 def machine_info() -> dict[str, object]:
     """nproc, CPU model, torch's CPU capability, Python and library versions: recorded with every figure."""
-    info: dict[str, object] = {"nproc": os.cpu_count(), "cpu": cpu_model(), "cpu_capability": cpu_capability(),
-                               "python": platform.python_version()}  # fmt: skip
+    info: dict[str, object] = {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "python": platform.python_version(),
+    }
     for mod in ("torch", "numpy", "polars"):
         with contextlib.suppress(ImportError):
             info[mod] = __import__(mod).__version__
@@ -89,8 +93,10 @@ def machine_info() -> dict[str, object]:
 def machine_line() -> str:
     """One line naming the machine, printed first by every bench script."""
     m = machine_info()
-    return (f"machine: {m['cpu']}, {m['nproc']} CPUs, torch CPU capability {m['cpu_capability']}, "
-            f"torch {m.get('torch', '-')}, Python {m['python']}")  # fmt: skip
+    return (
+        f"machine: {m['cpu']}, {m['nproc']} CPUs, torch CPU capability {m['cpu_capability']}, "
+        f"torch {m.get('torch', '-')}, Python {m['python']}"
+    )
 
 
 # Figures of the published NASRec implementation (../shared/docs/benchmarking.md), 2 threads, idle machine,
@@ -99,20 +105,30 @@ def machine_line() -> str:
 # machine are shown beside nasrec's, never divided by.
 REFERENCE_FIGURES: dict[str, dict[str, float]] = {
     "AVX512": {
-        "supernet small sampled b512": 799, "supernet full sampled b512": 322,
-        "supernet small sampled b256": 531, "supernet full sampled b256": 258,
-        "supernet small full-path b512": 431, "supernet full full-path b512": 81,
-        "eval small b8192": 1617, "eval full b8192": 626,
-        "train criteo_autoctr_best capped b256": 1017, "train criteo_xlarge_best capped b256": 679,
-        "train criteo_autoctr_best capped b512": 1856, "train criteo_xlarge_best capped b512": 960,
-        "train criteo_autoctr_best real b256": 98, "train criteo_xlarge_best real b256": 77,
+        "supernet small sampled b512": 799,
+        "supernet full sampled b512": 322,
+        "supernet small sampled b256": 531,
+        "supernet full sampled b256": 258,
+        "supernet small full-path b512": 431,
+        "supernet full full-path b512": 81,
+        "eval small b8192": 1617,
+        "eval full b8192": 626,
+        "train criteo_autoctr_best capped b256": 1017,
+        "train criteo_xlarge_best capped b256": 679,
+        "train criteo_autoctr_best capped b512": 1856,
+        "train criteo_xlarge_best capped b512": 960,
+        "train criteo_autoctr_best real b256": 98,
+        "train criteo_xlarge_best real b256": 77,
     },
     "AVX2": {  # measured side by side with nasrec on the AVX2 CPU, 2026-12-03
-        "supernet small sampled b512": 472, "supernet full sampled b512": 193,
-        "eval small b8192": 1045, "eval full b8192": 429,
-        "train criteo_autoctr_best real b256": 43.9, "train criteo_xlarge_best real b256": 46.4,
+        "supernet small sampled b512": 472,
+        "supernet full sampled b512": 193,
+        "eval small b8192": 1045,
+        "eval full b8192": 429,
+        "train criteo_autoctr_best real b256": 43.9,
+        "train criteo_xlarge_best real b256": 46.4,
     },
-}  # fmt: skip
+}
 REFERENCE_MACHINES = {"AVX512": "reference on the AVX-512 CPU", "AVX2": "reference on the AVX2 CPU (AMD EPYC)"}
 
 

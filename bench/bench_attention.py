@@ -53,8 +53,11 @@ def summary(rates: dict[str, list[float]], base: str) -> dict[str, dict]:
     out = {}
     for name, r in rates.items():
         ratios = [a / b for a, b in zip(r, rates[base], strict=True)]
-        out[name] = {"median": round(statistics.median(r), 1), "ratio_to_" + base: round(statistics.median(ratios), 3),
-                     "round_ratios": [round(x, 3) for x in ratios]}  # fmt: skip
+        out[name] = {
+            "median": round(statistics.median(r), 1),
+            "ratio_to_" + base: round(statistics.median(ratios), 3),
+            "round_ratios": [round(x, 3) for x in ratios],
+        }
     return out
 
 
@@ -75,8 +78,11 @@ def operator_rates(rounds: int, reps: int) -> dict[int, dict]:
                 rates[name].append(reps / (time.perf_counter() - t0))
         res[tokens] = summary({n: r[1:] for n, r in rates.items()}, "fused")
         line = "  ".join(f"{n} {1e3 / s['median']:.1f} ms" for n, s in res[tokens].items())
-        print(f"operator, {tokens} tokens, forward + backward: {line}  (chunked/fused "
-              f"{res[tokens]['chunked']['ratio_to_fused']}x)", flush=True)  # fmt: skip
+        print(
+            f"operator, {tokens} tokens, forward + backward: {line}  (chunked/fused "
+            f"{res[tokens]['chunked']['ratio_to_fused']}x)",
+            flush=True,
+        )
     return res
 
 
@@ -99,9 +105,12 @@ def supernet_rates(rounds: int, steps: int, seed: int) -> dict[str, dict]:
     finally:
         transformer.attention = FORMS["chunked"]
     res = summary(rates, "fused")
-    print(f"Full supernet, sampled paths, samples/s: fused {res['fused']['median']:,.0f}, chunked "
-          f"{res['chunked']['median']:,.0f}; chunked/fused per round {res['chunked']['round_ratios']} "
-          f"(median {res['chunked']['ratio_to_fused']}x)", flush=True)  # fmt: skip
+    print(
+        f"Full supernet, sampled paths, samples/s: fused {res['fused']['median']:,.0f}, chunked "
+        f"{res['chunked']['median']:,.0f}; chunked/fused per round {res['chunked']['round_ratios']} "
+        f"(median {res['chunked']['ratio_to_fused']}x)",
+        flush=True,
+    )
     return res
 
 
@@ -118,8 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(), flush=True)
     ops = operator_rates(args.rounds, args.reps)
     net = supernet_rates(args.rounds, args.steps, args.seed)
-    print(json.dumps({"bench": "attention", "machine": machine_info(), "threads": args.threads,
-                      "operator": ops, "supernet_full": net}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "attention",
+                "machine": machine_info(),
+                "threads": args.threads,
+                "operator": ops,
+                "supernet_full": net,
+            }
+        )
+    )
     return 0
 
 

@@ -44,8 +44,10 @@ def bench_space(name: str, steps: int, warmup: int, batch: int, tables: list[int
     torch.manual_seed(0)
     boxed = Supernet(space, 13, tables, layernorm=True)
     whole = copy.deepcopy(boxed)
-    opts = {"box": build_optimizer(boxed, "adagrad", lr=0.12, sliced=True).optimizers["dense"],
-            "whole": build_optimizer(whole, "adagrad", lr=0.12, sliced=False).optimizers["dense"]}  # fmt: skip
+    opts = {
+        "box": build_optimizer(boxed, "adagrad", lr=0.12, sliced=True).optimizers["dense"],
+        "whole": build_optimizer(whole, "adagrad", lr=0.12, sliced=False).optimizers["dense"],
+    }
     rng = np.random.default_rng(0)
     spent = {"forward_backward": 0.0, "box": 0.0, "whole": 0.0}
     for i, (dense, sparse, y) in enumerate(batches(warmup + steps, batch, tables)):
@@ -70,8 +72,11 @@ def bench_space(name: str, steps: int, warmup: int, batch: int, tables: list[int
         "dense_params": dense_params,
         **{f"{k}_ms": round(v / steps * 1000, 2) for k, v in spent.items()},
     }
-    print(f"{name:<6} {out['paths']:<8} forward+backward {out['forward_backward_ms']:7.1f} ms/step   dense optimizer step: "
-          f"box {out['box_ms']:5.1f} ms, whole tensors {out['whole_ms']:5.1f} ms", flush=True)  # fmt: skip
+    print(
+        f"{name:<6} {out['paths']:<8} forward+backward {out['forward_backward_ms']:7.1f} ms/step   dense optimizer step: "
+        f"box {out['box_ms']:5.1f} ms, whole tensors {out['whole_ms']:5.1f} ms",
+        flush=True,
+    )
     return out
 
 

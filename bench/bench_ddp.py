@@ -70,8 +70,10 @@ def _worker(rank: int, world: int, threads: int, args: dict, port: int, result: 
     opt = build_optimizer(model, "adagrad", lr=0.12, eps=1e-2)
     sync = GradientSync.for_model(model) if world > 1 else None
     lb = args["batch"] // world
-    data = [tuple(t[rank * lb : (rank + 1) * lb] for t in b)
-            for b in batches(args["steps"], args["batch"], tables, args["seed"])]  # fmt: skip
+    data = [
+        tuple(t[rank * lb : (rank + 1) * lb] for t in b)
+        for b in batches(args["steps"], args["batch"], tables, args["seed"])
+    ]
     warmup, steps, runs = args["warmup"], args["steps"], args["runs"]
     # sampled paths, as after the full-path warm-up: a different one every step, the same sequence in
     # every timed run (so that runs differ by timing noise only, not by the paths they drew)
@@ -123,8 +125,13 @@ def _worker(rank: int, world: int, threads: int, args: dict, port: int, result: 
         sync_ms.append(1e3 * sync_s[0] / steps)
     if rank == 0:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        timings = {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1),
-                   "max": round(max(rates), 1), "other_share": shares, "peak_rss_mb_rank0": round(peak)}  # fmt: skip
+        timings = {
+            "median": round(statistics.median(rates), 1),
+            "min": round(min(rates), 1),
+            "max": round(max(rates), 1),
+            "other_share": shares,
+            "peak_rss_mb_rank0": round(peak),
+        }
         if comm:
             timings["comm_bytes_per_step"] = round(statistics.mean(comm))
             timings["comm_mb_per_step"] = round(statistics.mean(comm) / 2**20, 2)
@@ -161,16 +168,25 @@ def main(argv: list[str] | None = None) -> int:
             args.space = space
             r = measure(procs, threads, args)
             row[f"{procs}x{threads}"] = r
-            print(f"{space:<6} {procs} proc x {threads} thread {r['median']:>9,.0f} samples/s "
-                  f"({r['min']:,.0f} - {r['max']:,.0f})  other {r['other_share']}"
-                  + (f"  comm {r['comm_mb_per_step']} MiB/step (whole tensors: "
-                     f"{r['comm_mb_per_step_whole_tensors']}), sync {r['sync_ms_per_step']} ms/step"
-                     if "comm_mb_per_step" in r else ""), flush=True)  # fmt: skip
+            print(
+                f"{space:<6} {procs} proc x {threads} thread {r['median']:>9,.0f} samples/s "
+                f"({r['min']:,.0f} - {r['max']:,.0f})  other {r['other_share']}"
+                + (
+                    f"  comm {r['comm_mb_per_step']} MiB/step (whole tensors: "
+                    f"{r['comm_mb_per_step_whole_tensors']}), sync {r['sync_ms_per_step']} ms/step"
+                    if "comm_mb_per_step" in r
+                    else ""
+                ),
+                flush=True,
+            )
         two, one, one2 = row["2x1"]["median"], row["1x1"]["median"], row["1x2"]["median"]
         row["scaling_efficiency_vs_1x1"] = round(two / (2 * one), 3)
         row["speedup_vs_1x2"] = round(two / one2, 3)
-        print(f"{space:<6} scaling efficiency (2x1 vs 2 * 1x1) {row['scaling_efficiency_vs_1x1']:.2f}, "
-              f"2x1 / 1x2 {row['speedup_vs_1x2']:.2f}", flush=True)  # fmt: skip
+        print(
+            f"{space:<6} scaling efficiency (2x1 vs 2 * 1x1) {row['scaling_efficiency_vs_1x1']:.2f}, "
+            f"2x1 / 1x2 {row['speedup_vs_1x2']:.2f}",
+            flush=True,
+        )
         results.append(row)
     print(json.dumps({"bench": "ddp", "machine": machine_info(), "results": results}))
     return 0

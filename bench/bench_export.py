@@ -43,7 +43,7 @@ from nasrec.export import ProbabilityModel, export_model
 from nasrec.predict import model_cache
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train
-from nasrec.train.trainer import load_trained
+from nasrec.train.loading import load_trained
 
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
 
@@ -56,8 +56,9 @@ def prepare_data(work: Path, rows: int) -> Path:
     raw = work / "data" / "synthetic.tsv"
     raw.parent.mkdir(parents=True, exist_ok=True)
     generate_synthetic(raw, rows=rows, seed=0)
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(cache), format="criteo", split="random", encoding="vocab",
-                          force=True))  # fmt: skip
+    prepare(
+        PrepareConfig(inputs=(str(raw),), out=str(cache), format="criteo", split="random", encoding="vocab", force=True)
+    )
     return cache
 
 
@@ -114,8 +115,11 @@ def time_calls(fn: Callable[[dict], object], batch: dict, warmup: int, reps: int
         times[i] = time.perf_counter() - t0
     share = load.stop()
     ms = times * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "other_share": round(share, 3)}  # fmt: skip
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "other_share": round(share, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +155,18 @@ def main(argv: list[str] | None = None) -> int:
             res = export_model(run, work / "exported" / f"{name}.{suffix}", fmt)
             export_s[fmt] = round(time.perf_counter() - t0, 2)
             exports[fmt] = Path(res["model"])
-            print(json.dumps({"model": name, "export": fmt, "seconds": export_s[fmt], "rows": res["verified_rows"],
-                              "max_abs_diff": res["max_abs_diff"]}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "model": name,
+                        "export": fmt,
+                        "seconds": export_s[fmt],
+                        "rows": res["verified_rows"],
+                        "max_abs_diff": res["max_abs_diff"],
+                    }
+                ),
+                flush=True,
+            )
         test = next(iter(BatchLoader(open_cache(model_cache(run)), "test", batch_size=max(args.batches))))
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -162,20 +176,37 @@ def main(argv: list[str] | None = None) -> int:
                 dense, sparse = test.dense[rows].contiguous(), test.sparse[rows].contiguous()
                 batch = {"dense": dense, "sparse": sparse, "feed": {"dense": dense.numpy(), "sparse": sparse.numpy()}}
                 for runtime, fn in fns.items():
-                    row = {"model": name, "runtime": runtime, "threads": threads, "batch": len(dense),
-                           **time_calls(fn, batch, args.warmup, args.reps)}  # fmt: skip
+                    row = {
+                        "model": name,
+                        "runtime": runtime,
+                        "threads": threads,
+                        "batch": len(dense),
+                        **time_calls(fn, batch, args.warmup, args.reps),
+                    }
                     results.append(row)
                     print(json.dumps(row), flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"bench": "export", "machine": machine_info(), "reps": args.reps, "warmup": args.warmup,
-                      "results": results, "peak_rss_mb": round(peak)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "export",
+                "machine": machine_info(),
+                "reps": args.reps,
+                "warmup": args.warmup,
+                "results": results,
+                "peak_rss_mb": round(peak),
+            }
+        )
+    )
     print()
     print("| model | runtime | threads | batch | p50 ms | p99 ms | rows/s at p50 | other processes |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         rate = r["batch"] / (r["p50_ms"] / 1e3)
-        print(f"| {r['model']} | {r['runtime']} | {r['threads']} | {r['batch']} | {r['p50_ms']:.3f} | "
-              f"{r['p99_ms']:.3f} | {rate:,.0f} | {r['other_share']:.0%} |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['runtime']} | {r['threads']} | {r['batch']} | {r['p50_ms']:.3f} | "
+            f"{r['p99_ms']:.3f} | {rate:,.0f} | {r['other_share']:.0%} |"
+        )
     return 0
 
 

@@ -168,8 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         model = Supernet(space, 13, TABLES, layernorm=True).to(device)
         for batch in batches:
             rate = train_rate(model, random_batches(warmup + steps, batch, device), warmup, device, space)
-            _record(rows, {"what": "supernet training", "model": f"supernet-{name}", "batch": batch,
-                           "samples_per_s": round(rate)})  # fmt: skip
+            _record(
+                rows,
+                {
+                    "what": "supernet training",
+                    "model": f"supernet-{name}",
+                    "batch": batch,
+                    "samples_per_s": round(rate),
+                },
+            )
         del model
         _free(device)
 
@@ -182,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model = Subnet(arch, 13, TABLES, layernorm=False).to(device)
             rate = train_rate(model, random_batches(warmup + steps, batch, device), warmup, device)
-            _record(rows, {"what": "standalone training", "model": model_name, "batch": batch,
-                           "samples_per_s": round(rate)})  # fmt: skip
+            _record(
+                rows, {"what": "standalone training", "model": model_name, "batch": batch, "samples_per_s": round(rate)}
+            )
             del model
             _free(device)
 
@@ -199,10 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     _sync(device)
     seconds = time.perf_counter() - t0
     per = scorer.samples_per_candidate()
-    _record(rows, {"what": "candidate scoring", "model": "supernet-full", "batch": score_cfg.val_batch_size,
-                   "samples_per_s": round(candidates * per / seconds), "candidates_per_min":
-                   round(60 * candidates / seconds, 2), "examples_per_candidate": per,
-                   "scores_finite": bool(np.all(np.isfinite(scores)))})  # fmt: skip
+    _record(
+        rows,
+        {
+            "what": "candidate scoring",
+            "model": "supernet-full",
+            "batch": score_cfg.val_batch_size,
+            "samples_per_s": round(candidates * per / seconds),
+            "candidates_per_min": round(60 * candidates / seconds, 2),
+            "examples_per_candidate": per,
+            "scores_finite": bool(np.all(np.isfinite(scores))),
+        },
+    )
 
     if device.type == "cuda":
         info["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

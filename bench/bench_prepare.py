@@ -44,8 +44,22 @@ def ensure_input(workdir: Path, rows: int, seed: int) -> Path:
 
 def run_once(inp: Path, out: Path, extra: list[str], threads: int) -> dict:
     """One timed prepare process: wall seconds, its own figures, peak RSS and other-process share."""
-    cmd = [sys.executable, "-m", "nasrec.cli", "prepare", "--format", "criteo", "--input", str(inp),
-           "--out", str(out), "--force", "--no-progress", "--json", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "prepare",
+        "--format",
+        "criteo",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--force",
+        "--no-progress",
+        "--json",
+        *extra,
+    ]
     env = dict(os.environ, POLARS_MAX_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     load = LoadSample()
     load.start()
@@ -91,32 +105,50 @@ def main(argv: list[str] | None = None) -> int:
             run_once(inp, out, args.prepare_args, args.threads)  # warm-up (page cache, imports)
             runs = [run_once(inp, out, args.prepare_args, args.threads) for _ in range(args.runs)]
             rates = [r["rows_s"] for r in runs]
-            results.append({
-                "rows": rows,
-                "input_mb": round(inp.stat().st_size / 1e6, 1),
-                "median_rows_s": round(statistics.median(rates)),
-                "min_rows_s": round(min(rates)),
-                "max_rows_s": round(max(rates)),
-                "median_wall_s": round(statistics.median(r["wall_s"] for r in runs), 3),
-                "median_inproc_rows_s": round(statistics.median(r["inproc_rows_s"] for r in runs)),
-                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
-                "other_share": [round(r["other_share"], 3) for r in runs],
-            })  # fmt: skip
+            results.append(
+                {
+                    "rows": rows,
+                    "input_mb": round(inp.stat().st_size / 1e6, 1),
+                    "median_rows_s": round(statistics.median(rates)),
+                    "min_rows_s": round(min(rates)),
+                    "max_rows_s": round(max(rates)),
+                    "median_wall_s": round(statistics.median(r["wall_s"] for r in runs), 3),
+                    "median_inproc_rows_s": round(statistics.median(r["inproc_rows_s"] for r in runs)),
+                    "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
+                    "other_share": [round(r["other_share"], 3) for r in runs],
+                }
+            )
             shutil.rmtree(out, ignore_errors=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nnasrec prepare --format criteo {' '.join(args.prepare_args)} ({args.threads} threads, "
-          f"{args.runs} timed runs each, whole process from launch to exit)")  # fmt: skip
-    print(f"{'rows':>10}{'MB':>8}{'median rows/s':>15}{'min - max rows/s':>24}{'in-process':>12}{'peak RSS MB':>13}"
-          "   other processes per run")  # fmt: skip
+    print(
+        f"\nnasrec prepare --format criteo {' '.join(args.prepare_args)} ({args.threads} threads, "
+        f"{args.runs} timed runs each, whole process from launch to exit)"
+    )
+    print(
+        f"{'rows':>10}{'MB':>8}{'median rows/s':>15}{'min - max rows/s':>24}{'in-process':>12}{'peak RSS MB':>13}"
+        "   other processes per run"
+    )
     for r in results:
         shares = " ".join(f"{s:.1%}" + ("!" if s > NOISY_SHARE else "") for s in r["other_share"])
         span = f"{r['min_rows_s']:,} - {r['max_rows_s']:,}"
-        print(f"{r['rows']:>10,}{r['input_mb']:>8}{r['median_rows_s']:>15,}{span:>24}"
-              f"{r['median_inproc_rows_s']:>12,}{r['peak_rss_mb']:>13,}   {shares}")  # fmt: skip
-    print(json.dumps({"bench": "prepare", "machine": machine_info(), "threads": args.threads,
-                      "prepare_args": args.prepare_args, "target_rows_s": TARGET_ROWS_S, "results": results}))  # fmt: skip
+        print(
+            f"{r['rows']:>10,}{r['input_mb']:>8}{r['median_rows_s']:>15,}{span:>24}"
+            f"{r['median_inproc_rows_s']:>12,}{r['peak_rss_mb']:>13,}   {shares}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "prepare",
+                "machine": machine_info(),
+                "threads": args.threads,
+                "prepare_args": args.prepare_args,
+                "target_rows_s": TARGET_ROWS_S,
+                "results": results,
+            }
+        )
+    )
     return 0
 
 

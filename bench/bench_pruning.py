@@ -56,18 +56,32 @@ def main(argv: list[str] | None = None) -> int:
         pruned = measure(model, 512, tables, args.steps, args.runs)
         model.outputs = tuple((live, live) for live in arch.live_blocks())  # every operator of the live blocks
         every = measure(model, 512, tables, args.steps, args.runs)
-        row = {"arch": arch.hash(), "mflops": cost.mflops, "mflops_live_blocks": cost.flops_live_blocks / 1e6,
-               "pruned_samples_per_s": pruned["median"], "all_ops_samples_per_s": every["median"],
-               "speedup": round(pruned["median"] / every["median"], 3)}  # fmt: skip
+        row = {
+            "arch": arch.hash(),
+            "mflops": cost.mflops,
+            "mflops_live_blocks": cost.flops_live_blocks / 1e6,
+            "pruned_samples_per_s": pruned["median"],
+            "all_ops_samples_per_s": every["median"],
+            "speedup": round(pruned["median"] / every["median"], 3),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(json.dumps({"bench": "pruning", "machine": machine_info(),
-                      "median_speedup": float(np.median([r["speedup"] for r in rows]))}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "pruning",
+                "machine": machine_info(),
+                "median_speedup": float(np.median([r["speedup"] for r in rows])),
+            }
+        )
+    )
     print("\n| architecture | MFLOPs run / live blocks | samples/s, pruned | samples/s, all operators | speed-up |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch'][:12]} | {r['mflops']:.3f} / {r['mflops_live_blocks']:.3f} | "
-              f"{r['pruned_samples_per_s']:,.0f} | {r['all_ops_samples_per_s']:,.0f} | {r['speedup']:.2f}x |")  # fmt: skip
+        print(
+            f"| {r['arch'][:12]} | {r['mflops']:.3f} / {r['mflops_live_blocks']:.3f} | "
+            f"{r['pruned_samples_per_s']:,.0f} | {r['all_ops_samples_per_s']:,.0f} | {r['speedup']:.2f}x |"
+        )
     return 0
 
 

@@ -61,10 +61,14 @@ RECIPES = {
 def _indexed_schema(path: Path) -> Path:
     cols = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
     schema = {
-        "name": "criteo-kaggle-indexed", "label": "label", "separator": ",", "header": False, "columns": cols,
+        "name": "criteo-kaggle-indexed",
+        "label": "label",
+        "separator": ",",
+        "header": False,
+        "columns": cols,
         "dense": [{"name": c, "column": c, "transform": "log"} for c in cols[1:14]],
         "sparse": [{"name": c, "column": c, "kind": "int"} for c in cols[14:]],
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(schema, indent=1))
     return path
 
@@ -84,8 +88,9 @@ def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int, 
         d = SHARED / "data" / name
         files = (str(d / "tiny_train_input.csv"), str(d / "tiny_test_input.csv"))
         schema = _indexed_schema(work / "data" / "indexed_20k.json")
-        cfg = PrepareConfig(inputs=files, format="schema", schema=str(schema), split="sequential",
-                            ratios=(0.45, 0.05, 0.5), **common)  # fmt: skip
+        cfg = PrepareConfig(
+            inputs=files, format="schema", schema=str(schema), split="sequential", ratios=(0.45, 0.05, 0.5), **common
+        )
     else:
         d = SHARED / "data" / name
         files = tuple(str(d / f) for f in ("train.csv", "dev.csv", "test.csv"))
@@ -98,14 +103,35 @@ def recipe(dataset: str, cache_dir: Path, seed: int, evals_per_epoch: int = 2) -
     """Training overrides of the benchmark recipe on one dataset (the same for every model)."""
     r = RECIPES[dataset]
     steps_per_epoch = len(open_cache(cache_dir).split_index("train")) // r["batch_size"]
-    return dict(r, seed=seed, optimizer="adagrad", eps=1e-2, schedule="warmup-cosine", warmup_fraction=0.05,
-                clip=5.0, shuffle=True, eval_every=max(1, steps_per_epoch // evals_per_epoch),
-                early_stop_metric="logloss", patience=2, restore_best=True, checkpoint_every=10**9,
-                threads=2, log_every=10**9)  # fmt: skip
+    return dict(
+        r,
+        seed=seed,
+        optimizer="adagrad",
+        eps=1e-2,
+        schedule="warmup-cosine",
+        warmup_fraction=0.05,
+        clip=5.0,
+        shuffle=True,
+        eval_every=max(1, steps_per_epoch // evals_per_epoch),
+        early_stop_metric="logloss",
+        patience=2,
+        restore_best=True,
+        checkpoint_every=10**9,
+        threads=2,
+        log_every=10**9,
+    )
 
 
-def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, evals_per_epoch: int,
-            arch: Architecture | None = None, nasrec: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_one(
+    cache_dir: Path,
+    dataset: str,
+    model: str,
+    seed: int,
+    work: Path,
+    evals_per_epoch: int,
+    arch: Architecture | None = None,
+    nasrec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train one model (a zoo name, a published name, or `arch` named `model`) on one dataset with one seed.
 
     `nasrec` overrides the recipe for nasrec architectures only (layer norms and their learning rate).
@@ -123,10 +149,21 @@ def run_one(cache_dir: Path, dataset: str, model: str, seed: int, work: Path, ev
         a = arch or Architecture.load(SHARED / "configs" / f"{model}.json")
         m = train(cache_dir, out, arch=a, overrides=overrides, progress=False)
     shutil.rmtree(out, ignore_errors=True)  # checkpoints are not needed: the metrics are the result
-    row = {"dataset": dataset, "model": model, "seed": seed, "logloss": m["logloss"], "auc": m["auc"],
-           "val_logloss": m["val"]["logloss"], "mflops": m["mflops"], "params": m["params"],
-           "best_step": m["best_step"], "steps": m["steps"], "seconds": round(time.perf_counter() - t0, 1),
-           "lr": overrides["lr"], "layernorm": bool(overrides.get("layernorm", False))}  # fmt: skip
+    row = {
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        "logloss": m["logloss"],
+        "auc": m["auc"],
+        "val_logloss": m["val"]["logloss"],
+        "mflops": m["mflops"],
+        "params": m["params"],
+        "best_step": m["best_step"],
+        "steps": m["steps"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "lr": overrides["lr"],
+        "layernorm": bool(overrides.get("layernorm", False)),
+    }
     bayes = cache.meta.get("bayes_logloss")
     if bayes and bayes.get("test") is not None:
         row["bayes_logloss"] = bayes["test"]

@@ -127,11 +127,19 @@ def measure(space: str, workers: int, threads: int, candidates: int, cfg: dict) 
     # per worker: rows over the seconds the workers spent in that phase (each worker runs one candidate at a time)
     finetune_rate = finetune_rows / finetune_s if finetune_s else float("nan")
     val_rate = val_rows / val_s if val_s else float("nan")
-    row = {"space": space, "layout": f"{workers}x{threads}", "candidates": candidates,
-           "seconds": round(seconds, 1), "candidates_per_min": round(60 * candidates / seconds, 3),
-           "finetune_samples_per_s_per_worker": round(finetune_rate), "val_forward_samples_per_s_per_worker": round(val_rate),
-           "finetune_seconds": round(finetune_s, 1), "val_seconds": round(val_s, 1),
-           "other_share": other, "scores_finite": all(np.isfinite(scores))}  # fmt: skip
+    row = {
+        "space": space,
+        "layout": f"{workers}x{threads}",
+        "candidates": candidates,
+        "seconds": round(seconds, 1),
+        "candidates_per_min": round(60 * candidates / seconds, 3),
+        "finetune_samples_per_s_per_worker": round(finetune_rate),
+        "val_forward_samples_per_s_per_worker": round(val_rate),
+        "finetune_seconds": round(finetune_s, 1),
+        "val_seconds": round(val_s, 1),
+        "other_share": other,
+        "scores_finite": all(np.isfinite(scores)),
+    }
     if workers == 1 and threads == 2:  # the reference's figure is one process with 2 threads
         key = f"eval {space} b{cfg['val_batch_size']}"
         row.update(reference(key, val_rate))
@@ -148,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-batches", type=int, default=150)
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
-    cfg = dict(finetune_steps=args.finetune_steps, finetune_batch_size=512, warmup_steps=50,
-               val_batches=args.val_batches, val_batch_size=8192)  # fmt: skip
+    cfg = dict(
+        finetune_steps=args.finetune_steps,
+        finetune_batch_size=512,
+        warmup_steps=50,
+        val_batches=args.val_batches,
+        val_batch_size=8192,
+    )
     results = []
     for space in args.space:
         for layout in args.layouts:
@@ -159,8 +172,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"bench": "search", "machine": machine_info(), "results": results,
-                      "peak_rss_mb": round(peak), "peak_rss_worker_mb": round(peak_children)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "search",
+                "machine": machine_info(),
+                "results": results,
+                "peak_rss_mb": round(peak),
+                "peak_rss_worker_mb": round(peak_children),
+            }
+        )
+    )
     return 0
 
 

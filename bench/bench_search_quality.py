@@ -89,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", choices=["head", "all"], help="scoring fine-tune mode (default: the preset's)")
     ap.add_argument("--finetune-steps", type=int, help="scoring fine-tune steps (default: the preset's)")
     ap.add_argument("--supernet-lr", type=float, help="supernet learning rate (default: the cpu-supernet preset's)")
-    ap.add_argument("--supernet-budget", action="store_true",
-                    help="train the supernet only on paths within --max-mflops after its warm-up")  # fmt: skip
+    ap.add_argument(
+        "--supernet-budget",
+        action="store_true",
+        help="train the supernet only on paths within --max-mflops after its warm-up",
+    )
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
@@ -106,17 +109,37 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         sn = args.work / f"supernet-{dataset}-{args.space}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
-        sn_metrics = train_supernet(cache, sn, space=args.space, preset_name="cpu-supernet", resume=True,
-                                    overrides=dict(epochs=args.supernet_epochs, path_warmup_steps=steps // 4, threads=2,
-                                                   **({"lr": args.supernet_lr} if args.supernet_lr else {}),
-                                                   **({"path_max_mflops": args.max_mflops} if args.supernet_budget else {})),
-                                    progress=False)  # fmt: skip
+        sn_metrics = train_supernet(
+            cache,
+            sn,
+            space=args.space,
+            preset_name="cpu-supernet",
+            resume=True,
+            overrides=dict(
+                epochs=args.supernet_epochs,
+                path_warmup_steps=steps // 4,
+                threads=2,
+                **({"lr": args.supernet_lr} if args.supernet_lr else {}),
+                **({"path_max_mflops": args.max_mflops} if args.supernet_budget else {}),
+            ),
+            progress=False,
+        )
         t_sn = time.perf_counter() - t0
         out = args.work / f"search-{dataset}-{args.space}"
         t1 = time.perf_counter()
-        res = search(sn, cache, out, preset=args.preset, overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring, **searching),
-                     workers=args.workers, retrain=True, train_overrides={**recipe(dataset, cache, 0), **nasrec},
-                     retrain_seeds=args.retrain_seeds, resume=True, progress=False)  # fmt: skip
+        res = search(
+            sn,
+            cache,
+            out,
+            preset=args.preset,
+            overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring, **searching),
+            workers=args.workers,
+            retrain=True,
+            train_overrides={**recipe(dataset, cache, 0), **nasrec},
+            retrain_seeds=args.retrain_seeds,
+            resume=True,
+            progress=False,
+        )
         t_search = time.perf_counter() - t1
         final = Architecture.load(out / "final.json")
         name = f"searched ({args.space})"
@@ -126,19 +149,36 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
         rc, ablation = {"kendall_tau": None, "spearman_rho": None, "pairs": 0}, []
         if args.rank_k > 0:
-            rc = rankcheck(sn, cache, args.work / f"rankcheck-{dataset}-{args.space}", k=args.rank_k, preset=args.preset,
-                           train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec),
-                           workers=args.workers, score_overrides=scoring,
-                           max_mflops=args.max_mflops if args.rank_capped else None)  # fmt: skip
+            rc = rankcheck(
+                sn,
+                cache,
+                args.work / f"rankcheck-{dataset}-{args.space}",
+                k=args.rank_k,
+                preset=args.preset,
+                train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec),
+                workers=args.workers,
+                score_overrides=scoring,
+                max_mflops=args.max_mflops if args.rank_capped else None,
+            )
             ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers, scoring)
-        summary = {"dataset": dataset, "space": args.space, "supernet_seconds": round(t_sn),
-                   "supernet_val_logloss": sn_metrics.get("logloss"), "search_seconds": round(t_search),
-                   "scored": res["scored"], "candidates_per_minute": round(res["candidates_per_minute"], 1),
-                   "retrained": res["final"]["runs"],
-                   "best_supernet_score": res["best"]["score"], "final": res["final"]["chosen"],
-                   "final_arch": final.to_dict(), "kendall_tau": rc["kendall_tau"], "spearman_rho": rc["spearman_rho"],
-                   "rank_pairs": rc["pairs"], "finetune_ablation": ablation,
-                   "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset])}  # fmt: skip
+        summary = {
+            "dataset": dataset,
+            "space": args.space,
+            "supernet_seconds": round(t_sn),
+            "supernet_val_logloss": sn_metrics.get("logloss"),
+            "search_seconds": round(t_search),
+            "scored": res["scored"],
+            "candidates_per_minute": round(res["candidates_per_minute"], 1),
+            "retrained": res["final"]["runs"],
+            "best_supernet_score": res["best"]["score"],
+            "final": res["final"]["chosen"],
+            "final_arch": final.to_dict(),
+            "kendall_tau": rc["kendall_tau"],
+            "spearman_rho": rc["spearman_rho"],
+            "rank_pairs": rc["pairs"],
+            "finetune_ablation": ablation,
+            "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset]),
+        }
         summaries.append(summary)
         print(json.dumps(summary), flush=True)
     print(table(rows), flush=True)

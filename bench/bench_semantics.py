@@ -82,12 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     for semantics in ("slice", "mask"):
         sn = base / f"supernet-{semantics}"
         t0 = time.perf_counter()
-        m = train_supernet(cache, sn, space=args.space, preset_name="cpu-supernet", resume=True, semantics=semantics,
-                           overrides=dict(epochs=args.epochs, path_warmup_steps=steps // 4, threads=args.threads),
-                           progress=False)  # fmt: skip
+        m = train_supernet(
+            cache,
+            sn,
+            space=args.space,
+            preset_name="cpu-supernet",
+            resume=True,
+            semantics=semantics,
+            overrides=dict(epochs=args.epochs, path_warmup_steps=steps // 4, threads=args.threads),
+            progress=False,
+        )
         supernets[semantics] = sn
-        row = {"supernet": semantics, "seconds": round(time.perf_counter() - t0), "steps": m["steps"],
-               "samples_per_s": m.get("samples_per_s"), "val_logloss": m.get("logloss")}  # fmt: skip
+        row = {
+            "supernet": semantics,
+            "seconds": round(time.perf_counter() - t0),
+            "steps": m["steps"],
+            "samples_per_s": m.get("samples_per_s"),
+            "val_logloss": m.get("logloss"),
+        }
         print(json.dumps(row), flush=True)
     train = dict(recipe(args.dataset, cache, 0), epochs=args.rank_epochs, layernorm=True, lr=args.nasrec_lr)
     shared_runs = base / "runs"  # the from-scratch trainings, the same for every check
@@ -99,21 +111,43 @@ def main(argv: list[str] | None = None) -> int:
                 shared_runs.mkdir(parents=True, exist_ok=True)
                 (out / "runs").symlink_to(shared_runs.resolve(), target_is_directory=True)
             t0 = time.perf_counter()
-            rc = rankcheck(sn, cache, out, k=args.k, preset="cpu", train_overrides=train, workers=args.workers,
-                           score_overrides={"finetune": ft, "finetune_steps": args.finetune_steps},
-                           max_mflops=args.max_mflops)  # fmt: skip
-            row = {"supernet": semantics, "finetune": ft, "kendall_tau": rc["kendall_tau"],
-                   "spearman_rho": rc["spearman_rho"], "pairs": rc["pairs"], "seconds": round(time.perf_counter() - t0),
-                   "scores": [c["supernet_score"] for c in rc["candidates"]],
-                   "scratch": [c["scratch_val_logloss"] for c in rc["candidates"]]}  # fmt: skip
+            rc = rankcheck(
+                sn,
+                cache,
+                out,
+                k=args.k,
+                preset="cpu",
+                train_overrides=train,
+                workers=args.workers,
+                score_overrides={"finetune": ft, "finetune_steps": args.finetune_steps},
+                max_mflops=args.max_mflops,
+            )
+            row = {
+                "supernet": semantics,
+                "finetune": ft,
+                "kendall_tau": rc["kendall_tau"],
+                "spearman_rho": rc["spearman_rho"],
+                "pairs": rc["pairs"],
+                "seconds": round(time.perf_counter() - t0),
+                "scores": [c["supernet_score"] for c in rc["candidates"]],
+                "scratch": [c["scratch_val_logloss"] for c in rc["candidates"]],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     for ft in args.finetune:  # the same architectures under both supernets: a paired bootstrap over them
         by = {r["supernet"]: r for r in rows if r["finetune"] == ft}
         diff, low, high = tau_difference(by["mask"]["scores"], by["slice"]["scores"], by["slice"]["scratch"])
         between = kendalltau(by["mask"]["scores"], by["slice"]["scores"]).statistic
-        print(json.dumps({"finetune": ft, "tau_mask_minus_slice": diff, "bootstrap_95": [low, high],
-                          "tau_between_supernets": between}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "finetune": ft,
+                    "tau_mask_minus_slice": diff,
+                    "bootstrap_95": [low, high],
+                    "tau_between_supernets": between,
+                }
+            )
+        )
     print("| supernet | fine-tune | Kendall tau | Spearman rho | architectures |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -135,8 +135,12 @@ def timed(fn, runs: int, samples: int) -> dict:
         dt = time.perf_counter() - t0
         shares.append(round(load.stop(), 3))
         rates.append(samples / dt)
-    return {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
-            "other_share": shares}  # fmt: skip
+    return {
+        "median": round(statistics.median(rates), 1),
+        "min": round(min(rates), 1),
+        "max": round(max(rates), 1),
+        "other_share": shares,
+    }
 
 
 def path_sampler(space, mode: str, rng: np.random.Generator):
@@ -180,8 +184,11 @@ def bench_space(name: str, args: argparse.Namespace, data: list, num_dense: int,
         ref = reference(key, r["median"]) if criteo else {"reference": {}}
         out.append({"space": name, "mode": mode, **r, **ref})
         vs = reference_text(key, r["median"]) if criteo else "no reference figure for this data shape"
-        print(f"{name:<6}{mode:<13} {r['median']:>9,.0f} samples/s  ({r['min']:,.0f} - {r['max']:,.0f})"
-              f"  other {r['other_share']}  [{vs}]", flush=True)  # fmt: skip
+        print(
+            f"{name:<6}{mode:<13} {r['median']:>9,.0f} samples/s  ({r['min']:,.0f} - {r['max']:,.0f})"
+            f"  other {r['other_share']}  [{vs}]",
+            flush=True,
+        )
     return out
 
 
@@ -219,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         num_dense, tables, what = data_shape(args)
         data = batches(n, args.batch, num_dense, tables, args.seed)
-    print(f"data: {what}: {num_dense} dense, {len(tables)} sparse fields, tables of {min(tables):,}-{max(tables):,} "
-          f"rows; batch {args.batch}, {args.threads} threads", flush=True)  # fmt: skip
+    print(
+        f"data: {what}: {num_dense} dense, {len(tables)} sparse fields, tables of {min(tables):,}-{max(tables):,} "
+        f"rows; batch {args.batch}, {args.threads} threads",
+        flush=True,
+    )
     results = []
     spaces = ["small", "full"] if args.space == "both" else [args.space]
     for name in spaces:
@@ -243,14 +253,28 @@ def main(argv: list[str] | None = None) -> int:
         forward()
         r = timed(forward, args.runs, args.steps * args.batch)
         results.append({"space": tag, "mode": "forward-best-criteo", **r})
-        print(f"criteo_{tag}_best forward {r['median']:>10,.0f} samples/s ({r['min']:,.0f} - {r['max']:,.0f})"
-              f"  other {r['other_share']}", flush=True)  # fmt: skip
+        print(
+            f"criteo_{tag}_best forward {r['median']:>10,.0f} samples/s ({r['min']:,.0f} - {r['max']:,.0f})"
+            f"  other {r['other_share']}",
+            flush=True,
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:,.0f} MB")
-    print(json.dumps({"bench": "supernet", "machine": machine_info(), "batch": args.batch, "threads": args.threads,
-                      "data": {"what": what, "num_dense": num_dense, "table_sizes": tables},
-                      "whole_updates": args.whole_updates, "results": results, "skipped": skipped,
-                      "peak_rss_mb": round(peak)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "supernet",
+                "machine": machine_info(),
+                "batch": args.batch,
+                "threads": args.threads,
+                "data": {"what": what, "num_dense": num_dense, "table_sizes": tables},
+                "whole_updates": args.whole_updates,
+                "results": results,
+                "skipped": skipped,
+                "peak_rss_mb": round(peak),
+            }
+        )
+    )
     return 0
 
 

@@ -58,11 +58,13 @@ def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, r
     """Median samples/s of training steps on random batches."""
     g = torch.Generator().manual_seed(0)
     data = [
-        (torch.rand(batch, 13, generator=g) * 3,
-         torch.stack([torch.randint(0, t, (batch,), generator=g) for t in tables], 1),
-         torch.randint(0, 2, (batch,), generator=g).float())
+        (
+            torch.rand(batch, 13, generator=g) * 3,
+            torch.stack([torch.randint(0, t, (batch,), generator=g) for t in tables], 1),
+            torch.randint(0, 2, (batch,), generator=g).float(),
+        )
         for _ in range(steps)
-    ]  # fmt: skip
+    ]
     opt = build_optimizer(model, "adagrad", lr=0.12, eps=1e-2)
 
     def run() -> None:
@@ -81,8 +83,12 @@ def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, r
         run()
         rates.append(steps * batch / (time.perf_counter() - t0))
         shares.append(round(load.stop(), 3))
-    return {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
-            "other_share": shares}  # fmt: skip
+    return {
+        "median": round(statistics.median(rates), 1),
+        "min": round(min(rates), 1),
+        "max": round(max(rates), 1),
+        "other_share": shares,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +135,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             print(json.dumps(row), flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"bench": "train", "machine": machine_info(), "threads": args.threads, "results": results,
-                      "peak_rss_mb": round(peak)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "machine": machine_info(),
+                "threads": args.threads,
+                "results": results,
+                "peak_rss_mb": round(peak),
+            }
+        )
+    )
     return 0
 
 

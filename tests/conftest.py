@@ -23,8 +23,9 @@ def shared_data() -> Path:
 
 
 # A small synthetic shape (4 dense, 6 categorical fields) for tests that train models end to end.
-SMALL_SYNTH = SynthConfig(num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2,
-                          num_interactions=3, num_gated=1)  # fmt: skip
+SMALL_SYNTH = SynthConfig(
+    num_dense=4, num_sparse=6, cardinalities=(5, 12, 30, 60, 8, 20), num_dense_linear=2, num_interactions=3, num_gated=1
+)
 
 
 def small_synth_cache(root: Path, rows: int, seed: int, **prepare_options: object) -> tuple[Path, Path]:
@@ -33,6 +34,14 @@ def small_synth_cache(root: Path, rows: int, seed: int, **prepare_options: objec
     generate_synthetic(raw, rows=rows, seed=seed, config=SMALL_SYNTH)
     schema = root / "schema.json"
     schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(root / "cache"), format="schema", schema=str(schema),
-                          encoding="vocab", **prepare_options))  # type: ignore[arg-type]  # fmt: skip
+    prepare(
+        PrepareConfig(
+            inputs=(str(raw),),
+            out=str(root / "cache"),
+            format="schema",
+            schema=str(schema),
+            encoding="vocab",
+            **prepare_options,
+        )
+    )  # type: ignore[arg-type]
     return raw, root / "cache"

@@ -159,12 +159,22 @@ def nasrec_dict() -> dict[str, Any]:
             {"dense_idx": [1, 0], "sparse_idx": [1], "dense_left_idx": [1], "dense_right_idx": [0]},
         ],
         "micro": [
-            {"active_nodes": [0, 5], "dense_in_dims": 64, "sparse_in_dims": 16, "dense_sparse_interact": 0,
-             "deep_fm": 0},
-            {"active_nodes": [1, 4], "dense_in_dims": 128, "sparse_in_dims": 32, "dense_sparse_interact": 1,
-             "deep_fm": 0},
+            {
+                "active_nodes": [0, 5],
+                "dense_in_dims": 64,
+                "sparse_in_dims": 16,
+                "dense_sparse_interact": 0,
+                "deep_fm": 0,
+            },
+            {
+                "active_nodes": [1, 4],
+                "dense_in_dims": 128,
+                "sparse_in_dims": 32,
+                "dense_sparse_interact": 1,
+                "deep_fm": 0,
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def test_nasrec_json_decodes_to_the_same_architecture() -> None:

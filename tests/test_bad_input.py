@@ -241,10 +241,14 @@ def test_quoted_csv_bad_rows_are_located(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("bad", "line", "words"),
-    [('1,3,"unclosed', 31, "spanning several lines"), ('1,3,"two\nlines"', 31, "spanning several lines"),
-     ('1,3,"unclosed', 12, "spanning several lines"), ('1,3,x\ry', 12, "malformed CSV")],
+    [
+        ('1,3,"unclosed', 31, "spanning several lines"),
+        ('1,3,"two\nlines"', 31, "spanning several lines"),
+        ('1,3,"unclosed', 12, "spanning several lines"),
+        ("1,3,x\ry", 12, "malformed CSV"),
+    ],
     ids=["unclosed_quote_last_line", "quoted_newline_last", "unclosed_quote_mid_file", "lone_carriage_return"],
-)  # fmt: skip
+)
 def test_quoted_csv_broken_quoting_is_located(tmp_path: Path, bad: str, line: int, words: str) -> None:
     schema = _schema(tmp_path / "s.yaml", "label: y\ndense: [x]\nsparse: [city]\n")
     lines = ["y,x,city", *[f'{i % 2},{i},"City {i}, ST"' for i in range(30)]]
@@ -295,9 +299,15 @@ def test_invalid_utf8_is_a_located_data_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "column"),
-    [("too_few_fields", None), ("empty_line", None), ("dense_not_numeric", "I5"), ("label_two", "label"),
-     ("hex_invalid_digits", "C7"), ("dense_inf", "I7")],
-)  # fmt: skip
+    [
+        ("too_few_fields", None),
+        ("empty_line", None),
+        ("dense_not_numeric", "I5"),
+        ("label_two", "label"),
+        ("hex_invalid_digits", "C7"),
+        ("dense_inf", "I7"),
+    ],
+)
 def test_cli_bad_row_is_one_line_exit_2(tmp_path: Path, case: str, column: str | None) -> None:
     bad = dict((c[0], c[1]) for c in BAD_ROWS)[case]
     lines = good_lines()
@@ -382,8 +392,20 @@ def test_skip_mode_examples_are_capped_but_counted(tmp_path: Path) -> None:
 def test_cli_skip_mode_reports_and_records(tmp_path: Path) -> None:
     inp, bad = _file_with_bad_rows(tmp_path / "in.tsv")
     out = tmp_path / "cache"
-    res = cli("--format", "criteo", "--split", "sequential", "--on-error", "skip", "--max-bad-fraction", "0.2",
-              "--input", str(inp), "--out", str(out))  # fmt: skip
+    res = cli(
+        "--format",
+        "criteo",
+        "--split",
+        "sequential",
+        "--on-error",
+        "skip",
+        "--max-bad-fraction",
+        "0.2",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert f"skipped {len(bad)} bad rows of {N_ROWS} read (17.50%):" in res.stdout
@@ -404,8 +426,18 @@ def test_cli_skip_mode_shows_the_first_ten_bad_rows_and_counts_the_rest(tmp_path
     inp = write_lines(
         tmp_path / "in.tsv", [replace_field(i, 0, "9") if i % 3 == 0 else criteo_line(i) for i in range(n)]
     )
-    res = cli("--format", "criteo", "--on-error", "skip", "--max-bad-fraction", "1", "--input", str(inp),
-              "--out", str(tmp_path / "cache"))  # fmt: skip
+    res = cli(
+        "--format",
+        "criteo",
+        "--on-error",
+        "skip",
+        "--max-bad-fraction",
+        "1",
+        "--input",
+        str(inp),
+        "--out",
+        str(tmp_path / "cache"),
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     at = next(i for i, ln in enumerate(lines) if "skipped 200 bad rows of 600 read (33.33%)" in ln)
@@ -441,8 +473,18 @@ def test_skip_mode_with_every_row_bad_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(NasrecError, match="no data rows left after skipping bad rows: all 10 rows read are malformed"):
         prepare(cfg(inp, tmp_path / "cache", on_error="skip", max_bad_fraction=1.0))
     assert_nothing_written(tmp_path / "cache")
-    res = cli("--format", "criteo", "--on-error", "skip", "--max-bad-fraction", "1", "--input", str(inp), "--out",
-              str(tmp_path / "cli"))  # fmt: skip
+    res = cli(
+        "--format",
+        "criteo",
+        "--on-error",
+        "skip",
+        "--max-bad-fraction",
+        "1",
+        "--input",
+        str(inp),
+        "--out",
+        str(tmp_path / "cli"),
+    )
     assert_cli_error(res, str(inp), "all 10 rows read are malformed", f"{inp}:1:label:")
 
 
@@ -655,8 +697,13 @@ def test_parquet_is_known_by_its_magic_bytes(tmp_path: Path) -> None:
     import polars as pl
 
     schema = _schema(tmp_path / "s.yaml", "label: y\ndense: [x]\nsparse: [city]\n")
-    frame = pl.DataFrame({"y": [str(i % 2) for i in range(20)], "x": [str(i) for i in range(20)],
-                          "city": [f"c{i % 3}" for i in range(20)]})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "y": [str(i % 2) for i in range(20)],
+            "x": [str(i) for i in range(20)],
+            "city": [f"c{i % 3}" for i in range(20)],
+        }
+    )
     frame.write_parquet(tmp_path / "data.parquet")
     shutil.copy(tmp_path / "data.parquet", tmp_path / "data.dat")
     a = prepare(cfg(tmp_path / "data.parquet", tmp_path / "a", format="schema", schema=str(schema)))
@@ -677,7 +724,7 @@ def test_prepare_fails_at_once_while_another_writer_holds_the_output(tmp_path: P
         "with exclusive(sys.argv[1], 'cache', beside=True):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n"
-    )  # fmt: skip
+    )
     proc = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
@@ -906,10 +953,18 @@ def test_unknown_format(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kw", "needle"),
-    [({"on_error": "ignore"}, "--on-error"), ({"encoding": "onehot"}, "encoding"), ({"split": "kfold"}, "split"),
-     ({"ratios": (0.5, 0.5, 0.5)}, "ratios"), ({"min_count": 0}, "min-count"), ({"max_table_size": 2}, "table size"),
-     ({"drop_id": True}, "avazu"), ({"schema": "s.yaml"}, "--format schema"), ({"dense_transform": "sqrt"}, "sqrt")],
-)  # fmt: skip
+    [
+        ({"on_error": "ignore"}, "--on-error"),
+        ({"encoding": "onehot"}, "encoding"),
+        ({"split": "kfold"}, "split"),
+        ({"ratios": (0.5, 0.5, 0.5)}, "ratios"),
+        ({"min_count": 0}, "min-count"),
+        ({"max_table_size": 2}, "table size"),
+        ({"drop_id": True}, "avazu"),
+        ({"schema": "s.yaml"}, "--format schema"),
+        ({"dense_transform": "sqrt"}, "sqrt"),
+    ],
+)
 def test_bad_options(tmp_path: Path, kw: dict, needle: str) -> None:
     inp = write_lines(tmp_path / "in.tsv", good_lines(10))
     with pytest.raises(NasrecError) as info:
@@ -948,8 +1003,19 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_killed_run_leaves_no_cache(tmp_path: Path, big_input: Path) -> None:
     out = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "nasrec.cli", "prepare", "--no-progress", "--format", "criteo", "--input",
-           str(big_input), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "prepare",
+        "--no-progress",
+        "--format",
+        "criteo",
+        "--input",
+        str(big_input),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 60

@@ -60,8 +60,9 @@ def sha256(path: Path) -> str:
 
 
 def verify_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nasrec.cli", "cache", "verify", *args], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "nasrec.cli", "cache", "verify", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def error_lines(res: subprocess.CompletedProcess) -> list[str]:
@@ -196,13 +197,18 @@ def test_damage_is_one_line_naming_the_file(cache: Path, damage: Callable[[Path]
 
 @pytest.mark.parametrize(
     ("damage", "needles"),
-    [(_edit_meta(_drop("encoder")), ["meta.json", "missing key 'encoder'"]),
-     (_edit_meta(_drop("schema")), ["meta.json", "missing key 'schema'"]),
-     (_truncate("encoder/002_C3.npy"), ["encoder/002_C3.npy", "truncated"]),
-     (_replace_array("encoder/002_C3.npy", lambda a: a.astype(object), pickle=True), ["002_C3.npy", "Python objects"]),
-     (_replace_array("encoder/002_C3.npy", lambda a: a.astype(np.float64)), ["002_C3.npy", "integer ids"])],
+    [
+        (_edit_meta(_drop("encoder")), ["meta.json", "missing key 'encoder'"]),
+        (_edit_meta(_drop("schema")), ["meta.json", "missing key 'schema'"]),
+        (_truncate("encoder/002_C3.npy"), ["encoder/002_C3.npy", "truncated"]),
+        (
+            _replace_array("encoder/002_C3.npy", lambda a: a.astype(object), pickle=True),
+            ["002_C3.npy", "Python objects"],
+        ),
+        (_replace_array("encoder/002_C3.npy", lambda a: a.astype(np.float64)), ["002_C3.npy", "integer ids"]),
+    ],
     ids=["no_encoder", "no_schema", "truncated_vocabulary", "object_vocabulary", "float_vocabulary"],
-)  # fmt: skip
+)
 def test_encoder_damage_is_one_line(cache: Path, damage: Callable[[Path], None], needles: list[str]) -> None:
     from nasrec.data.encode import RowEncoder
 
@@ -287,8 +293,9 @@ def test_an_older_cache_with_bad_ids_is_refused(cache: Path) -> None:
     assert f"column {meta['sparse_fields'][5]}" in msg and "[0, 2)" in msg
 
 
-def test_a_copy_without_mtimes_recomputes_the_ranges_once(pristine: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_copy_without_mtimes_recomputes_the_ranges_once(
+    pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     integrity._RANGES_MEMO.clear()
     copy = Path(shutil.copytree(pristine, tmp_path / "copy", copy_function=shutil.copyfile))
     calls = _count_scans(monkeypatch)
@@ -340,8 +347,17 @@ def test_verify_a_whole_cache(cache: Path) -> None:
         (lambda c: _poke(c, "splits/test.npy", 0, 10**9), "splits/test.npy", "changed", "outside [0, 3,000)"),
         (lambda c: _poke(c, "splits/test.npy", 5, 0), "splits/test.npy", "changed", "not strictly ascending"),
     ],
-    ids=["byte_flipped", "encoder_changed", "missing", "truncated", "label_2", "dense_nan", "split_range", "split_order"],
-)  # fmt: skip
+    ids=[
+        "byte_flipped",
+        "encoder_changed",
+        "missing",
+        "truncated",
+        "label_2",
+        "dense_nan",
+        "split_range",
+        "split_order",
+    ],
+)
 def test_verify_names_each_damaged_file(cache: Path, damage: Callable, file: str, status: str, words: str) -> None:
     damage(cache)
     res = verify_cli(str(cache))

@@ -41,8 +41,20 @@ def test_synth_then_prepare_records_the_bayes_floor(tmp_path: Path, capsys) -> N
 def test_synth_other_shape_writes_a_schema(tmp_path: Path) -> None:
     raw = tmp_path / "s.tsv"
     assert main(["synth", "--rows", "500", "--out", str(raw), "--num-dense", "2", "--num-sparse", "3"]) == 0
-    r = _run("prepare", "--format", "schema", "--schema", f"{raw}.schema.json", "--input", str(raw),
-             "--out", str(tmp_path / "c"), "--split", "random", "--json")  # fmt: skip
+    r = _run(
+        "prepare",
+        "--format",
+        "schema",
+        "--schema",
+        f"{raw}.schema.json",
+        "--input",
+        str(raw),
+        "--out",
+        str(tmp_path / "c"),
+        "--split",
+        "random",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert sum(summary["rows"].values()) == 500

@@ -23,24 +23,43 @@ TIME = re.compile(r"^\d\d:\d\d:\d\d ")  # every stderr log line starts with the 
 
 TINY_PIPELINE = {
     "seed": 1,
-    "data": {"format": "synthetic", "synthetic": {"rows": 3000, "preset": "interactions", "seed": 0},
-             "prepare": {"split": "random", "encoding": "vocab", "min_count": 2}},
-    "supernet": {"space": "small", "preset": "cpu-supernet", "set": {"max_steps": 6, "batch_size": 256,
-                                                                      "path_warmup_steps": 2, "threads": 1}},
-    "search": {"preset": "cpu-quick", "workers": 1,
-               "set": {"population": 4, "sample": 2, "children": 2, "generations": 2, "top_k": 1,
-                       "finetune_steps": 2, "warmup_steps": 1, "val_batches": 1, "val_batch_size": 256},
-               "retrain_set": {"max_steps": 3, "batch_size": 256, "threads": 1}},
+    "data": {
+        "format": "synthetic",
+        "synthetic": {"rows": 3000, "preset": "interactions", "seed": 0},
+        "prepare": {"split": "random", "encoding": "vocab", "min_count": 2},
+    },
+    "supernet": {
+        "space": "small",
+        "preset": "cpu-supernet",
+        "set": {"max_steps": 6, "batch_size": 256, "path_warmup_steps": 2, "threads": 1},
+    },
+    "search": {
+        "preset": "cpu-quick",
+        "workers": 1,
+        "set": {
+            "population": 4,
+            "sample": 2,
+            "children": 2,
+            "generations": 2,
+            "top_k": 1,
+            "finetune_steps": 2,
+            "warmup_steps": 1,
+            "val_batches": 1,
+            "val_batch_size": 256,
+        },
+        "retrain_set": {"max_steps": 3, "batch_size": 256, "threads": 1},
+    },
     "final": {"preset": "cpu-quick", "set": {"max_steps": 4, "batch_size": 256, "threads": 1}},
     "baselines": {"models": ["lr"], "published": []},
-}  # fmt: skip
+}
 
 
 def _cli(*args: str, stderr_file: Path) -> subprocess.CompletedProcess:
     """`nasrec ARGS` in a subprocess with stderr redirected to a file (not a terminal), as in a batch job."""
     with open(stderr_file, "w") as err:
-        return subprocess.run([sys.executable, "-m", "nasrec.cli", *args], stdout=subprocess.PIPE, stderr=err,
-                              text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "nasrec.cli", *args], stdout=subprocess.PIPE, stderr=err, text=True, timeout=300
+        )
 
 
 def _one_json_object(stdout: str) -> dict:
@@ -65,8 +84,14 @@ def test_train_logs_each_epoch_to_a_redirected_stderr_and_json_is_alone_on_stdou
     lines = err.read_text().splitlines()
     assert lines and all(TIME.match(line) for line in lines), lines
     text = "\n".join(lines)
-    for expected in ("training the lr model", "epoch 1/2 done: step", "epoch 2/2 done: step", "val log loss",
-                     "done, ", "test log loss"):  # fmt: skip
+    for expected in (
+        "training the lr model",
+        "epoch 1/2 done: step",
+        "epoch 2/2 done: step",
+        "val log loss",
+        "done, ",
+        "test log loss",
+    ):
         assert expected in text, (expected, text)
     # stdout: a readable summary, not JSON
     assert proc.stdout.startswith(f"trained model in {run}:") and "test  log loss" in proc.stdout
@@ -88,8 +113,10 @@ def test_train_logs_each_epoch_to_a_redirected_stderr_and_json_is_alone_on_stdou
     assert len(err.read_text().splitlines()) == 1
     assert (run / console.LOG_NAME).read_text() == before
 
-    for command in (["evaluate", "--model", str(run), "--data", str(cache)],
-                    ["compare", str(run), str(run), "--data", str(cache)]):  # fmt: skip
+    for command in (
+        ["evaluate", "--model", str(run), "--data", str(cache)],
+        ["compare", str(run), str(run), "--data", str(cache)],
+    ):
         assert main(command) == 0
         text = capsys.readouterr().out
         assert "log loss" in text and "AUC" in text and not text.lstrip().startswith("{"), text
@@ -172,8 +199,20 @@ def test_help_texts() -> None:
     for name in ("prepare", "train", "supernet", "search", "run", "demo"):
         text = " ".join(_subcommand_help(name).split())
         assert re.search(r"--no-progress no progress bars", text), name
-    for name in ("train", "supernet", "evaluate", "compare", "search", "rankcheck", "predict", "export", "run",
-                 "demo", "report", "prepare"):  # fmt: skip
+    for name in (
+        "train",
+        "supernet",
+        "evaluate",
+        "compare",
+        "search",
+        "rankcheck",
+        "predict",
+        "export",
+        "run",
+        "demo",
+        "report",
+        "prepare",
+    ):
         assert "--json" in _subcommand_help(name), name
     for name in ("predict", "evaluate", "compare", "rankcheck"):
         assert "resume" not in _subcommand_help(name), name
@@ -279,8 +318,9 @@ def test_path_and_number_errors_come_before_torch_is_imported(tmp_path: Path) ->
         ["compare", str(missing), str(missing), "--data", str(fake_cache), "--level", "1.5"],
         ["prepare", "--format", "criteo", "--input", "x", "--out", str(out), "--min-count", "0"],
     ]
-    proc = subprocess.run([sys.executable, "-c", _CHECK, json.dumps(commands)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK, json.dumps(commands)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["rc"] == [2] * len(commands), proc.stderr

@@ -50,8 +50,10 @@ def test_overlap_one_seed_and_no_spread() -> None:
 
 
 def test_goal_check_against_the_best_baseline() -> None:
-    base = {"big": {"logloss": [0.300, 0.301, 0.302], "mflops": 20.0},
-            "small": {"logloss": [0.310, 0.311, 0.312], "mflops": 1.0}}  # fmt: skip
+    base = {
+        "big": {"logloss": [0.300, 0.301, 0.302], "mflops": 20.0},
+        "small": {"logloss": [0.310, 0.311, 0.312], "mflops": 1.0},
+    }
     better = goal_check({"logloss": [0.290, 0.291, 0.292], "mflops": 4.0}, base)
     assert better["baseline"] == "big" and better["no_more_mflops"] and better["outcome"] == "met"
     level = goal_check({"logloss": [0.299, 0.302, 0.301], "mflops": 4.0}, base)

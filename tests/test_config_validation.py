@@ -109,8 +109,9 @@ def test_cli_set_values_are_refused_before_training(
     cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str
 ) -> None:
     out = tmp_path / "run"
-    rc = main(["train", "--model", "lr", "--data", str(cache_dir), "--out", str(out), "--set", setting,
-               "--no-progress"])  # fmt: skip
+    rc = main(
+        ["train", "--model", "lr", "--data", str(cache_dir), "--out", str(out), "--set", setting, "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if "error:" in line]
@@ -292,8 +293,10 @@ def test_a_width_beyond_what_nasrec_builds_is_refused(tmp_path: Path, capsys: py
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(d))
     e = _problem(NasrecError, Architecture.load, path)
-    assert str(e) == (f"{path}: architecture block 0, field dense_width: 1,000,000,000 is more than nasrec builds "
-                      "(65,536; NASRec's spaces stop at 1024)")  # fmt: skip
+    assert str(e) == (
+        f"{path}: architecture block 0, field dense_width: 1,000,000,000 is more than nasrec builds "
+        "(65,536; NASRec's spaces stop at 1024)"
+    )
     assert main(["arch", "info", str(path)]) == 2  # used to pass, then die in the allocator
     assert "dense_width" in capsys.readouterr().err
     with pytest.raises(NasrecError, match=r"field dense_widths: 1,000,000,000 is more than nasrec builds"):
@@ -335,8 +338,11 @@ def test_a_model_larger_than_the_machine_is_refused_before_it_is_built(
     path = tmp_path / "a.json"
     path.write_text(json.dumps(_arch_dict()))
     e = _problem(NasrecError, train, cache_dir, tmp_path / "run", arch=path, progress=False)
-    assert re.match(r"the architecture's model has [\d,]+ parameters and needs about [\d.]+ MB to train with "
-                    r"Adagrad \(.*\), more than this machine's 1 MB of memory; refused before building it$", str(e))  # fmt: skip
+    assert re.match(
+        r"the architecture's model has [\d,]+ parameters and needs about [\d.]+ MB to train with "
+        r"Adagrad \(.*\), more than this machine's 1 MB of memory; refused before building it$",
+        str(e),
+    )
     assert built == []
     with pytest.raises(NasrecError, match="more than this machine's 1 kB of memory"):
         memory.check_fits(10**6, 10**6, "adam", limit=1_000)
@@ -366,29 +372,50 @@ def _edit(fn: Any) -> dict[str, Any]:
         (_edit(lambda d: d["blocks"][2].pop("dense_width")), "x.json: architecture block 2: missing key 'dense_width'"),
         (_edit(lambda d: d["blocks"][0].pop("left")), "x.json: architecture block 0: missing key 'left'"),
         (_edit(lambda d: d["blocks"][1].update(width=3)), "x.json: architecture block 1: unknown key 'width' (known: "),
-        (_edit(lambda d: d["blocks"][1].update(dense_width="64")),
-         "x.json: architecture block 1, field dense_width: expected an integer, got '64'"),
-        (_edit(lambda d: d["blocks"][1].update(dense_ops="fc")),
-         "x.json: architecture block 1, field dense_ops: expected a list of operator names, got 'fc'"),
-        (_edit(lambda d: d["blocks"][1].update(sparse_in=[0, "1"])),
-         "x.json: architecture block 1, field sparse_in: expected a list of input indices, got a list"),
-        (_edit(lambda d: d["blocks"][1].update(d2s=1)), "x.json: architecture block 1, field d2s: expected true or false, got 1"),
-        (_edit(lambda d: d["blocks"].__setitem__(1, [])), "x.json: architecture block 1: expected a JSON object, got a list"),
+        (
+            _edit(lambda d: d["blocks"][1].update(dense_width="64")),
+            "x.json: architecture block 1, field dense_width: expected an integer, got '64'",
+        ),
+        (
+            _edit(lambda d: d["blocks"][1].update(dense_ops="fc")),
+            "x.json: architecture block 1, field dense_ops: expected a list of operator names, got 'fc'",
+        ),
+        (
+            _edit(lambda d: d["blocks"][1].update(sparse_in=[0, "1"])),
+            "x.json: architecture block 1, field sparse_in: expected a list of input indices, got a list",
+        ),
+        (
+            _edit(lambda d: d["blocks"][1].update(d2s=1)),
+            "x.json: architecture block 1, field d2s: expected true or false, got 1",
+        ),
+        (
+            _edit(lambda d: d["blocks"].__setitem__(1, [])),
+            "x.json: architecture block 1: expected a JSON object, got a list",
+        ),
         (_edit(lambda d: d.pop("blocks")), "x.json: missing key 'blocks'"),
         (_edit(lambda d: d.update(name="mine")), "x.json: unknown key 'name' (known: format, version, blocks)"),
         (_edit(lambda d: d.update(blocks={})), "x.json: field blocks: expected a list of blocks, got a JSON object"),
     ],
-)  # fmt: skip
+)
 def test_architecture_json_names_the_bad_key(d: dict, message: str) -> None:
     e = _problem(NasrecError, Architecture.from_dict, d, "x.json")
     assert str(e).startswith(message), str(e)
 
 
 def test_reference_json_names_the_bad_key() -> None:
-    ref = {"config": "xlarge", "macro": [{"dense_idx": [0], "sparse_idx": [0], "dense_left_idx": [0],
-                                          "dense_right_idx": [0]}],
-           "micro": [{"active_nodes": [0, 5], "dense_in_dims": 64, "sparse_in_dims": 16, "dense_sparse_interact": 0,
-                      "deep_fm": 0}]}  # fmt: skip
+    ref = {
+        "config": "xlarge",
+        "macro": [{"dense_idx": [0], "sparse_idx": [0], "dense_left_idx": [0], "dense_right_idx": [0]}],
+        "micro": [
+            {
+                "active_nodes": [0, 5],
+                "dense_in_dims": 64,
+                "sparse_in_dims": 16,
+                "dense_sparse_interact": 0,
+                "deep_fm": 0,
+            }
+        ],
+    }
     assert Architecture.from_dict(ref).num_blocks == 1
     missing = copy.deepcopy(ref)
     del missing["micro"][0]["dense_in_dims"]
@@ -407,8 +434,10 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_as_foreign(tmp_path: Pa
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": {}, "note": fractions.Fraction(1, 3)}, path)  # a pickled object: code to run on load
     e = _problem(NasrecError, load_checkpoint, path)
-    assert str(e) == (f"{path}: refused: not a nasrec checkpoint, or from an untrusted source (it asks to build "
-                      "fractions.Fraction; nasrec loads nothing else)")  # fmt: skip
+    assert str(e) == (
+        f"{path}: refused: not a nasrec checkpoint, or from an untrusted source (it asks to build "
+        "fractions.Fraction; nasrec loads nothing else)"
+    )
     assert "weights_only" not in str(e).replace(str(path), "") and "False" not in str(e)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x80\x02" + b"x" * 64)

@@ -359,8 +359,18 @@ def test_unknown_op() -> None:
 
 
 # -- whole architectures -----------------------------------------------------------------------------
-def blk(dense_ops: tuple[str, ...], sparse_ops: tuple[str, ...], dense_in: tuple[int, ...], sparse_in: tuple[int, ...],
-        left: int, right: int, w: int, ws: int, d2s: bool = False, fm: bool = False) -> Block:  # fmt: skip
+def blk(
+    dense_ops: tuple[str, ...],
+    sparse_ops: tuple[str, ...],
+    dense_in: tuple[int, ...],
+    sparse_in: tuple[int, ...],
+    left: int,
+    right: int,
+    w: int,
+    ws: int,
+    d2s: bool = False,
+    fm: bool = False,
+) -> Block:
     """A Block from positional fields."""
     return Block(dense_ops, sparse_ops, dense_in, sparse_in, left, right, w, ws, d2s, fm)
 

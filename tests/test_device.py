@@ -20,7 +20,7 @@ from nasrec.search.scorer import ScoreConfig
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
 from nasrec.train.config import TrainConfig
-from nasrec.train.trainer import load_trained
+from nasrec.train.loading import load_trained
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 TINY = dict(batch_size=256, max_steps=12, lr=0.05, eval_max_batches=2, log_every=4, checkpoint_every=4, threads=1)
@@ -86,8 +86,22 @@ def test_cli_rejects_cuda_before_any_work(
         assert "cuda requested but torch.cuda.is_available() is False" in err, (argv[0], err)
     assert [p.name for p in tmp_path.iterdir()] == ["given"]  # nothing was written
     assert sorted(p.name for p in given.rglob("*")) == ["model.json", "rows.tsv", "run"]
-    assert main(["train", "--arch", str(arch_file), "--data", str(cache_dir), "--out", str(tmp_path / "t"),
-                 "--device", "tpu"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                str(arch_file),
+                "--data",
+                str(cache_dir),
+                "--out",
+                str(tmp_path / "t"),
+                "--device",
+                "tpu",
+            ]
+        )
+        == 2
+    )
     assert "device must be one of" in capsys.readouterr().err
 
 
@@ -118,9 +132,14 @@ def test_resume_may_change_the_device(cache_dir: Path, arch_file: Path, tmp_path
 
 @pytest.mark.slow
 def test_explicit_cpu_scores_exactly_as_the_default(cache_dir: Path, tmp_path: Path) -> None:
-    train_supernet(cache_dir, tmp_path / "sn", space="small", preset_name="cpu-supernet",
-                   overrides=dict(batch_size=256, max_steps=6, path_warmup_steps=2, threads=1),
-                   progress=False)  # fmt: skip
+    train_supernet(
+        cache_dir,
+        tmp_path / "sn",
+        space="small",
+        preset_name="cpu-supernet",
+        overrides=dict(batch_size=256, max_steps=6, path_warmup_steps=2, threads=1),
+        progress=False,
+    )
     archs = [NASREC_SMALL.sample(np.random.default_rng(s), "default") for s in range(2)]
     default = ScorerSpec(str(tmp_path / "sn"), str(cache_dir), TINY_SCORE).build()
     cpu = ScorerSpec(str(tmp_path / "sn"), str(cache_dir), {**TINY_SCORE, "device": "cpu"}).build()

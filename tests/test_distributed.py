@@ -33,8 +33,16 @@ from nasrec.train.gradsync import GradientSync
 from nasrec.train.trainer import Trainer
 
 WORLD = 2
-COMMON = dict(batch_size=64, shuffle=True, log_every=1, checkpoint_every=1000, eval_batch_size=256,
-              eval_max_batches=1, threads=1, seed=3)  # fmt: skip
+COMMON = dict(
+    batch_size=64,
+    shuffle=True,
+    log_every=1,
+    checkpoint_every=1000,
+    eval_batch_size=256,
+    eval_max_batches=1,
+    threads=1,
+    seed=3,
+)
 # adam: dense Adam plus SparseAdam on the embedding rows. Without layer norms: with them the head is centred,
 # which cancels the gradient of an embedding row that every example of the batch reads (to float noise), and
 # Adam turns noise into whole steps, so split batches diverge in a few such rows. The centred head across
@@ -54,8 +62,13 @@ def _free_port() -> int:
 def _supernet_trainer(cache_dir: Path, out: Path, resume_at: int | None = None) -> Trainer:
     """The trainer `train_supernet` builds, optionally stopping early (an interruption, checkpoint included)."""
     cache = open_cache(cache_dir)
-    spec = ModelSpec(kind="supernet", space=get_space("small").to_dict(), num_dense=len(cache.dense_fields),
-                     table_sizes=tuple(cache.table_sizes), layernorm=True)  # fmt: skip
+    spec = ModelSpec(
+        kind="supernet",
+        space=get_space("small").to_dict(),
+        num_dense=len(cache.dense_fields),
+        table_sizes=tuple(cache.table_sizes),
+        layernorm=True,
+    )
     # An interrupted run keeps its optimizer state (as a killed run's last periodic checkpoint does); the
     # final checkpoint of a finished run would not.
     trainer = Trainer(spec, cache, preset(None, **SUPERNET, keep_optimizer=resume_at is not None), out)
@@ -116,9 +129,13 @@ def _worker(rank: int, store: str, cache_dir: Path, arch: Path, root: Path) -> N
     # store needs no port, so concurrent test runs cannot collide.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        helpers = [distributed.rank() == rank, distributed.world_size() == WORLD, distributed.is_main() == (rank == 0),
-                   distributed.all_reduce_mean({"x": float(rank)}) == {"x": 0.5},
-                   distributed.broadcast_object({"from": rank}) == {"from": 0}]  # fmt: skip
+        helpers = [
+            distributed.rank() == rank,
+            distributed.world_size() == WORLD,
+            distributed.is_main() == (rank == 0),
+            distributed.all_reduce_mean({"x": float(rank)}) == {"x": 0.5},
+            distributed.broadcast_object({"from": rank}) == {"from": 0},
+        ]
         try:
             distributed.check_same(rank, "the rank")
         except NasrecError as e:
@@ -249,10 +266,29 @@ def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
     # `train` with a small zoo model keeps this quick; `supernet` goes through the same Trainer path
     out = tmp_path / "cli"
     sets = [f"{k}={json.dumps(v)}" for k, v in dict(COMMON, max_steps=3).items()]  # JSON values, as --set reads them
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "nasrec.cli", "train", "--model", "dlrm",
-           "--data", str(runs["cache"]), "--out", str(out), "--no-progress", "--json",
-           *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "nasrec.cli",
+        "train",
+        "--model",
+        "dlrm",
+        "--data",
+        str(runs["cache"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--json",
+        *[x for s in sets for x in ("--set", s)],
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     printed = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
@@ -267,8 +303,9 @@ def test_torchrun_cli_entry_point(runs: dict[str, Any], tmp_path: Path) -> None:
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_row_sharding_splits_every_global_batch(runs: dict[str, Any], shuffle: bool, drop_last: bool,
-                                                world_size: int) -> None:  # fmt: skip
+def test_row_sharding_splits_every_global_batch(
+    runs: dict[str, Any], shuffle: bool, drop_last: bool, world_size: int
+) -> None:
     cache: Cache = open_cache(runs["cache"])
     common = dict(batch_size=92, shuffle=shuffle, seed=2, drop_last=drop_last, group_batches=3)
     whole = [b.dense.numpy() for b in BatchLoader(cache, "train", **common).iter_epoch(1)]

@@ -32,8 +32,12 @@ def config_path(name: str) -> Path:
 
 def some_architectures() -> list[Architecture]:
     """Random architectures of every strategy, plus the published ones when available."""
-    archs = [sample_architecture(space, seed, s) for space in (NASREC_SMALL, NASREC_FULL) for s in STRATEGIES
-             for seed in (0, 1)]  # fmt: skip
+    archs = [
+        sample_architecture(space, seed, s)
+        for space in (NASREC_SMALL, NASREC_FULL)
+        for s in STRATEGIES
+        for seed in (0, 1)
+    ]
     if CONFIGS.is_dir():
         archs += [Architecture.load(CONFIGS / n) for n in CONFIG_NAMES]
     return archs
@@ -112,8 +116,14 @@ def test_dot_structure() -> None:
     a = chain_with_dead_block()
     nodes, edges = dot_graph(to_dot(a))
     assert nodes == {"input", "b0", "b1", "b2", "head"}
-    assert [(s, t) for s, t, _ in edges] == [("input", "b0"), ("input", "b1"), ("b0", "b1"), ("input", "b2"),
-                                             ("b0", "b2"), ("b2", "head")]  # fmt: skip
+    assert [(s, t) for s, t, _ in edges] == [
+        ("input", "b0"),
+        ("input", "b1"),
+        ("b0", "b1"),
+        ("input", "b2"),
+        ("b0", "b2"),
+        ("b2", "head"),
+    ]
     labels = {(s, t): attrs for s, t, attrs in edges}
     assert 'label="dense, sparse"' in labels["input", "b0"]
     assert 'label="left"' in labels["input", "b1"] and "dashed" in labels["input", "b1"]
@@ -236,8 +246,25 @@ def test_cli_info_from_a_cache(tmp_path: Path, capsys) -> None:
     raw = tmp_path / "s.tsv"
     assert main(["synth", "--rows", "300", "--out", str(raw), "--num-dense", "2", "--num-sparse", "3"]) == 0
     cache = tmp_path / "c"
-    assert main(["prepare", "--format", "schema", "--schema", f"{raw}.schema.json", "--input", str(raw),
-                 "--out", str(cache), "--split", "random", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prepare",
+                "--format",
+                "schema",
+                "--schema",
+                f"{raw}.schema.json",
+                "--input",
+                str(raw),
+                "--out",
+                str(cache),
+                "--split",
+                "random",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     arch = tmp_path / "a.json"
     sample_architecture("full", 3).save(arch)
@@ -252,9 +279,26 @@ def test_cli_errors(tmp_path: Path, capsys) -> None:
     assert main(["arch", "draw", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"format": "nasrec-architecture", "version": 1, "blocks": [
-        {"dense_ops": ["fc"], "sparse_ops": ["efc"], "dense_in": [1], "sparse_in": [0], "left": 0, "right": 0,
-         "dense_width": 16, "sparse_width": 16}]}))  # fmt: skip
+    bad.write_text(
+        json.dumps(
+            {
+                "format": "nasrec-architecture",
+                "version": 1,
+                "blocks": [
+                    {
+                        "dense_ops": ["fc"],
+                        "sparse_ops": ["efc"],
+                        "dense_in": [1],
+                        "sparse_in": [0],
+                        "left": 0,
+                        "right": 0,
+                        "dense_width": 16,
+                        "sparse_width": 16,
+                    }
+                ],
+            }
+        )
+    )
     assert main(["arch", "draw", str(bad)]) == 2
     assert "block 0, field dense_in" in capsys.readouterr().err
     assert main(["arch", "sample", "--space", "medium", "--seed", "1"]) == 2
@@ -265,8 +309,11 @@ def test_cli_errors(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_cli_error_is_one_line_in_a_subprocess(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "nasrec.cli", "arch", "draw", str(tmp_path / "none.json")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "nasrec.cli", "arch", "draw", str(tmp_path / "none.json")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("nasrec arch: error:") and "none.json: no such file" in r.stderr

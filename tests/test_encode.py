@@ -28,8 +28,18 @@ def synth_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 def test_round_trip_equals_prepared_arrays(synth_file: Path, tmp_path: Path, encoding: str, dense: str, cap) -> None:
     out = tmp_path / "cache"
-    prepare(PrepareConfig(inputs=(str(synth_file),), out=str(out), format="criteo", encoding=encoding,
-                          dense_transform=dense, max_table_size=cap, min_count=2, chunk_bytes=64 << 10))  # fmt: skip
+    prepare(
+        PrepareConfig(
+            inputs=(str(synth_file),),
+            out=str(out),
+            format="criteo",
+            encoding=encoding,
+            dense_transform=dense,
+            max_table_size=cap,
+            min_count=2,
+            chunk_bytes=64 << 10,
+        )
+    )
     cache = open_cache(out)
     enc = RowEncoder.from_cache(out)  # state re-read from disk
     rows = enc.encode([synth_file], chunk_bytes=100_000)

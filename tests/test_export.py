@@ -23,7 +23,7 @@ from nasrec.errors import NasrecError
 from nasrec.export import encoder_spec, export_model
 from nasrec.space.arch import Architecture, Block
 from nasrec.train.api import train, train_supernet
-from nasrec.train.trainer import load_trained
+from nasrec.train.loading import load_trained
 
 FAST = dict(batch_size=256, threads=1, lr=0.05)
 # A small architecture with every operator kind that needs care when exporting: attention, dot products,
@@ -71,8 +71,9 @@ def test_torchscript_export_equals_pytorch(runs, tmp_path: Path) -> None:
     manifest = json.loads(Path(res["manifest"]).read_text())
     assert manifest["format"] == "torchscript" and manifest["model"]["zoo"] == "deepfm"
     assert [(i["name"], i["dtype"], i["shape"]) for i in manifest["inputs"]] == [
-        ("dense", "float32", ["batch", 4]), ("sparse", "int64", ["batch", 6])
-    ]  # fmt: skip
+        ("dense", "float32", ["batch", 4]),
+        ("sparse", "int64", ["batch", 6]),
+    ]
     assert manifest["output"]["name"] == "probability" and manifest["verification"]["passed"] is True
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["files"]["encoder"] == "ctr.encoder.json"
 
@@ -102,8 +103,13 @@ def test_subnet_and_zoo_models_export(runs, tmp_path: Path, fmt: str) -> None:
         pytest.importorskip("onnxscript")
     root = runs["root"]
     if not (root / "subnet").exists():
-        train(runs["cache"], root / "subnet", arch=SUBNET, progress=False,
-              overrides=dict(max_steps=5, layernorm=True, **FAST))  # fmt: skip
+        train(
+            runs["cache"],
+            root / "subnet",
+            arch=SUBNET,
+            progress=False,
+            overrides=dict(max_steps=5, layernorm=True, **FAST),
+        )
         train(runs["cache"], root / "dcnv2", model="dcnv2", progress=False, overrides=dict(max_steps=5, **FAST))
     for name in ("subnet", "dcnv2"):
         res = export_model(root / name, tmp_path / f"{name}.{fmt}", fmt)
@@ -118,10 +124,25 @@ def test_subnet_and_zoo_models_export(runs, tmp_path: Path, fmt: str) -> None:
 
 def test_a_supernet_is_refused(runs, tmp_path: Path) -> None:
     space = tmp_path / "tiny.json"
-    space.write_text(json.dumps({"name": "tiny", "num_blocks": 2, "dense_ops": ["fc"], "sparse_ops": ["efc"],
-                                 "dense_widths": [16], "sparse_widths": [16]}))  # fmt: skip
-    train_supernet(runs["cache"], tmp_path / "sn", space=str(space), progress=False,
-                   overrides=dict(max_steps=1, supernet_eval_archs=1, eval_max_batches=1, **FAST))  # fmt: skip
+    space.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "num_blocks": 2,
+                "dense_ops": ["fc"],
+                "sparse_ops": ["efc"],
+                "dense_widths": [16],
+                "sparse_widths": [16],
+            }
+        )
+    )
+    train_supernet(
+        runs["cache"],
+        tmp_path / "sn",
+        space=str(space),
+        progress=False,
+        overrides=dict(max_steps=1, supernet_eval_archs=1, eval_max_batches=1, **FAST),
+    )
     with pytest.raises(NasrecError, match="supernet"):
         export_model(tmp_path / "sn", tmp_path / "x.pt")
     assert not any(p.name.startswith("x.") for p in tmp_path.iterdir())
@@ -313,13 +334,32 @@ def _all_kinds_file(path: Path, rows: int, seed: int, reserved: bool = True) -> 
         "n_none": ["", "0", "-1.5", "2", "1e10", "0.1"],
         "n_bkt": ["", "-2.5", "0", "1.5", "2", "2.0001", "3", "1e6", "-1000", "55.5"],
         "c_hex": ["", "0", "ffffffffffffffff", "8000000000000000", "7fffffffffffffff", "deadbeef", "00ff", "A1B2"],
-        "c_int": ["", "-9223372036854775808", "9223372036854775807", "9223372036854775808", "18446744073709551615",
-                  "-5", "0", "12", "-1234567", "42"],
+        "c_int": [
+            "",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "-5",
+            "0",
+            "12",
+            "-1234567",
+            "42",
+        ],
         "c_auto": ["", "123", "0", "18446744073709551615", "abc", "ff", "7fffffffffffffff", "1a2b3c", "00042"],
-        "c_str": ["", "a", "hello", "café", "日本語のテキスト", "exactly8", "a string longer than sixteen bytes",
-                  "x" * 40, " spaced "],
+        "c_str": [
+            "",
+            "a",
+            "hello",
+            "café",
+            "日本語のテキスト",
+            "exactly8",
+            "a string longer than sixteen bytes",
+            "x" * 40,
+            " spaced ",
+        ],
         "hour": ["", "14102100", "14102123", "16022915", "14103007", "14013123", "99123100", "20111105"],
-    }  # fmt: skip
+    }
     if not reserved:
         pools["c_hex"].remove("8000000000000000")
         pools["c_int"] = [v for v in pools["c_int"] if v.lstrip("-") != "9223372036854775808"]
@@ -331,34 +371,57 @@ def _all_kinds_file(path: Path, rows: int, seed: int, reserved: bool = True) -> 
 
 
 ALL_KINDS_SCHEMA = {
-    "name": "allkinds", "label": "label", "separator": ",", "header": True, "quote": None,
-    "dense": [{"column": "n_log", "transform": "log"}, {"column": "n_std", "transform": "standardize"},
-              {"column": "n_none", "transform": "none"}, {"column": "n_bkt", "transform": "bucketize"},
-              {"name": "zero", "column": None}],
-    "sparse": [{"column": "c_hex", "kind": "hex", "table_size": 53},
-               {"name": "c_hexmod", "column": "c_hex", "kind": "hex", "modulus": 1000, "table_size": 53},
-               {"column": "c_int", "kind": "int", "table_size": 53},
-               {"name": "c_intmod", "column": "c_int", "kind": "int", "modulus": 97, "table_size": 53},
-               {"column": "c_auto", "kind": "auto", "modulus": 2147483647, "table_size": 53},
-               {"name": "c_auto_raw", "column": "c_auto", "kind": "auto", "table_size": 53},
-               {"column": "c_str", "kind": "string", "table_size": 53},
-               {"name": "c_strmod", "column": "c_str", "kind": "string", "modulus": 50, "table_size": 53},
-               {"name": "hour_of_day", "column": "hour", "kind": "int", "derive": "hour_of_day", "table_size": 25},
-               {"name": "weekday", "column": "hour", "kind": "int", "derive": "weekday", "table_size": 8}],
-}  # fmt: skip
+    "name": "allkinds",
+    "label": "label",
+    "separator": ",",
+    "header": True,
+    "quote": None,
+    "dense": [
+        {"column": "n_log", "transform": "log"},
+        {"column": "n_std", "transform": "standardize"},
+        {"column": "n_none", "transform": "none"},
+        {"column": "n_bkt", "transform": "bucketize"},
+        {"name": "zero", "column": None},
+    ],
+    "sparse": [
+        {"column": "c_hex", "kind": "hex", "table_size": 53},
+        {"name": "c_hexmod", "column": "c_hex", "kind": "hex", "modulus": 1000, "table_size": 53},
+        {"column": "c_int", "kind": "int", "table_size": 53},
+        {"name": "c_intmod", "column": "c_int", "kind": "int", "modulus": 97, "table_size": 53},
+        {"column": "c_auto", "kind": "auto", "modulus": 2147483647, "table_size": 53},
+        {"name": "c_auto_raw", "column": "c_auto", "kind": "auto", "table_size": 53},
+        {"column": "c_str", "kind": "string", "table_size": 53},
+        {"name": "c_strmod", "column": "c_str", "kind": "string", "modulus": 50, "table_size": 53},
+        {"name": "hour_of_day", "column": "hour", "kind": "int", "derive": "hour_of_day", "table_size": 25},
+        {"name": "weekday", "column": "hour", "kind": "int", "derive": "weekday", "table_size": 8},
+    ],
+}
 
 
 @pytest.mark.parametrize(
-    "options", [dict(encoding="hash"), dict(encoding="hash", max_table_size=20),
-                dict(encoding="vocab"), dict(encoding="vocab", min_count=2, max_table_size=6)]
-)  # fmt: skip
+    "options",
+    [
+        dict(encoding="hash"),
+        dict(encoding="hash", max_table_size=20),
+        dict(encoding="vocab"),
+        dict(encoding="vocab", min_count=2, max_table_size=6),
+    ],
+)
 def test_encoder_json_covers_every_kind_and_transform(tmp_path: Path, options: dict) -> None:
     raw = tmp_path / "rows.csv"
     _all_kinds_file(raw, rows=400, seed=1, reserved=options.get("encoding") != "vocab")
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(ALL_KINDS_SCHEMA))
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(tmp_path / "cache"), format="schema", schema=str(schema),
-                          split="random", **options))  # fmt: skip
+    prepare(
+        PrepareConfig(
+            inputs=(str(raw),),
+            out=str(tmp_path / "cache"),
+            format="schema",
+            schema=str(schema),
+            split="random",
+            **options,
+        )
+    )
     spec = encoder_spec(tmp_path / "cache")
     assert [f["name"] for f in spec["dense"]] == ["n_log", "n_std", "n_none", "zero"]
     assert spec["sparse"][-1]["name"] == "n_bkt_bucket" and spec["sparse"][-1]["raw_id"]["from"] == "bucketize"

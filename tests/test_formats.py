@@ -104,15 +104,17 @@ def user_rows(n: int = 40) -> list[dict[str, str]]:
     """Raw text of each column; None stands for an empty field."""
     rows = []
     for i in range(n):
-        rows.append({
-            "clicked": str((i * 5 // 3) % 2),
-            "price": ["10.5", "NA", "3", "-2", "0", "7.25", "\\N", ""][i % 8],
-            "qty": str(i * 3 % 17) if i % 6 else "NA",
-            "city": CITIES[i % len(CITIES)],
-            "device": DEVICES[i % len(DEVICES)],
-            "ad_id": str(1000 + i * 7919) if i % 9 else "",
-            "note": f"row {i}",
-        })  # fmt: skip
+        rows.append(
+            {
+                "clicked": str((i * 5 // 3) % 2),
+                "price": ["10.5", "NA", "3", "-2", "0", "7.25", "\\N", ""][i % 8],
+                "qty": str(i * 3 % 17) if i % 6 else "NA",
+                "city": CITIES[i % len(CITIES)],
+                "device": DEVICES[i % len(DEVICES)],
+                "ad_id": str(1000 + i * 7919) if i % 9 else "",
+                "note": f"row {i}",
+            }
+        )
     return rows
 
 
@@ -215,14 +217,16 @@ def test_csv_tsv_parquet_and_headerless_give_identical_caches(tmp_path: Path) ->
     (tmp_path / "p.yaml").write_text(USER_YAML + "file_type: parquet\n")
     assert_same_arrays(base, run(pq, tmp_path / "pq", format="schema", schema=str(tmp_path / "p.yaml")))
     typed = tmp_path / "typed.parquet"
-    pl.DataFrame({
-        "clicked": [int(r["clicked"]) for r in rows],
-        "price": [None if present(r["price"]) is None else float(r["price"]) for r in rows],
-        "qty": [None if present(r["qty"]) is None else int(r["qty"]) for r in rows],
-        "city": [present(r["city"]) for r in rows],
-        "device": [r["device"] for r in rows],
-        "ad_id": [None if present(r["ad_id"]) is None else int(r["ad_id"]) for r in rows],
-    }).write_parquet(typed)  # fmt: skip
+    pl.DataFrame(
+        {
+            "clicked": [int(r["clicked"]) for r in rows],
+            "price": [None if present(r["price"]) is None else float(r["price"]) for r in rows],
+            "qty": [None if present(r["qty"]) is None else int(r["qty"]) for r in rows],
+            "city": [present(r["city"]) for r in rows],
+            "device": [r["device"] for r in rows],
+            "ad_id": [None if present(r["ad_id"]) is None else int(r["ad_id"]) for r in rows],
+        }
+    ).write_parquet(typed)
     assert_same_arrays(base, run(typed, tmp_path / "typed", format="schema", schema=str(tmp_path / "p.yaml")))
 
     headerless = write_user_csv(tmp_path / "noheader.csv", rows, header=False)
@@ -306,9 +310,17 @@ def check_kdd(c: Cache) -> None:
     exp = kdd_expected(KDD_ROWS, KDD_PROFILE)
     assert c.dense_fields == ["Impression", "Depth", "Position"]
     assert c.sparse_fields == [
-        "DisplayURL", "AdID", "AdvertiserID", "QueryID", "KeywordID", "TitleID", "DescriptionID", "UserID",
-        "Gender", "Age",
-    ]  # fmt: skip
+        "DisplayURL",
+        "AdID",
+        "AdvertiserID",
+        "QueryID",
+        "KeywordID",
+        "TitleID",
+        "DescriptionID",
+        "UserID",
+        "Gender",
+        "Age",
+    ]
     assert c.table_sizes == list(KDD12_TABLE_SIZES)
     assert c.label.tolist() == exp["label"]
     np.testing.assert_allclose(c.dense, exp["dense"], rtol=1e-6)
@@ -340,11 +352,17 @@ def test_kdd12_profile_flag_cli(tmp_path: Path, kdd_files: tuple[Path, Path]) ->
 
     train, prof = kdd_files
     args = ["prepare", "--format", "kdd12", "--split", "sequential"]
-    for name, inputs in [("flag", ["--input", str(train), "--kdd-profile", str(prof)]),
-                         ("inputs", ["--input", str(train), str(prof)])]:  # fmt: skip
+    for name, inputs in [
+        ("flag", ["--input", str(train), "--kdd-profile", str(prof)]),
+        ("inputs", ["--input", str(train), str(prof)]),
+    ]:
         if name == "flag":  # one real process; the other spelling is the same parser, in-process
-            res = subprocess.run([sys.executable, "-m", "nasrec.cli", *args, *inputs, "--out", str(tmp_path / name)],
-                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+            res = subprocess.run(
+                [sys.executable, "-m", "nasrec.cli", *args, *inputs, "--out", str(tmp_path / name)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert res.returncode == 0, res.stderr
         else:
             assert main([*args, *inputs, "--out", str(tmp_path / name)]) == 0
@@ -374,8 +392,10 @@ def auto_id(v: str) -> int:
     return (int(v) if v.isdigit() else int(v, 16)) % NASREC_MOD
 
 
-@pytest.mark.parametrize(("drop_id", "time_features", "header"), [(False, False, True), (True, True, True),
-                                                                  (True, True, False), (False, True, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("drop_id", "time_features", "header"),
+    [(False, False, True), (True, True, True), (True, True, False), (False, True, True)],
+)
 def test_avazu_options(tmp_path: Path, drop_id: bool, time_features: bool, header: bool) -> None:
     inp = tmp_path / "train.csv"
     inp.write_text("\n".join(([",".join(AVAZU_COLUMNS)] if header else []) + AVAZU_ROWS) + "\n")
@@ -530,8 +550,15 @@ VOCAB_SCHEMA = "label: y\ndense: [x]\nsparse: [cat, {column: num, kind: int}]\n"
 def _vocab_run(tmp_path: Path, name: str, **kw: Any) -> tuple[Cache, list[str | None]]:
     data, values = vocab_csv(tmp_path / "v.csv")
     (tmp_path / "s.yaml").write_text(VOCAB_SCHEMA)
-    c = run(data, tmp_path / name, format="schema", schema=str(tmp_path / "s.yaml"), encoding="vocab",
-            ratios=(0.6, 0.2, 0.2), **kw)  # fmt: skip
+    c = run(
+        data,
+        tmp_path / name,
+        format="schema",
+        schema=str(tmp_path / "s.yaml"),
+        encoding="vocab",
+        ratios=(0.6, 0.2, 0.2),
+        **kw,
+    )
     assert np.array(c.split_index("train")).tolist() == list(range(12))
     return c, values
 
@@ -585,9 +612,29 @@ def test_vocab_via_cli(tmp_path: Path) -> None:
     data, _ = vocab_csv(tmp_path / "v.csv")
     (tmp_path / "s.yaml").write_text(VOCAB_SCHEMA)
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "nasrec.cli", "prepare", "--format", "schema", "--schema", str(tmp_path / "s.yaml"),
-           "--input", str(data), "--out", str(out), "--vocab", "--min-count", "2", "--split", "sequential",
-           "--ratios", "0.6", "0.2", "0.2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "prepare",
+        "--format",
+        "schema",
+        "--schema",
+        str(tmp_path / "s.yaml"),
+        "--input",
+        str(data),
+        "--out",
+        str(out),
+        "--vocab",
+        "--min-count",
+        "2",
+        "--split",
+        "sequential",
+        "--ratios",
+        "0.6",
+        "0.2",
+        "0.2",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     api, _ = _vocab_run(tmp_path, "api", min_count=2)
@@ -613,8 +660,22 @@ def test_max_table_size_caps_hash_tables(tmp_path: Path, cap: int) -> None:
 def test_max_table_size_cli_matches_api(tmp_path: Path) -> None:
     inp = write_criteo(tmp_path / "d.tsv", criteo_rows(30, seed=4))
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "nasrec.cli", "prepare", "--format", "criteo", "--input", str(inp), "--out",
-           str(out), "--max-table-size", "500", "--split", "sequential"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "prepare",
+        "--format",
+        "criteo",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--max-table-size",
+        "500",
+        "--split",
+        "sequential",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert open_cache(out).table_sizes == [min(n, 500) for n in CRITEO_TABLE_SIZES]

@@ -179,8 +179,11 @@ def all_imports() -> list[Import]:
 
 
 def test_every_module_has_a_layer() -> None:
-    missing = [str(p.relative_to(SRC.parent)) for p in sorted((SRC / ROOT).rglob("*.py"))
-               if unit_of(module_name(p)) in (None, ROOT) and module_name(p) != ROOT]  # fmt: skip
+    missing = [
+        str(p.relative_to(SRC.parent))
+        for p in sorted((SRC / ROOT).rglob("*.py"))
+        if unit_of(module_name(p)) in (None, ROOT) and module_name(p) != ROOT
+    ]
     assert not missing, "modules without a layer (add their package to LAYERS):\n" + "\n".join(missing)
 
 

@@ -79,8 +79,9 @@ def test_narrow_paths_differ_and_depend_on_the_masked_neurons() -> None:
 def test_a_masking_supernet_trains_scores_and_keeps_its_semantics(tmp_path: Path) -> None:
     _, cache = small_synth_cache(tmp_path, rows=2_000, seed=1)
     o = {"max_steps": 3, "batch_size": 128, "threads": 1, "log_every": 1}
-    res = train_supernet(cache, tmp_path / "m", space="small", preset_name="cpu-supernet", overrides=o,
-                         semantics="mask", progress=False)  # fmt: skip
+    res = train_supernet(
+        cache, tmp_path / "m", space="small", preset_name="cpu-supernet", overrides=o, semantics="mask", progress=False
+    )
     assert res["steps"] == 3
     assert json.loads((tmp_path / "m" / "model.json").read_text())["hparams"] == {"semantics": "mask"}
     score = dict(finetune_steps=1, warmup_steps=1, finetune_batch_size=128, val_batches=1, val_batch_size=128)
@@ -88,7 +89,8 @@ def test_a_masking_supernet_trains_scores_and_keeps_its_semantics(tmp_path: Path
     assert scorer.supernet.masking
     assert np.isfinite(scorer.score(NASREC_SMALL.sample(np.random.default_rng(0))))
     with pytest.raises(NasrecError, match="holds another model"):
-        train_supernet(cache, tmp_path / "m", space="small", preset_name="cpu-supernet", overrides=o, resume=True,
-                       progress=False)  # fmt: skip
+        train_supernet(
+            cache, tmp_path / "m", space="small", preset_name="cpu-supernet", overrides=o, resume=True, progress=False
+        )
     with pytest.raises(NasrecError, match="semantics must be one of slice, mask"):
         train_supernet(cache, tmp_path / "x", space="small", semantics="masked")

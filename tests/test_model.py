@@ -149,7 +149,12 @@ def test_checkpoint_holding_unread_operators_still_loads(monkeypatch: pytest.Mon
     rng = np.random.default_rng(5)
     dense, sparse = _batch()
     archs = [NASREC_FULL.sample(rng, "default") for _ in range(40)]
-    archs = [a for a in archs if arch_cost(a, NUM_DENSE, len(TABLES)).dense_params < arch_cost(a, NUM_DENSE, len(TABLES)).dense_params_live_blocks][:4]  # fmt: skip
+    archs = [
+        a
+        for a in archs
+        if arch_cost(a, NUM_DENSE, len(TABLES)).dense_params
+        < arch_cost(a, NUM_DENSE, len(TABLES)).dense_params_live_blocks
+    ][:4]
     assert archs
     for arch in archs:
         torch.manual_seed(0)
@@ -209,8 +214,11 @@ def test_models_shaped_by_a_prepared_cache(tmp_path: Path) -> None:
 def _centred_head_inputs(seed: int, n: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     # features with large, batch-constant offsets: what made the plain head's logits swing
-    return (torch.randn(n, 32, generator=g) + 5.0, torch.randn(n, 6, 16, generator=g) - 3.0,
-            torch.randn(n, 8, 16, generator=g))  # fmt: skip
+    return (
+        torch.randn(n, 32, generator=g) + 5.0,
+        torch.randn(n, 6, 16, generator=g) - 3.0,
+        torch.randn(n, 8, 16, generator=g),
+    )
 
 
 def test_centred_head_batch_mean_logit_is_the_bias_and_no_weight_moves_it() -> None:
@@ -241,8 +249,9 @@ def test_centred_head_evaluates_with_its_running_or_calibrated_mean() -> None:
     torch.testing.assert_close(used, exact, atol=1e-5, rtol=0)
     head.mean.zero_()
     head.calibrate(batches)
-    torch.testing.assert_close(torch.cat([head.mean[0, :32], head.mean[0, 64 : 64 + 96]]), exact[:128], atol=1e-5,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        torch.cat([head.mean[0, :32], head.mean[0, 64 : 64 + 96]]), exact[:128], atol=1e-5, rtol=0
+    )
     d, t, s = batches[0]
     x = torch.cat([d, t.flatten(1), s.flatten(1)], 1) - exact
     w = torch.cat([head.dense[:, :32], head.tokens[:, :6].flatten(1), head.tokens[:, 10:].flatten(1)], 1)

@@ -109,8 +109,14 @@ def toy_ops() -> Iterator[None]:
 
 
 def _space() -> SearchSpace:
-    return SearchSpace(name="toy", num_blocks=4, dense_ops=("fc", "scale", "sum"), sparse_ops=("tscale", "efc"),
-                       dense_widths=(8, 16, 24), sparse_widths=(4, 8))  # fmt: skip
+    return SearchSpace(
+        name="toy",
+        num_blocks=4,
+        dense_ops=("fc", "scale", "sum"),
+        sparse_ops=("tscale", "efc"),
+        dense_widths=(8, 16, 24),
+        sparse_widths=(4, 8),
+    )
 
 
 def _batch(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +173,12 @@ def test_register_refuses_bad_operators() -> None:
         name = "badreads"
         reads = frozenset({"dense"})
 
-    for op, message in ((Clash, "layer 'fc' is already operator 'fc'"), (NoKind, "kind must be"),
-                        (BadReads, "reads"), (type("Fm", (Scale,), {"name": "fm"}), "already registered")):  # fmt: skip
+    for op, message in (
+        (Clash, "layer 'fc' is already operator 'fc'"),
+        (NoKind, "kind must be"),
+        (BadReads, "reads"),
+        (type("Fm", (Scale,), {"name": "fm"}), "already registered"),
+    ):
         with pytest.raises(NasrecError, match=message):
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
@@ -256,24 +266,98 @@ def test_liveness_asks_the_operator(toy_ops: None) -> None:
 # state_dict keys of a Full supernet cell reading two inputs, in order: checkpoints load by these keys,
 # optimizer states by the order of the parameters, and the order of creation fixes initial weights
 CELL_KEYS_LN = [
-    "fc.blocks.0", "fc.blocks.1", "fc_ln.weight", "fc_ln.bias", "dot_dense.blocks.0", "dot_dense.blocks.1",
-    "dot_dense_ln.weight", "dot_dense_ln.bias", "dot_tokens.blocks.0", "dot_tokens.blocks.1", "dot_tokens_ln.weight",
-    "dot_tokens_ln.bias", "dot_out.weight", "dot_out_ln.weight", "dot_out_ln.bias", "sum_proj.weight", "sum_ln.weight",
-    "sum_ln.bias", "gate.weight", "gate.bias", "gate_proj.weight", "gate_proj.bias", "gate_ln.weight", "gate_ln.bias",
-    "efc.blocks.0", "efc.blocks.1", "efc_ln.weight", "efc_ln.bias", "tr_proj.blocks.0", "tr_proj.blocks.1",
-    "tr_proj_ln.weight", "tr_proj_ln.bias", "attn_in.weight", "attn_in.bias", "attn_out.weight", "attn_out.bias",
-    "attn_ln.weight", "attn_ln.bias", "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias", "ffn_ln.weight",
-    "ffn_ln.bias", "fm_proj.weight", "fm_ln.weight", "fm_ln.bias", "d2s_proj.weight", "d2s_ln.weight", "d2s_ln.bias",
-]  # fmt: skip
+    "fc.blocks.0",
+    "fc.blocks.1",
+    "fc_ln.weight",
+    "fc_ln.bias",
+    "dot_dense.blocks.0",
+    "dot_dense.blocks.1",
+    "dot_dense_ln.weight",
+    "dot_dense_ln.bias",
+    "dot_tokens.blocks.0",
+    "dot_tokens.blocks.1",
+    "dot_tokens_ln.weight",
+    "dot_tokens_ln.bias",
+    "dot_out.weight",
+    "dot_out_ln.weight",
+    "dot_out_ln.bias",
+    "sum_proj.weight",
+    "sum_ln.weight",
+    "sum_ln.bias",
+    "gate.weight",
+    "gate.bias",
+    "gate_proj.weight",
+    "gate_proj.bias",
+    "gate_ln.weight",
+    "gate_ln.bias",
+    "efc.blocks.0",
+    "efc.blocks.1",
+    "efc_ln.weight",
+    "efc_ln.bias",
+    "tr_proj.blocks.0",
+    "tr_proj.blocks.1",
+    "tr_proj_ln.weight",
+    "tr_proj_ln.bias",
+    "attn_in.weight",
+    "attn_in.bias",
+    "attn_out.weight",
+    "attn_out.bias",
+    "attn_ln.weight",
+    "attn_ln.bias",
+    "ffn1.weight",
+    "ffn1.bias",
+    "ffn2.weight",
+    "ffn2.bias",
+    "ffn_ln.weight",
+    "ffn_ln.bias",
+    "fm_proj.weight",
+    "fm_ln.weight",
+    "fm_ln.bias",
+    "d2s_proj.weight",
+    "d2s_ln.weight",
+    "d2s_ln.bias",
+]
 CELL_KEYS = [
-    "fc.bias", "fc.blocks.0", "fc.blocks.1", "dot_dense.bias", "dot_dense.blocks.0", "dot_dense.blocks.1",
-    "dot_tokens.bias", "dot_tokens.blocks.0", "dot_tokens.blocks.1", "dot_out.weight", "dot_out.bias",
-    "sum_proj.weight", "sum_proj.bias", "gate.weight", "gate.bias", "gate_proj.weight", "gate_proj.bias", "efc.bias",
-    "efc.blocks.0", "efc.blocks.1", "tr_proj.bias", "tr_proj.blocks.0", "tr_proj.blocks.1", "attn_in.weight",
-    "attn_in.bias", "attn_out.weight", "attn_out.bias", "attn_ln.weight", "attn_ln.bias", "ffn1.weight", "ffn1.bias",
-    "ffn2.weight", "ffn2.bias", "ffn_ln.weight", "ffn_ln.bias", "fm_proj.weight", "fm_proj.bias", "d2s_proj.weight",
+    "fc.bias",
+    "fc.blocks.0",
+    "fc.blocks.1",
+    "dot_dense.bias",
+    "dot_dense.blocks.0",
+    "dot_dense.blocks.1",
+    "dot_tokens.bias",
+    "dot_tokens.blocks.0",
+    "dot_tokens.blocks.1",
+    "dot_out.weight",
+    "dot_out.bias",
+    "sum_proj.weight",
+    "sum_proj.bias",
+    "gate.weight",
+    "gate.bias",
+    "gate_proj.weight",
+    "gate_proj.bias",
+    "efc.bias",
+    "efc.blocks.0",
+    "efc.blocks.1",
+    "tr_proj.bias",
+    "tr_proj.blocks.0",
+    "tr_proj.blocks.1",
+    "attn_in.weight",
+    "attn_in.bias",
+    "attn_out.weight",
+    "attn_out.bias",
+    "attn_ln.weight",
+    "attn_ln.bias",
+    "ffn1.weight",
+    "ffn1.bias",
+    "ffn2.weight",
+    "ffn2.bias",
+    "ffn_ln.weight",
+    "ffn_ln.bias",
+    "fm_proj.weight",
+    "fm_proj.bias",
+    "d2s_proj.weight",
     "d2s_proj.bias",
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("layernorm", [True, False])
@@ -306,8 +390,18 @@ def test_attention_is_swapped_where_the_operator_looks(monkeypatch: pytest.Monke
 
 
 def test_cell_refuses_an_unknown_operator() -> None:
-    spec = CellSpec(dense_ops=("scale",), sparse_ops=("efc",), dense_segs=(Seg(0, 3),), token_segs=(Seg(0, 2),),
-                    pad_cap=3, width=8, tokens=4, fm=False, d2s=False, layernorm=False)  # fmt: skip
+    spec = CellSpec(
+        dense_ops=("scale",),
+        sparse_ops=("efc",),
+        dense_segs=(Seg(0, 3),),
+        token_segs=(Seg(0, 2),),
+        pad_cap=3,
+        width=8,
+        tokens=4,
+        fm=False,
+        d2s=False,
+        layernorm=False,
+    )
     with pytest.raises(NasrecError, match="unknown operator 'scale'"):
         Cell(spec)
     with registry.registered(Scale):

@@ -354,13 +354,17 @@ def test_box_adagrad_on_a_supernet_equals_adagrad() -> None:
     assert big  # the box path is exercised
     for a, b in zip(plain.parameters(), boxed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(plain_opt.optimizers["dense"].state.values(), boxed_opt.optimizers["dense"].state.values(), strict=True):  # fmt: skip
+    for a, b in zip(
+        plain_opt.optimizers["dense"].state.values(), boxed_opt.optimizers["dense"].state.values(), strict=True
+    ):
         assert a["step"] == b["step"]
         torch.testing.assert_close(a["sum"], b["sum"], rtol=1e-6, atol=1e-7)
     resumed, _ = run(True, 8, state=run.saved)  # type: ignore[attr-defined]
     for a, b in zip(plain.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert isinstance(build_optimizer(plain, "adagrad", sliced=True, weight_decay=1e-4).optimizers["dense"], torch.optim.Adagrad)  # fmt: skip
+    assert isinstance(
+        build_optimizer(plain, "adagrad", sliced=True, weight_decay=1e-4).optimizers["dense"], torch.optim.Adagrad
+    )
 
 
 def test_nonzero_extents() -> None:

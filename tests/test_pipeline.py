@@ -18,17 +18,35 @@ from nasrec.report import write_report
 
 TINY = {
     "seed": 1,
-    "data": {"format": "synthetic", "synthetic": {"rows": 3000, "preset": "interactions", "seed": 0},
-             "prepare": {"split": "random", "encoding": "vocab", "min_count": 2}},
-    "supernet": {"space": "small", "preset": "cpu-supernet", "set": {"max_steps": 8, "batch_size": 256,
-                                                                      "path_warmup_steps": 4, "threads": 1, "log_every": 2}},
-    "search": {"preset": "cpu-quick", "workers": 1,
-               "set": {"population": 4, "sample": 2, "children": 2, "generations": 2, "top_k": 2,
-                       "finetune_steps": 2, "warmup_steps": 1, "val_batches": 1, "val_batch_size": 256},
-               "retrain_set": {"max_steps": 4, "batch_size": 256, "threads": 1}},
+    "data": {
+        "format": "synthetic",
+        "synthetic": {"rows": 3000, "preset": "interactions", "seed": 0},
+        "prepare": {"split": "random", "encoding": "vocab", "min_count": 2},
+    },
+    "supernet": {
+        "space": "small",
+        "preset": "cpu-supernet",
+        "set": {"max_steps": 8, "batch_size": 256, "path_warmup_steps": 4, "threads": 1, "log_every": 2},
+    },
+    "search": {
+        "preset": "cpu-quick",
+        "workers": 1,
+        "set": {
+            "population": 4,
+            "sample": 2,
+            "children": 2,
+            "generations": 2,
+            "top_k": 2,
+            "finetune_steps": 2,
+            "warmup_steps": 1,
+            "val_batches": 1,
+            "val_batch_size": 256,
+        },
+        "retrain_set": {"max_steps": 4, "batch_size": 256, "threads": 1},
+    },
     "final": {"preset": "cpu-quick", "set": {"max_steps": 6, "batch_size": 256, "threads": 1, "restore_best": True}},
     "baselines": {"models": ["lr"], "published": []},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +225,11 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
         {"data": {"format": "synthetic"}, "search": {"set": {"max_params": "-5"}}},
         r"search\.set\.max_params: expected an integer >= 1 or null, got -5",
     )
-    named = {"data": {"format": "synthetic"}, "supernet": {"set": {"path_max_mflops": "dcnv2"}},
-             "search": {"set": {"max_mflops": "DCNv2", "max_params": "dlrm"}}}  # fmt: skip
+    named = {
+        "data": {"format": "synthetic"},
+        "supernet": {"set": {"path_max_mflops": "dcnv2"}},
+        "search": {"set": {"max_mflops": "DCNv2", "max_params": "dlrm"}},
+    }
     assert resolve_config(named, tmp_path)["search"]["set"]["max_mflops"] == "DCNv2"
     # the CLI reports it and creates nothing
     bad = tmp_path / "bad.yaml"
@@ -247,18 +268,46 @@ def test_report_html_renders_in_a_headless_browser(tiny_run: Path, tmp_path: Pat
     if browser is None:
         pytest.skip("no headless browser installed")
     page = tiny_run / "report" / "report.html"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     assert dom.count("<img") == (3 if shutil.which("dot") else 4) and "Final comparison" in dom
     assert "<strong>" in dom and "**" not in dom and "```" not in dom and "flowchart" not in dom
     # every image decoded: a script in the page would be needed for naturalWidth; check via screenshot size instead
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
-                    "--window-size=1200,3000", page.as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,3000",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 20_000
 
 

@@ -19,15 +19,20 @@ from nasrec.data.loader import BatchLoader
 from nasrec.errors import NasrecError
 from nasrec.predict import predict
 from nasrec.train.api import evaluate_run, train
-from nasrec.train.trainer import load_trained
+from nasrec.train.loading import load_trained
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("predict")
     raw, _ = small_synth_cache(root, rows=5_000, seed=4, min_count=2, split="random")
-    train(root / "cache", root / "run", model="deepfm", progress=False,
-          overrides=dict(batch_size=256, max_steps=20, threads=1, lr=0.05))  # fmt: skip
+    train(
+        root / "cache",
+        root / "run",
+        model="deepfm",
+        progress=False,
+        overrides=dict(batch_size=256, max_steps=20, threads=1, lr=0.05),
+    )
     return raw, root / "cache", root / "run"
 
 
@@ -76,8 +81,22 @@ def test_unseen_categories_and_malformed_rows(trained, tmp_path: Path) -> None:
     # nothing usable left: an error too, whatever the limit
     allbad = tmp_path / "allbad.tsv"
     allbad.write_text("\n".join(["\t".join(bad)] * 3) + "\n")
-    cmd = [sys.executable, "-m", "nasrec.cli", "predict", "--model", str(run), "--input", str(allbad), "--out",
-           str(tmp_path / "r.csv"), "--on-error", "skip", "--max-bad-fraction", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "predict",
+        "--model",
+        str(run),
+        "--input",
+        str(allbad),
+        "--out",
+        str(tmp_path / "r.csv"),
+        "--on-error",
+        "skip",
+        "--max-bad-fraction",
+        "1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "all 3 rows read are malformed" in proc.stderr and f"{allbad}:1:label:" in proc.stderr
@@ -94,8 +113,25 @@ def test_unseen_categories_and_malformed_rows(trained, tmp_path: Path) -> None:
 def test_predict_cli(trained, tmp_path: Path) -> None:
     raw, _, run = trained
     out = tmp_path / "cli.csv"
-    proc = subprocess.run([sys.executable, "-m", "nasrec.cli", "predict", "--model", str(run), "--input", str(raw),
-                           str(raw), "--out", str(out), "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nasrec.cli",
+            "predict",
+            "--model",
+            str(run),
+            "--input",
+            str(raw),
+            str(raw),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["rows"] == 10_000 and math.isfinite(summary["logloss"])

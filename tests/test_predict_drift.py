@@ -88,12 +88,27 @@ def test_predict_cli_summary_names_the_drift(trained, tmp_path: Path, capsys) ->
     out = capsys.readouterr().out
     assert re.search(r"values unseen in training: at most 9\d\.\d% per field \(C\d; val split 0\.0%\)", out)
     assert "warning: values unseen in training in 6 of 6 categorical fields" in out
-    assert main(["predict", "--model", str(run), "--input", str(other), "--out", str(tmp_path / "p.csv"),
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(["predict", "--model", str(run), "--input", str(other), "--out", str(tmp_path / "p.csv"), "--json"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["drift"] == [f"C{i}" for i in range(1, 7)] and summary["unseen"]["fields"]["C1"]["share"] > 0.9
-    assert main(["predict", "--model", str(run), "--input", str(other), "--out", str(tmp_path / "p.csv"),
-                 "--json", "--no-drift-check"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run),
+                "--input",
+                str(other),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--json",
+                "--no-drift-check",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert "unseen" not in summary and "drift" not in summary and summary["rows"] == 3000
 
@@ -103,8 +118,16 @@ def test_seen_rows_mark_the_train_ids_of_a_hashed_cache(tmp_path: Path) -> None:
     generate_synthetic(raw, rows=4_000, seed=3, config=SMALL_SYNTH)
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(synth_schema(SMALL_SYNTH).to_dict()))
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(tmp_path / "cache"), format="schema", schema=str(schema),
-                          encoding="hash", split="random"))  # fmt: skip
+    prepare(
+        PrepareConfig(
+            inputs=(str(raw),),
+            out=str(tmp_path / "cache"),
+            format="schema",
+            schema=str(schema),
+            encoding="hash",
+            split="random",
+        )
+    )
     cache = open_cache(tmp_path / "cache")
     seen = seen_rows(cache)
     train_ids = np.asarray(cache.sparse)[np.asarray(cache.split_index("train"))]

@@ -110,17 +110,24 @@ def test_deepctr_samples_with_schema(shared_data: Path, tmp_path: Path) -> None:
         "sparse:\n" + "".join(f"  - {{column: C{i}, table_size: {n}}}\n" for i, n in enumerate(CRITEO_TABLE_SIZES, 1))
     )
     cfg = PrepareConfig(
-        inputs=(str(d / "criteo_sample.txt"),), out=str(tmp_path / "c"), format="schema", schema=str(schema),
-        split="random", seed=7,
-    )  # fmt: skip
+        inputs=(str(d / "criteo_sample.txt"),),
+        out=str(tmp_path / "c"),
+        format="schema",
+        schema=str(schema),
+        split="random",
+        seed=7,
+    )
     prepare(cfg)
     rows = _rows(d / "criteo_sample.txt", ",", skip_header=True)
     label, dense, sparse = _expected_criteo(rows)  # dense written as floats ("260.0") parse the same
     assert len(rows) == 200 and int(label.sum()) == 49
     _check_all_rows(tmp_path / "c", label, dense, sparse)
 
-    res = prepare(PrepareConfig(inputs=(str(d / "avazu_sample.txt"),), out=str(tmp_path / "a"), format="avazu",
-                                split="sequential"))  # fmt: skip
+    res = prepare(
+        PrepareConfig(
+            inputs=(str(d / "avazu_sample.txt"),), out=str(tmp_path / "a"), format="avazu", split="sequential"
+        )
+    )
     assert sum(res.rows.values()) == 100
     assert res.rows == {"train": 80, "val": 10, "test": 10}
     c = open_cache(tmp_path / "a")
@@ -131,9 +138,14 @@ def test_deepctr_samples_with_schema(shared_data: Path, tmp_path: Path) -> None:
     rows9k = {r[0]: r for r in all9k}
     sample = _rows(d / "avazu_sample.txt", ",", skip_header=True)
     expected = np.array(
-        [[int(_nasrec_hash(_avazu_id(x), n)) for x, n in zip(rows9k[r[0]][:1] + rows9k[r[0]][2:], AVAZU_TABLE_SIZES, strict=True)]
-         for r in sample]
-    )  # fmt: skip
+        [
+            [
+                int(_nasrec_hash(_avazu_id(x), n))
+                for x, n in zip(rows9k[r[0]][:1] + rows9k[r[0]][2:], AVAZU_TABLE_SIZES, strict=True)
+            ]
+            for r in sample
+        ]
+    )
     np.testing.assert_array_equal(c.sparse, expected)
 
 

@@ -23,8 +23,18 @@ from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 
 def _model(folder: Path, kind: str, mflops: float, ll: float, val: float) -> None:
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"logloss": ll, "auc": 0.7, "mflops": mflops, "params": 10,
-                                                     "samples_per_s": 1000.0, "val": {"logloss": val}}))  # fmt: skip
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "logloss": ll,
+                "auc": 0.7,
+                "mflops": mflops,
+                "params": 10,
+                "samples_per_s": 1000.0,
+                "val": {"logloss": val},
+            }
+        )
+    )
     (folder / "model.json").write_text(json.dumps({"kind": kind}))
 
 
@@ -42,23 +52,33 @@ def run(tmp_path: Path) -> Path:
     """A run directory as the pipeline leaves it, without trained weights (one seed: goal undetermined)."""
     run = tmp_path / "run"
     (run / "search").mkdir(parents=True)
-    prep = {"rows": {"train": 2400, "val": 300, "test": 300},
-            "ctr": {"train": 0.24883333333333332, "val": 0.27, "test": 0.23}, "skipped": 0,
-            "bayes_logloss": {"train": 0.3036253406175546, "val": 0.27948031228810577, "test": 0.22868600731704836}}  # fmt: skip
+    prep = {
+        "rows": {"train": 2400, "val": 300, "test": 300},
+        "ctr": {"train": 0.24883333333333332, "val": 0.27, "test": 0.23},
+        "skipped": 0,
+        "bayes_logloss": {"train": 0.3036253406175546, "val": 0.27948031228810577, "test": 0.22868600731704836},
+    }
     (run / "stages.json").write_text(json.dumps({"prepare": {"done": True, "result": prep}}))
     _model(run / "final", "nasrec", 0.55, 0.3105, 0.3101)
-    for name, mflops, ll in (("lr", 1.3e-5, 0.495), ("dlrm", 0.486, 0.316), ("deepfm", 0.492, 0.311),
-                             ("dcnv2", 1.045, 0.300)):  # fmt: skip
+    for name, mflops, ll in (
+        ("lr", 1.3e-5, 0.495),
+        ("dlrm", 0.486, 0.316),
+        ("deepfm", 0.492, 0.311),
+        ("dcnv2", 1.045, 0.300),
+    ):
         _model(run / "baselines" / name, "zoo", mflops, ll, ll + 0.001)
     for i in range(3):
         _model(run / "search" / "retrain" / f"r{i}", "nasrec", 0.4 + 0.2 * i, 0.31 + 0.002 * i, 0.309 + 0.002 * i)
     rng = np.random.default_rng(0)
-    history = [{"hash": str(i), "mflops": float(0.3 + rng.random()), "score": float(0.32 + 0.02 * rng.random())}
-               for i in range(20)]  # fmt: skip
+    history = [
+        {"hash": str(i), "mflops": float(0.3 + rng.random()), "score": float(0.32 + 0.02 * rng.random())}
+        for i in range(20)
+    ]
     (run / "search" / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     (run / "search" / "pareto.json").write_text(json.dumps(sorted(history, key=lambda h: h["mflops"])[:3]))
-    (run / "search" / "result.json").write_text(json.dumps(
-        {"scored": 20, "seconds": 12.0, "candidates_per_minute": 100.0, "best": history[0]}))  # fmt: skip
+    (run / "search" / "result.json").write_text(
+        json.dumps({"scored": 20, "seconds": 12.0, "candidates_per_minute": 100.0, "best": history[0]})
+    )
     _arch_with_dead_blocks(NASREC_SMALL).save(run / "search" / "final.json")
     return run
 
@@ -158,8 +178,10 @@ def test_matplotlib_architecture_drawing(space, tmp_path: Path) -> None:
     dead = arch.dead_blocks()
     assert all(("(dead)" in texts[1 + i]) == (i in dead) for i in range(arch.num_blocks))
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
-    sides = sum(("sparse" in role) + bool({"dense", "left", "right"} & set(role.split(", "))) + (not role)
-                for _, _, role, _ in _edges(arch))  # fmt: skip
+    sides = sum(
+        ("sparse" in role) + bool({"dense", "left", "right"} & set(role.split(", "))) + (not role)
+        for _, _, role, _ in _edges(arch)
+    )
     assert len(arrows) == sides  # one bracket per input and side, one arrow into the head
     paths = [p._path_original.vertices for p in arrows if p._path_original is not None]  # as drawn
     lanes = [v[1, 0] for v in paths if len(v) == 4]

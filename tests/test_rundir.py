@@ -18,8 +18,17 @@ from nasrec.errors import NasrecError
 from nasrec.rundir import load_checkpoint, save_checkpoint
 from nasrec.train.api import train, train_supernet
 
-QUICK = dict(batch_size=256, epochs=1, max_steps=12, lr=0.05, eval_every=0, eval_max_batches=2, log_every=4,
-             checkpoint_every=5, layernorm=True)  # fmt: skip
+QUICK = dict(
+    batch_size=256,
+    epochs=1,
+    max_steps=12,
+    lr=0.05,
+    eval_every=0,
+    eval_max_batches=2,
+    log_every=4,
+    checkpoint_every=5,
+    layernorm=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +47,9 @@ class _Holder:
                 print("held", flush=True)
                 sys.stdin.read()
         """)
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout.readline().strip() == "held"
 
     def stop(self) -> None:
@@ -86,10 +96,25 @@ def test_a_second_cli_writer_fails_while_the_first_trains(cache_dir: Path, tmp_p
     out = tmp_path / "run"
 
     def start(lr: float, epochs: int) -> subprocess.Popen:
-        sets = [f"{k}={json.dumps(v)}" for k, v in {**QUICK, "max_steps": None, "epochs": epochs, "lr": lr,
-                                                         "threads": 1}.items()]  # fmt: skip
-        cmd = [sys.executable, "-m", "nasrec.cli", "train", "--data", str(cache_dir), "--model", "lr", "--out",
-               str(out), "--resume", "--no-progress", *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+        sets = [
+            f"{k}={json.dumps(v)}"
+            for k, v in {**QUICK, "max_steps": None, "epochs": epochs, "lr": lr, "threads": 1}.items()
+        ]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nasrec.cli",
+            "train",
+            "--data",
+            str(cache_dir),
+            "--model",
+            "lr",
+            "--out",
+            str(out),
+            "--resume",
+            "--no-progress",
+            *[x for s in sets for x in ("--set", s)],
+        ]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     first = start(0.15, 2000)  # long enough to be still training when the second starts
@@ -231,13 +256,35 @@ def test_typed_records_read_back_the_files_they_came_from(cache_dir: Path, tmp_p
         rundir.read_supernet(out)
     with pytest.raises(NasrecError, match=r"not a training run \(no model.json\)"):
         rundir.read_model(tmp_path)
-    retrained = {"chosen": {"rank": 0, "hash": "ab", "supernet_score": 0.4, "run": "r", "val_logloss": 0.4,
-                            "test_logloss": None, "test_auc": None, "mflops": 0.1},
-                 "runs": [{"rank": 0, "hash": "ab", "supernet_score": 0.4, "run": "r", "val_logloss": 0.4,
-                           "test_logloss": None, "test_auc": None, "mflops": 0.1, "seeds": [
-                               {"seed": 1, "run": "r", "val_logloss": 0.4, "test_logloss": None, "test_auc": None,
-                                "mflops": 0.1}]}],
-                 "seeds": 2, "later": "kept"}  # fmt: skip
+    retrained = {
+        "chosen": {
+            "rank": 0,
+            "hash": "ab",
+            "supernet_score": 0.4,
+            "run": "r",
+            "val_logloss": 0.4,
+            "test_logloss": None,
+            "test_auc": None,
+            "mflops": 0.1,
+        },
+        "runs": [
+            {
+                "rank": 0,
+                "hash": "ab",
+                "supernet_score": 0.4,
+                "run": "r",
+                "val_logloss": 0.4,
+                "test_logloss": None,
+                "test_auc": None,
+                "mflops": 0.1,
+                "seeds": [
+                    {"seed": 1, "run": "r", "val_logloss": 0.4, "test_logloss": None, "test_auc": None, "mflops": 0.1}
+                ],
+            }
+        ],
+        "seeds": 2,
+        "later": "kept",
+    }
     assert rundir.RetrainResult.from_dict(retrained).to_dict() == retrained
     stage = {"fingerprint": "f", "done": False}
     assert rundir.StageRecord.from_dict(stage).to_dict() == stage

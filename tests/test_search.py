@@ -183,8 +183,10 @@ def test_top_k_skips_equal_scores() -> None:
     from nasrec.search.candidate import Candidate
 
     archs = [NASREC_SMALL.sample(np.random.default_rng(s), "uniform") for s in range(5)]
-    cands = [Candidate(i, 0, a, a.hash(), s, 1.0, 1) for i, (a, s) in
-             enumerate(zip(archs, [0.3, 0.1, 0.1 + 1e-8, math.nan, 0.2], strict=True))]  # fmt: skip
+    cands = [
+        Candidate(i, 0, a, a.hash(), s, 1.0, 1)
+        for i, (a, s) in enumerate(zip(archs, [0.3, 0.1, 0.1 + 1e-8, math.nan, 0.2], strict=True))
+    ]
     assert [c.index for c in top_k(cands, 3)] == [1, 4, 0]
 
 
@@ -212,9 +214,14 @@ def search_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def supernet_run(search_cache: Path) -> tuple[Path, Path]:
     root = search_cache.parent
-    train_supernet(root / "cache", root / "sn", space="small", preset_name="cpu-supernet",
-                   overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, threads=1),
-                   progress=False)  # fmt: skip
+    train_supernet(
+        root / "cache",
+        root / "sn",
+        space="small",
+        preset_name="cpu-supernet",
+        overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, threads=1),
+        progress=False,
+    )
     return root / "sn", root / "cache"
 
 
@@ -348,9 +355,25 @@ def test_distributed_search_equals_single_process(supernet_run: tuple[Path, Path
 
 def _search_cli(sn: Path, cache: Path, out: Path, resume: bool = False) -> subprocess.Popen:
     sets = dict(population=8, sample=4, children=2, generations=10, **TINY_SCORE)
-    cmd = [sys.executable, "-m", "nasrec.cli", "search", "--supernet", str(sn), "--data", str(cache), "--out",
-           str(out), "--preset", "cpu-quick", "--no-progress", "--max-mflops", "0.05",
-           *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")], *(["--resume"] if resume else [])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "search",
+        "--supernet",
+        str(sn),
+        "--data",
+        str(cache),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu-quick",
+        "--no-progress",
+        "--max-mflops",
+        "0.05",
+        *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")],
+        *(["--resume"] if resume else []),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -388,8 +411,11 @@ def test_caps_named_after_a_zoo_model(supernet_run: tuple[Path, Path], tmp_path:
     assert resolve_cap("max_params", "dlrm", cache) == dlrm.dense_params
     assert resolve_cap("max_mflops", "0.5", cache) == 0.5 and resolve_cap("max_params", "1e3", cache) == 1000
     assert resolve_cap("max_mflops", 2, cache) == 2 and resolve_cap("max_params", None, cache) is None
-    bad = (("max_mflops", "dcnv3", "neither a number nor a zoo model"), ("max_params", True, "neither a number nor"),
-           ("lr", "dlrm", "not a constraint"))  # fmt: skip
+    bad = (
+        ("max_mflops", "dcnv3", "neither a number nor a zoo model"),
+        ("max_params", True, "neither a number nor"),
+        ("lr", "dlrm", "not a constraint"),
+    )
     for key, value, match in bad:
         with pytest.raises(NasrecError, match=f"{key}.*{match}"):
             resolve_cap(key, value, cache)
@@ -430,10 +456,30 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     drawn = [arch_cost(NASREC_SMALL.sample(rng, "uniform"), *shape).mflops for _ in range(40)]
     cap = float(np.median(drawn))  # half of what uniform sampling draws is over it
-    cmd = [sys.executable, "-m", "nasrec.cli", "rankcheck", "--supernet", str(sn), "--data", str(cache), "--out",
-           str(tmp_path / "rc"), "-k", "4", *[x for k, v in TINY_SCORE.items() for x in ("--set", f"{k}={v}")],
-           "--train-set", "max_steps=10", "--train-set", "batch_size=128", "--train-set", "threads=1",
-           "--max-mflops", str(cap), "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "rankcheck",
+        "--supernet",
+        str(sn),
+        "--data",
+        str(cache),
+        "--out",
+        str(tmp_path / "rc"),
+        "-k",
+        "4",
+        *[x for k, v in TINY_SCORE.items() for x in ("--set", f"{k}={v}")],
+        "--train-set",
+        "max_steps=10",
+        "--train-set",
+        "batch_size=128",
+        "--train-set",
+        "threads=1",
+        "--max-mflops",
+        str(cap),
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
@@ -450,8 +496,16 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
 def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     sets = dict(population=6, sample=3, children=3, generations=2, top_k=3, **TINY_SCORE)
-    res = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
-                 train_overrides=dict(max_steps=8, threads=1), progress=False)  # fmt: skip
+    res = search(
+        sn,
+        cache,
+        tmp_path / "s",
+        preset="cpu-quick",
+        overrides=sets,
+        retrain=True,
+        train_overrides=dict(max_steps=8, threads=1),
+        progress=False,
+    )
     runs = res["final"]["runs"]
     top = json.loads((tmp_path / "s" / "top.json").read_text())
     assert [r["hash"] for r in runs] == [t["hash"] for t in top] and len(runs) == 3
@@ -461,26 +515,60 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
     for r in runs:
         assert json.loads((Path(r["run"]) / "metrics.json").read_text())["steps"] == 8
     # the search is complete: a second call with --resume re-reads it and keeps the finished runs
-    again = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
-                   train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
+    again = search(
+        sn,
+        cache,
+        tmp_path / "s",
+        preset="cpu-quick",
+        overrides=sets,
+        retrain=True,
+        train_overrides=dict(max_steps=8, threads=1),
+        resume=True,
+        progress=False,
+    )
     assert again["final"] == res["final"] and again["best"] == res["best"]
     # a larger k later: the same history, the finished runs kept, one more architecture retrained
-    more = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=dict(sets, top_k=4), retrain=True,
-                  train_overrides=dict(max_steps=8, threads=1), resume=True, progress=False)  # fmt: skip
+    more = search(
+        sn,
+        cache,
+        tmp_path / "s",
+        preset="cpu-quick",
+        overrides=dict(sets, top_k=4),
+        retrain=True,
+        train_overrides=dict(max_steps=8, threads=1),
+        resume=True,
+        progress=False,
+    )
     assert more["scored"] == res["scored"] and more["top"][:3] == res["top"] and len(more["top"]) == 4
     assert more["final"]["runs"][:3] == runs and len(more["final"]["runs"]) == 4
     assert len(json.loads((tmp_path / "s" / "top.json").read_text())) == 4
     with pytest.raises(NasrecError, match="own settings"):
-        search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=dict(sets, generations=3), resume=True,
-               progress=False)  # fmt: skip
+        search(
+            sn,
+            cache,
+            tmp_path / "s",
+            preset="cpu-quick",
+            overrides=dict(sets, generations=3),
+            resume=True,
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_retraining_with_several_seeds_judges_the_mean(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     sets = dict(population=6, sample=3, children=3, generations=1, top_k=2, **TINY_SCORE)
-    res = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True, retrain_seeds=2,
-                 train_overrides=dict(max_steps=8, threads=1, seed=3), progress=False)  # fmt: skip
+    res = search(
+        sn,
+        cache,
+        tmp_path / "s",
+        preset="cpu-quick",
+        overrides=sets,
+        retrain=True,
+        retrain_seeds=2,
+        train_overrides=dict(max_steps=8, threads=1, seed=3),
+        progress=False,
+    )
     runs = res["final"]["runs"]
     assert len(runs) == 2 and res["final"]["seeds"] == 2
     for r in runs:
@@ -514,9 +602,24 @@ def _children(pid: int) -> list[int]:
 def test_workers_exit_when_the_search_is_killed(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
     sets = dict(population=8, sample=4, children=2, generations=40, **TINY_SCORE)
-    cmd = [sys.executable, "-m", "nasrec.cli", "search", "--supernet", str(sn), "--data", str(cache), "--out",
-           str(tmp_path / "s"), "--preset", "cpu-quick", "--no-progress", "--workers", "2",
-           *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "search",
+        "--supernet",
+        str(sn),
+        "--data",
+        str(cache),
+        "--out",
+        str(tmp_path / "s"),
+        "--preset",
+        "cpu-quick",
+        "--no-progress",
+        "--workers",
+        "2",
+        *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")],
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     h = tmp_path / "s" / "history.jsonl"
@@ -550,8 +653,16 @@ def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path,
     cap = max((without(a)[0] for a in drawn), key=straddling)
     assert straddling(cap) >= 3
     sets = dict(population=6, sample=3, children=3, generations=2, top_k=2, max_mflops=cap, **TINY_SCORE)
-    res = search(sn, cache, tmp_path / "s", preset="cpu-quick", overrides=sets, retrain=True,
-                 train_overrides=dict(max_steps=4, threads=1), progress=False)  # fmt: skip
+    res = search(
+        sn,
+        cache,
+        tmp_path / "s",
+        preset="cpu-quick",
+        overrides=sets,
+        retrain=True,
+        train_overrides=dict(max_steps=4, threads=1),
+        progress=False,
+    )
     assert json.loads((tmp_path / "s" / "search.json").read_text())["search"]["count_layernorm"] is True
     history = [json.loads(x) for x in (tmp_path / "s" / "history.jsonl").read_text().splitlines()]
     assert len(history) == 12
@@ -561,8 +672,14 @@ def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path,
         m = json.loads((Path(r["run"]) / "metrics.json").read_text())
         assert r["mflops"] == m["mflops"] <= cap
     # a zoo model's name stands for the MFLOPs its trained baseline reports: the goal check and the cap agree
-    zoo = train(cache, tmp_path / "dcnv2", model="dcnv2", preset_name="cpu-quick",
-                overrides=dict(max_steps=1, batch_size=256, threads=1), progress=False)  # fmt: skip
+    zoo = train(
+        cache,
+        tmp_path / "dcnv2",
+        model="dcnv2",
+        preset_name="cpu-quick",
+        overrides=dict(max_steps=1, batch_size=256, threads=1),
+        progress=False,
+    )
     assert resolve_cap("max_mflops", "dcnv2", cache) == zoo["mflops"]
     # the count can be stated the other way (a final recipe without layer norms), and is recorded
     out = tmp_path / "no-ln"
@@ -580,8 +697,9 @@ def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path,
     again = search(sn, cache, out, preset="cpu-quick", overrides=sets, resume=True, progress=False)
     assert again["scored"] == 12
     with pytest.raises(NasrecError, match="own settings"):
-        search(sn, cache, out, preset="cpu-quick", overrides=dict(sets, count_layernorm=True), resume=True,
-               progress=False)  # fmt: skip
+        search(
+            sn, cache, out, preset="cpu-quick", overrides=dict(sets, count_layernorm=True), resume=True, progress=False
+        )
 
 
 def test_auto_preset_budgets(search_cache: Path) -> None:
@@ -595,19 +713,28 @@ def test_auto_preset_budgets(search_cache: Path) -> None:
     # at most one pass over the train split (20 steps at least), the whole validation split
     assert score == {"finetune_steps": 20, "warmup_steps": 2, "val_batch_size": 8192, "val_batches": 1}
     assert auto.data_budget(c, {"finetune_steps": 7, "val_batch_size": 100})[0] == {
-        "finetune_steps": 7, "warmup_steps": 0, "val_batch_size": 100, "val_batches": math.ceil(val_rows / 100)}  # fmt: skip
+        "finetune_steps": 7,
+        "warmup_steps": 0,
+        "val_batch_size": 100,
+        "val_batches": math.ceil(val_rows / 100),
+    }
     # the candidate count: the largest on the ladder that fits, in the paper's proportions
     shape, n, scale = auto.candidate_budget(0.1, 900, {})
-    assert n == 2048 and scale == 1 and shape == {"population": 128, "sample": 64, "children": 8,
-                                                  "generations": 240, "keep_per_generation": 2, "top_k": 15}  # fmt: skip
+    assert (
+        n == 2048
+        and scale == 1
+        and shape
+        == {"population": 128, "sample": 64, "children": 8, "generations": 240, "keep_per_generation": 2, "top_k": 15}
+    )
     shape, n, scale = auto.candidate_budget(2.0, 900, {"top_k": 5})
     assert n == 256 and scale == 1 and "top_k" not in shape
     assert shape["population"] + shape["generations"] * shape["children"] == 256
     assert SearchConfig().updated(**shape).budget == 256
     shape, n, scale = auto.candidate_budget(100.0, 900, {})
     assert n == 16 and scale == 9 / 16 and SearchConfig().updated(**shape).budget == 16
-    cut = auto.scaled_scoring({"finetune_steps": 500, "warmup_steps": 50, "val_batches": 150, "val_batch_size": 8192},
-                              0.01, {})  # fmt: skip
+    cut = auto.scaled_scoring(
+        {"finetune_steps": 500, "warmup_steps": 50, "val_batches": 150, "val_batch_size": 8192}, 0.01, {}
+    )
     assert cut == {"finetune_steps": 10, "warmup_steps": 1, "val_batches": 2, "val_batch_size": 8192}
     assert auto.parse_duration("15m") == 900 and auto.parse_duration("90s") == 90 and auto.parse_duration(30) == 30
     assert auto.parse_duration("1.5h") == 5400 and auto.parse_duration(None) is None

@@ -262,8 +262,14 @@ def test_mutation_count_schedule() -> None:
 # -- user spaces ---------------------------------------------------------------------------------------
 def test_user_space_from_yaml(tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
-    spec = {"num_blocks": 4, "dense_ops": ["dot", "fc"], "sparse_ops": ["transformer"], "dense_widths": [64, 32],
-            "sparse_widths": [16], "max_inputs": 2}  # fmt: skip
+    spec = {
+        "num_blocks": 4,
+        "dense_ops": ["dot", "fc"],
+        "sparse_ops": ["transformer"],
+        "dense_widths": [64, 32],
+        "sparse_widths": [16],
+        "max_inputs": 2,
+    }
     path.write_text(yaml.safe_dump(spec))
     space = get_space(str(path))
     assert space.name == "tiny" and space.num_blocks == 4

@@ -266,8 +266,9 @@ def test_interaction_model_beats_linear_model(tmp_path: Path) -> None:
 
 def test_model_seed_shares_the_click_model_across_row_seeds(tmp_path: Path) -> None:
     # no dense terms, so that the click probability is a function of the categorical values alone
-    cfg = SynthConfig(num_dense=3, num_sparse=4, cardinalities=(5, 9, 20, 7), num_dense_linear=0,
-                      num_interactions=2, num_gated=0)  # fmt: skip
+    cfg = SynthConfig(
+        num_dense=3, num_sparse=4, cardinalities=(5, 9, 20, 7), num_dense_linear=0, num_interactions=2, num_gated=0
+    )
     a = generate_synthetic(tmp_path / "a.tsv", 3000, seed=5, config=cfg)
     same = generate_synthetic(tmp_path / "same.tsv", 3000, seed=5, config=cfg, model_seed=5)
     assert _files(a.path)[:2] == _files(same.path)[:2]  # the default model seed is the row seed
@@ -292,8 +293,15 @@ def test_model_seed_shares_the_click_model_across_row_seeds(tmp_path: Path) -> N
 
 
 def test_click_model_of_reads_the_sidecar(tmp_path: Path) -> None:
-    cfg = SynthConfig(num_dense=2, num_sparse=3, cardinalities=(4, 6, 8), num_dense_linear=1, num_interactions=1,
-                      num_gated=1, sparse_missing_rate=(0.0, 0.1, 0.2))  # fmt: skip
+    cfg = SynthConfig(
+        num_dense=2,
+        num_sparse=3,
+        cardinalities=(4, 6, 8),
+        num_dense_linear=1,
+        num_interactions=1,
+        num_gated=1,
+        sparse_missing_rate=(0.0, 0.1, 0.2),
+    )
     res = generate_synthetic(tmp_path / "a.tsv", 100, seed=3, config=cfg, model_seed=11)
     assert click_model_of(res.path) == (cfg, 11, 3)
     assert click_model_of(meta_path(res.path)) == (cfg, 11, 3)
@@ -318,6 +326,8 @@ def test_synth_cli_like_draws_new_rows_from_the_files_click_model(tmp_path: Path
     assert main(["synth", "--rows", "300", "--out", str(tmp_path / "c.tsv"), "--like", str(first), "--seed", "2"]) == 0
     assert "these rows repeat its first rows" in capsys.readouterr().out
     assert (tmp_path / "c.tsv").read_text().splitlines() == first.read_text().splitlines()[:300]
-    assert main(["synth", "--rows", "10", "--out", str(tmp_path / "d.tsv"), "--like", str(first), "--num-sparse",
-                 "3"]) == 2  # fmt: skip
+    assert (
+        main(["synth", "--rows", "10", "--out", str(tmp_path / "d.tsv"), "--like", str(first), "--num-sparse", "3"])
+        == 2
+    )
     assert "--like takes the click model from" in capsys.readouterr().err

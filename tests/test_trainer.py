@@ -21,7 +21,7 @@ from nasrec.model.paths import supernet_path
 from nasrec.rundir import load_checkpoint, save_checkpoint
 from nasrec.space.space import NASREC_FULL, NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.trainer import load_trained
+from nasrec.train.loading import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,17 @@ def _arch_file(tmp_path: Path, seed: int = 0, max_mflops: float | None = None) -
     return path
 
 
-QUICK = dict(batch_size=256, epochs=2, lr=0.05, shuffle=True, eval_every=20, eval_max_batches=2, log_every=10,
-             checkpoint_every=10, layernorm=True)  # fmt: skip
+QUICK = dict(
+    batch_size=256,
+    epochs=2,
+    lr=0.05,
+    shuffle=True,
+    eval_every=20,
+    eval_max_batches=2,
+    log_every=10,
+    checkpoint_every=10,
+    layernorm=True,
+)
 
 
 @pytest.mark.slow
@@ -79,13 +88,23 @@ def test_centred_head_is_calibrated_on_fixed_train_batches(cache_dir: Path, tmp_
         head.calibrate((f.dense, f.tokens, f.d2s) for f in (model.features(b.dense, b.sparse) for b in batches))
     torch.testing.assert_close(head.mean, saved, rtol=0, atol=1e-6)  # the exact mean of those batches
     # 0 keeps the running mean of training, which is not that mean
-    train(cache_dir, tmp_path / "run", arch=_arch_file(tmp_path), overrides=dict(cfg, head_calib_batches=0),
-          progress=False)  # fmt: skip
+    train(
+        cache_dir,
+        tmp_path / "run",
+        arch=_arch_file(tmp_path),
+        overrides=dict(cfg, head_calib_batches=0),
+        progress=False,
+    )
     running = load_trained(tmp_path / "run")[0].head.mean
     assert (running - head.mean).abs().max() > 1e-3
     with pytest.raises(NasrecError, match="head_calib_batches"):
-        train(cache_dir, tmp_path / "bad", arch=_arch_file(tmp_path), overrides=dict(cfg, head_calib_batches=-1),
-              progress=False)  # fmt: skip
+        train(
+            cache_dir,
+            tmp_path / "bad",
+            arch=_arch_file(tmp_path),
+            overrides=dict(cfg, head_calib_batches=-1),
+            progress=False,
+        )
 
 
 def test_a_run_saved_before_a_setting_existed_still_resumes(cache_dir: Path, tmp_path: Path) -> None:
@@ -166,8 +185,24 @@ def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path
 
     cfg = dict(batch_size=256, max_steps=6, eval_max_batches=1, supernet_eval_archs=2)
     sets = [x for k, v in cfg.items() for x in ("--set", f"{k}={v}")]
-    assert main(["supernet", "--space", "full", "--data", str(cache_dir), "--out", str(tmp_path / "sn"),
-                 "--max-mflops", "0.3", "--no-progress", *sets]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "supernet",
+                "--space",
+                "full",
+                "--data",
+                str(cache_dir),
+                "--out",
+                str(tmp_path / "sn"),
+                "--max-mflops",
+                "0.3",
+                "--no-progress",
+                *sets,
+            ]
+        )
+        == 0
+    )
     run = json.loads((tmp_path / "sn" / "metrics.json").read_text())
     assert run["steps"] == 6 and np.isfinite(run["logloss"])
     assert json.loads((tmp_path / "sn" / "config.json").read_text())["train"]["path_max_mflops"] == 0.3
@@ -182,9 +217,21 @@ def test_supernet_training_within_a_flops_budget(cache_dir: Path, tmp_path: Path
 def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
     from nasrec.model.spec import ModelSpec
 
-    res = train_supernet(cache_dir, tmp_path / "sn", space="small", progress=False,
-                         overrides=dict(batch_size=256, max_steps=30, path_warmup_steps=10, eval_max_batches=1,
-                                        supernet_eval_archs=2, lr=0.05, log_every=5))  # fmt: skip
+    res = train_supernet(
+        cache_dir,
+        tmp_path / "sn",
+        space="small",
+        progress=False,
+        overrides=dict(
+            batch_size=256,
+            max_steps=30,
+            path_warmup_steps=10,
+            eval_max_batches=1,
+            supernet_eval_archs=2,
+            lr=0.05,
+            log_every=5,
+        ),
+    )
     assert res["steps"] == 30 and np.isfinite(res["logloss"])
     assert json.loads((tmp_path / "sn" / "model.json").read_text())["kind"] == "supernet"
     # Strict JSON (no NaN): a supernet has parameters but no single MFLOPs figure.
@@ -215,8 +262,16 @@ def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp
     from nasrec.train.evaluation import evaluate
     from nasrec.train.trainer import Trainer
 
-    cfg = dict(batch_size=256, max_steps=20, path_warmup_steps=5, eval_max_batches=1, supernet_eval_archs=3,
-               lr=0.05, head_calib_batches=2, seed=4)  # fmt: skip
+    cfg = dict(
+        batch_size=256,
+        max_steps=20,
+        path_warmup_steps=5,
+        eval_max_batches=1,
+        supernet_eval_archs=3,
+        lr=0.05,
+        head_calib_batches=2,
+        seed=4,
+    )
     res = train_supernet(cache_dir, tmp_path / "sn", space="small", overrides=cfg, progress=False)
     net, _ = load_trained(tmp_path / "sn")
     saved = {k: v.clone() for k, v in net.head.named_buffers()}
@@ -232,8 +287,12 @@ def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp
             v.copy_(saved[k])
     assert res["val"]["logloss"] == pytest.approx(float(np.mean(losses)), abs=1e-6)
     # an evaluation puts the supernet's running mean back, so training goes on with it
-    trainer = Trainer(ModelSpec.from_dict(json.loads((tmp_path / "sn" / "model.json").read_text())), cache,
-                      preset(None, **cfg), tmp_path / "again")  # fmt: skip
+    trainer = Trainer(
+        ModelSpec.from_dict(json.loads((tmp_path / "sn" / "model.json").read_text())),
+        cache,
+        preset(None, **cfg),
+        tmp_path / "again",
+    )
     trainer.model.load_state_dict(net.state_dict())
     assert trainer._eval_here("val")["logloss"] == pytest.approx(res["val"]["logloss"], abs=1e-6)
     for k, v in trainer.model.head.named_buffers():
@@ -267,10 +326,34 @@ def test_restore_best_tests_and_serves_the_best_weights(cache_dir: Path, tmp_pat
 
 def _run_cli(cache_dir: Path, arch: Path, out: Path, resume: bool = False) -> subprocess.Popen:
     # 100 steps of 75 a epoch: the kill comes in the first epoch, the resume crosses into the second
-    sets = ["batch_size=128", "epochs=2", "max_steps=100", "lr=0.05", "shuffle=true", "checkpoint_every=15", "eval_every=40",
-            "eval_max_batches=2", "log_every=10", "layernorm=true", "threads=1"]  # fmt: skip
-    cmd = [sys.executable, "-m", "nasrec.cli", "train", "--data", str(cache_dir), "--arch", str(arch), "--out", str(out),
-           "--no-progress", *[x for s in sets for x in ("--set", s)], *(["--resume"] if resume else [])]  # fmt: skip
+    sets = [
+        "batch_size=128",
+        "epochs=2",
+        "max_steps=100",
+        "lr=0.05",
+        "shuffle=true",
+        "checkpoint_every=15",
+        "eval_every=40",
+        "eval_max_batches=2",
+        "log_every=10",
+        "layernorm=true",
+        "threads=1",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasrec.cli",
+        "train",
+        "--data",
+        str(cache_dir),
+        "--arch",
+        str(arch),
+        "--out",
+        str(out),
+        "--no-progress",
+        *[x for s in sets for x in ("--set", s)],
+        *(["--resume"] if resume else []),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -364,8 +447,10 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     assert cpu.path_warmup_fraction == 0.2 and cpu.path_warmup_steps == 0
     assert path_warmup(cpu, 135) == 27 and path_warmup(cpu, 1000) == 200
     # an explicit warm-up of either kind replaces the preset's other kind
-    assert (preset("cpu-supernet", path_warmup_steps=20).path_warmup_fraction, preset("paper-supernet",
-            path_warmup_fraction=0.1).path_warmup_steps) == (0.0, 0)  # fmt: skip
+    assert (
+        preset("cpu-supernet", path_warmup_steps=20).path_warmup_fraction,
+        preset("paper-supernet", path_warmup_fraction=0.1).path_warmup_steps,
+    ) == (0.0, 0)
     with pytest.raises(NasrecError, match="path_warmup_steps or path_warmup_fraction, not both"):
         TrainConfig(path_warmup_steps=10, path_warmup_fraction=0.1)
     with pytest.raises(NasrecError, match="path_warmup_fraction: expected a number >= 0 and <= 1"):
@@ -380,9 +465,16 @@ def test_supernet_warmup_as_a_fraction_or_capped_with_a_warning(
     ]
     caplog.clear()
     with caplog.at_level("WARNING", logger="nasrec.train.sampling"):
-        res = train_supernet(cache_dir, tmp_path / "sn", space="small", preset_name="cpu-supernet", progress=False,
-                             overrides=dict(batch_size=256, max_steps=6, path_warmup_steps=50, eval_max_batches=1,
-                                            supernet_eval_archs=2))  # fmt: skip
+        res = train_supernet(
+            cache_dir,
+            tmp_path / "sn",
+            space="small",
+            preset_name="cpu-supernet",
+            progress=False,
+            overrides=dict(
+                batch_size=256, max_steps=6, path_warmup_steps=50, eval_max_batches=1, supernet_eval_archs=2
+            ),
+        )
     assert res["steps"] == 6 and any("exceeds the 6 training steps" in r.getMessage() for r in caplog.records)
     # runs saved before the fraction existed keep their identity (a new setting counts with its default)
     old = TrainConfig(path_warmup_steps=200).to_dict()

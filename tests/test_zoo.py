@@ -196,8 +196,9 @@ def test_cost_equals_hand_counts() -> None:
 
     h_macs, h_params = _mlp(din, mlp, out=None)
     for structure, rank in (("parallel", None), ("stacked", None), ("parallel", 4)):
-        dcn = zoo_cost("dcnv2", D, TABLES, embedding_dim=E, cross_layers=3, cross_rank=rank, structure=structure,
-                       mlp_dims=mlp)  # fmt: skip
+        dcn = zoo_cost(
+            "dcnv2", D, TABLES, embedding_dim=E, cross_layers=3, cross_rank=rank, structure=structure, mlp_dims=mlp
+        )
         cross = 3 * (din * din if rank is None else 2 * din * rank)
         head = (din + mlp[-1]) if structure == "parallel" else mlp[-1]
         assert dcn.flops == cross + h_macs + head, (structure, rank)
@@ -208,13 +209,30 @@ def test_cost_equals_hand_counts() -> None:
 
     heads, hd, layers = 2, 4, 2
     w = heads * hd
-    ai = zoo_cost("autoint+", D, TABLES, embedding_dim=E, attention_layers=layers, attention_heads=heads,
-                  attention_dim=hd, mlp_dims=mlp)  # fmt: skip
+    ai = zoo_cost(
+        "autoint+",
+        D,
+        TABLES,
+        embedding_dim=E,
+        attention_layers=layers,
+        attention_heads=heads,
+        attention_dim=hd,
+        mlp_dims=mlp,
+    )
     f = S + 1
     attn = f * E * w * 4 + f * w * w * 4 + layers * 2 * f * f * w  # Q, K, V, residual; Q·Kᵀ and A·V
     assert ai.flops == D * E + attn + f * w + dnn.flops
-    no_res = zoo_cost("autoint+", D, TABLES, embedding_dim=E, attention_layers=1, attention_heads=heads,
-                      attention_dim=hd, residual=False, mlp_dims=mlp)  # fmt: skip
+    no_res = zoo_cost(
+        "autoint+",
+        D,
+        TABLES,
+        embedding_dim=E,
+        attention_layers=1,
+        attention_heads=heads,
+        attention_dim=hd,
+        residual=False,
+        mlp_dims=mlp,
+    )
     assert no_res.flops == D * E + f * E * w * 3 + 2 * f * f * w + f * w + dnn.flops
 
     x = zoo_cost("xdeepfm", D, TABLES, embedding_dim=E, cin_dims=(10, 6), mlp_dims=mlp)
@@ -322,8 +340,9 @@ def test_interaction_models_beat_logistic_regression(tmp_path: Path) -> None:
     torch.manual_seed(0)
     raw = tmp_path / "planted.tsv"
     synth = generate_synthetic(raw, rows=60_000, seed=0, config=INTERACTION_DATA)
-    prepare(PrepareConfig(inputs=(str(raw),), out=str(tmp_path / "c"), format="criteo", encoding="vocab",
-                          split="random"))  # fmt: skip
+    prepare(
+        PrepareConfig(inputs=(str(raw),), out=str(tmp_path / "c"), format="criteo", encoding="vocab", split="random")
+    )
     cache = open_cache(tmp_path / "c")
     # LR gets the better of two learning rates; the deep models one (0.05 already unsettles FM terms).
     losses = {"lr": min(_fit("lr", cache, lr) for lr in (0.02, 0.1))}

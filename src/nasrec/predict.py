@@ -34,8 +34,8 @@ from nasrec.data.encode import RowEncoder
 from nasrec.data.encoders import OOV_INDEX, VocabEncoder
 from nasrec.data.sources import DEFAULT_MAX_BAD_FRACTION, ErrorLog, check_bad_share
 from nasrec.errors import NasrecError
+from nasrec.train.loading import load_trained
 from nasrec.train.metrics import StreamingMetrics
-from nasrec.train.trainer import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +104,24 @@ def drifted(share: float, reference: float | None) -> bool:
     return share > DRIFT_RATIO * ref and share - ref > DRIFT_POINTS
 
 
-def unseen_report(names: list[str], shares: list[float | None], split: str | None,
-                  reference: list[float | None]) -> dict[str, Any]:  # fmt: skip
+def unseen_report(
+    names: list[str], shares: list[float | None], split: str | None, reference: list[float | None]
+) -> dict[str, Any]:
     """The `unseen` and `drift` entries of a prediction's result, and the warning (None without drift)."""
     fields = {n: {"share": s, "reference": r} for n, s, r in zip(names, shares, reference, strict=True)}
     drift = [n for n, s, r in zip(names, shares, reference, strict=True) if s is not None and drifted(s, r)]
     warning = None
     if drift:
-        shown = ", ".join(f"{n} {fields[n]['share']:.1%} ({split or 'reference'} {reference[names.index(n)] or 0:.1%})"
-                          for n in drift[:6]) + (f" and {len(drift) - 6} more" if len(drift) > 6 else "")  # fmt: skip
-        warning = (f"values unseen in training in {len(drift)} of {len(names)} categorical fields, far above the "
-                   f"{split or 'reference'} split's share (over {DRIFT_RATIO:g}x it and over {DRIFT_POINTS * 100:g} "
-                   f"percentage points more): "
-                   f"{shown}. These rows do not look like the training data; their probabilities are unreliable.")  # fmt: skip
+        shown = ", ".join(
+            f"{n} {fields[n]['share']:.1%} ({split or 'reference'} {reference[names.index(n)] or 0:.1%})"
+            for n in drift[:6]
+        ) + (f" and {len(drift) - 6} more" if len(drift) > 6 else "")
+        warning = (
+            f"values unseen in training in {len(drift)} of {len(names)} categorical fields, far above the "
+            f"{split or 'reference'} split's share (over {DRIFT_RATIO:g}x it and over {DRIFT_POINTS * 100:g} "
+            f"percentage points more): "
+            f"{shown}. These rows do not look like the training data; their probabilities are unreliable."
+        )
     return {"unseen": {"reference_split": split, "fields": fields}, "drift": drift, "warning": warning}
 
 
@@ -174,8 +179,16 @@ def predict(
                 dense = torch.from_numpy(np.ascontiguousarray(chunk.dense, dtype=np.float32))
                 sparse = torch.from_numpy(chunk.sparse.astype(np.int64))
                 # one slice at a time on the device; the logits come back to the CPU for the CSV
-                logits = torch.cat([model(dense[i : i + batch_size].to(on), sparse[i : i + batch_size].to(on)).cpu()
-                                    for i in range(0, len(dense), batch_size)]) if len(dense) else torch.zeros(0)  # fmt: skip
+                logits = (
+                    torch.cat(
+                        [
+                            model(dense[i : i + batch_size].to(on), sparse[i : i + batch_size].to(on)).cpu()
+                            for i in range(0, len(dense), batch_size)
+                        ]
+                    )
+                    if len(dense)
+                    else torch.zeros(0)
+                )
                 metrics.update(chunk.label, logits)
                 if unseen is not None:
                     unseen.update(chunk.sparse)
@@ -198,6 +211,12 @@ def predict(
         drift = unseen_report(encoder.plan.sparse_names, unseen.shares(), *_reference(cache, seen))
         if drift["warning"]:
             log.warning(drift["warning"])
-    return {"rows": rows, "skipped": errors.count, "skipped_examples": errors.examples, "out": str(out),
-            "logloss": m["logloss"] if rows and not math.isnan(m["logloss"]) else None,
-            "auc": m["auc"] if rows and not math.isnan(m["auc"]) else None, **drift}  # fmt: skip
+    return {
+        "rows": rows,
+        "skipped": errors.count,
+        "skipped_examples": errors.examples,
+        "out": str(out),
+        "logloss": m["logloss"] if rows and not math.isnan(m["logloss"]) else None,
+        "auc": m["auc"] if rows and not math.isnan(m["auc"]) else None,
+        **drift,
+    }

@@ -15,8 +15,23 @@ from nasrec.errors import NasrecError
 
 _ALL = {**data.COMMANDS, **arch.COMMANDS, **train.COMMANDS, **search.COMMANDS, **serve.COMMANDS, **pipeline.COMMANDS}
 # The order of `nasrec --help`.
-_ORDER = ("prepare", "synth", "arch", "train", "supernet", "evaluate", "compare", "search", "rankcheck", "predict",
-          "export", "run", "demo", "report", "cache")  # fmt: skip
+_ORDER = (
+    "prepare",
+    "synth",
+    "arch",
+    "train",
+    "supernet",
+    "evaluate",
+    "compare",
+    "search",
+    "rankcheck",
+    "predict",
+    "export",
+    "run",
+    "demo",
+    "report",
+    "cache",
+)
 COMMANDS = {name: _ALL[name] for name in _ORDER}
 
 
@@ -47,10 +62,22 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
             _add_verbosity(command)
         return
     how = parser.add_mutually_exclusive_group()
-    how.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
-                     help="on stderr warnings and errors only, no progress lines or bars (the result stays on stdout)")  # fmt: skip
-    how.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
-                     help="debug lines as well, on stderr and in the run directory's nasrec.log")  # fmt: skip
+    how.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        help="on stderr warnings and errors only, no progress lines or bars (the result stays on stdout)",
+    )
+    how.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        help="debug lines as well, on stderr and in the run directory's nasrec.log",
+    )
     parser.set_defaults(verbosity=0)
 
 

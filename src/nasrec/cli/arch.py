@@ -40,8 +40,11 @@ def _arch_shape(args: argparse.Namespace) -> dict:
         from nasrec.data.cache import open_cache
 
         cache = open_cache(args.cache)
-        return {"num_dense": len(cache.dense_fields), "num_sparse": len(cache.sparse_fields),
-                "table_sizes": cache.table_sizes}  # fmt: skip
+        return {
+            "num_dense": len(cache.dense_fields),
+            "num_sparse": len(cache.sparse_fields),
+            "table_sizes": cache.table_sizes,
+        }
     from nasrec.data.formats import AVAZU_TABLE_SIZES, CRITEO_TABLE_SIZES, KDD12_TABLE_SIZES
 
     # Dense field counts of the built-in schemas: Avazu has one constant-zero dense column, as NASRec.
@@ -93,8 +96,10 @@ def _arch_memory_text(m: dict) -> str:
     from nasrec.model.memory import human_bytes
 
     train, machine = m["train_bytes"], m["machine_bytes"]
-    text = (f"{human_bytes(m['weights_bytes'])} of weights (float32); to train, about {human_bytes(train['adagrad'])} "
-            f"with Adagrad, {human_bytes(train['adam'])} with Adam (activations not counted)")  # fmt: skip
+    text = (
+        f"{human_bytes(m['weights_bytes'])} of weights (float32); to train, about {human_bytes(train['adagrad'])} "
+        f"with Adagrad, {human_bytes(train['adam'])} with Adam (activations not counted)"
+    )
     if machine is not None and min(train.values()) > machine:
         text += f": more than this machine's {human_bytes(machine)}, it cannot train here"
     return text
@@ -102,12 +107,14 @@ def _arch_memory_text(m: dict) -> str:
 
 def _arch_info_text(r: dict) -> str:
     dead = f" (dead: {', '.join(map(str, r['dead_blocks']))})" if r["dead_blocks"] else ""
-    lines = [f"{r['file']}: architecture {r['hash']}, {r['blocks']} blocks{dead}, head input {r['head_input']}",
-             f"  on {r['num_dense']} dense and {r['num_sparse']} sparse fields"
-             f"{' with layer norms' if r['use_layernorm'] else ''}: {console.mflops(r['mflops'])} MFLOPs, "
-             f"{r['dense_params']:,} dense and {r['embedding_params']:,} embedding parameters",
-             f"  in the built-in spaces: {', '.join(r['spaces']) or 'none'}",
-             f"  memory: {_arch_memory_text(r['memory'])}"]  # fmt: skip
+    lines = [
+        f"{r['file']}: architecture {r['hash']}, {r['blocks']} blocks{dead}, head input {r['head_input']}",
+        f"  on {r['num_dense']} dense and {r['num_sparse']} sparse fields"
+        f"{' with layer norms' if r['use_layernorm'] else ''}: {console.mflops(r['mflops'])} MFLOPs, "
+        f"{r['dense_params']:,} dense and {r['embedding_params']:,} embedding parameters",
+        f"  in the built-in spaces: {', '.join(r['spaces']) or 'none'}",
+        f"  memory: {_arch_memory_text(r['memory'])}",
+    ]
     return "\n".join([*lines, *(f"  {line}" for line in r["summary"])])
 
 

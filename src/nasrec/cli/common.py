@@ -13,9 +13,14 @@ JSON_HELP = "print the result as one JSON object on stdout (the log stays on std
 
 
 def add_max_bad_fraction(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
-                   help="with --on-error skip: fail all the same when more than this share of the rows read is "
-                        "malformed (default 0.01; 1 accepts any share)")  # fmt: skip
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="with --on-error skip: fail all the same when more than this share of the rows read is "
+        "malformed (default 0.01; 1 accepts any share)",
+    )
 
 
 def parse_sets(items: list[str] | None) -> dict:
@@ -34,8 +39,9 @@ def parse_sets(items: list[str] | None) -> dict:
 
 def add_device(p: argparse.ArgumentParser, what: str, resumable: bool = False) -> None:
     default = "default cpu; on resume: the run's own" if resumable else "default cpu"
-    p.add_argument("--device", metavar="cpu|cuda|cuda:N|auto",
-                   help=f"where to {what} ({default}; auto: cuda when available)")  # fmt: skip
+    p.add_argument(
+        "--device", metavar="cpu|cuda|cuda:N|auto", help=f"where to {what} ({default}; auto: cuda when available)"
+    )
 
 
 def device_arg(args: argparse.Namespace, overrides: dict | None = None) -> str | None:
@@ -51,10 +57,16 @@ def device_arg(args: argparse.Namespace, overrides: dict | None = None) -> str |
 
 
 def add_caps(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-mflops", metavar="X|MODEL",
-                   help="only architectures of at most X MFLOPs, or of a zoo model's on this data (dcnv2)")  # fmt: skip
-    p.add_argument("--max-params", metavar="N|MODEL",
-                   help="only architectures of at most N non-embedding params (or a zoo model's count)")  # fmt: skip
+    p.add_argument(
+        "--max-mflops",
+        metavar="X|MODEL",
+        help="only architectures of at most X MFLOPs, or of a zoo model's on this data (dcnv2)",
+    )
+    p.add_argument(
+        "--max-params",
+        metavar="N|MODEL",
+        help="only architectures of at most N non-embedding params (or a zoo model's count)",
+    )
 
 
 def bars(args: argparse.Namespace) -> bool:

@@ -26,10 +26,15 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("--hash", dest="encoding", action="store_const", const="hash", help="modulo hashing (default)")
     enc.add_argument("--vocab", dest="encoding", action="store_const", const="vocab", help="train-split vocabulary")
     p.set_defaults(encoding="hash")
-    p.add_argument("--min-count", type=clicheck.int_at_least(1), default=1,
-                   help="vocabulary: keep ids seen at least N times in train")  # fmt: skip
-    p.add_argument("--max-table-size", type=clicheck.int_at_least(1), default=None,
-                   help="cap every embedding table (e.g. 500000)")  # fmt: skip
+    p.add_argument(
+        "--min-count",
+        type=clicheck.int_at_least(1),
+        default=1,
+        help="vocabulary: keep ids seen at least N times in train",
+    )
+    p.add_argument(
+        "--max-table-size", type=clicheck.int_at_least(1), default=None, help="cap every embedding table (e.g. 500000)"
+    )
     p.add_argument("--dense", dest="dense_transform", choices=["log", "none", "standardize", "bucketize"])
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
     add_max_bad_fraction(p)
@@ -45,19 +50,33 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from nasrec.data.prepare import PrepareConfig, prepare
 
     cfg = PrepareConfig(
-        inputs=tuple(args.input), out=args.out, format=args.format, schema=args.schema, split=args.split,
-        ratios=tuple(args.ratios), seed=args.seed, encoding=args.encoding, min_count=args.min_count,
-        max_table_size=args.max_table_size, on_error=args.on_error, max_bad_fraction=args.max_bad_fraction,
+        inputs=tuple(args.input),
+        out=args.out,
+        format=args.format,
+        schema=args.schema,
+        split=args.split,
+        ratios=tuple(args.ratios),
+        seed=args.seed,
+        encoding=args.encoding,
+        min_count=args.min_count,
+        max_table_size=args.max_table_size,
+        on_error=args.on_error,
+        max_bad_fraction=args.max_bad_fraction,
         dense_transform=args.dense_transform,
-        drop_id=args.drop_id, time_features=args.time_features, kdd_profile=args.kdd_profile, force=args.force,
+        drop_id=args.drop_id,
+        time_features=args.time_features,
+        kdd_profile=args.kdd_profile,
+        force=args.force,
         progress=bars(args),
-    )  # fmt: skip
+    )
     res = prepare(cfg)
     if args.json:
         console.out(console.to_json({k: v for k, v in vars(res).items() if k != "meta"}))
         return 0
-    console.out(f"prepared {res.path}: {sum(res.rows.values()):,} rows in {res.seconds:.2f} s "
-          f"({res.rows_per_s:,.0f} rows/s, peak memory {res.peak_rss_mb:,.0f} MB)")  # fmt: skip
+    console.out(
+        f"prepared {res.path}: {sum(res.rows.values()):,} rows in {res.seconds:.2f} s "
+        f"({res.rows_per_s:,.0f} rows/s, peak memory {res.peak_rss_mb:,.0f} MB)"
+    )
     for name, n in res.rows.items():
         console.out(f"  {name:<6} {n:>12,} rows   CTR {res.ctr[name]:.4f}")
     sizes = list(res.table_sizes.values())
@@ -78,8 +97,11 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def _add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="check a prepared cache")
     csub = p.add_subparsers(dest="cache_command", required=True)
-    v = csub.add_parser("verify", help="check every file of a cache: its checksum against meta.json (recorded by "
-                                       "prepare), its structure, and its values (ids within the tables, ...)")  # fmt: skip
+    v = csub.add_parser(
+        "verify",
+        help="check every file of a cache: its checksum against meta.json (recorded by "
+        "prepare), its structure, and its values (ids within the tables, ...)",
+    )
     v.add_argument("dir", metavar="DIR", help="cache directory of `nasrec prepare`")
     v.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -98,14 +120,26 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic Criteo-format dataset with a known click model")
     p.add_argument("--rows", type=clicheck.int_at_least(1), required=True)
     p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--seed", type=clicheck.int_at_least(0), default=None,
-                   help="seed of the rows (default 0; with --like, the file's row seed + 1, so new rows)")  # fmt: skip
-    p.add_argument("--model-seed", type=clicheck.int_at_least(0), default=None, metavar="S",
-                   help="seed of the click model (default: --seed); files with the same configuration and model "
-                        "seed share one click model")  # fmt: skip
-    p.add_argument("--like", metavar="FILE",
-                   help="new rows from the click model of FILE (a file written by nasrec synth, e.g. a demo's "
-                        "runs/demo/data/synthetic.tsv): its configuration and model seed")  # fmt: skip
+    p.add_argument(
+        "--seed",
+        type=clicheck.int_at_least(0),
+        default=None,
+        help="seed of the rows (default 0; with --like, the file's row seed + 1, so new rows)",
+    )
+    p.add_argument(
+        "--model-seed",
+        type=clicheck.int_at_least(0),
+        default=None,
+        metavar="S",
+        help="seed of the click model (default: --seed); files with the same configuration and model "
+        "seed share one click model",
+    )
+    p.add_argument(
+        "--like",
+        metavar="FILE",
+        help="new rows from the click model of FILE (a file written by nasrec synth, e.g. a demo's "
+        "runs/demo/data/synthetic.tsv): its configuration and model seed",
+    )
     p.add_argument("--num-dense", type=int, help="dense fields (default 13)")
     p.add_argument("--num-sparse", type=int, help="categorical fields (default 26)")
     p.add_argument(
@@ -164,8 +198,17 @@ def _run_synth_like(args: argparse.Namespace) -> int:
     """`synth --like FILE`: rows from FILE's click model (configuration and model seed), with a new row seed."""
     from nasrec.data.synthetic import click_model_of, generate_synthetic
 
-    given = [flag for flag, v in (("--preset", args.preset), ("--config", args.config), ("--num-dense", args.num_dense),
-                                  ("--num-sparse", args.num_sparse), ("--model-seed", args.model_seed)) if v is not None]  # fmt: skip
+    given = [
+        flag
+        for flag, v in (
+            ("--preset", args.preset),
+            ("--config", args.config),
+            ("--num-dense", args.num_dense),
+            ("--num-sparse", args.num_sparse),
+            ("--model-seed", args.model_seed),
+        )
+        if v is not None
+    ]
     if given:
         raise NasrecError(f"--like takes the click model from {args.like}; drop {', '.join(given)}")
     cfg, model_seed, row_seed = click_model_of(args.like)
@@ -192,8 +235,10 @@ def _synth_written(args: argparse.Namespace, cfg: Any, res: Any, prepare_hint: b
         fields = ("path", "rows", "positives", "ctr", "bayes_logloss", "expected_logloss", "seconds")
         console.out(console.to_json({**{k: getattr(res, k) for k in fields}, "schema": schema_path}))
         return
-    console.out(f"wrote {res.path}: {res.rows:,} rows, CTR {res.ctr:.4f}, "
-          f"Bayes-optimal log loss {res.bayes_logloss:.5f} ({res.seconds:.1f} s)")  # fmt: skip
+    console.out(
+        f"wrote {res.path}: {res.rows:,} rows, CTR {res.ctr:.4f}, "
+        f"Bayes-optimal log loss {res.bayes_logloss:.5f} ({res.seconds:.1f} s)"
+    )
     if not prepare_hint:
         return
     if (cfg.num_dense, cfg.num_sparse) == (13, 26):

@@ -39,8 +39,12 @@ def _print_pipeline(records: dict, out: str, as_json: bool = False) -> None:
             out["logloss_mean"] = sum(s["logloss"] for s in r["seeds"].values()) / len(r["seeds"])
         return out
 
-    summary = {"out": str(out), "final": brief(final), "baselines": {m: brief(r) for m, r in base.items()},
-               "report": ((records.get("report") or {}).get("result") or {}).get("html")}  # fmt: skip
+    summary = {
+        "out": str(out),
+        "final": brief(final),
+        "baselines": {m: brief(r) for m, r in base.items()},
+        "report": ((records.get("report") or {}).get("result") or {}).get("html"),
+    }
     console.show(summary, as_json, lambda s: _pipeline_text(s, records))
 
 
@@ -52,8 +56,11 @@ def _pipeline_text(s: dict, records: dict) -> str:
         mflops = f", {console.mflops(r['mflops'])} MFLOPs" if r.get("mflops") is not None else ""
         return f"    {name:<24} test log loss {n(r.get('logloss'))}{mean}, AUC {n(r.get('auc'))}{mflops}"
 
-    times = ", ".join(f"{k} {console.duration(v['seconds'])}" for k, v in records.items()
-                      if isinstance(v, dict) and v.get("seconds") is not None)  # fmt: skip
+    times = ", ".join(
+        f"{k} {console.duration(v['seconds'])}"
+        for k, v in records.items()
+        if isinstance(v, dict) and v.get("seconds") is not None
+    )
     lines = [f"pipeline run in {s['out']}" + (f" (stage times: {times})" if times else "")]
     if s["final"].get("logloss") is not None or s["baselines"]:
         lines.append("  test metrics:")
@@ -67,9 +74,14 @@ def _pipeline_text(s: dict, records: dict) -> str:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on bundled synthetic data (minutes on a CPU)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="train the final model and each baseline with N seeds; the report compares them "
-                        "over the seeds (the pipeline's final.seeds)")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train the final model and each baseline with N seeds; the report compares them "
+        "over the seeds (the pipeline's final.seeds)",
+    )
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 

@@ -17,20 +17,37 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=["evolution", "random"])
     fitted = "default auto: the paper's search fitted to the data and --time-budget"
     p.add_argument("--preset", choices=preset_names("search"), help=f"search preset (nasrec/presets/search; {fitted})")
-    p.add_argument("--time-budget", metavar="T", help="wall time the auto preset fits its scoring into: seconds or "
-                                                      "15m, 2h (default 15m; retraining not included)")  # fmt: skip
+    p.add_argument(
+        "--time-budget",
+        metavar="T",
+        help="wall time the auto preset fits its scoring into: seconds or "
+        "15m, 2h (default 15m; retraining not included)",
+    )
     add_caps(p)
-    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=None,
-                   help="count MFLOPs and params (caps, history) for served models with layer norms, or without "
-                        "(default: as the retraining recipe trains them)")  # fmt: skip
+    p.add_argument(
+        "--layernorm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count MFLOPs and params (caps, history) for served models with layer norms, or without "
+        "(default: as the retraining recipe trains them)",
+    )
     p.add_argument("--pareto", action="store_true", help="multi-objective: Pareto front of (val loss, MFLOPs)")
-    p.add_argument("--workers", type=clicheck.int_at_least(1), default=1,
-                   help="scoring processes (the result does not depend on it)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=clicheck.int_at_least(1),
+        default=1,
+        help="scoring processes (the result does not depend on it)",
+    )
     p.add_argument("--seed", type=clicheck.int_at_least(0))
     p.add_argument("--retrain", action="store_true", help="train the top-k from scratch and choose the final one")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a retraining setting")
-    p.add_argument("--retrain-seeds", type=clicheck.int_at_least(1), default=1, metavar="N",
-                   help="train each top-k architecture with N seeds and judge it by the mean validation loss")  # fmt: skip
+    p.add_argument(
+        "--retrain-seeds",
+        type=clicheck.int_at_least(1),
+        default=1,
+        metavar="N",
+        help="train each top-k architecture with N seeds and judge it by the mean validation loss",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search or scoring setting")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
     add_device(p, "score candidates (and retrain them, unless --train-set device=... says otherwise)", resumable=True)
@@ -52,10 +69,20 @@ def _run_search(args: argparse.Namespace) -> int:
     train_overrides = parse_sets(args.train_set)
     if device_arg(args, overrides):
         train_overrides.setdefault("device", args.device)
-    res = search(args.supernet, args.data, args.out, preset=args.preset, overrides=overrides, workers=args.workers,
-                 retrain=args.retrain, train_overrides=train_overrides, retrain_seeds=args.retrain_seeds,
-                 resume=args.resume, time_budget=args.time_budget,
-                 progress=bars(args))  # fmt: skip
+    res = search(
+        args.supernet,
+        args.data,
+        args.out,
+        preset=args.preset,
+        overrides=overrides,
+        workers=args.workers,
+        retrain=args.retrain,
+        train_overrides=train_overrides,
+        retrain_seeds=args.retrain_seeds,
+        resume=args.resume,
+        time_budget=args.time_budget,
+        progress=bars(args),
+    )
     from nasrec.distributed import is_main
 
     if not is_main():  # under torchrun every rank returns the result; one prints it
@@ -64,8 +91,14 @@ def _run_search(args: argparse.Namespace) -> int:
 
     r = SearchResult.from_dict(res)
     best = r.best
-    summary = {"best": best.hash, "score": best.score, "mflops": best.mflops, "scored": r.scored,
-               "candidates_per_minute": round(r.candidates_per_minute, 2), "pareto": len(r.pareto)}  # fmt: skip
+    summary = {
+        "best": best.hash,
+        "score": best.score,
+        "mflops": best.mflops,
+        "scored": r.scored,
+        "candidates_per_minute": round(r.candidates_per_minute, 2),
+        "pareto": len(r.pareto),
+    }
     if r.final is not None and r.final.chosen is not None:
         summary["final"] = r.final.chosen.to_dict()
     console.show(summary, args.json, lambda s: _search_text(s, res, args.out))
@@ -74,15 +107,19 @@ def _run_search(args: argparse.Namespace) -> int:
 
 def _search_text(s: dict, res: dict, out: str) -> str:
     n = console.num
-    lines = [f"searched {s['scored']:,} candidates in {console.duration(res.get('seconds') or 0.0)} "
-             f"({s['candidates_per_minute']:g} candidates/min) into {out}",
-             f"  best: {s['best']} (supernet-scored validation log loss {n(s['score'])}, "
-             f"{console.mflops(s['mflops'])} MFLOPs) in best.json; Pareto front of {s['pareto']} in pareto.json"]  # fmt: skip
+    lines = [
+        f"searched {s['scored']:,} candidates in {console.duration(res.get('seconds') or 0.0)} "
+        f"({s['candidates_per_minute']:g} candidates/min) into {out}",
+        f"  best: {s['best']} (supernet-scored validation log loss {n(s['score'])}, "
+        f"{console.mflops(s['mflops'])} MFLOPs) in best.json; Pareto front of {s['pareto']} in pareto.json",
+    ]
     f = s.get("final")
     if f:
-        lines.append(f"  final (retrained, chosen by validation log loss): {f['hash']} in final.json: validation "
-                     f"{n(f.get('val_logloss'))}, test log loss {n(f.get('test_logloss'))}, test AUC "
-                     f"{n(f.get('test_auc'))}, {console.mflops(f.get('mflops'))} MFLOPs")  # fmt: skip
+        lines.append(
+            f"  final (retrained, chosen by validation log loss): {f['hash']} in final.json: validation "
+            f"{n(f.get('val_logloss'))}, test log loss {n(f.get('test_logloss'))}, test AUC "
+            f"{n(f.get('test_auc'))}, {console.mflops(f.get('mflops'))} MFLOPs"
+        )
     return "\n".join(lines)
 
 
@@ -111,14 +148,30 @@ def _run_rankcheck(args: argparse.Namespace) -> int:
     score_overrides, train_overrides = parse_sets(args.set), parse_sets(args.train_set)
     if device_arg(args, score_overrides):
         train_overrides.setdefault("device", args.device)
-    res = rankcheck(args.supernet, args.data, args.out, k=args.k, seed=args.seed, strategy=args.strategy,
-                    preset=args.preset, score_overrides=score_overrides, train_preset=args.train_preset,
-                    train_overrides=train_overrides, workers=args.workers, max_mflops=args.max_mflops,
-                    max_params=args.max_params)  # fmt: skip
-    console.show({k: res[k] for k in ("kendall_tau", "spearman_rho", "pairs")}, args.json,
-                 lambda r: f"rank check of {args.k} architectures in {args.out} ({r['pairs']} with finite losses): "
-                           f"Kendall tau {console.num(r['kendall_tau'], 3)}, Spearman rho "
-                           f"{console.num(r['spearman_rho'], 3)}\n  rankcheck.json, rankcheck.png")  # fmt: skip
+    res = rankcheck(
+        args.supernet,
+        args.data,
+        args.out,
+        k=args.k,
+        seed=args.seed,
+        strategy=args.strategy,
+        preset=args.preset,
+        score_overrides=score_overrides,
+        train_preset=args.train_preset,
+        train_overrides=train_overrides,
+        workers=args.workers,
+        max_mflops=args.max_mflops,
+        max_params=args.max_params,
+    )
+    console.show(
+        {k: res[k] for k in ("kendall_tau", "spearman_rho", "pairs")},
+        args.json,
+        lambda r: (
+            f"rank check of {args.k} architectures in {args.out} ({r['pairs']} with finite losses): "
+            f"Kendall tau {console.num(r['kendall_tau'], 3)}, Spearman rho "
+            f"{console.num(r['spearman_rho'], 3)}\n  rankcheck.json, rankcheck.png"
+        ),
+    )
     return 0
 
 

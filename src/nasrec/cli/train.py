@@ -47,8 +47,10 @@ def _train_text(res: dict, args: argparse.Namespace) -> str:
     what = "supernet" if args.command == "supernet" else "model"
     stop = ", early stopped" if r.early_stopped else ""
     best = f", weights of step {r.best_step:,} (best validation)" if r.weights == "best" else ""
-    lines = [f"trained {what} in {args.out}: {r.steps or 0:,} steps{stop} in "
-             f"{console.duration(r.train_seconds or 0.0)} ({r.samples_per_s or 0:,.0f} samples/s){best}"]  # fmt: skip
+    lines = [
+        f"trained {what} in {args.out}: {r.steps or 0:,} steps{stop} in "
+        f"{console.duration(r.train_seconds or 0.0)} ({r.samples_per_s or 0:,.0f} samples/s){best}"
+    ]
     for split in ("val", "test"):
         if res.get(split):
             m = r.split(split)
@@ -67,9 +69,17 @@ def _run_train(args: argparse.Namespace) -> int:
 
     overrides = parse_sets(args.set)
     device_arg(args, overrides)
-    res = train(args.data, args.out, arch=args.arch, model=args.model, hparams=parse_sets(args.hparam),
-                preset_name=args.preset, overrides=overrides, resume=args.resume,
-                progress=bars(args))  # fmt: skip
+    res = train(
+        args.data,
+        args.out,
+        arch=args.arch,
+        model=args.model,
+        hparams=parse_sets(args.hparam),
+        preset_name=args.preset,
+        overrides=overrides,
+        resume=args.resume,
+        progress=bars(args),
+    )
     _print_final(res, args)
     return 0
 
@@ -77,13 +87,20 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_supernet(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("supernet", help="train a weight-sharing supernet over a search space")
     p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
-    p.add_argument("--max-mflops", metavar="X|MODEL",
-                   help="after the warm-up, train only paths of at most X MFLOPs (the search's cap), or of at "
-                        "most a zoo model's MFLOPs on this data (e.g. dcnv2); paths count as models without layer "
-                        "norms unless --set path_count_layernorm=true (as a cpu-quick final model has them)")  # fmt: skip
-    p.add_argument("--semantics", choices=["slice", "mask"], default="slice",
-                   help="slice: nasrec's sliced weights (a path costs what it computes); mask: the reference's "
-                        "full-width operators with masks, to measure what slicing changes (slower)")  # fmt: skip
+    p.add_argument(
+        "--max-mflops",
+        metavar="X|MODEL",
+        help="after the warm-up, train only paths of at most X MFLOPs (the search's cap), or of at "
+        "most a zoo model's MFLOPs on this data (e.g. dcnv2); paths count as models without layer "
+        "norms unless --set path_count_layernorm=true (as a cpu-quick final model has them)",
+    )
+    p.add_argument(
+        "--semantics",
+        choices=["slice", "mask"],
+        default="slice",
+        help="slice: nasrec's sliced weights (a path costs what it computes); mask: the reference's "
+        "full-width operators with masks, to measure what slicing changes (slower)",
+    )
     _add_train_options(p)
 
 
@@ -94,9 +111,16 @@ def _run_supernet(args: argparse.Namespace) -> int:
     device_arg(args, overrides)
     if args.max_mflops is not None:
         overrides["path_max_mflops"] = args.max_mflops
-    res = train_supernet(args.data, args.out, space=args.space, preset_name=args.preset,
-                         overrides=overrides, resume=args.resume, semantics=args.semantics,
-                         progress=bars(args))  # fmt: skip
+    res = train_supernet(
+        args.data,
+        args.out,
+        space=args.space,
+        preset_name=args.preset,
+        overrides=overrides,
+        resume=args.resume,
+        semantics=args.semantics,
+        progress=bars(args),
+    )
     _print_final(res, args)
     return 0
 
@@ -122,24 +146,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_text(r: dict, args: argparse.Namespace) -> str:
     n = console.num
-    lines = [f"{args.model} ({args.checkpoint} weights) on the {r['split']} split of {args.data}, "
-             f"{int(r.get('count') or 0):,} rows:",
-             f"  log loss {n(r.get('logloss'))}   AUC {n(r.get('auc'))}   calibration {n(r.get('calibration'), 3)} "
-             f"(mean prediction {n(r.get('mean_pred'), 4)}, CTR {n(r.get('ctr'), 4)})"]  # fmt: skip
+    lines = [
+        f"{args.model} ({args.checkpoint} weights) on the {r['split']} split of {args.data}, "
+        f"{int(r.get('count') or 0):,} rows:",
+        f"  log loss {n(r.get('logloss'))}   AUC {n(r.get('auc'))}   calibration {n(r.get('calibration'), 3)} "
+        f"(mean prediction {n(r.get('mean_pred'), 4)}, CTR {n(r.get('ctr'), 4)})",
+    ]
     if r.get("mflops") is not None:
         lines.append(f"  model: {console.mflops(r['mflops'])} MFLOPs, {r.get('params') or 0:,} parameters")
     return "\n".join(lines)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="two trained models on the same rows: log loss and AUC differences with "
-                                       "intervals (paired per-row differences; DeLong's test)")  # fmt: skip
+    p = sub.add_parser(
+        "compare",
+        help="two trained models on the same rows: log loss and AUC differences with "
+        "intervals (paired per-row differences; DeLong's test)",
+    )
     p.add_argument("runs", nargs=2, metavar="RUN", help="run directories of `nasrec train` (a, then b)")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared cache directory")
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
-    p.add_argument("--level", type=clicheck.fraction, default=0.95,
-                   help="confidence level of the intervals (default 0.95)")  # fmt: skip
+    p.add_argument(
+        "--level", type=clicheck.fraction, default=0.95, help="confidence level of the intervals (default 0.95)"
+    )
     add_device(p, "evaluate")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -157,16 +187,21 @@ def _compare_text(r: dict) -> str:
     n = console.num
     ll, auc = r["logloss"], r["auc"]
     level = f"{100 * ll.get('level', 0.95):g}%"
-    lines = [f"a: {r['a']}", f"b: {r['b']}",
-             f"{r['split']} split, {ll.get('rows', 0):,} rows; a minus b with {level} intervals:"]  # fmt: skip
+    lines = [
+        f"a: {r['a']}",
+        f"b: {r['b']}",
+        f"{r['split']} split, {ll.get('rows', 0):,} rows; a minus b with {level} intervals:",
+    ]
     for name, m, key in (("log loss", ll, "logloss"), ("AUC", auc, "auc")):
         interval = f"[{n(m.get('low'))}, {n(m.get('high'))}]" if m.get("low") is not None else "[n/a]"
         diff = m.get("diff")
         sign = "+" if isinstance(diff, float) and diff >= 0 else ""
         verdict = m.get("verdict")
         said = f"a is {verdict}" if verdict in ("better", "worse") else verdict
-        lines.append(f"  {name:<8} a {n(m.get(key + '_a'))}  b {n(m.get(key + '_b'))}  a-b {sign}{n(diff)} "
-                     f"{interval}  p {n(m.get('p'), 3)}: {said}")  # fmt: skip
+        lines.append(
+            f"  {name:<8} a {n(m.get(key + '_a'))}  b {n(m.get(key + '_b'))}  a-b {sign}{n(diff)} "
+            f"{interval}  p {n(m.get('p'), 3)}: {said}"
+        )
     return "\n".join(lines)
 
 

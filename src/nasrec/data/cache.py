@@ -248,9 +248,11 @@ def open_cache(path: Path | str) -> Cache:
     meta = read_meta(path)
     layouts = integrity.check_arrays(path, meta)
     integrity.check_id_ranges(
-        path / integrity.SPARSE, meta["sparse_fields"], meta["table_sizes"],
+        path / integrity.SPARSE,
+        meta["sparse_fields"],
+        meta["table_sizes"],
         integrity.id_ranges(path, meta, layouts[integrity.SPARSE]),
-    )  # fmt: skip
+    )
 
     def load(name: str) -> np.ndarray:
         lay = layouts[name]  # checked: what np.load(mmap_mode="r") would map, without reading the header again

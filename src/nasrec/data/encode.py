@@ -59,9 +59,13 @@ class RowEncoder:
             errors = ErrorLog()
         parser = ChunkParser(self.plan, on_bad_row=errors if on_error == "skip" else None)
         chunks = iter_chunks(
-            self.schema, paths, fmt=self.fmt, kdd_profile=kdd_profile or self.kdd_profile, chunk_bytes=chunk_bytes,
+            self.schema,
+            paths,
+            fmt=self.fmt,
+            kdd_profile=kdd_profile or self.kdd_profile,
+            chunk_bytes=chunk_bytes,
             on_bad=errors if on_error == "skip" else None,
-        )  # fmt: skip
+        )
         for chunk in chunks:
             p = parser.parse(chunk)
             p.dense = self.state.transform_dense(self.plan.dense_names, p.dense)

@@ -7,24 +7,100 @@ from nasrec.errors import NasrecError
 
 # Hash-table sizes of the NASRec reference (embedding dimension 16 everywhere).
 CRITEO_TABLE_SIZES = (
-    1461, 584, 10131227, 2202609, 306, 25, 12518, 634, 4, 93146, 5684, 8351593, 3195, 28, 14993,
-    5461307, 11, 5653, 2174, 5, 7046548, 19, 16, 286182, 106, 142573,
-)  # fmt: skip
+    1461,
+    584,
+    10131227,
+    2202609,
+    306,
+    25,
+    12518,
+    634,
+    4,
+    93146,
+    5684,
+    8351593,
+    3195,
+    28,
+    14993,
+    5461307,
+    11,
+    5653,
+    2174,
+    5,
+    7046548,
+    19,
+    16,
+    286182,
+    106,
+    142573,
+)
 AVAZU_TABLE_SIZES = (
-    10000, 241, 8, 8, 4738, 7746, 27, 8553, 560, 37, 2686409, 6729487, 8252, 6, 5, 2627, 9, 10, 436,
-    5, 69, 173, 61,
-)  # fmt: skip
+    10000,
+    241,
+    8,
+    8,
+    4738,
+    7746,
+    27,
+    8553,
+    560,
+    37,
+    2686409,
+    6729487,
+    8252,
+    6,
+    5,
+    2627,
+    9,
+    10,
+    436,
+    5,
+    69,
+    173,
+    61,
+)
 KDD12_TABLE_SIZES = (26274, 641708, 14848, 22122011, 1188090, 3735797, 2934102, 20004011, 4, 8)
 
 AVAZU_COLUMNS = (
-    "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
-    "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
-    "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21",
-)  # fmt: skip
+    "id",
+    "click",
+    "hour",
+    "C1",
+    "banner_pos",
+    "site_id",
+    "site_domain",
+    "site_category",
+    "app_id",
+    "app_domain",
+    "app_category",
+    "device_id",
+    "device_ip",
+    "device_model",
+    "device_type",
+    "device_conn_type",
+    "C14",
+    "C15",
+    "C16",
+    "C17",
+    "C18",
+    "C19",
+    "C20",
+    "C21",
+)
 KDD12_COLUMNS = (
-    "Click", "Impression", "DisplayURL", "AdID", "AdvertiserID", "Depth", "Position", "QueryID",
-    "KeywordID", "TitleID", "DescriptionID", "UserID",
-)  # fmt: skip
+    "Click",
+    "Impression",
+    "DisplayURL",
+    "AdID",
+    "AdvertiserID",
+    "Depth",
+    "Position",
+    "QueryID",
+    "KeywordID",
+    "TitleID",
+    "DescriptionID",
+    "UserID",
+)
 KDD12_PROFILE_COLUMNS = ("UserID", "Gender", "Age")
 NASREC_ID_MODULUS = 2147483647
 FORMATS = ("criteo", "avazu", "kdd12")
@@ -36,9 +112,15 @@ def criteo_schema(dense_transform: str = "log") -> Schema:
     sparse = tuple(SparseField(f"C{i}", f"C{i}", "hex", CRITEO_TABLE_SIZES[i - 1]) for i in range(1, 27))
     columns = ("label", *(f.column for f in dense), *(f.column for f in sparse))
     return Schema(
-        name="criteo", label="label", dense=dense, sparse=sparse, separator="\t", header=False,
-        columns=columns, quote=None,
-    )  # fmt: skip
+        name="criteo",
+        label="label",
+        dense=dense,
+        sparse=sparse,
+        separator="\t",
+        header=False,
+        columns=columns,
+        quote=None,
+    )
 
 
 def avazu_schema(dense_transform: str = "log", drop_id: bool = False, time_features: bool = False) -> Schema:
@@ -55,9 +137,15 @@ def avazu_schema(dense_transform: str = "log", drop_id: bool = False, time_featu
             SparseField("weekday", "hour", "int", 8, derive="weekday"),
         ]
     return Schema(
-        name="avazu", label="click", dense=(DenseField("dense0", None, dense_transform),),
-        sparse=tuple(sparse), separator=",", header="auto", columns=AVAZU_COLUMNS, quote=None,
-    )  # fmt: skip
+        name="avazu",
+        label="click",
+        dense=(DenseField("dense0", None, dense_transform),),
+        sparse=tuple(sparse),
+        separator=",",
+        header="auto",
+        columns=AVAZU_COLUMNS,
+        quote=None,
+    )
 
 
 def kdd12_schema(dense_transform: str = "log") -> Schema:
@@ -69,9 +157,16 @@ def kdd12_schema(dense_transform: str = "log") -> Schema:
         for c, size in zip((*ids, "Gender", "Age"), KDD12_TABLE_SIZES, strict=True)
     )
     return Schema(
-        name="kdd12", label="Click", dense=dense, sparse=sparse, separator="\t", header=False,
-        columns=(*KDD12_COLUMNS, "Gender", "Age"), quote=None, label_rule="positive",
-    )  # fmt: skip
+        name="kdd12",
+        label="Click",
+        dense=dense,
+        sparse=sparse,
+        separator="\t",
+        header=False,
+        columns=(*KDD12_COLUMNS, "Gender", "Age"),
+        quote=None,
+        label_rule="positive",
+    )
 
 
 def builtin_schema(fmt: str, **options: object) -> Schema:

@@ -158,8 +158,9 @@ def check_id_ranges(
         raise DataError(
             f"ids range from {int(lo[j]):,} to {int(hi[j]):,}, outside its embedding table's [0, {sizes[j]:,}){more}; "
             "the file or the table_sizes of meta.json is damaged (re-run prepare)",
-            file=str(path), column=names[j],
-        )  # fmt: skip
+            file=str(path),
+            column=names[j],
+        )
 
 
 # -- records written by prepare -----------------------------------------------------------------------
@@ -219,8 +220,13 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (`nasrec cache verify --json`)."""
-        return {"path": self.path, "ok": self.ok, "rows": self.rows, "checksum": HASH,
-                "files": [vars(f) for f in self.files]}  # fmt: skip
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "rows": self.rows,
+            "checksum": HASH,
+            "files": [vars(f) for f in self.files],
+        }
 
 
 def _value_checker(rel: str, layout: NpyLayout, meta: dict[str, Any], rows: int | None) -> tuple[Callable, Callable]:
@@ -291,7 +297,7 @@ def verify_cache(path: Path | str) -> VerifyReport:
         p.relative_to(cache).as_posix()
         for p in cache.rglob("*")
         if p.is_file() and p.name != "meta.json" and not p.name.startswith(".")
-    )  # fmt: skip
+    )
     checks: list[FileCheck] = []
     for rel in dict.fromkeys([*specs, *recorded, *present]):
         p, rec = cache / rel, recorded.get(rel)
@@ -338,9 +344,11 @@ def format_report(report: VerifyReport) -> str:
     for c in report.files:
         size = f"{c.bytes:>15,} bytes" if c.bytes is not None else " " * 21
         if c.status in ("ok", "extra", "unrecorded"):
-            note = {"ok": f"{HASH} {(c.sha256 or '')[:16]} matches",
-                    "extra": "not recorded in meta.json (not part of the cache)",
-                    "unrecorded": "no checksum recorded (a cache from an older nasrec): structure and values ok"}[c.status]  # fmt: skip
+            note = {
+                "ok": f"{HASH} {(c.sha256 or '')[:16]} matches",
+                "extra": "not recorded in meta.json (not part of the cache)",
+                "unrecorded": "no checksum recorded (a cache from an older nasrec): structure and values ok",
+            }[c.status]
         else:
             note = "; ".join(c.problems)
         lines.append(f"{c.status.upper():<10} {c.file:<{width}} {size}  {note}")

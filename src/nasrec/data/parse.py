@@ -217,7 +217,13 @@ class ChunkParser:
         if self.plan.mode == "hash":
             return ((v % (out.table_size - 1)) + 1).fill_null(0).cast(pl.Int32)
         if out.field is not None:  # the vocabulary's missing marker must not be a real id
-            self._checks.append((out.field.column, f"id {MISSING_ID} (2^63 as unsigned) is reserved for missing values", v == MISSING_ID))  # fmt: skip
+            self._checks.append(
+                (
+                    out.field.column,
+                    f"id {MISSING_ID} (2^63 as unsigned) is reserved for missing values",
+                    v == MISSING_ID,
+                )
+            )
         return v.fill_null(MISSING_ID)
 
     # -- evaluation ----------------------------------------------------------------------------

@@ -142,9 +142,15 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 
 
 def _prepare_locked(
-    cfg: PrepareConfig, t0: float, schema: Schema, plan: EncodingPlan, spec: SplitSpec, paths: list[Path],
-    errors: ErrorLog | None, parser: ChunkParser,
-) -> PrepareResult:  # fmt: skip
+    cfg: PrepareConfig,
+    t0: float,
+    schema: Schema,
+    plan: EncodingPlan,
+    spec: SplitSpec,
+    paths: list[Path],
+    errors: ErrorLog | None,
+    parser: ChunkParser,
+) -> PrepareResult:
     try:
         writer = CacheWriter(cfg.out, overwrite=cfg.force)
     except OSError as e:  # e.g. a parent of --out is a file, or not writable
@@ -163,14 +169,26 @@ def _prepare_locked(
         infos: list[SourceInfo] = []
         total_bytes = sum(p.stat().st_size for p in paths)
         bar = _progress(cfg.progress, total_bytes)
-        log.info("prepare %s: reading %d file(s), %s MB (%s format, %s encoding, %s split)", cfg.out, len(paths),
-                 f"{total_bytes / 1e6:,.1f}", cfg.format, plan.mode, cfg.split)  # fmt: skip
+        log.info(
+            "prepare %s: reading %d file(s), %s MB (%s format, %s encoding, %s split)",
+            cfg.out,
+            len(paths),
+            f"{total_bytes / 1e6:,.1f}",
+            cfg.format,
+            plan.mode,
+            cfg.split,
+        )
         beat, read_bytes = Heartbeat(), 0
         try:
             chunks = iter_chunks(
-                schema, paths, fmt=cfg.format, kdd_profile=cfg.kdd_profile, chunk_bytes=cfg.chunk_bytes,
-                on_bad=errors, infos=infos,
-            )  # fmt: skip
+                schema,
+                paths,
+                fmt=cfg.format,
+                kdd_profile=cfg.kdd_profile,
+                chunk_bytes=cfg.chunk_bytes,
+                on_bad=errors,
+                infos=infos,
+            )
             parsed_chunks = ((parser.parse(c), c.nbytes) for c in chunks)
             for parsed, nbytes in prefetch(parsed_chunks, 2, "nasrec-prepare-reader"):
                 arrays["label"].append(parsed.label)
@@ -181,8 +199,12 @@ def _prepare_locked(
                     bar.update(nbytes)
                 read_bytes += nbytes
                 if bar is None and beat():  # every 30 s when no bar shows the progress
-                    log.info("prepare: read %s of %s MB, %s rows", f"{read_bytes / 1e6:,.1f}",
-                             f"{total_bytes / 1e6:,.1f}", f"{arrays['label'].rows:,}")  # fmt: skip
+                    log.info(
+                        "prepare: read %s of %s MB, %s rows",
+                        f"{read_bytes / 1e6:,.1f}",
+                        f"{total_bytes / 1e6:,.1f}",
+                        f"{arrays['label'].rows:,}",
+                    )
         finally:
             for a in arrays.values():
                 a.close()
@@ -195,8 +217,12 @@ def _prepare_locked(
         if n == 0:
             raise NasrecError(f"{where}: no data rows")
 
-        log.info("prepare: read %s rows in %s%s", f"{n:,}", duration(time.perf_counter() - t0),
-                 f", skipped {errors.count:,} bad rows" if errors and errors.count else "")  # fmt: skip
+        log.info(
+            "prepare: read %s rows in %s%s",
+            f"{n:,}",
+            duration(time.perf_counter() - t0),
+            f", skipped {errors.count:,} bad rows" if errors and errors.count else "",
+        )
         label = read_rows(writer.path("label.npy"), 0, n).astype(np.int8)  # 0/1: one byte per row
         splits = assign_splits(label, spec)
         log.info("prepare: split %s", ", ".join(f"{k} {len(v):,}" for k, v in splits.items()))
@@ -244,9 +270,16 @@ def _prepare_locked(
         writer.commit(meta)
     log.info("prepare: wrote the cache %s in %s (%s rows/s)", cfg.out, duration(seconds), f"{n / seconds:,.0f}")
     return PrepareResult(
-        path=Path(cfg.out), rows=rows, ctr=ctr, table_sizes=dict(zip(plan.sparse_names, meta["table_sizes"], strict=True)),
-        skipped=meta["skipped"]["count"], seconds=seconds, rows_per_s=n / seconds, peak_rss_mb=peak, meta=meta,
-    )  # fmt: skip
+        path=Path(cfg.out),
+        rows=rows,
+        ctr=ctr,
+        table_sizes=dict(zip(plan.sparse_names, meta["table_sizes"], strict=True)),
+        skipped=meta["skipped"]["count"],
+        seconds=seconds,
+        rows_per_s=n / seconds,
+        peak_rss_mb=peak,
+        meta=meta,
+    )
 
 
 def _fit_and_transform(writer: CacheWriter, plan: EncodingPlan, train_mask: np.ndarray, min_count: int) -> EncoderState:

@@ -125,8 +125,9 @@ class TextReader(BadLineHandling):
                     raise DataError(f"cannot be read after line {line_no - 1:,} ({e})", file=str(path)) from None
                 raise DataError(
                     f"the {kind} data is damaged or cut short after line {line_no - 1:,} ({e}); "
-                    "the file is truncated or corrupt", file=str(path),
-                ) from None  # fmt: skip
+                    "the file is truncated or corrupt",
+                    file=str(path),
+                ) from None
             buf = rest + block
             if block:
                 cut = buf.rfind(b"\n") + 1
@@ -201,8 +202,10 @@ class TextReader(BadLineHandling):
             return buf + b"\n"
         err = DataError(
             f"the file ends in the middle of this line (no final newline, and {why}): is it truncated? "
-            "If the line is complete, end it with a newline", file=str(path), line=line_no,
-        )  # fmt: skip
+            "If the line is complete, end it with a newline",
+            file=str(path),
+            line=line_no,
+        )
         if self.on_bad_line is None:
             raise err
         self.on_bad_line(err)

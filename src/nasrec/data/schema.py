@@ -138,9 +138,21 @@ def _check_schema(s: Schema) -> None:
 
 
 _SCHEMA_KEYS = {
-    "name", "label", "dense", "sparse", "file_type", "separator", "header", "columns", "quote",
-    "missing", "label_rule", "default_table_size", "dense_transform", "sparse_kind",
-}  # fmt: skip
+    "name",
+    "label",
+    "dense",
+    "sparse",
+    "file_type",
+    "separator",
+    "header",
+    "columns",
+    "quote",
+    "missing",
+    "label_rule",
+    "default_table_size",
+    "dense_transform",
+    "sparse_kind",
+}
 
 
 def schema_from_dict(d: dict[str, Any], *, source: str = "schema") -> Schema:

@@ -108,10 +108,15 @@ def load_kdd_profile(path: Path, on_bad: Callable[[DataError], None] | None = No
     """userid_profile.txt as string columns UserID, Gender, Age, one row per user."""
     check_inputs([path])
     schema = Schema(
-        name="kdd12-profile", label="UserID", dense=(),
+        name="kdd12-profile",
+        label="UserID",
+        dense=(),
         sparse=tuple(SparseField(c, c, "int") for c in KDD12_PROFILE_COLUMNS[1:]),
-        separator="\t", header=False, columns=KDD12_PROFILE_COLUMNS, quote=None,
-    )  # fmt: skip
+        separator="\t",
+        header=False,
+        columns=KDD12_PROFILE_COLUMNS,
+        quote=None,
+    )
     info = SourceInfo(str(path), 0, "")
     frames = [chunk.frame for chunk in TextReader(schema, on_bad_line=on_bad).read(path, info)]
     prof = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in KDD12_PROFILE_COLUMNS})

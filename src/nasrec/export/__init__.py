@@ -62,7 +62,7 @@ from nasrec.export.backends import (
 from nasrec.export.encoder import ENCODER_FORMAT, ENCODER_FORMAT_VERSION, ENCODER_RULES, encoder_spec
 from nasrec.model.spec import ModelSpec
 from nasrec.predict import model_cache
-from nasrec.train.trainer import load_trained
+from nasrec.train.loading import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,12 @@ def export_model(
             external = _weight_bytes(wrapper) > _EXTERNAL_DATA_BYTES
             _export_onnx(wrapper, example, staged, external)
             run = _onnx_runner(staged, onnx_modules)
-            exporter = {"name": "torch.onnx.export (dynamo)", "opset": ONNX_OPSET, "external_data": external,
-                        "load_with": "onnxruntime.InferenceSession"}  # fmt: skip
+            exporter = {
+                "name": "torch.onnx.export (dynamo)",
+                "opset": ONNX_OPSET,
+                "external_data": external,
+                "load_with": "onnxruntime.InferenceSession",
+            }
         verification = _verify(wrapper, run, cache, verify_rows)
         if verification["passed"] is False:
             raise NasrecError(
@@ -171,8 +175,9 @@ def export_model(
                 f"{verification['rows']:,} {verification['split']} rows (tolerance {VERIFY_TOLERANCE:g}); nothing written"
             )
         model_files = sorted(p.name for p in tmp.iterdir())  # the model file and any external weight file
-        manifest = _manifest(fmt, exporter, spec, Path(model_dir), checkpoint, cache, paths, model_files,
-                             verification, onnx_modules)  # fmt: skip
+        manifest = _manifest(
+            fmt, exporter, spec, Path(model_dir), checkpoint, cache, paths, model_files, verification, onnx_modules
+        )
         (tmp / paths["encoder"].name).write_text(json.dumps(encoder, indent=1) + "\n")
         (tmp / paths["manifest"].name).write_text(json.dumps(manifest, indent=1) + "\n")
         written = []
@@ -201,8 +206,13 @@ def _verify(
 ) -> dict[str, Any]:
     """Max |exported - eager| probability over up to `rows` rows of the test split (else val, else train)."""
     split = next((s for s in ("test", "val", "train") if s in cache.split_names and len(cache.split_index(s))), None)
-    result: dict[str, Any] = {"split": split, "rows": 0, "max_abs_diff": None, "tolerance": VERIFY_TOLERANCE,
-                              "passed": None}  # fmt: skip
+    result: dict[str, Any] = {
+        "split": split,
+        "rows": 0,
+        "max_abs_diff": None,
+        "tolerance": VERIFY_TOLERANCE,
+        "passed": None,
+    }
     if rows == 0 or split is None:
         return result
     worst, seen = 0.0, 0

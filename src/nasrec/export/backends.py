@@ -78,10 +78,17 @@ def _export_onnx(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Pa
     try:
         with _quiet():
             torch.onnx.export(
-                wrapper, example, str(path), dynamo=True, opset_version=ONNX_OPSET, input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME], dynamic_shapes={"dense": {0: batch}, "sparse": {0: batch}},
-                external_data=external, verbose=False,
-            )  # fmt: skip
+                wrapper,
+                example,
+                str(path),
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"dense": {0: batch}, "sparse": {0: batch}},
+                external_data=external,
+                verbose=False,
+            )
     except Exception as e:  # the exporter raises many types; its first line names the failing operation
         first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise NasrecError(f"ONNX export failed ({type(e).__name__}: {first})") from e

@@ -85,12 +85,24 @@ def encoder_spec(cache: Cache | str | Path) -> dict[str, Any]:
         e = state.sparse[out.name]
         if isinstance(e, VocabEncoder):
             keys = e.keys.tolist()
-            encoding: dict[str, Any] = {"type": "vocab", "min_count": e.min_count, "max_size": e.max_size,
-                                        "ids": {str(k): row for row, k in enumerate(keys, start=2)}}  # fmt: skip
+            encoding: dict[str, Any] = {
+                "type": "vocab",
+                "min_count": e.min_count,
+                "max_size": e.max_size,
+                "ids": {str(k): row for row, k in enumerate(keys, start=2)},
+            }
         else:
             encoding = {"type": "hash", "operand": operand}
-        sparse.append({"name": out.name, "position": j, "raw_id": raw, "encoding": encoding,
-                       "table_size": sizes[j], "table_offset": offsets[j]})  # fmt: skip
+        sparse.append(
+            {
+                "name": out.name,
+                "position": j,
+                "raw_id": raw,
+                "encoding": encoding,
+                "table_size": sizes[j],
+                "table_offset": offsets[j],
+            }
+        )
     return {
         "format": ENCODER_FORMAT,
         "format_version": ENCODER_FORMAT_VERSION,

@@ -28,8 +28,17 @@ from nasrec.space.arch import Block
 
 # Re-exported: the models import CellSpec and Output from here, tests and benchmarks the attention (one
 # swapping the attention form sets `nasrec.model.ops.transformer.attention`, where the operator looks it up).
-__all__ = ["ATTENTION_CHUNK", "D2S_WIDTH", "HEADS", "TRANSFORMER_LN_INIT", "Cell", "CellSpec", "Output",
-           "attention", "dot_tokens"]  # fmt: skip
+__all__ = [
+    "ATTENTION_CHUNK",
+    "D2S_WIDTH",
+    "HEADS",
+    "TRANSFORMER_LN_INIT",
+    "Cell",
+    "CellSpec",
+    "Output",
+    "attention",
+    "dot_tokens",
+]
 
 
 def _cat(xs: list[torch.Tensor], dim: int) -> torch.Tensor:

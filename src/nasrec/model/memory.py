@@ -54,8 +54,9 @@ def spec_params(spec: Any) -> tuple[int, int]:
     from nasrec.model.cost import arch_cost
 
     if spec.kind == "nasrec":
-        c = arch_cost(spec.architecture(), spec.num_dense, len(spec.table_sizes), spec.table_sizes,
-                      use_layernorm=spec.layernorm)  # fmt: skip
+        c = arch_cost(
+            spec.architecture(), spec.num_dense, len(spec.table_sizes), spec.table_sizes, use_layernorm=spec.layernorm
+        )
         return int(c.params), int(c.dense_params)
     if spec.kind == "zoo":
         from nasrec.model.spec import zoo_model_cost
@@ -83,21 +84,26 @@ def describe(params: int, dense_params: int, optimizer: str | None = "adagrad") 
     f = footprint(params, dense_params, optimizer)
     if optimizer is None:
         return f"about {human_bytes(f['total'])} of weights"
-    return (f"about {human_bytes(f['total'])} to train with {OPTIMIZER_NAMES[optimizer]} ({human_bytes(f['weights'])} "
-            f"of weights, {human_bytes(f['gradients'])} of gradients, {human_bytes(f['optimizer'])} of optimizer "
-            f"state; activations not counted)")  # fmt: skip
+    return (
+        f"about {human_bytes(f['total'])} to train with {OPTIMIZER_NAMES[optimizer]} ({human_bytes(f['weights'])} "
+        f"of weights, {human_bytes(f['gradients'])} of gradients, {human_bytes(f['optimizer'])} of optimizer "
+        f"state; activations not counted)"
+    )
 
 
-def check_fits(params: int, dense_params: int, optimizer: str | None = "adagrad", what: str = "the model",
-               limit: int | None = None) -> None:  # fmt: skip
+def check_fits(
+    params: int, dense_params: int, optimizer: str | None = "adagrad", what: str = "the model", limit: int | None = None
+) -> None:
     """Raise NasrecError (one line) when the estimate exceeds `limit` bytes (default: this machine's memory)."""
     limit = physical_memory() if limit is None else limit
     if limit is None:
         return
     f = footprint(params, dense_params, optimizer)
     if f["total"] > limit:
-        raise NasrecError(f"{what} has {params:,} parameters and needs {describe(params, dense_params, optimizer)}, "
-                          f"more than this machine's {human_bytes(limit)} of memory; refused before building it")  # fmt: skip
+        raise NasrecError(
+            f"{what} has {params:,} parameters and needs {describe(params, dense_params, optimizer)}, "
+            f"more than this machine's {human_bytes(limit)} of memory; refused before building it"
+        )
 
 
 def check_spec_fits(spec: Any, optimizer: str | None = "adagrad", limit: int | None = None) -> None:

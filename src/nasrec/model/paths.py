@@ -23,8 +23,14 @@ EVAL_SEED = 7919  # distinct stream for the fixed architectures a supernet is ev
 PATH_TRIES = 10_000  # draws allowed to find a path within the budget (6 % of Full's are under 0.5 MFLOPs)
 
 
-def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps: int,
-                  within: Callable[[Architecture], bool] | None = None) -> Architecture:  # fmt: skip
+def supernet_path(
+    space: Any,
+    seed: int,
+    step: int,
+    strategy: str,
+    warmup_steps: int,
+    within: Callable[[Architecture], bool] | None = None,
+) -> Architecture:
     """The path trained at `step`: a pure function of (seed, step), so every rank draws the same one.
 
     After the warm-up, paths for which `within` is false are redrawn (from the same generator).
@@ -36,8 +42,13 @@ def supernet_path(space: Any, seed: int, step: int, strategy: str, warmup_steps:
     return sample_within(space, rng, strategy, within)
 
 
-def sample_within(space: Any, rng: np.random.Generator, strategy: str,
-                  within: Callable[[Architecture], bool] | None, tries: int = PATH_TRIES) -> Architecture:  # fmt: skip
+def sample_within(
+    space: Any,
+    rng: np.random.Generator,
+    strategy: str,
+    within: Callable[[Architecture], bool] | None,
+    tries: int = PATH_TRIES,
+) -> Architecture:
     """The first architecture drawn with `strategy` for which `within` holds (the first drawn if None)."""
     for _ in range(tries):
         arch = space.sample(rng, strategy)

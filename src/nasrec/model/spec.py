@@ -86,8 +86,13 @@ class ModelSpec:
         from nasrec.model.supernet import Supernet
         from nasrec.space.space import SearchSpace
 
-        return Supernet(SearchSpace.from_dict(self.space), self.num_dense, self.table_sizes, layernorm=True,
-                        masking=self.hparams.get("semantics") == "mask")  # fmt: skip
+        return Supernet(
+            SearchSpace.from_dict(self.space),
+            self.num_dense,
+            self.table_sizes,
+            layernorm=True,
+            masking=self.hparams.get("semantics") == "mask",
+        )
 
     def cost(self) -> dict[str, float | None]:
         """MFLOPs per example and parameter counts (a supernet reports parameters only: its MFLOPs are None)."""

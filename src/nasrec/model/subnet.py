@@ -85,13 +85,18 @@ def _exact_spec(
     sparse_ops = tuple(op for op in block.sparse_ops if op_live(op, block, *live))
     reads = set().union(*(registry.get(op).reads for op in (*dense_ops, *sparse_ops)))
     return CellSpec(
-        dense_ops=dense_ops, sparse_ops=sparse_ops,
+        dense_ops=dense_ops,
+        sparse_ops=sparse_ops,
         dense_segs=tuple(Seg(j, dense_w[j]) for j in block.dense_in) if "dense_in" in reads else (),
         token_segs=tuple(Seg(j, token_w[j], has_d2s[j]) for j in block.sparse_in) if "sparse_in" in reads else (),
         pad_cap=max(dense_w[block.left], dense_w[block.right]) if reads & {"left", "right"} else 1,
-        width=block.dense_width, tokens=block.sparse_width, fm=op_live("fm", block, *live),
-        d2s=op_live("d2s", block, *live), layernorm=ln, exact=True,
-    )  # fmt: skip
+        width=block.dense_width,
+        tokens=block.sparse_width,
+        fm=op_live("fm", block, *live),
+        d2s=op_live("d2s", block, *live),
+        layernorm=ln,
+        exact=True,
+    )
 
 
 def _drop_unread_operators(module: nn.Module, state: dict, prefix: str, *_: object) -> None:

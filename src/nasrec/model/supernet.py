@@ -55,10 +55,18 @@ class Supernet(nn.Module):
             dense_segs = (Seg(0, num_dense), *(Seg(j, W) for j in range(1, i + 1)))
             token_segs = (Seg(0, self.num_sparse), *(Seg(j, Ws, d2s=True) for j in range(1, i + 1)))
             spec = CellSpec(
-                dense_ops=tuple(space.dense_ops), sparse_ops=tuple(space.sparse_ops), dense_segs=dense_segs,
-                token_segs=token_segs, pad_cap=max(num_dense, W), width=W, tokens=Ws, fm=True, d2s=True,
-                layernorm=layernorm, masking=masking,
-            )  # fmt: skip
+                dense_ops=tuple(space.dense_ops),
+                sparse_ops=tuple(space.sparse_ops),
+                dense_segs=dense_segs,
+                token_segs=token_segs,
+                pad_cap=max(num_dense, W),
+                width=W,
+                tokens=Ws,
+                fm=True,
+                d2s=True,
+                layernorm=layernorm,
+                masking=masking,
+            )
             cells.append(Cell(spec))
         self.cells = nn.ModuleList(cells)
         self.head = HeadLinear(W, Ws, d2s_slot=True, centre=layernorm)

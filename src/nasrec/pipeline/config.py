@@ -57,14 +57,25 @@ FORMATS = ("criteo", "avazu", "kdd12", "schema", "synthetic")
 DEFAULTS: dict[str, Any] = {
     "out": None,
     "seed": 0,
-    "data": {"format": None, "input": [], "schema": None, "synthetic": {"rows": 60_000, "preset": "interactions",
-             "seed": 0}, "prepare": {}},
+    "data": {
+        "format": None,
+        "input": [],
+        "schema": None,
+        "synthetic": {"rows": 60_000, "preset": "interactions", "seed": 0},
+        "prepare": {},
+    },
     "supernet": {"space": "full", "preset": "cpu-supernet", "set": {}},
-    "search": {"preset": "cpu-quick", "workers": 1, "set": {}, "retrain_set": {}, "retrain_seeds": 1,
-               "time_budget": None},
+    "search": {
+        "preset": "cpu-quick",
+        "workers": 1,
+        "set": {},
+        "retrain_set": {},
+        "retrain_seeds": 1,
+        "time_budget": None,
+    },
     "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
     "baselines": {"models": [], "published": [], "set": {}},
-}  # fmt: skip
+}
 
 # The demo: the whole pipeline on the bundled synthetic data in minutes on a 2-core CPU. The Small space
 # (FC, dot product, EFC): its supernet trains in a minute or two here, and its architectures learn quickly with
@@ -72,16 +83,24 @@ DEFAULTS: dict[str, Any] = {
 # alone on this data); six candidates are retrained, the best of them by validation loss is final. The
 # baselines train at lr 0.1, DLRM's best validation loss of 0.05 / 0.1 / 0.15 (docs/design.md).
 DEMO: dict[str, Any] = {
-    "data": {"format": "synthetic", "synthetic": {"rows": 60_000, "preset": "interactions", "seed": 0},
-             "prepare": {"split": "random", "encoding": "vocab", "min_count": 2}},
+    "data": {
+        "format": "synthetic",
+        "synthetic": {"rows": 60_000, "preset": "interactions", "seed": 0},
+        "prepare": {"split": "random", "encoding": "vocab", "min_count": 2},
+    },
     "supernet": {"space": "small", "preset": "cpu-supernet", "set": {"epochs": 4, "path_warmup_steps": 20}},
-    "search": {"preset": "cpu-quick", "workers": 2,
-               "set": {"finetune": "all", "finetune_steps": 20, "population": 24, "generations": 12, "top_k": 6},
-               "retrain_set": {"epochs": 3}},
-    "final": {"preset": "cpu-quick", "set": {"epochs": 6, "early_stop_metric": "logloss", "patience": 2,
-                                             "restore_best": True}},
+    "search": {
+        "preset": "cpu-quick",
+        "workers": 2,
+        "set": {"finetune": "all", "finetune_steps": 20, "population": 24, "generations": 12, "top_k": 6},
+        "retrain_set": {"epochs": 3},
+    },
+    "final": {
+        "preset": "cpu-quick",
+        "set": {"epochs": 6, "early_stop_metric": "logloss", "patience": 2, "restore_best": True},
+    },
     "baselines": {"models": ["lr", "dlrm", "deepfm", "dcnv2"], "published": [], "set": {"lr": 0.1}},
-}  # fmt: skip
+}
 
 
 def _fail(path: str, msg: str) -> None:
@@ -185,12 +204,21 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
     _check_type("data.prepare", d["prepare"], dict)
     if "ratios" in d["prepare"]:
         r = d["prepare"]["ratios"]
-        if not (isinstance(r, list | tuple) and len(r) == 3 and all(isinstance(x, int | float) and not isinstance(x, bool)
-                                                                   and x >= 0 for x in r)):  # fmt: skip
+        if not (
+            isinstance(r, list | tuple)
+            and len(r) == 3
+            and all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in r)
+        ):
             _fail("data.prepare.ratios", f"expected a list of three numbers >= 0 (train, val, test), got {r!r}")
         d["prepare"]["ratios"] = tuple(r)
-    d["prepare"] = check_mapping("config", "data.prepare", d["prepare"], PrepareConfig, _PREPARE_RULES,
-                                 exclude=("inputs", "out", "format", "schema", "progress"))  # fmt: skip
+    d["prepare"] = check_mapping(
+        "config",
+        "data.prepare",
+        d["prepare"],
+        PrepareConfig,
+        _PREPARE_RULES,
+        exclude=("inputs", "out", "format", "schema", "progress"),
+    )
     _check_stages(cfg)
     published = []
     for i, f in enumerate(cfg["baselines"]["published"]):
@@ -218,8 +246,11 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         _check_overrides(f"{section}.set", cfg[section]["set"], lambda **kv: preset(None, **names_as_numbers(kv)))
     s = cfg["search"]
     _check_type("search.preset", s["preset"], str, rule=Rule(choices=preset_names("search")))
-    for path, value in (("search.workers", s["workers"]), ("search.retrain_seeds", s["retrain_seeds"]),
-                        ("final.seeds", cfg["final"]["seeds"])):  # fmt: skip
+    for path, value in (
+        ("search.workers", s["workers"]),
+        ("search.retrain_seeds", s["retrain_seeds"]),
+        ("final.seeds", cfg["final"]["seeds"]),
+    ):
         _check_type(path, value, int, rule=Rule(ge=1))
     if s["time_budget"] is not None:
         from nasrec.search.auto import parse_duration

@@ -101,8 +101,9 @@ class Pipeline:
         from nasrec.console import duration
 
         said = _brief(name, result)
-        self._say(f"[{n}/{len(STAGES)}] {name}: done in {duration(done.seconds or 0.0)}"
-                  + (f": {said}" if said else ""))  # fmt: skip
+        self._say(
+            f"[{n}/{len(STAGES)}] {name}: done in {duration(done.seconds or 0.0)}" + (f": {said}" if said else "")
+        )
         return result
 
     # -- stages --------------------------------------------------------------------------------------
@@ -120,8 +121,11 @@ class Pipeline:
             raw.parent.mkdir(parents=True, exist_ok=True)
             generate_synthetic(raw, rows=s["rows"], seed=s["seed"], config=SYNTH_PRESETS[s["preset"]])
             inputs, fmt = [str(raw)], "criteo"
-        res = prepare(PrepareConfig(inputs=tuple(inputs), out=str(self.cache), format=fmt, schema=d["schema"],
-                                    force=True, **d["prepare"]))  # fmt: skip
+        res = prepare(
+            PrepareConfig(
+                inputs=tuple(inputs), out=str(self.cache), format=fmt, schema=d["schema"], force=True, **d["prepare"]
+            )
+        )
         meta = open_cache(self.cache).meta
         return {"rows": res.rows, "ctr": res.ctr, "skipped": res.skipped, "bayes_logloss": meta.get("bayes_logloss")}
 
@@ -146,8 +150,10 @@ class Pipeline:
         """`given` with `key` (how caps count MFLOPs) set to the final model's layer norms; another value is refused."""
         ln = self._served_layernorm()
         if given.get(key, ln) != ln:
-            raise NasrecError(f"config {section}.set.{key}: the final recipe trains models with layernorm={ln}, and "
-                              f"caps count the model that will be served; drop {key}")  # fmt: skip
+            raise NasrecError(
+                f"config {section}.set.{key}: the final recipe trains models with layernorm={ln}, and "
+                f"caps count the model that will be served; drop {key}"
+            )
         return {**given, key: ln}
 
     def _supernet(self) -> dict[str, Any]:
@@ -157,8 +163,15 @@ class Pipeline:
         o = {"seed": self.cfg["seed"], **sn["set"]}
         if o.get("path_max_mflops") is not None:
             o = self._counted("supernet", "path_count_layernorm", o)
-        return train_supernet(self.cache, self.out / SUPERNET_DIR, space=sn["space"], preset_name=sn["preset"],
-                              overrides=o, resume=True, progress=self.progress)  # fmt: skip
+        return train_supernet(
+            self.cache,
+            self.out / SUPERNET_DIR,
+            space=sn["space"],
+            preset_name=sn["preset"],
+            overrides=o,
+            resume=True,
+            progress=self.progress,
+        )
 
     def _search(self) -> dict[str, Any]:
         from nasrec.search.api import search
@@ -166,9 +179,20 @@ class Pipeline:
         s = self.cfg["search"]
         retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
         o = self._counted("search", "count_layernorm", {"seed": self.cfg["seed"], **s["set"]})
-        res = search(self.out / SUPERNET_DIR, self.cache, self.out / SEARCH_DIR, preset=s["preset"], overrides=o,
-                     workers=s["workers"], retrain=True, train_overrides=retrain, retrain_seeds=s["retrain_seeds"],
-                     resume=True, progress=self.progress, time_budget=s["time_budget"])  # fmt: skip
+        res = search(
+            self.out / SUPERNET_DIR,
+            self.cache,
+            self.out / SEARCH_DIR,
+            preset=s["preset"],
+            overrides=o,
+            workers=s["workers"],
+            retrain=True,
+            train_overrides=retrain,
+            retrain_seeds=s["retrain_seeds"],
+            resume=True,
+            progress=self.progress,
+            time_budget=s["time_budget"],
+        )
         return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
 
     def _repeat(
@@ -191,9 +215,13 @@ class Pipeline:
 
         f = self.cfg["final"]
         arch = self.out / SEARCH_DIR / rundir.FINAL_JSON
-        return self._repeat(self.out / FINAL_DIR, self._train_overrides(f),
-                            lambda d, o: train(self.cache, d, arch=arch, preset_name=f["preset"], overrides=o,
-                                               resume=True, progress=self.progress))  # fmt: skip
+        return self._repeat(
+            self.out / FINAL_DIR,
+            self._train_overrides(f),
+            lambda d, o: train(
+                self.cache, d, arch=arch, preset_name=f["preset"], overrides=o, resume=True, progress=self.progress
+            ),
+        )
 
     def _baselines(self) -> dict[str, Any]:
         from nasrec.space.arch import Architecture
@@ -207,8 +235,9 @@ class Pipeline:
         for name, what in runs:
 
             def fit(d: Path, ov: dict[str, Any], what: dict[str, Any] = what) -> dict[str, Any]:
-                return train(self.cache, d, **what, preset_name=f["preset"], overrides=ov, resume=True,
-                             progress=self.progress)  # fmt: skip
+                return train(
+                    self.cache, d, **what, preset_name=f["preset"], overrides=ov, resume=True, progress=self.progress
+                )
 
             out[name] = self._repeat(self.out / BASELINES_DIR / name, o, fit)
         return out

@@ -23,5 +23,13 @@ from nasrec.report.html import _inline
 from nasrec.report.sources import _models
 from nasrec.report.write import write_report
 
-__all__ = ["_arch_figure", "_diagram_backend", "_graphviz_svg", "_inline", "_models", "_outlier_cut", "_pareto_figure",
-           "write_report"]  # fmt: skip
+__all__ = [
+    "_arch_figure",
+    "_diagram_backend",
+    "_graphviz_svg",
+    "_inline",
+    "_models",
+    "_outlier_cut",
+    "_pareto_figure",
+    "write_report",
+]

@@ -87,8 +87,9 @@ def _arch_figure(arch: Any) -> Any:
     for src, dst, role, is_live in _edges(arch):
         roles = set(role.split(", ")) if role else set()
         if roles & _DENSE_SIDE:
-            lanes[-1].append((order[dst] - order[src], src, dst, "C0" if roles & _DENSE_SIDE == {"dense"} else "C2",
-                              is_live))  # fmt: skip
+            lanes[-1].append(
+                (order[dst] - order[src], src, dst, "C0" if roles & _DENSE_SIDE == {"dense"} else "C2", is_live)
+            )
         if "sparse" in roles:
             lanes[1].append((order[dst] - order[src], src, dst, "C1", is_live))
         if not roles:  # the last block into the head
@@ -103,10 +104,24 @@ def _arch_figure(arch: Any) -> Any:
     for node, k in order.items():
         dead = node.startswith("b") and not live[int(node[1:])]
         end = node in ("input", "head")
-        box = dict(boxstyle="round,pad=0.4", lw=1.0, fc="white" if dead else ("#f3f3f3" if end else "#eaf1fb"),
-                   ec=_DEAD if dead else "#4a4a4a", ls="--" if dead else "-")  # fmt: skip
-        text[node] = ax.text(0, -k * dy, labels[node], ha="center", va="center", fontsize=7.5,
-                             color=_DEAD if dead else "black", bbox=box, zorder=3)  # fmt: skip
+        box = dict(
+            boxstyle="round,pad=0.4",
+            lw=1.0,
+            fc="white" if dead else ("#f3f3f3" if end else "#eaf1fb"),
+            ec=_DEAD if dead else "#4a4a4a",
+            ls="--" if dead else "-",
+        )
+        text[node] = ax.text(
+            0,
+            -k * dy,
+            labels[node],
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            color=_DEAD if dead else "black",
+            bbox=box,
+            zorder=3,
+        )
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     size = {n: t.get_bbox_patch().get_window_extent(renderer) for n, t in text.items()}
@@ -138,14 +153,30 @@ def _arch_figure(arch: Any) -> Any:
             y0, y1 = height_of[src, side, k, "out"], height_of[dst, side, k, "in"]
             verts = [(side * hw[src], y0), (x, y0), (x, y1), (side * hw[dst], y1)]
             codes = [MplPath.MOVETO] + [MplPath.LINETO] * 3
-            ax.add_patch(FancyArrowPatch(path=MplPath(verts, codes), arrowstyle="-|>,head_length=5,head_width=2.5",
-                                         color=color if is_live else _DEAD, lw=1.0, ls="-" if is_live else "--",
-                                         zorder=1))  # fmt: skip
+            ax.add_patch(
+                FancyArrowPatch(
+                    path=MplPath(verts, codes),
+                    arrowstyle="-|>,head_length=5,head_width=2.5",
+                    color=color if is_live else _DEAD,
+                    lw=1.0,
+                    ls="-" if is_live else "--",
+                    zorder=1,
+                )
+            )
     for src, dst in centre:
-        ax.add_patch(FancyArrowPatch((0, -order[src] * dy - hh[src]), (0, -order[dst] * dy + hh[dst]),
-                                     arrowstyle="-|>,head_length=5,head_width=2.5", color="0.25", lw=1.0))  # fmt: skip
-    handles = [Line2D([], [], color="C0", lw=1.5, label="dense input"),
-               Line2D([], [], color="C1", lw=1.5, label="sparse input")]  # fmt: skip
+        ax.add_patch(
+            FancyArrowPatch(
+                (0, -order[src] * dy - hh[src]),
+                (0, -order[dst] * dy + hh[dst]),
+                arrowstyle="-|>,head_length=5,head_width=2.5",
+                color="0.25",
+                lw=1.0,
+            )
+        )
+    handles = [
+        Line2D([], [], color="C0", lw=1.5, label="dense input"),
+        Line2D([], [], color="C1", lw=1.5, label="sparse input"),
+    ]
     if any(e[3] == "C2" for e in lanes[-1]):
         handles.append(Line2D([], [], color="C2", lw=1.5, label="left / right operand"))
     if not all(live):

@@ -55,8 +55,9 @@ def _trajectory(history: list[dict[str, Any]], out: Path) -> Path | None:
             running = s
         best.append(running)
     fig, ax = _plt().subplots(figsize=(6, 3.5))
-    ax.scatter(range(1, len(scores) + 1), [math.nan if s is None else s for s in scores], s=6, c="0.7",
-               label="candidate")  # fmt: skip
+    ax.scatter(
+        range(1, len(scores) + 1), [math.nan if s is None else s for s in scores], s=6, c="0.7", label="candidate"
+    )
     ax.plot(range(1, len(best) + 1), best, c="C0", lw=1.6, label="best so far")
     ax.set_xlabel("candidates scored")
     ax.set_ylabel("supernet score (val log loss)")
@@ -66,8 +67,9 @@ def _trajectory(history: list[dict[str, Any]], out: Path) -> Path | None:
     return _save(fig, out / "search.png")
 
 
-def _pareto(history: list[dict[str, Any]], front: list[dict[str, Any]], models: list[dict[str, Any]],
-            out: Path) -> Path | None:  # fmt: skip
+def _pareto(
+    history: list[dict[str, Any]], front: list[dict[str, Any]], models: list[dict[str, Any]], out: Path
+) -> Path | None:
     fig = _pareto_figure(history, front, models)
     return None if fig is None else _save(fig, out / "pareto.png", layout=False)
 
@@ -75,8 +77,7 @@ def _pareto(history: list[dict[str, Any]], front: list[dict[str, Any]], models: 
 _GROUPS = (("retrained", "o", "0.6"), ("zoo", "s", "C1"), ("published", "^", "C2"), ("final", "*", "C3"))
 
 
-def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]],
-                   models: list[dict[str, Any]]) -> Any:  # fmt: skip
+def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]], models: list[dict[str, Any]]) -> Any:
     """Left: the search's supernet scores and Pareto front. Right: the trained models' validation log loss.
 
     Both panels show the validation split. A model far worse than the rest (e.g. logistic regression on
@@ -108,14 +109,23 @@ def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]],
     else:
         top = fig.add_subplot(grid[0, 1])
         bottom = fig.add_subplot(grid[1:, 1], sharex=top)
-        panels = [(top, [m for m in trained if m["val_logloss"] > cut]),
-                  (bottom, [m for m in trained if m["val_logloss"] <= cut])]  # fmt: skip
+        panels = [
+            (top, [m for m in trained if m["val_logloss"] > cut]),
+            (bottom, [m for m in trained if m["val_logloss"] <= cut]),
+        ]
     for panel, group_models in panels:
         for group, marker, color in _GROUPS:
             g = [m for m in group_models if m["group"] == group]
             if g:
-                panel.scatter([m["mflops"] for m in g], [m["val_logloss"] for m in g], marker=marker, c=color,
-                              s=90 if group == "final" else 30, label=group, zorder=3)  # fmt: skip
+                panel.scatter(
+                    [m["mflops"] for m in g],
+                    [m["val_logloss"] for m in g],
+                    marker=marker,
+                    c=color,
+                    s=90 if group == "final" else 30,
+                    label=group,
+                    zorder=3,
+                )
         _pad_limits(panel, [m["val_logloss"] for m in group_models])
     xs = [m["mflops"] for m in trained]
     if xs:
@@ -132,8 +142,9 @@ def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]],
         top.spines["bottom"].set_visible(False)
         main.spines["top"].set_visible(False)
         top.tick_params(axis="x", bottom=False, labelbottom=False)
-        kw = dict(marker=[(-1, -0.5), (1, 0.5)], markersize=10, linestyle="none", color="k", mec="k", mew=1,
-                  clip_on=False)  # fmt: skip
+        kw = dict(
+            marker=[(-1, -0.5), (1, 0.5)], markersize=10, linestyle="none", color="k", mec="k", mew=1, clip_on=False
+        )
         top.plot([0, 1], [0, 0], transform=top.transAxes, **kw)
         main.plot([0, 1], [1, 1], transform=main.transAxes, **kw)
     panels[0][0].set_title(title)
@@ -142,13 +153,23 @@ def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]],
         handles.update(zip(*reversed(panel.get_legend_handles_labels()), strict=True))
     if handles:
         # outside the axes, right of the panel's top: it hides no point and no label
-        panels[0][0].legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                            fontsize=8, borderaxespad=0.0)  # fmt: skip
+        panels[0][0].legend(
+            list(handles.values()),
+            list(handles),
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=8,
+            borderaxespad=0.0,
+        )
     fig.subplots_adjust(left=0.075, right=0.9, bottom=0.12, top=0.92, wspace=0.24)
     for panel, group_models in panels:
         named = [m for m in group_models if m["group"] != "retrained"]
-        _place_labels(fig, panel, [(m["mflops"], m["val_logloss"], m["name"]) for m in named],
-                      [(m["mflops"], m["val_logloss"]) for m in group_models])  # fmt: skip
+        _place_labels(
+            fig,
+            panel,
+            [(m["mflops"], m["val_logloss"], m["name"]) for m in named],
+            [(m["mflops"], m["val_logloss"]) for m in group_models],
+        )
     return fig
 
 
@@ -178,12 +199,16 @@ def _pad_limits(ax: Any, ys: list[float]) -> None:
 
 
 # Offsets (points) tried in turn for a label: right, left, above, below, then further out.
-_LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.5, 5) for dx, dy in
-                  ((6, 2), (-6, 2), (0, 8), (0, -8), (6, -8), (-6, -8), (6, 8), (-6, 8))]  # fmt: skip
+_LABEL_OFFSETS = [
+    (dx * r, dy * r)
+    for r in (1, 2, 3.5, 5)
+    for dx, dy in ((6, 2), (-6, 2), (0, 8), (0, -8), (6, -8), (-6, -8), (6, 8), (-6, 8))
+]
 
 
-def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]],
-                  points: list[tuple[float, float]]) -> list[Any]:  # fmt: skip
+def _place_labels(
+    fig: Any, ax: Any, labels: list[tuple[float, float, str]], points: list[tuple[float, float]]
+) -> list[Any]:
     """Annotate points with names that overlap neither one another nor any marker, inside the axes.
 
     Greedy: each label takes the first offset of `_LABEL_OFFSETS` whose box is free (of markers, labels
@@ -218,8 +243,17 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]],
             if dx != 0 and abs(dy) < 3:
                 va = "center"
             line = dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4) if k >= 4 else None
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
-                              arrowprops=line, zorder=4)  # fmt: skip
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=8,
+                arrowprops=line,
+                zorder=4,
+            )
             ann.update_positions(renderer)
             box = Text.get_window_extent(ann, renderer)  # the text alone, without its leader line
             if free(box):

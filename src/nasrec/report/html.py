@@ -104,11 +104,15 @@ def _html(name: str, md: list[str], plots: list[tuple[str, Path]], diagram: dict
         else:
             para.append(line)
     flush()
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
-             "table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-             "img{max-width:100%}.diagram svg{max-width:100%;height:auto}"
-             "code{background:#f3f3f3;padding:0 3px;border-radius:3px}pre{background:#f6f6f6;padding:8px;"
-             "overflow-x:auto}")  # fmt: skip
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nasrec report: {html.escape(name)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+        "img{max-width:100%}.diagram svg{max-width:100%;height:auto}"
+        "code{background:#f3f3f3;padding:0 3px;border-radius:3px}pre{background:#f6f6f6;padding:8px;"
+        "overflow-x:auto}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nasrec report: {html.escape(name)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )

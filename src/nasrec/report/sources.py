@@ -32,11 +32,20 @@ def _models(run: Path) -> list[dict[str, Any]]:
         if raw:
             m = RunMetrics.from_dict(raw)
             seeds = [m] + [s for d in sorted(folder.glob("seed-*")) if (s := rundir.read_metrics(d))]
-            rows.append({"name": name, "group": group, "logloss": m.logloss, "auc": m.auc,
-                         "val_logloss": m.split("val").logloss, "mflops": m.mflops, "params": m.params,
-                         "samples_per_s": m.samples_per_s,
-                         "logloss_seeds": [s.logloss for s in seeds if s.logloss is not None],
-                         "auc_seeds": [s.auc for s in seeds if s.auc is not None]})  # fmt: skip
+            rows.append(
+                {
+                    "name": name,
+                    "group": group,
+                    "logloss": m.logloss,
+                    "auc": m.auc,
+                    "val_logloss": m.split("val").logloss,
+                    "mflops": m.mflops,
+                    "params": m.params,
+                    "samples_per_s": m.samples_per_s,
+                    "logloss_seeds": [s.logloss for s in seeds if s.logloss is not None],
+                    "auc_seeds": [s.auc for s in seeds if s.auc is not None],
+                }
+            )
 
     add("searched (final)", "final", run / FINAL_DIR)
     baselines, retrained = run / BASELINES_DIR, run / SEARCH_DIR / RETRAIN_DIR

@@ -41,8 +41,11 @@ def _row_check(run: Path, baseline: str) -> list[str]:
     except (NasrecError, OSError):  # a run without weights (e.g. copied without them): nothing to compare
         return []
     same = "identical predictions"
-    return [f"On the {r['logloss']['rows']:,} test rows (the recipe's seed of each), searched minus {baseline}: "
-            f"log loss {_interval(r['logloss'], same)}, AUC {_interval(r['auc'], same)} (DeLong's test).", ""]  # fmt: skip
+    return [
+        f"On the {r['logloss']['rows']:,} test rows (the recipe's seed of each), searched minus {baseline}: "
+        f"log loss {_interval(r['logloss'], same)}, AUC {_interval(r['auc'], same)} (DeLong's test).",
+        "",
+    ]
 
 
 def _compared_note(run: Path, names: list[str]) -> str:
@@ -51,12 +54,17 @@ def _compared_note(run: Path, names: list[str]) -> str:
 
     others = [m for m in ZOO_MODELS if m not in names]
     note = f"The goal check compares the searched model with the baselines this run trained ({', '.join(names)})"
-    note += (f" and no others: {', '.join(others)} were not trained (`baselines: all` trains the whole zoo). "
-             if others else ", the whole zoo. ")  # fmt: skip
+    note += (
+        f" and no others: {', '.join(others)} were not trained (`baselines: all` trains the whole zoo). "
+        if others
+        else ", the whole zoo. "
+    )
     ln = (_json(run / rundir.FINAL_DIR / rundir.MODEL_JSON) or {}).get("layernorm")
     if ln is not None:
-        note += (f"MFLOPs count every model as it is served, the searched one {'with' if ln else 'without'} the layer "
-                 "norms of its final recipe, as the search's caps counted it.")  # fmt: skip
+        note += (
+            f"MFLOPs count every model as it is served, the searched one {'with' if ln else 'without'} the layer "
+            "norms of its final recipe, as the search's caps counted it."
+        )
     return note.rstrip()
 
 
@@ -69,14 +77,18 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
     md = ["## Final comparison (test split)", ""]
     head = "| model | test log loss | test AUC | MFLOPs | params | train samples/s |"
     if searched is not None:
-        md.append("Last column: the searched model's mean test log loss minus the model's, with Welch's 95 % interval "
-                  "over the seeds (training noise; the test split is the same for every seed).")  # fmt: skip
+        md.append(
+            "Last column: the searched model's mean test log loss minus the model's, with Welch's 95 % interval "
+            "over the seeds (training noise; the test split is the same for every seed)."
+        )
         md.append("")
         head += " searched minus model |"
     md += [head, "|---" * head.count(" |") + "|"]
     for m in sorted(final_models, key=lambda m: seed_summary(m["logloss_seeds"])["mean"]):
-        row = (f"| {m['name']} | {_mean_std(m['logloss_seeds'], '.4f')} | {_mean_std(m['auc_seeds'], '.4f')} | "
-               f"{_fmt(m['mflops'], '.4g')} | {_fmt(m['params'], ',')} | {_fmt(m['samples_per_s'], ',.0f')} |")  # fmt: skip
+        row = (
+            f"| {m['name']} | {_mean_std(m['logloss_seeds'], '.4f')} | {_mean_std(m['auc_seeds'], '.4f')} | "
+            f"{_fmt(m['mflops'], '.4g')} | {_fmt(m['params'], ',')} | {_fmt(m['samples_per_s'], ',.0f')} |"
+        )
         if searched is not None and m is not searched:
             row += f" {_interval(difference(searched['logloss_seeds'], m['logloss_seeds']))} |"
         elif searched is not None:
@@ -85,26 +97,34 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
     md.append("")
     if searched is None:
         return md
-    baselines = {m["name"]: {"logloss": m["logloss_seeds"], "mflops": m["mflops"]}
-                 for m in final_models if m["group"] != "final"}  # fmt: skip
+    baselines = {
+        m["name"]: {"logloss": m["logloss_seeds"], "mflops": m["mflops"]} for m in final_models if m["group"] != "final"
+    }
     searched_seeds = {"logloss": searched["logloss_seeds"], "mflops": searched["mflops"]}
     goal = goal_check(searched_seeds, baselines)
     if goal is not None:
         cost = "no more" if goal["no_more_mflops"] else "more"
-        md += ["## Goal check", "",
-               f"Best baseline by mean test log loss: {goal['baseline']} ({_fmt(goal['baseline_mflops'], '.4g')} "
-               f"MFLOPs); the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs ({cost}). Searched minus "
-               f"baseline: {_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): "
-               f"**{goal['outcome']}**.", ""]  # fmt: skip
+        md += [
+            "## Goal check",
+            "",
+            f"Best baseline by mean test log loss: {goal['baseline']} ({_fmt(goal['baseline_mflops'], '.4g')} "
+            f"MFLOPs); the searched model has {_fmt(goal['mflops'], '.4g')} MFLOPs ({cost}). Searched minus "
+            f"baseline: {_interval(goal['difference'])}. Goal (at least as good at no more MFLOPs): "
+            f"**{goal['outcome']}**.",
+            "",
+        ]
         md += [_compared_note(run, list(baselines)), ""]
         md += _row_check(run, goal["baseline"])
         mine = searched["mflops"]
         costlier = {n: b for n, b in baselines.items() if mine is not None and (b["mflops"] or 0) >= mine}
         within = goal_check(searched_seeds, costlier)
         if within is not None and within["baseline"] != goal["baseline"]:
-            md += [f"Among the baselines with at least its MFLOPs the best is {within['baseline']} "
-                   f"({_fmt(within['baseline_mflops'], '.4g')} MFLOPs): searched minus it "
-                   f"{_interval(within['difference'])}; **{within['outcome']}** against it.", ""]  # fmt: skip
+            md += [
+                f"Among the baselines with at least its MFLOPs the best is {within['baseline']} "
+                f"({_fmt(within['baseline_mflops'], '.4g')} MFLOPs): searched minus it "
+                f"{_interval(within['difference'])}; **{within['outcome']}** against it.",
+                "",
+            ]
             md += _row_check(run, within["baseline"])
     return md
 

@@ -30,9 +30,11 @@ def write_report(run: str | Path) -> dict[str, Path]:
     result = _json(search_dir / rundir.RESULT_JSON)
     models = _models(run)
     plots: list[tuple[str, Path]] = []
-    for title, p in (("Supernet training", _supernet_curve(run, out)),
-                     ("Search trajectory (validation split)", _trajectory(history, out)),
-                     ("Pareto fronts (validation split)", _pareto(history, front, models, out))):  # fmt: skip
+    for title, p in (
+        ("Supernet training", _supernet_curve(run, out)),
+        ("Search trajectory (validation split)", _trajectory(history, out)),
+        ("Pareto fronts (validation split)", _pareto(history, front, models, out)),
+    ):
         if p is not None:
             plots.append((title, p))
     rank_png, rc = _rank_scatter(run, out)
@@ -44,24 +46,53 @@ def write_report(run: str | Path) -> dict[str, Path]:
     if prep:
         md += _data_section(prep)
     if result:
-        md += ["## Search", "", f"{result['scored']} candidates scored in {result['seconds']:.0f} s "
-               f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
-               f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.", ""]  # fmt: skip
+        md += [
+            "## Search",
+            "",
+            f"{result['scored']} candidates scored in {result['seconds']:.0f} s "
+            f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
+            f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.",
+            "",
+        ]
     md += _comparison(run, models)
     if rc is not None:
-        md += ["## Ranking quality", "", f"Kendall tau {rc['kendall_tau']:.3f}, Spearman rho {rc['spearman_rho']:.3f} "
-               f"over {rc['pairs']} architectures.", ""]  # fmt: skip
+        md += [
+            "## Ranking quality",
+            "",
+            f"Kendall tau {rc['kendall_tau']:.3f}, Spearman rho {rc['spearman_rho']:.3f} "
+            f"over {rc['pairs']} architectures.",
+            "",
+        ]
     for title, p in plots:
         md += [f"## {title}", "", f"![{title}]({p.name})", ""]
     if diagram:
-        how = ("Drawn with Graphviz; edge labels say which inputs an edge carries." if "svg" in diagram else
-               "Drawn with matplotlib (with Graphviz's `dot` installed the report draws an SVG instead): blue "
-               "brackets carry dense inputs, orange ones sparse (embedding) inputs.")  # fmt: skip
-        md += ["## Final architecture", "",
-               f"![final architecture]({diagram['image'].name})", "",
-               how + (" Grey dashed blocks are dead: their output never reaches the head."
-                      if "no dead blocks" not in diagram["text"] else ""), "",
-               "```mermaid", diagram["mermaid"].rstrip(), "```", "", "```", diagram["text"].rstrip(), "```", ""]  # fmt: skip
+        how = (
+            "Drawn with Graphviz; edge labels say which inputs an edge carries."
+            if "svg" in diagram
+            else "Drawn with matplotlib (with Graphviz's `dot` installed the report draws an SVG instead): blue "
+            "brackets carry dense inputs, orange ones sparse (embedding) inputs."
+        )
+        md += [
+            "## Final architecture",
+            "",
+            f"![final architecture]({diagram['image'].name})",
+            "",
+            how
+            + (
+                " Grey dashed blocks are dead: their output never reaches the head."
+                if "no dead blocks" not in diagram["text"]
+                else ""
+            ),
+            "",
+            "```mermaid",
+            diagram["mermaid"].rstrip(),
+            "```",
+            "",
+            "```",
+            diagram["text"].rstrip(),
+            "```",
+            "",
+        ]
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(run.name, md, plots, diagram))
     return {"markdown": out / "report.md", "html": out / "report.html"}
@@ -81,8 +112,11 @@ def _data_section(prep: dict[str, Any]) -> list[str]:
     md = ["## Data", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     md += ["| " + " | ".join(cells) + " |" for cells in table] + [""]
     if bayes:
-        md += ["Bayes-optimal log loss: the log loss of the true click probabilities of the synthetic data "
-               "(its known click model), the floor no model can beat on those rows.", ""]  # fmt: skip
+        md += [
+            "Bayes-optimal log loss: the log loss of the true click probabilities of the synthetic data "
+            "(its known click model), the floor no model can beat on those rows.",
+            "",
+        ]
     if prep.get("skipped"):
         md += [f"{prep['skipped']:,} malformed input rows were skipped.", ""]
     return md

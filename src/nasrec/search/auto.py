@@ -80,8 +80,9 @@ def data_budget(cache: Cache, score: dict[str, Any]) -> tuple[dict[str, Any], st
     return out, preset, {"train_rows": train_rows, "val_rows": val_rows}
 
 
-def calibration_archs(space: SearchSpace, cost: CostFn, max_mflops: float | None, max_params: int | None,
-                      seed: int, count: int) -> list[Architecture]:  # fmt: skip
+def calibration_archs(
+    space: SearchSpace, cost: CostFn, max_mflops: float | None, max_params: int | None, seed: int, count: int
+) -> list[Architecture]:
     """`count` distinct architectures within the constraints, drawn from a generator of their own.
 
     Their own generator: the search's draws do not depend on whether (or how often) it was calibrated.
@@ -97,8 +98,9 @@ def calibration_archs(space: SearchSpace, cost: CostFn, max_mflops: float | None
     return list(found.values())
 
 
-def seconds_per_candidate(score: Callable[[Sequence[Architecture]], list[float]], archs: Sequence[Architecture],
-                          parallel: int) -> float:  # fmt: skip
+def seconds_per_candidate(
+    score: Callable[[Sequence[Architecture]], list[float]], archs: Sequence[Architecture], parallel: int
+) -> float:
     """Wall seconds per candidate of `score` over `archs` in batches of `parallel`.
 
     The first batch starts the workers and warms up torch, so it is timed only when it is all there is.
@@ -122,14 +124,26 @@ def candidate_budget(seconds: float, time_budget: float, given: dict[str, Any]) 
     n = max([c for c in LADDER if c <= fit], default=LADDER[0])
     scale = min(1.0, fit / LADDER[0])
     if n == PAPER_CANDIDATES:
-        shape = {"population": 128, "sample": 64, "children": 8, "generations": 240, "keep_per_generation": 2,
-                 "top_k": 15}  # fmt: skip
+        shape = {
+            "population": 128,
+            "sample": 64,
+            "children": 8,
+            "generations": 240,
+            "keep_per_generation": 2,
+            "top_k": 15,
+        }
     else:
         pop = max(8 if n < 64 else 16, n // 16)
         children = 8 if n >= 128 else 4
         # few generations: the result is chosen from every scored candidate (as the CPU presets do)
-        shape = {"population": pop, "sample": pop // 2, "children": children, "generations": (n - pop) // children,
-                 "keep_per_generation": None, "top_k": max(3, min(15, n // 64))}  # fmt: skip
+        shape = {
+            "population": pop,
+            "sample": pop // 2,
+            "children": children,
+            "generations": (n - pop) // children,
+            "keep_per_generation": None,
+            "top_k": max(3, min(15, n // 64)),
+        }
     return {k: v for k, v in shape.items() if k not in given}, n, scale
 
 

@@ -40,7 +40,7 @@ class ScorerSpec:
     def build(self) -> SupernetScorer:
         """Load the supernet and the scoring batches."""
         from nasrec.data.cache import open_cache
-        from nasrec.train.trainer import load_trained
+        from nasrec.train.loading import load_trained
 
         model, spec = load_trained(self.supernet_dir, self.checkpoint)
         rundir.check_supernet(self.supernet_dir, spec.kind)

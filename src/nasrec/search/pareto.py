@@ -17,8 +17,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     Of several identical points only the first is kept. O(n log n): sort by (loss, cost), then a point
     is on the front iff its cost is below every cost seen before it.
     """
-    order = sorted((i for i, p in enumerate(points) if not any(math.isnan(v) for v in p)),
-                   key=lambda i: (points[i][0], points[i][1], i))  # fmt: skip
+    order = sorted(
+        (i for i, p in enumerate(points) if not any(math.isnan(v) for v in p)),
+        key=lambda i: (points[i][0], points[i][1], i),
+    )
     front, best_cost = [], math.inf
     for i in order:
         if points[i][1] < best_cost:

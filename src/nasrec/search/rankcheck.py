@@ -42,8 +42,12 @@ def rank_correlation(x: list[float], y: list[float]) -> dict[str, float]:
         raise NasrecError(f"rank correlation needs at least 3 pairs, got {min(len(x), len(y))}")
     tau = kendalltau(x, y)
     rho = spearmanr(x, y)
-    return {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
-            "spearman_rho": float(rho.statistic), "spearman_p": float(rho.pvalue)}  # fmt: skip
+    return {
+        "kendall_tau": float(tau.statistic),
+        "kendall_p": float(tau.pvalue),
+        "spearman_rho": float(rho.statistic),
+        "spearman_p": float(rho.pvalue),
+    }
 
 
 def _scatter(path: Path, x: list[float], y: list[float], stats: dict[str, float]) -> None:
@@ -101,18 +105,36 @@ def rankcheck(
         if len(archs) == k:
             break
     if len(archs) < k:
-        raise NasrecError(f"fewer than {k} distinct architectures drawn in {1000 * k} tries under strategy "
-                          f"{strategy!r} (max_mflops={max_mflops}, max_params={max_params})")  # fmt: skip
+        raise NasrecError(
+            f"fewer than {k} distinct architectures drawn in {1000 * k} tries under strategy "
+            f"{strategy!r} (max_mflops={max_mflops}, max_params={max_params})"
+        )
     arch_list = list(archs.values())
     with rundir.exclusive(out, "rank check"):
-        return _rankcheck(out, arch_list, supernet, data, score_cfg, workers, train_preset or preset_train,
-                          train_overrides, {"k": k, "seed": seed, "strategy": strategy, "max_mflops": max_mflops,
-                                            "max_params": max_params})  # fmt: skip
+        return _rankcheck(
+            out,
+            arch_list,
+            supernet,
+            data,
+            score_cfg,
+            workers,
+            train_preset or preset_train,
+            train_overrides,
+            {"k": k, "seed": seed, "strategy": strategy, "max_mflops": max_mflops, "max_params": max_params},
+        )
 
 
-def _rankcheck(out: Path, arch_list: list[Architecture], supernet: str | Path, data: str | Path,
-               score_cfg: ScoreConfig, workers: int, train_preset: str, train_overrides: dict[str, Any] | None,
-               settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _rankcheck(
+    out: Path,
+    arch_list: list[Architecture],
+    supernet: str | Path,
+    data: str | Path,
+    score_cfg: ScoreConfig,
+    workers: int,
+    train_preset: str,
+    train_overrides: dict[str, Any] | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
     """Score, train and compare the drawn architectures (the rank check's writer holds `out`'s lock)."""
     from nasrec.train.api import train
 
@@ -125,21 +147,39 @@ def _rankcheck(out: Path, arch_list: list[Architecture], supernet: str | Path, d
     for i, (a, s) in enumerate(zip(arch_list, scores, strict=True)):
         run = out / "runs" / f"{i:03d}-{a.hash()[:12]}"
         log.info("rank check: architecture %d/%d, %s (supernet score %.5f)", i + 1, len(arch_list), a.hash()[:12], s)
-        m = rundir.read_metrics(run) or RunMetrics.from_dict(train(
-            data, run, arch=a, preset_name=train_preset, overrides=train_overrides, resume=True,
-            progress=False))  # fmt: skip
-        rows.append({"hash": a.hash(), "supernet_score": s, "scratch_val_logloss": m.split("val").logloss,
-                     "mflops": m.mflops, "arch": a.to_dict()})  # fmt: skip
+        m = rundir.read_metrics(run) or RunMetrics.from_dict(
+            train(data, run, arch=a, preset_name=train_preset, overrides=train_overrides, resume=True, progress=False)
+        )
+        rows.append(
+            {
+                "hash": a.hash(),
+                "supernet_score": s,
+                "scratch_val_logloss": m.split("val").logloss,
+                "mflops": m.mflops,
+                "arch": a.to_dict(),
+            }
+        )
     ok = [r for r in rows if _finite(r["supernet_score"]) and _finite(r["scratch_val_logloss"])]
     x = [r["supernet_score"] for r in ok]
     y = [r["scratch_val_logloss"] for r in ok]
     stats = rank_correlation(x, y)
-    result = {**stats, "k": settings["k"], "pairs": len(ok), **{k: v for k, v in settings.items() if k != "k"},
-              "score": score_cfg.to_dict(), "train_preset": train_preset, "candidates": rows}  # fmt: skip
+    result = {
+        **stats,
+        "k": settings["k"],
+        "pairs": len(ok),
+        **{k: v for k, v in settings.items() if k != "k"},
+        "score": score_cfg.to_dict(),
+        "train_preset": train_preset,
+        "candidates": rows,
+    }
     rundir.atomic_write_json(out / rundir.RANKCHECK_JSON, result)
     _scatter(out / "rankcheck.png", x, y, stats)
-    log.info("rank check done: Kendall tau %.3f, Spearman rho %.3f over %d pairs", stats["kendall_tau"],
-             stats["spearman_rho"], len(ok))  # fmt: skip
+    log.info(
+        "rank check done: Kendall tau %.3f, Spearman rho %.3f over %d pairs",
+        stats["kendall_tau"],
+        stats["spearman_rho"],
+        len(ok),
+    )
     return result
 
 

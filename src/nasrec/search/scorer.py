@@ -49,11 +49,19 @@ from nasrec.train.schedule import build_schedule
 
 # The range of every ScoreConfig field that has one (types come from the annotations); see `nasrec.configfile`.
 RULES: dict[str, Rule] = {
-    "finetune_steps": Rule(ge=0), "finetune": Rule(choices=("head", "all")), "finetune_batch_size": Rule(ge=1),
-    "finetune_lr": LEARNING_RATE, "warmup_steps": Rule(ge=0), "eps": Rule(gt=0, le=1), "clip": Rule(gt=0),
-    "calib_batches": Rule(ge=1), "val_batches": Rule(ge=1), "val_batch_size": Rule(ge=1),
-    "val_split": Rule(choices=SPLIT_NAMES), "threads": Rule(ge=1),
-}  # fmt: skip
+    "finetune_steps": Rule(ge=0),
+    "finetune": Rule(choices=("head", "all")),
+    "finetune_batch_size": Rule(ge=1),
+    "finetune_lr": LEARNING_RATE,
+    "warmup_steps": Rule(ge=0),
+    "eps": Rule(gt=0, le=1),
+    "clip": Rule(gt=0),
+    "calib_batches": Rule(ge=1),
+    "val_batches": Rule(ge=1),
+    "val_batch_size": Rule(ge=1),
+    "val_split": Rule(choices=SPLIT_NAMES),
+    "threads": Rule(ge=1),
+}
 
 
 @dataclass(frozen=True)
@@ -147,8 +155,12 @@ def finetune_all(model: nn.Module, data: ScoringData) -> float:
     model.train()
     if cfg.finetune_steps:
         opt = build_optimizer(model, "adagrad", lr=cfg.finetune_lr, eps=cfg.eps)
-        sched = build_schedule(opt, "warmup-cosine", total_steps=cfg.finetune_steps,
-                               warmup_steps=min(cfg.warmup_steps, cfg.finetune_steps - 1))  # fmt: skip
+        sched = build_schedule(
+            opt,
+            "warmup-cosine",
+            total_steps=cfg.finetune_steps,
+            warmup_steps=min(cfg.warmup_steps, cfg.finetune_steps - 1),
+        )
         for b in data.train:
             opt.zero_grad(set_to_none=True)
             F.binary_cross_entropy_with_logits(model(b.dense, b.sparse), b.label).backward()
@@ -172,8 +184,12 @@ def finetune_head(
     calibrate_head(features, head, data.calib)
     if cfg.finetune_steps:
         opt = torch.optim.Adagrad(params, lr=cfg.finetune_lr, eps=cfg.eps)
-        sched = build_schedule(opt, "warmup-cosine", total_steps=cfg.finetune_steps,
-                               warmup_steps=min(cfg.warmup_steps, cfg.finetune_steps - 1))  # fmt: skip
+        sched = build_schedule(
+            opt,
+            "warmup-cosine",
+            total_steps=cfg.finetune_steps,
+            warmup_steps=min(cfg.warmup_steps, cfg.finetune_steps - 1),
+        )
         for b in data.train:
             with torch.no_grad():
                 f = features(b.dense, b.sparse)
@@ -195,8 +211,9 @@ def finetune_head(
 class SupernetScorer:
     """Scores architectures through a trained supernet; cached by functional hash (one score per function)."""
 
-    def __init__(self, supernet: Supernet, cache: Cache | None, cfg: ScoreConfig | None = None,
-                 data: ScoringData | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, supernet: Supernet, cache: Cache | None, cfg: ScoreConfig | None = None, data: ScoringData | None = None
+    ) -> None:
         """`data` replaces the batches read from `cache` (benchmarks score on batches held in memory)."""
         self.cfg = cfg or ScoreConfig()
         self.device = resolve_device(self.cfg.device)

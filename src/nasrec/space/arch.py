@@ -31,12 +31,27 @@ MAX_DENSE_WIDTH = 65_536
 MAX_SPARSE_WIDTH = 4_096
 
 # Keys of a block in the canonical JSON: what each must be (d2s and fm may be left out: false).
-_BLOCK_KEYS = {"dense_ops": "ops", "sparse_ops": "ops", "dense_in": "indices", "sparse_in": "indices", "left": "int",
-               "right": "int", "dense_width": "int", "sparse_width": "int", "d2s": "bool", "fm": "bool"}  # fmt: skip
+_BLOCK_KEYS = {
+    "dense_ops": "ops",
+    "sparse_ops": "ops",
+    "dense_in": "indices",
+    "sparse_in": "indices",
+    "left": "int",
+    "right": "int",
+    "dense_width": "int",
+    "sparse_width": "int",
+    "d2s": "bool",
+    "fm": "bool",
+}
 _OPTIONAL_BLOCK_KEYS = ("d2s", "fm")
 _ARCH_KEYS = ("format", "version", "blocks")
-_EXPECTED = {"ops": "a list of operator names", "indices": "a list of input indices", "int": "an integer",
-             "bool": "true or false", "flag": "0, 1, true or false"}  # fmt: skip
+_EXPECTED = {
+    "ops": "a list of operator names",
+    "indices": "a list of input indices",
+    "int": "an integer",
+    "bool": "true or false",
+    "flag": "0, 1, true or false",
+}
 
 
 # Operator names are those of the registry (`nasrec.model.ops.registry`), in its canonical order.
@@ -289,8 +304,11 @@ def _check_block(i: int, b: Block) -> None:
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             fail(name, f"{w!r} must be a positive integer")
         if w > most:
-            fail(name, f"{w:,} is more than nasrec builds ({most:,}; NASRec's spaces stop at "
-                       f"{1024 if name == 'dense_width' else 64})")  # fmt: skip
+            fail(
+                name,
+                f"{w:,} is more than nasrec builds ({most:,}; NASRec's spaces stop at "
+                f"{1024 if name == 'dense_width' else 64})",
+            )
     for name in ("d2s", "fm"):
         if not isinstance(getattr(b, name), bool):
             fail(name, f"{getattr(b, name)!r} must be true or false")
@@ -342,11 +360,20 @@ def from_nasrec(d: dict[str, Any], source: str = "NASRec JSON") -> Architecture:
 
 # Keys of the reference JSON's entries per block (other keys are left alone: the reference adds some).
 _REFERENCE_KEYS = {
-    "macro": {"dense_idx": "indices", "sparse_idx": "indices", "dense_left_idx": "indices",
-              "dense_right_idx": "indices"},
-    "micro": {"active_nodes": "indices", "dense_in_dims": "int", "sparse_in_dims": "int",
-              "dense_sparse_interact": "flag", "deep_fm": "flag"},
-}  # fmt: skip
+    "macro": {
+        "dense_idx": "indices",
+        "sparse_idx": "indices",
+        "dense_left_idx": "indices",
+        "dense_right_idx": "indices",
+    },
+    "micro": {
+        "active_nodes": "indices",
+        "dense_in_dims": "int",
+        "sparse_in_dims": "int",
+        "dense_sparse_interact": "flag",
+        "deep_fm": "flag",
+    },
+}
 
 
 def _reference_entry(source: str, i: int, part: str, entry: Any) -> dict[str, Any]:

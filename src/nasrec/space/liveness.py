@@ -47,8 +47,16 @@ def live_outputs(arch: Architecture) -> tuple[tuple[bool, bool], ...]:
 
 
 # Stands in for every part that cannot reach the head; valid at any block index.
-_NOTHING = Block(dense_ops=("fc",), sparse_ops=("efc",), dense_in=(0,), sparse_in=(0,), left=0, right=0,
-                 dense_width=1, sparse_width=1)  # fmt: skip
+_NOTHING = Block(
+    dense_ops=("fc",),
+    sparse_ops=("efc",),
+    dense_in=(0,),
+    sparse_in=(0,),
+    left=0,
+    right=0,
+    dense_width=1,
+    sparse_width=1,
+)
 
 
 def _functional_block(b: Block, dense_live: bool, sparse_live: bool) -> Block:

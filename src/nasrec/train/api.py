@@ -12,8 +12,9 @@ from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.evaluation import evaluate, split_logits
+from nasrec.train.loading import load_trained
 from nasrec.train.resume import same_run
-from nasrec.train.trainer import Trainer, load_trained
+from nasrec.train.trainer import Trainer
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
@@ -90,9 +91,14 @@ def train_supernet(
 
     cache = open_cache(data)
     out = Path(out)
-    spec = ModelSpec(kind="supernet", space=get_space(space).to_dict(), num_dense=len(cache.dense_fields),
-                     table_sizes=tuple(cache.table_sizes), layernorm=True,
-                     hparams={} if semantics == "slice" else {"semantics": semantics})  # fmt: skip
+    spec = ModelSpec(
+        kind="supernet",
+        space=get_space(space).to_dict(),
+        num_dense=len(cache.dense_fields),
+        table_sizes=tuple(cache.table_sizes),
+        layernorm=True,
+        hparams={} if semantics == "slice" else {"semantics": semantics},
+    )
     with _writing(out, "supernet run"):
         cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
         with distributed.process_group():  # under torchrun: data-parallel over its processes
@@ -118,13 +124,23 @@ def _load_for(run: str | Path, cache: Cache, which: str, device: str | None) -> 
 
 
 def compare_runs(
-    run_a: str | Path, run_b: str | Path, data: str | Path, split: str = "test", which: str = "final",
-    level: float = 0.95, device: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    run_a: str | Path,
+    run_b: str | Path,
+    data: str | Path,
+    split: str = "test",
+    which: str = "final",
+    level: float = 0.95,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Two trained models on the same rows of a split: log loss and AUC of a minus b, with intervals over the rows."""
     from nasrec.train.compare import delong, paired_logloss
 
     cache = open_cache(data)
     (y, za), (_, zb) = (split_logits(_load_for(run, cache, which, device)[0], cache, split) for run in (run_a, run_b))
-    return {"a": str(run_a), "b": str(run_b), "split": split, "logloss": paired_logloss(y, za, zb, level),
-            "auc": delong(y, za, zb, level)}  # fmt: skip
+    return {
+        "a": str(run_a),
+        "b": str(run_b),
+        "split": split,
+        "logloss": paired_logloss(y, za, zb, level),
+        "auc": delong(y, za, zb, level),
+    }

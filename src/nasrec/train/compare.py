@@ -41,8 +41,16 @@ def difference(
     if not 0 < level < 1:
         raise NasrecError(f"confidence level must lie in (0, 1), got {level}")
     sa, sb = seed_summary(a), seed_summary(b)
-    out = {"diff": sa["mean"] - sb["mean"], "low": None, "high": None, "p": None, "level": level,
-           "n_a": sa["n"], "n_b": sb["n"], "verdict": "undetermined"}  # fmt: skip
+    out = {
+        "diff": sa["mean"] - sb["mean"],
+        "low": None,
+        "high": None,
+        "p": None,
+        "level": level,
+        "n_a": sa["n"],
+        "n_b": sb["n"],
+        "verdict": "undetermined",
+    }
     if sa["n"] < 2 or sb["n"] < 2 or (sa["std"] == 0 and sb["std"] == 0):
         return out
     from scipy.stats import ttest_ind
@@ -72,8 +80,14 @@ def _normal(diff: float, se: float, level: float, lower_is_better: bool) -> dict
     if not se > 0:  # identical predictions, or a single row
         return {"diff": diff, "low": None, "high": None, "p": None, "level": level, "verdict": "undetermined"}
     h = float(norm.ppf(0.5 + level / 2)) * se
-    return {"diff": diff, "low": diff - h, "high": diff + h, "p": float(2 * norm.sf(abs(diff) / se)), "level": level,
-            "verdict": _verdict(diff - h, diff + h, lower_is_better)}  # fmt: skip
+    return {
+        "diff": diff,
+        "low": diff - h,
+        "high": diff + h,
+        "p": float(2 * norm.sf(abs(diff) / se)),
+        "level": level,
+        "verdict": _verdict(diff - h, diff + h, lower_is_better),
+    }
 
 
 def _rows(labels: Any, *values: Any) -> tuple[np.ndarray, ...]:
@@ -142,5 +156,11 @@ def goal_check(
         outcome = "not met"
     else:
         outcome = {"better": "met", "not distinguishable": "within noise"}.get(diff["verdict"], "undetermined")
-    return {"baseline": name, "baseline_mflops": best["mflops"], "mflops": searched["mflops"],
-            "no_more_mflops": cheaper, "difference": diff, "outcome": outcome}  # fmt: skip
+    return {
+        "baseline": name,
+        "baseline_mflops": best["mflops"],
+        "mflops": searched["mflops"],
+        "no_more_mflops": cheaper,
+        "difference": diff,
+        "outcome": outcome,
+    }

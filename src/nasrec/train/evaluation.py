@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -60,9 +61,15 @@ def split_logits(model: nn.Module, cache: Cache, split: str, batch_size: int = 8
     return np.concatenate(labels), np.concatenate(logits)
 
 
-def evaluate_paths(model: nn.Module, cache: Cache, split: str, paths: list[Architecture],
-                   calib: Callable[[], list[Batch]] | None, batch_size: int = 8192,
-                   max_batches: int | None = None) -> dict[str, float]:  # fmt: skip
+def evaluate_paths(
+    model: nn.Module,
+    cache: Cache,
+    split: str,
+    paths: list[Architecture],
+    calib: Callable[[], list[Batch]] | None,
+    batch_size: int = 8192,
+    max_batches: int | None = None,
+) -> dict[str, float]:
     """`evaluate`'s metrics averaged over a supernet's `paths`, each judged with its own exact head mean.
 
     A centred head's running mean mixes every path trained. Each path is judged with its own mean over the
@@ -128,3 +135,11 @@ def model_device(model: nn.Module) -> torch.device:
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """`batch` on `device` (the same tensors when it is there already)."""
     return Batch(batch.dense.to(device), batch.sparse.to(device), batch.label.to(device))
+
+
+def train_ctr(cache: Cache) -> float:
+    """The train split's click rate, as `prepare` recorded it (measured here for a cache without it)."""
+    ctr = cache.meta.get("split", {}).get("ctr", {}).get("train")
+    if ctr is None or not math.isfinite(ctr):
+        ctr = float(np.mean(cache.label[cache.split_index("train")]))
+    return float(ctr)

@@ -137,8 +137,10 @@ class GradientSync:
         self._nnz_at = at
         self._header_size = at + self.world * len(self.sparse_index)
         # The flags and buffers are matched by position: every rank must list the same parameters.
-        distributed.check_same([[list(p.shape), str(p.dtype), s] for p, s in zip(self.params, self.is_sparse, strict=True)],
-                               "the model's parameters")  # fmt: skip
+        distributed.check_same(
+            [[list(p.shape), str(p.dtype), s] for p, s in zip(self.params, self.is_sparse, strict=True)],
+            "the model's parameters",
+        )
 
     @classmethod
     def for_model(cls, model: nn.Module, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> GradientSync:

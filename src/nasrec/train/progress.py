@@ -50,24 +50,74 @@ class Progress:
         """The plan of a new run, or where a resumed one continues."""
         epochs, per_epoch = self.epochs, self.per_epoch
         if resumed:
-            log.info("%s: resuming the %s at step %s of %s (epoch %d of %d)", self.out, self.what, f"{step:,}",
-                     f"{self.total_steps:,}", min(epoch + 1, epochs), epochs)  # fmt: skip
+            log.info(
+                "%s: resuming the %s at step %s of %s (epoch %d of %d)",
+                self.out,
+                self.what,
+                f"{step:,}",
+                f"{self.total_steps:,}",
+                min(epoch + 1, epochs),
+                epochs,
+            )
             return
         if self.total_steps == epochs * per_epoch:
             plan = f"{epochs} epoch{'s' if epochs > 1 else ''} of {per_epoch:,} steps"
         else:
             plan = f"max_steps; an epoch is {per_epoch:,} steps"
-        log.info("%s: training the %s on %s: %s steps (%s, batch %s) on %s", self.out, self.what, data,
-                 f"{self.total_steps:,}", plan, f"{batch_size:,}", device)  # fmt: skip
+        log.info(
+            "%s: training the %s on %s: %s steps (%s, batch %s) on %s",
+            self.out,
+            self.what,
+            data,
+            f"{self.total_steps:,}",
+            plan,
+            f"{batch_size:,}",
+            device,
+        )
 
-    def say_progress(self, step: int, epoch: int, epoch_end: bool, loss: float, seconds_left: float,
-                     bar_shown: bool) -> None:  # fmt: skip
+    def say_progress(
+        self, step: int, epoch: int, epoch_end: bool, loss: float, seconds_left: float, bar_shown: bool
+    ) -> None:
         """A line at the end of an epoch, or a heartbeat within one."""
         epochs = self.epochs
         head = f"epoch {epoch + 1}/{epochs} done" if epoch_end else f"epoch {epoch + 1}/{epochs}"
         left = f", about {duration(seconds_left)} left" if step < self.total_steps else ""
-        log.info("%s: step %s/%s, train loss %.5f, %s samples/s%s", head, f"{step:,}", f"{self.total_steps:,}",
-                 loss, f"{self.rate():,.0f}", left, extra=bar_extra(bar_shown))  # fmt: skip
+        log.info(
+            "%s: step %s/%s, train loss %.5f, %s samples/s%s",
+            head,
+            f"{step:,}",
+            f"{self.total_steps:,}",
+            loss,
+            f"{self.rate():,.0f}",
+            left,
+            extra=bar_extra(bar_shown),
+        )
+
+    def say_eval(self, step: int, split: str, m: dict[str, float], bad_evals: int, stopped: bool) -> None:
+        """A line per evaluation during training, with the early-stopping verdict."""
+        verdict = "best so far" if bad_evals == 0 else f"no better for {bad_evals} evaluation(s)"
+        log.info(
+            "step %s/%s: %s log loss %.5f, AUC %.5f (%s)%s",
+            f"{step:,}",
+            f"{self.total_steps:,}",
+            split,
+            m["logloss"],
+            m["auc"],
+            verdict,
+            "; early stop" if stopped else "",
+        )
+
+    def say_done(self, step: int, seconds: float, rate: float, results: dict[str, dict[str, float]]) -> None:
+        """The run's closing line: steps, time, speed and the final scores."""
+        scores = "; ".join(f"{n} log loss {r['logloss']:.5f}, AUC {r['auc']:.5f}" for n, r in results.items())
+        log.info(
+            "%s: done, %s steps in %s (%s samples/s)%s",
+            self.out,
+            f"{step:,}",
+            duration(seconds),
+            f"{rate:,.0f}",
+            f"; {scores}" if scores else "",
+        )
 
 
 def progress_bar(enabled: bool | None, total: int, initial: int) -> Any:

@@ -48,8 +48,16 @@ class TrainState:
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_state(path: Path, model: nn.Module, optimizer: Any, schedule: Any, state: TrainState, cfg: TrainConfig,
-               device: torch.device, keep_optimizer: bool = True) -> None:  # fmt: skip
+def save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: Any,
+    schedule: Any,
+    state: TrainState,
+    cfg: TrainConfig,
+    device: torch.device,
+    keep_optimizer: bool = True,
+) -> None:
     """Write a checkpoint; without `keep_optimizer` it holds no optimizer or schedule state (it cannot resume)."""
     payload = {
         "model": model.state_dict(),
@@ -66,8 +74,16 @@ def save_state(path: Path, model: nn.Module, optimizer: Any, schedule: Any, stat
     rundir.save_checkpoint(path, payload)
 
 
-def restore_state(path: Path, model: nn.Module, optimizer: Any, schedule: Any, cfg: TrainConfig,
-                  device: torch.device, total_steps: int, run: Path) -> TrainState:  # fmt: skip
+def restore_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: Any,
+    schedule: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    total_steps: int,
+    run: Path,
+) -> TrainState:
     """Load a checkpoint into the model, optimizer, schedule and torch RNG; its counters are returned.
 
     Refused when the checkpoint was written with another configuration, or holds only the final weights of
@@ -116,8 +132,9 @@ def start_run(out: Path, spec: dict[str, Any], cfg: TrainConfig, data: Path | st
         return {"resume": False, "error": f"{out} is not empty (use --resume to continue the run there)"}
     out.mkdir(parents=True, exist_ok=True)
     (out / rundir.METRICS_JSONL).unlink(missing_ok=True)  # killed before its first checkpoint
-    rundir.atomic_write_json(out / rundir.CONFIG_JSON, {"train": cfg.to_dict(), "model": spec, "data": str(data)},
-                             default=json_default)  # fmt: skip
+    rundir.atomic_write_json(
+        out / rundir.CONFIG_JSON, {"train": cfg.to_dict(), "model": spec, "data": str(data)}, default=json_default
+    )
     rundir.atomic_write_json(out / rundir.MODEL_JSON, spec, default=json_default)
     return {"resume": False, "error": None}
 

@@ -30,15 +30,20 @@ def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:
         return round(cfg.path_warmup_fraction * total_steps)
     if cfg.path_warmup_steps > total_steps:
         if warn:
-            log.warning("path_warmup_steps %d exceeds the %d training steps: capped at %d, so the whole run is "
-                        "warm-up; path_warmup_fraction gives it as a share of training", cfg.path_warmup_steps,
-                        total_steps, total_steps)  # fmt: skip
+            log.warning(
+                "path_warmup_steps %d exceeds the %d training steps: capped at %d, so the whole run is "
+                "warm-up; path_warmup_fraction gives it as a share of training",
+                cfg.path_warmup_steps,
+                total_steps,
+                total_steps,
+            )
         return total_steps
     return cfg.path_warmup_steps
 
 
-def path_sampler(model: nn.Module, spec: ModelSpec, cfg: TrainConfig, total_steps: int,
-                 warn: bool = True) -> PathSampler:  # fmt: skip
+def path_sampler(
+    model: nn.Module, spec: ModelSpec, cfg: TrainConfig, total_steps: int, warn: bool = True
+) -> PathSampler:
     """`SupernetPaths` of `cfg` (strategy, warm-up, budget, evaluation paths) for a supernet, else `WholeModel`.
 
     `warn`: log that an absolute warm-up is capped to the training length (rank 0 says it once).
@@ -47,5 +52,6 @@ def path_sampler(model: nn.Module, spec: ModelSpec, cfg: TrainConfig, total_step
     if spec.kind != "supernet":
         return WholeModel()
     within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
-    return SupernetPaths(model.space, cfg.seed, cfg.strategy, path_warmup(cfg, total_steps, warn=warn), within,
-                         cfg.supernet_eval_archs)  # fmt: skip
+    return SupernetPaths(
+        model.space, cfg.seed, cfg.strategy, path_warmup(cfg, total_steps, warn=warn), within, cfg.supernet_eval_archs
+    )

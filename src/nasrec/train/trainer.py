@@ -8,16 +8,11 @@ order (seed, epoch), and for a supernet the path of step t (seed, t). Together w
 optimizer and schedule state, a run that is killed and resumed ends exactly as an uninterrupted one.
 
 Data parallelism (torchrun)
-    Under a torch.distributed process group (joined from torchrun's environment, see
-    `nasrec.distributed`), each of the W ranks holds a full replica and trains on its contiguous 1/W of
-    every global batch (`batch_size` stays the global batch and must be a multiple of W). After
-    backward the gradients are averaged over the ranks (`nasrec.train.gradsync`), so clipping and the
-    optimizer see the single-process gradient and the replicas stay equal. Rank 0 alone writes the run
-    directory and evaluates while the others wait; the evaluation's numbers are then broadcast, so that
-    early stopping and plateau schedules decide alike everywhere. Checkpoints hold the full state with
-    positions counted in global batches, so a run resumes under any world size (or none). Equivalence
-    with one process needs models without batch normalisation and dropout (per-rank batch statistics and
-    dropout masks would differ from the single-process ones).
+    Each rank trains on its 1/W of every global batch; gradients are averaged after backward
+    (`nasrec.train.gradsync`, which explains the scheme), so the replicas stay equal. Rank 0 alone
+    writes the run directory and evaluates, and broadcasts its numbers so that early stopping decides
+    alike everywhere. Checkpoints count positions in global batches: a run resumes under any world size.
+    Equality with one process needs models without batch normalisation and dropout.
 """
 
 from __future__ import annotations
@@ -29,15 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import distributed, rundir
 from nasrec.configfile import ConfigError
-from nasrec.console import Heartbeat, duration
+from nasrec.console import Heartbeat
 from nasrec.data.cache import Cache
 from nasrec.data.loader import BatchLoader
 from nasrec.device import resolve_device
@@ -55,7 +48,7 @@ from nasrec.rundir import (
 )
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig
-from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, to_device
+from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, to_device, train_ctr
 from nasrec.train.gradsync import CommMeter, GradientSync
 from nasrec.train.optim import build_optimizer
 from nasrec.train.progress import Progress, describe, progress_bar
@@ -80,10 +73,13 @@ class Trainer:
         self.main = self.rank == 0
         if self.world > 1:
             if cfg.batch_size % self.world:
-                raise NasrecError(f"batch_size {cfg.batch_size} (the global batch) is not a multiple of the world "
-                                  f"size {self.world}")  # fmt: skip
-            distributed.check_same({"config": cfg.to_dict(), "model": spec.to_dict(),
-                                    "train_rows": len(cache.split_index("train"))}, "the training run")  # fmt: skip
+                raise NasrecError(
+                    f"batch_size {cfg.batch_size} (the global batch) is not a multiple of the world size {self.world}"
+                )
+            distributed.check_same(
+                {"config": cfg.to_dict(), "model": spec.to_dict(), "train_rows": len(cache.split_index("train"))},
+                "the training run",
+            )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -91,12 +87,21 @@ class Trainer:
         check_spec_fits(spec, cfg.optimizer)
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
         self.model = spec.build().to(self.device)
-        init_head_bias(self.model, _train_ctr(cache))
+        init_head_bias(self.model, train_ctr(cache))
         # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
         check_paths_config(spec, cfg)
-        self.loader = BatchLoader(cache, "train", batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-                                  drop_last=True, prefetch=2, rank=self.rank, world_size=self.world,
-                                  shard="rows")  # fmt: skip
+        self.loader = BatchLoader(
+            cache,
+            "train",
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle,
+            seed=cfg.seed,
+            drop_last=True,
+            prefetch=2,
+            rank=self.rank,
+            world_size=self.world,
+            shard="rows",
+        )
         per_epoch = len(self.loader)
         if per_epoch == 0:
             raise NasrecError(f"{cache.path}: the train split has fewer rows than one batch ({cfg.batch_size})")
@@ -108,11 +113,18 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.paths = path_sampler(self.model, spec, cfg, self.total_steps, warn=self.main)
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.lr, eps=cfg.eps,
-                                         weight_decay=cfg.weight_decay, embedding_lr=cfg.embedding_lr,
-                                         sliced=self.paths.has_paths)  # fmt: skip
-        self.schedule = build_schedule(self.optimizer, cfg.schedule, total_steps=self.total_steps,
-                                       warmup_fraction=cfg.warmup_fraction)  # fmt: skip
+        self.optimizer = build_optimizer(
+            self.model,
+            cfg.optimizer,
+            lr=cfg.lr,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            embedding_lr=cfg.embedding_lr,
+            sliced=self.paths.has_paths,
+        )
+        self.schedule = build_schedule(
+            self.optimizer, cfg.schedule, total_steps=self.total_steps, warmup_fraction=cfg.warmup_fraction
+        )
         self.state = TrainState()
         self.progress = Progress(self.out, describe(spec), self.total_steps, per_epoch)
         self.calib = HeadCalibration(self.model, cache, cfg.batch_size, cfg.head_calib_batches, self.device)
@@ -142,12 +154,28 @@ class Trainer:
     def _checkpoint(self, final: bool = False) -> None:
         """Write the run's state; a `final` one keeps the optimizer state only if asked (it can no longer resume)."""
         if self.main:  # every rank holds the same state; one copy is written
-            save_state(self.out / CHECKPOINT_PT, self.model, self.optimizer, self.schedule, self.state, self.cfg,
-                       self.device, keep_optimizer=not final or self.cfg.keep_optimizer)  # fmt: skip
+            save_state(
+                self.out / CHECKPOINT_PT,
+                self.model,
+                self.optimizer,
+                self.schedule,
+                self.state,
+                self.cfg,
+                self.device,
+                keep_optimizer=not final or self.cfg.keep_optimizer,
+            )
 
     def _restore(self) -> None:
-        self.state = restore_state(self.out / CHECKPOINT_PT, self.model, self.optimizer, self.schedule, self.cfg,
-                                   self.device, self.total_steps, self.out)  # fmt: skip
+        self.state = restore_state(
+            self.out / CHECKPOINT_PT,
+            self.model,
+            self.optimizer,
+            self.schedule,
+            self.cfg,
+            self.device,
+            self.total_steps,
+            self.out,
+        )
         if self.main:
             truncate_log(self.out / METRICS_JSONL, self.state)
 
@@ -181,8 +209,9 @@ class Trainer:
                 raise NasrecError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
         if self.main:
-            self.progress.say_start(self.state.step, self.state.epoch, bool(start["resume"]), self.cache.path,
-                                    cfg.batch_size, self.device)  # fmt: skip
+            self.progress.say_start(
+                self.state.step, self.state.epoch, bool(start["resume"]), self.cache.path, cfg.batch_size, self.device
+            )
         bar = progress_bar(progress, self.total_steps, self.state.step) if self.main else None
         s = self.state
         per_epoch = len(self.loader)
@@ -213,8 +242,9 @@ class Trainer:
                     if self.main and (s.batch == per_epoch or (bar is None and beat())):
                         # a line per epoch, and every 30 s in between when no bar shows the progress
                         left = (self.total_steps - s.step) * (time.perf_counter() - t_fit) / (s.step - step0)
-                        self.progress.say_progress(s.step, s.epoch, s.batch == per_epoch, ep_loss / ep_steps, left,
-                                                   bar is not None)  # fmt: skip
+                        self.progress.say_progress(
+                            s.step, s.epoch, s.batch == per_epoch, ep_loss / ep_steps, left, bar is not None
+                        )
                         if s.batch == per_epoch:
                             ep_loss, ep_steps = 0.0, 0
                             beat.reset()
@@ -266,9 +296,13 @@ class Trainer:
     def _after_step(self) -> None:
         cfg, s = self.cfg, self.state
         if s.step % cfg.log_every == 0:
-            record = {"step": s.step, "epoch": s.epoch, "train_loss": s.loss_sum / max(s.loss_count, 1),
-                      "lr": self.optimizer.param_groups[0]["lr"],
-                      "samples_per_s": self.progress.rate()}  # fmt: skip
+            record = {
+                "step": s.step,
+                "epoch": s.epoch,
+                "train_loss": s.loss_sum / max(s.loss_count, 1),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": self.progress.rate(),
+            }
             if self.paths.has_paths:
                 record["path_warmup"] = self.paths.warm(s.step - 1)  # the step just trained
             if self.sync is not None:
@@ -319,10 +353,7 @@ class Trainer:
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
                 s.stopped = True
         if self.main:
-            verdict = "best so far" if s.bad_evals == 0 else f"no better for {s.bad_evals} evaluation(s)"
-            log.info("step %s/%s: %s log loss %.5f, AUC %.5f (%s)%s", f"{s.step:,}", f"{self.total_steps:,}",
-                     cfg.eval_split, m["logloss"], m["auc"], verdict,
-                     "; early stop" if s.stopped else "")  # fmt: skip
+            self.progress.say_eval(s.step, cfg.eval_split, m, s.bad_evals, s.stopped)
 
     def _restore_best(self) -> None:
         """Evaluate the last weights if they were not, then take the best evaluation's weights."""
@@ -360,33 +391,6 @@ class Trainer:
         self._log({"step": s.step, "final": True, **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items()}})
         self._write_json(METRICS_JSON, final)
         if self.main:
-            scores = "; ".join(f"{n} log loss {r['logloss']:.5f}, AUC {r['auc']:.5f}" for n, r in results.items())
-            log.info("%s: done, %s steps in %s (%s samples/s)%s", self.out, f"{s.step:,}", duration(s.train_seconds),
-                     f"{final['samples_per_s']:,.0f}", f"; {scores}" if scores else "")  # fmt: skip
+            self.progress.say_done(s.step, s.train_seconds, final["samples_per_s"], results)
         # every rank returns rank 0's figures (its timings, the run's written result)
         return distributed.broadcast_object(final)
-
-
-def _train_ctr(cache: Cache) -> float:
-    """The train split's click rate, as `prepare` recorded it (measured here for a cache without it)."""
-    ctr = cache.meta.get("split", {}).get("ctr", {}).get("train")
-    if ctr is None or not math.isfinite(ctr):
-        ctr = float(np.mean(cache.label[cache.split_index("train")]))
-    return float(ctr)
-
-
-def load_trained(run: Path | str, which: str = "final", device: str | None = None) -> tuple[nn.Module, ModelSpec]:
-    """The model of a run directory with its final (`checkpoint.pt`) or best (`best.pt`) weights, on `device` (cpu)."""
-    target = resolve_device(device)  # before any work: an unavailable device fails at once
-    run = Path(run)
-    spec = ModelSpec.from_dict(rundir.read_model(run))
-    model = spec.build()
-    # a run that restores its best evaluation's weights has them as its final model (TrainConfig.restore_best)
-    ck = load_checkpoint(rundir.weights_path(run, which))
-    try:
-        model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
-    except RuntimeError as e:  # e.g. a model with layer norms saved before the head was centred
-        first = str(e).splitlines()[0]
-        raise NasrecError(f"{run}: its weights do not fit the model built from its model.json ({first}); "
-                          "was it saved by an older nasrec?") from None  # fmt: skip
-    return model.to(target).eval(), spec

@@ -45,8 +45,16 @@ def synth_schema(cfg: SynthConfig) -> Schema:
         for i, card in enumerate(cfg.cardinalities, 1)
     )
     columns = ("label", *(f.column for f in dense), *(f.column for f in sparse))
-    return Schema(name="synthetic", label="label", dense=dense, sparse=sparse, separator="\t", header=False,
-                  columns=columns, quote=None)  # fmt: skip
+    return Schema(
+        name="synthetic",
+        label="label",
+        dense=dense,
+        sparse=sparse,
+        separator="\t",
+        header=False,
+        columns=columns,
+        quote=None,
+    )
 
 
 def _block_frame(model: _Model, cfg: SynthConfig, block: _Block, labels: np.ndarray) -> pl.DataFrame:
