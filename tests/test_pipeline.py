@@ -338,7 +338,10 @@ def test_caps_search_and_goal_check_count_the_served_model(tiny_run: Path, tmp_p
     md = (run / "report" / "report.md").read_text()
     assert "MFLOPs); the searched model has" in md and "## Goal check" in md
     assert "The goal check compares the searched model with the baselines this run trained (" in md
-    assert "this run trained (lr) and no others: fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm were not trained" in md
+    assert (
+        "this run trained (lr) and no others: fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm, wdl, ipnn, dcn, finalmlp were not trained"
+        in md
+    )
     assert "the searched one with the layer norms of its final recipe, as the search's caps counted it" in md
     # a count stated against the final recipe is refused, naming the key
     wrong = json.loads(json.dumps(capped))

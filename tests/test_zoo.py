@@ -21,7 +21,7 @@ from nasrec.errors import NasrecError
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.zoo import ZOO_MODELS, ZooCost, build_zoo_model, default_hparams, zoo_cost
 
-NAMES = ["lr", "fm", "dnn", "dlrm", "deepfm", "dcnv2", "autoint+", "xdeepfm"]
+NAMES = ["lr", "fm", "dnn", "dlrm", "deepfm", "dcnv2", "autoint+", "xdeepfm", "wdl", "ipnn", "dcn", "finalmlp"]
 NUM_DENSE = 5
 TABLES = [7, 30, 3, 50, 11, 5, 19]
 # Small widths so that training tests stay fast; every model's structure is unchanged.
@@ -34,6 +34,10 @@ SMALL = {
     "dcnv2": {"embedding_dim": 8, "cross_layers": 2, "mlp_dims": (32, 32)},
     "autoint+": {"embedding_dim": 8, "attention_layers": 2, "attention_dim": 8, "mlp_dims": (32, 32)},
     "xdeepfm": {"embedding_dim": 8, "cin_dims": (16, 16), "mlp_dims": (32, 32)},
+    "wdl": {"embedding_dim": 8, "mlp_dims": (32, 32)},
+    "ipnn": {"embedding_dim": 8, "mlp_dims": (32, 32)},
+    "dcn": {"embedding_dim": 8, "cross_layers": 2, "mlp_dims": (32, 32)},
+    "finalmlp": {"embedding_dim": 8, "mlp1_dims": (32, 16), "mlp2_dims": (24,), "fs_dims": (16,), "num_heads": 2},
 }
 
 
@@ -267,11 +271,160 @@ def test_cost_at_criteo_shape_needs_no_tables() -> None:
     costs = {name: zoo_cost(name, 13, tables) for name in NAMES}  # built on the meta device: instant
     for name, c in costs.items():
         assert isinstance(c, ZooCost) and c.flops > 0 and c.dense_params > 0, name
-        first_order = name in ("lr", "fm", "deepfm", "xdeepfm")
+        first_order = name in ("lr", "fm", "deepfm", "xdeepfm", "wdl")
         dim = 0 if name == "lr" else 16
         assert c.embedding_params == sum(tables) * (dim + first_order), name
     assert costs["dnn"].flops == 429 * 400 + 400 * 400 * 2 + 400
     assert max(costs, key=lambda n: costs[n].flops) == "xdeepfm"
+
+
+def test_cost_of_wdl_ipnn_dcn_finalmlp_equals_hand_counts() -> None:
+    D, S, E, N = NUM_DENSE, len(TABLES), 8, sum(TABLES)
+    mlp = (32, 16)
+    din = D + S * E
+    m_macs, m_params = _mlp(din, mlp)
+
+    wdl = zoo_cost("wdl", D, TABLES, embedding_dim=E, mlp_dims=mlp)
+    assert (wdl.flops, wdl.dense_params, wdl.embedding_params) == (D + m_macs, D + 1 + m_params, N * (E + 1))
+
+    f = S + 1  # the sparse fields and the dense field
+    p_macs, p_params = _mlp(din + f * (f - 1) // 2, mlp)
+    ipnn = zoo_cost("ipnn", D, TABLES, embedding_dim=E, mlp_dims=mlp)
+    assert ipnn.flops == D * E + f * f * E + p_macs  # the dense field, the Gram matrix, the MLP
+    assert (ipnn.dense_params, ipnn.embedding_params) == (D * E + E + p_params, N * E)
+    p0_macs, _ = _mlp(S * E + S * (S - 1) // 2, mlp)
+    assert zoo_cost("ipnn", 0, TABLES, embedding_dim=E, mlp_dims=mlp).flops == S * S * E + p0_macs
+
+    h_macs, h_params = _mlp(din, mlp, out=None)
+    dcn = zoo_cost("dcn", D, TABLES, embedding_dim=E, cross_layers=3, mlp_dims=mlp)
+    assert dcn.flops == 3 * din + h_macs + din + mlp[-1]  # xᵀw per layer, the DNN, the head
+    assert dcn.dense_params == 3 * 2 * din + h_params + din + mlp[-1] + 1
+    assert zoo_cost("dcn", D, TABLES, embedding_dim=E, cross_layers=2, mlp_dims=()).flops == 2 * din + din
+
+    fs, s1, s2, heads = (16,), (32, 16), (24,), 2
+    g_macs, g_params = _mlp(din, fs, out=din)
+    s1_macs, s1_params = _mlp(din, s1, out=None)
+    s2_macs, s2_params = _mlp(din, s2, out=None)
+    a, c = s1[-1] // heads, s2[-1] // heads
+    hp = {"embedding_dim": E, "mlp1_dims": s1, "mlp2_dims": s2, "fs_dims": fs, "num_heads": heads}
+    final = zoo_cost("finalmlp", D, TABLES, **hp)
+    fusion = s1[-1] + s2[-1] + heads * (a * c + c)  # w_1, w_2, then o_1ᵀW_3 and ·o_2 per head
+    assert final.flops == 2 * g_macs + s1_macs + s2_macs + fusion
+    assert final.dense_params == 2 * g_params + s1_params + s2_params + s1[-1] + 1 + s2[-1] + heads * a * c
+    plain = zoo_cost("finalmlp", D, TABLES, **{**hp, "use_fs": False, "num_heads": 1})
+    assert plain.flops == s1_macs + s2_macs + s1[-1] + s2[-1] + s1[-1] * s2[-1] + s2[-1]
+
+
+def _randomise(model: nn.Module) -> None:
+    """Every parameter random (zero-initialised biases and first-order weights included)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def test_wdl_is_logistic_regression_plus_dnn() -> None:
+    hp = {"embedding_dim": 4, "mlp_dims": (8, 6)}
+    lr, dnn = build_zoo_model("lr", NUM_DENSE, TABLES), build_zoo_model("dnn", NUM_DENSE, TABLES, **hp)
+    _randomise(lr)
+    _randomise(dnn)
+    wdl = build_zoo_model("wdl", NUM_DENSE, TABLES, **hp)
+    wdl.load_state_dict({**lr.state_dict(), **dnn.state_dict()})  # LR's linear.*, DNN's embedding.*, mlp.*
+    dense, sparse = _batch(6)
+    wide = dense @ lr.linear.dense.weight[0] + lr.linear.bias
+    for f in range(len(TABLES)):  # one scalar per category of every field
+        wide = wide + lr.linear.weights.table.weight[sum(TABLES[:f]) + sparse[:, f], 0]
+    torch.testing.assert_close(wdl(dense, sparse), wide + dnn(dense, sparse))
+
+
+def test_dcn_cross_layer_closed_form() -> None:
+    model = build_zoo_model("dcn", NUM_DENSE, TABLES, embedding_dim=3, cross_layers=2, mlp_dims=(5,))
+    assert all(layer.bias.abs().sum() == 0 for layer in model.cross.layers)  # b_l starts at zero
+    _randomise(model)
+    g = torch.Generator().manual_seed(2)
+    x0, x = torch.randn(2, 4, NUM_DENSE + 3 * len(TABLES), generator=g, dtype=torch.float64).unbind(0)
+    layer = model.cross.layers[0]
+    w, b = layer.proj.weight[0].double(), layer.bias.double()
+    expected = torch.empty_like(x0)
+    for i in range(x0.shape[0]):
+        s = sum(x[i, j] * w[j] for j in range(x.shape[1]))  # the scalar x_lᵀ w_l
+        expected[i] = x0[i] * s + b + x[i]
+    torch.testing.assert_close(layer.double()(x0, x), expected)
+    # The model: two such layers beside the DNN, concatenated, then the head.
+    model.float()
+    dense, sparse = _batch(4)
+    x0 = torch.cat([dense, model.embedding(sparse).flatten(1)], dim=1)
+    x = x0
+    for lay in model.cross.layers:
+        x = x0 * (x @ lay.proj.weight[0]).unsqueeze(1) + lay.bias + x
+    logit = torch.cat([x, model.mlp(x0)], dim=1) @ model.head.weight[0] + model.head.bias
+    torch.testing.assert_close(model(dense, sparse), logit)
+
+
+def test_ipnn_products_are_the_pairwise_inner_products() -> None:
+    model = build_zoo_model("ipnn", NUM_DENSE, TABLES, embedding_dim=4, mlp_dims=(6,))
+    _randomise(model)
+    dense, sparse = _batch(3)
+    emb = model.embedding(sparse)
+    proj = model.dense_field.proj
+    fields = torch.cat([(dense @ proj.weight.T + proj.bias).unsqueeze(1), emb], dim=1)  # dense field first
+    pairs = [sum(fields[:, i, k] * fields[:, j, k] for k in range(4)) for i in range(len(TABLES) + 1) for j in range(i)]
+    products = model.products(fields)
+    assert products.shape == (3, 28)
+    torch.testing.assert_close(products, torch.stack(pairs, dim=1))
+    flat = torch.cat([dense, emb.flatten(1), products], dim=1)
+    torch.testing.assert_close(model(dense, sparse), model.mlp(flat).squeeze(1))
+
+
+def test_finalmlp_fusion_gates_and_streams_closed_form() -> None:
+    heads, a, c = 3, 2, 4
+    model = build_zoo_model(
+        "finalmlp",
+        NUM_DENSE,
+        TABLES,
+        embedding_dim=4,
+        mlp1_dims=(7, heads * a),
+        mlp2_dims=(heads * c,),
+        num_heads=heads,
+    )
+    _randomise(model)
+    fusion = model.fusion
+    g = torch.Generator().manual_seed(3)
+    o1, o2 = torch.randn(5, heads * a, generator=g), torch.randn(5, heads * c, generator=g)
+    w1, b, w2, w3 = fusion.linear1.weight[0], fusion.linear1.bias[0], fusion.linear2.weight[0], fusion.bilinear
+    expected = []
+    for n in range(5):
+        logit = b
+        for h in range(heads):  # w_1^hᵀo_1^h + w_2^hᵀo_2^h + o_1^hᵀ W_3^h o_2^h
+            for i in range(a):
+                logit = logit + w1[h * a + i] * o1[n, h * a + i]
+                for j in range(c):
+                    logit = logit + o1[n, h * a + i] * w3[h, i, j] * o2[n, h * c + j]
+            for j in range(c):
+                logit = logit + w2[h * c + j] * o2[n, h * c + j]
+        expected.append(logit)
+    torch.testing.assert_close(fusion(o1, o2), torch.stack(expected))
+    # Each stream reads its own gated copy x ⊙ 2σ(G_i(x)) of x = [dense, flattened embeddings].
+    dense, sparse = _batch(5)
+    x = torch.cat([dense, model.embedding(sparse).flatten(1)], dim=1)
+    x1, x2 = (x * 2 * torch.sigmoid(gate.mlp(x)) for gate in (model.gate1, model.gate2))
+    torch.testing.assert_close(model(dense, sparse), fusion(model.mlp1(x1), model.mlp2(x2)))
+    assert not torch.allclose(x1, x2)
+    plain = build_zoo_model("finalmlp", NUM_DENSE, TABLES, embedding_dim=4, use_fs=False)
+    assert plain.gate1 is None and plain.gate2 is None
+    x = torch.cat([dense, plain.embedding(sparse).flatten(1)], dim=1)
+    torch.testing.assert_close(plain(dense, sparse), plain.fusion(plain.mlp1(x), plain.mlp2(x)))
+
+
+def test_finalmlp_streams_take_their_own_dropout_and_batchnorm() -> None:
+    model = build_zoo_model("finalmlp", NUM_DENSE, TABLES, **SMALL["finalmlp"], mlp1_dropout=0.3, mlp2_batchnorm=True)
+    assert any(isinstance(m, nn.Dropout) for m in model.mlp1.modules())
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.mlp1.modules())
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.mlp2.modules())
+    assert not any(isinstance(m, nn.Dropout) for m in model.mlp2.modules())
+    dense, sparse = _batch(8)
+    assert model(dense, sparse).shape == (8,)
+    assert zoo_cost(model, NUM_DENSE, TABLES).flops > 0 and model.training  # batch-norm on one example
 
 
 # -- errors -----------------------------------------------------------------------------------------------
@@ -301,12 +454,26 @@ def test_errors_name_the_problem() -> None:
         ("xdeepfm", {"cin_dims": (15, 10)}, "even"),
         ("deepfm", {"max_embedding_std": -1.0}, "max_embedding_std"),
         ("autoint+", {"attention_heads": 0}, "attention_heads"),
+        ("wdl", {"mlp_dims": (400, -1)}, "wdl: mlp_dims"),
+        ("ipnn", {"embedding_dim": 0}, "ipnn: embedding_dim"),
+        ("dcn", {"cross_layers": 0}, "dcn: cross_layers"),
+        ("dcn", {"dropout": 1.5}, "dcn: dropout"),
+        ("finalmlp", {"mlp1_dropout": 1.5}, "finalmlp: mlp1_dropout must be a number in \\[0, 1\\)"),
+        ("finalmlp", {"mlp2_batchnorm": "yes"}, "finalmlp: mlp2_batchnorm"),
+        ("finalmlp", {"num_heads": 3}, "finalmlp: num_heads \\(3\\) must divide .* mlp1_dims \\(64\\)"),
+        ("finalmlp", {"mlp2_dims": (64, 30), "num_heads": 4}, "num_heads \\(4\\) must divide .* mlp2_dims \\(30\\)"),
+        ("finalmlp", {"mlp1_dims": ()}, "finalmlp: mlp1_dims must not be empty"),
+        ("finalmlp", {"fs_dims": (0,)}, "finalmlp: fs_dims"),
+        ("finalmlp", {"use_fs": 1}, "finalmlp: use_fs"),
+        ("finalmlp", {"num_heads": 0}, "finalmlp: num_heads"),
     ]
     for name, hp, what in bad:
         with pytest.raises(NasrecError, match=what):
             build_zoo_model(name, NUM_DENSE, TABLES, **hp)
     with pytest.raises(NasrecError, match="at least one embedding table"):
         build_zoo_model("dnn", NUM_DENSE, [])
+    with pytest.raises(NasrecError, match="ipnn: needs at least two fields"):
+        build_zoo_model("ipnn", 0, [10])
     with pytest.raises(NasrecError, match="num_dense"):
         build_zoo_model("dnn", -1, TABLES)
     with pytest.raises(NasrecError, match="only to a model given by name"):

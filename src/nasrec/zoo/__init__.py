@@ -1,4 +1,5 @@
-"""The baseline zoo: hand-designed CTR models (LR, FM, DNN, DLRM, DeepFM, DCNv2, AutoInt+, xDeepFM).
+"""The baseline zoo: hand-designed CTR models (LR, FM, DNN, DLRM, DeepFM, DCNv2, AutoInt+, xDeepFM,
+Wide & Deep, IPNN, DCN, FinalMLP).
 
 Every model takes `(num_dense, table_sizes, **hparams)`, looks its sparse fields up in a
 `FieldEmbedding` (sparse gradients) and maps dense [B, D] float32 and sparse ids [B, S] int64 to

@@ -49,10 +49,10 @@ def check_dims(model: str, name: str, dims: object, allow_empty: bool = True) ->
     return tuple(int(d) for d in out)
 
 
-def check_dropout(model: str, value: object) -> float:
+def check_dropout(model: str, value: object, name: str = "dropout") -> float:
     """A dropout probability in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise NasrecError(f"{model}: dropout must be a number in [0, 1), got {value!r}")
+        raise NasrecError(f"{model}: {name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 

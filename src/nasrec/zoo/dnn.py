@@ -24,7 +24,7 @@ import torch
 
 from nasrec.errors import NasrecError
 from nasrec.zoo.base import ZooModel, check_dims
-from nasrec.zoo.layers import MLP, flat_inputs
+from nasrec.zoo.layers import MLP, InnerProducts, flat_inputs
 
 
 class DNN(ZooModel):
@@ -81,11 +81,8 @@ class DLRM(ZooModel):
         tokens = self.num_sparse + (1 if self.bottom is not None else 0)
         if tokens < 2:
             raise NasrecError(f"{self.name}: needs at least two interacting vectors (dense or sparse fields)")
-        rows, cols = torch.tril_indices(tokens, tokens, offset=-1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
-        pairs = tokens * (tokens - 1) // 2
-        din = pairs + (dim if self.bottom is not None else 0)
+        self.interaction = InnerProducts(tokens)
+        din = self.interaction.count + (dim if self.bottom is not None else 0)
         self.top = self._mlp(din, top_mlp, dropout, batchnorm, name="top_mlp")
         self.reset_parameters()
 
@@ -93,9 +90,7 @@ class DLRM(ZooModel):
         """Logits [B] on dense [B, D] and sparse ids [B, S]."""
         z = self.embedding(sparse)
         if self.bottom is None:
-            gram = torch.bmm(z, z.transpose(1, 2))
-            return self.top(gram[:, self.rows, self.cols]).squeeze(1)
+            return self.top(self.interaction(z)).squeeze(1)
         x = self.bottom(dense)
-        z = torch.cat([x.unsqueeze(1), z], dim=1)
-        gram = torch.bmm(z, z.transpose(1, 2))
-        return self.top(torch.cat([x, gram[:, self.rows, self.cols]], dim=1)).squeeze(1)
+        pairs = self.interaction(torch.cat([x.unsqueeze(1), z], dim=1))
+        return self.top(torch.cat([x, pairs], dim=1)).squeeze(1)

@@ -1,4 +1,5 @@
-"""Building blocks shared by several zoo models: MLP, dense field, input flattening, LR's first-order part."""
+"""Building blocks shared by several zoo models: MLP, dense field, pairwise inner products, input flattening,
+LR's first-order part."""
 
 from __future__ import annotations
 
@@ -65,6 +66,27 @@ class DenseField(nn.Module):
         if self.proj is None:
             return fields
         return torch.cat([self.proj(dense).unsqueeze(1), fields], dim=1)
+
+
+class InnerProducts(nn.Module):
+    """The inner products of every pair among T vectors: [B, T, E] -> [B, T(T−1)/2].
+
+    They are the strictly lower triangle of the Gram matrix, row by row. The whole Gram matrix is one
+    batched matrix product (T·T·E FLOPs under nasrec's convention, which FLOP counters see), and the
+    pairs are gathered from it.
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        rows, cols = torch.tril_indices(count, count, offset=-1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.count = count * (count - 1) // 2
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, T, E] -> [B, T(T−1)/2]."""
+        gram = torch.bmm(z, z.transpose(1, 2))
+        return gram[:, self.rows, self.cols]
 
 
 def flat_inputs(dense: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:

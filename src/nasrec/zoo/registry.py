@@ -2,11 +2,12 @@
 
 FLOPs follow nasrec's analytic convention (`nasrec.model.cost`): one multiply-accumulate is one FLOP;
 linear layers and batched matrix products are counted, LayerNorms at 5 FLOPs per element; element-wise
-operations (activations, FM's pairwise term, CIN's outer products, pooling, batch-norm at inference),
-embedding lookups and gathers are not. They are measured rather than derived: the model runs on one
+operations (activations, FM's pairwise term, CIN's outer products, DCN's x_0 scaling, FinalMLP's gates,
+pooling, batch-norm at inference), embedding lookups and gathers are not. They are measured rather than derived: the model runs on one
 example under `torch.utils.flop_counter.FlopCounterMode`, which counts a multiply-accumulate as 2
 (hence halved) and does not see LayerNorm (hence a forward hook per LayerNorm). Zoo models write
-attention with explicit matrix products, which the counter sees on every device.
+attention, pairwise inner products (DLRM, IPNN) and FinalMLP's bilinear fusion with explicit matrix
+products, which the counter sees on every device.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.spec import register_zoo
 from nasrec.zoo.autoint import AutoIntPlus
 from nasrec.zoo.base import ZooModel
-from nasrec.zoo.dcn import DCNv2
+from nasrec.zoo.dcn import DCN, DCNv2
 from nasrec.zoo.deepfm import DeepFM
 from nasrec.zoo.dnn import DLRM, DNN
+from nasrec.zoo.finalmlp import FinalMLP
 from nasrec.zoo.linear import FM, LR
+from nasrec.zoo.pnn import IPNN
+from nasrec.zoo.widedeep import WideAndDeep
 from nasrec.zoo.xdeepfm import XDeepFM
 
 ZOO_MODELS: dict[str, type[ZooModel]] = {
-    cls.name: cls for cls in (LR, FM, DNN, DLRM, DeepFM, DCNv2, AutoIntPlus, XDeepFM)
+    cls.name: cls for cls in (LR, FM, DNN, DLRM, DeepFM, DCNv2, AutoIntPlus, XDeepFM, WideAndDeep, IPNN, DCN, FinalMLP)
 }
 
 
