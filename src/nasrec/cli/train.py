@@ -25,7 +25,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--arch", metavar="FILE.json", help="nasrec architecture (canonical or NASRec JSON)")
     what.add_argument(
-        "--model", metavar="NAME", help="zoo baseline: lr, fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm"
+        "--model",
+        metavar="NAME",
+        help="zoo baseline: lr, fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm, wdl, ipnn, dcn, finalmlp",
     )
     p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="zoo model hyper-parameter (repeatable)")
     _add_train_options(p)
