@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import rundir
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
