@@ -53,8 +53,9 @@ LAYERS: dict[str, int] = {
     "nasrec.train": 5,
     "nasrec.predict": 5,
     "nasrec.export": 5,
-    # 6 search
+    # 6 search, and the tuning of a training recipe (beside search: it trains many recipes)
     "nasrec.search": 6,
+    "nasrec.tune": 6,
     # 7 the multi-stage pipeline and the run report
     "nasrec.pipeline": 7,
     "nasrec.report": 7,

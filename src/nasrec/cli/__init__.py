@@ -10,10 +10,18 @@ import sys
 from collections.abc import Sequence
 
 from nasrec import __version__, clicheck, console
-from nasrec.cli import arch, data, pipeline, search, serve, train
+from nasrec.cli import arch, data, pipeline, search, serve, train, tune
 from nasrec.errors import NasrecError
 
-_ALL = {**data.COMMANDS, **arch.COMMANDS, **train.COMMANDS, **search.COMMANDS, **serve.COMMANDS, **pipeline.COMMANDS}
+_ALL = {
+    **data.COMMANDS,
+    **arch.COMMANDS,
+    **train.COMMANDS,
+    **search.COMMANDS,
+    **serve.COMMANDS,
+    **pipeline.COMMANDS,
+    **tune.COMMANDS,
+}
 # The order of `nasrec --help`.
 _ORDER = (
     "prepare",
@@ -23,6 +31,7 @@ _ORDER = (
     "supernet",
     "evaluate",
     "compare",
+    "tune",
     "search",
     "rankcheck",
     "predict",
@@ -83,7 +92,7 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 log = logging.getLogger(__name__)
 # Commands whose --out is a run directory: their log is also written to <out>/nasrec.log (`run` adds its own).
-_RUN_LOGS = ("train", "supernet", "search", "rankcheck", "demo")
+_RUN_LOGS = ("train", "supernet", "tune", "search", "rankcheck", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

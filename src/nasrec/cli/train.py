@@ -7,6 +7,7 @@ import argparse
 from nasrec import clicheck, console
 from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_device, bars, device_arg, parse_sets
 from nasrec.configfile import preset_names
+from nasrec.errors import NasrecError
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an architecture or a zoo baseline from scratch")
-    what = p.add_mutually_exclusive_group(required=True)
+    # --recipe alone names the model too
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--arch", metavar="FILE.json", help="nasrec architecture (canonical or NASRec JSON)")
     what.add_argument(
         "--model",
@@ -30,6 +32,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="zoo baseline: lr, fm, dnn, dlrm, deepfm, dcnv2, autoint+, xdeepfm, wdl, ipnn, dcn, finalmlp",
     )
     p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="zoo model hyper-parameter (repeatable)")
+    p.add_argument(
+        "--recipe",
+        metavar="FILE.yaml",
+        help="model, hyper-parameters and training settings (best_recipe.yaml of `nasrec tune`); "
+        "--arch/--model must be its model, --hparam and --set override it",
+    )
     _add_train_options(p)
 
 
@@ -71,12 +79,17 @@ def _run_train(args: argparse.Namespace) -> int:
 
     overrides = parse_sets(args.set)
     device_arg(args, overrides)
+    hparams = parse_sets(args.hparam)
+    if args.recipe is not None:
+        args.arch, args.model, hparams, overrides = _with_recipe(args, hparams, overrides)
+    elif args.arch is None and args.model is None:
+        raise NasrecError("give one of --arch FILE.json, --model NAME or --recipe FILE.yaml")
     res = train(
         args.data,
         args.out,
         arch=args.arch,
         model=args.model,
-        hparams=parse_sets(args.hparam),
+        hparams=hparams,
         preset_name=args.preset,
         overrides=overrides,
         resume=args.resume,
@@ -84,6 +97,17 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     _print_final(res, args)
     return 0
+
+
+def _with_recipe(args: argparse.Namespace, hparams: dict, overrides: dict) -> tuple:
+    """(arch, model, hparams, overrides) of a run with --recipe: the command line's options over the recipe's."""
+    from nasrec.tune.recipe import read_recipe, recipe_model
+
+    if args.preset is not None:
+        raise NasrecError("give --recipe or --preset, not both (a recipe holds every training setting)")
+    recipe = read_recipe(args.recipe)
+    arch, model = recipe_model(args.recipe, recipe, args.arch, args.model)
+    return arch, model, {**recipe.hparams, **hparams}, {**recipe.train, **overrides}
 
 
 def _add_supernet(sub: argparse._SubParsersAction) -> None:
