@@ -4,6 +4,7 @@ Usage::
 
     python bench/bench_train.py                    # all models, both table settings, sparse and dense
     python bench/bench_train.py --models criteo_xlarge_best --tables capped --runs 5
+    python bench/bench_train.py --models deepfm --tables capped --embedding-l2 1e-4 --runs 8
 
 Criteo shape (13 dense, 26 sparse fields, embedding dim 16); "real" tables are the NASRec Criteo table
 sizes (33.8 M rows, 2.16 GB of float32 embeddings), "capped" caps each at 500,000 rows. Batch 256 with
@@ -11,6 +12,11 @@ real tables and 512 with capped ones (the reference's settings), 2 threads, Adag
 through nasrec's optimizer, gradient clipping at 5, no layer norms. "sparse" is nasrec's row-wise
 embedding update; "dense" gives the embeddings dense gradients, so Adagrad touches every row every step
 (what the reference does). Pre-generated random batches; warm-up steps first; median of `--runs` runs.
+
+``--embedding-l2 VALUE`` measures instead the cost of the embedding L2 penalty (`nasrec.train.regularize`)
+on the sparse update: one model and optimizer, runs without and with the penalty alternated in one process
+(plain then penalised, then the other way round), since only interleaved ratios survive the machine's
+drift; it reports both rates and the median of the per-pair ratios (penalised over plain).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from nasrec.model.subnet import Subnet
 from nasrec.space.arch import Architecture
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.optim import build_optimizer
+from nasrec.train.regularize import EmbeddingL2
 
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"  # ../shared/configs beside the repository
 
@@ -54,10 +61,10 @@ def build(name: str, tables: list[int], configs: Path = CONFIGS) -> torch.nn.Mod
     return build_zoo_model(name, 13, tables)
 
 
-def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, runs: int) -> dict:
-    """Median samples/s of training steps on random batches."""
+def random_batches(batch: int, tables: list[int], steps: int) -> list[tuple[torch.Tensor, ...]]:
+    """`steps` random Criteo-shaped batches (dense, sparse ids, labels)."""
     g = torch.Generator().manual_seed(0)
-    data = [
+    return [
         (
             torch.rand(batch, 13, generator=g) * 3,
             torch.stack([torch.randint(0, t, (batch,), generator=g) for t in tables], 1),
@@ -65,6 +72,11 @@ def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, r
         )
         for _ in range(steps)
     ]
+
+
+def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, runs: int) -> dict:
+    """Median samples/s of training steps on random batches."""
+    data = random_batches(batch, tables, steps)
     opt = build_optimizer(model, "adagrad", lr=0.12, eps=1e-2)
 
     def run() -> None:
@@ -91,6 +103,45 @@ def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, r
     }
 
 
+def measure_l2(model: torch.nn.Module, batch: int, tables: list[int], steps: int, runs: int, strength: float) -> dict:
+    """Samples/s without and with the embedding L2 penalty, runs interleaved, and their per-pair ratios."""
+    data = random_batches(batch, tables, steps)
+    opt = build_optimizer(model, "adagrad", lr=0.12, eps=1e-2)
+    penalty = {"plain": EmbeddingL2.for_model(model, 0.0), "l2": EmbeddingL2.for_model(model, strength)}
+
+    def run(l2: EmbeddingL2) -> float:
+        t0 = time.perf_counter()
+        for dense, sparse, y in data:
+            opt.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(model(dense, sparse), y).backward()
+            l2(y.shape[0])  # as the trainer: right after backward, before clipping coalesces the gradient
+            clip_grad_norm(model.parameters(), 5.0)
+            opt.step()
+        return steps * batch / (time.perf_counter() - t0)
+
+    run(penalty["plain"])  # warm-up (allocates optimizer state)
+    run(penalty["l2"])
+    rates: dict[str, list[float]] = {"plain": [], "l2": []}
+    ratios, shares = [], []
+    for r in range(runs):
+        load = LoadSample()
+        load.start()
+        pair = {k: run(penalty[k]) for k in (("plain", "l2") if r % 2 == 0 else ("l2", "plain"))}
+        shares.append(round(load.stop(), 3))
+        for k, v in pair.items():
+            rates[k].append(v)
+        ratios.append(pair["l2"] / pair["plain"])
+    summary = {
+        k: {"median": round(statistics.median(v), 1), "runs": [round(x, 1) for x in v]} for k, v in rates.items()
+    }
+    return {
+        **summary,
+        "l2_over_plain": round(statistics.median(ratios), 3),
+        "ratios": [round(x, 3) for x in ratios],
+        "other_share": shares,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["criteo_autoctr_best", "criteo_xlarge_best", "deepfm"])
@@ -100,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dense-steps", type=int, default=3, help="steps per run with dense embedding gradients")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--embedding-l2",
+        type=float,
+        default=None,
+        metavar="VALUE",
+        help="compare the sparse update without and with this embedding L2 penalty, interleaved (see above)",
+    )
     ap.add_argument(
         "--configs",
         type=Path,
@@ -116,6 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         batch = 256 if tables_kind == "real" else 512
         for name in models:
             row = {"model": name, "tables": tables_kind, "batch": batch}
+            if args.embedding_l2 is not None:
+                torch.manual_seed(0)
+                model = build(name, tables, args.configs)
+                row["embedding_l2"] = args.embedding_l2
+                row.update(measure_l2(model, batch, tables, args.steps, args.runs, args.embedding_l2))
+                del model
+                print(
+                    f"{name} {tables_kind} plain {row['plain']['median']:,.0f} samples/s, embedding_l2 "
+                    f"{args.embedding_l2:g} {row['l2']['median']:,.0f}: ratio {row['l2_over_plain']:.3f}",
+                    flush=True,
+                )
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             for mode in args.modes:
                 torch.manual_seed(0)
                 model = build(name, tables, args.configs)

@@ -32,6 +32,7 @@ RULES: dict[str, Rule] = {
     "eps": Rule(gt=0, le=1),
     "embedding_lr": LEARNING_RATE,
     "weight_decay": Rule(ge=0, le=1),
+    "embedding_l2": Rule(ge=0, le=1, why="a per-example penalty, added to a mean logloss of about 0.45"),
     "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")),
     "warmup_fraction": Rule(ge=0, lt=1),
     "clip": Rule(gt=0),
@@ -67,7 +68,12 @@ class TrainConfig:
     # optimizer's own is kept as None, so a run saved when eps was always 1e-2 resumes (`default_eps_as_none`).
     eps: float | None = None
     embedding_lr: float | None = None
+    # L2 of the dense ("net") parameters only, through the optimizer; embeddings have embedding_l2
     weight_decay: float = 0.0
+    # L2 penalty on the embeddings each example looks up, added to the mean loss as embedding_l2 x the
+    # mean over the batch of each example's sum of squared looked-up vectors: a row looked up k times in a
+    # batch counts k times. It keeps the sparse row-wise update (`nasrec.train.regularize`); 0: off.
+    embedding_l2: float = 0.0
     schedule: str = "warmup-cosine"
     warmup_fraction: float = 0.1
     clip: float | None = 5.0

@@ -21,7 +21,9 @@ same and a step costs what the path touched, not the whole supernet.
 Weight decay is applied to the dense parameters only; the embedding group always has weight decay 0.
 Decaying a table exactly would touch every row at every step, the cost the sparse gradients avoid, and
 decaying only the looked-up rows is a different, frequency-dependent regulariser (the reference's L2
-term is off, wd 0, in every published recipe).
+term is off, wd 0, in every published recipe). That regulariser is available apart, as
+``TrainConfig.embedding_l2`` (`nasrec.train.regularize`): an L2 penalty on the embeddings each example
+looks up, added to their sparse gradients between backward and the step.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, t
 from nasrec.train.gradsync import CommMeter, GradientSync
 from nasrec.train.optim import build_optimizer
 from nasrec.train.progress import Progress, describe, progress_bar
+from nasrec.train.regularize import EmbeddingL2
 from nasrec.train.resume import TrainState, json_default, restore_state, save_state, start_run, truncate_log
 from nasrec.train.sampling import check_paths_config, path_sampler
 from nasrec.train.schedule import build_schedule
@@ -135,6 +136,7 @@ class Trainer:
 
             set_batch_group(self.model, dist.group.WORLD)
         self.comm = CommMeter()
+        self.embedding_l2 = EmbeddingL2.for_model(self.model, cfg.embedding_l2)
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
@@ -278,10 +280,12 @@ class Trainer:
             if not math.isfinite(value):
                 raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
             loss.backward()
+            self.embedding_l2(batch.label.shape[0])  # before anything coalesces the sparse gradients
         else:
             # A rank's own loss may be finite while another's is not: all ranks judge the global loss,
             # after the sync, so that they raise together instead of leaving the others in a collective.
             loss.backward()
+            self.embedding_l2(batch.label.shape[0])  # each rank's own examples, before the sync averages them
             stats = self.sync(loss, batch.label.shape[0])
             value = stats.loss
             if not math.isfinite(value):

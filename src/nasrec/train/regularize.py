@@ -1,0 +1,89 @@
+"""An L2 penalty on the embeddings a batch looks up, added to their sparse (row-wise) gradients.
+
+Definition (``TrainConfig.embedding_l2`` = λ)
+    The step minimises ``mean_i [ logloss_i + λ · Σ_v ‖v‖² ]`` where v runs over the embedding vectors
+    example i looked up (one per field, in every ``nn.Embedding(sparse=True)`` table: the field
+    embeddings and, in zoo models with a linear part, its 1-dim per-category weights). Equivalently
+    ``λ / B · Σ`` over the batch's B·S looked-up vectors, so a row looked up k times in a batch is
+    penalised k times: its gradient gains ``2 λ k / B · e_row``. Why k times and why divided by B:
+
+    - It is a per-example term, on the scale of the mean logloss: λ means the same at every batch size
+      (and world size). Its expectation over batches is ``λ · Σ_rows p_row ‖e_row‖²`` (p_row: the share
+      of examples that look the row up), a fixed objective; penalising each row once per batch would
+      weigh a row by P(row in batch) = 1 - (1 - p_row)^B, which changes with B.
+    - It is the penalty on the batch's looked-up embedding outputs (as DeepCTR's ``l2_reg_embedding``
+      is described), with the mean over examples the logloss uses; a sum-over-the-batch λ' of such
+      code corresponds to λ = λ' · B here.
+    - It is linear in the examples, so with data parallelism each rank adds the penalty of its own
+      examples (scaled by its own batch, as its loss is) before the gradient sync; the sync's average
+      is then exactly the gradient of the global batch's objective, with no extra communication.
+
+    Frequent rows are regularised more than rare ones (in proportion to how often they are used), a
+    frequency-dependent regulariser, unlike an L2 on whole tables. A row outside the batch is not
+    touched at all: its value, its gradient and its optimizer state stay as they are, so a step still
+    costs what the batch looked up. ``weight_decay`` remains the dense ("net") parameters' L2.
+
+Implementation
+    Right after ``backward()`` the gradient of an ``nn.Embedding(sparse=True)`` is an uncoalesced sparse
+    tensor with one entry per lookup (indices: the looked-up row ids, values: d loss / d output), so
+    adding ``2 λ / B · weight[ids]`` to its values and letting clipping or the optimizer coalesce it
+    sums exactly ``2 λ k / B · e_row`` into each row. One gather of the B·S rows (as the forward's
+    lookup) and one add: nothing of the size of a table. It must run before anything coalesces the
+    gradient (the gradient sync, clipping, the optimizer), which would lose the lookup counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nasrec.errors import NasrecError
+from nasrec.train.optim import sparse_parameters
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingL2:
+    """Adds the gradient of the embedding L2 penalty (module docstring) to sparse embedding gradients."""
+
+    def __init__(self, params: Sequence[nn.Parameter], strength: float) -> None:
+        strength = float(strength)
+        if not strength >= 0.0 or strength == float("inf"):  # also refuses NaN
+            raise NasrecError(f"embedding_l2 must be a finite number >= 0, got {strength}")
+        self.params = list(params)
+        self.strength = strength
+
+    @classmethod
+    def for_model(cls, model: nn.Module, strength: float) -> EmbeddingL2:
+        """The penalty on every trainable sparse embedding table of `model` (a no-op when `strength` is 0)."""
+        params = [p for p in sparse_parameters(model) if p.requires_grad] if strength else []
+        if strength and not params:
+            log.warning("embedding_l2 is %g but the model has no trainable sparse embedding table", strength)
+        return cls(params, strength)
+
+    @torch.no_grad()
+    def __call__(self, count: int) -> None:
+        """Add the penalty's gradient for a batch of `count` examples (the loss's mean), right after backward."""
+        if not self.params or not self.strength:
+            return
+        if count < 1:
+            raise NasrecError(f"embedding_l2: a batch needs at least one example, got {count}")
+        scale = 2.0 * self.strength / count
+        for p in self.params:
+            g = p.grad
+            if g is None:  # the loss does not depend on this table this step (a supernet path, say)
+                continue
+            if not g.is_sparse:
+                raise NasrecError("embedding_l2 needs the sparse gradients of nn.Embedding(sparse=True)")
+            # One entry per lookup is what makes the count k right; torch marks a 1-entry tensor coalesced.
+            if g.is_coalesced() and g._nnz() > 1:
+                raise NasrecError("embedding_l2 must be applied right after backward, before the gradient is coalesced")
+            if g.sparse_dim() != 1:
+                raise NasrecError("embedding_l2: sparse gradients must index rows only (an embedding table)")
+            ids = g._indices()[0]
+            # out of place: the values may be an expanded view of the output gradient (stride 0)
+            values = torch.add(g._values(), p.index_select(0, ids), alpha=scale)
+            p.grad = torch.sparse_coo_tensor(g._indices(), values, g.shape, check_invariants=False)
