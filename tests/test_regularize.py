@@ -28,7 +28,7 @@ from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.gradsync import GradientSync
 from nasrec.train.optim import build_optimizer, sparse_parameters
-from nasrec.train.regularize import EmbeddingL2
+from nasrec.train.regularize import L2_FORMS, EmbeddingL2
 from nasrec.train.resume import same_run
 from nasrec.zoo.registry import build_zoo_model
 
@@ -111,6 +111,48 @@ def test_sparse_gradient_equals_the_dense_gradient_of_the_penalised_loss(name: s
             assert g.layout == torch.sparse_coo, n  # (c) still sparse
             g = g.coalesce().to_dense()
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", ["tiny", "deepfm", "supernet"])
+def test_per_row_form_is_fuxictrs_penalty_on_the_touched_rows(name: str) -> None:
+    torch.manual_seed(0)
+    model, arch = MODELS[name]()
+    model.eval()
+    dense_model = copy.deepcopy(model)
+    tables = [m for m in dense_model.modules() if isinstance(m, nn.Embedding)]
+    for m in tables:
+        m.sparse = False
+    batch = _batch()
+    _loss(model, arch, batch).backward()
+    EmbeddingL2.for_model(model, LAM, per="row")(batch[0].shape[0])
+    # the definition: (LAM / 2) x the squared norm of every row the batch touched, each row once
+    loss = _loss(dense_model, arch, batch)
+    loss.backward(retain_graph=True)
+    touched = [m.weight.grad.abs().sum(1) > 0 for m in tables]  # a touched row has a loss gradient here
+    for m, rows in zip(tables, touched, strict=True):
+        (LAM / 2 * m.weight[rows].square().sum()).backward()
+    got = dict(model.named_parameters())
+    for n, p in dense_model.named_parameters():
+        if p.grad is None:
+            continue
+        g = got[n].grad
+        if g.layout == torch.sparse_coo:
+            assert g.is_coalesced()
+            g = g.to_dense()
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_per_row_form_counts_a_row_once_whatever_the_batch() -> None:
+    emb = nn.Embedding(6, 2, sparse=True)
+    emb(torch.tensor([1, 1, 1, 4])).sum().backward()
+    EmbeddingL2([emb.weight], 0.5, per="row")(count=4)
+    w = emb.weight.detach()
+    expected = torch.zeros_like(w)
+    expected[1] = 3 + 0.5 * w[1]
+    expected[4] = 1 + 0.5 * w[4]
+    torch.testing.assert_close(emb.weight.grad.to_dense(), expected)
+    with pytest.raises(NasrecError, match="embedding_l2_per"):
+        EmbeddingL2([emb.weight], 0.5, per="table")
 
 
 def test_a_row_looked_up_k_times_is_penalised_k_times() -> None:
@@ -251,16 +293,21 @@ def _dist_worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        torch.manual_seed(0)
-        model = _Tiny()
-        dense, ids, y = _batch(size=8)
-        half = slice(rank * 4, rank * 4 + 4)  # each rank's own examples, as BatchLoader(shard="rows")
-        loss = nn.functional.binary_cross_entropy_with_logits(model(dense[half], ids[half]), y[half])
-        loss.backward()
-        EmbeddingL2.for_model(model, LAM)(4)
-        GradientSync.for_model(model)(loss, 4)
+        grads = {}
+        for per in L2_FORMS:  # as the trainer calls it: after backward, and again after the sync
+            torch.manual_seed(0)
+            model = _Tiny()
+            dense, ids, y = _batch(size=8)
+            half = slice(rank * 4, rank * 4 + 4)  # each rank's own examples, as BatchLoader(shard="rows")
+            loss = nn.functional.binary_cross_entropy_with_logits(model(dense[half], ids[half]), y[half])
+            loss.backward()
+            l2 = EmbeddingL2.for_model(model, LAM, per)
+            l2(4)
+            GradientSync.for_model(model)(loss, 4)
+            l2(4, synced=True)
+            grads[per] = {n: p.grad.to_dense() for n, p in model.named_parameters()}
         if rank == 0:
-            torch.save({n: p.grad.to_dense() for n, p in model.named_parameters()}, out)
+            torch.save(grads, out)
     finally:
         dist.destroy_process_group()
 
@@ -269,11 +316,12 @@ def _dist_worker(rank: int, store: str, out: str) -> None:
 def test_with_data_parallelism_the_synchronised_gradient_is_the_global_batchs(tmp_path: Path) -> None:
     out = tmp_path / "grads.pt"
     mp.spawn(_dist_worker, args=(str(tmp_path / "store"), str(out)), nprocs=WORLD, join=True)
-    torch.manual_seed(0)
-    model = _Tiny()
-    batch = _batch(size=8)
-    _loss(model, None, batch).backward()
-    EmbeddingL2.for_model(model, LAM)(8)
     synced = torch.load(out)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(synced[n], p.grad.to_dense(), rtol=1e-5, atol=1e-6, msg=n)
+    for per in L2_FORMS:
+        torch.manual_seed(0)
+        model = _Tiny()
+        batch = _batch(size=8)
+        _loss(model, None, batch).backward()
+        EmbeddingL2.for_model(model, LAM, per)(8)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(synced[per][n], p.grad.to_dense(), rtol=1e-5, atol=1e-6, msg=f"{per} {n}")

@@ -21,6 +21,7 @@ from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
 from nasrec.space.space import STRATEGIES
 from nasrec.train.optim import DEFAULT_EPS, OPTIMIZERS
+from nasrec.train.regularize import L2_FORMS
 
 # The range of every field that has one (types come from the annotations); see `nasrec.configfile`.
 RULES: dict[str, Rule] = {
@@ -32,6 +33,7 @@ RULES: dict[str, Rule] = {
     "eps": Rule(gt=0, le=1),
     "embedding_lr": LEARNING_RATE,
     "weight_decay": Rule(ge=0, le=1),
+    "embedding_l2_per": Rule(choices=L2_FORMS),
     "embedding_l2": Rule(ge=0, le=1, why="a per-example penalty, added to a mean logloss of about 0.45"),
     "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")),
     "warmup_fraction": Rule(ge=0, lt=1),
@@ -74,6 +76,8 @@ class TrainConfig:
     # mean over the batch of each example's sum of squared looked-up vectors: a row looked up k times in a
     # batch counts k times. It keeps the sparse row-wise update (`nasrec.train.regularize`); 0: off.
     embedding_l2: float = 0.0
+    # "lookup" (above) or "row": FuxiCTR's (λ/2)·‖E‖² on the rows the batch touched, each row once
+    embedding_l2_per: str = "lookup"
     schedule: str = "warmup-cosine"
     warmup_fraction: float = 0.1
     clip: float | None = 5.0

@@ -23,6 +23,15 @@ Definition (``TrainConfig.embedding_l2`` = λ)
     touched at all: its value, its gradient and its optimizer state stay as they are, so a step still
     costs what the batch looked up. ``weight_decay`` remains the dense ("net") parameters' L2.
 
+The per-row form (``embedding_l2_per: row``)
+    FuxiCTR's ``embedding_regularizer`` adds ``(λ / 2) · ‖E‖²`` over whole tables to the loss, a
+    gradient ``λ · e`` on every row at every step. Its sparse counterpart here gives that gradient to each
+    row the (global) batch touched, once, whatever the batch size: a recipe's λ carries over from
+    FuxiCTR's configurations. A touched row is shrunk as hard whether it is frequent or rare, so rare
+    rows (whose loss gradient is small) stay near zero: the strong regulariser those recipes rely on.
+    Under data parallelism it runs after the gradient sync, on the union of the ranks' rows, as one
+    process would.
+
 Implementation
     Right after ``backward()`` the gradient of an ``nn.Embedding(sparse=True)`` is an uncoalesced sparse
     tensor with one entry per lookup (indices: the looked-up row ids, values: d loss / d output), so
@@ -43,31 +52,46 @@ from torch import nn
 from nasrec.errors import NasrecError
 from nasrec.train.optim import sparse_parameters
 
+# "lookup": the per-example penalty on looked-up vectors (a row counts once per lookup, scaled by the
+# batch); "row": FuxiCTR's penalty (λ/2)·‖E‖² restricted to the rows the batch touched, each once.
+L2_FORMS = ("lookup", "row")
+
 log = logging.getLogger(__name__)
 
 
 class EmbeddingL2:
     """Adds the gradient of the embedding L2 penalty (module docstring) to sparse embedding gradients."""
 
-    def __init__(self, params: Sequence[nn.Parameter], strength: float) -> None:
+    def __init__(self, params: Sequence[nn.Parameter], strength: float, per: str = "lookup") -> None:
         strength = float(strength)
         if not strength >= 0.0 or strength == float("inf"):  # also refuses NaN
             raise NasrecError(f"embedding_l2 must be a finite number >= 0, got {strength}")
+        if per not in L2_FORMS:
+            raise NasrecError(f"embedding_l2_per must be one of {', '.join(L2_FORMS)}, got {per!r}")
         self.params = list(params)
         self.strength = strength
+        self.per = per
 
     @classmethod
-    def for_model(cls, model: nn.Module, strength: float) -> EmbeddingL2:
+    def for_model(cls, model: nn.Module, strength: float, per: str = "lookup") -> EmbeddingL2:
         """The penalty on every trainable sparse embedding table of `model` (a no-op when `strength` is 0)."""
         params = [p for p in sparse_parameters(model) if p.requires_grad] if strength else []
         if strength and not params:
             log.warning("embedding_l2 is %g but the model has no trainable sparse embedding table", strength)
-        return cls(params, strength)
+        return cls(params, strength, per)
 
     @torch.no_grad()
-    def __call__(self, count: int) -> None:
-        """Add the penalty's gradient for a batch of `count` examples (the loss's mean), right after backward."""
-        if not self.params or not self.strength:
+    def __call__(self, count: int, synced: bool = False) -> None:
+        """Add the penalty's gradient for a batch of `count` examples, right after backward or after the sync.
+
+        The per-lookup form runs right after backward (`synced` False: it needs the lookup counts); the
+        per-row form runs once the gradient holds every row the global batch touched (`synced` True under
+        data parallelism, else right after backward).
+        """
+        if not self.params or not self.strength or synced != (self.per == "row" and _distributed()):
+            return
+        if self.per == "row":
+            self._per_row()
             return
         if count < 1:
             raise NasrecError(f"embedding_l2: a batch needs at least one example, got {count}")
@@ -87,3 +111,23 @@ class EmbeddingL2:
             # out of place: the values may be an expanded view of the output gradient (stride 0)
             values = torch.add(g._values(), p.index_select(0, ids), alpha=scale)
             p.grad = torch.sparse_coo_tensor(g._indices(), values, g.shape, check_invariants=False)
+
+    def _per_row(self) -> None:
+        """Add strength x e_row to the gradient of every row the batch touched, once per row."""
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            if not g.is_sparse or g.sparse_dim() != 1:
+                raise NasrecError("embedding_l2 needs the sparse gradients of nn.Embedding(sparse=True)")
+            g = g.coalesce()  # one entry per distinct row (clipping and the optimizer coalesce it anyway)
+            ids = g._indices()[0]
+            values = torch.add(g._values(), p.index_select(0, ids), alpha=self.strength)
+            p.grad = torch.sparse_coo_tensor(g._indices(), values, g.shape, is_coalesced=True)
+
+
+def _distributed() -> bool:
+    """Whether a data-parallel process group of more than one rank is running."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -136,7 +136,7 @@ class Trainer:
 
             set_batch_group(self.model, dist.group.WORLD)
         self.comm = CommMeter()
-        self.embedding_l2 = EmbeddingL2.for_model(self.model, cfg.embedding_l2)
+        self.embedding_l2 = EmbeddingL2.for_model(self.model, cfg.embedding_l2, cfg.embedding_l2_per)
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
@@ -275,18 +275,18 @@ class Trainer:
         arch = self.paths.path(s.step)
         logits = self.model(batch.dense, batch.sparse) if arch is None else self.model(batch.dense, batch.sparse, arch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+        n = batch.label.shape[0]
         if self.sync is None:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
-            loss.backward()
-            self.embedding_l2(batch.label.shape[0])  # before anything coalesces the sparse gradients
-        else:
+        loss.backward()
+        self.embedding_l2(n)  # the per-lookup form: this rank's own examples, before anything coalesces
+        if self.sync is not None:
             # A rank's own loss may be finite while another's is not: all ranks judge the global loss,
             # after the sync, so that they raise together instead of leaving the others in a collective.
-            loss.backward()
-            self.embedding_l2(batch.label.shape[0])  # each rank's own examples, before the sync averages them
-            stats = self.sync(loss, batch.label.shape[0])
+            stats = self.sync(loss, n)
+            self.embedding_l2(n, synced=True)  # the per-row form, on the rows of the global batch
             value = stats.loss
             if not math.isfinite(value):
                 raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
