@@ -41,6 +41,9 @@ RULES: dict[str, Rule] = {
     "seed": SEED,
     "eval_split": Rule(choices=SPLIT_NAMES),
     "eval_every": Rule(ge=0),
+    "evals_per_epoch": Rule(ge=0),
+    "plateau_factor": Rule(gt=0, lt=1),
+    "plateau_patience": Rule(ge=1),
     "eval_batch_size": Rule(ge=1),
     "eval_max_batches": Rule(ge=1),
     "early_stop_metric": Rule(choices=("logloss", "auc")),
@@ -79,13 +82,18 @@ class TrainConfig:
     # "lookup" (above) or "row": FuxiCTR's (λ/2)·‖E‖² on the rows the batch touched, each row once
     embedding_l2_per: str = "lookup"
     schedule: str = "warmup-cosine"
+    # "plateau": every lr x plateau_factor after plateau_patience evaluations without gain in the metric
+    # early stopping watches (log loss without one)
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
     warmup_fraction: float = 0.1
     clip: float | None = 5.0
     shuffle: bool = False  # the reference trains in file order
     seed: int = 0
     layernorm: bool = False  # standalone models; supernets always use layer norms
     eval_split: str = "val"
-    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    eval_every: int = 0  # steps between evaluations (0: only at the end, unless evals_per_epoch is set)
+    evals_per_epoch: int = 0  # evaluations per epoch, whatever the data size (give this or eval_every)
     eval_batch_size: int = 8192
     eval_max_batches: int | None = None
     early_stop_metric: str | None = None  # "logloss" or "auc"
@@ -126,6 +134,13 @@ class TrainConfig:
                 raise ConfigError("training config", "eps", "sgd has no eps (leave it unset)", related=("optimizer",))
             if self.eps == DEFAULT_EPS[self.optimizer]:
                 object.__setattr__(self, "eps", None)
+        if self.eval_every and self.evals_per_epoch:
+            raise ConfigError(
+                "training config",
+                "evals_per_epoch",
+                "give eval_every or evals_per_epoch, not both",
+                related=("eval_every",),
+            )
         if self.path_warmup_fraction and self.path_warmup_steps:
             raise ConfigError(
                 "training config",
@@ -137,6 +152,12 @@ class TrainConfig:
             resolve_device(self.device)  # an unavailable device fails here, before any work
         except NasrecError as e:
             raise ConfigError("training config", "device", str(e)) from None
+
+    def eval_interval(self, steps_per_epoch: int) -> int:
+        """Steps between evaluations during training (0: none before the end)."""
+        if self.evals_per_epoch:
+            return max(1, steps_per_epoch // self.evals_per_epoch)
+        return self.eval_every
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -106,7 +106,8 @@ class Trainer:
         per_epoch = len(self.loader)
         if per_epoch == 0:
             raise NasrecError(f"{cache.path}: the train split has fewer rows than one batch ({cfg.batch_size})")
-        if (cfg.eval_every or cfg.restore_best or cfg.schedule == "plateau") and not len(
+        self.eval_every = cfg.eval_interval(per_epoch)
+        if (self.eval_every or cfg.restore_best or cfg.schedule == "plateau") and not len(
             cache.split_index(cfg.eval_split)
         ):  # evaluations on no rows give NaN metrics, which early stopping and the schedule would act on
             raise ConfigError("training config", "eval_split", f"the {cfg.eval_split} split of {cache.path} is empty")
@@ -123,8 +124,9 @@ class Trainer:
             embedding_lr=cfg.embedding_lr,
             sliced=self.paths.has_paths,
         )
+        plateau = dict(factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         self.schedule = build_schedule(
-            self.optimizer, cfg.schedule, total_steps=self.total_steps, warmup_fraction=cfg.warmup_fraction
+            self.optimizer, cfg.schedule, total_steps=self.total_steps, warmup_fraction=cfg.warmup_fraction, **plateau
         )
         self.state = TrainState()
         self.progress = Progress(self.out, describe(spec), self.total_steps, per_epoch)
@@ -168,15 +170,9 @@ class Trainer:
             )
 
     def _restore(self) -> None:
+        m, opt, sched = self.model, self.optimizer, self.schedule
         self.state = restore_state(
-            self.out / CHECKPOINT_PT,
-            self.model,
-            self.optimizer,
-            self.schedule,
-            self.cfg,
-            self.device,
-            self.total_steps,
-            self.out,
+            self.out / CHECKPOINT_PT, m, opt, sched, self.cfg, self.device, self.total_steps, self.out
         )
         if self.main:
             truncate_log(self.out / METRICS_JSONL, self.state)
@@ -314,7 +310,7 @@ class Trainer:
                 record["comm_bytes_per_step"] = self.comm.window_per_step()
             self._log(record)
             s.loss_sum, s.loss_count = 0.0, 0
-        if cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < self.total_steps:
+        if self.eval_every and s.step % self.eval_every == 0 and s.step < self.total_steps:
             self._evaluate_during_training()
         if s.step % cfg.checkpoint_every == 0 and s.step < self.total_steps:
             self._checkpoint()
@@ -347,7 +343,7 @@ class Trainer:
         metric = cfg.early_stop_metric or "logloss"
         value = m[metric] if metric == "logloss" else -m[metric]
         if hasattr(self.schedule, "report"):
-            self.schedule.report(m["logloss"])
+            self.schedule.report(value)  # the early-stopping metric, lower is better
         if s.best is None or value < s.best:
             s.best, s.bad_evals = value, 0
             if self.main:
