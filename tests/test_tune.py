@@ -15,7 +15,7 @@ from nasrec.cli import main
 from nasrec.configfile import ConfigError
 from nasrec.errors import NasrecError
 from nasrec.train.config import TrainConfig
-from nasrec.tune.recipe import Recipe, read_recipe, write_recipe
+from nasrec.train.recipe import Recipe, read_recipe, write_recipe
 from nasrec.tune.space import default_space, load_space
 
 pytest.importorskip("optuna")
@@ -208,3 +208,25 @@ def test_without_optuna_the_error_says_how_to_install_it(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     with pytest.raises(NasrecError, match=r"pip install 'nasrec\[tune\]'"):
         optuna_module()
+
+
+def test_the_pruner_never_judges_a_first_evaluation() -> None:
+    import optuna
+
+    from nasrec.tune.api import _pruner
+    from nasrec.tune.trial import TuneSettings
+
+    settings = TuneSettings("d", "o", "fm", None, None, None, {}, None, {}, {}, evals=4)
+    study = optuna.create_study(pruner=_pruner(optuna, settings))
+    for _ in range(5):
+        t = study.ask()
+        t.report(0.3, 1)
+        t.report(0.2, 2)
+        study.tell(t, 0.2)
+    t = study.ask()
+    t.report(9.0, 1)
+    assert not t.should_prune()  # the first evaluation is not judged
+    t.report(9.0, 2)
+    assert t.should_prune()
+    no_prune = TuneSettings("d", "o", "fm", None, None, None, {}, None, {}, {}, evals=4, prune=False)
+    assert isinstance(_pruner(optuna, no_prune), optuna.pruners.NopPruner)

@@ -52,7 +52,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "--evals",
         type=clicheck.int_at_least(1),
         default=4,
-        help="validation evaluations per trial, the last at its end; the pruner judges the others (default 4)",
+        help="validation evaluations per trial, the last at its end; the pruner judges those between the first "
+        "and the last (default 4)",
     )
     p.add_argument("--no-prune", action="store_true", help="train every trial to its end")
     p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="fixed zoo model hyper-parameter")
