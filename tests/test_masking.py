@@ -78,13 +78,17 @@ def test_narrow_paths_differ_and_depend_on_the_masked_neurons() -> None:
 @pytest.mark.slow
 def test_a_masking_supernet_trains_scores_and_keeps_its_semantics(tmp_path: Path) -> None:
     _, cache = small_synth_cache(tmp_path, rows=2_000, seed=1)
+    # its final evaluation on 1 path, the head's mean measured on 1 batch: 3 steps train, the rest is checks
     o = {"max_steps": 3, "batch_size": 128, "threads": 1, "log_every": 1}
+    o |= {"supernet_eval_archs": 1, "head_calib_batches": 1}
     res = train_supernet(
         cache, tmp_path / "m", space="small", preset_name="cpu-supernet", overrides=o, semantics="mask", progress=False
     )
     assert res["steps"] == 3
     assert json.loads((tmp_path / "m" / "model.json").read_text())["hparams"] == {"semantics": "mask"}
-    score = dict(finetune_steps=1, warmup_steps=1, finetune_batch_size=128, val_batches=1, val_batch_size=128)
+    score = dict(
+        finetune_steps=1, warmup_steps=1, finetune_batch_size=128, calib_batches=1, val_batches=1, val_batch_size=128
+    )
     scorer = ScorerSpec(str(tmp_path / "m"), str(cache), score).build()
     assert scorer.supernet.masking
     assert np.isfinite(scorer.score(NASREC_SMALL.sample(np.random.default_rng(0))))
