@@ -1,4 +1,4 @@
-"""Recipe settings: evaluations per epoch, the plateau schedule's knobs and the metric it follows."""
+"""Recipes: evaluations per epoch, the plateau schedule's knobs, and every zoo model's default recipe."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import small_synth_cache
 
+from nasrec.cli import main
 from nasrec.configfile import ConfigError
+from nasrec.errors import NasrecError
 from nasrec.train.api import train
 from nasrec.train.config import TrainConfig, preset
+from nasrec.train.recipe import RECIPE_DIR, default_recipe, merged, read_recipe
+from nasrec.zoo.registry import ZOO_MODELS, build_zoo_model
 
 QUICK = dict(batch_size=64, lr=0.05, checkpoint_every=10**6, log_every=10**6, threads=1)
 
@@ -85,3 +90,91 @@ def test_plateau_lowers_the_lrs_by_its_factor_on_the_early_stopping_metric(cache
         else:
             expected_cuts += 1
     assert len(lrs) - 1 == expected_cuts
+
+
+# -- default recipes -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", list(ZOO_MODELS))
+def test_every_zoo_model_has_a_valid_default_recipe(model: str) -> None:
+    recipe = default_recipe(model)
+    assert recipe is not None and recipe.model == model
+    cfg = TrainConfig().updated(**recipe.train)  # every setting valid, and together
+    assert cfg.early_stop_metric and cfg.restore_best and cfg.evals_per_epoch >= 1 and cfg.epochs > 1
+    assert not cfg.warmup_fraction  # a warm-up over `epochs` (an upper bound) would last for most of the run
+    m = build_zoo_model(model, 2, (5, 7, 3), **recipe.hparams)
+    assert m(torch.zeros(4, 2), torch.zeros(4, 3, dtype=torch.int64)).shape == (4,)
+
+
+def test_a_recipe_file_for_another_model_is_refused(tmp_path: Path) -> None:
+    text = (RECIPE_DIR / "deepfm.yaml").read_text().replace("model: deepfm", "model: nosuch")
+    (tmp_path / "nosuch.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="model"):
+        read_recipe(tmp_path / "nosuch.yaml")
+    with pytest.raises(NasrecError, match=r"zoo model 'deepfm'.*not for zoo model 'lr'"):
+        train("unused", tmp_path / "x", model="lr", recipe=default_recipe("deepfm"))
+    with pytest.raises(NasrecError, match="a recipe or a preset"):
+        train("unused", tmp_path / "x", model="lr", recipe="default", preset_name="cpu-quick")
+
+
+@pytest.mark.slow
+def test_train_with_no_options_uses_the_models_default_recipe(cache_dir: Path, tmp_path: Path) -> None:
+    recipe = default_recipe("fm")
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(cache_dir),
+                "--model",
+                "fm",
+                "--out",
+                str(tmp_path / "a"),
+                "-q",
+                "--set",
+                "epochs=3",
+                "--hparam",
+                "embedding_dim=4",
+            ]
+        )
+        == 0
+    )
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    cfg, model = saved["train"], saved["model"]
+    for k, v in recipe.train.items():
+        assert cfg[k] == (3 if k == "epochs" else v), k  # the recipe, under the options given
+    assert model["hparams"] == {**recipe.hparams, "embedding_dim": 4}
+    # the Python API gives the same with recipe="default"; without it, TrainConfig's own defaults
+    over = {"epochs": 3, "threads": saved["train"]["threads"]}
+    api = train(cache_dir, tmp_path / "b", model="fm", hparams={"embedding_dim": 4}, overrides=over, recipe="default")
+    cli = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert api["test"] == cli["test"]
+    # a preset replaces the recipe
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(cache_dir),
+                "--model",
+                "fm",
+                "--out",
+                str(tmp_path / "c"),
+                "-q",
+                "--preset",
+                "cpu-quick",
+                "--set",
+                "max_steps=2",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["train"]["optimizer"] != "adam"
+
+
+def test_the_callers_choice_of_one_exclusive_setting_drops_the_recipes_other() -> None:
+    recipe = default_recipe("deepfm")
+    assert recipe.train["evals_per_epoch"] == 1
+    _, train_set = merged(recipe, None, {"eval_every": 5})
+    assert train_set["eval_every"] == 5 and "evals_per_epoch" not in train_set
+    TrainConfig().updated(**train_set)  # a valid combination
+    hp, train_set = merged(recipe, {"dropout": 0.5}, {"evals_per_epoch": 3})
+    assert train_set["evals_per_epoch"] == 3 and hp["dropout"] == 0.5 and hp["mlp_dims"] == recipe.hparams["mlp_dims"]

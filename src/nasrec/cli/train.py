@@ -84,6 +84,8 @@ def _run_train(args: argparse.Namespace) -> int:
         args.arch, args.model, hparams, overrides = _with_recipe(args, hparams, overrides)
     elif args.arch is None and args.model is None:
         raise NasrecError("give one of --arch FILE.json, --model NAME or --recipe FILE.yaml")
+    # a zoo model given no --preset or --recipe trains with its default recipe (nasrec/presets/recipes)
+    default = args.model is not None and args.recipe is None and args.preset is None
     res = train(
         args.data,
         args.out,
@@ -94,6 +96,7 @@ def _run_train(args: argparse.Namespace) -> int:
         overrides=overrides,
         resume=args.resume,
         progress=bars(args),
+        recipe="default" if default else None,
     )
     _print_final(res, args)
     return 0
@@ -101,13 +104,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _with_recipe(args: argparse.Namespace, hparams: dict, overrides: dict) -> tuple:
     """(arch, model, hparams, overrides) of a run with --recipe: the command line's options over the recipe's."""
-    from nasrec.tune.recipe import read_recipe, recipe_model
+    from nasrec.train.recipe import merged, read_recipe, recipe_model
 
     if args.preset is not None:
         raise NasrecError("give --recipe or --preset, not both (a recipe holds every training setting)")
     recipe = read_recipe(args.recipe)
     arch, model = recipe_model(args.recipe, recipe, args.arch, args.model)
-    return arch, model, {**recipe.hparams, **hparams}, {**recipe.train, **overrides}
+    return arch, model, *merged(recipe, hparams, overrides)
 
 
 def _add_supernet(sub: argparse._SubParsersAction) -> None:

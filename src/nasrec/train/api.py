@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,11 @@ from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.evaluation import evaluate, split_logits
 from nasrec.train.loading import load_trained
+from nasrec.train.recipe import Recipe, default_recipe, merged
 from nasrec.train.resume import same_run
 from nasrec.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
@@ -47,10 +51,19 @@ def train(
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    recipe: Recipe | str | None = None,
 ) -> dict[str, Any]:
-    """Train a nasrec architecture (`arch`) or a zoo baseline (`model`) from scratch on a cache (torchrun-aware)."""
+    """Train a nasrec architecture (`arch`) or a zoo baseline (`model`) from scratch on a cache (torchrun-aware).
+
+    `recipe="default"` trains a zoo model with its default recipe (`nasrec.train.recipe`), as `nasrec train
+    --model NAME` does; a `Recipe` gives its settings. `hparams` and `overrides` lie over the recipe's.
+    Without a recipe the settings are `TrainConfig`'s defaults, a preset's, and `overrides`.
+    """
     if (arch is None) == (model is None):
         raise NasrecError("give exactly one of --arch FILE.json or --model NAME")
+    source = None
+    if recipe is not None:  # on resume too: the run's saved settings must be what the recipe gives
+        hparams, overrides, source = _with_recipe(recipe, model, preset_name, hparams, overrides)
     cache = open_cache(data)
     out = Path(out)
     with _writing(out, "training run"):
@@ -62,7 +75,28 @@ def train(
         else:
             spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
         with distributed.process_group():  # under torchrun: data-parallel over its processes
-            return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+            trainer = Trainer(spec, cache, cfg, out)
+            if source:  # the run's first log line says where its settings come from
+                trainer.progress.what += f" ({source})"
+            return trainer.fit(resume=resume, progress=progress)
+
+
+def _with_recipe(
+    recipe: Recipe | str, model: str | None, preset_name: str | None, hparams: dict | None, overrides: dict | None
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(hparams, overrides, source) of a recipe with the caller's on top; "default" is the zoo model's own."""
+    if preset_name is not None:
+        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
+    if recipe == "default":
+        found = default_recipe(model) if model is not None else None
+        if found is None:
+            return dict(hparams or {}), dict(overrides or {}), None
+        return (*merged(found, hparams, overrides), f"its default recipe, nasrec/presets/recipes/{model}.yaml")
+    if not isinstance(recipe, Recipe):
+        raise NasrecError(f"recipe must be 'default' or a Recipe, got {recipe!r}")
+    if recipe.model != model:
+        raise NasrecError(f"a recipe for {recipe.kind}, not for zoo model {model!r}")
+    return *merged(recipe, hparams, overrides), None
 
 
 def _writing(out: Path, what: str):

@@ -22,8 +22,8 @@ from nasrec.data.cache import Cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.train.config import TrainConfig
+from nasrec.train.recipe import recipe_train_settings
 from nasrec.train.trainer import Trainer
-from nasrec.tune.recipe import recipe_train_settings
 from nasrec.tune.space import tie_widths
 
 log = logging.getLogger(__name__)

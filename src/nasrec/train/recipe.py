@@ -1,6 +1,9 @@
 """A training recipe: which model, its hyper-parameters and the training settings, as one YAML file.
 
-`nasrec tune` writes its best trial as one (`best_recipe.yaml`); `nasrec train --recipe FILE` trains it:
+`nasrec tune` writes its best trial as one (`best_recipe.yaml`); `nasrec train --recipe FILE` trains it.
+Every zoo model has a default recipe, `nasrec/presets/recipes/<model>.yaml`: what `nasrec train --model
+NAME` trains with when given no --preset or --recipe (`default_recipe`). Its training settings lie over
+`TrainConfig`'s defaults; a tuned recipe holds every setting.
 
     # comments: where the recipe comes from (tune, trial, validation metrics)
     model: deepfm                 # a zoo model; or, for a nasrec architecture:
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasrec.configfile import ConfigError, check_mapping, read_config_file
+from nasrec.configfile import PRESET_DIR, ConfigError, check_mapping, read_config_file
 from nasrec.errors import NasrecError
 from nasrec.rundir import atomic_write_text
 from nasrec.space.arch import Architecture
@@ -140,3 +143,31 @@ def recipe_model(
 def _check_hash(path: str | Path, recipe: Recipe, a: Architecture, arch_file: str) -> None:
     if a.hash() != recipe.arch_hash:
         raise NasrecError(f"{path}: a recipe for {recipe.kind}, not for architecture {a.hash()} ({arch_file})")
+
+
+# Settings of which a run takes one: the caller's choice of one drops the recipe's other.
+EXCLUSIVE = (("eval_every", "evals_per_epoch"), ("path_warmup_steps", "path_warmup_fraction"))
+
+
+def merged(recipe: Recipe, hparams: dict[str, Any] | None, overrides: dict[str, Any] | None) -> tuple[dict, dict]:
+    """(hparams, training settings) of a recipe with the caller's on top."""
+    train, given = dict(recipe.train), dict(overrides or {})
+    for a, b in EXCLUSIVE:
+        for mine, other in ((a, b), (b, a)):
+            if mine in given:
+                train.pop(other, None)
+    return {**recipe.hparams, **(hparams or {})}, {**train, **given}
+
+
+RECIPE_DIR = PRESET_DIR / "recipes"
+
+
+def default_recipe(model: str) -> Recipe | None:
+    """The default recipe of zoo model `model` (nasrec/presets/recipes/<model>.yaml), or None without one."""
+    path = RECIPE_DIR / f"{model}.yaml"
+    if not path.is_file():
+        return None
+    recipe = read_recipe(path)
+    if recipe.model != model:  # a packaging mistake, not a user's: say which file
+        raise NasrecError(f"{path}: the default recipe of {model!r} is for {recipe.kind}")
+    return recipe
