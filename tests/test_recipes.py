@@ -178,3 +178,23 @@ def test_the_callers_choice_of_one_exclusive_setting_drops_the_recipes_other() -
     TrainConfig().updated(**train_set)  # a valid combination
     hp, train_set = merged(recipe, {"dropout": 0.5}, {"evals_per_epoch": 3})
     assert train_set["evals_per_epoch"] == 3 and hp["dropout"] == 0.5 and hp["mlp_dims"] == recipe.hparams["mlp_dims"]
+
+
+@pytest.mark.slow
+def test_tune_starts_from_the_default_recipe(cache_dir: Path, tmp_path: Path) -> None:
+    from nasrec.tune.api import tune
+
+    recipe = default_recipe("fm")
+    over = {"epochs": 2, "threads": 1}
+    res = tune(cache_dir, tmp_path / "t", model="fm", overrides=over, trials=2, seed=1, recipe="default")
+    assert res["complete"] + res["pruned"] == 2
+    best = read_recipe(tmp_path / "t" / "best_recipe.yaml")
+    for k, v in recipe.train.items():  # the base: every setting the tune did not search
+        if k not in ("lr", "batch_size", "embedding_l2", "epochs"):
+            assert best.train[k] == v, k
+    assert best.hparams["max_embedding_std"] == recipe.hparams["max_embedding_std"]
+    assert best.hparams["embedding_dim"] in (5, 10, 20)  # around the recipe's 10, not the constructor's 16
+    l2 = best.train["embedding_l2"]
+    assert recipe.train["embedding_l2"] / 30 <= l2 <= recipe.train["embedding_l2"] * 10
+    with pytest.raises(NasrecError, match="a recipe or a preset"):
+        tune(cache_dir, tmp_path / "u", model="fm", preset_name="cpu-quick", recipe="default")

@@ -57,7 +57,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-prune", action="store_true", help="train every trial to its end")
     p.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="fixed zoo model hyper-parameter")
-    p.add_argument("--preset", choices=preset_names("train"), help="base training preset (nasrec/presets/train)")
+    p.add_argument(
+        "--preset",
+        choices=preset_names("train"),
+        help="base training preset (nasrec/presets/train; default: a zoo model's default recipe)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="base training setting (repeatable)")
     add_device(p, "train the trials")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -84,6 +88,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         metric=args.metric,
         evals=args.evals,
         prune=not args.no_prune,
+        # a zoo model given no --preset starts from its default recipe, as `nasrec train` would train it
+        recipe="default" if args.model is not None and args.preset is None else None,
     )
     console.show(res, args.json, _tune_text)
     return 0

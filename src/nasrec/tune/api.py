@@ -33,7 +33,7 @@ from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.space.arch import Architecture
 from nasrec.train.config import preset
-from nasrec.train.recipe import Recipe, write_recipe
+from nasrec.train.recipe import Recipe, default_recipe, merged, write_recipe
 from nasrec.tune.space import default_space, load_space, parse_space
 from nasrec.tune.trial import Outcome, TuneSettings, run_trial
 
@@ -74,8 +74,13 @@ def tune(
     metric: str = "logloss",
     evals: int = 4,
     prune: bool = True,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
-    """Tune a training recipe of a zoo model (`model`) or architecture (`arch`) on a cache; the summary."""
+    """Tune a training recipe of a zoo model (`model`) or architecture (`arch`) on a cache; the summary.
+
+    `recipe="default"` starts from the zoo model's default recipe (as `nasrec tune --model NAME` does
+    without --preset): its settings are the base, its hyper-parameters the centre of the space.
+    """
     from nasrec.zoo.registry import default_hparams
 
     if (arch is None) == (model is None):
@@ -93,10 +98,18 @@ def tune(
             "(prepare the cache with a val share, e.g. --ratios 0.8 0.1 0.1)"
         )
     train_rows = len(cache.split_index("train"))
+    if recipe not in (None, "default"):
+        raise NasrecError(f"recipe must be 'default' or None, got {recipe!r}")
+    if recipe == "default" and preset_name is not None:
+        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
+    recipe = default_recipe(model) if recipe == "default" and model is not None else None
+    if recipe is not None:  # as `nasrec train --model NAME`: the model's default recipe is the base
+        hparams, overrides = merged(recipe, hparams, overrides)
     base = preset(preset_name, **(overrides or {}))
     hparams = dict(hparams or {})
     if model is not None:
-        defaults: dict[str, Any] | None = default_hparams(model)
+        # the space centres on the recipe's values (e.g. its embedding dim), not the constructor's
+        defaults: dict[str, Any] | None = {**default_hparams(model), **(recipe.hparams if recipe else {})}
         unknown = [k for k in hparams if k not in defaults]
         if unknown:
             raise NasrecError(

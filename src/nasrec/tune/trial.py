@@ -91,6 +91,8 @@ def train_steps(cfg: TrainConfig, train_rows: int) -> int:
 def trial_config(settings: TuneSettings, train: dict[str, Any], train_rows: int) -> TrainConfig:
     """The training configuration of a trial: the base, the drawn settings, validation evaluations for pruning."""
     cfg = TrainConfig.from_dict(settings.base).updated(**train)
+    if cfg.evals_per_epoch:  # a recipe that evaluates each epoch (early stopping): the pruner sees those
+        return cfg.updated(eval_split="val")
     total = train_steps(cfg, train_rows)
     # evaluation k of every trial at the same share of its training (-(-a // b): a / b rounded up)
     every = -(-total // settings.evals) if settings.evals > 1 else 0
