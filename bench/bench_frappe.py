@@ -102,7 +102,15 @@ def run_one(cache: Path, model: str, seed: int, work: Path, recipes: Path | None
     recipe = tuned(recipes, model)
     hparams, settings = recipe if recipe else ({}, {})
     t0 = time.perf_counter()
-    m = train(cache, out, model=model, hparams=hparams, overrides={**settings, "seed": seed}, progress=False)
+    m = train(
+        cache,
+        out,
+        model=model,
+        hparams=hparams,
+        overrides={**settings, "seed": seed},
+        progress=False,
+        recipe=None if recipe else "default",  # a tuned recipe holds every setting
+    )
     shutil.rmtree(out, ignore_errors=True)  # the metrics are the result
     return {
         "model": model,
