@@ -225,7 +225,10 @@ def supernet_run(search_cache: Path) -> tuple[Path, Path]:
     return root / "sn", root / "cache"
 
 
-TINY_SCORE = dict(finetune_steps=6, warmup_steps=2, finetune_batch_size=128, val_batches=2, val_batch_size=256)
+# calib_batches: a centred head's mean is measured on 2 batches (default 8, more than the fine-tune's 6 steps)
+TINY_SCORE = dict(
+    finetune_steps=6, warmup_steps=2, finetune_batch_size=128, calib_batches=2, val_batches=2, val_batch_size=256
+)
 
 
 @pytest.mark.slow
@@ -380,8 +383,7 @@ def _search_cli(sn: Path, cache: Path, out: Path, resume: bool = False) -> subpr
 @pytest.mark.slow
 def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
-    ref = _search_cli(sn, cache, tmp_path / "ref")
-    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    ref = _search_cli(sn, cache, tmp_path / "ref")  # runs beside the search that is killed and resumed
     out = tmp_path / "killed"
     proc = _search_cli(sn, cache, out)
     deadline = time.time() + 120
@@ -395,6 +397,7 @@ def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path
     assert not (out / "result.json").exists(), "the search finished before it could be killed"
     resumed = _search_cli(sn, cache, out, resume=True)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
     a, b = (json.loads((d / "result.json").read_text()) for d in (tmp_path / "ref", out))
     assert a["best"] == b["best"] and a["top"] == b["top"] and a["pareto"] == b["pareto"]
     assert (out / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
@@ -449,17 +452,16 @@ def test_rank_correlation_values() -> None:
 
 
 @pytest.mark.slow
-def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nasrec.cli import main
+
     sn, cache = supernet_run
     c = open_cache(cache)
     shape = (len(c.dense_fields), len(c.table_sizes), tuple(c.table_sizes))
     rng = np.random.default_rng(0)
     drawn = [arch_cost(NASREC_SMALL.sample(rng, "uniform"), *shape).mflops for _ in range(40)]
     cap = float(np.median(drawn))  # half of what uniform sampling draws is over it
-    cmd = [
-        sys.executable,
-        "-m",
-        "nasrec.cli",
+    args = [  # in process: the command's output is what is tested, not a fresh interpreter
         "rankcheck",
         "--supernet",
         str(sn),
@@ -476,13 +478,16 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
         "batch_size=128",
         "--train-set",
         "threads=1",
+        "--train-set",
+        "head_calib_batches=2",
         "--max-mflops",
         str(cap),
         "--json",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    printed = json.loads(proc.stdout)
+    rc = main(args)
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    printed = json.loads(out.out)
     res = json.loads((tmp_path / "rc" / "rankcheck.json").read_text())
     assert printed["pairs"] == res["pairs"] == 4 and -1 <= res["kendall_tau"] <= 1
     assert res["max_mflops"] == cap
@@ -503,7 +508,7 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
         preset="cpu-quick",
         overrides=sets,
         retrain=True,
-        train_overrides=dict(max_steps=8, threads=1),
+        train_overrides=dict(max_steps=8, batch_size=256, head_calib_batches=2, threads=1),
         progress=False,
     )
     runs = res["final"]["runs"]
@@ -522,7 +527,7 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
         preset="cpu-quick",
         overrides=sets,
         retrain=True,
-        train_overrides=dict(max_steps=8, threads=1),
+        train_overrides=dict(max_steps=8, batch_size=256, head_calib_batches=2, threads=1),
         resume=True,
         progress=False,
     )
@@ -535,7 +540,7 @@ def test_search_with_top_k_retraining(supernet_run: tuple[Path, Path], tmp_path:
         preset="cpu-quick",
         overrides=dict(sets, top_k=4),
         retrain=True,
-        train_overrides=dict(max_steps=8, threads=1),
+        train_overrides=dict(max_steps=8, batch_size=256, head_calib_batches=2, threads=1),
         resume=True,
         progress=False,
     )
@@ -566,7 +571,7 @@ def test_retraining_with_several_seeds_judges_the_mean(supernet_run: tuple[Path,
         overrides=sets,
         retrain=True,
         retrain_seeds=2,
-        train_overrides=dict(max_steps=8, threads=1, seed=3),
+        train_overrides=dict(max_steps=8, batch_size=256, head_calib_batches=2, threads=1, seed=3),
         progress=False,
     )
     runs = res["final"]["runs"]
@@ -660,7 +665,7 @@ def test_a_cap_bounds_the_served_cost_the_report_reads(supernet_run: tuple[Path,
         preset="cpu-quick",
         overrides=sets,
         retrain=True,
-        train_overrides=dict(max_steps=4, threads=1),
+        train_overrides=dict(max_steps=4, batch_size=256, head_calib_batches=2, threads=1),
         progress=False,
     )
     assert json.loads((tmp_path / "s" / "search.json").read_text())["search"]["count_layernorm"] is True
@@ -784,7 +789,14 @@ def test_auto_preset_is_the_default_decided_once_and_reproducible(
     monkeypatch.setattr(auto, "seconds_per_candidate", measured(10.0))
     caplog.clear()
     with caplog.at_level("INFO", logger="nasrec.search"):
-        search(sn, cache, tmp_path / "c", overrides=dict(finetune_batch_size=128), time_budget="20s", progress=False)
+        search(
+            sn,
+            cache,
+            tmp_path / "c",
+            overrides=dict(finetune_batch_size=128, calib_batches=2),
+            time_budget="20s",
+            progress=False,
+        )
     slow = json.loads((tmp_path / "c" / "search.json").read_text())
     assert slow["score"]["finetune_steps"] == 10 and slow["score"]["val_batch_size"] == 2048  # from 37 and 8192
     assert 0 < slow["auto"]["scoring_scale"] < 1 and "over the time budget" in caplog.text
