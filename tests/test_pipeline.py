@@ -26,7 +26,15 @@ TINY = {
     "supernet": {
         "space": "small",
         "preset": "cpu-supernet",
-        "set": {"max_steps": 8, "batch_size": 256, "path_warmup_steps": 4, "threads": 1, "log_every": 2},
+        "set": {
+            "max_steps": 8,
+            "batch_size": 256,
+            "path_warmup_steps": 4,
+            "threads": 1,
+            "log_every": 2,
+            "supernet_eval_archs": 2,
+            "head_calib_batches": 2,
+        },
     },
     "search": {
         "preset": "cpu-quick",
@@ -41,10 +49,14 @@ TINY = {
             "warmup_steps": 1,
             "val_batches": 1,
             "val_batch_size": 256,
+            "calib_batches": 2,
         },
-        "retrain_set": {"max_steps": 4, "batch_size": 256, "threads": 1},
+        "retrain_set": {"max_steps": 4, "batch_size": 256, "threads": 1, "head_calib_batches": 2},
     },
-    "final": {"preset": "cpu-quick", "set": {"max_steps": 6, "batch_size": 256, "threads": 1, "restore_best": True}},
+    "final": {
+        "preset": "cpu-quick",
+        "set": {"max_steps": 6, "batch_size": 256, "threads": 1, "restore_best": True, "head_calib_batches": 2},
+    },
     "baselines": {"models": ["lr"], "published": []},
 }
 
