@@ -31,7 +31,14 @@ TINY_PIPELINE = {
     "supernet": {
         "space": "small",
         "preset": "cpu-supernet",
-        "set": {"max_steps": 6, "batch_size": 256, "path_warmup_steps": 2, "threads": 1},
+        "set": {
+            "max_steps": 6,
+            "batch_size": 256,
+            "path_warmup_steps": 2,
+            "threads": 1,
+            "supernet_eval_archs": 2,
+            "head_calib_batches": 2,
+        },
     },
     "search": {
         "preset": "cpu-quick",
@@ -46,10 +53,11 @@ TINY_PIPELINE = {
             "warmup_steps": 1,
             "val_batches": 1,
             "val_batch_size": 256,
+            "calib_batches": 2,
         },
-        "retrain_set": {"max_steps": 3, "batch_size": 256, "threads": 1},
+        "retrain_set": {"max_steps": 3, "batch_size": 256, "threads": 1, "head_calib_batches": 2},
     },
-    "final": {"preset": "cpu-quick", "set": {"max_steps": 4, "batch_size": 256, "threads": 1}},
+    "final": {"preset": "cpu-quick", "set": {"max_steps": 4, "batch_size": 256, "threads": 1, "head_calib_batches": 2}},
     "baselines": {"models": ["lr"], "published": []},
 }
 
