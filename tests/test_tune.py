@@ -170,6 +170,12 @@ def test_a_space_file_round_trips_and_lists_choices_are_decoded(tmp_path: Path) 
         {"lr": 0.05, "weight_decay": 0.0},
     )
     assert yaml.safe_load(yaml.safe_dump(space.to_dict())) == yaml.safe_load(path.read_text())
+    # the summary and tune.json show the drawn list, not Optuna's stored text
+    from nasrec.tune.api import _decoded
+    from nasrec.tune.trial import TuneSettings
+
+    settings = TuneSettings("d", "o", "deepfm", None, None, None, {}, default_hparams("deepfm"), {}, space.to_dict())
+    assert _decoded(settings, {"lr": 0.05, "mlp_dims": "[16]"}) == {"lr": 0.05, "mlp_dims": [16]}
 
 
 def test_the_default_space_follows_the_model() -> None:

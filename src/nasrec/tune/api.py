@@ -163,7 +163,7 @@ def tune(
         _run_workers(settings, trials, deadline, workers)
         summary = summarize(optuna, study, settings, time.perf_counter() - t0)
         _write_best(optuna, study, settings)
-        rundir.atomic_write_json(out / TUNE_JSON, {**summary, "trials_list": _trial_list(optuna, study)})
+        rundir.atomic_write_json(out / TUNE_JSON, {**summary, "trials_list": _trial_list(optuna, study, settings)})
     best = summary["best"]
     if best is not None:
         log.info(
@@ -470,7 +470,7 @@ def summarize(optuna: Any, study: Any, settings: TuneSettings, seconds: float) -
             "value": best.value,
             "val_logloss": best.user_attrs.get("val_logloss"),
             "val_auc": best.user_attrs.get("val_auc"),
-            "params": best.params,
+            "params": _decoded(settings, best.params),
             "run": best.user_attrs.get("run"),
         },
         "recipe": str(recipe) if best is not None else None,
@@ -478,13 +478,19 @@ def summarize(optuna: Any, study: Any, settings: TuneSettings, seconds: float) -
     }
 
 
-def _trial_list(optuna: Any, study: Any) -> list[dict[str, Any]]:
+def _decoded(settings: TuneSettings, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's drawn values as its recipe holds them (Optuna stores a list choice as its JSON text)."""
+    space = {p.name: p for p in parse_space(settings.space, settings.model_defaults, "tuning space").params}
+    return {k: space[k].decode(v) if k in space else v for k, v in params.items()}
+
+
+def _trial_list(optuna: Any, study: Any, settings: TuneSettings) -> list[dict[str, Any]]:
     return [
         {
             "trial": t.number,
             "state": t.state.name.lower(),
             "value": t.value,
-            "params": t.params,
+            "params": _decoded(settings, t.params),
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
             **{k: v for k, v in t.user_attrs.items() if k not in ("train",)},
         }
