@@ -125,12 +125,11 @@ def tie_widths(hparams: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
 def default_space(model_defaults: dict[str, Any] | None, base: TrainConfig, train_rows: int) -> TuneSpace:
     """The space searched when no --space is given: lr, batch size, embedding L2, and the model's sizes.
 
-        Around the base configuration: lr from a tenth to 3x its own (log), batch size half, same or double
-        (those that fit the train split), embedding L2 from a thirtieth to 10x the base's (1e-7 to 1e-3 when
-    the base has none). For a zoo
-        model (`model_defaults`, its hyper-parameters): each dropout 0-0.5, embedding dim half, same or
-        double, and for each MLP (a tuple of widths: mlp_dims, top_mlp, cin_dims) its default, half the
-        widths, or one layer fewer.
+    Around the base configuration: lr from a tenth to 3x its own (log), batch size half, same or double
+    (those that fit the train split), embedding L2 from a thirtieth to 10x the base's (1e-7 to 1e-3 when
+    the base has none). For a zoo model (`model_defaults`, its hyper-parameters): each dropout 0-0.5,
+    embedding dim half, same or double, and for each MLP (a tuple of widths: mlp_dims, top_mlp, cin_dims)
+    its default, half the widths, or one layer fewer.
     """
     params = [Param("lr", "train", "log", (base.lr / 10, min(base.lr * 3, RULES["lr"].le or math.inf)))]
     sizes = [b for b in (base.batch_size // 2, base.batch_size, base.batch_size * 2) if 1 <= b <= train_rows]
