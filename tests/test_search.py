@@ -356,36 +356,25 @@ def test_distributed_search_equals_single_process(supernet_run: tuple[Path, Path
         )
 
 
-def _search_cli(sn: Path, cache: Path, out: Path, resume: bool = False) -> subprocess.Popen:
-    sets = dict(population=8, sample=4, children=2, generations=10, **TINY_SCORE)
-    cmd = [
-        sys.executable,
-        "-m",
-        "nasrec.cli",
-        "search",
-        "--supernet",
-        str(sn),
-        "--data",
-        str(cache),
-        "--out",
-        str(out),
-        "--preset",
-        "cpu-quick",
-        "--no-progress",
-        "--max-mflops",
-        "0.05",
-        *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")],
-        *(["--resume"] if resume else []),
-    ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _search_cli(
+    sn: Path, cache: Path, out: Path, *extra: str, generations: int = 10, output: int = subprocess.PIPE
+) -> subprocess.Popen:
+    """`nasrec search` on the tiny supernet in a fresh interpreter, with `extra` options."""
+    sets = dict(population=8, sample=4, children=2, generations=generations, **TINY_SCORE)
+    cmd = [sys.executable, "-m", "nasrec.cli", "search", "--supernet", str(sn), "--data", str(cache)]
+    cmd += ["--out", str(out), "--preset", "cpu-quick", "--no-progress", *extra]
+    cmd += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    return subprocess.Popen(cmd, stdout=output, stderr=output, text=True)
 
 
 @pytest.mark.slow
 def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
-    ref = _search_cli(sn, cache, tmp_path / "ref")  # runs beside the search that is killed and resumed
+    ref = _search_cli(
+        sn, cache, tmp_path / "ref", "--max-mflops", "0.05"
+    )  # runs beside the search that is killed and resumed
     out = tmp_path / "killed"
-    proc = _search_cli(sn, cache, out)
+    proc = _search_cli(sn, cache, out, "--max-mflops", "0.05")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         h = out / "history.jsonl"
@@ -395,7 +384,7 @@ def test_killed_search_resumes_to_the_same_result(supernet_run: tuple[Path, Path
         time.sleep(0.01)
     proc.wait(timeout=60)
     assert not (out / "result.json").exists(), "the search finished before it could be killed"
-    resumed = _search_cli(sn, cache, out, resume=True)
+    resumed = _search_cli(sn, cache, out, "--max-mflops", "0.05", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     a, b = (json.loads((d / "result.json").read_text()) for d in (tmp_path / "ref", out))
@@ -606,26 +595,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_workers_exit_when_the_search_is_killed(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
     sn, cache = supernet_run
-    sets = dict(population=8, sample=4, children=2, generations=40, **TINY_SCORE)
-    cmd = [
-        sys.executable,
-        "-m",
-        "nasrec.cli",
-        "search",
-        "--supernet",
-        str(sn),
-        "--data",
-        str(cache),
-        "--out",
-        str(tmp_path / "s"),
-        "--preset",
-        "cpu-quick",
-        "--no-progress",
-        "--workers",
-        "2",
-        *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")],
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _search_cli(sn, cache, tmp_path / "s", "--workers", "2", generations=40, output=subprocess.DEVNULL)
     deadline = time.time() + 120
     h = tmp_path / "s" / "history.jsonl"
     while time.time() < deadline and not (h.exists() and h.read_text().count("\n") >= 4):

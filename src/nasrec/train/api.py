@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,9 @@ from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.evaluation import evaluate, split_logits
 from nasrec.train.loading import load_trained
-from nasrec.train.recipe import Recipe, default_recipe, merged
+from nasrec.train.recipe import Recipe, apply_recipe
 from nasrec.train.resume import same_run
 from nasrec.train.trainer import Trainer
-
-log = logging.getLogger(__name__)
 
 
 def _config(preset_name: str | None, overrides: dict[str, Any] | None, resume: bool, out: Path) -> TrainConfig:
@@ -63,7 +60,7 @@ def train(
         raise NasrecError("give exactly one of --arch FILE.json or --model NAME")
     source = None
     if recipe is not None:  # on resume too: the run's saved settings must be what the recipe gives
-        hparams, overrides, source = _with_recipe(recipe, model, preset_name, hparams, overrides)
+        hparams, overrides, source = apply_recipe(recipe, model, preset_name, hparams, overrides)
     cache = open_cache(data)
     out = Path(out)
     with _writing(out, "training run"):
@@ -79,24 +76,6 @@ def train(
             if source:  # the run's first log line says where its settings come from
                 trainer.progress.what += f" ({source})"
             return trainer.fit(resume=resume, progress=progress)
-
-
-def _with_recipe(
-    recipe: Recipe | str, model: str | None, preset_name: str | None, hparams: dict | None, overrides: dict | None
-) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(hparams, overrides, source) of a recipe with the caller's on top; "default" is the zoo model's own."""
-    if preset_name is not None:
-        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
-    if recipe == "default":
-        found = default_recipe(model) if model is not None else None
-        if found is None:
-            return dict(hparams or {}), dict(overrides or {}), None
-        return (*merged(found, hparams, overrides), f"its default recipe, nasrec/presets/recipes/{model}.yaml")
-    if not isinstance(recipe, Recipe):
-        raise NasrecError(f"recipe must be 'default' or a Recipe, got {recipe!r}")
-    if recipe.model != model:
-        raise NasrecError(f"a recipe for {recipe.kind}, not for zoo model {model!r}")
-    return *merged(recipe, hparams, overrides), None
 
 
 def _writing(out: Path, what: str):

@@ -171,3 +171,21 @@ def default_recipe(model: str) -> Recipe | None:
     if recipe.model != model:  # a packaging mistake, not a user's: say which file
         raise NasrecError(f"{path}: the default recipe of {model!r} is for {recipe.kind}")
     return recipe
+
+
+def apply_recipe(
+    recipe: Recipe | str, model: str | None, preset_name: str | None, hparams: dict | None, overrides: dict | None
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(hparams, overrides, source) of a recipe with the caller's on top; "default" is the zoo model's own."""
+    if preset_name is not None:
+        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
+    if recipe == "default":
+        found = default_recipe(model) if model is not None else None
+        if found is None:
+            return dict(hparams or {}), dict(overrides or {}), None
+        return (*merged(found, hparams, overrides), f"its default recipe, nasrec/presets/recipes/{model}.yaml")
+    if not isinstance(recipe, Recipe):
+        raise NasrecError(f"recipe must be 'default' or a Recipe, got {recipe!r}")
+    if recipe.model != model:
+        raise NasrecError(f"a recipe for {recipe.kind}, not for zoo model {model!r}")
+    return *merged(recipe, hparams, overrides), None

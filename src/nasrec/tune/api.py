@@ -33,7 +33,7 @@ from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.space.arch import Architecture
 from nasrec.train.config import preset
-from nasrec.train.recipe import Recipe, default_recipe, merged, write_recipe
+from nasrec.train.recipe import Recipe, apply_recipe, write_recipe
 from nasrec.tune.space import default_space, load_space, parse_space
 from nasrec.tune.trial import Outcome, TuneSettings, run_trial
 
@@ -74,7 +74,7 @@ def tune(
     metric: str = "logloss",
     evals: int = 4,
     prune: bool = True,
-    recipe: str | None = None,
+    recipe: Recipe | str | None = None,
 ) -> dict[str, Any]:
     """Tune a training recipe of a zoo model (`model`) or architecture (`arch`) on a cache; the summary.
 
@@ -98,23 +98,17 @@ def tune(
             "(prepare the cache with a val share, e.g. --ratios 0.8 0.1 0.1)"
         )
     train_rows = len(cache.split_index("train"))
-    if recipe not in (None, "default"):
-        raise NasrecError(f"recipe must be 'default' or None, got {recipe!r}")
-    if recipe == "default" and preset_name is not None:
-        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
-    recipe = default_recipe(model) if recipe == "default" and model is not None else None
-    if recipe is not None:  # as `nasrec train --model NAME`: the model's default recipe is the base
-        hparams, overrides = merged(recipe, hparams, overrides)
+    if recipe is not None:  # as `nasrec train --model NAME`: the recipe is the base
+        hparams, overrides, _ = apply_recipe(recipe, model, preset_name, hparams, overrides)
     base = preset(preset_name, **(overrides or {}))
     hparams = dict(hparams or {})
     if model is not None:
-        # the space centres on the recipe's values (e.g. its embedding dim), not the constructor's
-        defaults: dict[str, Any] | None = {**default_hparams(model), **(recipe.hparams if recipe else {})}
-        unknown = [k for k in hparams if k not in defaults]
+        known = default_hparams(model)
+        unknown = [k for k in hparams if k not in known]
         if unknown:
-            raise NasrecError(
-                f"zoo model {model!r} has no hyper-parameter {unknown[0]!r} (it has: {', '.join(defaults)})"
-            )
+            raise NasrecError(f"zoo model {model!r} has no hyper-parameter {unknown[0]!r} (it has: {', '.join(known)})")
+        # the space centres on the values given (the recipe's, e.g. its embedding dim), not the constructor's
+        defaults: dict[str, Any] | None = {**known, **hparams}
         a = None
     else:
         defaults, a = None, Architecture.load(arch)  # type: ignore[arg-type]
