@@ -152,7 +152,34 @@ def test_per_row_form_counts_a_row_once_whatever_the_batch() -> None:
     expected[4] = 1 + 0.5 * w[4]
     torch.testing.assert_close(emb.weight.grad.to_dense(), expected)
     with pytest.raises(NasrecError, match="embedding_l2_per"):
-        EmbeddingL2([emb.weight], 0.5, per="table")
+        EmbeddingL2([emb.weight], 0.5, per="nosuch")
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "sgd"])
+def test_table_form_is_fuxictrs_penalty_on_whole_tables(optimizer: str) -> None:
+    torch.manual_seed(0)
+    model = _Tiny()
+    ref = copy.deepcopy(model)
+    ref.emb.table.sparse = False
+    opt = build_optimizer(model, optimizer, lr=0.1, table_l2=LAM)
+    assert not model.emb.table.sparse and not sparse_parameters(model)  # whole tables: dense gradients
+    assert not EmbeddingL2.for_model(model, LAM, per="table").params  # the optimizer holds the penalty
+    make = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+    ref_opt = make(ref.parameters(), lr=0.1, **({"eps": 1e-2} if optimizer == "adagrad" else {}))
+    before = model.emb.table.weight.detach().clone()
+    for seed in (1, 2):
+        batch = _batch(seed=seed)
+        opt.zero_grad()
+        _loss(model, None, batch).backward()
+        opt.step()
+        ref_opt.zero_grad()
+        # the definition: the logloss plus (LAM / 2) x the squared norm of every table, every step
+        (_loss(ref, None, batch) + LAM / 2 * ref.emb.table.weight.square().sum()).backward()
+        ref_opt.step()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    never = sum(TABLES) - 1  # the last row of the last table is never looked up, and still decays
+    assert (model.emb.table.weight[never].abs() < before[never].abs()).all()
 
 
 def test_a_row_looked_up_k_times_is_penalised_k_times() -> None:
@@ -251,9 +278,11 @@ def _embedding_norm(run: Path) -> float:
 
 
 @pytest.mark.slow
-def test_a_large_penalty_shrinks_the_embeddings(cache_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("per", ["lookup", "table"])
+def test_a_large_penalty_shrinks_the_embeddings(cache_dir: Path, tmp_path: Path, per: str) -> None:
     plain = train(cache_dir, tmp_path / "plain", model="fm", overrides=RUN, progress=False)
-    strong = train(cache_dir, tmp_path / "l2", model="fm", overrides=dict(RUN, embedding_l2=0.5), progress=False)
+    l2 = dict(RUN, embedding_l2=0.5, embedding_l2_per=per)
+    strong = train(cache_dir, tmp_path / "l2", model="fm", overrides=l2, progress=False)
     assert plain["steps"] == strong["steps"] == 12
     assert _embedding_norm(tmp_path / "l2") < 0.8 * _embedding_norm(tmp_path / "plain")
     saved = json.loads((tmp_path / "l2" / "config.json").read_text())["train"]

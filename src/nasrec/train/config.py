@@ -79,7 +79,8 @@ class TrainConfig:
     # mean over the batch of each example's sum of squared looked-up vectors: a row looked up k times in a
     # batch counts k times. It keeps the sparse row-wise update (`nasrec.train.regularize`); 0: off.
     embedding_l2: float = 0.0
-    # "lookup" (above) or "row": FuxiCTR's (λ/2)·‖E‖² on the rows the batch touched, each row once
+    # "lookup" (above), "row": FuxiCTR's (λ/2)·‖E‖² on the rows the batch touched, each row once, or
+    # "table": (λ/2)·‖E‖² on whole tables, with dense gradients (small tables only)
     embedding_l2_per: str = "lookup"
     schedule: str = "warmup-cosine"
     # "plateau": every lr x plateau_factor after plateau_patience evaluations without gain in the metric

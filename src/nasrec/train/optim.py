@@ -18,12 +18,12 @@ step's path used. With ``sliced=True`` (and no weight decay) the dense Adagrad u
 (`BoxAdagrad`): Adagrad leaves an element with a zero gradient exactly as it is, so the result is the
 same and a step costs what the path touched, not the whole supernet.
 
-Weight decay is applied to the dense parameters only; the embedding group always has weight decay 0.
-Decaying a table exactly would touch every row at every step, the cost the sparse gradients avoid, and
-decaying only the looked-up rows is a different, frequency-dependent regulariser (the reference's L2
-term is off, wd 0, in every published recipe). That regulariser is available apart, as
-``TrainConfig.embedding_l2`` (`nasrec.train.regularize`): an L2 penalty on the embeddings each example
-looks up, added to their sparse gradients between backward and the step.
+Weight decay is applied to the dense parameters only; the sparse embedding group has weight decay 0.
+Decaying a table exactly touches every row at every step, the cost the sparse gradients avoid, so the
+embeddings' L2 is ``TrainConfig.embedding_l2`` (`nasrec.train.regularize`), in three forms: two on the
+rows a batch looked up, added to their sparse gradients between backward and the step, and the
+whole-table form (``embedding_l2_per: table``), for small tables only, where `dense_tables` gives the
+tables dense gradients and the embedding optimizer a weight decay.
 """
 
 from __future__ import annotations
@@ -148,6 +148,19 @@ def sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(found.values())
 
 
+def dense_tables(model: nn.Module) -> list[nn.Parameter]:
+    """Switch the model's sparse-gradient embedding tables to dense gradients; their weights.
+
+    A whole-table L2 (FuxiCTR's ``embedding_regularizer``) moves every row at every step, so the row-wise
+    update has nothing to save: the gradient is dense and each step costs the size of the tables.
+    """
+    params = sparse_parameters(model)
+    for module in model.modules():
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse:
+            module.sparse = False
+    return params
+
+
 def build_optimizer(
     model: nn.Module,
     name: str = "adagrad",
@@ -157,12 +170,15 @@ def build_optimizer(
     embedding_lr: float | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
     sliced: bool = False,
+    table_l2: float = 0.0,
 ) -> SplitOptimizer:
     """The optimizer `name` over the model's trainable parameters, sparse embeddings in their own group.
 
     `eps` defaults to 1e-2 for adagrad (the paper) and 1e-8 for adam (sgd has none); `embedding_lr`
     defaults to `lr`; `weight_decay` reaches dense parameters only (see the module docstring). `sliced`:
     the model runs slices of its weights (a supernet), so dense Adagrad updates only each gradient's box.
+    `table_l2` > 0: FuxiCTR's whole-table embedding L2 (see `dense_tables`): the sparse tables switch to
+    dense gradients and their optimizer gets weight decay `table_l2`, the gradient of (λ/2)·‖E‖².
     """
     if name not in OPTIMIZERS:
         raise NasrecError(f"unknown optimizer {name!r} (expected one of: {', '.join(OPTIMIZERS)})")
@@ -174,15 +190,18 @@ def build_optimizer(
         raise NasrecError(f"weight decay must be non-negative, got {weight_decay}")
     if name == "adam" and not all(0.0 <= b < 1.0 for b in betas):
         raise NasrecError(f"adam betas must lie in [0, 1), got {betas}")
+    if not table_l2 >= 0:
+        raise NasrecError(f"table_l2 must be non-negative, got {table_l2}")
+    tables = dense_tables(model) if table_l2 else []
 
-    sparse_ids = {id(p) for p in sparse_parameters(model)}
+    sparse_ids = {id(p) for p in sparse_parameters(model)} | {id(p) for p in tables}
     dense: list[nn.Parameter] = []
     sparse: list[nn.Parameter] = []
     for p in model.parameters():  # deduplicated by torch, in registration order
         if p.requires_grad:
             (sparse if id(p) in sparse_ids else dense).append(p)
 
-    if sparse:
+    if sparse and not tables:
         # Opting out explicitly silences torch's per-process warning about unchecked sparse tensors: the
         # sparse gradients come from nn.Embedding(sparse=True) and are valid by construction.
         torch.sparse.check_sparse_tensor_invariants.disable()
@@ -199,7 +218,17 @@ def build_optimizer(
             optimizers["dense"] = torch.optim.Adam([group], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         else:
             optimizers["dense"] = torch.optim.SGD([group], lr=lr, weight_decay=weight_decay)
-    if sparse:
+    if sparse and tables:  # whole tables with dense gradients: the dense optimizers, coupled L2
+        group = {"params": sparse, "name": "embedding"}
+        if name == "adagrad":
+            optimizers["embedding"] = torch.optim.Adagrad(
+                [group], lr=emb_lr, eps=eps, weight_decay=table_l2, initial_accumulator_value=0.0
+            )
+        elif name == "adam":
+            optimizers["embedding"] = torch.optim.Adam([group], lr=emb_lr, betas=betas, eps=eps, weight_decay=table_l2)
+        else:
+            optimizers["embedding"] = torch.optim.SGD([group], lr=emb_lr, weight_decay=table_l2)
+    elif sparse:
         group = {"params": sparse, "name": "embedding"}
         if name == "adagrad":
             optimizers["embedding"] = torch.optim.Adagrad(

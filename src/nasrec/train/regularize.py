@@ -32,6 +32,15 @@ The per-row form (``embedding_l2_per: row``)
     Under data parallelism it runs after the gradient sync, on the union of the ranks' rows, as one
     process would.
 
+The whole-table form (``embedding_l2_per: table``)
+    FuxiCTR's ``embedding_regularizer`` exactly: ``(λ / 2) · ‖E‖²`` over whole tables at every step, so a
+    row outside the batch still decays (with Adam: at a rate set by its stale second moment). Rows
+    only rarely looked up are held near zero between lookups, which is what those recipes are tuned for.
+    It gives up the sparse update: the tables get dense gradients and the optimizer's weight decay
+    (`nasrec.train.optim.dense_tables`), and a step costs the whole tables' size. Meant for small
+    vocabularies (Frappe's 5,400 rows: no measurable cost); above `TABLE_WARN_ROWS` rows a warning
+    says to prefer ``row``.
+
 Implementation
     Right after ``backward()`` the gradient of an ``nn.Embedding(sparse=True)`` is an uncoalesced sparse
     tensor with one entry per lookup (indices: the looked-up row ids, values: d loss / d output), so
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -52,9 +62,14 @@ from torch import nn
 from nasrec.errors import NasrecError
 from nasrec.train.optim import sparse_parameters
 
+if TYPE_CHECKING:  # config imports this module's L2_FORMS
+    from nasrec.train.config import TrainConfig
+
 # "lookup": the per-example penalty on looked-up vectors (a row counts once per lookup, scaled by the
-# batch); "row": FuxiCTR's penalty (λ/2)·‖E‖² restricted to the rows the batch touched, each once.
-L2_FORMS = ("lookup", "row")
+# batch); "row": FuxiCTR's penalty (λ/2)·‖E‖² restricted to the rows the batch touched, each once;
+# "table": FuxiCTR's penalty on whole tables (dense gradients, through the optimizer's weight decay).
+L2_FORMS = ("lookup", "row", "table")
+TABLE_WARN_ROWS = 1_000_000  # whole-table updates cost more than a sparse step's lookups beyond this
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +89,13 @@ class EmbeddingL2:
 
     @classmethod
     def for_model(cls, model: nn.Module, strength: float, per: str = "lookup") -> EmbeddingL2:
-        """The penalty on every trainable sparse embedding table of `model` (a no-op when `strength` is 0)."""
+        """The penalty on every trainable sparse embedding table of `model` (a no-op when `strength` is 0).
+
+        The whole-table form is the optimizer's weight decay (`build_optimizer(table_l2=...)`), so it is
+        a no-op here too.
+        """
+        if per == "table":
+            return cls([], strength, per)
         params = [p for p in sparse_parameters(model) if p.requires_grad] if strength else []
         if strength and not params:
             log.warning("embedding_l2 is %g but the model has no trainable sparse embedding table", strength)
@@ -131,3 +152,17 @@ def _distributed() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def table_l2(model: nn.Module, cfg: TrainConfig, warn: bool = True) -> float:
+    """The optimizer weight decay of the whole-table form (0 unless `embedding_l2_per` is "table")."""
+    if cfg.embedding_l2_per != "table" or not cfg.embedding_l2:
+        return 0.0
+    rows = sum(p.shape[0] for p in sparse_parameters(model))
+    if warn and rows > TABLE_WARN_ROWS:
+        log.warning(
+            "embedding_l2_per table updates all %s embedding rows at every step; "
+            "embedding_l2_per row keeps the sparse update",
+            f"{rows:,}",
+        )
+    return cfg.embedding_l2

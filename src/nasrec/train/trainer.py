@@ -52,7 +52,7 @@ from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, t
 from nasrec.train.gradsync import CommMeter, GradientSync
 from nasrec.train.optim import build_optimizer
 from nasrec.train.progress import Progress, describe, progress_bar
-from nasrec.train.regularize import EmbeddingL2
+from nasrec.train.regularize import EmbeddingL2, table_l2
 from nasrec.train.resume import TrainState, json_default, restore_state, save_state, start_run, truncate_log
 from nasrec.train.sampling import check_paths_config, path_sampler
 from nasrec.train.schedule import build_schedule
@@ -123,6 +123,7 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             embedding_lr=cfg.embedding_lr,
             sliced=self.paths.has_paths,
+            table_l2=table_l2(self.model, cfg, warn=self.main),
         )
         plateau = dict(factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         self.schedule = build_schedule(
