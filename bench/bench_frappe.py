@@ -5,6 +5,7 @@ Usage::
     python bench/bench_frappe.py                                  # every zoo model, default recipes, 5 seeds
     python bench/bench_frappe.py --models deepfm finalmlp --seeds 0 1 2
     python bench/bench_frappe.py --recipes runs/tuned             # tuned recipes (DIR/<model>.yaml) where present
+    python bench/bench_frappe.py --jobs 2                         # two runs at a time, one thread each
 
 The 202,027 rows of `../shared/data/frappe_x1_train/train.csv` are prepared once (10 categorical fields,
 train-split vocabulary, random 8:1:1 split with seed 0: 161,622 / 20,203 / 20,202 rows). Each model
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +99,9 @@ def tuned(recipes: Path | None, model: str) -> tuple[dict[str, Any], dict[str, A
     return dict(r.hparams), dict(r.train)
 
 
-def run_one(cache: Path, model: str, seed: int, work: Path, recipes: Path | None) -> dict[str, Any]:
+def run_one(
+    cache: Path, model: str, seed: int, work: Path, recipes: Path | None, threads: int | None = None
+) -> dict[str, Any]:
     """Train one model with one seed (default or tuned recipe); its test figures and cost."""
     out = work / "runs" / f"{model}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
@@ -107,7 +113,7 @@ def run_one(cache: Path, model: str, seed: int, work: Path, recipes: Path | None
         out,
         model=model,
         hparams=hparams,
-        overrides={**settings, "seed": seed},
+        overrides={**settings, "seed": seed, **({"threads": threads} if threads else {})},
         progress=False,
         recipe=None if recipe else "default",  # a tuned recipe holds every setting
     )
@@ -173,16 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "frappe_x1_train" / "train.csv")
     ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-frappe"))
     ap.add_argument("--recipes", type=Path, help="directory of tuned recipes, <model>.yaml (default: none)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, the cores shared between them (default 1)")
     args = ap.parse_args(argv)
     if not args.data.is_file():
         ap.error(f"{args.data} not found: this benchmark needs the real data in ../shared (or --data FILE)")
     print(machine_line(), flush=True)
     cache = prepare_frappe(args.work, args.data)
+    runs = [(model, seed) for model in args.models for seed in args.seeds]
     rows = []
-    for model in args.models:
-        for seed in args.seeds:
+    if args.jobs <= 1:
+        for model, seed in runs:
             rows.append(run_one(cache, model, seed, args.work, args.recipes))
             print(json.dumps(rows[-1]), flush=True)
+    else:  # separate processes (spawned: torch's thread pools do not survive a fork), cores split evenly
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, cache, m, s, args.work, args.recipes, threads) for m, s in runs]
+            for future in as_completed(futures):
+                rows.append(future.result())
+                print(json.dumps(rows[-1]), flush=True)
     print(table(rows), flush=True)
     print(json.dumps({"bench": "frappe", "machine": machine_info(), "rows": len(rows)}))
     return 0

@@ -131,6 +131,8 @@ def test_train_with_no_options_uses_the_models_default_recipe(cache_dir: Path, t
                 "-q",
                 "--set",
                 "epochs=3",
+                "--set",
+                "batch_size=512",  # 1,600 training rows
                 "--hparam",
                 "embedding_dim=4",
             ]
@@ -140,10 +142,10 @@ def test_train_with_no_options_uses_the_models_default_recipe(cache_dir: Path, t
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     cfg, model = saved["train"], saved["model"]
     for k, v in recipe.train.items():
-        assert cfg[k] == (3 if k == "epochs" else v), k  # the recipe, under the options given
+        assert cfg[k] == {"epochs": 3, "batch_size": 512}.get(k, v), k  # the recipe, under the options given
     assert model["hparams"] == {**recipe.hparams, "embedding_dim": 4}
     # the Python API gives the same with recipe="default"; without it, TrainConfig's own defaults
-    over = {"epochs": 3, "threads": saved["train"]["threads"]}
+    over = {"epochs": 3, "batch_size": 512, "threads": saved["train"]["threads"]}
     api = train(cache_dir, tmp_path / "b", model="fm", hparams={"embedding_dim": 4}, overrides=over, recipe="default")
     cli = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert api["test"] == cli["test"]
@@ -185,7 +187,7 @@ def test_tune_starts_from_the_default_recipe(cache_dir: Path, tmp_path: Path) ->
     from nasrec.tune.api import tune
 
     recipe = default_recipe("fm")
-    over = {"epochs": 2, "threads": 1}
+    over = {"epochs": 2, "threads": 1, "batch_size": 256}  # 1,600 training rows
     res = tune(cache_dir, tmp_path / "t", model="fm", overrides=over, trials=2, seed=1, recipe="default")
     assert res["complete"] + res["pruned"] == 2
     best = read_recipe(tmp_path / "t" / "best_recipe.yaml")

@@ -182,6 +182,19 @@ def test_table_form_is_fuxictrs_penalty_on_whole_tables(optimizer: str) -> None:
     assert (model.emb.table.weight[never].abs() < before[never].abs()).all()
 
 
+def test_auto_form_is_the_table_form_on_small_tables_and_the_row_form_on_large(monkeypatch) -> None:
+    from nasrec.train import regularize
+
+    cfg = TrainConfig(optimizer="adam", embedding_l2=LAM, embedding_l2_per="auto")
+    assert regularize.resolve_form(_Tiny(), "auto") == "table" and regularize.table_l2(_Tiny(), cfg) == LAM
+    monkeypatch.setattr(regularize, "TABLE_AUTO_PARAMS", 4 * sum(TABLES) - 1)  # one weight over
+    model = _Tiny()
+    assert regularize.resolve_form(model, "auto") == "row" and regularize.table_l2(model, cfg) == 0.0
+    assert EmbeddingL2.for_model(model, LAM, "auto").per == "row"
+    with pytest.raises(NasrecError, match="for_model"):
+        EmbeddingL2([model.emb.table.weight], LAM, per="auto")
+
+
 def test_a_row_looked_up_k_times_is_penalised_k_times() -> None:
     emb = nn.Embedding(6, 2, sparse=True)
     ids = torch.tensor([1, 1, 1, 4])

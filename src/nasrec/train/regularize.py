@@ -39,7 +39,9 @@ The whole-table form (``embedding_l2_per: table``)
     It gives up the sparse update: the tables get dense gradients and the optimizer's weight decay
     (`nasrec.train.optim.dense_tables`), and a step costs the whole tables' size. Meant for small
     vocabularies (Frappe's 5,400 rows: no measurable cost); above `TABLE_WARN_ROWS` rows a warning
-    says to prefer ``row``.
+    says to prefer ``row``. ``auto`` (the default recipes' choice) takes ``table`` when the tables hold
+    at most `TABLE_AUTO_PARAMS` weights and ``row`` otherwise: the same regulariser where it is cheap,
+    its sparse counterpart where a whole-table step would cost more than the batch.
 
 Implementation
     Right after ``backward()`` the gradient of an ``nn.Embedding(sparse=True)`` is an uncoalesced sparse
@@ -68,8 +70,11 @@ if TYPE_CHECKING:  # config imports this module's L2_FORMS
 # "lookup": the per-example penalty on looked-up vectors (a row counts once per lookup, scaled by the
 # batch); "row": FuxiCTR's penalty (λ/2)·‖E‖² restricted to the rows the batch touched, each once;
 # "table": FuxiCTR's penalty on whole tables (dense gradients, through the optimizer's weight decay).
-L2_FORMS = ("lookup", "row", "table")
+# "auto": "table" for tables of at most TABLE_AUTO_PARAMS weights, else "row" (the default recipes').
+L2_FORMS = ("lookup", "row", "table", "auto")
 TABLE_WARN_ROWS = 1_000_000  # whole-table updates cost more than a sparse step's lookups beyond this
+# Adam over 2M floats is a few ms a step on a laptop core, small beside a step of a 1-4k batch
+TABLE_AUTO_PARAMS = 2_000_000
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,8 @@ class EmbeddingL2:
             raise NasrecError(f"embedding_l2 must be a finite number >= 0, got {strength}")
         if per not in L2_FORMS:
             raise NasrecError(f"embedding_l2_per must be one of {', '.join(L2_FORMS)}, got {per!r}")
+        if per == "auto":
+            raise NasrecError("embedding_l2_per auto depends on the model's tables: use EmbeddingL2.for_model")
         self.params = list(params)
         self.strength = strength
         self.per = per
@@ -94,6 +101,7 @@ class EmbeddingL2:
         The whole-table form is the optimizer's weight decay (`build_optimizer(table_l2=...)`), so it is
         a no-op here too.
         """
+        per = resolve_form(model, per)
         if per == "table":
             return cls([], strength, per)
         params = [p for p in sparse_parameters(model) if p.requires_grad] if strength else []
@@ -109,6 +117,8 @@ class EmbeddingL2:
         per-row form runs once the gradient holds every row the global batch touched (`synced` True under
         data parallelism, else right after backward).
         """
+        if self.per == "table":  # the optimizer's weight decay (`build_optimizer(table_l2=...)`)
+            return
         if not self.params or not self.strength or synced != (self.per == "row" and _distributed()):
             return
         if self.per == "row":
@@ -156,7 +166,10 @@ def _distributed() -> bool:
 
 def table_l2(model: nn.Module, cfg: TrainConfig, warn: bool = True) -> float:
     """The optimizer weight decay of the whole-table form (0 unless `embedding_l2_per` is "table")."""
-    if cfg.embedding_l2_per != "table" or not cfg.embedding_l2:
+    per = resolve_form(model, cfg.embedding_l2_per)
+    if cfg.embedding_l2 and cfg.embedding_l2_per == "auto" and warn:
+        log.info("embedding_l2_per auto: %s (the tables hold %s weights)", per, f"{_table_params(model):,}")
+    if per != "table" or not cfg.embedding_l2:
         return 0.0
     rows = sum(p.shape[0] for p in sparse_parameters(model))
     if warn and rows > TABLE_WARN_ROWS:
@@ -166,3 +179,14 @@ def table_l2(model: nn.Module, cfg: TrainConfig, warn: bool = True) -> float:
             f"{rows:,}",
         )
     return cfg.embedding_l2
+
+
+def resolve_form(model: nn.Module, per: str) -> str:
+    """The L2 form `per` names for this model: "auto" becomes "table" or "row" by the tables' size."""
+    if per != "auto":
+        return per
+    return "table" if _table_params(model) <= TABLE_AUTO_PARAMS else "row"
+
+
+def _table_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in sparse_parameters(model))

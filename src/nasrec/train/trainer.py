@@ -105,7 +105,10 @@ class Trainer:
         )
         per_epoch = len(self.loader)
         if per_epoch == 0:
-            raise NasrecError(f"{cache.path}: the train split has fewer rows than one batch ({cfg.batch_size})")
+            raise NasrecError(
+                f"{cache.path}: the train split has fewer rows ({len(cache.split_index('train')):,}) than one batch "
+                f"({cfg.batch_size}): set a smaller batch_size"
+            )
         self.eval_every = cfg.eval_interval(per_epoch)
         if (self.eval_every or cfg.restore_best or cfg.schedule == "plateau") and not len(
             cache.split_index(cfg.eval_split)
