@@ -71,7 +71,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_and_reports(tiny_run: Path) -> None:
     records = json.loads((tiny_run / "stages.json").read_text())
-    assert list(records) == ["prepare", "supernet", "search", "final", "baselines", "report"]
+    assert list(records) == ["prepare", "supernet", "search", "tune", "final", "baselines", "report"]
     assert all(r["done"] for r in records.values())
     final = json.loads((tiny_run / "final" / "metrics.json").read_text())
     chosen = json.loads((tiny_run / "search" / "final.json").read_text())
@@ -90,6 +90,7 @@ def test_pipeline_runs_every_stage_and_reports(tiny_run: Path) -> None:
         "searched (final)",
         "| lr |",
         "Bayes-optimal",
+        "No model was tuned",
     ):
         assert section in md, section
     page = (tiny_run / "report" / "report.html").read_text()
@@ -130,6 +131,30 @@ def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, 
     cfg = json.loads((run / "baselines" / "lr" / "config.json").read_text())["train"]
     assert (cfg["max_steps"], cfg["lr"], cfg["batch_size"]) == (3, 0.07, 256)  # the rest from `final`
     assert after["baselines"]["result"]["lr"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_tune_gives_the_searched_model_and_every_baseline_the_same_budget(tiny_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from nasrec.train.recipe import read_recipe
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "stages.json").read_text())
+    changed = json.loads(json.dumps(TINY))
+    changed["tune"] = {"trials": 2, "set": {"max_steps": 4}}
+    after = run_pipeline(resolve_config(changed), run, progress=False)
+    assert after["search"] == before["search"]  # tuning comes after the search
+    tuned = after["tune"]["result"]
+    assert tuned["budget"]["trials"] == 2 and set(tuned["models"]) == {"final", "lr"}
+    for name, folder in (("final", run / "final"), ("lr", run / "baselines" / "lr")):
+        assert tuned["models"][name]["trials"] == 2
+        best = read_recipe(run / "tune" / folder.relative_to(run) / "best_recipe.yaml")
+        cfg = json.loads((folder / "config.json").read_text())["train"]
+        for k, v in best.train.items():  # the best trial's recipe, with the pipeline's seed
+            assert cfg[k] == (TINY["seed"] if k == "seed" else v), (name, k)
+    md = (run / "report" / "report.md").read_text()
+    assert "## Tuning" in md and "same budget: 2 trials" in md and "| lr | " in md
 
 
 @pytest.mark.slow
@@ -227,6 +252,11 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path) -> None:
     )
     err({"data": {"format": "synthetic", "prepare": {"splt": "random"}}}, r"config data\.prepare\.splt")
     err({"data": {"format": "synthetic"}, "baselines": {"set": {"lr": 0}}}, r"config baselines\.set\.lr")
+    err({"data": {"format": "synthetic"}, "tune": {"trials": -1}}, r"config tune\.trials: expected an integer >= 0")
+    err({"data": {"format": "synthetic"}, "tune": {"metric": "acc"}}, r"config tune\.metric: expected one of")
+    err({"data": {"format": "synthetic"}, "tune": {"timeout": "soon"}}, r"config tune\.timeout: time budget 'soon'")
+    err({"data": {"format": "synthetic"}, "tune": {"set": {"lr": 0}}}, r"config tune\.set\.lr")
+    err({"data": {"format": "synthetic"}, "tune": {"trails": 3}}, r"config tune\.trails: unknown key")
     # a cap may name a zoo model (resolved on the data later), not anything else
     err(
         {"data": {"format": "synthetic"}, "search": {"set": {"max_mflops": "dcnv3"}}},

@@ -15,7 +15,14 @@ supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
 search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1}
 final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3}   # seeds: the final model and each baseline
 baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}}
+tune: {trials: 20, timeout: 10m, workers: 1, metric: logloss, set: {epochs: 10}}   # off unless trials > 0
 ```
+
+With `tune.trials` > 0 a `tune` stage (`nasrec tune`, in `tune/<name>/`) gives the searched model and every
+baseline the same budget, `trials` trials and at most `timeout` each, from the same base (the final
+recipe, then `baselines.set` for a baseline, then `tune.set`); the final model and the baselines then
+train with their own best recipe, and the report states the budget. Without it nothing is tuned, and the
+report says so.
 
 Baselines train with the `final` recipe, then `baselines.set` on top (a baseline's own best learning rate,
 say). `baselines: all` (or `models: all`) stands for every zoo model at its default hyper-parameters; the
@@ -75,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
     "baselines": {"models": [], "published": [], "set": {}},
+    "tune": {"trials": 0, "timeout": None, "workers": 1, "metric": "logloss", "set": {}},
 }
 
 # The demo: the whole pipeline on the bundled synthetic data in minutes on a 2-core CPU. The Small space
@@ -273,6 +281,20 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         _check_type(f"baselines.models[{i}]", m, str, rule=Rule(choices=tuple(ZOO_MODELS)))
     _check_type("baselines.published", b["published"], list, "a list of architecture files")
     _check_overrides("baselines.set", b["set"], lambda **kv: preset(None, **{**cfg["final"]["set"], **kv}))
+    t = cfg["tune"]
+    _check_type("tune.trials", t["trials"], int, rule=Rule(ge=0))
+    _check_type("tune.workers", t["workers"], int, rule=Rule(ge=1))
+    from nasrec.tune.api import METRICS
+
+    _check_type("tune.metric", t["metric"], str, rule=Rule(choices=METRICS))
+    if t["timeout"] is not None:
+        from nasrec.search.auto import parse_duration
+
+        try:
+            t["timeout"] = parse_duration(t["timeout"])
+        except NasrecError as e:
+            _fail("tune.timeout", str(e))
+    _check_overrides("tune.set", t["set"], lambda **kv: preset(None, **{**cfg["final"]["set"], **kv}))
 
 
 def _resolve_search(preset_name: str, overrides: dict[str, Any]) -> None:

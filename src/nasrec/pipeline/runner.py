@@ -24,8 +24,9 @@ from nasrec.errors import NasrecError
 from nasrec.rundir import BASELINES_DIR, FINAL_DIR, SEARCH_DIR, SUPERNET_DIR, RunMetrics, StageRecord
 
 log = logging.getLogger(__name__)
+TUNE_DIR = "tune"
 
-STAGES = ("prepare", "supernet", "search", "final", "baselines", "report")
+STAGES = ("prepare", "supernet", "search", "tune", "final", "baselines", "report")
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -52,6 +53,12 @@ def _brief(stage: str, r: dict[str, Any]) -> str:
         if stage == "search":
             chosen = (r.get("final") or {}).get("chosen") or {}
             return f"{r['scored']:,} candidates scored; final.json is {chosen.get('hash', '?')[:12]}"
+        if stage == "tune":
+            b = r["budget"]
+            if not b["trials"]:
+                return "off (tune.trials is 0): every model trains with its untuned recipe"
+            done = ", ".join(f"{m} {v['complete']}/{v['trials']}" for m, v in r["models"].items())
+            return f"each model {b['trials']} trials, timeout {b['timeout'] or 'none'}; complete: {done}"
         if stage == "final":
             return f"{_metrics(r)}, {r['mflops']:.4f} MFLOPs"
         if stage == "baselines":
@@ -210,37 +217,75 @@ class Pipeline:
             per[str(s)] = {k: m.get(k) for k in ("logloss", "auc")}
         return {**main, "seeds": per}
 
-    def _final(self) -> dict[str, Any]:
-        from nasrec.train.api import train
+    def _contenders(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(run folder, model or arch, the settings it trains with under the final recipe): searched model first.
 
-        f = self.cfg["final"]
-        arch = self.out / SEARCH_DIR / rundir.FINAL_JSON
+        The folder is relative to the run directory for training and to `tune/` for tuning.
+        """
+        f, b = self.cfg["final"], self.cfg["baselines"]
+        runs = [(FINAL_DIR, {"arch": self.out / SEARCH_DIR / rundir.FINAL_JSON}, f["set"])]
+        runs += [(f"{BASELINES_DIR}/{m}", {"model": m}, {**f["set"], **b["set"]}) for m in b["models"]]
+        runs += [(f"{BASELINES_DIR}/{Path(p).stem}", {"arch": p}, {**f["set"], **b["set"]}) for p in b["published"]]
+        return runs
+
+    def _tune(self) -> dict[str, Any]:
+        """Every contender tuned with the same budget (`tune.trials`, `tune.timeout`) from its base settings."""
+        from nasrec.tune.api import tune
+
+        t, f = self.cfg["tune"], self.cfg["final"]
+        budget = {k: t[k] for k in ("trials", "timeout", "workers", "metric")}
+        if not t["trials"]:
+            return {"budget": budget, "models": {}}
+        out: dict[str, Any] = {}
+        for rel, what, settings in self._contenders():
+            res = tune(
+                self.cache,
+                self.out / TUNE_DIR / rel,
+                **what,
+                preset_name=f["preset"],
+                overrides={"seed": self.cfg["seed"], **settings, **t["set"]},
+                trials=t["trials"],
+                timeout=t["timeout"],
+                workers=t["workers"],
+                seed=self.cfg["seed"],
+                metric=t["metric"],
+            )
+            out[Path(rel).name] = {k: res.get(k) for k in ("trials", "complete", "pruned", "seconds", "best", "recipe")}
+        return {"budget": budget, "models": out}
+
+    def _fit(self, rel: str, what: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+        """Train one contender over `final.seeds`: with its tuned recipe when the tune stage made one."""
+        from nasrec.train.api import train
+        from nasrec.train.recipe import read_recipe
+        from nasrec.tune.api import BEST_RECIPE
+
+        out = self.out / rel
+        tuned = self.out / TUNE_DIR / rel / BEST_RECIPE
+        if self.cfg["tune"]["trials"] and tuned.is_file():
+            recipe = read_recipe(tuned)  # every setting; only the seed is the pipeline's
+            return self._repeat(
+                out,
+                {"seed": self.cfg["seed"]},
+                lambda d, o: train(
+                    self.cache, d, **what, recipe=recipe, overrides=o, resume=True, progress=self.progress
+                ),
+            )
+        if self.cfg["tune"]["trials"]:
+            log.warning("%s: no tuning trial completed, so it trains with the untuned recipe", rel)
+        preset_name = self.cfg["final"]["preset"]
         return self._repeat(
-            self.out / FINAL_DIR,
-            self._train_overrides(f),
+            out,
+            self._train_overrides({"preset": preset_name, "set": settings}),
             lambda d, o: train(
-                self.cache, d, arch=arch, preset_name=f["preset"], overrides=o, resume=True, progress=self.progress
+                self.cache, d, **what, preset_name=preset_name, overrides=o, resume=True, progress=self.progress
             ),
         )
 
+    def _final(self) -> dict[str, Any]:
+        return self._fit(*self._contenders()[0])
+
     def _baselines(self) -> dict[str, Any]:
-        from nasrec.space.arch import Architecture
-        from nasrec.train.api import train
-
-        f = self.cfg["final"]
-        o = self._train_overrides({**f, "set": {**f["set"], **self.cfg["baselines"]["set"]}})
-        runs: list[tuple[str, dict[str, Any]]] = [(m, {"model": m}) for m in self.cfg["baselines"]["models"]]
-        runs += [(Path(p).stem, {"arch": Architecture.load(p)}) for p in self.cfg["baselines"]["published"]]
-        out: dict[str, Any] = {}
-        for name, what in runs:
-
-            def fit(d: Path, ov: dict[str, Any], what: dict[str, Any] = what) -> dict[str, Any]:
-                return train(
-                    self.cache, d, **what, preset_name=f["preset"], overrides=ov, resume=True, progress=self.progress
-                )
-
-            out[name] = self._repeat(self.out / BASELINES_DIR / name, o, fit)
-        return out
+        return {Path(rel).name: self._fit(rel, what, settings) for rel, what, settings in self._contenders()[1:]}
 
     def _report(self) -> dict[str, Any]:
         from nasrec.report import write_report
@@ -269,13 +314,18 @@ class Pipeline:
         fp["supernet"] = _fingerprint(fp["prepare"], c["supernet"], seed, *(ln if capped else []))
         search_cfg = {k: v for k, v in c["search"].items() if not (k == "time_budget" and v is None)}
         fp["search"] = _fingerprint(fp["supernet"], search_cfg, seed, *ln)
-        fp["final"] = _fingerprint(fp["search"], c["final"], seed)
-        fp["baselines"] = _fingerprint(fp["prepare"], c["baselines"], c["final"], seed)
+        tuned = [c["tune"]] if c["tune"]["trials"] else []  # untuned runs keep their earlier fingerprints
+        fp["tune"] = _fingerprint(fp["search"], c["baselines"], c["final"], c["tune"], seed)
+        fp["final"] = _fingerprint(fp["search"], c["final"], seed, *([fp["tune"]] if tuned else []))
+        fp["baselines"] = _fingerprint(
+            fp["prepare"], c["baselines"], c["final"], seed, *([fp["tune"]] if tuned else [])
+        )
         fp["report"] = _fingerprint(fp["final"], fp["baselines"], time.time())  # always rewritten
         o = self.out
         self._stage("prepare", fp["prepare"], [o / "data"], self._prepare)
         self._stage("supernet", fp["supernet"], [o / SUPERNET_DIR], self._supernet)
         self._stage("search", fp["search"], [o / SEARCH_DIR], self._search)
+        self._stage("tune", fp["tune"], [o / TUNE_DIR], self._tune)
         self._stage("final", fp["final"], [o / FINAL_DIR], self._final)
         self._stage("baselines", fp["baselines"], [o / BASELINES_DIR], self._baselines)
         self._stage("report", fp["report"], [], self._report)

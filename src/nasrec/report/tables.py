@@ -131,3 +131,36 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
 
 def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def tune_section(tune: dict[str, Any] | None) -> list[str]:
+    """What tuning budget each model had (the pipeline's `tune` stage), as a paragraph and a table."""
+    if not tune:
+        return []
+    b = tune.get("budget") or {}
+    if not b.get("trials"):
+        return [
+            "## Tuning",
+            "",
+            "No model was tuned (`tune.trials` is 0): the searched model and the baselines trained with the "
+            "final recipe as configured (the baselines with `baselines.set` on top).",
+            "",
+        ]
+    timeout = f", at most {b['timeout']:.0f} s" if b.get("timeout") else ""
+    md = [
+        "## Tuning",
+        "",
+        f"Every model had the same budget: {b['trials']} trials of `nasrec tune`{timeout} each, scored by "
+        f"validation {b.get('metric', 'logloss')}, from the same base settings; each then trained with its best "
+        "trial's recipe.",
+        "",
+        "| model | trials complete | pruned | seconds | best val log loss | best val AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in (tune.get("models") or {}).items():
+        best = r.get("best") or {}
+        md.append(
+            f"| {name} | {_fmt(r.get('complete'), 'd')} | {_fmt(r.get('pruned'), 'd')} | {_fmt(r.get('seconds'), '.0f')} | "
+            f"{_fmt(best.get('val_logloss'), '.4f')} | {_fmt(best.get('val_auc'), '.4f')} |"
+        )
+    return [*md, ""]

@@ -11,7 +11,7 @@ from nasrec.report.diagram import _diagram
 from nasrec.report.figures import _pareto, _rank_scatter, _supernet_curve, _trajectory
 from nasrec.report.html import _html
 from nasrec.report.sources import _json, _jsonl, _models
-from nasrec.report.tables import _comparison, _fmt
+from nasrec.report.tables import _comparison, _fmt, tune_section
 from nasrec.rundir import StageRecord
 
 
@@ -55,6 +55,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
             "",
         ]
     md += _comparison(run, models)
+    md += tune_section(StageRecord.from_dict(stages.get("tune") or {}).result)
     if rc is not None:
         md += [
             "## Ranking quality",
