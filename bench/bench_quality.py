@@ -4,6 +4,9 @@ Usage::
 
     python bench/bench_quality.py                               # everything: 4 datasets x 14 models x 3 seeds
     python bench/bench_quality.py --datasets avazu_9k --models lr dlrm criteo_xlarge_best --seeds 0
+    python bench/bench_quality.py --default-recipes --datasets criteo_kaggle_8k --models lr deepfm dcnv2
+    python bench/bench_quality.py --default-recipes --datasets synthetic --synthetic-rows 200000 \
+        --synthetic-preset criteo-like --synthetic-base-ctr 0.003 --models lr dcnv2   # imbalanced
 
 Datasets (prepared once under `--work`, vocabulary encoding fitted on the train split, ids seen fewer
 than `--min-count` times there map to the out-of-vocabulary row):
@@ -21,18 +24,22 @@ than `--min-count` times there map to the out-of-vocabulary row):
 Every model trains with the same recipe on a dataset (Adagrad with eps 1e-2, warm-up then cosine, gradient
 clipping at 5, evaluation on the validation split every `--evals-per-epoch`-th of an epoch, early stopping
 after 2 evaluations without improvement, test metrics with the best validation weights). Seeds change the
-initialisation and the shuffling, not the data split. Prints one JSON line per run, then a Markdown
-table (mean ± std over seeds).
+initialisation and the shuffling, not the data split. With `--default-recipes` zoo models train instead
+with their default recipes, exactly what `nasrec train --data D --model NAME` does with no options.
+Prints one JSON line per run, then a Markdown table (mean ± std over seeds) with each model's mean test
+prediction over the test CTR and the log loss of the constant predictor (the train split's CTR).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,7 @@ from nasrec.data.prepare import PrepareConfig, prepare
 from nasrec.data.synthetic import SYNTH_PRESETS, generate_synthetic
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train
+from nasrec.train.evaluation import train_ctr
 from nasrec.zoo.registry import ZOO_MODELS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -73,16 +81,21 @@ def _indexed_schema(path: Path) -> Path:
     return path
 
 
-def prepare_dataset(name: str, work: Path, min_count: int, synthetic_rows: int, synthetic_preset: str) -> Path:
+def prepare_dataset(
+    name: str, work: Path, min_count: int, synthetic_rows: int, synthetic_preset: str, base_ctr: float | None = None
+) -> Path:
     """Prepare one dataset under `work` (reused when already there); returns the cache directory."""
-    out = work / "data" / name
+    out = work / "data" / (name if name != "synthetic" else f"synthetic-{synthetic_preset}-{synthetic_rows}-{base_ctr}")
     if (out / "meta.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     common = dict(out=str(out), encoding="vocab", min_count=min_count, force=True)
     if name == "synthetic":
         raw = work / "data" / "synthetic.tsv"
-        generate_synthetic(raw, rows=synthetic_rows, seed=0, config=SYNTH_PRESETS[synthetic_preset])
+        config = SYNTH_PRESETS[synthetic_preset]
+        if base_ctr is not None:
+            config = replace(config, base_ctr=base_ctr)
+        generate_synthetic(raw, rows=synthetic_rows, seed=0, config=config)
         cfg = PrepareConfig(inputs=(str(raw),), format="criteo", split="random", **common)
     elif name == "criteo_kaggle_indexed_20k":
         d = SHARED / "data" / name
@@ -131,6 +144,7 @@ def run_one(
     evals_per_epoch: int,
     arch: Architecture | None = None,
     nasrec: dict[str, Any] | None = None,
+    default_recipe: bool = False,
 ) -> dict[str, Any]:
     """Train one model (a zoo name, a published name, or `arch` named `model`) on one dataset with one seed.
 
@@ -143,7 +157,10 @@ def run_one(
     out = work / "runs" / f"{dataset}-{model}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    if arch is None and model in ZOO_MODELS:
+    if arch is None and model in ZOO_MODELS and default_recipe:
+        overrides = {"seed": seed, "threads": 2}
+        m = train(cache_dir, out, model=model, overrides=overrides, progress=False, recipe="default")
+    elif arch is None and model in ZOO_MODELS:
         m = train(cache_dir, out, model=model, overrides=overrides, progress=False)
     else:
         a = arch or Architecture.load(SHARED / "configs" / f"{model}.json")
@@ -161,13 +178,21 @@ def run_one(
         "best_step": m["best_step"],
         "steps": m["steps"],
         "seconds": round(time.perf_counter() - t0, 1),
-        "lr": overrides["lr"],
+        "lr": overrides.get("lr"),
         "layernorm": bool(overrides.get("layernorm", False)),
+        "recipe": "default" if default_recipe and model in ZOO_MODELS else "bench",
+        "mean_pred_over_ctr": m["test"]["mean_pred"] / m["test"]["ctr"],
+        "constant_logloss": _constant_logloss(train_ctr(cache), m["test"]["ctr"]),
     }
     bayes = cache.meta.get("bayes_logloss")
     if bayes and bayes.get("test") is not None:
         row["bayes_logloss"] = bayes["test"]
     return row
+
+
+def _constant_logloss(p: float, ctr: float) -> float:
+    """Log loss of predicting `p` for every row of a split whose click rate is `ctr`."""
+    return -(ctr * math.log(p) + (1 - ctr) * math.log(1 - p))
 
 
 def nasrec_set(args: argparse.Namespace) -> dict[str, Any]:
@@ -191,10 +216,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         rs = [r for r in rows if r["dataset"] == dataset]
         bayes = rs[0].get("bayes_logloss")
         lines += [f"\n### {dataset}" + (f" (Bayes-optimal test log loss {bayes:.4f})" if bayes else ""), ""]
-        head = "| model | test log loss | test AUC | MFLOPs | params | seeds |"
+        const = statistics.mean(r["constant_logloss"] for r in rs)
+        lines += [f"Constant predictor (the train split's CTR): test log loss {const:.4f}.", ""]
+        head = "| model | test log loss | test AUC | mean prediction / CTR | MFLOPs | params | seeds |"
         lines += [
             head if not bayes else head.replace(" MFLOPs", " gap to Bayes | MFLOPs"),
-            "|---" * (6 + bool(bayes)) + "|",
+            "|---" * (7 + bool(bayes)) + "|",
         ]
         models = list(dict.fromkeys(r["model"] for r in rs))
         models.sort(key=lambda m: statistics.mean(r["logloss"] for r in rs if r["model"] == m))
@@ -202,6 +229,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             mr = [r for r in rs if r["model"] == model]
             ll = [r["logloss"] for r in mr]
             cells = [model, _mean_std(ll), _mean_std([r["auc"] for r in mr])]
+            cells.append(f"{statistics.mean(r['mean_pred_over_ctr'] for r in mr):.3f}")
             if bayes:
                 cells.append(f"{statistics.mean(ll) - bayes:.4f}")
             cells += [f"{mr[0]['mflops']:.4g}", f"{mr[0]['params']:,}", str(len(mr))]
@@ -219,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-rows", type=int, default=60_000)
     ap.add_argument("--synthetic-preset", choices=list(SYNTH_PRESETS), default="interactions")
     ap.add_argument("--evals-per-epoch", type=int, default=2)
+    ap.add_argument("--default-recipes", action="store_true", help="zoo models train with their default recipes")
+    ap.add_argument("--synthetic-base-ctr", type=float, help="click rate of the synthetic data (default: the preset's)")
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     args = ap.parse_args(argv)
@@ -230,10 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     rows = []
     for dataset in args.datasets:
-        cache_dir = prepare_dataset(dataset, args.work, args.min_count, args.synthetic_rows, args.synthetic_preset)
+        cache_dir = prepare_dataset(
+            dataset, args.work, args.min_count, args.synthetic_rows, args.synthetic_preset, args.synthetic_base_ctr
+        )
         for model in args.models:
             for seed in args.seeds:
-                row = run_one(cache_dir, dataset, model, seed, args.work, args.evals_per_epoch, nasrec=nasrec_set(args))
+                row = run_one(
+                    cache_dir,
+                    dataset,
+                    model,
+                    seed,
+                    args.work,
+                    args.evals_per_epoch,
+                    nasrec=nasrec_set(args),
+                    default_recipe=args.default_recipes,
+                )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(table(rows), flush=True)

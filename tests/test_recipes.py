@@ -42,6 +42,9 @@ def test_evals_per_epoch_evaluates_at_that_share_of_every_epoch(cache_dir: Path,
         TrainConfig(evals_per_epoch=4).eval_interval(10) == 2 and TrainConfig(evals_per_epoch=40).eval_interval(10) == 1
     )
     assert TrainConfig(eval_every=7).eval_interval(10) == 7 and TrainConfig().eval_interval(10) == 0
+    # a floor in steps for small data, where an epoch is a few steps
+    assert TrainConfig(evals_per_epoch=1, eval_min_steps=50).eval_interval(3) == 50
+    assert TrainConfig(evals_per_epoch=1, eval_min_steps=50).eval_interval(78) == 78
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ RULES: dict[str, Rule] = {
     "eval_split": Rule(choices=SPLIT_NAMES),
     "eval_every": Rule(ge=0),
     "evals_per_epoch": Rule(ge=0),
+    "eval_min_steps": Rule(ge=0),
     "plateau_factor": Rule(gt=0, lt=1),
     "plateau_patience": Rule(ge=1),
     "eval_batch_size": Rule(ge=1),
@@ -95,6 +96,10 @@ class TrainConfig:
     eval_split: str = "val"
     eval_every: int = 0  # steps between evaluations (0: only at the end, unless evals_per_epoch is set)
     evals_per_epoch: int = 0  # evaluations per epoch, whatever the data size (give this or eval_every)
+    # With evals_per_epoch: at least this many steps between evaluations. On small data an epoch is a few
+    # steps, and judging (early stopping, the plateau schedule) before batch-norm statistics and Adam's
+    # moments settle stops a run at its start.
+    eval_min_steps: int = 0
     eval_batch_size: int = 8192
     eval_max_batches: int | None = None
     early_stop_metric: str | None = None  # "logloss" or "auc"
@@ -157,7 +162,7 @@ class TrainConfig:
     def eval_interval(self, steps_per_epoch: int) -> int:
         """Steps between evaluations during training (0: none before the end)."""
         if self.evals_per_epoch:
-            return max(1, steps_per_epoch // self.evals_per_epoch)
+            return max(1, self.eval_min_steps, steps_per_epoch // self.evals_per_epoch)
         return self.eval_every
 
     def to_dict(self) -> dict[str, Any]:
