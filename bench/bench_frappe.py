@@ -6,6 +6,7 @@ Usage::
     python bench/bench_frappe.py --models deepfm finalmlp --seeds 0 1 2
     python bench/bench_frappe.py --recipes runs/tuned             # tuned recipes (DIR/<model>.yaml) where present
     python bench/bench_frappe.py --jobs 2                         # two runs at a time, one thread each
+    python bench/bench_frappe.py --models dcnv2 --with runs.jsonl  # the table includes earlier runs' JSON lines
 
 The 202,027 rows of `../shared/data/frappe_x1_train/train.csv` are prepared once (10 categorical fields,
 train-split vocabulary, random 8:1:1 split with seed 0: 161,622 / 20,203 / 20,202 rows). Each model
@@ -179,14 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "frappe_x1_train" / "train.csv")
     ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-frappe"))
     ap.add_argument("--recipes", type=Path, help="directory of tuned recipes, <model>.yaml (default: none)")
+    ap.add_argument("--with", dest="earlier", type=Path, help="JSON lines of earlier runs to include in the table")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, the cores shared between them (default 1)")
     args = ap.parse_args(argv)
     if not args.data.is_file():
         ap.error(f"{args.data} not found: this benchmark needs the real data in ../shared (or --data FILE)")
     print(machine_line(), flush=True)
     cache = prepare_frappe(args.work, args.data)
-    runs = [(model, seed) for model in args.models for seed in args.seeds]
     rows = []
+    if args.earlier is not None:
+        rows = [json.loads(x) for x in args.earlier.read_text().splitlines() if x.startswith('{"model"')]
+    have = {(r["model"], r["seed"]) for r in rows if r["recipe"] == ("tuned" if args.recipes else "default")}
+    runs = [(model, seed) for model in args.models for seed in args.seeds if (model, seed) not in have]
     if args.jobs <= 1:
         for model, seed in runs:
             rows.append(run_one(cache, model, seed, args.work, args.recipes))

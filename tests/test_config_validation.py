@@ -443,3 +443,11 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_as_foreign(tmp_path: Pa
     garbage.write_bytes(b"\x80\x02" + b"x" * 64)
     e = _problem(NasrecError, load_checkpoint, garbage)
     assert "not a nasrec checkpoint" in str(e) and "weights_only" not in str(e).replace(str(garbage), "")
+
+
+def test_a_config_error_pickles_whole() -> None:
+    import pickle
+
+    e = ConfigError("training config", "lr", "expected a number > 0, got -1", ("batch_size",))
+    back = pickle.loads(pickle.dumps(e))  # as a worker process's error reaches its parent
+    assert (back.what, back.key, back.problem, back.related, str(back)) == (e.what, e.key, e.problem, e.related, str(e))

@@ -62,6 +62,10 @@ class ConfigError(NasrecError):
         self.what, self.key, self.problem, self.related = what, key, problem, tuple(related)
         super().__init__(f"{what} {key}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's arguments (a worker process's error reaches its parent whole)."""
+        return (type(self), (self.what, self.key, self.problem, self.related))
+
 
 @dataclass(frozen=True)
 class Rule:
