@@ -103,11 +103,13 @@ def measure(model: torch.nn.Module, batch: int, tables: list[int], steps: int, r
     }
 
 
-def measure_l2(model: torch.nn.Module, batch: int, tables: list[int], steps: int, runs: int, strength: float) -> dict:
+def measure_l2(
+    model: torch.nn.Module, batch: int, tables: list[int], steps: int, runs: int, strength: float, per: str = "lookup"
+) -> dict:
     """Samples/s without and with the embedding L2 penalty, runs interleaved, and their per-pair ratios."""
     data = random_batches(batch, tables, steps)
     opt = build_optimizer(model, "adagrad", lr=0.12, eps=1e-2)
-    penalty = {"plain": EmbeddingL2.for_model(model, 0.0), "l2": EmbeddingL2.for_model(model, strength)}
+    penalty = {"plain": EmbeddingL2.for_model(model, 0.0), "l2": EmbeddingL2.for_model(model, strength, per)}
 
     def run(l2: EmbeddingL2) -> float:
         t0 = time.perf_counter()
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the sparse update without and with this embedding L2 penalty, interleaved (see above)",
     )
     ap.add_argument(
+        "--embedding-l2-per",
+        choices=("lookup", "row", "auto"),
+        default="lookup",
+        help="the penalty's form (auto: the default recipes' choice, row on tables of over 2M weights)",
+    )
+    ap.add_argument(
         "--configs",
         type=Path,
         default=CONFIGS,
@@ -177,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.embedding_l2 is not None:
                 torch.manual_seed(0)
                 model = build(name, tables, args.configs)
-                row["embedding_l2"] = args.embedding_l2
-                row.update(measure_l2(model, batch, tables, args.steps, args.runs, args.embedding_l2))
+                row["embedding_l2"], row["embedding_l2_per"] = args.embedding_l2, args.embedding_l2_per
+                row.update(
+                    measure_l2(model, batch, tables, args.steps, args.runs, args.embedding_l2, args.embedding_l2_per)
+                )
                 del model
                 print(
                     f"{name} {tables_kind} plain {row['plain']['median']:,.0f} samples/s, embedding_l2 "
