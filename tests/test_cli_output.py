@@ -140,9 +140,10 @@ def test_pipeline_logs_a_line_per_stage_and_a_summary(tmp_path: Path, capsys: py
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     assert err and all(TIME.match(line) for line in err), err
-    for n, stage in enumerate(("prepare", "supernet", "search", "final", "baselines", "report"), 1):
-        assert any(f"[{n}/6] {stage}: running" in line for line in err), stage
-        assert any(f"[{n}/6] {stage}: done in" in line for line in err), stage
+    for n, stage in enumerate(("prepare", "supernet", "search", "tune", "final", "baselines", "report"), 1):
+        assert any(f"[{n}/7] {stage}: running" in line for line in err), stage
+        assert any(f"[{n}/7] {stage}: done in" in line for line in err), stage
+    assert any("tune: done in" in line and "off (tune.trials is 0)" in line for line in err), err
     text = captured.err
     assert "prepare: split train" in text and "training the supernet" in text and "done, 6 steps" in text
     assert re.search(r"search generation 2/2: 8/8 scored, best \d\.\d{5}", text), text
@@ -150,14 +151,14 @@ def test_pipeline_logs_a_line_per_stage_and_a_summary(tmp_path: Path, capsys: py
     assert captured.out.startswith(f"pipeline run in {out}") and "searched model" in captured.out
     assert "report: " in captured.out and "lr" in captured.out
     log = (out / console.LOG_NAME).read_text()
-    assert "[6/6] report: done" in log and "search generation 2/2" in log and "finished in" in log
+    assert "[7/7] report: done" in log and "search generation 2/2" in log and "finished in" in log
 
     # a rerun skips the finished stages; --json prints one object on stdout
     assert main(["run", str(cfg), "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     summary = _one_json_object(captured.out)
     assert summary["out"] == str(out) and set(summary["baselines"]) == {"lr"} and summary["report"]
-    assert "[2/6] supernet: complete, skipped" in captured.err
+    assert "[2/7] supernet: complete, skipped" in captured.err
 
 
 def test_run_log_waits_until_the_run_directory_is_written(tmp_path: Path) -> None:
