@@ -194,7 +194,7 @@ def build_optimizer(
         raise NasrecError(f"table_l2 must be non-negative, got {table_l2}")
     tables = dense_tables(model) if table_l2 else []
 
-    sparse_ids = {id(p) for p in sparse_parameters(model)} | {id(p) for p in tables}
+    sparse_ids = {id(p) for p in (tables or sparse_parameters(model))}  # the embedding group
     dense: list[nn.Parameter] = []
     sparse: list[nn.Parameter] = []
     for p in model.parameters():  # deduplicated by torch, in registration order
@@ -205,37 +205,25 @@ def build_optimizer(
         # Opting out explicitly silences torch's per-process warning about unchecked sparse tensors: the
         # sparse gradients come from nn.Embedding(sparse=True) and are valid by construction.
         torch.sparse.check_sparse_tensor_invariants.disable()
+
+    def plain(group: dict[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+        if name == "adagrad":
+            return torch.optim.Adagrad([group], lr=lr, eps=eps, weight_decay=wd, initial_accumulator_value=0.0)
+        if name == "adam":
+            return torch.optim.Adam([group], lr=lr, betas=betas, eps=eps, weight_decay=wd)
+        return torch.optim.SGD([group], lr=lr, weight_decay=wd)
+
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if dense:
         group = {"params": dense, "name": "dense"}
         if name == "adagrad" and sliced and weight_decay == 0:
             optimizers["dense"] = BoxAdagrad([group], lr=lr, eps=eps)
-        elif name == "adagrad":
-            optimizers["dense"] = torch.optim.Adagrad(
-                [group], lr=lr, eps=eps, weight_decay=weight_decay, initial_accumulator_value=0.0
-            )
-        elif name == "adam":
-            optimizers["dense"] = torch.optim.Adam([group], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         else:
-            optimizers["dense"] = torch.optim.SGD([group], lr=lr, weight_decay=weight_decay)
-    if sparse and tables:  # whole tables with dense gradients: the dense optimizers, coupled L2
+            optimizers["dense"] = plain(group, lr, weight_decay)
+    if sparse:
         group = {"params": sparse, "name": "embedding"}
-        if name == "adagrad":
-            optimizers["embedding"] = torch.optim.Adagrad(
-                [group], lr=emb_lr, eps=eps, weight_decay=table_l2, initial_accumulator_value=0.0
-            )
-        elif name == "adam":
-            optimizers["embedding"] = torch.optim.Adam([group], lr=emb_lr, betas=betas, eps=eps, weight_decay=table_l2)
-        else:
-            optimizers["embedding"] = torch.optim.SGD([group], lr=emb_lr, weight_decay=table_l2)
-    elif sparse:
-        group = {"params": sparse, "name": "embedding"}
-        if name == "adagrad":
-            optimizers["embedding"] = torch.optim.Adagrad(
-                [group], lr=emb_lr, eps=eps, weight_decay=0.0, initial_accumulator_value=0.0
-            )
-        elif name == "adam":
+        if name == "adam" and not tables:  # lazy Adam: only the looked-up rows and their moments move
             optimizers["embedding"] = torch.optim.SparseAdam([group], lr=emb_lr, betas=betas, eps=eps)
-        else:
-            optimizers["embedding"] = torch.optim.SGD([group], lr=emb_lr, weight_decay=0.0)
+        else:  # sparse Adagrad and SGD, or whole tables (dense gradients) with their coupled L2
+            optimizers["embedding"] = plain(group, emb_lr, table_l2)
     return SplitOptimizer(name, optimizers)
