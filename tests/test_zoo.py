@@ -416,6 +416,35 @@ def test_finalmlp_fusion_gates_and_streams_closed_form() -> None:
     torch.testing.assert_close(plain(dense, sparse), plain.fusion(plain.mlp1(x), plain.mlp2(x)))
 
 
+def test_finalmlp_gates_read_their_context_fields_or_a_constant() -> None:
+    hp = {"embedding_dim": 4, "mlp1_dims": (6,), "mlp2_dims": (6,), "fs_dims": (5,), "max_embedding_std": 0.01}
+    model = build_zoo_model("finalmlp", NUM_DENSE, TABLES, **hp, fs1_context=[1], fs2_context=[])
+    dense, sparse = _batch(5)
+    x = torch.cat([dense, model.embedding(sparse).flatten(1)], dim=1)
+    # Stream 1's gate reads field 1 through its own table; stream 2's a learned vector, zero at the start.
+    own = model.gate1.context(sparse[:, [1]]).flatten(1)
+    assert own.shape == (5, 4) and not torch.equal(own, model.embedding(sparse)[:, 1])
+    x1 = x * 2 * torch.sigmoid(model.gate1.mlp(own))
+    x2 = x * 2 * torch.sigmoid(model.gate2.mlp(torch.zeros(5, 4)))
+    torch.testing.assert_close(model(dense, sparse), model.fusion(model.mlp1(x1), model.mlp2(x2)))
+    assert float(model.gate1.context.table.weight.detach().std()) < 0.015  # the embedding std cap covers it
+    # The context tables are embeddings (sparse rows, embedding L2), and count as embedding parameters.
+    cost = zoo_cost(model, NUM_DENSE, TABLES)
+    assert cost.embedding_params == sum(TABLES) * 4 + TABLES[1] * 4
+    whole = zoo_cost("finalmlp", NUM_DENSE, TABLES, **hp)
+    din = NUM_DENSE + len(TABLES) * 4
+    assert whole.flops - cost.flops == 2 * (din - 4) * 5  # both gates' first layers read 4 values, not din
+    for bad, match in (
+        ({"fs1_context": [len(TABLES)]}, "fs1_context field index 7 is out of range"),
+        ({"fs2_context": [0, 0]}, "fs2_context names a field twice"),
+        ({"fs1_context": "user"}, "fs1_context must be a list of sparse field indices"),
+        ({"fs1_context": [-1]}, "fs1_context must be an integer >= 0"),
+        ({"fs1_context": [0], "use_fs": False}, "fs1_context needs use_fs: true"),
+    ):
+        with pytest.raises(NasrecError, match=match):
+            build_zoo_model("finalmlp", NUM_DENSE, TABLES, **hp, **bad)
+
+
 def test_finalmlp_streams_take_their_own_dropout_and_batchnorm() -> None:
     model = build_zoo_model("finalmlp", NUM_DENSE, TABLES, **SMALL["finalmlp"], mlp1_dropout=0.3, mlp2_batchnorm=True)
     assert any(isinstance(m, nn.Dropout) for m in model.mlp1.modules())

@@ -125,7 +125,7 @@ class ZooModel(nn.Module):
         """Embeddings: FieldEmbedding's xavier-normal per table; linears: xavier-uniform, zero bias; fresh BN.
 
         LR's first-order weights (`FirstOrder`) start at zero. With `max_embedding_std` set, every field
-        embedding table (`self.embedding`) whose xavier-normal std sqrt(2 / (N + E)) exceeds it, and the
+        embedding table (of `self.embedding` and any other FieldEmbedding) whose xavier-normal std sqrt(2 / (N + E)) exceeds it, and the
         dense field's projection (the dense features' embedding), are scaled down to that std.
         """
         for m in self.modules():
@@ -138,14 +138,15 @@ class ZooModel(nn.Module):
         cap = self.max_embedding_std
         if cap is not None:
             with torch.no_grad():
-                embedding = self.get_submodule("embedding")
-                assert isinstance(embedding, FieldEmbedding)
-                start = 0
-                for n in embedding.table_sizes:
-                    std = math.sqrt(2.0 / (n + embedding.dim))  # FieldEmbedding's per-table std
-                    if std > cap:
-                        embedding.table.weight[start : start + n].mul_(cap / std)
-                    start += n
+                for embedding in self.modules():
+                    if not isinstance(embedding, FieldEmbedding):
+                        continue
+                    start = 0
+                    for n in embedding.table_sizes:
+                        std = math.sqrt(2.0 / (n + embedding.dim))  # FieldEmbedding's per-table std
+                        if std > cap:
+                            embedding.table.weight[start : start + n].mul_(cap / std)
+                        start += n
                 for m in self.modules():
                     if isinstance(m, DenseField) and m.proj is not None:
                         w = m.proj.weight

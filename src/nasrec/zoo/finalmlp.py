@@ -2,12 +2,16 @@
 
 Input: x = [dense features, flattened sparse embeddings] (d = D + S·E values, what the zoo's DNN reads).
 
-Feature selection (`use_fs=True`): each stream i gets its own gated copy x_i = x ⊙ 2σ(G_i(x)), where
-G_i is an MLP d → `fs_dims` → d (ReLU hidden layers, no dropout or batch-norm). What is implemented is
-the gate over the whole concatenated input: the paper (and FuxiCTR) feed G_i the embeddings of a chosen
-set of context fields, and FuxiCTR with no fields chosen a learned constant vector (an input-independent
-gate); without per-dataset field choices, the zoo gives both gates every field as context. With
-`use_fs=False` both streams read x itself.
+Feature selection (`use_fs=True`): each stream i gets its own gated copy x_i = x ⊙ 2σ(G_i(c_i)), where
+G_i is an MLP → `fs_dims` → d (ReLU hidden layers, no dropout or batch-norm) and c_i its context,
+chosen by `fs1_context` / `fs2_context`:
+- None (the default): the whole input x, every field as context;
+- a list of sparse field indices (0-based, in the cache's `sparse_fields` order): the concatenated
+  embeddings of those fields from the gate's own tables (the paper's and FuxiCTR's form; on Frappe
+  BARS gives stream 1 the user and stream 2 the item);
+- an empty list: a learned vector of width `embedding_dim`, starting at zero (FuxiCTR's gate with no
+  context fields: the same gate for every example).
+With `use_fs=False` both streams read x itself.
 
 Streams: o_1 = MLP_1(x_1), o_2 = MLP_2(x_2) (Linear → BatchNorm? → ReLU → Dropout? per layer, no
 output layer), with their own widths, dropout and batch-norm.
@@ -39,19 +43,40 @@ from torch import nn
 
 from nasrec.errors import NasrecError
 from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int
+from nasrec.model.embedding import FieldEmbedding
 from nasrec.zoo.layers import MLP, flat_inputs
 
 
 class FeatureGate(nn.Module):
-    """FinalMLP's feature selection for one stream: x ⊙ 2σ(MLP(x)), the gate centred on 1."""
+    """FinalMLP's feature selection for one stream: x ⊙ 2σ(MLP(c)), the gate centred on 1.
 
-    def __init__(self, mlp: MLP) -> None:
+    The context c is x itself (`fields=None`), the embeddings of `fields` from the gate's own tables, or a
+    learned vector of width `dim` (`fields=()`).
+    """
+
+    def __init__(self, mlp: MLP, fields: tuple[int, ...] | None, table_sizes: Sequence[int], dim: int) -> None:
         super().__init__()
         self.mlp = mlp
+        self.fields = fields
+        self.context = FieldEmbedding([table_sizes[f] for f in fields], dim) if fields else None
+        self.constant = nn.Parameter(torch.zeros(dim)) if fields == () else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, d] -> [B, d]."""
-        return x * (2.0 * torch.sigmoid(self.mlp(x)))
+    def forward(self, x: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """x [B, d], sparse ids [B, S] -> [B, d]."""
+        if self.fields is None:
+            c = x
+        elif self.context is not None:
+            c = self.context(sparse[:, list(self.fields)]).flatten(1)
+        else:
+            c = self.constant.repeat(x.shape[0], 1)
+        return x * (2.0 * torch.sigmoid(self.mlp(c)))
+
+    @staticmethod
+    def width(fields: tuple[int, ...] | None, d: int, dim: int) -> int:
+        """The width of the context the gate's MLP reads."""
+        if fields is None:
+            return d
+        return dim * max(1, len(fields))
 
 
 class BilinearFusion(nn.Module):
@@ -98,6 +123,8 @@ class FinalMLP(ZooModel):
         use_fs: bool = True,
         fs_dims: Sequence[int] = (64,),
         num_heads: int = 1,
+        fs1_context: Sequence[int] | None = None,
+        fs2_context: Sequence[int] | None = None,
     ) -> None:
         super().__init__(num_dense, table_sizes)
         dims1 = check_dims(self.name, "mlp1_dims", mlp1_dims, allow_empty=False)
@@ -116,21 +143,47 @@ class FinalMLP(ZooModel):
                 )
         dim = self._add_embedding(embedding_dim, max_embedding_std)
         d = self.num_dense + self.num_sparse * dim
-        self.gate1 = FeatureGate(self._mlp(d, gate_dims, 0.0, False, out=d, name="fs_dims")) if gated else None
-        self.gate2 = FeatureGate(self._mlp(d, gate_dims, 0.0, False, out=d, name="fs_dims")) if gated else None
+        gates = []
+        for key, given in (("fs1_context", fs1_context), ("fs2_context", fs2_context)):
+            fields = self._context(key, given, gated)
+            din = FeatureGate.width(fields, d, dim)
+            mlp = self._mlp(din, gate_dims, 0.0, False, out=d, name="fs_dims")
+            gates.append(FeatureGate(mlp, fields, self.table_sizes, dim) if gated else None)
+        self.gate1, self.gate2 = gates
         self.mlp1 = self._mlp(d, dims1, drop1, bn1, out=None, name="mlp1_dims")
         self.mlp2 = self._mlp(d, dims2, drop2, bn2, out=None, name="mlp2_dims")
         self.fusion = BilinearFusion(dims1[-1], dims2[-1], heads)
         self.reset_parameters()
 
+    def _context(self, key: str, given: object, gated: bool) -> tuple[int, ...] | None:
+        """A gate's checked context fields: None (the whole input), or sparse field indices (maybe none)."""
+        if given is None:
+            return None
+        if not gated:
+            raise NasrecError(f"{self.name}: {key} needs use_fs: true (without feature selection there is no gate)")
+        if isinstance(given, str | bytes) or not isinstance(given, Sequence):
+            raise NasrecError(f"{self.name}: {key} must be a list of sparse field indices, got {given!r}")
+        fields = tuple(check_int(self.name, key, f, 0) for f in given)
+        bad = [f for f in fields if f >= self.num_sparse]
+        if bad:
+            raise NasrecError(
+                f"{self.name}: {key} field index {bad[0]} is out of range (the data has {self.num_sparse} sparse fields)"
+            )
+        if len(set(fields)) != len(fields):
+            raise NasrecError(f"{self.name}: {key} names a field twice: {list(fields)}")
+        return fields
+
     def reset_parameters(self) -> None:
-        """The common initialisation, then the fusion's bilinear weights."""
+        """The common initialisation, then the fusion's bilinear weights and the constant gate contexts (zero)."""
         super().reset_parameters()
         self.fusion.reset_parameters()
+        for gate in (self.gate1, self.gate2):
+            if gate is not None and gate.constant is not None:
+                nn.init.zeros_(gate.constant)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """Logits [B] on dense [B, D] and sparse ids [B, S]."""
         x = flat_inputs(dense, self.embedding(sparse))
-        x1 = x if self.gate1 is None else self.gate1(x)
-        x2 = x if self.gate2 is None else self.gate2(x)
+        x1 = x if self.gate1 is None else self.gate1(x, sparse)
+        x2 = x if self.gate2 is None else self.gate2(x, sparse)
         return self.fusion(self.mlp1(x1), self.mlp2(x2))
