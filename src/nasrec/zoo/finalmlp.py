@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
-from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int
 from nasrec.model.embedding import FieldEmbedding
+from nasrec.zoo.base import ZooModel, check_bool, check_dims, check_dropout, check_int
 from nasrec.zoo.layers import MLP, flat_inputs
 
 
