@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,63 @@ def test_tune_starts_from_the_default_recipe(cache_dir: Path, tmp_path: Path) ->
     assert recipe.train["embedding_l2"] / 30 <= l2 <= recipe.train["embedding_l2"] * 10
     with pytest.raises(NasrecError, match="a recipe or a preset"):
         tune(cache_dir, tmp_path / "u", model="fm", preset_name="cpu-quick", recipe="default")
+
+
+# -- small-data settings --------------------------------------------------------------------------------
+def test_small_data_settings_apply_below_their_row_count_only() -> None:
+    recipe = default_recipe("deepfm")
+    small = recipe.small_data
+    assert small is not None and small["below_rows"] == 50_000
+    hp, few = merged(recipe, None, None, train_rows=6_400)
+    assert not hp["batchnorm"] and few["batch_size"] == 256 and few["embedding_l2_per"] == "row"
+    assert hp["mlp_dims"] == recipe.hparams["mlp_dims"]  # the rest stays the recipe's
+    hp, many = merged(recipe, None, None, train_rows=161_622)
+    assert hp["batchnorm"] and many == merged(recipe, None, None)[1] and many["batch_size"] == 2048
+    # the caller's options still lie over the small-data settings
+    hp, given = merged(recipe, {"batchnorm": True}, {"batch_size": 64}, train_rows=10)
+    assert hp["batchnorm"] and given["batch_size"] == 64 and given["embedding_l2_per"] == "row"
+    assert default_recipe("fm").small_data is None and default_recipe("lr").small_data is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("{below_rows: 0}", "small_data.below_rows"),
+        ("{train: {batch_size: 8}}", "small_data.below_rows"),
+        ("{below_rows: 10, colour: red}", "small_data.colour"),
+        ("{below_rows: 10, hparams: {nosuch: 1}}", "small_data.hparams.nosuch"),
+        ("{below_rows: 10, hparams: [1]}", "small_data.hparams"),
+        ("{below_rows: 10, train: {batch_size: -1}}", "small_data.train.batch_size"),
+        ("{below_rows: 10, train: {nosuch: 1}}", "small_data.train.nosuch"),
+        ("[1, 2]", "small_data"),
+    ],
+)
+def test_a_bad_small_data_section_names_the_key(tmp_path: Path, section: str, key: str) -> None:
+    text = (RECIPE_DIR / "deepfm.yaml").read_text().split("small_data:")[0] + f"small_data: {section}\n"
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_recipe(tmp_path / "r.yaml")
+    assert info.value.key == key and "\n" not in str(info.value)
+
+
+def test_training_on_small_data_uses_the_small_data_settings(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    over = {"max_steps": 2, "threads": 1}
+    with caplog.at_level(logging.INFO, logger="nasrec"):
+        train(cache_dir, tmp_path / "a", model="dnn", hparams={"mlp_dims": [8]}, overrides=over, recipe="default")
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["train"]["batch_size"] == 256 and saved["train"]["embedding_l2_per"] == "row"
+    assert saved["model"]["hparams"]["batchnorm"] is False
+    assert "small-data settings: 1,600 training rows < 50,000" in caplog.text
+    # a recipe file's section applies through `nasrec train --recipe` too, where the train split is small enough
+    for below, batch, bn in ((5000, 256, False), (1000, 2048, True)):  # the cache has 1,600 training rows
+        recipe = (RECIPE_DIR / "dnn.yaml").read_text().replace("below_rows: 50000", f"below_rows: {below}")
+        (tmp_path / "dnn.yaml").write_text(recipe)
+        out = tmp_path / f"b{below}"
+        args = ["train", "--data", str(cache_dir), "--out", str(out), "--recipe", str(tmp_path / "dnn.yaml"), "-q"]
+        over = [] if bn is False else ["--set", "batch_size=512"]
+        assert main([*args, "--set", "max_steps=2", "--hparam", "mlp_dims=[8]", *over]) == 0
+        saved = json.loads((out / "config.json").read_text())
+        assert saved["train"]["batch_size"] == (batch if bn is False else 512)
+        assert saved["model"]["hparams"]["batchnorm"] is bn

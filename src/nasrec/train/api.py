@@ -13,7 +13,7 @@ from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.evaluation import evaluate, split_logits
 from nasrec.train.loading import load_trained
-from nasrec.train.recipe import Recipe, apply_recipe
+from nasrec.train.recipe import Recipe, apply_recipe, check_recipe
 from nasrec.train.resume import same_run
 from nasrec.train.trainer import Trainer
 
@@ -59,9 +59,12 @@ def train(
     if (arch is None) == (model is None):
         raise NasrecError("give exactly one of --arch FILE.json or --model NAME")
     source = None
-    if recipe is not None:  # on resume too: the run's saved settings must be what the recipe gives
-        hparams, overrides, source = apply_recipe(recipe, model, preset_name, hparams, overrides)
+    if recipe is not None:
+        check_recipe(recipe, model, preset_name)  # before the data is read
     cache = open_cache(data)
+    if recipe is not None:  # on resume too: the run's saved settings must be what the recipe gives
+        rows = len(cache.split_index("train"))  # a recipe's small-data settings depend on it
+        hparams, overrides, source = apply_recipe(recipe, model, preset_name, hparams, overrides, rows)
     out = Path(out)
     with _writing(out, "training run"):
         cfg = _config(preset_name, overrides, resume, out)

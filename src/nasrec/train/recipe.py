@@ -11,13 +11,17 @@ NAME` trains with when given no --preset or --recipe (`default_recipe`). Its tra
     # arch_hash: 3f2a...          #   and the hash of its canonical form (the file must still hold it)
     hparams: {embedding_dim: 16, mlp_dims: [400, 400], dropout: 0.1}   # zoo models only
     train: {lr: 0.05, batch_size: 512, ...}                            # TrainConfig fields
+    small_data:                   # optional: what changes when the train split is small
+      below_rows: 50000           #   applies when the train split has fewer rows than this
+      hparams: {batchnorm: false}
+      train: {batch_size: 256}
 
 Every key is checked when the file is read, in one line naming the file and the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from nasrec.rundir import atomic_write_text
 from nasrec.space.arch import Architecture
 from nasrec.train.config import RULES, TrainConfig
 
-KEYS = ("model", "arch", "arch_hash", "hparams", "train")
+KEYS = ("model", "arch", "arch_hash", "hparams", "train", "small_data")
+SMALL_KEYS = ("below_rows", "hparams", "train")
 # Where a run happens is not part of its recipe (a run may move between machines).
 NOT_IN_RECIPE = ("device",)
 
@@ -41,6 +46,24 @@ class Recipe:
     arch_hash: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    # {"below_rows": N, "hparams": {...}, "train": {...}}: laid over the rest when the train split is small
+    small_data: dict[str, Any] | None = None
+
+    def small(self, train_rows: int | None) -> bool:
+        """Whether the small-data settings apply to a train split of `train_rows` rows."""
+        return self.small_data is not None and train_rows is not None and train_rows < self.small_data["below_rows"]
+
+    def for_rows(self, train_rows: int | None) -> Recipe:
+        """The recipe for a train split of `train_rows` rows: with its small-data settings merged in where they apply."""
+        if not self.small(train_rows):
+            return replace(self, small_data=None)
+        assert self.small_data is not None
+        return replace(
+            self,
+            hparams={**self.hparams, **self.small_data.get("hparams", {})},
+            train={**self.train, **self.small_data.get("train", {})},
+            small_data=None,
+        )
 
     @property
     def kind(self) -> str:
@@ -57,6 +80,8 @@ class Recipe:
         if self.hparams:
             out["hparams"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()}
         out["train"] = dict(self.train)
+        if self.small_data is not None:
+            out["small_data"] = dict(self.small_data)
         return out
 
 
@@ -104,20 +129,53 @@ def read_recipe(path: str | Path) -> Recipe:
                 raise ConfigError(what, f"hparams.{k}", f"unknown key (known: {', '.join(known) or 'none'})")
     elif hparams:
         raise ConfigError(what, "hparams", "a nasrec architecture has no hyper-parameters (its file says it all)")
-    train = check_mapping(what, "train", _mapping(what, raw, "train"), TrainConfig, RULES, exclude=NOT_IN_RECIPE)
+    train = _train_settings(what, raw, "train", {})
+    small = _small_data(what, raw, model, known if model is not None else {}, train)
+    return Recipe(model=model, arch=arch, arch_hash=arch_hash, hparams=hparams, train=train, small_data=small)
+
+
+def _train_settings(what: str, raw: dict[str, Any], key: str, under: dict[str, Any]) -> dict[str, Any]:
+    """The checked training settings under `key` of `raw`; with those of `under`, a valid configuration."""
+    train = check_mapping(
+        what, key, _mapping(what, raw, key.rsplit(".", 1)[-1], key), TrainConfig, RULES, exclude=NOT_IN_RECIPE
+    )
     try:
-        TrainConfig().updated(**train)  # the combinations too (eps with sgd)
+        TrainConfig().updated(**{**under, **train})  # the combinations too (eps with sgd)
     except ConfigError as e:
-        raise ConfigError(what, f"train.{e.key}", e.problem) from None
-    return Recipe(model=model, arch=arch, arch_hash=arch_hash, hparams=hparams, train=train)
+        raise ConfigError(what, f"{key}.{e.key}", e.problem) from None
+    return train
 
 
-def _mapping(what: str, raw: dict[str, Any], key: str) -> dict[str, Any]:
+def _small_data(
+    what: str, raw: dict[str, Any], model: str | None, known: dict[str, Any], train: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The checked `small_data` section: below_rows (required), hparams and train laid over the recipe's."""
+    section = _mapping(what, raw, "small_data")
+    if "small_data" not in raw:
+        return None
+    for key in section:
+        if key not in SMALL_KEYS:
+            raise ConfigError(what, f"small_data.{key}", f"unknown key (known: {', '.join(SMALL_KEYS)})")
+    rows = section.get("below_rows")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ConfigError(what, "small_data.below_rows", f"expected a number of training rows >= 1, got {rows!r}")
+    hparams = _mapping(what, section, "hparams", "small_data.hparams")
+    for k in hparams:
+        if model is None:
+            raise ConfigError(what, "small_data.hparams", "a nasrec architecture has no hyper-parameters")
+        if k not in known:
+            raise ConfigError(what, f"small_data.hparams.{k}", f"unknown key (known: {', '.join(known) or 'none'})")
+    small_train = _train_settings(what, section, "small_data.train", train)
+    return {"below_rows": rows, "hparams": hparams, "train": small_train}
+
+
+def _mapping(what: str, raw: dict[str, Any], key: str, name: str | None = None) -> dict[str, Any]:
+    """`raw[key]`, a mapping ({} when absent); `name` is the key as errors give it (default `key`)."""
     value = raw.get(key)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(what, key, f"expected a mapping, got {type(value).__name__}")
+        raise ConfigError(what, name or key, f"expected a mapping, got {type(value).__name__}")
     return value
 
 
@@ -149,8 +207,11 @@ def _check_hash(path: str | Path, recipe: Recipe, a: Architecture, arch_file: st
 EXCLUSIVE = (("eval_every", "evals_per_epoch"), ("path_warmup_steps", "path_warmup_fraction"))
 
 
-def merged(recipe: Recipe, hparams: dict[str, Any] | None, overrides: dict[str, Any] | None) -> tuple[dict, dict]:
-    """(hparams, training settings) of a recipe with the caller's on top."""
+def merged(
+    recipe: Recipe, hparams: dict[str, Any] | None, overrides: dict[str, Any] | None, train_rows: int | None = None
+) -> tuple[dict, dict]:
+    """(hparams, training settings) of a recipe for a train split of `train_rows` rows, with the caller's on top."""
+    recipe = recipe.for_rows(train_rows)
     train, given = dict(recipe.train), dict(overrides or {})
     for a, b in EXCLUSIVE:
         for mine, other in ((a, b), (b, a)):
@@ -174,18 +235,44 @@ def default_recipe(model: str) -> Recipe | None:
 
 
 def apply_recipe(
-    recipe: Recipe | str, model: str | None, preset_name: str | None, hparams: dict | None, overrides: dict | None
+    recipe: Recipe | str,
+    model: str | None,
+    preset_name: str | None,
+    hparams: dict | None,
+    overrides: dict | None,
+    train_rows: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(hparams, overrides, source) of a recipe with the caller's on top; "default" is the zoo model's own."""
-    if preset_name is not None:
-        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
+    """(hparams, overrides, source) of a recipe with the caller's on top; "default" is the zoo model's own.
+
+    `train_rows`: the train split's size, which decides whether the recipe's small-data settings apply.
+    """
+    check_recipe(recipe, model, preset_name)
     if recipe == "default":
         found = default_recipe(model) if model is not None else None
         if found is None:
             return dict(hparams or {}), dict(overrides or {}), None
-        return (*merged(found, hparams, overrides), f"its default recipe, nasrec/presets/recipes/{model}.yaml")
+        source = f"its default recipe, nasrec/presets/recipes/{model}.yaml" + _small_note(found, train_rows)
+        return (*merged(found, hparams, overrides, train_rows), source)
+    assert isinstance(recipe, Recipe)
+    note = _small_note(recipe, train_rows)
+    return *merged(recipe, hparams, overrides, train_rows), (f"the recipe{note}" if note else None)
+
+
+def check_recipe(recipe: Recipe | str, model: str | None, preset_name: str | None) -> None:
+    """Errors of a recipe choice that need no data: a preset as well, or a recipe for another model."""
+    if preset_name is not None:
+        raise NasrecError("give a recipe or a preset, not both (a recipe holds the training settings)")
+    if recipe == "default":
+        return
     if not isinstance(recipe, Recipe):
         raise NasrecError(f"recipe must be 'default' or a Recipe, got {recipe!r}")
     if recipe.model != model:
         raise NasrecError(f"a recipe for {recipe.kind}, not for zoo model {model!r}")
-    return *merged(recipe, hparams, overrides), None
+
+
+def _small_note(recipe: Recipe, train_rows: int | None) -> str:
+    """Where the small-data settings apply, the words that say so."""
+    if not recipe.small(train_rows):
+        return ""
+    assert recipe.small_data is not None
+    return f", small-data settings: {train_rows:,} training rows < {recipe.small_data['below_rows']:,}"

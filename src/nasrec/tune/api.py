@@ -99,7 +99,7 @@ def tune(
         )
     train_rows = len(cache.split_index("train"))
     if recipe is not None:  # as `nasrec train --model NAME`: the recipe is the base
-        hparams, overrides, _ = apply_recipe(recipe, model, preset_name, hparams, overrides)
+        hparams, overrides, _ = apply_recipe(recipe, model, preset_name, hparams, overrides, train_rows)
     base = preset(preset_name, **(overrides or {}))
     hparams = dict(hparams or {})
     if model is not None:
