@@ -182,6 +182,8 @@ def run_one(
         "layernorm": bool(overrides.get("layernorm", False)),
         "recipe": "default" if default_recipe and model in ZOO_MODELS else "bench",
         "mean_pred_over_ctr": m["test"]["mean_pred"] / m["test"]["ctr"],
+        # the base rate the model learnt: on rare positives the test CTR's own sampling error is large
+        "mean_pred_over_train_ctr": m["test"]["mean_pred"] / train_ctr(cache),
         "constant_logloss": _constant_logloss(train_ctr(cache), m["test"]["ctr"]),
     }
     bayes = cache.meta.get("bayes_logloss")
@@ -218,10 +220,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines += [f"\n### {dataset}" + (f" (Bayes-optimal test log loss {bayes:.4f})" if bayes else ""), ""]
         const = statistics.mean(r["constant_logloss"] for r in rs)
         lines += [f"Constant predictor (the train split's CTR): test log loss {const:.4f}.", ""]
-        head = "| model | test log loss | test AUC | mean prediction / CTR | MFLOPs | params | seeds |"
+        head = (
+            "| model | test log loss | test AUC | mean prediction / test CTR | / train CTR | MFLOPs | params | seeds |"
+        )
         lines += [
             head if not bayes else head.replace(" MFLOPs", " gap to Bayes | MFLOPs"),
-            "|---" * (7 + bool(bayes)) + "|",
+            "|---" * (8 + bool(bayes)) + "|",
         ]
         models = list(dict.fromkeys(r["model"] for r in rs))
         models.sort(key=lambda m: statistics.mean(r["logloss"] for r in rs if r["model"] == m))
@@ -230,6 +234,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             ll = [r["logloss"] for r in mr]
             cells = [model, _mean_std(ll), _mean_std([r["auc"] for r in mr])]
             cells.append(f"{statistics.mean(r['mean_pred_over_ctr'] for r in mr):.3f}")
+            train_ratio = [r["mean_pred_over_train_ctr"] for r in mr if "mean_pred_over_train_ctr" in r]
+            cells.append(f"{statistics.mean(train_ratio):.3f}" if train_ratio else "—")
             if bayes:
                 cells.append(f"{statistics.mean(ll) - bayes:.4f}")
             cells += [f"{mr[0]['mflops']:.4g}", f"{mr[0]['params']:,}", str(len(mr))]
