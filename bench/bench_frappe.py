@@ -7,6 +7,8 @@ Usage::
     python bench/bench_frappe.py --recipes runs/tuned             # tuned recipes (DIR/<model>.yaml) where present
     python bench/bench_frappe.py --jobs 2                         # two runs at a time, one thread each
     python bench/bench_frappe.py --models dcnv2 --with runs.jsonl  # the table includes earlier runs' JSON lines
+    python bench/bench_frappe.py --models finalmlp --hparam fs1_context=[0] --hparam fs2_context=[1]
+    python bench/bench_frappe.py --models deepfm --set batch_size=4096   # one change to the recipe
 
 The 202,027 rows of `../shared/data/frappe_x1_train/train.csv` are prepared once (10 categorical fields,
 train-split vocabulary, random 8:1:1 split with seed 0: 161,622 / 20,203 / 20,202 rows). Each model
@@ -16,8 +18,10 @@ the initialisation and the shuffling, not the split. Test figures use the weight
 
 Prints one JSON line per run, then a Markdown table: mean ± std over seeds of test AUC and log loss,
 MFLOPs, the BARS leaderboard's figures for the model, and Welch's 95 % interval of the AUC difference to
-DeepFM. BARS trains on 7:2:1 of all 288,609 rows (202k train rows, against 162k here) and evaluates on
-its own test split, so its figures are the kind of number to expect, not the same measurement.
+DeepFM (with the same recipe changes where run, else its default recipe). `--hparam` and `--set` change
+the recipe of every model run (the recipe column names the changes). BARS trains on 7:2:1 of all 288,609
+rows (202k train rows, against 162k here) and evaluates on its own test split, so its figures are the
+kind of number to expect, not the same measurement.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, machine_line  # bench/ is not a package
 
+from nasrec.cli.common import parse_sets
 from nasrec.data.prepare import PrepareConfig, prepare
 from nasrec.train.api import train
 from nasrec.train.compare import difference
@@ -101,9 +106,15 @@ def tuned(recipes: Path | None, model: str) -> tuple[dict[str, Any], dict[str, A
 
 
 def run_one(
-    cache: Path, model: str, seed: int, work: Path, recipes: Path | None, threads: int | None = None
+    cache: Path,
+    model: str,
+    seed: int,
+    work: Path,
+    recipes: Path | None,
+    threads: int | None = None,
+    changes: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
 ) -> dict[str, Any]:
-    """Train one model with one seed (default or tuned recipe); its test figures and cost."""
+    """Train one model with one seed (default or tuned recipe, with `changes`); its test figures and cost."""
     out = work / "runs" / f"{model}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     recipe = tuned(recipes, model)
@@ -113,15 +124,15 @@ def run_one(
         cache,
         out,
         model=model,
-        hparams=hparams,
-        overrides={**settings, "seed": seed, **({"threads": threads} if threads else {})},
+        hparams={**hparams, **changes[0]},
+        overrides={**settings, **changes[1], "seed": seed, **({"threads": threads} if threads else {})},
         progress=False,
         recipe=None if recipe else "default",  # a tuned recipe holds every setting
     )
     shutil.rmtree(out, ignore_errors=True)  # the metrics are the result
     return {
         "model": model,
-        "recipe": "tuned" if recipe else "default",
+        "recipe": run_label(recipes if recipe else None, changes),
         "seed": seed,
         "auc": m["auc"],
         "logloss": m["logloss"],
@@ -133,6 +144,12 @@ def run_one(
         "best_step": m["best_step"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def run_label(recipes: Path | None, changes: tuple[dict[str, Any], dict[str, Any]]) -> str:
+    """The recipe column of a run: default or tuned, then the changes given (key=value, JSON values)."""
+    given = [f"{k}={json.dumps(v, separators=(',', ':'))}" for c in changes for k, v in c.items()]
+    return ("tuned" if recipes else "default") + "".join(f" {g}" for g in given)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -153,10 +170,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     for k in keys:
         rs = [r for r in rows if (r["model"], r["recipe"]) == k]
         bars = BARS.get(k[0])
-        ref = auc.get(("deepfm", k[1]))
+        ref = ("deepfm", k[1]) if ("deepfm", k[1]) in auc else ("deepfm", "default")  # same recipe, else default
         vs = "—"
-        if ref is not None and k[0] != "deepfm":
-            d = difference(auc[k], ref, lower_is_better=False)
+        if ref in auc and k != ref:
+            d = difference(auc[k], auc[ref], lower_is_better=False)
             if d["low"] is not None:
                 vs = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}"
         cells = [
@@ -182,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", type=Path, help="directory of tuned recipes, <model>.yaml (default: none)")
     ap.add_argument("--with", dest="earlier", type=Path, help="JSON lines of earlier runs to include in the table")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, the cores shared between them (default 1)")
+    ap.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="a model hyper-parameter over the recipe's")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training setting over the recipe's")
     args = ap.parse_args(argv)
+    changes = (parse_sets(args.hparam), parse_sets(args.set))
     if not args.data.is_file():
         ap.error(f"{args.data} not found: this benchmark needs the real data in ../shared (or --data FILE)")
     print(machine_line(), flush=True)
@@ -190,16 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.earlier is not None:
         rows = [json.loads(x) for x in args.earlier.read_text().splitlines() if x.startswith('{"model"')]
-    have = {(r["model"], r["seed"]) for r in rows if r["recipe"] == ("tuned" if args.recipes else "default")}
+    label = run_label(args.recipes, changes)
+    have = {(r["model"], r["seed"]) for r in rows if r["recipe"] == label}
     runs = [(model, seed) for model in args.models for seed in args.seeds if (model, seed) not in have]
     if args.jobs <= 1:
         for model, seed in runs:
-            rows.append(run_one(cache, model, seed, args.work, args.recipes))
+            rows.append(run_one(cache, model, seed, args.work, args.recipes, None, changes))
             print(json.dumps(rows[-1]), flush=True)
     else:  # separate processes (spawned: torch's thread pools do not survive a fork), cores split evenly
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, cache, m, s, args.work, args.recipes, threads) for m, s in runs]
+            futures = [pool.submit(run_one, cache, m, s, args.work, args.recipes, threads, changes) for m, s in runs]
             for future in as_completed(futures):
                 rows.append(future.result())
                 print(json.dumps(rows[-1]), flush=True)
