@@ -213,6 +213,7 @@ def test_small_data_settings_apply_below_their_row_count_only() -> None:
     assert small is not None and small["below_rows"] == 50_000
     hp, few = merged(recipe, None, None, train_rows=6_400)
     assert not hp["batchnorm"] and few["batch_size"] == 256 and few["embedding_l2_per"] == "row"
+    assert few["early_stop_metric"] == "logloss"
     assert hp["mlp_dims"] == recipe.hparams["mlp_dims"]  # the rest stays the recipe's
     hp, many = merged(recipe, None, None, train_rows=161_622)
     assert hp["batchnorm"] and many == merged(recipe, None, None)[1] and many["batch_size"] == 2048
