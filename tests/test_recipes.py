@@ -216,7 +216,9 @@ def test_small_data_settings_apply_below_their_row_count_only() -> None:
     assert few["early_stop_metric"] == "logloss"
     assert hp["mlp_dims"] == recipe.hparams["mlp_dims"]  # the rest stays the recipe's
     hp, many = merged(recipe, None, None, train_rows=161_622)
-    assert hp["batchnorm"] and many == merged(recipe, None, None)[1] and many["batch_size"] == recipe.train["batch_size"]
+    assert (
+        hp["batchnorm"] and many == merged(recipe, None, None)[1] and many["batch_size"] == recipe.train["batch_size"]
+    )
     # the caller's options still lie over the small-data settings
     hp, given = merged(recipe, {"batchnorm": True}, {"batch_size": 64}, train_rows=10)
     assert hp["batchnorm"] and given["batch_size"] == 64 and given["embedding_l2_per"] == "row"

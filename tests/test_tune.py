@@ -193,7 +193,10 @@ def test_the_default_space_follows_the_model() -> None:
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
-        ({"model": "fm", "trian": {}}, "trian: unknown key (known: model, arch, arch_hash, hparams, train, small_data)"),
+        (
+            {"model": "fm", "trian": {}},
+            "trian: unknown key (known: model, arch, arch_hash, hparams, train, small_data)",
+        ),
         ({"model": "fm", "hparams": {"dropout": 0.1}}, "hparams.dropout: unknown key (known: embedding_dim"),
         ({"model": "fm", "train": {"lr": -1}}, "train.lr: expected a number > 0"),
         ({"train": {"lr": 0.1}}, "model: give exactly one of model"),
