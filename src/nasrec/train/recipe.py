@@ -129,16 +129,14 @@ def read_recipe(path: str | Path) -> Recipe:
                 raise ConfigError(what, f"hparams.{k}", f"unknown key (known: {', '.join(known) or 'none'})")
     elif hparams:
         raise ConfigError(what, "hparams", "a nasrec architecture has no hyper-parameters (its file says it all)")
-    train = _train_settings(what, raw, "train", {})
+    train = _train_settings(what, _mapping(what, raw, "train"), "train", {})
     small = _small_data(what, raw, model, known if model is not None else {}, train)
     return Recipe(model=model, arch=arch, arch_hash=arch_hash, hparams=hparams, train=train, small_data=small)
 
 
-def _train_settings(what: str, raw: dict[str, Any], key: str, under: dict[str, Any]) -> dict[str, Any]:
-    """The checked training settings under `key` of `raw`; with those of `under`, a valid configuration."""
-    train = check_mapping(
-        what, key, _mapping(what, raw, key.rsplit(".", 1)[-1], key), TrainConfig, RULES, exclude=NOT_IN_RECIPE
-    )
+def _train_settings(what: str, values: dict[str, Any], key: str, under: dict[str, Any]) -> dict[str, Any]:
+    """Training settings `values` (named `key` in errors), checked; with those of `under`, a valid configuration."""
+    train = check_mapping(what, key, values, TrainConfig, RULES, exclude=NOT_IN_RECIPE)
     try:
         TrainConfig().updated(**{**under, **train})  # the combinations too (eps with sgd)
     except ConfigError as e:
@@ -150,9 +148,9 @@ def _small_data(
     what: str, raw: dict[str, Any], model: str | None, known: dict[str, Any], train: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The checked `small_data` section: below_rows (required), hparams and train laid over the recipe's."""
-    section = _mapping(what, raw, "small_data")
     if "small_data" not in raw:
         return None
+    section = _mapping(what, raw, "small_data")
     for key in section:
         if key not in SMALL_KEYS:
             raise ConfigError(what, f"small_data.{key}", f"unknown key (known: {', '.join(SMALL_KEYS)})")
@@ -165,7 +163,7 @@ def _small_data(
             raise ConfigError(what, "small_data.hparams", "a nasrec architecture has no hyper-parameters")
         if k not in known:
             raise ConfigError(what, f"small_data.hparams.{k}", f"unknown key (known: {', '.join(known) or 'none'})")
-    small_train = _train_settings(what, section, "small_data.train", train)
+    small_train = _train_settings(what, _mapping(what, section, "train", "small_data.train"), "small_data.train", train)
     return {"below_rows": rows, "hparams": hparams, "train": small_train}
 
 

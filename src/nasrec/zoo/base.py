@@ -125,8 +125,9 @@ class ZooModel(nn.Module):
         """Embeddings: FieldEmbedding's xavier-normal per table; linears: xavier-uniform, zero bias; fresh BN.
 
         LR's first-order weights (`FirstOrder`) start at zero. With `max_embedding_std` set, every field
-        embedding table (of `self.embedding` and any other FieldEmbedding) whose xavier-normal std sqrt(2 / (N + E)) exceeds it, and the
-        dense field's projection (the dense features' embedding), are scaled down to that std.
+        embedding table (of `self.embedding` and any other FieldEmbedding) whose xavier-normal std
+        sqrt(2 / (N + E)) exceeds it, and the dense field's projection (the dense features' embedding), are
+        scaled down to that std.
         """
         for m in self.modules():
             if isinstance(m, FieldEmbedding | nn.BatchNorm1d):

@@ -60,13 +60,15 @@ class FeatureGate(nn.Module):
         self.fields = fields
         self.context = FieldEmbedding([table_sizes[f] for f in fields], dim) if fields else None
         self.constant = nn.Parameter(torch.zeros(dim)) if fields == () else None
+        # the context columns as an index tensor, made once (and moved with the model), not per batch
+        self.register_buffer("columns", torch.tensor(fields or (), dtype=torch.int64), persistent=False)
 
     def forward(self, x: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """x [B, d], sparse ids [B, S] -> [B, d]."""
         if self.fields is None:
             c = x
         elif self.context is not None:
-            c = self.context(sparse[:, list(self.fields)]).flatten(1)
+            c = self.context(sparse.index_select(1, self.columns)).flatten(1)
         else:
             c = self.constant.repeat(x.shape[0], 1)
         return x * (2.0 * torch.sigmoid(self.mlp(c)))
@@ -146,9 +148,11 @@ class FinalMLP(ZooModel):
         gates = []
         for key, given in (("fs1_context", fs1_context), ("fs2_context", fs2_context)):
             fields = self._context(key, given, gated)
-            din = FeatureGate.width(fields, d, dim)
-            mlp = self._mlp(din, gate_dims, 0.0, False, out=d, name="fs_dims")
-            gates.append(FeatureGate(mlp, fields, self.table_sizes, dim) if gated else None)
+            if not gated:
+                gates.append(None)
+                continue
+            mlp = self._mlp(FeatureGate.width(fields, d, dim), gate_dims, 0.0, False, out=d, name="fs_dims")
+            gates.append(FeatureGate(mlp, fields, self.table_sizes, dim))
         self.gate1, self.gate2 = gates
         self.mlp1 = self._mlp(d, dims1, drop1, bn1, out=None, name="mlp1_dims")
         self.mlp2 = self._mlp(d, dims2, drop2, bn2, out=None, name="mlp2_dims")
