@@ -10,8 +10,10 @@ the host), so two forms are only compared inside one process, alternating round 
 batches and the same sampled paths, and each round's ratio is reported with the median rate.
 
 Forms: "fused" is torch's `scaled_dot_product_attention` (the CPU flash kernel); "plain" is
-softmax(q k^T / sqrt(d)) v on the whole batch; "chunked" is nasrec's `attention` (the plain form on
-chunks of the batch whose scores fit in cache). First the operator alone, forward and backward, on
+softmax(q k^T / sqrt(d)) v on the whole batch; "chunked-autograd" is the plain form on chunks of the
+batch whose scores fit in cache, differentiated by autograd; "chunked" is nasrec's `attention` (the
+same chunks, with every product computed with the head dimension as the output's rows, forward and
+backward). First the operator alone, forward and backward, on
 [512, 8, T, 2] at T = 16, 32, 48, 64 (the Full space's sparse widths); then Full supernet training
 steps (Criteo shape, batch 512, sampled paths, Adagrad with clipping, as `bench_supernet.py`) with the
 transformer operator's attention (`nasrec.model.ops.transformer.attention`) swapped between rounds.
@@ -45,18 +47,34 @@ def plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.matmul(torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)), -1), v)
 
 
-FORMS = {"fused": F.scaled_dot_product_attention, "plain": plain, "chunked": transformer.attention}
+def chunked_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The plain form on chunks of the batch whose scores fit in cache, differentiated by autograd."""
+    _, H, T, d = q.shape
+    rows = max(1, transformer.ATTENTION_CHUNK // (H * T * T))
+    parts = zip((q * d**-0.5).split(rows), k.split(rows), v.split(rows), strict=True)
+    return torch.cat([torch.matmul(torch.softmax(torch.matmul(a, b.transpose(-1, -2)), -1), c) for a, b, c in parts])
 
 
-def summary(rates: dict[str, list[float]], base: str) -> dict[str, dict]:
-    """Median rate of each form and its per-round ratios to `base`."""
+FORMS = {
+    "fused": F.scaled_dot_product_attention,
+    "plain": plain,
+    "chunked-autograd": chunked_autograd,
+    "chunked": transformer.attention,
+}
+
+
+def summary(rates: dict[str, list[float]], base: str, second: str = "chunked-autograd") -> dict[str, dict]:
+    """Median rate of each form and its per-round ratios to `base` and to `second`."""
     out = {}
     for name, r in rates.items():
         ratios = [a / b for a, b in zip(r, rates[base], strict=True)]
+        ratios2 = [a / b for a, b in zip(r, rates[second], strict=True)]
         out[name] = {
             "median": round(statistics.median(r), 1),
             "ratio_to_" + base: round(statistics.median(ratios), 3),
             "round_ratios": [round(x, 3) for x in ratios],
+            "ratio_to_" + second: round(statistics.median(ratios2), 3),
+            "round_ratios_to_" + second: [round(x, 3) for x in ratios2],
         }
     return out
 
@@ -80,7 +98,8 @@ def operator_rates(rounds: int, reps: int) -> dict[int, dict]:
         line = "  ".join(f"{n} {1e3 / s['median']:.1f} ms" for n, s in res[tokens].items())
         print(
             f"operator, {tokens} tokens, forward + backward: {line}  (chunked/fused "
-            f"{res[tokens]['chunked']['ratio_to_fused']}x)",
+            f"{res[tokens]['chunked']['ratio_to_fused']}x, chunked/chunked-autograd "
+            f"{res[tokens]['chunked']['ratio_to_chunked-autograd']}x)",
             flush=True,
         )
     return res
@@ -106,9 +125,11 @@ def supernet_rates(rounds: int, steps: int, seed: int) -> dict[str, dict]:
         transformer.attention = FORMS["chunked"]
     res = summary(rates, "fused")
     print(
-        f"Full supernet, sampled paths, samples/s: fused {res['fused']['median']:,.0f}, chunked "
-        f"{res['chunked']['median']:,.0f}; chunked/fused per round {res['chunked']['round_ratios']} "
-        f"(median {res['chunked']['ratio_to_fused']}x)",
+        f"Full supernet, sampled paths, samples/s: fused {res['fused']['median']:,.0f}, chunked-autograd "
+        f"{res['chunked-autograd']['median']:,.0f}, chunked {res['chunked']['median']:,.0f}; chunked/fused per "
+        f"round {res['chunked']['round_ratios']} (median {res['chunked']['ratio_to_fused']}x); "
+        f"chunked/chunked-autograd per round {res['chunked']['round_ratios_to_chunked-autograd']} "
+        f"(median {res['chunked']['ratio_to_chunked-autograd']}x)",
         flush=True,
     )
     return res

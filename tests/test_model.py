@@ -309,3 +309,19 @@ def test_chunked_attention_equals_torch_attention(batch: int, tokens: int) -> No
     assert (max(1, cell.ATTENTION_CHUNK // (cell.HEADS * tokens * tokens)) < batch) == (batch > 3)
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_small_head_attention_gradients_over_uneven_chunks() -> None:
+    """Chunks of 3 rows over 7 (the last one short): gradcheck in float64, and no probabilities kept without grad."""
+    from nasrec.model.ops.small_heads import SmallHeadAttention
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(7, 5, 2, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 3), (q, k, v))
+    with torch.no_grad():
+        out = SmallHeadAttention.apply(q, k, v, 3, False)
+    want = torch.softmax(q @ k.transpose(1, 2) / 2**0.5, -1) @ v
+    torch.testing.assert_close(out, want.detach())
+    assert out.grad_fn is None
+    kept = SmallHeadAttention.apply(q, k, v, 3, True)
+    assert len(kept.grad_fn.saved_tensors) == 3 + 3  # q, k, v and one probability tensor per chunk

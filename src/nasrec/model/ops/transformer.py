@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 HEADS = 8
 TRANSFORMER_LN_INIT = 0.17
-ATTENTION_CHUNK = 2**20  # score entries per chunk (4 MB): a chunk's scores stay in cache
+ATTENTION_CHUNK = 2**19  # score entries per chunk (2 MB): a chunk's scores stay in cache
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -37,14 +37,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     # With 2-dimensional heads, torch's fused CPU attention spends its time on per-block overhead, and
     # the plain form on memory traffic: scores of [512, 8, 64, 64] are 67 MB a tensor. Chunks of the
     # batch whose scores fit in cache were 25-35 % faster than either, forward and backward, at 16-64
-    # tokens (BENCHMARKS.md). Export sees one chunk: a traced split would fix the batch size.
+    # tokens (BENCHMARKS.md); computing the products transposed made the chunks faster again. Export
+    # sees the plain form: a traced split would fix the batch size.
+    from nasrec.model.ops.small_heads import SmallHeadAttention
+
     B, H, T, d = q.shape
-    rows = max(1, ATTENTION_CHUNK // (H * T * T))
-    q = q * d**-0.5
-    if rows >= B or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), -1), v)
-    parts = zip(q.split(rows), k.split(rows), v.split(rows), strict=True)
-    return torch.cat([torch.matmul(torch.softmax(torch.matmul(a, b.transpose(-1, -2)), -1), c) for a, b, c in parts])
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return torch.matmul(torch.softmax(torch.matmul(q * d**-0.5, k.transpose(-1, -2)), -1), v)
+    rows = H * max(1, ATTENTION_CHUNK // (H * T * T))
+    keep = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    q, k, v = (t.reshape(B * H, T, d) for t in (q, k, v))
+    out = SmallHeadAttention.apply(q, k, v, rows, keep)
+    return out.view(B, H, T, d)
 
 
 def attention_matmul_flops(tokens: int, e: int = EMBEDDING_DIM) -> int:
