@@ -398,3 +398,30 @@ def test_nonzero_extents_matches_a_direct_search_of_the_nonzeros() -> None:
             nz = (g != 0).nonzero()
             want = tuple(int(nz[:, d].max()) + 1 for d in range(g.dim())) if len(nz) else (0,) * g.dim()
             assert nonzero_extents(g) == want, (shape, trial)
+
+
+@pytest.mark.parametrize("name", ["adagrad", "adam", "sgd"])
+def test_first_order_lr_moves_only_the_lr_part_faster(name: str) -> None:
+    """`first_order_lr` gives a zoo model's LR part (scalars and dense weights) groups and an lr of its own."""
+    from nasrec.zoo.linear import FM
+
+    torch.manual_seed(0)
+    model = FM(3, [5, 7], embedding_dim=4)
+    opt = build_optimizer(model, name, lr=0.01, first_order_lr=0.1)
+    first = {id(p) for p in model.linear.parameters()}
+    by_name = {}
+    for group in opt.param_groups:
+        by_name.setdefault(group["name"], []).append(group)
+        owned = {id(p) in first for p in group["params"]}
+        assert owned == {group["name"] == "first_order"}
+    assert [g["lr"] for g in by_name["first_order"]] == [0.1, 0.1]  # a dense and an embedding group
+    assert {g["lr"] for g in by_name["dense"] + by_name["embedding"]} == {0.01}
+    # The schedule scales every group from its own lr: a plateau keeps the ratio
+    sched = build_schedule(opt, "plateau", total_steps=10, warmup_fraction=0.0, factor=0.5, patience=1)
+    assert not sched.report(1.0) and sched.report(2.0)
+    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [0.005, 0.05]
+    # Without it, one group per part, as before (the saved state of earlier runs loads)
+    plain = build_optimizer(model, name, lr=0.01)
+    assert [g["name"] for g in plain.param_groups] == ["dense", "embedding"]
+    with pytest.raises(NasrecError, match="first_order_lr"):
+        build_optimizer(model, name, lr=0.01, first_order_lr=0.0)

@@ -28,7 +28,7 @@ from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.gradsync import GradientSync
 from nasrec.train.optim import build_optimizer, sparse_parameters
-from nasrec.train.regularize import L2_FORMS, EmbeddingL2
+from nasrec.train.regularize import L2_FORMS, EmbeddingL2, effective_l2
 from nasrec.train.resume import same_run
 from nasrec.zoo.registry import build_zoo_model
 
@@ -367,3 +367,15 @@ def test_with_data_parallelism_the_synchronised_gradient_is_the_global_batchs(tm
         EmbeddingL2.for_model(model, LAM, per)(8)
         for n, p in model.named_parameters():
             torch.testing.assert_close(synced[per][n], p.grad.to_dense(), rtol=1e-5, atol=1e-6, msg=f"{per} {n}")
+
+
+def test_effective_l2_shrinks_with_the_label_variance_below_the_reference() -> None:
+    """`embedding_l2_ref_var`: λ as given at balanced click rates, x p(1 - p) / ref below the reference."""
+    cfg = TrainConfig(embedding_l2=0.1, embedding_l2_ref_var=0.1)
+    assert effective_l2(cfg, 1 / 3) == 0.1  # Frappe's rate: p(1 - p) = 0.22, above the reference
+    assert effective_l2(cfg, 0.003) == pytest.approx(0.1 * 0.003 * 0.997 / 0.1)
+    assert effective_l2(cfg, 0.997) == pytest.approx(effective_l2(cfg, 0.003))  # symmetric in p
+    assert effective_l2(TrainConfig(embedding_l2=0.1), 0.003) == 0.1  # no reference: never scaled
+    assert effective_l2(TrainConfig(embedding_l2=0.0, embedding_l2_ref_var=0.1), 0.003) == 0.0
+    with pytest.raises(NasrecError, match="embedding_l2_ref_var"):
+        TrainConfig(embedding_l2_ref_var=0.3)

@@ -32,8 +32,10 @@ RULES: dict[str, Rule] = {
     "lr": LEARNING_RATE,
     "eps": Rule(gt=0, le=1),
     "embedding_lr": LEARNING_RATE,
+    "first_order_lr": LEARNING_RATE,
     "weight_decay": Rule(ge=0, le=1),
     "embedding_l2_per": Rule(choices=L2_FORMS),
+    "embedding_l2_ref_var": Rule(gt=0, le=0.25, why="a label variance p(1 - p), at most 0.25"),
     "embedding_l2": Rule(ge=0, le=1, why="a per-example penalty, added to a mean logloss of about 0.45"),
     "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")),
     "warmup_fraction": Rule(ge=0, lt=1),
@@ -74,6 +76,11 @@ class TrainConfig:
     # optimizer's own is kept as None, so a run saved when eps was always 1e-2 resumes (`default_eps_as_none`).
     eps: float | None = None
     embedding_lr: float | None = None
+    # The lr of a zoo model's first-order (LR) part, the per-category scalars and the dense linear weights;
+    # None: lr / embedding_lr. On small data a model's embeddings and MLP overfit within an epoch or two
+    # while the LR part, at the same Adam lr, has barely moved: a higher lr lets both fit before early
+    # stopping ends the run (BENCHMARKS.md)
+    first_order_lr: float | None = None
     # L2 of the dense ("net") parameters only, through the optimizer; embeddings have embedding_l2
     weight_decay: float = 0.0
     # L2 penalty on the embeddings each example looks up, added to the mean loss as embedding_l2 x the
@@ -83,6 +90,11 @@ class TrainConfig:
     # "lookup" (above), "row": FuxiCTR's (λ/2)·‖E‖² on the rows the batch touched, each row once, or
     # "table": (λ/2)·‖E‖² on whole tables, with dense gradients (small tables only)
     embedding_l2_per: str = "lookup"
+    # None, or the label variance p(1 - p) of the train split (p: its click rate) at and above which
+    # embedding_l2 applies as given; below it the L2 shrinks in proportion, x p(1 - p) / this. The loss
+    # gradient the penalty competes with scales with p(1 - p) (the logistic loss's Fisher information):
+    # with 0.3 % positives a λ tuned at 33 % holds every embedding at zero and the model learns nothing
+    embedding_l2_ref_var: float | None = None
     schedule: str = "warmup-cosine"
     # "plateau": every lr x plateau_factor after plateau_patience evaluations without gain in the metric
     # early stopping watches (log loss without one)

@@ -171,6 +171,7 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     sliced: bool = False,
     table_l2: float = 0.0,
+    first_order_lr: float | None = None,
 ) -> SplitOptimizer:
     """The optimizer `name` over the model's trainable parameters, sparse embeddings in their own group.
 
@@ -179,13 +180,17 @@ def build_optimizer(
     the model runs slices of its weights (a supernet), so dense Adagrad updates only each gradient's box.
     `table_l2` > 0: FuxiCTR's whole-table embedding L2 (see `dense_tables`): the sparse tables switch to
     dense gradients and their optimizer gets weight decay `table_l2`, the gradient of (λ/2)·‖E‖².
+    `first_order_lr`: the lr of the parameters of modules tagged `lr_group = "first_order"` (a model's LR
+    part), in groups of their own named "first_order"; None: the lr of their part.
     """
     if name not in OPTIMIZERS:
         raise NasrecError(f"unknown optimizer {name!r} (expected one of: {', '.join(OPTIMIZERS)})")
     eps = DEFAULT_EPS[name] if eps is None else float(eps)
     emb_lr = lr if embedding_lr is None else embedding_lr
-    if lr <= 0 or emb_lr <= 0:
-        raise NasrecError(f"learning rates must be positive, got lr={lr}, embedding_lr={embedding_lr}")
+    if lr <= 0 or emb_lr <= 0 or (first_order_lr is not None and first_order_lr <= 0):
+        raise NasrecError(
+            f"learning rates must be positive, got lr={lr}, embedding_lr={embedding_lr}, first_order_lr={first_order_lr}"
+        )
     if weight_decay < 0:
         raise NasrecError(f"weight decay must be non-negative, got {weight_decay}")
     if name == "adam" and not all(0.0 <= b < 1.0 for b in betas):
@@ -206,24 +211,38 @@ def build_optimizer(
         # sparse gradients come from nn.Embedding(sparse=True) and are valid by construction.
         torch.sparse.check_sparse_tensor_invariants.disable()
 
-    def plain(group: dict[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    def plain(groups: list[dict[str, Any]], lr: float, wd: float) -> torch.optim.Optimizer:
         if name == "adagrad":
-            return torch.optim.Adagrad([group], lr=lr, eps=eps, weight_decay=wd, initial_accumulator_value=0.0)
+            return torch.optim.Adagrad(groups, lr=lr, eps=eps, weight_decay=wd, initial_accumulator_value=0.0)
         if name == "adam":
-            return torch.optim.Adam([group], lr=lr, betas=betas, eps=eps, weight_decay=wd)
-        return torch.optim.SGD([group], lr=lr, weight_decay=wd)
+            return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+        return torch.optim.SGD(groups, lr=lr, weight_decay=wd)
+
+    first = first_order_ids(model) if first_order_lr is not None else set()
+
+    def groups(params: list[nn.Parameter], part: str, part_lr: float) -> list[dict[str, Any]]:
+        # The first-order group exists only when asked for, so the state of a run without it keeps one group
+        rest = [p for p in params if id(p) not in first]
+        own = [p for p in params if id(p) in first]
+        out = [{"params": rest, "name": part, "lr": part_lr}] if rest else []
+        return out + ([{"params": own, "name": "first_order", "lr": first_order_lr}] if own else [])
 
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if dense:
-        group = {"params": dense, "name": "dense"}
+        dense_groups = groups(dense, "dense", lr)
         if name == "adagrad" and sliced and weight_decay == 0:
-            optimizers["dense"] = BoxAdagrad([group], lr=lr, eps=eps)
+            optimizers["dense"] = BoxAdagrad(dense_groups, lr=lr, eps=eps)
         else:
-            optimizers["dense"] = plain(group, lr, weight_decay)
+            optimizers["dense"] = plain(dense_groups, lr, weight_decay)
     if sparse:
-        group = {"params": sparse, "name": "embedding"}
+        sparse_groups = groups(sparse, "embedding", emb_lr)
         if name == "adam" and not tables:  # lazy Adam: only the looked-up rows and their moments move
-            optimizers["embedding"] = torch.optim.SparseAdam([group], lr=emb_lr, betas=betas, eps=eps)
+            optimizers["embedding"] = torch.optim.SparseAdam(sparse_groups, lr=emb_lr, betas=betas, eps=eps)
         else:  # sparse Adagrad and SGD, or whole tables (dense gradients) with their coupled L2
-            optimizers["embedding"] = plain(group, emb_lr, table_l2)
+            optimizers["embedding"] = plain(sparse_groups, emb_lr, table_l2)
     return SplitOptimizer(name, optimizers)
+
+
+def first_order_ids(model: nn.Module) -> set[int]:
+    """Ids of the parameters of the model's modules tagged `lr_group = "first_order"` (its LR part)."""
+    return {id(p) for m in model.modules() if getattr(m, "lr_group", None) == "first_order" for p in m.parameters()}

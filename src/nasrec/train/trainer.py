@@ -52,7 +52,7 @@ from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, t
 from nasrec.train.gradsync import CommMeter, GradientSync
 from nasrec.train.optim import build_optimizer
 from nasrec.train.progress import Progress, describe, progress_bar
-from nasrec.train.regularize import EmbeddingL2, table_l2
+from nasrec.train.regularize import EmbeddingL2, effective_l2, table_l2
 from nasrec.train.resume import TrainState, json_default, restore_state, save_state, start_run, truncate_log
 from nasrec.train.sampling import check_paths_config, path_sampler
 from nasrec.train.schedule import build_schedule
@@ -88,7 +88,9 @@ class Trainer:
         check_spec_fits(spec, cfg.optimizer)
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
         self.model = spec.build().to(self.device)
-        init_head_bias(self.model, train_ctr(cache))
+        ctr = train_ctr(cache)
+        init_head_bias(self.model, ctr)
+        l2 = effective_l2(cfg, ctr, warn=self.main)
         # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
         check_paths_config(spec, cfg)
         self.loader = BatchLoader(
@@ -125,8 +127,9 @@ class Trainer:
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
             embedding_lr=cfg.embedding_lr,
+            first_order_lr=cfg.first_order_lr,
             sliced=self.paths.has_paths,
-            table_l2=table_l2(self.model, cfg, warn=self.main),
+            table_l2=table_l2(self.model, cfg, warn=self.main, strength=l2),
         )
         plateau = dict(factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         self.schedule = build_schedule(
@@ -142,7 +145,7 @@ class Trainer:
 
             set_batch_group(self.model, dist.group.WORLD)
         self.comm = CommMeter()
-        self.embedding_l2 = EmbeddingL2.for_model(self.model, cfg.embedding_l2, cfg.embedding_l2_per)
+        self.embedding_l2 = EmbeddingL2.for_model(self.model, l2, cfg.embedding_l2_per)
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:

@@ -97,6 +97,8 @@ def flat_inputs(dense: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
 class FirstOrder(nn.Module):
     """LR's logit: Linear(D → 1) on dense features + per-category scalar weights + bias."""
 
+    lr_group = "first_order"  # `TrainConfig.first_order_lr` reaches these weights
+
     def __init__(self, num_dense: int, table_sizes: Sequence[int]) -> None:
         super().__init__()
         self.dense = nn.Linear(num_dense, 1, bias=False) if num_dense > 0 else None
