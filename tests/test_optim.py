@@ -425,3 +425,18 @@ def test_first_order_lr_moves_only_the_lr_part_faster(name: str) -> None:
     assert [g["name"] for g in plain.param_groups] == ["dense", "embedding"]
     with pytest.raises(NasrecError, match="first_order_lr"):
         build_optimizer(model, name, lr=0.01, first_order_lr=0.0)
+
+
+def test_at_lr_floor_only_once_a_plateau_has_lowered_every_lr_to_its_floor() -> None:
+    """Early stopping ends a run whose plateau schedule has nothing left to lower (`at_lr_floor`)."""
+    from nasrec.train.schedule import at_lr_floor
+
+    opt = _two_groups(1e-6, 1e-7)
+    sched = build_schedule(opt, "plateau", total_steps=100, warmup_fraction=0.0, patience=1, factor=0.1)
+    assert not at_lr_floor(sched)  # no reduction yet (the embedding group's 1e-7 alone is not the floor)
+    sched.report(1.0)
+    assert sched.report(2.0) and sched.get_last_lr() == pytest.approx([1e-7, 1e-8])
+    assert not at_lr_floor(sched)  # the dense group can still go lower
+    assert sched.report(2.0) and sched.get_last_lr() == pytest.approx([1e-8, 1e-8])
+    assert at_lr_floor(sched)
+    assert not at_lr_floor(build_schedule(_two_groups(), "constant", total_steps=10))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from nasrec.configfile import ConfigError
 from nasrec.errors import NasrecError
 from nasrec.train.api import train
 from nasrec.train.config import TrainConfig, preset
-from nasrec.train.recipe import RECIPE_DIR, default_recipe, merged, read_recipe
+from nasrec.train.recipe import RECIPE_DIR, apply_recipe, default_recipe, merged, read_recipe
 from nasrec.zoo.registry import ZOO_MODELS, build_zoo_model
 
 QUICK = dict(batch_size=64, lr=0.05, checkpoint_every=10**6, log_every=10**6, threads=1)
@@ -225,6 +226,20 @@ def test_small_data_settings_apply_below_their_row_count_only() -> None:
     assert default_recipe("fm").small_data is None and default_recipe("lr").small_data is None
 
 
+def test_small_data_settings_apply_to_few_examples_of_the_rarer_label() -> None:
+    """Many rows but few clicks (0.3 % of 160,000 rows: 462) is small data too; so are few non-clicks."""
+    recipe = default_recipe("dcnv2")
+    assert recipe.small_data is not None and recipe.small_data["below_positives"] == 12_500
+    assert recipe.small(160_000, 462) and recipe.small(160_000, 12_499) and not recipe.small(160_000, 12_500)
+    assert not recipe.small(161_622, None)  # the count unknown: rows alone decide
+    hp, few = merged(recipe, None, None, 160_000, 462)
+    assert few["batch_size"] == 256 and few["early_stop_metric"] == "logloss" and not hp["batchnorm"]
+    _, _, source = apply_recipe("default", "dcnv2", None, None, None, 160_000, 462)
+    assert source is not None and "462 training examples of the rarer label < 12,500" in source
+    _, _, source = apply_recipe("default", "dcnv2", None, None, None, 6_400, 1_600)
+    assert source is not None and "6,400 training rows < 50,000" in source
+
+
 @pytest.mark.parametrize(
     ("section", "key"),
     [
@@ -235,6 +250,8 @@ def test_small_data_settings_apply_below_their_row_count_only() -> None:
         ("{below_rows: 10, hparams: [1]}", "small_data.hparams"),
         ("{below_rows: 10, train: {batch_size: -1}}", "small_data.train.batch_size"),
         ("{below_rows: 10, train: {nosuch: 1}}", "small_data.train.nosuch"),
+        ("{below_rows: 10, below_positives: 0}", "small_data.below_positives"),
+        ("{below_rows: 10, below_positives: many}", "small_data.below_positives"),
         ("[1, 2]", "small_data"),
     ],
 )
@@ -259,6 +276,7 @@ def test_training_on_small_data_uses_the_small_data_settings(
     # a recipe file's section applies through `nasrec train --recipe` too, where the train split is small enough
     for below, batch, bn in ((5000, 256, False), (1000, 2048, True)):  # the cache has 1,600 training rows
         recipe = (RECIPE_DIR / "dnn.yaml").read_text().replace("below_rows: 50000", f"below_rows: {below}")
+        recipe = re.sub(r"\n  below_positives: .*", "", recipe)  # rows alone decide here
         (tmp_path / "dnn.yaml").write_text(recipe)
         out = tmp_path / f"b{below}"
         args = ["train", "--data", str(cache_dir), "--out", str(out), "--recipe", str(tmp_path / "dnn.yaml"), "-q"]

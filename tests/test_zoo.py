@@ -105,6 +105,22 @@ def test_forward_shape_and_sparse_embedding_gradients(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_logit_bias_adds_straight_to_the_logit(name: str) -> None:
+    """`init_logit_bias(ctr)` sets a bias whose every change moves the logit by the same amount."""
+    torch.manual_seed(0)
+    model = build_zoo_model(name, NUM_DENSE, TABLES).eval()  # eval: batch norm on running statistics
+    dense, sparse = _batch()
+    with torch.no_grad():
+        before = model(dense, sparse)
+        bias = model.logit_bias()
+        assert bias is not None and bias.numel() == 1 and bias.item() == 0.0
+        model.init_logit_bias(0.02)
+        shifted = model(dense, sparse)
+    assert bias.item() == pytest.approx(math.log(0.02 / 0.98))
+    torch.testing.assert_close(shifted, before + math.log(0.02 / 0.98), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_models_without_dense_features_and_with_options(name: str) -> None:
     hp = dict(SMALL[name])
     model = build_zoo_model(name, 0, TABLES, **hp)

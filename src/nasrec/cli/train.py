@@ -105,14 +105,15 @@ def _run_train(args: argparse.Namespace) -> int:
 def _with_recipe(args: argparse.Namespace, hparams: dict, overrides: dict) -> tuple:
     """(arch, model, hparams, overrides) of a run with --recipe: the command line's options over the recipe's."""
     from nasrec.data.cache import open_cache
+    from nasrec.train.evaluation import train_size
     from nasrec.train.recipe import merged, read_recipe, recipe_model
 
     if args.preset is not None:
         raise NasrecError("give --recipe or --preset, not both (a recipe holds every training setting)")
     recipe = read_recipe(args.recipe)
     arch, model = recipe_model(args.recipe, recipe, args.arch, args.model)
-    rows = len(open_cache(args.data).split_index("train")) if recipe.small_data is not None else None
-    return arch, model, *merged(recipe, hparams, overrides, rows)
+    size = train_size(open_cache(args.data)) if recipe.small_data is not None else (None, None)
+    return arch, model, *merged(recipe, hparams, overrides, *size)
 
 
 def _add_supernet(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
 from nasrec.train.config import TrainConfig, preset
-from nasrec.train.evaluation import evaluate, split_logits
+from nasrec.train.evaluation import evaluate, split_logits, train_size
 from nasrec.train.loading import load_trained
 from nasrec.train.recipe import Recipe, apply_recipe, check_recipe
 from nasrec.train.resume import same_run
@@ -63,8 +63,8 @@ def train(
         check_recipe(recipe, model, preset_name)  # before the data is read
     cache = open_cache(data)
     if recipe is not None:  # on resume too: the run's saved settings must be what the recipe gives
-        rows = len(cache.split_index("train"))  # a recipe's small-data settings depend on it
-        hparams, overrides, source = apply_recipe(recipe, model, preset_name, hparams, overrides, rows)
+        size = train_size(cache)  # a recipe's small-data settings depend on it
+        hparams, overrides, source = apply_recipe(recipe, model, preset_name, hparams, overrides, *size)
     out = Path(out)
     with _writing(out, "training run"):
         cfg = _config(preset_name, overrides, resume, out)

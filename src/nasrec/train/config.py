@@ -95,6 +95,10 @@ class TrainConfig:
     # gradient the penalty competes with scales with p(1 - p) (the logistic loss's Fisher information):
     # with 0.3 % positives a λ tuned at 33 % holds every embedding at zero and the model learns nothing
     embedding_l2_ref_var: float | None = None
+    # Zoo models: start the bias that reaches the logit at the log-odds of the train split's click rate
+    # (`ZooModel.init_logit_bias`), as FuxiCTR and DeepCTR do, instead of 0, which predicts 0.5 at first.
+    # (nasrec architectures' centred heads always start so.)
+    init_logit_bias: bool = False
     schedule: str = "warmup-cosine"
     # "plateau": every lr x plateau_factor after plateau_patience evaluations without gain in the metric
     # early stopping watches (log loss without one)

@@ -137,6 +137,13 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(batch.dense.to(device), batch.sparse.to(device), batch.label.to(device))
 
 
+def train_size(cache: Cache) -> tuple[int, int]:
+    """(rows, examples of the rarer label) of the train split: what a recipe's small-data settings look at."""
+    rows = len(cache.split_index("train"))
+    ctr = train_ctr(cache) if rows else 0.0
+    return rows, round(min(ctr, 1.0 - ctr) * rows)
+
+
 def train_ctr(cache: Cache) -> float:
     """The train split's click rate, as `prepare` recorded it (measured here for a cache without it)."""
     ctr = cache.meta.get("split", {}).get("ctr", {}).get("train")

@@ -12,7 +12,8 @@ NAME` trains with when given no --preset or --recipe (`default_recipe`). Its tra
     hparams: {embedding_dim: 16, mlp_dims: [400, 400], dropout: 0.1}   # zoo models only
     train: {lr: 0.05, batch_size: 512, ...}                            # TrainConfig fields
     small_data:                   # optional: what changes when the train split is small
-      below_rows: 50000           #   applies when the train split has fewer rows than this
+      below_rows: 50000           #   applies when the train split has fewer rows than this,
+      below_positives: 12500      #   or (optional) fewer examples of its rarer label
       hparams: {batchnorm: false}
       train: {batch_size: 256}
 
@@ -32,7 +33,7 @@ from nasrec.space.arch import Architecture
 from nasrec.train.config import RULES, TrainConfig
 
 KEYS = ("model", "arch", "arch_hash", "hparams", "train", "small_data")
-SMALL_KEYS = ("below_rows", "hparams", "train")
+SMALL_KEYS = ("below_rows", "below_positives", "hparams", "train")
 # Where a run happens is not part of its recipe (a run may move between machines).
 NOT_IN_RECIPE = ("device",)
 
@@ -46,16 +47,21 @@ class Recipe:
     arch_hash: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
-    # {"below_rows": N, "hparams": {...}, "train": {...}}: laid over the rest when the train split is small
+    # {"below_rows": N, "below_positives": P, "hparams": {...}, "train": {...}}: laid over the rest when the
+    # train split is small, in rows or in examples of its rarer label (0.3 % clicks in 160,000 rows: 462)
     small_data: dict[str, Any] | None = None
 
-    def small(self, train_rows: int | None) -> bool:
-        """Whether the small-data settings apply to a train split of `train_rows` rows."""
-        return self.small_data is not None and train_rows is not None and train_rows < self.small_data["below_rows"]
+    def small(self, train_rows: int | None, train_positives: int | None = None) -> bool:
+        """Whether the small-data settings apply to a train split of `train_rows` rows, `train_positives` of the rarer label."""
+        if self.small_data is None or train_rows is None:
+            return False
+        below = self.small_data.get("below_positives")
+        few = below is not None and train_positives is not None and train_positives < below
+        return train_rows < self.small_data["below_rows"] or few
 
-    def for_rows(self, train_rows: int | None) -> Recipe:
-        """The recipe for a train split of `train_rows` rows: with its small-data settings merged in where they apply."""
-        if not self.small(train_rows):
+    def for_rows(self, train_rows: int | None, train_positives: int | None = None) -> Recipe:
+        """The recipe for a train split of that size: with its small-data settings merged in where they apply."""
+        if not self.small(train_rows, train_positives):
             return replace(self, small_data=None)
         assert self.small_data is not None
         return replace(
@@ -164,7 +170,15 @@ def _small_data(
         if k not in known:
             raise ConfigError(what, f"small_data.hparams.{k}", f"unknown key (known: {', '.join(known) or 'none'})")
     small_train = _train_settings(what, _mapping(what, section, "train", "small_data.train"), "small_data.train", train)
-    return {"below_rows": rows, "hparams": hparams, "train": small_train}
+    out = {"below_rows": rows, "hparams": hparams, "train": small_train}
+    if "below_positives" in section:
+        positives = section["below_positives"]
+        if isinstance(positives, bool) or not isinstance(positives, int) or positives < 1:
+            raise ConfigError(
+                what, "small_data.below_positives", f"expected a number of training examples >= 1, got {positives!r}"
+            )
+        out["below_positives"] = positives
+    return out
 
 
 def _mapping(what: str, raw: dict[str, Any], key: str, name: str | None = None) -> dict[str, Any]:
@@ -206,10 +220,14 @@ EXCLUSIVE = (("eval_every", "evals_per_epoch"), ("path_warmup_steps", "path_warm
 
 
 def merged(
-    recipe: Recipe, hparams: dict[str, Any] | None, overrides: dict[str, Any] | None, train_rows: int | None = None
+    recipe: Recipe,
+    hparams: dict[str, Any] | None,
+    overrides: dict[str, Any] | None,
+    train_rows: int | None = None,
+    train_positives: int | None = None,
 ) -> tuple[dict, dict]:
-    """(hparams, training settings) of a recipe for a train split of `train_rows` rows, with the caller's on top."""
-    recipe = recipe.for_rows(train_rows)
+    """(hparams, training settings) of a recipe for a train split of that size, with the caller's on top."""
+    recipe = recipe.for_rows(train_rows, train_positives)
     train, given = dict(recipe.train), dict(overrides or {})
     for a, b in EXCLUSIVE:
         for mine, other in ((a, b), (b, a)):
@@ -239,21 +257,24 @@ def apply_recipe(
     hparams: dict | None,
     overrides: dict | None,
     train_rows: int | None = None,
+    train_positives: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """(hparams, overrides, source) of a recipe with the caller's on top; "default" is the zoo model's own.
 
-    `train_rows`: the train split's size, which decides whether the recipe's small-data settings apply.
+    `train_rows` and `train_positives` (examples of the rarer label): the train split's size, which decides
+    whether the recipe's small-data settings apply.
     """
+    size = (train_rows, train_positives)
     check_recipe(recipe, model, preset_name)
     if recipe == "default":
         found = default_recipe(model) if model is not None else None
         if found is None:
             return dict(hparams or {}), dict(overrides or {}), None
-        source = f"its default recipe, nasrec/presets/recipes/{model}.yaml" + _small_note(found, train_rows)
-        return (*merged(found, hparams, overrides, train_rows), source)
+        source = f"its default recipe, nasrec/presets/recipes/{model}.yaml" + _small_note(found, *size)
+        return (*merged(found, hparams, overrides, *size), source)
     assert isinstance(recipe, Recipe)
-    note = _small_note(recipe, train_rows)
-    return *merged(recipe, hparams, overrides, train_rows), (f"the recipe{note}" if note else None)
+    note = _small_note(recipe, *size)
+    return *merged(recipe, hparams, overrides, *size), (f"the recipe{note}" if note else None)
 
 
 def check_recipe(recipe: Recipe | str, model: str | None, preset_name: str | None) -> None:
@@ -268,9 +289,14 @@ def check_recipe(recipe: Recipe | str, model: str | None, preset_name: str | Non
         raise NasrecError(f"a recipe for {recipe.kind}, not for zoo model {model!r}")
 
 
-def _small_note(recipe: Recipe, train_rows: int | None) -> str:
+def _small_note(recipe: Recipe, train_rows: int | None, train_positives: int | None = None) -> str:
     """Where the small-data settings apply, the words that say so."""
-    if not recipe.small(train_rows):
+    if not recipe.small(train_rows, train_positives):
         return ""
-    assert recipe.small_data is not None
-    return f", small-data settings: {train_rows:,} training rows < {recipe.small_data['below_rows']:,}"
+    assert recipe.small_data is not None and train_rows is not None
+    if train_rows < recipe.small_data["below_rows"]:
+        return f", small-data settings: {train_rows:,} training rows < {recipe.small_data['below_rows']:,}"
+    return (
+        f", small-data settings: {train_positives:,} training examples of the rarer label"
+        f" < {recipe.small_data['below_positives']:,}"
+    )

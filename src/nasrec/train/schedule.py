@@ -262,3 +262,11 @@ def build_schedule(
         mode=mode,
         min_lr=min_lr,
     )
+
+
+def at_lr_floor(schedule: object) -> bool:
+    """Whether `schedule` is a plateau schedule that has lowered every lr to its floor (`min_lr`)."""
+    if not isinstance(schedule, Plateau) or not schedule.reductions:
+        return False
+    # within rounding: 1e-6 x 0.1 x 0.1 is 1.0000000000000002e-08
+    return all(lr <= schedule.min_lr * (1 + 1e-9) for lr in schedule.get_last_lr())

@@ -55,7 +55,8 @@ from nasrec.train.progress import Progress, describe, progress_bar
 from nasrec.train.regularize import EmbeddingL2, effective_l2, table_l2
 from nasrec.train.resume import TrainState, json_default, restore_state, save_state, start_run, truncate_log
 from nasrec.train.sampling import check_paths_config, path_sampler
-from nasrec.train.schedule import build_schedule
+from nasrec.train.schedule import at_lr_floor, build_schedule
+from nasrec.zoo.base import ZooModel
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class Trainer:
         self.model = spec.build().to(self.device)
         ctr = train_ctr(cache)
         init_head_bias(self.model, ctr)
+        if cfg.init_logit_bias and isinstance(self.model, ZooModel):
+            self.model.init_logit_bias(ctr)
         l2 = effective_l2(cfg, ctr, warn=self.main)
         # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
         check_paths_config(spec, cfg)
@@ -359,6 +362,10 @@ class Trainer:
             s.bad_evals += 1
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
                 s.stopped = True
+        if cfg.early_stop_metric and at_lr_floor(self.schedule):
+            # Every lr is at the plateau's floor (1e-8): the weights no longer move, and evaluations that
+            # differ in the 7th digit would otherwise count as gains and keep the run going to its last epoch
+            s.stopped = True
         if self.main:
             self.progress.say_eval(s.step, cfg.eval_split, m, s.bad_evals, s.stopped)
 

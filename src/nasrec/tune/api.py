@@ -33,6 +33,7 @@ from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.space.arch import Architecture
 from nasrec.train.config import preset
+from nasrec.train.evaluation import train_size
 from nasrec.train.recipe import Recipe, apply_recipe, write_recipe
 from nasrec.tune.space import default_space, load_space, parse_space
 from nasrec.tune.trial import Outcome, TuneSettings, run_trial
@@ -99,7 +100,7 @@ def tune(
         )
     train_rows = len(cache.split_index("train"))
     if recipe is not None:  # as `nasrec train --model NAME`: the recipe is the base
-        hparams, overrides, _ = apply_recipe(recipe, model, preset_name, hparams, overrides, train_rows)
+        hparams, overrides, _ = apply_recipe(recipe, model, preset_name, hparams, overrides, *train_size(cache))
     base = preset(preset_name, **(overrides or {}))
     hparams = dict(hparams or {})
     if model is not None:

@@ -121,6 +121,31 @@ class ZooModel(nn.Module):
             batchnorm=check_bool(self.name, "batchnorm", batchnorm),
         )
 
+    def logit_bias(self) -> nn.Parameter | None:
+        """The scalar bias added straight to the logit: the LR part's, else the last Linear(→ 1)'s of the head."""
+        linear = getattr(self, "linear", None)
+        if isinstance(linear, FirstOrder):
+            return linear.bias
+        for name in ("head", "fusion", "top", "mlp"):  # the module whose output the logit sums
+            part = getattr(self, name, None)
+            if not isinstance(part, nn.Module):
+                continue
+            last = [
+                m for m in part.modules() if isinstance(m, nn.Linear) and m.out_features == 1 and m.bias is not None
+            ]
+            if last:
+                return last[-1].bias
+        return None
+
+    @torch.no_grad()
+    def init_logit_bias(self, ctr: float) -> None:
+        """Start `logit_bias` at the log-odds of `ctr` (the train split's click rate), the model at the base rate."""
+        bias = self.logit_bias()
+        if bias is None:
+            raise NasrecError(f"{self.name}: no bias reaches its logit directly")
+        p = min(max(ctr, 1e-6), 1 - 1e-6)
+        bias.fill_(math.log(p / (1 - p)))
+
     def reset_parameters(self) -> None:
         """Embeddings: FieldEmbedding's xavier-normal per table; linears: xavier-uniform, zero bias; fresh BN.
 
