@@ -319,7 +319,7 @@ def test_arch_info_says_how_much_memory_the_model_needs(
     assert mem["train_bytes"]["adagrad"] == 4 * (2 * cost.params + cost.dense_params)  # weights, state, gradients
     assert mem["train_bytes"]["adam"] == 4 * (3 * cost.params + cost.dense_params)
     assert mem["train_bytes"]["sgd"] == 4 * (cost.params + cost.dense_params)
-    assert r["spaces"] == ["small", "full"]
+    assert r["spaces"] == ["small", "full", "full+"]
     assert main(["arch", "info", str(path)]) == 0
     assert "to train, about" in capsys.readouterr().out
     monkeypatch.setattr("nasrec.model.memory.physical_memory", lambda: 10**6)

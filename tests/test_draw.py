@@ -227,7 +227,7 @@ def test_cli_info(tmp_path: Path, capsys) -> None:
     assert main(["arch", "info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["blocks"] == 7 and info["dead_blocks"] == [3, 4, 5] and info["head_input"] == 896
-    assert info["hash"] == Architecture.load(path).hash() and info["spaces"] == ["full"]
+    assert info["hash"] == Architecture.load(path).hash() and info["spaces"] == ["full", "full+"]
     assert (info["num_dense"], info["num_sparse"]) == (13, 26)
     assert info["params"] == info["dense_params"] + info["embedding_params"]
     assert info["embedding_params"] == 16 * sum(CRITEO_TABLE_SIZES)

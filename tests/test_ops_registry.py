@@ -135,10 +135,11 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross")
     assert registry.names("sparse") == ("efc", "transformer")
-    # cells have always created sum's layers before gating's: the same seed gives the same weights
-    assert registry.build_order() == ("fc", "dot", "sum", "gating", "efc", "transformer")
+    # cells have always created sum's layers before gating's: the same seed gives the same weights; the
+    # operators added after the paper's come last, so the paper's spaces keep their layouts
+    assert registry.build_order() == ("fc", "dot", "sum", "gating", "efc", "transformer", "cross")
 
 
 def test_registered_for_a_while() -> None:
@@ -149,7 +150,7 @@ def test_registered_for_a_while() -> None:
         _space()
     with registry.registered(Scale, TScale):
         assert registry.names("dense")[-1] == "scale" and registry.names("sparse")[-1] == "tscale"
-        assert arch_module.DENSE_OPS == ("fc", "dot", "gating", "sum", "scale")  # read at each access
+        assert arch_module.DENSE_OPS == ("fc", "dot", "gating", "sum", "cross", "scale")  # read at each access
         arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
         assert arch.blocks[0].dense_ops == ("fc", "scale")  # canonical order: the registry's
         assert _space().dense_ops == ("fc", "sum", "scale")
@@ -183,7 +184,7 @@ def test_register_refuses_bad_operators() -> None:
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
         registry.unregister("scale")
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross")
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -423,3 +424,72 @@ print(json.dumps([arch_cost(arch).flops, functional_hash(arch), len(summary(arch
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     flops, _, _, torch_loaded = json.loads(out.stdout)
     assert flops > 0 and not torch_loaded
+
+
+# -- cross (DCNv2's cross layer) ---------------------------------------------------------------------------
+def _cross_chain(layers: int, width: int) -> Architecture:
+    """Blocks whose dense output is cross(left = raw input, right = the block before): DCNv2's cross network."""
+    return Architecture(tuple(Block(("cross",), ("efc",), (0,), (0,), 0, i, width, 4) for i in range(layers)))
+
+
+def test_a_chain_of_cross_blocks_is_dcnv2s_cross_network() -> None:
+    """With dense width = the input's, the blocks' cross layers equal the zoo's DCNv2 `CrossLayer`s, weights shared."""
+    from nasrec.zoo.dcn import CrossLayer
+
+    torch.manual_seed(0)
+    sub = Subnet(_cross_chain(3, NUM_DENSE), NUM_DENSE, TABLES)
+    zoo = [CrossLayer(NUM_DENSE) for _ in range(3)]
+    for i, layer in enumerate(zoo):
+        cell = sub.cells[str(i)]
+        assert getattr(cell, "cross_proj", None) is None  # m = W: no projection in the standalone model
+        with torch.no_grad():
+            layer.proj.weight.copy_(cell.cross.weight)
+            layer.proj.bias.copy_(torch.randn(NUM_DENSE))
+            cell.cross.bias.copy_(layer.proj.bias)
+    dense, sparse = _batch()
+    x = dense
+    for layer in zoo:
+        x = layer(dense, x)
+    with torch.no_grad():
+        torch.testing.assert_close(sub.features(dense, sparse).dense, x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_cross_in_the_full_plus_space(layernorm: bool) -> None:
+    """full+: supernet paths through cross equal their materialised models; cross is costed as it is built."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nasrec.space.space import get_space
+
+    full_plus = get_space("full+")
+    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross") and full_plus.sparse_ops == NASREC_FULL.sparse_ops
+    dense, sparse = _batch()
+    # the whole space (attention included): paths through cross equal their materialised models
+    # and (without layer norms) linears and products only: the FLOP counter measures what the cost model counts
+    for space, check_flops in (
+        (full_plus, False),
+        (replace(full_plus, dense_ops=("fc", "gating", "cross"), sparse_ops=("efc",)), True),
+    ):
+        space = replace(space, num_blocks=4, dense_widths=(8, 16, 24), sparse_widths=(4, 8))
+        torch.manual_seed(0)
+        supernet = Supernet(space, NUM_DENSE, TABLES, layernorm=layernorm)
+        rng = np.random.default_rng(0)
+        drawn = (space.sample(rng, "single-path") for _ in range(60))
+        archs = [a for a in drawn if any("cross" in b.dense_ops for b in a.blocks)][:8]
+        assert len(archs) == 8
+        for arch in archs:
+            supernet.train()
+            supernet(dense, sparse, arch).sum().backward()
+            sub = Subnet.from_supernet(supernet, arch)
+            supernet.eval()
+            sub.eval()
+            with torch.no_grad():
+                torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)
+            cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES, use_layernorm=layernorm)
+            held = sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+            assert held == cost.dense_params
+            if check_flops and not layernorm:
+                with FlopCounterMode(display=False) as counter, torch.no_grad():
+                    sub(dense[:1], sparse[:1])
+                assert counter.get_total_flops() // 2 == cost.flops
+        assert supernet.cells[0].cross.weight.grad.abs().sum() > 0

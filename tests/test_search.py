@@ -440,6 +440,25 @@ def test_rank_correlation_values() -> None:
         rank_correlation([1, 2], [1, 2])
 
 
+def test_rank_correlation_bootstrap_interval() -> None:
+    """Tau's percentile-bootstrap interval: holds tau, narrows with more pairs, repeats for a seed."""
+    from nasrec.search.rankcheck import rank_correlation
+
+    r = rank_correlation(list(range(10)), [10 * v for v in range(10)])
+    assert r["kendall_ci_low"] == pytest.approx(1) and r["kendall_ci_high"] == pytest.approx(1)  # all concordant
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (10, 30, 120):
+        x = rng.normal(size=n)
+        y = x + rng.normal(size=n)  # tau about 0.5
+        r = rank_correlation(list(x), list(y), seed=3)
+        assert r["kendall_ci_low"] < r["kendall_tau"] < r["kendall_ci_high"] and r["kendall_ci_level"] == 0.95
+        assert r == rank_correlation(list(x), list(y), seed=3)
+        widths.append(r["kendall_ci_high"] - r["kendall_ci_low"])
+    assert widths[0] > widths[1] > widths[2]
+    assert rank_correlation(list(x), list(y), seed=4) != rank_correlation(list(x), list(y), seed=3)
+
+
 @pytest.mark.slow
 def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nasrec.cli import main

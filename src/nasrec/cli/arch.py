@@ -58,7 +58,7 @@ def _run_arch_info(args: argparse.Namespace) -> int:
     from nasrec.model.memory import footprint, physical_memory
     from nasrec.space.arch import Architecture
     from nasrec.space.draw import head_width, summary
-    from nasrec.space.space import NASREC_FULL, NASREC_SMALL
+    from nasrec.space.space import NASREC_FULL, NASREC_FULL_PLUS, NASREC_SMALL
 
     arch = Architecture.load(args.file)
     shape = _arch_shape(args)
@@ -77,7 +77,7 @@ def _run_arch_info(args: argparse.Namespace) -> int:
         "dense_params": int(cost.dense_params),
         "embedding_params": int(cost.embedding_params),
         "params": int(cost.params),
-        "spaces": [s.name for s in (NASREC_SMALL, NASREC_FULL) if s.contains(arch)],
+        "spaces": [s.name for s in (NASREC_SMALL, NASREC_FULL, NASREC_FULL_PLUS) if s.contains(arch)],
         # float32 bytes, counted without building the model (`nasrec.model.memory`)
         "memory": {
             "weights_bytes": footprint(int(cost.params), int(cost.dense_params), None)["total"],

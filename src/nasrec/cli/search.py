@@ -164,11 +164,12 @@ def _run_rankcheck(args: argparse.Namespace) -> int:
         max_params=args.max_params,
     )
     console.show(
-        {k: res[k] for k in ("kendall_tau", "spearman_rho", "pairs")},
+        {k: res[k] for k in ("kendall_tau", "kendall_ci_low", "kendall_ci_high", "spearman_rho", "pairs")},
         args.json,
         lambda r: (
             f"rank check of {args.k} architectures in {args.out} ({r['pairs']} with finite losses): "
-            f"Kendall tau {console.num(r['kendall_tau'], 3)}, Spearman rho "
+            f"Kendall tau {console.num(r['kendall_tau'], 3)} (95 % bootstrap interval "
+            f"{console.num(r['kendall_ci_low'], 2)} to {console.num(r['kendall_ci_high'], 2)}), Spearman rho "
             f"{console.num(r['spearman_rho'], 3)}\n  rankcheck.json, rankcheck.png"
         ),
     )

@@ -60,7 +60,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
         md += [
             "## Ranking quality",
             "",
-            f"Kendall tau {rc['kendall_tau']:.3f}, Spearman rho {rc['spearman_rho']:.3f} "
+            f"Kendall tau {rc['kendall_tau']:.3f}{_tau_interval(rc)}, Spearman rho {rc['spearman_rho']:.3f} "
             f"over {rc['pairs']} architectures.",
             "",
         ]
@@ -121,3 +121,10 @@ def _data_section(prep: dict[str, Any]) -> list[str]:
     if prep.get("skipped"):
         md += [f"{prep['skipped']:,} malformed input rows were skipped.", ""]
     return md
+
+
+def _tau_interval(rc: dict[str, Any]) -> str:
+    """Tau's bootstrap interval in words (rank checks written before it was measured have none)."""
+    if "kendall_ci_low" not in rc:
+        return ""
+    return f" (95 % bootstrap interval {rc['kendall_ci_low']:.2f} to {rc['kendall_ci_high']:.2f})"

@@ -325,8 +325,24 @@ NASREC_FULL = SearchSpace(
     dense_widths=NASREC_DENSE_WIDTHS,
     sparse_widths=NASREC_SPARSE_WIDTHS,
 )
+# NASRec-Full and the operators strong hand-designed baselines are made of: so far DCNv2's cross layer
+# (`cross`, reading left = x0 and right = x_l). Not the paper's: its results are the "full" space's.
+NASREC_FULL_PLUS = SearchSpace(
+    name="full+",
+    num_blocks=7,
+    dense_ops=("fc", "dot", "gating", "sum", "cross"),
+    sparse_ops=("efc", "transformer"),
+    dense_widths=NASREC_DENSE_WIDTHS,
+    sparse_widths=NASREC_SPARSE_WIDTHS,
+)
 # The reference's names for the two spaces ("config" in its JSON) are accepted as aliases.
-BUILTIN_SPACES = {"small": NASREC_SMALL, "autoctr": NASREC_SMALL, "full": NASREC_FULL, "xlarge": NASREC_FULL}
+BUILTIN_SPACES = {
+    "small": NASREC_SMALL,
+    "autoctr": NASREC_SMALL,
+    "full": NASREC_FULL,
+    "xlarge": NASREC_FULL,
+    "full+": NASREC_FULL_PLUS,
+}
 
 
 def get_space(space: str | Path | SearchSpace) -> SearchSpace:

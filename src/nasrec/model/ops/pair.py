@@ -1,4 +1,4 @@
-"""sum and gating: the two operators that combine two dense inputs, `left` and `right`."""
+"""sum, gating and cross: the operators that combine two dense inputs, `left` and `right`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def gating_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
     if m != w:
         cost += linear_cost(m, w, bias=True)
     return cost + ln_if(ln, w)
+
+
+def cross_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
+    """cross: pad to m; left ⊙ Linear_m×m(right) + right; Linear(m → w) only if m ≠ w; LN?(w)."""
+    m = max(dl, dr)
+    cost = linear_cost(m, m, bias=True)
+    return cost + (linear_ln_cost(m, w, ln) if m != w else ln_if(ln, w))
 
 
 def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -109,3 +116,39 @@ class Gating(DenseOperator):
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
         return gating_cost(left, right, b.dense_width, ln)
+
+
+class Cross(DenseOperator):
+    """DCNv2's cross layer: left ⊙ (Linear(m → m)(right) + b) + right (padded to m), Linear(m → W) where m ≠ W, LN?(W).
+
+    With `left` the cross network's input x0 and `right` the previous layer's output x_l it is DCNv2's
+    x_{l+1} = x0 ⊙ (W x_l + b) + x_l (Wang et al., 2021); left = right = x0 is its first layer. A chain
+    of blocks whose cross reads (left 0, right the block before) is DCNv2's cross network over the
+    raw dense features.
+    """
+
+    name = "cross"
+    reads = frozenset({"left", "right"})
+    layers = ("cross", "cross_proj", "cross_ln")
+
+    @classmethod
+    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
+        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+
+        ln, W, M = spec.layernorm, spec.width, spec.pad_cap
+        cell.cross = SliceLinear(M, M, bias=True)
+        if not (spec.exact and M == W):
+            cell.cross_proj = SliceLinear(M, W, bias=not ln)
+        cell.cross_ln = SliceLayerNorm(W) if ln else None
+
+    @classmethod
+    def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
+        left, right, m = _padded(x)
+        y = left * cell.cross(right, m) + right
+        if m != x.width:
+            y = cell.cross_proj(y, x.width)
+        return norm(cell.cross_ln, y)
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return cross_cost(left, right, b.dense_width, ln)
