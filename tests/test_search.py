@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import small_synth_cache
 
+from nasrec.configfile import ConfigError
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.cost import arch_cost
@@ -202,6 +203,42 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path: Path, fail_at: 
     assert (out / "history.jsonl").read_text() == (tmp_path / "ref" / "history.jsonl").read_text()
     with pytest.raises(NasrecError, match="its own configuration"):
         Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(seed=5), out).run(resume=True)
+
+
+def test_seed_architectures_open_the_initial_population(tmp_path: Path) -> None:
+    """Seeds come first, in order; a duplicate function or one over the cap is passed over; a kill resumes."""
+    from nasrec.space.space import NASREC_FULL
+
+    rng = np.random.default_rng(9)
+    seeds = [NASREC_SMALL.sample(rng, "uniform") for _ in range(3)]
+    caps = sorted(cost(a)[0] for a in seeds)
+    big = max(seeds, key=lambda a: cost(a)[0])
+    cfg = SMALL_EA.updated(generations=3, seed_archs=[a.to_dict() for a in (*seeds, seeds[0])])
+    rec = Recorder()
+    Search(NASREC_SMALL, rec, cost, cfg, tmp_path / "a").run()
+    assert [a.hash() for a in rec.seen[:3]] == [a.hash() for a in seeds]  # the repeated seed is passed over
+    assert len({functional_hash(a) for a in rec.seen}) == len(rec.seen) == cfg.budget
+    # the seeds are part of the search's settings: saved, and a resume needs the same ones
+    saved = json.loads((tmp_path / "a" / "state.json").read_text())["config"]["seed_archs"]
+    assert [Architecture.from_dict(d).hash() for d in saved] == [a.hash() for a in (*seeds, seeds[0])]
+    with pytest.raises(KeyboardInterrupt):
+        Search(NASREC_SMALL, Recorder(fail_at=2), cost, cfg, tmp_path / "cut").run()
+    Search(NASREC_SMALL, Recorder(), cost, cfg, tmp_path / "cut").run(resume=True)
+    assert (tmp_path / "cut" / "history.jsonl").read_text() == (tmp_path / "a" / "history.jsonl").read_text()
+    # under a cap the seed above it is never scored
+    assert caps[1] < caps[2]
+    capped = cfg.updated(max_mflops=(caps[1] + caps[2]) / 2)
+    rec = Recorder()
+    Search(NASREC_SMALL, rec, cost, capped, tmp_path / "b").run()
+    assert big.hash() not in {a.hash() for a in rec.seen}
+    assert [a.hash() for a in rec.seen[:2]] == [a.hash() for a in seeds if a is not big]
+    # a seed outside the space, or not an architecture, is an error naming it
+    full_only = next(a for a in (NASREC_FULL.sample(rng, "uniform") for _ in range(50)) if not NASREC_SMALL.contains(a))
+    with pytest.raises(NasrecError, match=r"seed architecture 1 \(\w+\) is not in the .small. space"):
+        Search(NASREC_SMALL, Recorder(), cost, SMALL_EA.updated(seed_archs=[full_only.to_dict()]), tmp_path / "c")
+    with pytest.raises(ConfigError) as info:
+        SMALL_EA.updated(seed_archs=[{"blocks": "no"}])
+    assert info.value.key == "seed_archs[0]"
 
 
 # -- the supernet scorer ---------------------------------------------------------------------------------

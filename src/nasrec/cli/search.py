@@ -39,6 +39,12 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help="scoring processes (the result does not depend on it)",
     )
     p.add_argument("--seed", type=clicheck.int_at_least(0))
+    p.add_argument(
+        "--seed-arch",
+        action="append",
+        metavar="FILE.json",
+        help="an architecture the initial population starts with (repeatable; e.g. a published NASRecNet)",
+    )
     p.add_argument("--retrain", action="store_true", help="train the top-k from scratch and choose the final one")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a retraining setting")
     p.add_argument(
@@ -64,6 +70,10 @@ def _run_search(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.pareto:
         overrides["pareto"] = True
+    if args.seed_arch:
+        from nasrec.space.arch import Architecture
+
+        overrides["seed_archs"] = [Architecture.load(f).to_dict() for f in args.seed_arch]
     if args.layernorm is not None:
         overrides["count_layernorm"] = args.layernorm
     train_overrides = parse_sets(args.train_set)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from nasrec.configfile import SEED, ConfigError, Rule, check_fields, checked_replace
+from nasrec.errors import NasrecError
 
 STRATEGIES = ("evolution", "random")
 # Settings that only pick the result from the history: a search may be resumed with other values.
@@ -47,9 +49,26 @@ class SearchConfig:
     top_k: int = 15
     seed: int = 0
     max_tries: int = 10_000  # draws (or mutations of one child) before giving up on the constraints
+    # Architectures (as architecture JSON) the initial population starts with, in order, before random
+    # draws: known good models such as the published NASRecNets (`nasrec search --seed-arch FILE`). One
+    # outside the constraints, or computing the same function as an earlier one, is passed over.
+    seed_archs: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self, "search config", RULES)
+        if isinstance(self.seed_archs, dict | str) or not isinstance(self.seed_archs, list | tuple):
+            raise ConfigError(
+                "search config", "seed_archs", f"expected a list of architectures, got {self.seed_archs!r}"
+            )
+        from nasrec.space.arch import Architecture
+
+        canonical = []
+        for i, d in enumerate(self.seed_archs):
+            try:
+                canonical.append(Architecture.from_dict(d).to_dict())
+            except NasrecError as e:
+                raise ConfigError("search config", f"seed_archs[{i}]", str(e)) from None
+        object.__setattr__(self, "seed_archs", tuple(canonical))
         if self.sample > self.population:
             raise ConfigError(
                 "search config",
@@ -64,8 +83,10 @@ class SearchConfig:
         return self.population + self.generations * self.children
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
+        """JSON-serialisable form (seed_archs as JSON reads them back: lists, not tuples)."""
+        d = asdict(self)
+        d["seed_archs"] = json.loads(json.dumps(d["seed_archs"]))
+        return d
 
     def updated(self, **changes: Any) -> SearchConfig:
         """A copy with some fields changed (unknown names are an error)."""

@@ -74,6 +74,12 @@ class Search:
         self.pending: list[dict[str, Any]] = []  # drawn, not yet scored: {"arch", "parent"}
         self.step = 0  # steps completed: initial chunks, then generations
         self.seconds = 0.0
+        self.seeds = [Architecture.from_dict(d) for d in cfg.seed_archs]
+        for i, a in enumerate(self.seeds):
+            if not space.contains(a):
+                raise NasrecError(f"seed architecture {i + 1} ({a.hash()[:16]}) is not in the {space.name!r} space")
+            if not self._feasible(a) and writer:
+                log.warning("seed architecture %d (%s) is outside the constraints: passed over", i + 1, a.hash()[:16])
 
     # -- persistence -----------------------------------------------------------------------------
     def _write_state(self) -> None:
@@ -141,6 +147,14 @@ class Search:
             f"(max_mflops={self.cfg.max_mflops}, max_params={self.cfg.max_params})"
         )
 
+    def _next_seed(self, taken: set[str]) -> Architecture | None:
+        """The first seed architecture not yet drawn (nor an equal function) and within the constraints."""
+        if self.seeds and len(self.history) < self.cfg.population:  # seeds fill the initial population only
+            for arch in self.seeds:
+                if self._new(arch, taken):
+                    return arch
+        return None
+
     def _draw_child(self, parent: Architecture, mutations: int, taken: set[str]) -> Architecture:
         # A walk that only takes feasible steps: an infeasible mutation is redrawn, not walked through.
         # Under a tight cap most mutations leave the feasible region, and a walk through infeasible
@@ -176,7 +190,7 @@ class Search:
         if cfg.strategy == "random" or n_init > 0:
             n = n_init if n_init > 0 else min(cfg.children, cfg.budget - len(self.history))
             for _ in range(n):
-                arch = self._draw_random(taken)
+                arch = self._next_seed(taken) or self._draw_random(taken)
                 taken.add(functional_hash(arch))
                 self.pending.append({"arch": arch.to_dict(), "parent": None})
             return
