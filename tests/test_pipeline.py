@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nasrec.configfile import ConfigError
 from nasrec.errors import NasrecError
 from nasrec.pipeline.config import DEMO, load_config, resolve_config
 from nasrec.pipeline.runner import run_pipeline
 from nasrec.report import write_report
+from nasrec.train.recipe import default_recipe
 
 TINY = {
     "seed": 1,
@@ -131,6 +133,30 @@ def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, 
     cfg = json.loads((run / "baselines" / "lr" / "config.json").read_text())["train"]
     assert (cfg["max_steps"], cfg["lr"], cfg["batch_size"]) == (3, 0.07, 256)  # the rest from `final`
     assert after["baselines"]["result"]["lr"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_baselines_with_their_default_recipes(tiny_run: Path, tmp_path: Path) -> None:
+    """`baselines.recipe: default`: each zoo baseline trains with its own recipe, `baselines.set` over it."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "stages.json").read_text())
+    changed = json.loads(json.dumps(TINY))
+    changed["baselines"] = {"models": ["lr"], "recipe": "default", "set": {"max_steps": 3, "threads": 1}}
+    after = run_pipeline(resolve_config(changed), run, progress=False)
+    assert after["final"] == before["final"]  # the searched model keeps the final recipe
+    saved = json.loads((run / "baselines" / "lr" / "config.json").read_text())["train"]
+    recipe = default_recipe("lr").train
+    assert (saved["optimizer"], saved["lr"], saved["batch_size"]) == (
+        recipe["optimizer"],
+        recipe["lr"],
+        recipe["batch_size"],
+    )
+    assert saved["max_steps"] == 3 and after["baselines"]["result"]["lr"]["steps"] == 3
+    assert after["baselines"]["fingerprint"] != before["baselines"]["fingerprint"]
+    assert "the zoo baselines with their own default recipes" in (run / "report" / "report.md").read_text()
+    with pytest.raises(ConfigError, match=r"baselines\.recipe"):
+        resolve_config({**changed, "baselines": {"models": ["lr"], "recipe": "tuned"}})
 
 
 @pytest.mark.slow

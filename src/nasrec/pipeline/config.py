@@ -14,7 +14,7 @@ data:
 supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
 search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1}
 final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3}   # seeds: the final model and each baseline
-baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}}
+baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}, recipe: null}
 tune: {trials: 20, timeout: 10m, workers: 1, metric: logloss, set: {epochs: 10}}   # off unless trials > 0
 ```
 
@@ -25,7 +25,9 @@ train with their own best recipe, and the report states the budget. Without it n
 report says so.
 
 Baselines train with the `final` recipe, then `baselines.set` on top (a baseline's own best learning rate,
-say). `baselines: all` (or `models: all`) stands for every zoo model at its default hyper-parameters; the
+say); with `baselines.recipe: default` each zoo baseline trains with its own default recipe instead
+(`nasrec/presets/recipes/<model>.yaml`, what `nasrec train --model NAME` gives: DeepFM's, DCNv2's and
+FinalMLP's are tuned on Frappe), `baselines.set` on top, and a tune stage starts from it. `baselines: all` (or `models: all`) stands for every zoo model at its default hyper-parameters; the
 report's goal check compares the searched model with the baselines trained here, and only those.
 `search.preset: auto` fits the paper's search to the data and to `search.time_budget` (seconds or `15m`).
 MFLOPs are counted for the models the final recipe trains (with its layer norms or without), by the search's
@@ -81,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "time_budget": None,
     },
     "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
-    "baselines": {"models": [], "published": [], "set": {}},
+    "baselines": {"models": [], "published": [], "set": {}, "recipe": None},
     "tune": {"trials": 0, "timeout": None, "workers": 1, "metric": "logloss", "set": {}},
 }
 
@@ -280,7 +282,9 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     for i, m in enumerate(b["models"]):
         _check_type(f"baselines.models[{i}]", m, str, rule=Rule(choices=tuple(ZOO_MODELS)))
     _check_type("baselines.published", b["published"], list, "a list of architecture files")
-    _check_overrides("baselines.set", b["set"], lambda **kv: preset(None, **{**cfg["final"]["set"], **kv}))
+    _check_type("baselines.recipe", b["recipe"], str, rule=Rule(choices=("default",), optional=True))
+    base_set = {} if b["recipe"] == "default" else cfg["final"]["set"]
+    _check_overrides("baselines.set", b["set"], lambda **kv: preset(None, **{**base_set, **kv}))
     t = cfg["tune"]
     _check_type("tune.trials", t["trials"], int, rule=Rule(ge=0))
     _check_type("tune.workers", t["workers"], int, rule=Rule(ge=1))

@@ -224,7 +224,10 @@ class Pipeline:
         """
         f, b = self.cfg["final"], self.cfg["baselines"]
         runs = [(FINAL_DIR, {"arch": self.out / SEARCH_DIR / rundir.FINAL_JSON}, f["set"])]
-        runs += [(f"{BASELINES_DIR}/{m}", {"model": m}, {**f["set"], **b["set"]}) for m in b["models"]]
+        if b.get("recipe") == "default":  # each zoo baseline's own recipe, not the final one
+            runs += [(f"{BASELINES_DIR}/{m}", {"model": m, "recipe": "default"}, dict(b["set"])) for m in b["models"]]
+        else:
+            runs += [(f"{BASELINES_DIR}/{m}", {"model": m}, {**f["set"], **b["set"]}) for m in b["models"]]
         runs += [(f"{BASELINES_DIR}/{Path(p).stem}", {"arch": p}, {**f["set"], **b["set"]}) for p in b["published"]]
         return runs
 
@@ -234,15 +237,16 @@ class Pipeline:
 
         t, f = self.cfg["tune"], self.cfg["final"]
         budget = {k: t[k] for k in ("trials", "timeout", "workers", "metric")}
+        base = {"baselines_recipe": self.cfg["baselines"].get("recipe")}  # what the report says they started from
         if not t["trials"]:
-            return {"budget": budget, "models": {}}
+            return {"budget": budget, "models": {}, **base}
         out: dict[str, Any] = {}
         for rel, what, settings in self._contenders():
             res = tune(
                 self.cache,
                 self.out / TUNE_DIR / rel,
                 **what,
-                preset_name=f["preset"],
+                preset_name=None if "recipe" in what else f["preset"],
                 overrides={"seed": self.cfg["seed"], **settings, **t["set"]},
                 trials=t["trials"],
                 timeout=t["timeout"],
@@ -251,7 +255,7 @@ class Pipeline:
                 metric=t["metric"],
             )
             out[Path(rel).name] = {k: res.get(k) for k in ("trials", "complete", "pruned", "seconds", "best", "recipe")}
-        return {"budget": budget, "models": out}
+        return {"budget": budget, "models": out, **base}
 
     def _fit(self, rel: str, what: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         """Train one contender over `final.seeds`: with its tuned recipe when the tune stage made one."""
@@ -272,6 +276,12 @@ class Pipeline:
             )
         if self.cfg["tune"]["trials"]:
             log.warning("%s: no tuning trial completed, so it trains with the untuned recipe", rel)
+        if "recipe" in what:  # a zoo baseline's default recipe, baselines.set over it
+            return self._repeat(
+                out,
+                {"seed": self.cfg["seed"], **settings},
+                lambda d, o: train(self.cache, d, **what, overrides=o, resume=True, progress=self.progress),
+            )
         preset_name = self.cfg["final"]["preset"]
         return self._repeat(
             out,
