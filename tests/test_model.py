@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from nasrec.errors import NasrecError
 from nasrec.model.subnet import Subnet
 from nasrec.model.supernet import Supernet
 from nasrec.space.arch import Architecture
@@ -325,3 +326,45 @@ def test_small_head_attention_gradients_over_uneven_chunks() -> None:
     assert out.grad_fn is None
     kept = SmallHeadAttention.apply(q, k, v, 3, True)
     assert len(kept.grad_fn.saved_tensors) == 3 + 3  # q, k, v and one probability tensor per chunk
+
+
+def test_standalone_dropout_on_block_outputs_only_while_training() -> None:
+    """`dropout`: eval outputs and the state dict are the dropout-free model's; training zeroes block outputs."""
+    torch.manual_seed(0)
+    arch = NASREC_FULL.sample(np.random.default_rng(5), "default")
+    plain = Subnet(arch, NUM_DENSE, TABLES, layernorm=True)
+    dropped = Subnet(arch, NUM_DENSE, TABLES, layernorm=True, dropout=0.5)
+    assert list(dropped.state_dict()) == list(plain.state_dict())  # no parameters of its own
+    dropped.load_state_dict(plain.state_dict())
+    dense, sparse = _batch(64)
+    plain.eval()
+    dropped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(dense, sparse), plain(dense, sparse))
+    dropped.train()
+    with torch.no_grad():
+        last = dropped.features(dense, sparse).dense
+    zero = float((last == 0).float().mean())
+    assert 0.35 < zero < 0.65  # about half of the last block's dense output, scaled x2 where kept
+    with pytest.raises(NasrecError, match="dropout must lie in"):
+        Subnet(arch, NUM_DENSE, TABLES, dropout=1.0)
+
+
+def test_arch_dropout_reaches_the_trained_model_and_only_architectures(tmp_path: Path) -> None:
+    """`--set arch_dropout=p` is recorded in the run's model spec; a zoo run is told to use its hyper-parameter."""
+    import json
+
+    from conftest import small_synth_cache
+
+    from nasrec.configfile import ConfigError
+    from nasrec.model.spec import ModelSpec
+    from nasrec.train.api import train
+
+    _, cache = small_synth_cache(tmp_path, rows=3_000, seed=2)
+    arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
+    over = {"max_steps": 3, "batch_size": 128, "threads": 1, "arch_dropout": 0.2}
+    train(cache, tmp_path / "a", arch=arch, preset_name="cpu-quick", overrides=over, progress=False)
+    spec = ModelSpec.from_dict(json.loads((tmp_path / "a" / "model.json").read_text()))
+    assert spec.dropout == 0.2 and spec.build().dropout.p == 0.2
+    with pytest.raises(ConfigError, match="arch_dropout"):
+        train(cache, tmp_path / "b", model="lr", preset_name="cpu-quick", overrides=over, progress=False)

@@ -49,6 +49,7 @@ class ModelSpec:
     hparams: dict[str, Any] = field(default_factory=dict)  # zoo: hyper-parameters; supernet: `semantics`
     space: dict[str, Any] | None = None  # kind "supernet": the search space
     layernorm: bool = False
+    dropout: float = 0.0  # kind "nasrec": dropout on every block's dense output (`Subnet`); 0: none
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -80,7 +81,9 @@ class ModelSpec:
         if self.kind == "nasrec":
             from nasrec.model.subnet import Subnet
 
-            return Subnet(self.architecture(), self.num_dense, self.table_sizes, layernorm=self.layernorm)
+            return Subnet(
+                self.architecture(), self.num_dense, self.table_sizes, layernorm=self.layernorm, dropout=self.dropout
+            )
         if self.kind == "zoo":
             return _zoo("build")(self.zoo, self.num_dense, self.table_sizes, **self.hparams)
         from nasrec.model.supernet import Supernet

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nasrec.data.cache import Cache
+from nasrec.errors import NasrecError
 from nasrec.model.cell import Cell, CellSpec, Output
 from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
@@ -24,9 +25,21 @@ from nasrec.space.liveness import live_outputs, op_live
 class Subnet(nn.Module):
     """A standalone model of one architecture (fresh initialisation, or `from_supernet`)."""
 
-    def __init__(self, arch: Architecture, num_dense: int, table_sizes: Sequence[int], layernorm: bool = False) -> None:
+    def __init__(
+        self,
+        arch: Architecture,
+        num_dense: int,
+        table_sizes: Sequence[int],
+        layernorm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise NasrecError(f"dropout must lie in [0, 1), got {dropout}")
         self.arch = arch
+        # On every block's dense output while training (a standalone model's regulariser; a supernet has none).
+        # No parameters: the state dict, the cost and a materialised subnet's outputs in eval mode are unchanged.
+        self.dropout = nn.Dropout(dropout) if dropout else None
         self.num_dense, self.num_sparse = num_dense, len(table_sizes)
         self.layernorm = layernorm
         self.embedding = FieldEmbedding(table_sizes)
@@ -71,7 +84,10 @@ class Subnet(nn.Module):
         outs: list[Output | None] = [Output(dense, self.embedding(sparse))]
         for i, block in enumerate(self.arch.blocks):
             live = self.outputs[i]
-            outs.append(self.cells[str(i)](outs, block, live) if any(live) else None)
+            out = self.cells[str(i)](outs, block, live) if any(live) else None
+            if out is not None and out.dense is not None and self.dropout is not None:
+                out = Output(self.dropout(out.dense), out.tokens, out.d2s)
+            outs.append(out)
         last = outs[-1]
         assert last is not None  # the last block always reaches the head
         return last

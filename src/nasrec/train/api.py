@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from nasrec import distributed, rundir
+from nasrec.configfile import ConfigError
 from nasrec.data.cache import Cache, open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
@@ -69,9 +70,15 @@ def train(
     with _writing(out, "training run"):
         cfg = _config(preset_name, overrides, resume, out)
         common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
+        if cfg.arch_dropout and arch is None:
+            raise ConfigError(
+                "training config", "arch_dropout", "applies to nasrec architectures; a zoo model takes --hparam dropout"
+            )
         if arch is not None:
             a = arch if isinstance(arch, Architecture) else Architecture.load(arch)
-            spec = ModelSpec(kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, **common)
+            spec = ModelSpec(
+                kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, dropout=cfg.arch_dropout, **common
+            )
         else:
             spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
         with distributed.process_group():  # under torchrun: data-parallel over its processes

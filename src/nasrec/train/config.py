@@ -36,6 +36,7 @@ RULES: dict[str, Rule] = {
     "weight_decay": Rule(ge=0, le=1),
     "embedding_l2_per": Rule(choices=L2_FORMS),
     "embedding_l2_ref_var": Rule(gt=0, le=0.25, why="a label variance p(1 - p), at most 0.25"),
+    "arch_dropout": Rule(ge=0, lt=1),
     "embedding_l2": Rule(ge=0, le=1, why="a per-example penalty, added to a mean logloss of about 0.45"),
     "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")),
     "warmup_fraction": Rule(ge=0, lt=1),
@@ -109,6 +110,9 @@ class TrainConfig:
     shuffle: bool = False  # the reference trains in file order
     seed: int = 0
     layernorm: bool = False  # standalone models; supernets always use layer norms
+    # Standalone nasrec architectures: dropout on every block's dense output while training (zoo models take
+    # theirs as the hyper-parameter `dropout`; supernets have none)
+    arch_dropout: float = 0.0
     eval_split: str = "val"
     eval_every: int = 0  # steps between evaluations (0: only at the end, unless evals_per_epoch is set)
     evals_per_epoch: int = 0  # evaluations per epoch, whatever the data size (give this or eval_every)
