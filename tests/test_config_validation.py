@@ -87,7 +87,9 @@ def test_values_keep_their_meaning_across_types() -> None:
     assert "upper" not in str(_problem(ConfigError, TrainConfig, lr=101))  # the bound says why it is there
     assert "per step" in str(_problem(ConfigError, TrainConfig, lr=101))
     e = _problem(ConfigError, preset, None, learning_rate=0.1)
-    assert str(e).startswith("training config learning_rate: unknown key (known: batch_size, checkpoint_every")
+    assert str(e).startswith(
+        "training config learning_rate: unknown key (known: arch_dropout, batch_size, checkpoint_every"
+    )
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,10 @@ def test_a_recipe_for_another_model_is_refused(cache: Path, tmp_path: Path, caps
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("lr: {log: [0.01, 0.1]}\nlearning_rate: 0.1\n", "learning_rate: unknown key (known: batch_size, "),
+        (
+            "lr: {log: [0.01, 0.1]}\nlearning_rate: 0.1\n",
+            "learning_rate: unknown key (known: arch_dropout, batch_size, ",
+        ),
         ("lr: {logg: [0.01, 0.1]}\n", "lr.logg: unknown distribution (expected one of choice, int, log, uniform)"),
         ("lr: {log: [0.0, 0.1]}\n", "lr.log: a log scale needs low > 0"),
         ("lr: {uniform: [0.1]}\n", "lr.uniform: expected [low, high], got 1 values"),
