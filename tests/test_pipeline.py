@@ -121,14 +121,18 @@ def test_rerun_skips_complete_stages_and_redoes_changed_ones(tiny_run: Path, tmp
     assert again["baselines"]["fingerprint"] != before["baselines"]["fingerprint"]  # same recipe as the final
 
 
+def _rerun_baselines(tiny_run: Path, run: Path, baselines: dict) -> tuple[dict, dict]:
+    """A copy of the tiny run re-run with another `baselines` section: (stage records before, after)."""
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "stages.json").read_text())
+    changed = {**json.loads(json.dumps(TINY)), "baselines": baselines}
+    return before, run_pipeline(resolve_config(changed), run, progress=False)
+
+
 @pytest.mark.slow
 def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    before = json.loads((run / "stages.json").read_text())
-    changed = json.loads(json.dumps(TINY))
-    changed["baselines"]["set"] = {"max_steps": 3, "lr": 0.07}
-    after = run_pipeline(resolve_config(changed), run, progress=False)
+    before, after = _rerun_baselines(tiny_run, run, {**TINY["baselines"], "set": {"max_steps": 3, "lr": 0.07}})
     assert after["final"] == before["final"]  # the searched model keeps the final recipe
     cfg = json.loads((run / "baselines" / "lr" / "config.json").read_text())["train"]
     assert (cfg["max_steps"], cfg["lr"], cfg["batch_size"]) == (3, 0.07, 256)  # the rest from `final`
@@ -139,11 +143,8 @@ def test_baselines_take_their_own_overrides_on_the_final_recipe(tiny_run: Path, 
 def test_baselines_with_their_default_recipes(tiny_run: Path, tmp_path: Path) -> None:
     """`baselines.recipe: default`: each zoo baseline trains with its own recipe, `baselines.set` over it."""
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    before = json.loads((run / "stages.json").read_text())
-    changed = json.loads(json.dumps(TINY))
-    changed["baselines"] = {"models": ["lr"], "recipe": "default", "set": {"max_steps": 3, "threads": 1}}
-    after = run_pipeline(resolve_config(changed), run, progress=False)
+    baselines = {"models": ["lr"], "recipe": "default", "set": {"max_steps": 3, "threads": 1}}
+    before, after = _rerun_baselines(tiny_run, run, baselines)
     assert after["final"] == before["final"]  # the searched model keeps the final recipe
     saved = json.loads((run / "baselines" / "lr" / "config.json").read_text())["train"]
     recipe = default_recipe("lr").train
@@ -156,7 +157,7 @@ def test_baselines_with_their_default_recipes(tiny_run: Path, tmp_path: Path) ->
     assert after["baselines"]["fingerprint"] != before["baselines"]["fingerprint"]
     assert "the zoo baselines with their own default recipes" in (run / "report" / "report.md").read_text()
     with pytest.raises(ConfigError, match=r"baselines\.recipe"):
-        resolve_config({**changed, "baselines": {"models": ["lr"], "recipe": "tuned"}})
+        resolve_config({**json.loads(json.dumps(TINY)), "baselines": {"models": ["lr"], "recipe": "tuned"}})
 
 
 @pytest.mark.slow

@@ -286,6 +286,12 @@ def calibrate_head(
         head.calibrate((f.dense, f.tokens, f.d2s) for f in (features(b.dense, b.sparse) for b in batches))
 
 
+def log_odds(ctr: float) -> float:
+    """The log-odds of a click rate, kept finite for a rate of 0 or 1 (clamped to [1e-6, 1 - 1e-6])."""
+    p = min(max(ctr, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
 @torch.no_grad()
 def init_head_bias(model: nn.Module, ctr: float) -> None:
     """Start every centred head's bias at the log-odds of `ctr` (the training split's click rate).
@@ -293,10 +299,9 @@ def init_head_bias(model: nn.Module, ctr: float) -> None:
     A centred head's batch-mean logit is its bias alone, which Adagrad moves by about lr per step: from
     0, a 3 % click rate would take hundreds of steps to reach. Other heads are left as they are.
     """
-    p = min(max(ctr, 1e-6), 1 - 1e-6)
     for m in model.modules():
         if isinstance(m, HeadLinear) and m.centre:
-            m.bias.fill_(math.log(p / (1 - p)))
+            m.bias.fill_(log_odds(ctr))
 
 
 def set_batch_group(model: nn.Module, group: object | None) -> None:

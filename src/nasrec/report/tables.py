@@ -138,34 +138,23 @@ def tune_section(tune: dict[str, Any] | None) -> list[str]:
     if not tune:
         return []
     b = tune.get("budget") or {}
-    own = tune.get("baselines_recipe") == "default"
-    baselines = (
-        "the zoo baselines with their own default recipes (`nasrec/presets/recipes`), `baselines.set` on top"
-        if own
-        else "the baselines with `baselines.set` on top"
-    )
+    own = ", the zoo baselines with their own default recipes (`nasrec/presets/recipes`), `baselines.set` on top"
+    own = own if tune.get("baselines_recipe") == "default" else ""
     if not b.get("trials"):
-        if own:
-            return [
-                "## Tuning",
-                "",
-                f"No tuning stage (`tune.trials` is 0): the searched model trained with the final recipe, {baselines}.",
-                "",
-            ]
-        return [
-            "## Tuning",
-            "",
-            "No model was tuned (`tune.trials` is 0): the searched model and the baselines trained with the "
-            f"final recipe as configured ({baselines}).",
-            "",
-        ]
+        trained = (
+            f"the searched model trained with the final recipe as configured{own}"
+            if own
+            else "the searched model and the baselines trained with the final recipe as configured "
+            "(the baselines with `baselines.set` on top)"
+        )
+        return ["## Tuning", "", f"No model was tuned (`tune.trials` is 0): {trained}.", ""]
     timeout = f", at most {b['timeout']:.0f} s" if b.get("timeout") else ""
     md = [
         "## Tuning",
         "",
         f"Every model had the same budget: {b['trials']} trials of `nasrec tune`{timeout} each, scored by "
         f"validation {b.get('metric', 'logloss')}, from "
-        + ("its own base (the searched model the final recipe, " + baselines + ")" if own else "the same base settings")
+        + (f"its own base (the searched model from the final recipe{own})" if own else "the same base settings")
         + "; each then trained with its best trial's recipe.",
         "",
         "| model | trials complete | pruned | seconds | best val log loss | best val AUC |",

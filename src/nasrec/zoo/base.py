@@ -25,6 +25,7 @@ from torch import nn
 
 from nasrec.errors import NasrecError
 from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.layers import log_odds
 from nasrec.zoo.layers import MLP, DenseField, FirstOrder
 
 
@@ -143,8 +144,7 @@ class ZooModel(nn.Module):
         bias = self.logit_bias()
         if bias is None:
             raise NasrecError(f"{self.name}: no bias reaches its logit directly")
-        p = min(max(ctr, 1e-6), 1 - 1e-6)
-        bias.fill_(math.log(p / (1 - p)))
+        bias.fill_(log_odds(ctr))
 
     def reset_parameters(self) -> None:
         """Embeddings: FieldEmbedding's xavier-normal per table; linears: xavier-uniform, zero bias; fresh BN.

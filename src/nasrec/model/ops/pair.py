@@ -38,10 +38,9 @@ def gating_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
 
 
 def cross_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
-    """cross: pad to m; left ⊙ Linear_m×m(right) + right; Linear(m → w) only if m ≠ w; LN?(w)."""
+    """cross: pad to m; left ⊙ Linear_m×m(right) + right; then as sum (Linear(m → w) only if m ≠ w; LN?(w))."""
     m = max(dl, dr)
-    cost = linear_cost(m, m, bias=True)
-    return cost + (linear_ln_cost(m, w, ln) if m != w else ln_if(ln, w))
+    return linear_cost(m, m, bias=True) + sum_cost(dl, dr, w, ln)
 
 
 def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -57,6 +56,22 @@ def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
     return F.pad(left, (0, m - left.shape[1])), F.pad(right, (0, m - right.shape[1])), m
 
 
+def _build_out(cell: nn.Module, spec: CellSpec, proj: str, ln: str, proj_bias: bool) -> None:
+    """A pair operator's output layers: Linear(m → W) (unless a standalone cell's m is W) and LN?(W)."""
+    from nasrec.model.layers import SliceLayerNorm, SliceLinear
+
+    if not (spec.exact and spec.pad_cap == spec.width):
+        setattr(cell, proj, SliceLinear(spec.pad_cap, spec.width, bias=proj_bias))
+    setattr(cell, ln, SliceLayerNorm(spec.width) if spec.layernorm else None)
+
+
+def _out(cell: nn.Module, proj: str, ln: str, y: torch.Tensor, m: int, width: int) -> torch.Tensor:
+    """`y` [B, m] projected to `width` where m differs, then layer-normed where the norms are on."""
+    if m != width:
+        y = getattr(cell, proj)(y, width)
+    return norm(getattr(cell, ln), y)
+
+
 class Sum(DenseOperator):
     """left + right (padded to m = the wider), Linear(m → W) where m ≠ W, LN?(W)."""
 
@@ -66,20 +81,12 @@ class Sum(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SliceLayerNorm, SliceLinear
-
-        ln, W, M = spec.layernorm, spec.width, spec.pad_cap
-        if not (spec.exact and M == W):
-            cell.sum_proj = SliceLinear(M, W, bias=not ln)
-        cell.sum_ln = SliceLayerNorm(W) if ln else None
+        _build_out(cell, spec, "sum_proj", "sum_ln", proj_bias=not spec.layernorm)
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
         left, right, m = _padded(x)
-        y = left + right
-        if m != x.width:
-            y = cell.sum_proj(y, x.width)
-        return norm(cell.sum_ln, y)
+        return _out(cell, "sum_proj", "sum_ln", left + right, m, x.width)
 
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
@@ -95,23 +102,17 @@ class Gating(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+        from nasrec.model.layers import SliceLinear
 
-        ln, W, M = spec.layernorm, spec.width, spec.pad_cap
-        cell.gate = SliceLinear(M, M, bias=True)
-        if not (spec.exact and M == W):
-            cell.gate_proj = SliceLinear(M, W, bias=True)
-        cell.gate_ln = SliceLayerNorm(W) if ln else None
+        cell.gate = SliceLinear(spec.pad_cap, spec.pad_cap, bias=True)
+        _build_out(cell, spec, "gate_proj", "gate_ln", proj_bias=True)
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
         import torch
 
         left, right, m = _padded(x)
-        y = torch.sigmoid(cell.gate(left, m)) * right
-        if m != x.width:
-            y = cell.gate_proj(y, x.width)
-        return norm(cell.gate_ln, y)
+        return _out(cell, "gate_proj", "gate_ln", torch.sigmoid(cell.gate(left, m)) * right, m, x.width)
 
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
@@ -133,21 +134,15 @@ class Cross(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+        from nasrec.model.layers import SliceLinear
 
-        ln, W, M = spec.layernorm, spec.width, spec.pad_cap
-        cell.cross = SliceLinear(M, M, bias=True)
-        if not (spec.exact and M == W):
-            cell.cross_proj = SliceLinear(M, W, bias=not ln)
-        cell.cross_ln = SliceLayerNorm(W) if ln else None
+        cell.cross = SliceLinear(spec.pad_cap, spec.pad_cap, bias=True)
+        _build_out(cell, spec, "cross_proj", "cross_ln", proj_bias=not spec.layernorm)
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
         left, right, m = _padded(x)
-        y = left * cell.cross(right, m) + right
-        if m != x.width:
-            y = cell.cross_proj(y, x.width)
-        return norm(cell.cross_ln, y)
+        return _out(cell, "cross_proj", "cross_ln", left * cell.cross(right, m) + right, m, x.width)
 
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
