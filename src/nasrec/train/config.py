@@ -46,6 +46,7 @@ RULES: dict[str, Rule] = {
     "eval_every": Rule(ge=0),
     "evals_per_epoch": Rule(ge=0),
     "eval_min_steps": Rule(ge=0),
+    "refit_max_rows": Rule(ge=1),
     "plateau_factor": Rule(gt=0, lt=1),
     "plateau_patience": Rule(ge=1),
     "eval_batch_size": Rule(ge=1),
@@ -100,6 +101,11 @@ class TrainConfig:
     # (`ZooModel.init_logit_bias`), as FuxiCTR and DeepCTR do, instead of 0, which predicts 0.5 at first.
     # (nasrec architectures' centred heads always start so.)
     init_logit_bias: bool = False
+    # After training (and restore_best), shift the output bias to its maximum-likelihood value on the first
+    # refit_max_rows train rows with every other weight frozen: the mean prediction there then equals their
+    # click rate (`nasrec.train.bias_refit`). A run that early stopping ends after an epoch is not there yet.
+    refit_logit_bias: bool = False
+    refit_max_rows: int = 1_000_000
     schedule: str = "warmup-cosine"
     # "plateau": every lr x plateau_factor after plateau_patience evaluations without gain in the metric
     # early stopping watches (log loss without one)

@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def check_paths_config(spec: ModelSpec, cfg: TrainConfig) -> None:
-    """Refuse settings of supernet paths for a model without paths."""
+    """Refuse settings of supernet paths for a model without paths, and a bias refit for a supernet."""
     if spec.kind != "supernet" and cfg.path_max_mflops is not None:
         raise NasrecError("training config: path_max_mflops applies to supernets only")
+    if spec.kind == "supernet" and cfg.refit_logit_bias:
+        raise NasrecError("training config: refit_logit_bias applies to standalone models, not to a supernet's paths")
 
 
 def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:

@@ -46,6 +46,7 @@ from nasrec.rundir import (
     load_checkpoint,
     save_checkpoint,
 )
+from nasrec.train.bias_refit import output_bias, refit_output_bias
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig
 from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, to_device, train_ctr
@@ -269,6 +270,7 @@ class Trainer:
         self._checkpoint(final=True)
         if cfg.restore_best:
             self._restore_best()
+        self._refit_bias()
         final = self._final()
         if self._tb is not None:
             self._tb.close()
@@ -378,8 +380,27 @@ class Trainer:
             ck = load_checkpoint(self.out / BEST_PT)
             self.model.load_state_dict(ck["model"])
             s.best_step = int(ck["step"])
+            s.bias_shift = ck.get("bias_shift")  # set when a killed run had refitted these weights' bias already
         self.calib.measured_at = None  # other weights now (rank 0 loaded its best): measure them again
-        s.best_step = distributed.broadcast_object(s.best_step)
+        s.best_step, s.bias_shift = distributed.broadcast_object((s.best_step, s.bias_shift))
+
+    def _refit_bias(self) -> None:
+        """Refit the output bias on train rows (`refit_logit_bias`), once: a resumed run's weights may carry it."""
+        cfg, s = self.cfg, self.state
+        if not cfg.refit_logit_bias or self.paths.has_paths or s.bias_shift is not None:
+            return
+        self._calibrate_head()  # centred heads: the logits fitted on are the ones evaluation gives
+        shift = refit_output_bias(self.model, self.cache, cfg.eval_batch_size, cfg.refit_max_rows) if self.main else 0.0
+        s.bias_shift = distributed.broadcast_object(shift)
+        if not self.main:
+            bias = output_bias(self.model)
+            if bias is not None:
+                with torch.no_grad():
+                    bias.add_(s.bias_shift)
+        if self.main and cfg.restore_best:  # the run's model is best.pt
+            ck = {"model": self.model.state_dict(), "step": s.best_step, "bias_shift": s.bias_shift}
+            save_checkpoint(self.out / BEST_PT, ck)
+        self._checkpoint(final=True)  # records the shift (and, without restore_best, the shifted weights)
 
     def _final(self) -> dict[str, Any]:
         s = self.state
@@ -397,6 +418,7 @@ class Trainer:
             "early_stopped": s.stopped,
             "weights": "best" if self.cfg.restore_best else "final",
             "best_step": s.best_step,
+            **({"bias_shift": s.bias_shift} if s.bias_shift is not None else {}),
             "train_seconds": s.train_seconds,
         }
         if self.sync is not None:
