@@ -350,6 +350,21 @@ def test_standalone_dropout_on_block_outputs_only_while_training() -> None:
         Subnet(arch, NUM_DENSE, TABLES, dropout=1.0)
 
 
+def test_embedding_std_cap_scales_only_tables_above_it() -> None:
+    """`max_embedding_std`: a table whose xavier std exceeds the cap starts at exactly the cap; others as they were."""
+    arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
+    tables = (7, 5_000, 200_000)  # xavier stds 0.29, 0.020, 0.0032
+    torch.manual_seed(0)
+    plain = Subnet(arch, NUM_DENSE, tables).embedding.table.weight
+    torch.manual_seed(0)
+    capped = Subnet(arch, NUM_DENSE, tables, max_embedding_std=0.01).embedding.table.weight
+    torch.testing.assert_close(capped[:7], plain[:7] * (0.01 / (2 / 23) ** 0.5))
+    torch.testing.assert_close(capped[7:5007], plain[7:5007] * (0.01 / (2 / 5016) ** 0.5))
+    torch.testing.assert_close(capped[5007:], plain[5007:], rtol=0, atol=0)
+    with pytest.raises(NasrecError, match="max_embedding_std must be positive"):
+        Subnet(arch, NUM_DENSE, tables, max_embedding_std=0.0)
+
+
 def test_arch_dropout_reaches_the_trained_model_and_only_architectures(tmp_path: Path) -> None:
     """`--set arch_dropout=p` is recorded in the run's model spec; a zoo run is told to use its hyper-parameter."""
     import json
@@ -362,9 +377,12 @@ def test_arch_dropout_reaches_the_trained_model_and_only_architectures(tmp_path:
 
     _, cache = small_synth_cache(tmp_path, rows=3_000, seed=2)
     arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
-    over = {"max_steps": 3, "batch_size": 128, "threads": 1, "arch_dropout": 0.2}
+    over = {"max_steps": 3, "batch_size": 128, "threads": 1, "arch_dropout": 0.2, "arch_max_embedding_std": 1e-3}
     train(cache, tmp_path / "a", arch=arch, preset_name="cpu-quick", overrides=over, progress=False)
     spec = ModelSpec.from_dict(json.loads((tmp_path / "a" / "model.json").read_text()))
     assert spec.dropout == 0.2 and spec.build().dropout.p == 0.2
-    with pytest.raises(ConfigError, match="arch_dropout"):
-        train(cache, tmp_path / "b", model="lr", preset_name="cpu-quick", overrides=over, progress=False)
+    assert spec.max_embedding_std == 1e-3 and float(spec.build().embedding.table.weight.detach().abs().max()) < 0.01
+    for key in ("arch_dropout", "arch_max_embedding_std"):
+        with pytest.raises(ConfigError, match=key):
+            only = {k: v for k, v in over.items() if not k.startswith("arch_") or k == key}
+            train(cache, tmp_path / "b", model="lr", preset_name="cpu-quick", overrides=only, progress=False)

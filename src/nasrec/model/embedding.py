@@ -39,6 +39,20 @@ class FieldEmbedding(nn.Module):
                 self.table.weight[start : start + n].normal_(0.0, math.sqrt(2.0 / (n + self.dim)))
                 start += n
 
+    @torch.no_grad()
+    def cap_std(self, cap: float) -> None:
+        """Scale down every table whose initial std sqrt(2 / (N + dim)) exceeds `cap` to exactly `cap`.
+
+        Small tables start far from zero under xavier-normal (std 0.29 for a 7-id field at dim 16); DeepCTR
+        and FuxiCTR start every table at std 1e-4, which the zoo's default recipes adopt (BENCHMARKS.md).
+        """
+        start = 0
+        for n in self.table_sizes:
+            std = math.sqrt(2.0 / (n + self.dim))
+            if std > cap:
+                self.table.weight[start : start + n].mul_(cap / std)
+            start += n
+
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """[B, S] ids (each within its field's table) -> [B, S, dim] vectors."""
         return self.table(sparse + self.offsets)

@@ -50,6 +50,7 @@ class ModelSpec:
     space: dict[str, Any] | None = None  # kind "supernet": the search space
     layernorm: bool = False
     dropout: float = 0.0  # kind "nasrec": dropout on every block's dense output (`Subnet`); 0: none
+    max_embedding_std: float | None = None  # kind "nasrec": the tables' initial std capped at this (None: xavier)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -82,7 +83,12 @@ class ModelSpec:
             from nasrec.model.subnet import Subnet
 
             return Subnet(
-                self.architecture(), self.num_dense, self.table_sizes, layernorm=self.layernorm, dropout=self.dropout
+                self.architecture(),
+                self.num_dense,
+                self.table_sizes,
+                layernorm=self.layernorm,
+                dropout=self.dropout,
+                max_embedding_std=self.max_embedding_std,
             )
         if self.kind == "zoo":
             return _zoo("build")(self.zoo, self.num_dense, self.table_sizes, **self.hparams)

@@ -32,10 +32,13 @@ class Subnet(nn.Module):
         table_sizes: Sequence[int],
         layernorm: bool = False,
         dropout: float = 0.0,
+        max_embedding_std: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise NasrecError(f"dropout must lie in [0, 1), got {dropout}")
+        if max_embedding_std is not None and not max_embedding_std > 0:
+            raise NasrecError(f"max_embedding_std must be positive, got {max_embedding_std}")
         self.arch = arch
         # On every block's dense output while training (a standalone model's regulariser; a supernet has none).
         # No parameters: the state dict, the cost and a materialised subnet's outputs in eval mode are unchanged.
@@ -43,6 +46,8 @@ class Subnet(nn.Module):
         self.num_dense, self.num_sparse = num_dense, len(table_sizes)
         self.layernorm = layernorm
         self.embedding = FieldEmbedding(table_sizes)
+        if max_embedding_std is not None:  # a fresh model's tables; from_supernet copies the supernet's over them
+            self.embedding.cap_std(max_embedding_std)
         dense_w = [num_dense] + [b.dense_width for b in arch.blocks]
         token_w = [self.num_sparse] + [b.sparse_width for b in arch.blocks]
         has_d2s = [False] + [b.d2s for b in arch.blocks]

@@ -70,15 +70,14 @@ def train(
     with _writing(out, "training run"):
         cfg = _config(preset_name, overrides, resume, out)
         common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
-        if cfg.arch_dropout and arch is None:
-            raise ConfigError(
-                "training config", "arch_dropout", "applies to nasrec architectures; a zoo model takes --hparam dropout"
-            )
+        for key, hparam in (("arch_dropout", "dropout"), ("arch_max_embedding_std", "max_embedding_std")):
+            if getattr(cfg, key) and arch is None:
+                raise ConfigError(
+                    "training config", key, f"applies to nasrec architectures; a zoo model takes --hparam {hparam}"
+                )
         if arch is not None:
             a = arch if isinstance(arch, Architecture) else Architecture.load(arch)
-            spec = ModelSpec(
-                kind="nasrec", arch=a.to_dict(), layernorm=cfg.layernorm, dropout=cfg.arch_dropout, **common
-            )
+            spec = ModelSpec(kind="nasrec", arch=a.to_dict(), **cfg.arch_model_options(), **common)
         else:
             spec = ModelSpec(kind="zoo", zoo=model, hparams=dict(hparams or {}), **common)
         with distributed.process_group():  # under torchrun: data-parallel over its processes

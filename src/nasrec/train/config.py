@@ -37,6 +37,7 @@ RULES: dict[str, Rule] = {
     "embedding_l2_per": Rule(choices=L2_FORMS),
     "embedding_l2_ref_var": Rule(gt=0, le=0.25, why="a label variance p(1 - p), at most 0.25"),
     "arch_dropout": Rule(ge=0, lt=1),
+    "arch_max_embedding_std": Rule(gt=0, le=1),
     "embedding_l2": Rule(ge=0, le=1, why="a per-example penalty, added to a mean logloss of about 0.45"),
     "schedule": Rule(choices=("warmup-cosine", "constant", "plateau")),
     "warmup_fraction": Rule(ge=0, lt=1),
@@ -119,6 +120,10 @@ class TrainConfig:
     # Standalone nasrec architectures: dropout on every block's dense output while training (zoo models take
     # theirs as the hyper-parameter `dropout`; supernets have none)
     arch_dropout: float = 0.0
+    # Standalone nasrec architectures: every embedding table's initial std capped at this (None: NASRec's
+    # xavier-normal, std sqrt(2 / (N + 16)), 0.29 for a 7-id table); zoo models take the hyper-parameter
+    # max_embedding_std, 1e-4 in their default recipes, as DeepCTR and FuxiCTR start theirs
+    arch_max_embedding_std: float | None = None
     eval_split: str = "val"
     eval_every: int = 0  # steps between evaluations (0: only at the end, unless evals_per_epoch is set)
     evals_per_epoch: int = 0  # evaluations per epoch, whatever the data size (give this or eval_every)
@@ -190,6 +195,10 @@ class TrainConfig:
         if self.evals_per_epoch:
             return max(1, self.eval_min_steps, steps_per_epoch // self.evals_per_epoch)
         return self.eval_every
+
+    def arch_model_options(self) -> dict[str, Any]:
+        """The `ModelSpec` settings a standalone nasrec architecture trained with this config takes."""
+        return dict(layernorm=self.layernorm, dropout=self.arch_dropout, max_embedding_std=self.arch_max_embedding_std)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -136,7 +136,7 @@ def run_trial(
         shutil.rmtree(out)
     common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
     if settings.arch is not None:
-        spec = ModelSpec(kind="nasrec", arch=settings.arch, layernorm=cfg.layernorm, dropout=cfg.arch_dropout, **common)
+        spec = ModelSpec(kind="nasrec", arch=settings.arch, **cfg.arch_model_options(), **common)
     else:
         spec = ModelSpec(kind="zoo", zoo=settings.model, hparams=hparams, **common)
     attrs: dict[str, Any] = {"hparams": hparams, "train": recipe_train_settings(cfg), "run": str(out)}

@@ -165,14 +165,8 @@ class ZooModel(nn.Module):
         if cap is not None:
             with torch.no_grad():
                 for embedding in self.modules():
-                    if not isinstance(embedding, FieldEmbedding):
-                        continue
-                    start = 0
-                    for n in embedding.table_sizes:
-                        std = math.sqrt(2.0 / (n + embedding.dim))  # FieldEmbedding's per-table std
-                        if std > cap:
-                            embedding.table.weight[start : start + n].mul_(cap / std)
-                        start += n
+                    if isinstance(embedding, FieldEmbedding):
+                        embedding.cap_std(cap)
                 for m in self.modules():
                     if isinstance(m, DenseField) and m.proj is not None:
                         w = m.proj.weight
