@@ -433,3 +433,32 @@ def test_baselines_all_is_the_whole_zoo(tmp_path: Path) -> None:
         resolve_config({"data": {"format": "synthetic"}, "search": {"preset": "auto", "time_budget": "soon"}}, tmp_path)
     cfg = resolve_config({"data": {"format": "synthetic"}, "search": {"preset": "auto", "time_budget": "5m"}}, tmp_path)
     assert cfg["search"]["time_budget"] == "5m"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_command_line_sets_change_keys_and_take_paths_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nasrec run examples/frappe.yaml --set data.input=train.csv --set final.seeds=2`, checked as the file is."""
+    from nasrec.cli.common import parse_sets
+
+    (tmp_path / "train.csv").write_text(
+        "label,user,item,daytime,weekday,isweekend,homework,cost,weather,country,city\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    sets = parse_sets(["data.input=train.csv", "final.seeds=2", "search.set.max_mflops=0.3"], dotted=True)
+    cfg = load_config(EXAMPLES / "frappe.yaml", sets)
+    assert cfg["data"]["input"] == [str(tmp_path / "train.csv")]  # from where the command was typed
+    assert cfg["data"]["schema"] == str(EXAMPLES / "frappe.schema.yaml")  # the file's own: from its folder
+    assert cfg["final"]["seeds"] == 2 and cfg["search"]["set"]["max_mflops"] == 0.3
+    assert cfg["final"]["set"]["optimizer"] == "adam"  # the rest as written
+    with pytest.raises(ConfigError, match=r"^config data\.input: format schema needs at least one input file$"):
+        load_config(EXAMPLES / "frappe.yaml")
+    with pytest.raises(ConfigError, match=r"config search\.set\.populaton: unknown key"):
+        load_config(EXAMPLES / "frappe.yaml", {**sets, "search.set.populaton": 3})
+    with pytest.raises(
+        ConfigError, match=r"config baselines\.models: is .* not a mapping: cannot set baselines\.models\.x"
+    ):
+        load_config(EXAMPLES / "frappe.yaml", {**sets, "baselines.models.x": 1})

@@ -23,17 +23,21 @@ def add_max_bad_fraction(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_sets(items: list[str] | None) -> dict:
-    """`--set key=value` pairs; values parsed as JSON when they can be (numbers, true, null...)."""
+def parse_sets(items: list[str] | None, dotted: bool = False) -> dict:
+    """`--set key=value` pairs; values parsed as JSON when they can be (numbers, true, null...).
+
+    `dotted`: keys are key paths (`search.set.max_mflops`), whose dashes are kept as written.
+    """
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise NasrecError(f"--set expects key=value, got {item!r}")
+            raise NasrecError(f"--set expects {'key.path' if dotted else 'key'}=value, got {item!r}")
         key, value = item.split("=", 1)
+        key = key.strip() if dotted else key.strip().replace("-", "_")
         try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
+            out[key] = value
     return out
 
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 
 from nasrec import console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, bars
+from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, bars, parse_sets
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole pipeline from one config file (prepare ... report)")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--out", metavar="DIR", help="run directory (default: the config's `out`)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="change one key of the config (repeatable): data.input=train.csv, search.set.max_mflops=0.5, "
+        "final.seeds=5; a relative path is taken from the working directory",
+    )
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -20,7 +27,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from nasrec.pipeline.config import load_config
     from nasrec.pipeline.runner import run_pipeline
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, parse_sets(args.set, dotted=True))
     if args.out or cfg.get("out"):
         console.add_run_log(args.out or cfg["out"])
     records = run_pipeline(cfg, args.out, progress=bars(args))

@@ -308,9 +308,39 @@ def _resolve_search(preset_name: str, overrides: dict[str, Any]) -> None:
     resolve(preset_name, s, sc)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and resolve a pipeline configuration file (relative paths are taken from its folder)."""
+# Keys whose values are paths: given on the command line, a relative one is taken from the working directory
+PATH_KEYS = ("data.input", "data.schema", "baselines.published")
+
+
+def apply_overrides(given: dict[str, Any], overrides: dict[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """`given` with `overrides` (dotted key paths, `search.set.max_mflops`) laid over it; checked later as a whole.
+
+    A relative path given for one of `PATH_KEYS` is made absolute from `cwd` (the working directory), where
+    the shell that typed it is; the file's own relative paths stay relative to the file's folder.
+    """
+    out = copy.deepcopy(given)
+    cwd = cwd or Path.cwd()
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if not all(parts):
+            _fail(key, "expected a dotted key path such as search.set.max_mflops")
+        if key in PATH_KEYS:
+            absolute = lambda v: str((cwd / v).resolve()) if isinstance(v, str) else v  # noqa: E731
+            value = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                _fail(".".join(parts[: i + 1]), f"is {node!r}, not a mapping: cannot set {key}")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read and resolve a pipeline configuration file (relative paths are taken from its folder), with overrides."""
     given = read_config_file(path, "pipeline config")
     if given is None:
         given = {}
+    if overrides:
+        given = apply_overrides(given, overrides)
     return resolve_config(given, Path(path).resolve().parent)
