@@ -71,6 +71,14 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
         assert r.stderr.startswith("nasrec prepare: error:")
 
 
+def test_halving_without_retraining_is_one_line(tmp_path: Path) -> None:
+    r = _run(
+        "search", "--supernet", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--halving", "3"
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("--halving chooses among the retrained top k: give --retrain too")
+
+
 @pytest.mark.slow
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     raw = tmp_path / "s.tsv"

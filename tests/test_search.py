@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import itertools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from nasrec.search.config import SearchConfig
 from nasrec.search.evolution import Search
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.pareto import dominates, pareto_front
-from nasrec.search.retrain import retrain_top
+from nasrec.search.retrain import Halving, retrain_top
 from nasrec.search.scorer import ScoreConfig, ScoringData, finetune_all, finetune_head
 from nasrec.space.arch import Architecture
 from nasrec.space.liveness import functional_hash
@@ -633,6 +634,48 @@ def test_retraining_with_several_seeds_judges_the_mean(supernet_run: tuple[Path,
     assert res["final"]["chosen"]["val_logloss"] == min(r["val_logloss"] for r in runs)
     with pytest.raises(NasrecError, match="seeds must be >= 1"):
         retrain_top(tmp_path / "s", cache, "cpu-quick", dict(max_steps=8), seeds=0)
+
+
+@pytest.mark.slow
+def test_successive_halving_trains_the_best_on_growing_budgets(supernet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """7 candidates: 2 steps each, the best 4 for 4 steps, the best 2 with the whole recipe (8 steps)."""
+    sn, cache = supernet_run
+    sets = dict(population=8, sample=3, children=3, generations=1, top_k=7, **TINY_SCORE)
+    train_set = dict(max_steps=8, batch_size=256, head_calib_batches=2, threads=1)
+    res = search(
+        sn,
+        cache,
+        tmp_path / "s",
+        preset="cpu-quick",
+        overrides=sets,
+        retrain=True,
+        train_overrides=train_set,
+        halving=Halving(eta=2, min_steps=2),
+        progress=False,
+    )
+    rungs = res["final"]["rungs"]
+    assert [(r["rung"], r["max_steps"], len(r["runs"]), len(r["kept"])) for r in rungs] == [
+        (0, 2, 7, 4),
+        (1, 4, 4, 2),
+        (2, None, 2, 0),
+    ]
+    for r, nxt in itertools.pairwise(rungs):
+        best = sorted(r["runs"], key=lambda a: a["val_logloss"])[: len(r["kept"])]
+        assert r["kept"] == [a["hash"] for a in best]  # the lowest validation losses go on
+        assert sorted(a["hash"] for a in nxt["runs"]) == sorted(r["kept"])
+        for a in r["runs"]:
+            assert Path(a["run"]).parent.name == f"rung{r['rung']}"
+            assert json.loads((Path(a["run"]) / "metrics.json").read_text())["steps"] == r["max_steps"]
+    assert res["final"]["runs"] == rungs[-1]["runs"]
+    for a in rungs[-1]["runs"]:  # the last rung: the whole recipe, in the runs' usual place
+        assert Path(a["run"]).parent.name == "retrain"
+        assert json.loads((Path(a["run"]) / "metrics.json").read_text())["steps"] == 8
+    assert res["final"]["chosen"]["val_logloss"] == min(a["val_logloss"] for a in rungs[-1]["runs"])
+    # Finished runs are read back, not trained again: the same result.
+    again = retrain_top(tmp_path / "s", cache, "cpu-quick", train_set, halving=Halving(eta=2, min_steps=2))
+    assert again == res["final"]
+    with pytest.raises(NasrecError, match="eta must be an integer >= 2"):
+        Halving(eta=1)
 
 
 def _children(pid: int) -> list[int]:

@@ -166,6 +166,8 @@ def _compare(a: argparse.Namespace) -> None:
 
 
 def _search(a: argparse.Namespace) -> None:
+    if getattr(a, "halving", None) is not None and not a.retrain:
+        raise NasrecError("--halving chooses among the retrained top k: give --retrain too")
     run_dir(a.supernet, "supernet run directory", "nasrec supernet")
     cache_dir(a.data)
     output_dir(a.out)

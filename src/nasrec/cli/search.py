@@ -54,6 +54,21 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="train each top-k architecture with N seeds and judge it by the mean validation loss",
     )
+    p.add_argument(
+        "--halving",
+        type=clicheck.int_at_least(2),
+        metavar="ETA",
+        help="with --retrain: successive halving of the top k, keeping the best 1/ETA at each rung "
+        "(trained from scratch for --halving-min-steps, then ETA times as many steps, ...); the last ETA or "
+        "fewer train with the whole recipe",
+    )
+    p.add_argument(
+        "--halving-min-steps",
+        type=clicheck.int_at_least(1),
+        default=200,
+        metavar="N",
+        help="the first rung's training steps (default 200)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search or scoring setting")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
     add_device(p, "score candidates (and retrain them, unless --train-set device=... says otherwise)", resumable=True)
@@ -63,6 +78,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from nasrec.search.api import search
+    from nasrec.search.retrain import Halving
 
     overrides = parse_sets(args.set)
     for key in ("strategy", "max_mflops", "max_params", "seed"):
@@ -89,6 +105,7 @@ def _run_search(args: argparse.Namespace) -> int:
         retrain=args.retrain,
         train_overrides=train_overrides,
         retrain_seeds=args.retrain_seeds,
+        halving=None if args.halving is None else Halving(args.halving, args.halving_min_steps),
         resume=args.resume,
         time_budget=args.time_budget,
         progress=bars(args),
@@ -111,6 +128,8 @@ def _run_search(args: argparse.Namespace) -> int:
     }
     if r.final is not None and r.final.chosen is not None:
         summary["final"] = r.final.chosen.to_dict()
+        if r.final.rungs:
+            summary["halving"] = [len(rung.runs) for rung in r.final.rungs]
     console.show(summary, args.json, lambda s: _search_text(s, res, args.out))
     return 0
 
@@ -124,6 +143,11 @@ def _search_text(s: dict, res: dict, out: str) -> str:
         f"{console.mflops(s['mflops'])} MFLOPs) in best.json; Pareto front of {s['pareto']} in pareto.json",
     ]
     f = s.get("final")
+    if s.get("halving"):
+        lines.append(
+            "  successive halving: " + " -> ".join(str(k) for k in s["halving"]) + " architectures per rung, "
+            "the last with the whole recipe (retrain/rungN/ and retrain/)"
+        )
     if f:
         lines.append(
             f"  final (retrained, chosen by validation log loss): {f['hash']} in final.json: validation "

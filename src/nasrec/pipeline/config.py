@@ -12,7 +12,8 @@ data:
   synthetic: {rows: 60000, preset: interactions, seed: 0}   # for format: synthetic
   prepare: {split: random, encoding: vocab, min_count: 2}    # any `nasrec prepare` option
 supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
-search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1}
+search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1,
+         halving: {eta: 3, min_steps: 200}}   # optional: successive halving of the top k before full runs
 final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3}   # seeds: the final model and each baseline
 baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}, recipe: null}
 tune: {trials: 20, timeout: 10m, workers: 1, metric: logloss, set: {epochs: 10}}   # off unless trials > 0
@@ -80,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "set": {},
         "retrain_set": {},
         "retrain_seeds": 1,
+        "halving": None,
         "time_budget": None,
     },
     "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
@@ -272,6 +274,13 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         if s["preset"] != "auto":
             _fail("search.time_budget", f"applies to the auto preset only (preset is {s['preset']})")
     _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], names_as_numbers(kv)))
+    if s["halving"] is not None:
+        _check_type("search.halving", s["halving"], dict, "a mapping {eta: N, min_steps: N}, or null")
+        s["halving"] = {"eta": 3, "min_steps": 200, **s["halving"]}
+        for key, value in s["halving"].items():
+            if key not in ("eta", "min_steps"):
+                _fail(f"search.halving.{key}", "unknown key (known: eta, min_steps)")
+            _check_type(f"search.halving.{key}", value, int, rule=Rule(ge=2 if key == "eta" else 1))
     _check_overrides("search.retrain_set", s["retrain_set"], lambda **kv: preset(None, **kv))
     b = cfg["baselines"]
     from nasrec.zoo.registry import ZOO_MODELS

@@ -182,6 +182,7 @@ class Pipeline:
 
     def _search(self) -> dict[str, Any]:
         from nasrec.search.api import search
+        from nasrec.search.retrain import Halving
 
         s = self.cfg["search"]
         retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
@@ -196,6 +197,7 @@ class Pipeline:
             retrain=True,
             train_overrides=retrain,
             retrain_seeds=s["retrain_seeds"],
+            halving=None if s["halving"] is None else Halving(**s["halving"]),
             resume=True,
             progress=self.progress,
             time_budget=s["time_budget"],

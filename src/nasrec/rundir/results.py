@@ -166,15 +166,37 @@ class RetrainedArch(Record):
 
 
 @dataclass(frozen=True)
+class Rung(Record):
+    """One rung of successive halving: the architectures trained for `max_steps` steps, and those kept."""
+
+    rung: int = 0
+    max_steps: int | None = None  # None: the whole recipe (the last rung)
+    runs: list[RetrainedArch] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # hashes of the architectures the next rung trains
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _NESTED: ClassVar[dict[str, Any]] = {"runs": (list, RetrainedArch)}
+
+
+@dataclass(frozen=True)
 class RetrainResult(Record):
-    """`final_metrics.json`: every retrained architecture, and the one chosen (lowest validation loss)."""
+    """`final_metrics.json`: every retrained architecture, and the one chosen (lowest validation loss).
+
+    With successive halving, `runs` are the last rung's (trained with the whole recipe) and `rungs` all.
+    """
 
     chosen: RetrainedArch | None = None
     runs: list[RetrainedArch] = field(default_factory=list)
     seeds: int = 1
+    rungs: list[Rung] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _NESTED: ClassVar[dict[str, Any]] = {"chosen": RetrainedArch, "runs": (list, RetrainedArch)}
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"rungs"})
+    _NESTED: ClassVar[dict[str, Any]] = {
+        "chosen": RetrainedArch,
+        "runs": (list, RetrainedArch),
+        "rungs": (list, Rung),
+    }
 
 
 @dataclass(frozen=True)

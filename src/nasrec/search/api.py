@@ -35,7 +35,7 @@ from nasrec.search.config import SearchConfig, trajectory
 from nasrec.search.evolution import Search
 from nasrec.search.parallel import DistributedScoringPool, ScorerSpec, ScoringPool
 from nasrec.search.presets import DEFAULT_PRESET, resolve, split_overrides
-from nasrec.search.retrain import retrain_top
+from nasrec.search.retrain import Halving, retrain_top
 from nasrec.search.scorer import ScoreConfig
 from nasrec.space.space import SearchSpace
 from nasrec.zoo.budget import resolve_caps
@@ -79,6 +79,7 @@ def search(
     retrain: bool = False,
     train_overrides: dict[str, Any] | None = None,
     retrain_seeds: int = 1,
+    halving: Halving | None = None,
     resume: bool = False,
     progress: bool | None = None,
     time_budget: float | str | None = None,
@@ -90,7 +91,8 @@ def search(
     `auto` preset (the default) fits its budget to `time_budget` (seconds, or "15m"; default 15 minutes).
     With `retrain`, the top-k architectures are then trained from scratch with the preset's training
     recipe (with `train_overrides`) and the final one is chosen by validation loss, the mean over
-    `retrain_seeds` training seeds each. A resumed search keeps the settings recorded in `search.json`.
+    `retrain_seeds` training seeds each; with `halving`, after successive halving of the top k
+    (`nasrec.search.retrain`). A resumed search keeps the settings recorded in `search.json`.
     """
     out = Path(out)
     s_over, sc_over = split_overrides(resolve_caps(overrides, data))
@@ -109,7 +111,9 @@ def search(
         with distributed.process_group() as active:  # under torchrun: scoring spread over its processes
             result, train_preset = _search(supernet, data, out, asked, workers, resume, progress, active)
         if retrain:
-            result["final"] = retrain_top(out, data, train_preset, train_overrides, seeds=retrain_seeds)
+            result["final"] = retrain_top(
+                out, data, train_preset, train_overrides, seeds=retrain_seeds, halving=halving
+            )
     return result
 
 
