@@ -242,6 +242,46 @@ def test_supernet_training(cache_dir: Path, tmp_path: Path) -> None:
     assert any(k.startswith("embedding") for k in moved) and any(k.startswith("cells") for k in moved), moved
 
 
+def _moved(run: Path) -> set[str]:
+    """The state-dict entries a supernet run changed from its seeded start (seed 0)."""
+    from nasrec.model.spec import ModelSpec
+
+    spec = ModelSpec.from_dict(json.loads((run / "model.json").read_text()))
+    torch.manual_seed(0)
+    start = spec.build().state_dict()
+    trained = load_checkpoint(run / "checkpoint.pt")["model"]
+    return {k for k, v in trained.items() if k in start and not torch.equal(v, start[k])}
+
+
+@pytest.mark.slow
+def test_the_sandwich_rule_also_trains_the_largest_and_smallest_paths(cache_dir: Path, tmp_path: Path) -> None:
+    """One step after the warm-up: the sampled path alone moves some weights; with the sandwich, more."""
+    from nasrec.space.space import NASREC_FULL
+
+    over = dict(max_steps=1, batch_size=256, path_warmup_steps=0, head_calib_batches=0, eval_max_batches=1)
+    over.update(supernet_eval_archs=1, threads=1)
+    runs = {}
+    for name, extra in (("plain", {}), ("sandwich", {"sandwich": True}), ("labels", {"sandwich": True})):
+        if name == "labels":
+            extra = {**extra, "sandwich_distill": False}
+        train_supernet(cache_dir, tmp_path / name, space="full", overrides={**over, **extra}, progress=False)
+        runs[name] = _moved(tmp_path / name)
+    assert runs["plain"] < runs["sandwich"]  # the sampled path's weights, and the full path's besides
+    # the full path reaches every operator: a transformer and a gating layer in every block moved
+    for i in range(7):
+        assert {f"cells.{i}.gate.weight", f"cells.{i}.attn_in.weight"} <= runs["sandwich"], i
+    a = load_checkpoint(tmp_path / "sandwich" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "labels" / "checkpoint.pt")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # distillation changes the smaller paths' gradients
+    small = NASREC_FULL.smallest_path(lambda arch: arch_cost(arch, 13, 26).mflops)
+    assert all(b.dense_width == 16 and b.sparse_width == 16 and not (b.d2s or b.fm) for b in small.blocks)
+    for d in NASREC_FULL.dense_ops:  # the cheapest operator pair of chains alike
+        chain = NASREC_FULL.smallest_path(lambda arch, d=d: 0 if arch.blocks[0].dense_ops == (d,) else 1)
+        assert chain.blocks[0].dense_ops == (d,) and arch_cost(chain, 13, 26).mflops >= arch_cost(small, 13, 26).mflops
+    with pytest.raises(NasrecError, match="sandwich applies to supernets only"):
+        train(cache_dir, tmp_path / "z", model="lr", overrides=dict(sandwich=True, max_steps=1), progress=False)
+
+
 @pytest.mark.slow
 def test_supernet_paths_are_judged_with_their_own_head_mean(cache_dir: Path, tmp_path: Path) -> None:
     from nasrec.data.cache import open_cache

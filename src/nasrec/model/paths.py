@@ -85,6 +85,10 @@ class PathSampler(Protocol):
         """The fixed paths an evaluation averages over, the same at every evaluation (empty: the whole model)."""
         ...
 
+    def sandwich(self, step: int) -> tuple[Architecture, Architecture] | None:
+        """The largest and smallest paths trained at `step` beside `path(step)` (the sandwich rule), or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class WholeModel:
@@ -104,6 +108,10 @@ class WholeModel:
         """None: the whole model is evaluated."""
         return []
 
+    def sandwich(self, step: int) -> tuple[Architecture, Architecture] | None:
+        """None: one model, no sandwich."""
+        return None
+
 
 @dataclass(frozen=True)
 class SupernetPaths:
@@ -119,6 +127,9 @@ class SupernetPaths:
     warmup_steps: int = 0
     within: Callable[[Architecture], bool] | None = None
     eval_archs: int = 4
+    # The sandwich rule (BigNAS): after the warm-up each step also trains these two, the largest path (the
+    # full path) and the smallest, with the step's sampled path; None: the sampled path alone
+    ends: tuple[Architecture, Architecture] | None = None
 
     has_paths: ClassVar[bool] = True
 
@@ -129,6 +140,10 @@ class SupernetPaths:
     def warm(self, step: int) -> bool:
         """Whether `step` may train the full path (the warm-up's probability 1 - step/T is above 0)."""
         return step < self.warmup_steps
+
+    def sandwich(self, step: int) -> tuple[Architecture, Architecture] | None:
+        """(largest, smallest) after the warm-up when the sandwich rule is on; None otherwise."""
+        return None if self.ends is None or self.warm(step) else self.ends
 
     def eval_paths(self) -> list[Architecture]:
         """`eval_archs` paths within the budget, from a stream of their own."""

@@ -22,6 +22,7 @@ Strategies (spec sections 3 and 4):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,19 @@ class SearchSpace:
         right are both i. Every block is therefore live, and each block's newest input is always on.
         """
         return Architecture(tuple(Block(**self._full_macro(i), **self._full_micro()) for i in range(self.num_blocks)))
+
+    def smallest_path(self, cost: Callable[[Architecture], float]) -> Architecture:
+        """The narrowest widths, no merges, each block reading only its predecessor, and the operator pair of
+        least `cost` (every block the same pair): the small end of the sandwich rule (BigNAS)."""
+        pairs = [(d, s) for d in self.dense_ops for s in self.sparse_ops]
+
+        def chain(dense_op: str, sparse_op: str) -> Architecture:
+            w, ws = self.dense_widths[0], self.sparse_widths[0]
+            return Architecture(
+                tuple(Block((dense_op,), (sparse_op,), (i,), (i,), i, i, w, ws) for i in range(self.num_blocks))
+            )
+
+        return min((chain(*p) for p in pairs), key=cost)
 
     def sample(self, rng: np.random.Generator, strategy: str = "default", full_path_prob: float = 0.0) -> Architecture:
         """A random architecture of this space drawn with `strategy` (see the module docstring).

@@ -157,6 +157,12 @@ class TrainConfig:
     # any data size; give this or path_warmup_steps. An absolute T over the training length is capped to it.
     path_warmup_fraction: float = 0.0
     supernet_eval_archs: int = 4  # fixed sampled architectures averaged when evaluating a supernet
+    # The sandwich rule (BigNAS): after the warm-up every step trains the largest path (the full path), the
+    # smallest (narrowest widths, no merges, a chain of the cheapest operator pair) and the sampled path,
+    # their gradients summed into one update; 3 x the step's cost. With sandwich_distill the two smaller
+    # paths learn the largest path's predictions (in-place distillation) instead of the labels.
+    sandwich: bool = False
+    sandwich_distill: bool = True
     # Budget-aware supernet training: after the warm-up, a sampled path over this many MFLOPs (the
     # search's count) is redrawn, so the training goes to the paths a search under that cap can choose.
     path_max_mflops: float | None = None

@@ -11,6 +11,7 @@ import logging
 from torch import nn
 
 from nasrec.errors import NasrecError
+from nasrec.model.cost import ServedCost
 from nasrec.model.paths import PathSampler, SupernetPaths, WholeModel, mflops_budget
 from nasrec.model.spec import ModelSpec
 from nasrec.train.config import TrainConfig
@@ -22,6 +23,8 @@ def check_paths_config(spec: ModelSpec, cfg: TrainConfig) -> None:
     """Refuse settings of supernet paths for a model without paths, and a bias refit for a supernet."""
     if spec.kind != "supernet" and cfg.path_max_mflops is not None:
         raise NasrecError("training config: path_max_mflops applies to supernets only")
+    if spec.kind != "supernet" and cfg.sandwich:
+        raise NasrecError("training config: sandwich applies to supernets only")
     if spec.kind == "supernet" and cfg.refit_logit_bias:
         raise NasrecError("training config: refit_logit_bias applies to standalone models, not to a supernet's paths")
 
@@ -54,6 +57,16 @@ def path_sampler(
     if spec.kind != "supernet":
         return WholeModel()
     within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
+    ends = None
+    if cfg.sandwich:
+        cost = ServedCost(spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
+        ends = (model.space.full_path(), model.space.smallest_path(lambda a: cost(a)[0]))
     return SupernetPaths(
-        model.space, cfg.seed, cfg.strategy, path_warmup(cfg, total_steps, warn=warn), within, cfg.supernet_eval_archs
+        model.space,
+        cfg.seed,
+        cfg.strategy,
+        path_warmup(cfg, total_steps, warn=warn),
+        within,
+        cfg.supernet_eval_archs,
+        ends,
     )

@@ -281,11 +281,16 @@ class Trainer:
         batch = to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         arch = self.paths.path(s.step)
+        target = self._sandwich_ends(batch, s.step)  # backward of the largest and smallest paths, if any
         logits = self.model(batch.dense, batch.sparse) if arch is None else self.model(batch.dense, batch.sparse, arch)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        if target is not batch.label:  # distilled: the reported loss is still the one on the labels
+            loss_on_labels = F.binary_cross_entropy_with_logits(logits.detach(), batch.label)
+        else:
+            loss_on_labels = loss
         n = batch.label.shape[0]
         if self.sync is None:
-            value = float(loss.detach())
+            value = float(loss_on_labels.detach())
             if not math.isfinite(value):
                 raise NasrecError(f"training diverged at step {s.step} (loss {value}); try a lower learning rate")
         loss.backward()
@@ -293,7 +298,7 @@ class Trainer:
         if self.sync is not None:
             # A rank's own loss may be finite while another's is not: all ranks judge the global loss,
             # after the sync, so that they raise together instead of leaving the others in a collective.
-            stats = self.sync(loss, n)
+            stats = self.sync(loss_on_labels, n)
             self.embedding_l2(n, synced=True)  # the per-row form, on the rows of the global batch
             value = stats.loss
             if not math.isfinite(value):
@@ -304,6 +309,22 @@ class Trainer:
         self.optimizer.step()
         self.schedule.step()
         return value
+
+    def _sandwich_ends(self, batch, step: int) -> torch.Tensor:
+        """Under the sandwich rule, backward the largest and smallest paths' losses; the sampled path's target.
+
+        The target is the labels, or with `sandwich_distill` the largest path's predictions (detached),
+        which the smallest path learns too. Gradients add up until the step's one update.
+        """
+        ends = self.paths.sandwich(step)
+        if ends is None:
+            return batch.label
+        largest, smallest = ends
+        big = self.model(batch.dense, batch.sparse, largest)
+        F.binary_cross_entropy_with_logits(big, batch.label).backward()
+        target = torch.sigmoid(big.detach()) if self.cfg.sandwich_distill else batch.label
+        F.binary_cross_entropy_with_logits(self.model(batch.dense, batch.sparse, smallest), target).backward()
+        return target
 
     def _after_step(self) -> None:
         cfg, s = self.cfg, self.state
