@@ -255,3 +255,17 @@ def test_graphviz_svg_with_dot_installed() -> None:
 
     svg = report._graphviz_svg(to_dot(_arch_with_dead_blocks(NASREC_SMALL)))
     assert svg is not None and "<svg" in svg and "raw input" in svg
+
+
+def test_the_search_section_says_how_halving_chose(run: Path) -> None:
+    """With successive halving's rungs in final_metrics.json, the report names them; without, it says nothing."""
+    assert "Successive halving" not in write_report(run)["markdown"].read_text()
+    arch = {"hash": "a", "val_logloss": 0.31}
+    rungs = [
+        {"rung": 0, "max_steps": 200, "runs": [arch] * 9, "kept": ["a"] * 3},
+        {"rung": 1, "max_steps": None, "runs": [arch] * 3, "kept": []},
+    ]
+    (run / "search" / "final_metrics.json").write_text(json.dumps({"chosen": arch, "runs": [arch] * 3, "rungs": rungs}))
+    text = write_report(run)["markdown"].read_text()
+    assert "Successive halving chose the final architecture: 9 -> 3 architectures trained from scratch " in text
+    assert "(200 steps, then the whole recipe)" in text

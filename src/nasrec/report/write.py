@@ -12,7 +12,7 @@ from nasrec.report.figures import _pareto, _rank_scatter, _supernet_curve, _traj
 from nasrec.report.html import _html
 from nasrec.report.sources import _json, _jsonl, _models
 from nasrec.report.tables import _comparison, _fmt, tune_section
-from nasrec.rundir import StageRecord
+from nasrec.rundir import RetrainResult, StageRecord
 
 
 def write_report(run: str | Path) -> dict[str, Path]:
@@ -53,6 +53,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
             f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
             f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.",
             "",
+            *_selection(_json(search_dir / rundir.FINAL_METRICS_JSON)),
         ]
     md += _comparison(run, models)
     md += tune_section(StageRecord.from_dict(stages.get("tune") or {}).result)
@@ -97,6 +98,20 @@ def write_report(run: str | Path) -> dict[str, Path]:
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(run.name, md, plots, diagram))
     return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _selection(final: dict[str, Any] | None) -> list[str]:
+    """How the final architecture was chosen among the retrained top k: a line on successive halving, if used."""
+    rungs = RetrainResult.from_dict(final).rungs if final else None
+    if not rungs:
+        return []
+    steps = ", then ".join(f"{r.max_steps:,} steps" for r in rungs if r.max_steps is not None)
+    counts = " -> ".join(str(len(r.runs)) for r in rungs)
+    return [
+        f"Successive halving chose the final architecture: {counts} architectures trained from scratch "
+        f"({steps}, then the whole recipe), the best by validation log loss kept at each rung.",
+        "",
+    ]
 
 
 def _data_section(prep: dict[str, Any]) -> list[str]:
