@@ -454,6 +454,8 @@ def test_command_line_sets_change_keys_and_take_paths_from_the_working_directory
     assert cfg["data"]["schema"] == str(EXAMPLES / "frappe.schema.yaml")  # the file's own: from its folder
     assert cfg["final"]["seeds"] == 2 and cfg["search"]["set"]["max_mflops"] == 0.3
     assert cfg["final"]["set"]["optimizer"] == "adam"  # the rest as written
+    assert cfg["search"]["retrain_set"] == cfg["final"]["set"]  # one recipe, given once (an x- anchor)
+    assert cfg["search"]["halving"] == {"eta": 3, "min_steps": 150} and "x-recipe" not in cfg
     with pytest.raises(ConfigError, match=r"^config data\.input: format schema needs at least one input file$"):
         load_config(EXAMPLES / "frappe.yaml")
     with pytest.raises(ConfigError, match=r"config search\.set\.populaton: unknown key"):

@@ -1,6 +1,8 @@
 """The pipeline configuration (`nasrec run CONFIG.yaml`): defaults, validation with key paths, the demo.
 
-A configuration is a mapping (YAML or JSON file) with these sections, all optional but `data`:
+A configuration is a mapping (YAML or JSON file) with these sections, all optional but `data`, and any
+top-level keys starting with `x-`, which are ignored: a place for YAML anchors (`x-recipe: &recipe {...}`,
+then `set: *recipe` in several sections).
 
 ```yaml
 out: runs/my-search          # run directory (the CLI's --out wins)
@@ -170,6 +172,8 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
     """The full configuration: defaults merged with `given`, every key checked; relative paths from `base`."""
     if not isinstance(given, dict):
         _fail("(top level)", "must be a mapping")
+    # Top-level keys starting with "x-" are the file's own (as in Compose files): a place for YAML anchors
+    given = {k: v for k, v in given.items() if not (isinstance(k, str) and k.startswith("x-"))}
     if given.get("baselines") == "all":  # shorthand: the whole zoo at its defaults
         given = {**given, "baselines": {"models": "all"}}
     cfg = _merge(DEFAULTS, given, "")
