@@ -94,31 +94,32 @@ class SegLinear(nn.Module):
     """A Linear over concatenated inputs, with one weight block per input slot.
 
     Each slot's block only receives a gradient when that input is used, and an input's columns stay
-    the same whichever other inputs are present: weight sharing across connection choices.
+    the same whichever other inputs are present: weight sharing across connection choices. With `unit`
+    u, every position of a slot is u columns wide: tokens flattened token by token (u = 16 channels).
     """
 
-    def __init__(self, segs: Sequence[Seg], out_cap: int, bias: bool = True) -> None:
+    def __init__(self, segs: Sequence[Seg], out_cap: int, bias: bool = True, unit: int = 1) -> None:
         super().__init__()
         self.segs = tuple(segs)
-        self.out_cap = out_cap
+        self.out_cap, self.unit = out_cap, unit
         self.pos = {s.index: k for k, s in enumerate(self.segs)}
         self.blocks = nn.ParameterList(
-            nn.Parameter(torch.empty(out_cap, s.width + (8 if s.d2s else 0))) for s in self.segs
+            nn.Parameter(torch.empty(out_cap, unit * (s.width + (8 if s.d2s else 0)))) for s in self.segs
         )
         self.bias = nn.Parameter(torch.zeros(out_cap)) if bias else None
-        fan_in = sum(s.width + (8 if s.d2s else 0) for s in self.segs)
+        fan_in = unit * sum(s.width + (8 if s.d2s else 0) for s in self.segs)
         for p in self.blocks:
             _xavier_uniform_(p, fan_in, out_cap)
 
     def weight(self, used: Sequence[Used], out: int) -> torch.Tensor:
-        """The [out, sum of widths] weight for the inputs in use, in their order."""
-        pieces = []
+        """The [out, unit x sum of widths] weight for the inputs in use, in their order."""
+        pieces, u_ = [], self.unit
         for u in used:
             k = self.pos[u.index]
             w, cap = self.blocks[k], self.segs[k].width
-            pieces.append(w[:out, : u.width])
+            pieces.append(w[:out, : u_ * u.width])
             if u.d2s:
-                pieces.append(w[:out, cap : cap + 8])
+                pieces.append(w[:out, u_ * cap : u_ * (cap + 8)])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
     def forward(self, x: torch.Tensor, used: Sequence[Used], out: int) -> torch.Tensor:
@@ -129,13 +130,14 @@ class SegLinear(nn.Module):
     @torch.no_grad()
     def copy_from(self, other: SegLinear) -> None:
         """Take this layer's slots (exact widths, d2s columns) from a larger layer."""
+        u = self.unit
         for k, s in enumerate(self.segs):
             src = other.blocks[other.pos[s.index]]
             cap = other.segs[other.pos[s.index]].width
             dst = self.blocks[k]
-            dst[:, : s.width].copy_(src[: self.out_cap, : s.width])
+            dst[:, : u * s.width].copy_(src[: self.out_cap, : u * s.width])
             if s.d2s:
-                dst[:, s.width :].copy_(src[: self.out_cap, cap : cap + 8])
+                dst[:, u * s.width :].copy_(src[: self.out_cap, u * cap : u * (cap + 8)])
         if self.bias is not None:
             self.bias.copy_(other.bias[: self.out_cap])
 
