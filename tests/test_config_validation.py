@@ -221,6 +221,7 @@ def _with(section: str, value: Any) -> dict[str, Any]:
         (_with("search", {"halving": 3}), "search.halving", False),
         (_with("final", {"set": {"eval_max_batches": 0}}), "final.set.eval_max_batches", False),
         (_with("final", {"seeds": "3"}), "final.seeds", False),
+        (_with("final", {"workers": 0}), "final.workers", False),
         (_with("final", {"sede": 3}), "final.sede", True),
         (_with("baselines", {"set": {"threads": 0}}), "baselines.set.threads", False),
         (_with("baselines", {"models": ["gbdt"]}), "baselines.models[0]", False),

@@ -208,6 +208,22 @@ def test_final_seeds_train_every_model_again_and_the_report_compares_them(tiny_r
     assert "searched minus model" in md
 
 
+@pytest.mark.slow
+def test_final_workers_train_the_seeds_in_parallel_to_the_same_results(tiny_run: Path, tmp_path: Path) -> None:
+    """`final.workers: 2`: the seeds' runs in two processes at once give what one process gives."""
+    results = {}
+    for workers in (1, 2):
+        run = tmp_path / f"w{workers}"
+        shutil.copytree(tiny_run, run)
+        changed = json.loads(json.dumps(TINY))
+        changed["final"].update(seeds=3, workers=workers)
+        after = run_pipeline(resolve_config(changed), run, progress=False)
+        results[workers] = after["final"]["result"]["seeds"], after["baselines"]["result"]["lr"]["seeds"]
+        assert json.loads((run / "final" / "seed-3" / "config.json").read_text())["train"]["seed"] == 3
+    assert results[1] == results[2]
+    assert len({v["logloss"] for v in results[2][0].values()}) == 3
+
+
 def test_report_checks_the_goal_against_the_best_and_the_costlier_baselines(tmp_path: Path) -> None:
     def model(folder: Path, kind: str, mflops: float, lls: list[float]) -> None:
         for i, ll in enumerate(lls):

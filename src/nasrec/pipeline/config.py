@@ -16,7 +16,8 @@ data:
 supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
 search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1,
          halving: {eta: 3, min_steps: 200}}   # optional: successive halving of the top k before full runs
-final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3}   # seeds: the final model and each baseline
+final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3, workers: 2}   # seeds: the final model and each
+                                                   # baseline; workers: seeds trained at a time
 baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}, recipe: null}
 tune: {trials: 20, timeout: 10m, workers: 1, metric: logloss, set: {epochs: 10}}   # off unless trials > 0
 ```
@@ -86,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
         "halving": None,
         "time_budget": None,
     },
-    "final": {"preset": "cpu-quick", "set": {}, "seeds": 1},
+    "final": {"preset": "cpu-quick", "set": {}, "seeds": 1, "workers": 1},
     "baselines": {"models": [], "published": [], "set": {}, "recipe": None},
     "tune": {"trials": 0, "timeout": None, "workers": 1, "metric": "logloss", "set": {}},
 }
@@ -266,6 +267,7 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         ("search.workers", s["workers"]),
         ("search.retrain_seeds", s["retrain_seeds"]),
         ("final.seeds", cfg["final"]["seeds"]),
+        ("final.workers", cfg["final"]["workers"]),
     ):
         _check_type(path, value, int, rule=Rule(ge=1))
     if s["time_budget"] is not None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -204,20 +207,29 @@ class Pipeline:
         )
         return {k: res[k] for k in ("scored", "seconds", "candidates_per_minute", "best", "pareto", "final")}
 
-    def _repeat(
-        self, out: Path, overrides: dict[str, Any], fit: Callable[[Path, dict[str, Any]], dict[str, Any]]
-    ) -> dict[str, Any]:
-        """`fit` with the recipe's seed in `out` and, for `final.seeds` > 1, the next seeds in `out/seed-<s>`.
+    def _repeat(self, out: Path, overrides: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        """`train(**job)` with the recipe's seed in `out` and, for `final.seeds` > 1, the next seeds in
+        `out/seed-<s>`; `final.workers` of them at a time, each in its own process.
 
         Returns the first seed's metrics with `seeds`: each seed's test log loss and AUC.
         """
         first = overrides["seed"]
-        main = fit(out, overrides)
-        per = {str(first): {k: main.get(k) for k in ("logloss", "auc")}}
-        for s in range(first + 1, first + self.cfg["final"]["seeds"]):
-            m = fit(out / f"seed-{s}", {**overrides, "seed": s})
-            per[str(s)] = {k: m.get(k) for k in ("logloss", "auc")}
-        return {**main, "seeds": per}
+        seeds = list(range(first, first + self.cfg["final"]["seeds"]))
+        runs = [
+            dict(job, data=self.cache, out=out if s == first else out / f"seed-{s}", overrides={**overrides, "seed": s})
+            for s in seeds
+        ]
+        workers = min(self.cfg["final"]["workers"], len(runs))
+        if workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared out, unless the recipe says
+            for r in runs:
+                r["overrides"] = {"threads": threads, **r["overrides"]}
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = list(pool.map(_train_run, runs))
+        else:
+            results = [_train_run({**r, "progress": self.progress}) for r in runs]
+        per = {str(s): {k: m.get(k) for k in ("logloss", "auc")} for s, m in zip(seeds, results, strict=True)}
+        return {**results[0], "seeds": per}
 
     def _contenders(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(run folder, model or arch, the settings it trains with under the final recipe): searched model first.
@@ -261,7 +273,6 @@ class Pipeline:
 
     def _fit(self, rel: str, what: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         """Train one contender over `final.seeds`: with its tuned recipe when the tune stage made one."""
-        from nasrec.train.api import train
         from nasrec.train.recipe import read_recipe
         from nasrec.tune.api import BEST_RECIPE
 
@@ -269,28 +280,16 @@ class Pipeline:
         tuned = self.out / TUNE_DIR / rel / BEST_RECIPE
         if self.cfg["tune"]["trials"] and tuned.is_file():
             recipe = read_recipe(tuned)  # every setting; only the seed is the pipeline's
-            return self._repeat(
-                out,
-                {"seed": self.cfg["seed"]},
-                lambda d, o: train(
-                    self.cache, d, **what, recipe=recipe, overrides=o, resume=True, progress=self.progress
-                ),
-            )
+            return self._repeat(out, {"seed": self.cfg["seed"]}, {**what, "recipe": recipe})
         if self.cfg["tune"]["trials"]:
             log.warning("%s: no tuning trial completed, so it trains with the untuned recipe", rel)
         if "recipe" in what:  # a zoo baseline's default recipe, baselines.set over it
-            return self._repeat(
-                out,
-                {"seed": self.cfg["seed"], **settings},
-                lambda d, o: train(self.cache, d, **what, overrides=o, resume=True, progress=self.progress),
-            )
+            return self._repeat(out, {"seed": self.cfg["seed"], **settings}, dict(what))
         preset_name = self.cfg["final"]["preset"]
         return self._repeat(
             out,
             self._train_overrides({"preset": preset_name, "set": settings}),
-            lambda d, o: train(
-                self.cache, d, **what, preset_name=preset_name, overrides=o, resume=True, progress=self.progress
-            ),
+            {**what, "preset_name": preset_name},
         )
 
     def _final(self) -> dict[str, Any]:
@@ -350,3 +349,11 @@ def run_pipeline(config: dict[str, Any], out: str | Path | None = None, progress
     if not target:
         raise NasrecError("the pipeline needs an output directory (config key `out` or --out)")
     return Pipeline(config, target, progress).run()
+
+
+def _train_run(job: dict[str, Any]) -> dict[str, Any]:
+    """One training run of the pipeline (resumed where it stopped), in this process or a worker's."""
+    from nasrec.train.api import train
+
+    job = dict(job)
+    return train(job.pop("data"), job.pop("out"), resume=True, progress=job.pop("progress", False), **job)

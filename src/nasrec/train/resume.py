@@ -22,7 +22,9 @@ from nasrec import rundir
 from nasrec.errors import NasrecError
 from nasrec.train.config import TrainConfig, default_eps_as_none
 
-NOT_IDENTITY = ("device", "keep_optimizer")  # settings a run may change when it resumes
+# Settings a run may change when it resumes. Threads as devices: the same computation, on other hardware
+# (a pipeline resumed with another `final.workers` shares the cores out otherwise)
+NOT_IDENTITY = ("device", "keep_optimizer", "threads")
 
 
 @dataclass
