@@ -62,6 +62,19 @@ BARS = {
 }
 
 
+def die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the benchmark's process ends, killed or not.
+
+    Otherwise a killed benchmark leaves its workers training, and a restarted one removes and rewrites
+    the run folders they are still writing to.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def prepare_frappe(work: Path, data: Path) -> Path:
     """The prepared cache of frappe_x1_train under `work` (made once, reused after)."""
     out = work / "cache"
@@ -219,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     else:  # separate processes (spawned: torch's thread pools do not survive a fork), cores split evenly
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=die_with_parent) as pool:
             futures = [pool.submit(run_one, cache, m, s, args.work, args.recipes, threads, changes) for m, s in runs]
             for future in as_completed(futures):
                 rows.append(future.result())
