@@ -94,9 +94,9 @@ def retrain_top(
     rundir.atomic_write_json(search_dir / rundir.FINAL_JSON, top[best.rank]["arch"])  # type: ignore[index]
     final = RetrainResult(chosen=best, runs=runs, seeds=seeds, rungs=rungs or None)
     log.info(
-        "retrained %d of the top %d with the whole recipe: chose %s (validation log loss %.5f, test log loss %s) as %s",
-        len(runs),
+        "retrained the top %d%s: chose %s (validation log loss %.5f, test log loss %s) as %s",
         len(top),
+        f" (successive halving, the last {len(runs)} with the whole recipe)" if halving else "",
         best.hash[:12],
         best.val_logloss,
         "n/a" if best.test_logloss is None else f"{best.test_logloss:.5f}",
