@@ -15,10 +15,17 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.bias_refit import bias_shift, output_bias, train_logits
+from nasrec.train.bias_refit import bias_shift, output_bias
+from nasrec.train.evaluation import split_logits
 from nasrec.train.loading import load_trained
 
 QUICK = dict(batch_size=256, epochs=1, lr=0.05, eval_every=10, eval_max_batches=2, log_every=10, checkpoint_every=10)
+
+
+def train_logits(model, cache, batch_size: int, max_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and logits of the train rows the refit reads, as tensors."""
+    y, z = split_logits(model, cache, "train", batch_size, max_rows)
+    return torch.from_numpy(y), torch.from_numpy(z)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,6 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--halving-min-steps",
         type=clicheck.int_at_least(1),
-        default=200,
         metavar="N",
         help="the first rung's training steps (default 200)",
     )
@@ -105,7 +104,7 @@ def _run_search(args: argparse.Namespace) -> int:
         retrain=args.retrain,
         train_overrides=train_overrides,
         retrain_seeds=args.retrain_seeds,
-        halving=None if args.halving is None else Halving(args.halving, args.halving_min_steps),
+        halving=None if args.halving is None else Halving(args.halving, args.halving_min_steps or Halving.min_steps),
         resume=args.resume,
         time_budget=args.time_budget,
         progress=bars(args),

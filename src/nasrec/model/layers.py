@@ -113,13 +113,13 @@ class SegLinear(nn.Module):
 
     def weight(self, used: Sequence[Used], out: int) -> torch.Tensor:
         """The [out, unit x sum of widths] weight for the inputs in use, in their order."""
-        pieces, u_ = [], self.unit
+        pieces, unit = [], self.unit
         for u in used:
             k = self.pos[u.index]
             w, cap = self.blocks[k], self.segs[k].width
-            pieces.append(w[:out, : u_ * u.width])
+            pieces.append(w[:out, : unit * u.width])
             if u.d2s:
-                pieces.append(w[:out, u_ * cap : u_ * (cap + 8)])
+                pieces.append(w[:out, unit * cap : unit * (cap + 8)])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
     def forward(self, x: torch.Tensor, used: Sequence[Used], out: int) -> torch.Tensor:
@@ -130,14 +130,14 @@ class SegLinear(nn.Module):
     @torch.no_grad()
     def copy_from(self, other: SegLinear) -> None:
         """Take this layer's slots (exact widths, d2s columns) from a larger layer."""
-        u = self.unit
+        unit = self.unit
         for k, s in enumerate(self.segs):
             src = other.blocks[other.pos[s.index]]
             cap = other.segs[other.pos[s.index]].width
             dst = self.blocks[k]
-            dst[:, : u * s.width].copy_(src[: self.out_cap, : u * s.width])
+            dst[:, : unit * s.width].copy_(src[: self.out_cap, : unit * s.width])
             if s.d2s:
-                dst[:, u * s.width :].copy_(src[: self.out_cap, u * cap : u * (cap + 8)])
+                dst[:, unit * s.width :].copy_(src[: self.out_cap, unit * cap : unit * (cap + 8)])
         if self.bias is not None:
             self.bias.copy_(other.bias[: self.out_cap])
 

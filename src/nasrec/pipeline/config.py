@@ -282,7 +282,9 @@ def _check_stages(cfg: dict[str, Any]) -> None:
     _check_overrides("search.set", s["set"], lambda **kv: _resolve_search(s["preset"], names_as_numbers(kv)))
     if s["halving"] is not None:
         _check_type("search.halving", s["halving"], dict, "a mapping {eta: N, min_steps: N}, or null")
-        s["halving"] = {"eta": 3, "min_steps": 200, **s["halving"]}
+        from nasrec.search.retrain import Halving
+
+        s["halving"] = {**Halving().to_dict(), **s["halving"]}
         for key, value in s["halving"].items():
             if key not in ("eta", "min_steps"):
                 _fail(f"search.halving.{key}", "unknown key (known: eta, min_steps)")

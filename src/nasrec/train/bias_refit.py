@@ -9,17 +9,15 @@ is one convex, one-dimensional problem on the model's logits, solved here to dou
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import torch
 from torch import nn
 
 from nasrec.data.cache import Cache
-from nasrec.data.loader import BatchLoader
 from nasrec.errors import NasrecError
 from nasrec.model.layers import HeadLinear
-from nasrec.train.evaluation import model_device, to_device
+from nasrec.train.evaluation import split_logits
 from nasrec.zoo.base import ZooModel
 
 log = logging.getLogger(__name__)
@@ -49,34 +47,12 @@ def bias_shift(logits: torch.Tensor, ctr: float) -> float:
 
 
 @torch.no_grad()
-def train_logits(
-    model: nn.Module, cache: Cache, batch_size: int, max_rows: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and logits (float64, evaluation mode) of the first `max_rows` rows of the train split, in file order."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    labels, logits = [], []
-    batches = BatchLoader(cache, "train", batch_size=batch_size)
-    limit = None if max_rows is None else -(-max_rows // batch_size)
-    for batch in itertools.islice(batches, limit):
-        batch = to_device(batch, device)
-        labels.append(batch.label.double().cpu())
-        logits.append(model(batch.dense, batch.sparse).double().cpu())
-    model.train(was_training)
-    if not labels:
-        raise NasrecError(f"{cache.path}: the train split has no rows to refit the output bias on")
-    y, z = torch.cat(labels), torch.cat(logits)
-    return (y, z) if max_rows is None else (y[:max_rows], z[:max_rows])
-
-
-@torch.no_grad()
 def refit_output_bias(model: nn.Module, cache: Cache, batch_size: int, max_rows: int | None) -> float:
     """Shift `model`'s output bias to the maximum-likelihood value on train rows; return the shift."""
     bias = output_bias(model)
     if bias is None:
         raise NasrecError(f"{type(model).__name__}: no bias reaches its logit directly, so none can be refitted")
-    y, z = train_logits(model, cache, batch_size, max_rows)
+    y, z = (torch.from_numpy(a) for a in split_logits(model, cache, "train", batch_size, max_rows))
     ctr = float(y.mean())
     shift = bias_shift(z, ctr)
     before = float(torch.sigmoid(z).mean())

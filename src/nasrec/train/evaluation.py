@@ -45,20 +45,23 @@ def evaluate(
 
 
 @torch.no_grad()
-def split_logits(model: nn.Module, cache: Cache, split: str, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and logits (float64) of a model on every row of a split, in file order."""
+def split_logits(
+    model: nn.Module, cache: Cache, split: str, batch_size: int = 8192, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and logits (float64) of a model on every row of a split (the first `max_rows`), in file order."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     labels, logits = [], []
-    for batch in BatchLoader(cache, split, batch_size=batch_size):
+    limit = None if max_rows is None else -(-max_rows // batch_size)  # batches that cover max_rows
+    for batch in itertools.islice(BatchLoader(cache, split, batch_size=batch_size), limit):
         batch = to_device(batch, device)
         labels.append(batch.label.double().cpu().numpy())
         logits.append(model(batch.dense, batch.sparse).double().cpu().numpy())
     model.train(was_training)
     if not labels:
         raise NasrecError(f"split {split!r} of {cache.path} has no rows")
-    return np.concatenate(labels), np.concatenate(logits)
+    return np.concatenate(labels)[:max_rows], np.concatenate(logits)[:max_rows]
 
 
 def evaluate_paths(
