@@ -13,6 +13,10 @@ through nasrec's optimizer, gradient clipping at 5, no layer norms. "sparse" is 
 embedding update; "dense" gives the embeddings dense gradients, so Adagrad touches every row every step
 (what the reference does). Pre-generated random batches; warm-up steps first; median of `--runs` runs.
 
+``--modes torchrec torchrec-rowwise`` measure TorchRec's fused tables (`--embeddings torchrec`, the torchrec
+extra): the same model with its embedding swapped for a FusedEmbeddingBagCollection whose fbgemm kernels
+apply exact Adagrad (as "sparse") or row-wise Adagrad inside backward; the dense part as above.
+
 ``--embedding-l2 VALUE`` measures instead the cost of the embedding L2 penalty (`nasrec.train.regularize`)
 on the sparse update: one model and optimizer, runs without and with the penalty alternated in one process
 (plain then penalised, then the other way round), since only interleaved ratios survive the machine's
@@ -148,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["criteo_autoctr_best", "criteo_xlarge_best", "deepfm"])
     ap.add_argument("--tables", nargs="+", choices=["real", "capped"], default=["real", "capped"])
-    ap.add_argument("--modes", nargs="+", choices=["sparse", "dense"], default=["sparse", "dense"])
+    ap.add_argument(
+        "--modes", nargs="+", choices=["sparse", "dense", "torchrec", "torchrec-rowwise"], default=["sparse", "dense"]
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--dense-steps", type=int, default=3, help="steps per run with dense embedding gradients")
     ap.add_argument("--runs", type=int, default=5)
@@ -201,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 torch.manual_seed(0)
                 model = build(name, tables, args.configs)
-                model.embedding.table.sparse = mode == "sparse"
-                steps = args.steps if mode == "sparse" else args.dense_steps
+                if mode.startswith("torchrec"):
+                    from nasrec.backend.fused import use_torchrec
+
+                    use_torchrec(model, "rowwise_adagrad" if mode.endswith("rowwise") else "adagrad", lr=0.12, eps=1e-2)
+                else:
+                    model.embedding.table.sparse = mode == "sparse"
+                steps = args.dense_steps if mode == "dense" else args.steps
                 row[mode] = measure(model, batch, tables, steps, args.runs)
                 del model
             if "sparse" in row:  # a ratio only against a reference figure of this CPU capability
@@ -212,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name} {tables_kind} sparse {row['sparse']['median']:,.0f} samples/s  [{reference_text(key, row['sparse']['median'])}]",
                     flush=True,
                 )
+            for fused in ("torchrec", "torchrec-rowwise"):
+                if "sparse" in row and fused in row:
+                    row[f"{fused}_over_sparse"] = round(row[fused]["median"] / row["sparse"]["median"], 2)
+                    print(f"{name} {tables_kind} {fused} {row[fused]['median']:,.0f} samples/s", flush=True)
             if "sparse" in row and "dense" in row:
                 row["sparse_over_dense"] = round(row["sparse"]["median"] / row["dense"]["median"], 1)
             results.append(row)

@@ -60,6 +60,33 @@ def device_arg(args: argparse.Namespace, overrides: dict | None = None) -> str |
     return args.device
 
 
+def add_embeddings(p: argparse.ArgumentParser) -> None:
+    """`--embeddings` and `--embedding-optimizer`: which engine holds the embedding tables."""
+    p.add_argument(
+        "--embeddings",
+        choices=["nasrec", "torchrec"],
+        help="the embedding tables' engine: nasrec's sparse-gradient tables (default) or TorchRec's fused "
+        'fbgemm tables (pip install "nasrec[torchrec]"; README.md, TorchRec)',
+    )
+    p.add_argument(
+        "--embedding-optimizer",
+        choices=["adagrad", "rowwise_adagrad", "sgd", "adam"],
+        help="--embeddings torchrec: the tables' fused optimizer (default: the run's; adam on GPUs only)",
+    )
+
+
+def embeddings_arg(args: argparse.Namespace, overrides: dict) -> None:
+    """Put `--embeddings` / `--embedding-optimizer` into the training overrides, checking the backend is there."""
+    if args.embeddings is not None:
+        overrides["embeddings"] = args.embeddings
+    if args.embedding_optimizer is not None:
+        overrides["embedding_optimizer"] = args.embedding_optimizer
+    if overrides.get("embeddings") == "torchrec":
+        from nasrec.backend import require_torchrec
+
+        require_torchrec()  # a missing extra is one line now, before the data is opened
+
+
 def add_caps(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-mflops",

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 
 from nasrec import clicheck, console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_device, bars, device_arg, parse_sets
+from nasrec.cli.common import (
+    JSON_HELP,
+    NO_PROGRESS_HELP,
+    add_device,
+    add_embeddings,
+    bars,
+    device_arg,
+    embeddings_arg,
+    parse_sets,
+)
 from nasrec.configfile import preset_names
 from nasrec.errors import NasrecError
 
@@ -17,6 +26,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training setting (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_device(p, "train", resumable=True)
+    add_embeddings(p)
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -79,6 +89,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     overrides = parse_sets(args.set)
     device_arg(args, overrides)
+    embeddings_arg(args, overrides)
     hparams = parse_sets(args.hparam)
     if args.recipe is not None:
         args.arch, args.model, hparams, overrides = _with_recipe(args, hparams, overrides)
@@ -141,6 +152,7 @@ def _run_supernet(args: argparse.Namespace) -> int:
 
     overrides = parse_sets(args.set)
     device_arg(args, overrides)
+    embeddings_arg(args, overrides)
     if args.max_mflops is not None:
         overrides["path_max_mflops"] = args.max_mflops
     res = train_supernet(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nasrec.backend import EMBEDDINGS, FUSED_OPTIMIZERS
 from nasrec.configfile import (
     LEARNING_RATE,
     SEED,
@@ -63,6 +64,8 @@ RULES: dict[str, Rule] = {
     "path_warmup_fraction": Rule(ge=0, le=1),
     "supernet_eval_archs": Rule(ge=1),
     "path_max_mflops": Rule(gt=0),
+    "embeddings": Rule(choices=EMBEDDINGS),
+    "embedding_optimizer": Rule(choices=FUSED_OPTIMIZERS),
 }
 
 
@@ -169,6 +172,12 @@ class TrainConfig:
     # How path_max_mflops counts a path: as a served model with layer norms or without (the recipe that will
     # train the searched model says which; `nasrec.model.cost.ServedCost`)
     path_count_layernorm: bool = False
+    # The embedding tables' engine: "nasrec" (sparse-gradient tables, updated by the run's optimizer) or
+    # "torchrec" (TorchRec's fused fbgemm tables, updated inside backward: `nasrec.backend.fused`)
+    embeddings: str = "nasrec"
+    # TorchRec only: the tables' fused optimizer (None: the run's `optimizer`; fbgemm fuses adam on GPUs
+    # only, so on CPU an adam run's tables need adagrad, rowwise_adagrad or sgd, with their embedding_lr)
+    embedding_optimizer: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "training config", RULES)
@@ -195,6 +204,44 @@ class TrainConfig:
             resolve_device(self.device)  # an unavailable device fails here, before any work
         except NasrecError as e:
             raise ConfigError("training config", "device", str(e)) from None
+        self._check_embeddings()
+
+    def _check_embeddings(self) -> None:
+        if self.embeddings != "torchrec":
+            if self.embedding_optimizer is not None:
+                raise ConfigError(
+                    "training config",
+                    "embedding_optimizer",
+                    "only TorchRec's fused tables take an optimizer of their own (set embeddings: torchrec)",
+                    related=("embeddings",),
+                )
+            return
+        # A fused table is updated inside each backward: there is no gradient to add a penalty to, and the
+        # sandwich rule's three backward passes would be three updates instead of one summed one.
+        for key, on in (("embedding_l2", self.embedding_l2 > 0), ("sandwich", self.sandwich)):
+            if on:
+                raise ConfigError(
+                    "training config",
+                    key,
+                    "not available with embeddings: torchrec (its tables update inside backward)",
+                    related=("embeddings",),
+                )
+        if (self.embedding_optimizer or self.optimizer) == "adam" and resolve_device(self.device).type == "cpu":
+            raise ConfigError(
+                "training config",
+                "embedding_optimizer",
+                "fbgemm fuses adam on GPUs only: on CPU give the TorchRec tables adagrad, rowwise_adagrad or "
+                "sgd (and an embedding_lr for it)",
+                related=("embeddings", "optimizer"),
+            )
+
+    def fused_embedding_optimizer(self) -> tuple[str, float, float]:
+        """TorchRec's tables: their fused optimizer, lr and eps."""
+        name = self.embedding_optimizer or self.optimizer
+        lr = self.embedding_lr if self.embedding_lr is not None else self.lr
+        own = DEFAULT_EPS.get(name.removeprefix("rowwise_"), 1e-8)
+        eps = self.eps if self.eps is not None and name == self.optimizer else own
+        return name, lr, eps
 
     def eval_interval(self, steps_per_epoch: int) -> int:
         """Steps between evaluations during training (0: none before the end)."""

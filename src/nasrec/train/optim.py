@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasrec.backend.fused import FusedTables, fused_tables
 from nasrec.errors import NasrecError
 from nasrec.train.extents import nonzero_extents
 
@@ -240,6 +241,9 @@ def build_optimizer(
             optimizers["embedding"] = torch.optim.SparseAdam(sparse_groups, lr=emb_lr, betas=betas, eps=eps)
         else:  # sparse Adagrad and SGD, or whole tables (dense gradients) with their coupled L2
             optimizers["embedding"] = plain(sparse_groups, emb_lr, table_l2)
+    fused = fused_tables(model)
+    if fused:  # TorchRec's tables: updated inside backward; this part carries their lr and state
+        optimizers["fused"] = FusedTables(fused, [t.lr for t in fused])
     return SplitOptimizer(name, optimizers)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import distributed, rundir
+from nasrec.backend.fused import use_torchrec
 from nasrec.configfile import ConfigError
 from nasrec.console import Heartbeat
 from nasrec.data.cache import Cache
@@ -94,6 +95,8 @@ class Trainer:
         init_head_bias(self.model, ctr)
         if cfg.init_logit_bias and isinstance(self.model, ZooModel):
             self.model.init_logit_bias(ctr)
+        if cfg.embeddings == "torchrec":
+            self._use_torchrec()
         l2 = effective_l2(cfg, ctr, warn=self.main)
         # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
         check_paths_config(spec, cfg)
@@ -150,6 +153,18 @@ class Trainer:
             set_batch_group(self.model, dist.group.WORLD)
         self.comm = CommMeter()
         self.embedding_l2 = EmbeddingL2.for_model(self.model, l2, cfg.embedding_l2_per)
+
+    def _use_torchrec(self) -> None:
+        cfg = self.cfg
+        if self.world > 1:
+            raise NasrecError(
+                "embeddings torchrec under torchrun: sharding the tables (DistributedModelParallel) is not built "
+                "yet; train with TorchRec tables in one process, or with nasrec's tables under torchrun"
+            )
+        name, lr, eps = cfg.fused_embedding_optimizer()
+        use_torchrec(self.model, name, lr, eps, cfg.first_order_lr)
+        if cfg.clip and self.main:
+            log.warning("clip %g bounds the dense gradients only: the TorchRec tables update inside backward", cfg.clip)
 
     # -- run directory -------------------------------------------------------------------------
     def _write_json(self, name: str, obj: Any) -> None:
