@@ -9,6 +9,8 @@ from nasrec.errors import NasrecError
 EMBEDDINGS = ("nasrec", "torchrec")
 # The fused embedding optimizers a TorchRec table can run in its backward (fbgemm's); adam on GPUs only.
 FUSED_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd", "adam")
+# How TorchRec's planner may spread the tables over torchrun's processes (`nasrec.backend.sharding`)
+SHARDINGS = ("table-wise", "column-wise", "row-wise")
 INSTALL_HINT = (
     'pip install "nasrec[torchrec]" && pip install --no-deps torchrec==1.8.0 '
     "(torchrec's own requirements name the CUDA build of fbgemm; README.md, TorchRec)"

@@ -15,6 +15,7 @@ fields' rows stacked), so its checkpoints load into a model built with nasrec's 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -51,13 +52,15 @@ class TorchRecEmbedding(nn.Module):
     the run's optimizer, and the state dict shows them in `FieldEmbedding`'s layout (see module docstring).
     """
 
-    def __init__(self, source: FieldEmbedding, optimizer: str, lr: float, eps: float) -> None:
+    def __init__(
+        self, source: FieldEmbedding, optimizer: str, lr: float, eps: float, sharding: str | None = None
+    ) -> None:
         super().__init__()
         require_torchrec()
         from torchrec import EmbeddingBagConfig
-        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
         self.table_sizes, self.dim, self.optimizer, self.lr = source.table_sizes, source.dim, optimizer, lr
+        self.sharding = sharding
         self.keys = [f"f{i}" for i in range(len(self.table_sizes))]
         configs = [
             EmbeddingBagConfig(name=f"t{i}", embedding_dim=self.dim, num_embeddings=n, feature_names=[key])
@@ -66,9 +69,16 @@ class TorchRecEmbedding(nn.Module):
         cls, kwargs = fused_optimizer(optimizer, lr, eps)
         device = source.table.weight.device
         try:
-            ebc = FusedEmbeddingBagCollection(
-                tables=configs, optimizer_type=cls, optimizer_kwargs=kwargs, device=device
-            )
+            if sharding is None:
+                from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+                ebc = FusedEmbeddingBagCollection(
+                    tables=configs, optimizer_type=cls, optimizer_kwargs=kwargs, device=device
+                )
+            else:
+                from nasrec.backend.sharding import shard_tables
+
+                ebc = shard_tables(configs, cls, kwargs, sharding, device)
         except AssertionError as exc:  # fbgemm's own checks (e.g. "Optimizer adam is not supported in CPU mode")
             raise NasrecError(
                 f"TorchRec cannot fuse embedding optimizer {optimizer!r} on {device.type}: {exc}; "
@@ -78,8 +88,18 @@ class TorchRecEmbedding(nn.Module):
         self._copy_in(source.table.weight.detach())
 
     def weights(self) -> list[torch.Tensor]:
-        """The per-field tables (fbgemm's storage, [N_i, dim] each)."""
+        """The per-field tables (fbgemm's storage, [N_i, dim] each); one process only."""
+        if self.sharding is not None:
+            raise NasrecError("the tables are sharded over the processes: no process holds them whole")
         return [self.ebc.embedding_bags[f"t{i}"].weight for i in range(len(self.table_sizes))]
+
+    def local_shards(self) -> list[tuple[int, int, int, torch.Tensor]]:
+        """This process's pieces of the tables: (table index, first row, first column, tensor), live."""
+        if self.sharding is None:
+            return [(i, 0, 0, w) for i, w in enumerate(self.weights())]
+        from nasrec.backend.sharding import local_pieces
+
+        return local_pieces(self.ebc.state_dict(), "embedding_bags.t{}.weight", len(self.table_sizes))
 
     @torch.no_grad()
     def _copy_in(self, stacked: torch.Tensor) -> None:
@@ -87,8 +107,10 @@ class TorchRecEmbedding(nn.Module):
             raise NasrecError(
                 f"embedding weights of shape {tuple(stacked.shape)} do not fit tables of {sum(self.table_sizes):,} rows x {self.dim}"
             )
-        for w, block in zip(self.weights(), torch.split(stacked, list(self.table_sizes)), strict=True):
-            w.copy_(block)
+        starts = [0, *itertools.accumulate(self.table_sizes)]
+        for i, row, col, t in self.local_shards():
+            r0 = starts[i] + row
+            t.copy_(stacked[r0 : r0 + t.shape[0], col : col + t.shape[1]])
 
     @property
     def table(self) -> nn.Embedding:
@@ -109,10 +131,15 @@ class TorchRecEmbedding(nn.Module):
             values=sparse.t().reshape(-1),
             lengths=torch.ones(b * s, dtype=torch.int32, device=sparse.device),
         )
-        return self.ebc(kjt).values().view(b, s, self.dim)
+        out = self.ebc(kjt)
+        if out.keys() != self.keys:  # sharded: the pooled vectors come grouped by the process that holds them
+            pooled = out.to_dict()
+            return torch.stack([pooled[k] for k in self.keys], dim=1)
+        return out.values().view(b, s, self.dim)
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        destination[prefix + "table.weight"] = torch.cat([w.detach() for w in self.weights()])
+        if self.sharding is None:  # sharded tables are written by each process (`nasrec.backend.sharding`)
+            destination[prefix + "table.weight"] = torch.cat([w.detach() for w in self.weights()])
 
     def _load_from_state_dict(
         self,
@@ -126,7 +153,8 @@ class TorchRecEmbedding(nn.Module):
     ) -> None:
         key = prefix + "table.weight"
         if key not in state_dict:
-            missing_keys.append(key)
+            if self.sharding is None:  # sharded tables are read by each process (`nasrec.backend.sharding`)
+                missing_keys.append(key)
             return
         try:
             self._copy_in(state_dict[key])
@@ -134,18 +162,34 @@ class TorchRecEmbedding(nn.Module):
             error_msgs.append(str(exc))
 
     # -- the optimizer's side ------------------------------------------------------------------
+    def _fused(self) -> Any:
+        return self.ebc.fused_optimizer if self.sharding is not None else self.ebc.fused_optimizer()
+
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next fused updates."""
-        for module in self.ebc._emb_modules:
-            module._emb_module.set_learning_rate(lr)
+        fused = self._fused()
+        for group in fused.param_groups:
+            group["lr"] = lr
+        fused.step()  # fbgemm's fused optimizers pass their groups' lr to the kernels here; nothing else
 
     def optimizer_state(self) -> dict[str, torch.Tensor]:
-        """The fused optimizer's state tensors (live), by name (e.g. "t0.weight.momentum_1")."""
-        state = self.ebc.fused_optimizer().state_dict()["state"]
+        """The fused optimizer's state tensors (live), by name (e.g. "t0.weight.momentum_1"); one process."""
+        if self.sharding is not None:
+            raise NasrecError("the tables are sharded: their optimizer state is in each process's shard file")
+        state = self._fused().state_dict()["state"]
         return {name: t for per_table in state.values() for name, t in per_table.items()}
 
+    def local_optimizer_shards(self) -> dict[str, list[tuple[int, int, torch.Tensor]]]:
+        """This process's pieces of the fused optimizer state: name -> [(first row, first column, tensor)], live."""
+        if self.sharding is None:
+            return {name: [(0, 0, t)] for name, t in self.optimizer_state().items()}
+        from nasrec.backend.sharding import local_state_pieces
+
+        return local_state_pieces(self._fused().state_dict()["state"])
+
     def extra_repr(self) -> str:
-        return f"tables={len(self.table_sizes)}, rows={sum(self.table_sizes):,}, dim={self.dim}, optimizer={self.optimizer}"
+        shards = f", sharding={self.sharding}" if self.sharding else ""
+        return f"tables={len(self.table_sizes)}, rows={sum(self.table_sizes):,}, dim={self.dim}, optimizer={self.optimizer}{shards}"
 
 
 def fused_tables(model: nn.Module) -> list[TorchRecEmbedding]:
@@ -153,8 +197,19 @@ def fused_tables(model: nn.Module) -> list[TorchRecEmbedding]:
     return [m for m in model.modules() if isinstance(m, TorchRecEmbedding)]
 
 
-def use_torchrec(model: nn.Module, optimizer: str, lr: float, eps: float, first_order_lr: float | None = None) -> int:
-    """Swap the model's `FieldEmbedding`s of width 4k for `TorchRecEmbedding`s (same weights); how many."""
+def use_torchrec(
+    model: nn.Module,
+    optimizer: str,
+    lr: float,
+    eps: float,
+    first_order_lr: float | None = None,
+    sharding: str | None = None,
+) -> int:
+    """Swap the model's `FieldEmbedding`s of width 4k for `TorchRecEmbedding`s (same weights); how many.
+
+    `sharding` ("table-wise", "column-wise", "row-wise"; under torchrun): the tables are spread over the
+    processes by TorchRec's planner and `DistributedModelParallel` (`nasrec.backend.sharding`).
+    """
     require_torchrec()
     swaps: list[tuple[nn.Module, str, FieldEmbedding, float]] = []
 
@@ -170,7 +225,7 @@ def use_torchrec(model: nn.Module, optimizer: str, lr: float, eps: float, first_
 
     walk(model, lr)
     for parent, name, child, part_lr in swaps:
-        setattr(parent, name, TorchRecEmbedding(child, optimizer, part_lr, eps))
+        setattr(parent, name, TorchRecEmbedding(child, optimizer, part_lr, eps, sharding))
     if not swaps:
         raise NasrecError("--embeddings torchrec: the model has no embedding table of a width fbgemm takes (4k)")
     log.info("TorchRec embeddings: %d collection(s), fused %s", len(swaps), optimizer)
@@ -200,7 +255,9 @@ class FusedTables:
 
     def state_dict(self) -> dict[str, Any]:
         """The fused state tensors of every table set (live references, as torch's optimizers give)."""
-        return {"tables": [t.optimizer_state() for t in self.tables], "lrs": [g["lr"] for g in self.param_groups]}
+        # a sharded table's state is in each process's shard file (`nasrec.backend.shardfiles`)
+        tables = [None if t.sharding else t.optimizer_state() for t in self.tables]
+        return {"tables": tables, "lrs": [g["lr"] for g in self.param_groups]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy a `state_dict()` of the same model's fused tables back in."""
@@ -209,6 +266,10 @@ class FusedTables:
             raise ValueError(f"state of {len(saved)} fused table sets, this model has {len(self.tables)}")
         with torch.no_grad():
             for table, tensors in zip(self.tables, saved, strict=True):
+                if tensors is None or table.sharding:
+                    if (tensors is None) != bool(table.sharding):
+                        raise ValueError("the fused tables were sharded in one run and whole in the other")
+                    continue
                 live = table.optimizer_state()
                 if set(live) != set(tensors):
                     raise ValueError(f"fused optimizer state {sorted(tensors)[:3]}..., expected {sorted(live)[:3]}...")

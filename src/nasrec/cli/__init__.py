@@ -31,6 +31,7 @@ _ORDER = (
     "supernet",
     "evaluate",
     "compare",
+    "unshard",
     "tune",
     "search",
     "rankcheck",

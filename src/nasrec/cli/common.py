@@ -73,6 +73,12 @@ def add_embeddings(p: argparse.ArgumentParser) -> None:
         choices=["adagrad", "rowwise_adagrad", "sgd", "adam"],
         help="--embeddings torchrec: the tables' fused optimizer (default: the run's; adam on GPUs only)",
     )
+    p.add_argument(
+        "--sharding",
+        choices=["table-wise", "column-wise", "row-wise"],
+        help="--embeddings torchrec under torchrun: how TorchRec's planner spreads the tables over the "
+        "processes (default table-wise; row-wise on GPUs only)",
+    )
 
 
 def embeddings_arg(args: argparse.Namespace, overrides: dict) -> None:
@@ -81,6 +87,8 @@ def embeddings_arg(args: argparse.Namespace, overrides: dict) -> None:
         overrides["embeddings"] = args.embeddings
     if args.embedding_optimizer is not None:
         overrides["embedding_optimizer"] = args.embedding_optimizer
+    if args.sharding is not None:
+        overrides["sharding"] = args.sharding
     if overrides.get("embeddings") == "torchrec":
         from nasrec.backend import require_torchrec
 

@@ -201,6 +201,24 @@ def _evaluate_text(r: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _add_unshard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "unshard", help="merge a TorchRec-sharded run's table shards into a run directory with whole tables"
+    )
+    p.add_argument("run", metavar="RUN", help="run directory of a sharded `nasrec train` (torchrun, --sharding)")
+    p.add_argument("--out", required=True, metavar="DIR", help="new run directory (evaluate, predict, export take it)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _run_unshard(args: argparse.Namespace) -> int:
+    from nasrec.backend.shardfiles import unshard
+
+    written = unshard(args.run, args.out)
+    res = {"run": args.run, "out": args.out, "files": written}
+    console.show(res, args.json, lambda r: f"wrote {args.out} with whole tables: {', '.join(written)}")
+    return 0
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
@@ -254,4 +272,5 @@ COMMANDS = {
     "supernet": (_add_supernet, _run_supernet),
     "evaluate": (_add_evaluate, _run_evaluate),
     "compare": (_add_compare, _run_compare),
+    "unshard": (_add_unshard, _run_unshard),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nasrec.backend import EMBEDDINGS, FUSED_OPTIMIZERS
+from nasrec.backend import EMBEDDINGS, FUSED_OPTIMIZERS, SHARDINGS
 from nasrec.configfile import (
     LEARNING_RATE,
     SEED,
@@ -66,6 +66,7 @@ RULES: dict[str, Rule] = {
     "path_max_mflops": Rule(gt=0),
     "embeddings": Rule(choices=EMBEDDINGS),
     "embedding_optimizer": Rule(choices=FUSED_OPTIMIZERS),
+    "sharding": Rule(choices=SHARDINGS),
 }
 
 
@@ -178,6 +179,9 @@ class TrainConfig:
     # TorchRec only: the tables' fused optimizer (None: the run's `optimizer`; fbgemm fuses adam on GPUs
     # only, so on CPU an adam run's tables need adagrad, rowwise_adagrad or sgd, with their embedding_lr)
     embedding_optimizer: str | None = None
+    # TorchRec under torchrun: how the planner spreads the tables over the processes ("table-wise",
+    # "column-wise"; "row-wise" on GPUs); None: table-wise. A sharded run resumes on as many processes.
+    sharding: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "training config", RULES)
@@ -208,13 +212,14 @@ class TrainConfig:
 
     def _check_embeddings(self) -> None:
         if self.embeddings != "torchrec":
-            if self.embedding_optimizer is not None:
-                raise ConfigError(
-                    "training config",
-                    "embedding_optimizer",
-                    "only TorchRec's fused tables take an optimizer of their own (set embeddings: torchrec)",
-                    related=("embeddings",),
-                )
+            for key, what in (("embedding_optimizer", "an optimizer of their own"), ("sharding", "a sharding")):
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        "training config",
+                        key,
+                        f"only TorchRec's fused tables take {what} (set embeddings: torchrec)",
+                        related=("embeddings",),
+                    )
             return
         # A fused table is updated inside each backward: there is no gradient to add a penalty to, and the
         # sandwich rule's three backward passes would be three updates instead of one summed one.

@@ -22,6 +22,11 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
     model = spec.build()
     # a run that restores its best evaluation's weights has them as its final model (TrainConfig.restore_best)
     ck = load_checkpoint(rundir.weights_path(run, which))
+    if ck.get("shards"):
+        raise NasrecError(
+            f"{run}: its embedding tables are sharded over {ck['shards']['world']} processes; "
+            f"`nasrec unshard {run} --out DIR` writes a copy with whole tables that evaluate, predict and export take"
+        )
     try:
         model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
     except RuntimeError as e:  # e.g. a model with layer norms saved before the head was centred

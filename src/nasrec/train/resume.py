@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nasrec import rundir
+from nasrec.backend.shardfiles import check_world
 from nasrec.errors import NasrecError
 from nasrec.train.config import TrainConfig, default_eps_as_none
 
@@ -60,8 +61,12 @@ def save_state(
     cfg: TrainConfig,
     device: torch.device,
     keep_optimizer: bool = True,
+    shards: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint; without `keep_optimizer` it holds no optimizer or schedule state (it cannot resume)."""
+    """Write a checkpoint; without `keep_optimizer` it holds no optimizer or schedule state (it cannot resume).
+
+    `shards`: the tables are sharded, and each process wrote its own (`nasrec.backend.shardfiles.shard_meta`).
+    """
     payload = {
         "model": model.state_dict(),
         # Adagrad / Adam state is as large as the weights (twice for Adam): a finished run drops it
@@ -73,6 +78,7 @@ def save_state(
         "state": {k: v for k, v in vars(state).items() if k != "evals"},
         "evals_json": json.dumps(state.evals, default=json_default),
         "config_json": json.dumps(cfg.to_dict()),
+        **({"shards": shards} if shards else {}),
     }
     rundir.save_checkpoint(path, payload)
 
@@ -86,6 +92,8 @@ def restore_state(
     device: torch.device,
     total_steps: int,
     run: Path,
+    world: int = 1,
+    sharded: bool = False,
 ) -> TrainState:
     """Load a checkpoint into the model, optimizer, schedule and torch RNG; its counters are returned.
 
@@ -95,6 +103,7 @@ def restore_state(
     ck = rundir.load_checkpoint(path)
     if run_identity(json.loads(ck["config_json"])) != run_identity(cfg.to_dict()):
         raise NasrecError(f"{run}: the run was started with another configuration; cannot resume")
+    check_world(run, ck.get("shards"), world, sharded)  # sharded tables resume on as many processes only
     # The checkpoint is read onto the CPU; loading copies it to the model's device, and the optimizer
     # moves its state next to each parameter, so a run resumes on any device.
     model.load_state_dict(ck["model"])

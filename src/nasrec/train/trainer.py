@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import distributed, rundir
 from nasrec.backend.fused import use_torchrec
+from nasrec.backend.shardfiles import check_world, drop_older_shards, load_shards, save_shards, shard_meta
 from nasrec.configfile import ConfigError
 from nasrec.console import Heartbeat
 from nasrec.data.cache import Cache
@@ -95,6 +96,9 @@ class Trainer:
         init_head_bias(self.model, ctr)
         if cfg.init_logit_bias and isinstance(self.model, ZooModel):
             self.model.init_logit_bias(ctr)
+        # TorchRec tables sharded over torchrun's processes: every process takes part in every forward pass
+        # (evaluations included) and writes its own shards with each checkpoint (`nasrec.backend.shardfiles`)
+        self.sharded = cfg.embeddings == "torchrec" and self.world > 1
         if cfg.embeddings == "torchrec":
             self._use_torchrec()
         l2 = effective_l2(cfg, ctr, warn=self.main)
@@ -156,13 +160,17 @@ class Trainer:
 
     def _use_torchrec(self) -> None:
         cfg = self.cfg
-        if self.world > 1:
+        if self.world == 1 and cfg.sharding is not None:
+            saved = self.out / CHECKPOINT_PT
+            if saved.is_file():  # a sharded run resumed without torchrun: name both world sizes
+                check_world(self.out, load_checkpoint(saved).get("shards"), 1, False)
             raise NasrecError(
-                "embeddings torchrec under torchrun: sharding the tables (DistributedModelParallel) is not built "
-                "yet; train with TorchRec tables in one process, or with nasrec's tables under torchrun"
+                f"--sharding {cfg.sharding} spreads the tables over torchrun's processes: run "
+                f"`torchrun --nproc_per_node N -m nasrec.cli train ... --embeddings torchrec --sharding {cfg.sharding}`"
             )
         name, lr, eps = cfg.fused_embedding_optimizer()
-        use_torchrec(self.model, name, lr, eps, cfg.first_order_lr)
+        sharding = (cfg.sharding or "table-wise") if self.sharded else None
+        use_torchrec(self.model, name, lr, eps, cfg.first_order_lr, sharding)
         if cfg.clip and self.main:
             log.warning("clip %g bounds the dense gradients only: the TorchRec tables update inside backward", cfg.clip)
 
@@ -183,7 +191,13 @@ class Trainer:
 
     def _checkpoint(self, final: bool = False) -> None:
         """Write the run's state; a `final` one keeps the optimizer state only if asked (it can no longer resume)."""
-        if self.main:  # every rank holds the same state; one copy is written
+        keep = not final or self.cfg.keep_optimizer
+        step, meta = self.state.step, None
+        if self.sharded:  # every process's shards first: checkpoint.pt then names a step whose shards all exist
+            save_shards(self.out, "checkpoint", step, self.rank, self.world, self.model, optimizer=keep)
+            distributed.barrier()
+            meta = shard_meta(self.model, step, self.world)
+        if self.main:  # every rank holds the same state (but for sharded tables); one copy is written
             save_state(
                 self.out / CHECKPOINT_PT,
                 self.model,
@@ -192,14 +206,29 @@ class Trainer:
                 self.state,
                 self.cfg,
                 self.device,
-                keep_optimizer=not final or self.cfg.keep_optimizer,
+                keep_optimizer=keep,
+                shards=meta,
             )
+        if self.sharded:
+            distributed.barrier()
+            drop_older_shards(self.out, "checkpoint", step, self.rank, self.world)
 
     def _restore(self) -> None:
         m, opt, sched = self.model, self.optimizer, self.schedule
         self.state = restore_state(
-            self.out / CHECKPOINT_PT, m, opt, sched, self.cfg, self.device, self.total_steps, self.out
+            self.out / CHECKPOINT_PT,
+            m,
+            opt,
+            sched,
+            self.cfg,
+            self.device,
+            self.total_steps,
+            self.out,
+            self.world,
+            self.sharded,
         )
+        if self.sharded:
+            load_shards(self.out, "checkpoint", self.state.step, self.rank, self.world, m, optimizer=True)
         if self.main:
             truncate_log(self.out / METRICS_JSONL, self.state)
 
@@ -364,9 +393,13 @@ class Trainer:
             self._checkpoint()
 
     def _eval(self, split: str) -> dict[str, float]:
-        """Rank 0 evaluates (exactly as a single process would) while the others wait for its numbers."""
+        """Rank 0 evaluates (exactly as a single process would) while the others wait for its numbers.
+
+        With sharded tables every rank runs the same evaluation (each serves the lookups into its shards)
+        and rank 0's numbers are kept.
+        """
         self._calibrate_head()  # on every rank, so that their buffers stay equal
-        return distributed.broadcast_object(self._eval_here(split) if self.main else None)
+        return distributed.broadcast_object(self._eval_here(split) if self.main or self.sharded else None)
 
     def _calibrate_head(self) -> None:
         """Set a standalone model's centred head mean exactly for the current weights, before it is judged."""
@@ -394,8 +427,7 @@ class Trainer:
             self.schedule.report(value)  # the early-stopping metric, lower is better
         if s.best is None or value < s.best:
             s.best, s.bad_evals = value, 0
-            if self.main:
-                save_checkpoint(self.out / BEST_PT, {"model": self.model.state_dict(), "step": s.step})
+            self._save_best({"step": s.step}, with_shards=True)
         else:
             s.bad_evals += 1
             if cfg.early_stop_metric and s.bad_evals >= cfg.patience:
@@ -407,14 +439,30 @@ class Trainer:
         if self.main:
             self.progress.say_eval(s.step, cfg.eval_split, m, s.bad_evals, s.stopped)
 
+    def _save_best(self, record: dict[str, Any], with_shards: bool) -> None:
+        """Write best.pt: the current weights and `record` (its step); sharded tables as each process's shards."""
+        ck = {"model": self.model.state_dict(), **record}
+        if self.sharded:
+            if with_shards:
+                save_shards(self.out, "best", ck["step"], self.rank, self.world, self.model, optimizer=False)
+                distributed.barrier()
+            ck["shards"] = shard_meta(self.model, ck["step"], self.world)
+        if self.main:
+            save_checkpoint(self.out / BEST_PT, ck)
+        if self.sharded and with_shards:
+            distributed.barrier()
+            drop_older_shards(self.out, "best", ck["step"], self.rank, self.world)
+
     def _restore_best(self) -> None:
         """Evaluate the last weights if they were not, then take the best evaluation's weights."""
         s = self.state
         if not s.evals or s.evals[-1]["step"] != s.step:
             self._evaluate_during_training()
-        if self.main:  # only rank 0 evaluates the final model
+        if self.main or self.sharded:  # only rank 0 evaluates the final model, unless every rank must
             ck = load_checkpoint(self.out / BEST_PT)
             self.model.load_state_dict(ck["model"])
+            if self.sharded:
+                load_shards(self.out, "best", int(ck["step"]), self.rank, self.world, self.model, optimizer=False)
             s.best_step = int(ck["step"])
             s.bias_shift = ck.get("bias_shift")  # set when a killed run had refitted these weights' bias already
         self.calib.measured_at = None  # other weights now (rank 0 loaded its best): measure them again
@@ -426,16 +474,17 @@ class Trainer:
         if not cfg.refit_logit_bias or self.paths.has_paths or s.bias_shift is not None:
             return
         self._calibrate_head()  # centred heads: the logits fitted on are the ones evaluation gives
-        shift = refit_output_bias(self.model, self.cache, cfg.eval_batch_size, cfg.refit_max_rows) if self.main else 0.0
-        s.bias_shift = distributed.broadcast_object(shift)
+        # sharded tables: every rank runs the forward passes, and applies rank 0's shift in place of its own
+        here = self.main or self.sharded
+        own = refit_output_bias(self.model, self.cache, cfg.eval_batch_size, cfg.refit_max_rows) if here else 0.0
+        s.bias_shift = distributed.broadcast_object(own)
         if not self.main:
             bias = output_bias(self.model)
             if bias is not None:
                 with torch.no_grad():
-                    bias.add_(s.bias_shift)
-        if self.main and cfg.restore_best:  # the run's model is best.pt
-            ck = {"model": self.model.state_dict(), "step": s.best_step, "bias_shift": s.bias_shift}
-            save_checkpoint(self.out / BEST_PT, ck)
+                    bias.add_(s.bias_shift - own)
+        if cfg.restore_best:  # the run's model is best.pt
+            self._save_best({"step": s.best_step, "bias_shift": s.bias_shift}, with_shards=False)
         self._checkpoint(final=True)  # records the shift (and, without restore_best, the shifted weights)
 
     def _final(self) -> dict[str, Any]:
