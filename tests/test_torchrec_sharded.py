@@ -50,6 +50,8 @@ def _worker(rank: int, store: str, cache_dir: Path, root: Path) -> None:
     try:
         sharded = dict(RUN, sharding="table-wise")
         train(cache_dir, root / "whole", model="dlrm", overrides=sharded, progress=False)
+        columns = dict(RUN, sharding="column-wise", restore_best=False, eval_every=0)
+        train(cache_dir, root / "columns", model="dlrm", overrides=columns, progress=False)
         after = Trainer._after_step
 
         def killed(self: Trainer) -> None:
@@ -97,6 +99,8 @@ def test_two_processes_follow_one_and_resume_exactly(runs: dict[str, Any]) -> No
     assert len(single) == 12
     # the global batch split over 2 processes: one process's curve to float rounding
     assert whole == pytest.approx(single, rel=1e-4)
+    # column-wise: each process holds half of every table's columns
+    assert _losses(root / "columns") == pytest.approx(single, rel=1e-4)
     assert (root / "cut_0.txt").exists() and (root / "cut_1.txt").exists()
     assert cut == pytest.approx(whole, rel=1e-6)  # the shards' weights and Adagrad state came back
     a = json.loads((root / "whole" / "metrics.json").read_text())

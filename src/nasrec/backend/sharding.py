@@ -44,6 +44,22 @@ def memory_per_process() -> int:
     return total // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
 
+def _column_block(dim: int, world: int) -> int:
+    """Column-wise shards' width: the table's columns spread over the processes, 4k wide (fbgemm's unit)."""
+    return max(4, dim // world // 4 * 4)
+
+
+def _holder(configs: list[Any], optimizer: tuple[type, dict[str, Any]] | None) -> _Tables:
+    """The tables on the meta device (nothing allocated), their fused optimizer attached for the planner."""
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    holder = _Tables(EmbeddingBagCollection(tables=configs, device=torch.device("meta")))
+    if optimizer is not None:  # the planner counts the optimizer's state into each shard's storage
+        apply_optimizer_in_backward(optimizer[0], holder.ebc.parameters(), optimizer[1])
+    return holder
+
+
 def plan_tables(
     configs: list[Any],
     sharding: str,
@@ -51,18 +67,20 @@ def plan_tables(
     device: str = "cpu",
     memory: int | None = None,
     group: Any = None,
+    optimizer: tuple[type, dict[str, Any]] | None = None,
+    planner_out: list[Any] | None = None,
 ) -> Any:
     """TorchRec's sharding plan for `configs` over `world` processes, every table sharded as asked.
 
     With a process `group` every process gets rank 0's plan; without one the planner runs here alone (to
-    read a plan's memory per process, as `bench/bench_sharding.py` does). A plan that cannot fit is
-    TorchRec's planner error, reworded to name the largest table and the memory it needs.
+    read a plan's memory per process, as `bench/bench_sharding.py` does; `planner_out` receives the
+    planner). A plan that cannot fit is TorchRec's planner error, reworded to name the largest table and
+    the memory it needs.
     """
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
     from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
     from torchrec.distributed.planner.types import PlannerError
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
     if sharding not in SHARDINGS:
         raise NasrecError(f"unknown sharding {sharding!r} (expected one of: {', '.join(SHARDINGS)})")
@@ -72,8 +90,11 @@ def plan_tables(
         )
     memory = memory_per_process() if memory is None else memory
     kind = SHARDINGS[sharding]
-    holder = _Tables(EmbeddingBagCollection(tables=configs, device=torch.device("meta")))
-    constraints = {c.name: ParameterConstraints(sharding_types=[kind]) for c in configs}
+    holder = _holder(configs, optimizer)
+    constraints = {
+        c.name: ParameterConstraints(sharding_types=[kind], min_partition=_column_block(c.embedding_dim, world))
+        for c in configs
+    }
     caps = {"ddr_cap": memory} if device == "cpu" else {"hbm_cap": memory}
     topology = Topology(world_size=world, compute_device=device, **caps)
     # A fixed share of each process's memory is kept for everything but the tables (the dense part, batches,
@@ -82,6 +103,8 @@ def plan_tables(
         topology=topology, constraints=constraints, storage_reservation=FixedPercentageStorageReservation(RESERVED)
     )
     sharders = [EmbeddingBagCollectionSharder()]
+    if planner_out is not None:
+        planner_out.append(planner)
     try:
         if group is None:
             return planner.plan(holder, sharders)
@@ -104,14 +127,12 @@ def shard_tables(
     import torch.distributed as dist
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     if not dist.is_initialized():
         raise NasrecError(f"--sharding {sharding} spreads the tables over torchrun's processes: start it with torchrun")
-    plan = plan_tables(configs, sharding, dist.get_world_size(), device.type, group=dist.group.WORLD)
-    holder = _Tables(EmbeddingBagCollection(tables=configs, device=torch.device("meta")))
-    apply_optimizer_in_backward(optimizer, holder.ebc.parameters(), kwargs)
+    fused = (optimizer, kwargs)
+    plan = plan_tables(configs, sharding, dist.get_world_size(), device.type, group=dist.group.WORLD, optimizer=fused)
+    holder = _holder(configs, fused)
     return DistributedModelParallel(
         holder, device=device, plan=plan, sharders=[EmbeddingBagCollectionSharder()], init_data_parallel=False
     )
@@ -140,3 +161,16 @@ def local_state_pieces(state: dict[str, Any]) -> dict[str, list[tuple[int, int, 
             if hasattr(value, "local_shards"):
                 out[name.split("embedding_bags.")[-1]] = [(*_offsets(s), s.tensor) for s in value.local_shards()]
     return out
+
+
+def planned_memory(planner: Any, world: int, device: str = "cpu") -> list[int]:
+    """Bytes per process of the last plan `planner` made: its own storage estimate of every shard placed there.
+
+    TorchRec's estimate: the shard's weights, its optimizer state and its input/output buffers.
+    """
+    per_rank = [0] * world
+    for option in planner._best_plan or []:  # the options of the plan it returned (TorchRec keeps no public copy)
+        for shard in option.shards:
+            storage = shard.storage
+            per_rank[shard.rank] += storage.ddr if device == "cpu" else storage.hbm
+    return per_rank
