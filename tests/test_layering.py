@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "nasrec.model": 3,
     # 4 the baseline zoo: built from model's embedding, registered with model's spec
     "nasrec.zoo": 4,
+    "nasrec.backend": 4,  # the embedding tables' engines (TorchRec): model's tables in, train's optimizer out
     # 5 training, and what serves a trained run
     "nasrec.train": 5,
     "nasrec.predict": 5,

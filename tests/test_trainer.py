@@ -340,7 +340,7 @@ def test_early_stopping_keeps_the_best(cache_dir: Path, tmp_path: Path) -> None:
 
 def test_restore_best_tests_and_serves_the_best_weights(cache_dir: Path, tmp_path: Path) -> None:
     # A diverging lr makes the last weights worse than an earlier evaluation's.
-    cfg = dict(QUICK, lr=1.0, schedule="constant", eval_every=7, epochs=2, eval_max_batches=None)
+    cfg = dict(QUICK, lr=2.0, schedule="constant", eval_every=7, epochs=2, eval_max_batches=None)
     last = train(cache_dir, tmp_path / "last", model="fm", overrides=cfg, progress=False)
     best = train(cache_dir, tmp_path / "best", model="fm", overrides=dict(cfg, restore_best=True), progress=False)
     assert last["weights"] == "final" and best["weights"] == "best"

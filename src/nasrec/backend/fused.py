@@ -53,7 +53,13 @@ class TorchRecEmbedding(nn.Module):
     """
 
     def __init__(
-        self, source: FieldEmbedding, optimizer: str, lr: float, eps: float, sharding: str | None = None
+        self,
+        source: FieldEmbedding,
+        optimizer: str,
+        lr: float,
+        eps: float,
+        sharding: str | None = None,
+        device: torch.device | None = None,
     ) -> None:
         super().__init__()
         require_torchrec()
@@ -67,7 +73,7 @@ class TorchRecEmbedding(nn.Module):
             for i, (n, key) in enumerate(zip(self.table_sizes, self.keys, strict=True))
         ]
         cls, kwargs = fused_optimizer(optimizer, lr, eps)
-        device = source.table.weight.device
+        device = source.offsets.device if device is None else device
         try:
             if sharding is None:
                 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
@@ -85,7 +91,10 @@ class TorchRecEmbedding(nn.Module):
                 "on CPU use embedding_optimizer adagrad, rowwise_adagrad or sgd"
             ) from None
         self.__dict__["ebc"] = ebc  # not a child module: see the class docstring
-        self._copy_in(source.table.weight.detach())
+        if source.table.weight.is_meta:  # built deferred (`deferred_tables`): each shard from its table's generator
+            self._init_from(source)
+        else:
+            self._copy_in(source.table.weight.detach())
 
     def weights(self) -> list[torch.Tensor]:
         """The per-field tables (fbgemm's storage, [N_i, dim] each); one process only."""
@@ -111,6 +120,11 @@ class TorchRecEmbedding(nn.Module):
         for i, row, col, t in self.local_shards():
             r0 = starts[i] + row
             t.copy_(stacked[r0 : r0 + t.shape[0], col : col + t.shape[1]])
+
+    @torch.no_grad()
+    def _init_from(self, source: FieldEmbedding) -> None:
+        for i, row, col, t in self.local_shards():
+            t.copy_(source.table_init(i)[row : row + t.shape[0], col : col + t.shape[1]])
 
     @property
     def table(self) -> nn.Embedding:
@@ -204,6 +218,7 @@ def use_torchrec(
     eps: float,
     first_order_lr: float | None = None,
     sharding: str | None = None,
+    device: torch.device | None = None,
 ) -> int:
     """Swap the model's `FieldEmbedding`s of width 4k for `TorchRecEmbedding`s (same weights); how many.
 
@@ -225,7 +240,7 @@ def use_torchrec(
 
     walk(model, lr)
     for parent, name, child, part_lr in swaps:
-        setattr(parent, name, TorchRecEmbedding(child, optimizer, part_lr, eps, sharding))
+        setattr(parent, name, TorchRecEmbedding(child, optimizer, part_lr, eps, sharding, device))
     if not swaps:
         raise NasrecError("--embeddings torchrec: the model has no embedding table of a width fbgemm takes (4k)")
     log.info("TorchRec embeddings: %d collection(s), fused %s", len(swaps), optimizer)

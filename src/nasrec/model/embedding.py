@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
+
+_DEFERRED = False  # see `deferred_tables`
+
+
+@contextmanager
+def deferred_tables() -> Iterator[None]:
+    """Build `FieldEmbedding` tables of width 4k on the meta device (no memory), to be sharded.
+
+    A process of a sharded run (`nasrec.backend.sharding`) then fills only its own shards, each from its
+    table's own generator (`FieldEmbedding.table_init`): the values a whole-table build would hold.
+    """
+    global _DEFERRED
+    before, _DEFERRED = _DEFERRED, True
+    try:
+        yield
+    finally:
+        _DEFERRED = before
 
 
 class FieldEmbedding(nn.Module):
@@ -28,15 +46,36 @@ class FieldEmbedding(nn.Module):
         self.dim = dim
         offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(sum(sizes), dim, sparse=True)
+        # One draw of the global generator seeds every table's own: a process that builds only some shards
+        # of the tables (sharded TorchRec tables) gets the values a process holding them whole has.
+        # (A model built on the meta device, to count its cost, holds no values and draws nothing.)
+        draw = torch.randint(0, 2**62, (1,))
+        self.init_seed = 0 if draw.is_meta else int(draw.item())
+        self.std_cap: float | None = None
+        meta = _DEFERRED and dim % 4 == 0  # the widths fbgemm's tables take (`nasrec.backend.fused`)
+        # _weight: no nn.Embedding init of its own (a draw of the global generator that only a build holding
+        # the whole table would make); reset_parameters fills it
+        empty = torch.empty(sum(sizes), dim, device="meta" if meta else None)
+        self.table = nn.Embedding(sum(sizes), dim, sparse=True, _weight=empty)
         self.reset_parameters()
 
+    def table_init(self, i: int) -> torch.Tensor:
+        """Table i's initial weights [N_i, dim]: xavier-normal (std sqrt(2 / (N_i + dim))) from its own generator, capped."""
+        n = self.table_sizes[i]
+        std = math.sqrt(2.0 / (n + self.dim))
+        w = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(self.init_seed + i)).mul_(std)
+        if self.std_cap is not None and std > self.std_cap:
+            w.mul_(self.std_cap / std)
+        return w
+
     def reset_parameters(self) -> None:
-        """Xavier-normal per table (std sqrt(2 / (N + dim)), so it depends on each table's size N)."""
+        """Xavier-normal per table (std sqrt(2 / (N + dim)), so it depends on each table's size N), capped as set."""
+        if self.table.weight.is_meta:
+            return
         with torch.no_grad():
             start = 0
-            for n in self.table_sizes:
-                self.table.weight[start : start + n].normal_(0.0, math.sqrt(2.0 / (n + self.dim)))
+            for i, n in enumerate(self.table_sizes):
+                self.table.weight[start : start + n].copy_(self.table_init(i))
                 start += n
 
     @torch.no_grad()
@@ -46,12 +85,9 @@ class FieldEmbedding(nn.Module):
         Small tables start far from zero under xavier-normal (std 0.29 for a 7-id field at dim 16); DeepCTR
         and FuxiCTR start every table at std 1e-4, which the zoo's default recipes adopt (BENCHMARKS.md).
         """
-        start = 0
-        for n in self.table_sizes:
-            std = math.sqrt(2.0 / (n + self.dim))
-            if std > cap:
-                self.table.weight[start : start + n].mul_(cap / std)
-            start += n
+        if cap != self.std_cap:  # idempotent: the weights always reflect the cap in force
+            self.std_cap = cap
+            self.reset_parameters()  # the same numbers as `table_init`, which a sharded build uses
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """[B, S] ids (each within its field's table) -> [B, S, dim] vectors."""

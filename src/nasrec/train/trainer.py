@@ -21,11 +21,13 @@ import itertools
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import nasrec.zoo  # noqa: F401 - registers the zoo's models with ModelSpec (see nasrec.model.spec)
 from nasrec import distributed, rundir
@@ -37,6 +39,7 @@ from nasrec.data.cache import Cache
 from nasrec.data.loader import BatchLoader
 from nasrec.device import resolve_device
 from nasrec.errors import NasrecError
+from nasrec.model.embedding import deferred_tables
 from nasrec.model.layers import init_head_bias, set_batch_group
 from nasrec.model.memory import check_spec_fits
 from nasrec.model.spec import ModelSpec
@@ -88,19 +91,23 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        # A model too large for this machine is refused before anything is allocated (`nasrec.model.memory`).
-        check_spec_fits(spec, cfg.optimizer)
+        # TorchRec tables sharded over torchrun's processes: no process builds them whole, every process takes
+        # part in every forward pass (evaluations included) and writes its own shards with each checkpoint
+        # (`nasrec.backend.shardfiles`); TorchRec's planner checks that they fit
+        self.sharded = cfg.embeddings == "torchrec" and self.world > 1
+        if not self.sharded:
+            # A model too large for this machine is refused before anything is allocated (`nasrec.model.memory`).
+            check_spec_fits(spec, cfg.optimizer)
         # built on the CPU (the same initial weights for every device), then moved before the optimizer sees it
-        self.model = spec.build().to(self.device)
+        with deferred_tables() if self.sharded else nullcontext():
+            model = spec.build()
+        if cfg.embeddings == "torchrec":  # before the move: deferred tables hold no data to move
+            self._use_torchrec(model)
+        self.model = model.to(self.device)
         ctr = train_ctr(cache)
         init_head_bias(self.model, ctr)
         if cfg.init_logit_bias and isinstance(self.model, ZooModel):
             self.model.init_logit_bias(ctr)
-        # TorchRec tables sharded over torchrun's processes: every process takes part in every forward pass
-        # (evaluations included) and writes its own shards with each checkpoint (`nasrec.backend.shardfiles`)
-        self.sharded = cfg.embeddings == "torchrec" and self.world > 1
-        if cfg.embeddings == "torchrec":
-            self._use_torchrec()
         l2 = effective_l2(cfg, ctr, warn=self.main)
         # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
         check_paths_config(spec, cfg)
@@ -158,7 +165,7 @@ class Trainer:
         self.comm = CommMeter()
         self.embedding_l2 = EmbeddingL2.for_model(self.model, l2, cfg.embedding_l2_per)
 
-    def _use_torchrec(self) -> None:
+    def _use_torchrec(self, model: nn.Module) -> None:
         cfg = self.cfg
         if self.world == 1 and cfg.sharding is not None:
             saved = self.out / CHECKPOINT_PT
@@ -170,7 +177,7 @@ class Trainer:
             )
         name, lr, eps = cfg.fused_embedding_optimizer()
         sharding = (cfg.sharding or "table-wise") if self.sharded else None
-        use_torchrec(self.model, name, lr, eps, cfg.first_order_lr, sharding)
+        use_torchrec(model, name, lr, eps, cfg.first_order_lr, sharding, self.device)
         if cfg.clip and self.main:
             log.warning("clip %g bounds the dense gradients only: the TorchRec tables update inside backward", cfg.clip)
 
