@@ -17,11 +17,12 @@ Row-wise sharding is planned for GPUs (TorchRec's CPU sharder offers table-wise 
 the other two are planned for CPU processes. Each rank is given 16 TiB, so that every plan is placed and
 the figure is what it needs, not what fits.
 
-``measure`` runs under torchrun on this machine: each process builds the tables as nasrec does (the whole
-`FieldEmbedding` first, then the swap to sharded TorchRec tables, `nasrec.backend.fused.use_torchrec`),
-trains 5 steps on random ids, and reports its resident memory above what it held before the tables
-existed, next to the planner's estimate for its rank. It also reports the peak, which includes the whole
-tables built before sharding (nasrec does not yet build them on the meta device).
+``measure`` runs under torchrun on this machine: each process builds the tables as a sharded nasrec run
+does (a `FieldEmbedding` on the meta device, `deferred_tables`, swapped for sharded TorchRec tables whose
+shards it fills from each table's own generator, `nasrec.backend.fused.use_torchrec`), trains 5 steps on
+random ids, and reports its resident memory above what it held before the tables existed, next to the
+planner's estimate for its rank, and its peak (which adds one whole table: a shard is cut from its
+table's generated values).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def measure(tables: int, rows: int, dim: int, sharding: str) -> dict:
 
     from nasrec.backend.fused import use_torchrec
     from nasrec.backend.sharding import plan_tables, planned_memory
-    from nasrec.model.embedding import FieldEmbedding
+    from nasrec.model.embedding import FieldEmbedding, deferred_tables
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -125,7 +126,8 @@ def measure(tables: int, rows: int, dim: int, sharding: str) -> dict:
     gc.collect()
     before = _rss()
     holder = nn.Module()
-    holder.embedding = FieldEmbedding(sizes, dim)
+    with deferred_tables():
+        holder.embedding = FieldEmbedding(sizes, dim)
     use_torchrec(holder, "rowwise_adagrad", lr=0.1, eps=1e-2, sharding=sharding)
     gc.collect()
     g = torch.Generator().manual_seed(rank)
