@@ -156,3 +156,12 @@ def test_the_fused_tables_keep_the_embedding_weights_and_layout() -> None:
         assert torch.allclose(model(dense, ids), expected, atol=1e-6)
     # the tables are not the optimizer's parameters: they update inside backward
     assert all(p.shape != (18, 8) for p in model.parameters())
+
+
+def test_pipeline_configs_take_the_backend_in_their_set_sections(tmp_path: Path) -> None:
+    from nasrec.pipeline.config import resolve_config
+
+    cfg = resolve_config({"data": {"format": "synthetic"}, "final": {"set": {"embeddings": "torchrec"}}}, tmp_path)
+    assert cfg["final"]["set"]["embeddings"] == "torchrec"
+    with pytest.raises(NasrecError, match=r"config supernet\.set\.sharding: .*set embeddings: torchrec"):
+        resolve_config({"data": {"format": "synthetic"}, "supernet": {"set": {"sharding": "table-wise"}}}, tmp_path)

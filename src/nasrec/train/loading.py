@@ -25,7 +25,7 @@ def load_trained(run: Path | str, which: str = "final", device: str | None = Non
     if ck.get("shards"):
         raise NasrecError(
             f"{run}: its embedding tables are sharded over {ck['shards']['world']} processes; "
-            f"`nasrec unshard {run} --out DIR` writes a copy with whole tables that evaluate, predict and export take"
+            f"`nasrec unshard {run} --out DIR` writes a copy with whole tables for evaluate, predict, export and search"
         )
     try:
         model.load_state_dict(ck["model"])  # read onto the CPU whatever device the run trained on
