@@ -38,8 +38,10 @@ class _Tables(nn.Module):
         return self.ebc(kjt)
 
 
-def memory_per_process() -> int:
-    """Bytes of host memory one process of this machine may plan its table shards into."""
+def memory_per_process(device: str = "cpu") -> int:
+    """Bytes one process may plan its table shards into: its GPU's memory, or its share of the host's."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return total // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
@@ -88,7 +90,7 @@ def plan_tables(
         raise NasrecError(
             f"--sharding {sharding}: TorchRec shards rows on GPUs only; CPU processes take {' or '.join(CPU_SHARDINGS)}"
         )
-    memory = memory_per_process() if memory is None else memory
+    memory = memory_per_process(device) if memory is None else memory
     kind = SHARDINGS[sharding]
     holder = _holder(configs, optimizer)
     constraints = {
