@@ -6,8 +6,9 @@ import contextlib
 import os
 import platform
 import resource
-import subprocess
 from dataclasses import dataclass
+
+from nasrec.machine import cpu_capability, cpu_model
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -50,30 +51,6 @@ class LoadSample:
         # /proc/stat counts in 10 ms ticks, so a quiet machine can read slightly below zero.
         self.other_share = max(0.0, other) / capacity if capacity > 0 else 0.0
         return self.other_share
-
-
-def cpu_model() -> str:
-    """The CPU model name, from /proc/cpuinfo (lscpu's "Model name" where /proc/cpuinfo has none)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        model = ""
-    if not model:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-            model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    return model or platform.processor() or "unknown CPU"
-
-
-def cpu_capability() -> str:
-    """`torch.backends.cpu.get_cpu_capability()` (AVX2, AVX512, ...): which kernels torch runs here."""
-    try:
-        import torch
-
-        return str(torch.backends.cpu.get_cpu_capability())
-    except (ImportError, AttributeError):
-        return "unknown"
 
 
 def machine_info() -> dict[str, object]:

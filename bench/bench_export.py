@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,6 +39,7 @@ from nasrec.data.loader import BatchLoader
 from nasrec.data.prepare import PrepareConfig, prepare
 from nasrec.data.synthetic import generate_synthetic
 from nasrec.export import ProbabilityModel, export_model
+from nasrec.export.latency import time_calls as timed
 from nasrec.predict import model_cache
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train
@@ -103,23 +103,11 @@ def runners(run: Path, exports: dict[str, Path], threads: int) -> dict[str, Call
 
 
 def time_calls(fn: Callable[[dict], object], batch: dict, warmup: int, reps: int) -> dict:
-    """p50 / p99 milliseconds of single calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn(batch)
-    times = np.empty(reps)
+    """p50 / p99 / mean milliseconds of single calls (`nasrec.export.latency.time_calls`), and the machine's load."""
     load = LoadSample()
     load.start()
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn(batch)
-        times[i] = time.perf_counter() - t0
-    share = load.stop()
-    ms = times * 1e3
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 4),
-        "p99_ms": round(float(np.percentile(ms, 99)), 4),
-        "other_share": round(share, 3),
-    }
+    stats = timed(lambda: fn(batch), warmup, reps)
+    return {**stats, "other_share": round(load.stop(), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

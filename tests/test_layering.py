@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "nasrec.console": 0,
     "nasrec.prefetch": 0,
     "nasrec.device": 0,
+    "nasrec.machine": 0,
     "nasrec.distributed": 0,
     # 1 data
     "nasrec.data": 1,

@@ -37,6 +37,7 @@ _ORDER = (
     "rankcheck",
     "predict",
     "export",
+    "latency",
     "run",
     "demo",
     "report",

@@ -1,4 +1,4 @@
-"""Serving commands: `nasrec predict` and `nasrec export`."""
+"""Serving commands: `nasrec predict`, `nasrec export` and `nasrec latency`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 
 from nasrec import clicheck, console
 from nasrec.cli.common import JSON_HELP, add_device, add_max_bad_fraction, device_arg
+from nasrec.errors import NasrecError
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -114,7 +115,79 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency", help="serving latency of a model on this machine (onnxruntime or TorchScript)")
+    lsub = p.add_subparsers(dest="latency_command", required=True, metavar="{measure}")
+    m = lsub.add_parser("measure", help="export a model and time it call by call at each batch size and thread count")
+    what = m.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", metavar="DIR", help="run directory of `nasrec train`")
+    what.add_argument("--arch", metavar="FILE.json", help="nasrec architecture, timed at --data's shape")
+    what.add_argument(
+        "--zoo", metavar="NAME", help="zoo model with its default recipe's hyper-parameters, at --data's shape"
+    )
+    m.add_argument("--data", metavar="DIR", help="prepared cache: the fields and table sizes for --arch / --zoo")
+    m.add_argument("--runtime", choices=["onnxruntime", "torchscript"], default="onnxruntime")
+    m.add_argument("--batch", type=clicheck.int_at_least(1), nargs="+", default=[1], help="batch sizes (default 1)")
+    m.add_argument("--threads", type=clicheck.int_at_least(1), nargs="+", default=[1], help="thread counts (default 1)")
+    m.add_argument("--warmup", type=clicheck.int_at_least(0), default=50, help="untimed calls first (default 50)")
+    m.add_argument("--reps", type=clicheck.int_at_least(1), default=300, help="timed calls (default 300)")
+    m.add_argument("--out", metavar="FILE.json", help="also write the result here")
+    m.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from nasrec.export.latency import measure_model_latency, measure_run_latency
+
+    options = dict(runtime=args.runtime, batches=args.batch, threads=args.threads, warmup=args.warmup, reps=args.reps)
+    if args.model is not None:
+        if args.data is not None:
+            raise NasrecError("--data goes with --arch or --zoo; a run directory knows its data shape")
+        res = measure_run_latency(args.model, **options)
+    else:
+        if args.data is None:
+            raise NasrecError(f"--{'arch' if args.arch else 'zoo'} needs --data DIR (the fields and table sizes)")
+        model, num_dense, sizes, what = _model_at_shape(args)
+        res = {"model": what, **measure_model_latency(model, num_dense, sizes, **options)}
+    if args.out:
+        from nasrec.rundir import atomic_write_json
+
+        atomic_write_json(args.out, res)
+    console.show(res, args.json, _latency_text)
+    return 0
+
+
+def _model_at_shape(args: argparse.Namespace) -> tuple[object, int, list[int], str]:
+    """The --arch or --zoo model built at --data's shape (untrained: latency does not depend on the weights)."""
+    from nasrec.data.cache import open_cache
+
+    cache = open_cache(args.data)
+    num_dense, sizes = len(cache.dense_fields), list(cache.table_sizes)
+    if args.arch is not None:
+        from nasrec.model.subnet import Subnet
+        from nasrec.space.arch import Architecture
+
+        return Subnet(Architecture.load(args.arch), num_dense, sizes), num_dense, sizes, args.arch
+    from nasrec.train.evaluation import train_size
+    from nasrec.train.recipe import apply_recipe
+    from nasrec.zoo.registry import build_zoo_model
+
+    hparams, _, _ = apply_recipe("default", args.zoo, None, None, None, *train_size(cache))
+    return build_zoo_model(args.zoo, num_dense, sizes, **hparams), num_dense, sizes, f"{args.zoo} (default recipe)"
+
+
+def _latency_text(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"{r['model']} on {m['cpu']} ({m['cpu_capability']}), {r['reps']} timed calls after {r['warmup']}:"]
+    for x in r["results"]:
+        lines.append(
+            f"  {x['runtime']}, batch {x['batch']:,}, {x['threads']} thread(s): p50 {x['p50_ms']:.4f} ms, "
+            f"p99 {x['p99_ms']:.4f} ms, mean {x['mean_ms']:.4f} ms"
+        )
+    return "\n".join(lines)
+
+
 COMMANDS = {
     "predict": (_add_predict, _run_predict),
     "export": (_add_export, _run_export),
+    "latency": (_add_latency, _run_latency),
 }
