@@ -91,18 +91,11 @@ def plan(dim: int, worlds: list[int]) -> list[dict]:
     return rows
 
 
-def _rss() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak) in bytes."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -124,7 +117,7 @@ def measure(tables: int, rows: int, dim: int, sharding: str) -> dict:
     plan_tables(_configs(sizes, dim), sharding, world, "cpu", 16 * TIB, None, _rowwise(), planners)
     planned = planned_memory(planners[0], world, "cpu")[rank]
     gc.collect()
-    before = _rss()
+    before = _status_bytes("VmRSS")
     holder = nn.Module()
     with deferred_tables():
         holder.embedding = FieldEmbedding(sizes, dim)
@@ -135,7 +128,7 @@ def measure(tables: int, rows: int, dim: int, sharding: str) -> dict:
         ids = torch.stack([torch.randint(0, rows, (512,), generator=g) for _ in sizes], 1)
         holder.embedding(ids).square().mean().backward()
     gc.collect()
-    after = _rss()
+    after = _status_bytes("VmRSS")
     result = {
         "rank": rank,
         "world": world,
@@ -145,7 +138,7 @@ def measure(tables: int, rows: int, dim: int, sharding: str) -> dict:
         "dim": dim,
         "planned_gib": round(planned / 2**30, 3),
         "measured_gib": round((after - before) / 2**30, 3),
-        "peak_gib": round((_peak() - before) / 2**30, 3),
+        "peak_gib": round((_status_bytes("VmHWM") - before) / 2**30, 3),
     }
     results = [None] * world
     dist.all_gather_object(results, result)

@@ -260,13 +260,12 @@ class FusedTables:
         self.param_groups: list[dict[str, Any]] = [{"params": [], "name": "embedding", "lr": lr} for lr in lrs]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Pass the current lrs on (as fbgemm's own fused optimizer does): a schedule may have moved them."""
-        self.step()
-
-    def step(self) -> None:
-        """Pass the groups' lrs to the fused kernels (the update itself happened in backward)."""
+        """Pass the groups' lrs to the fused kernels before the backward that uses them (a schedule moves them)."""
         for table, group in zip(self.tables, self.param_groups, strict=True):
             table.set_lr(float(group["lr"]))
+
+    def step(self) -> None:
+        """Nothing: the update happened inside backward."""
 
     def state_dict(self) -> dict[str, Any]:
         """The fused state tensors of every table set (live references, as torch's optimizers give)."""
@@ -294,7 +293,7 @@ class FusedTables:
                     t.copy_(tensors[name])
         for group, lr in zip(self.param_groups, state.get("lrs", []), strict=False):
             group["lr"] = lr
-        self.step()
+        self.zero_grad()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """None: the fused tables take no part in gradient clipping or weight decay."""

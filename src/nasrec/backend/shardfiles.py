@@ -42,12 +42,13 @@ def shard_path(run: Path, name: str, step: int, rank: int, world: int) -> Path:
 
 def save_shards(run: Path, name: str, step: int, rank: int, world: int, model: nn.Module, optimizer: bool) -> None:
     """Write this process's shards of the tables (and of their optimizer state, if `optimizer`)."""
+    # The live shards go to torch.save as they are (it writes each storage once, synchronously): no copy
     payload: dict[str, Any] = {"step": step, "rank": rank, "world": world, "modules": {}}
     for qual, m in sharded_modules(model).items():
         payload["modules"][qual] = {
-            "weights": [(i, r, c, t.detach().clone()) for i, r, c, t in m.local_shards()],
+            "weights": [(i, r, c, t.detach()) for i, r, c, t in m.local_shards()],
             "optimizer": (
-                {k: [(r, c, t.detach().clone()) for r, c, t in v] for k, v in m.local_optimizer_shards().items()}
+                {k: [(r, c, t.detach()) for r, c, t in v] for k, v in m.local_optimizer_shards().items()}
                 if optimizer
                 else None
             ),

@@ -59,15 +59,15 @@ class FieldEmbedding(nn.Module):
         self.table = nn.Embedding(sum(sizes), dim, sparse=True, _weight=empty)
         self.reset_parameters()
 
-    def _drawn(self, i: int) -> torch.Tensor:
-        """Table i's xavier-normal draw (std sqrt(2 / (N_i + dim))) from its own generator, not capped."""
-        n = self.table_sizes[i]
+    def _draw(self, i: int, out: torch.Tensor) -> None:
+        """Table i's xavier-normal draw (std sqrt(2 / (N_i + dim))) from its own generator into `out`, not capped."""
         g = torch.Generator().manual_seed(self.init_seed + i)
-        return torch.randn(n, self.dim, generator=g).mul_(math.sqrt(2.0 / (n + self.dim)))
+        out.normal_(generator=g).mul_(math.sqrt(2.0 / (self.table_sizes[i] + self.dim)))
 
     def table_init(self, i: int) -> torch.Tensor:
         """Table i's initial weights [N_i, dim]: its draw, scaled down as `cap_std` scales it when a cap is set."""
-        w = self._drawn(i)
+        w = torch.empty(self.table_sizes[i], self.dim)
+        self._draw(i, w)
         std = math.sqrt(2.0 / (self.table_sizes[i] + self.dim))
         if self.std_cap is not None and std > self.std_cap:
             w.mul_(self.std_cap / std)  # the product `cap_std` makes, so a deferred build matches a whole one
@@ -80,7 +80,7 @@ class FieldEmbedding(nn.Module):
         with torch.no_grad():
             start = 0
             for i, n in enumerate(self.table_sizes):
-                self.table.weight[start : start + n].copy_(self._drawn(i))
+                self._draw(i, self.table.weight[start : start + n])  # contiguous rows: the same draw as table_init's
                 start += n
 
     @torch.no_grad()

@@ -198,12 +198,10 @@ class Trainer:
 
     def _checkpoint(self, final: bool = False) -> None:
         """Write the run's state; a `final` one keeps the optimizer state only if asked (it can no longer resume)."""
-        keep = not final or self.cfg.keep_optimizer
-        step, meta = self.state.step, None
+        keep, step = not final or self.cfg.keep_optimizer, self.state.step
         if self.sharded:  # every process's shards first: checkpoint.pt then names a step whose shards all exist
             save_shards(self.out, "checkpoint", step, self.rank, self.world, self.model, optimizer=keep)
             distributed.barrier()
-            meta = shard_meta(self.model, step, self.world)
         if self.main:  # every rank holds the same state (but for sharded tables); one copy is written
             save_state(
                 self.out / CHECKPOINT_PT,
@@ -214,7 +212,7 @@ class Trainer:
                 self.cfg,
                 self.device,
                 keep_optimizer=keep,
-                shards=meta,
+                shards=shard_meta(self.model, step, self.world) if self.sharded else None,
             )
         if self.sharded:
             distributed.barrier()
@@ -448,17 +446,16 @@ class Trainer:
 
     def _save_best(self, record: dict[str, Any], with_shards: bool) -> None:
         """Write best.pt: the current weights and `record` (its step); sharded tables as each process's shards."""
-        ck = {"model": self.model.state_dict(), **record}
-        if self.sharded:
-            if with_shards:
-                save_shards(self.out, "best", ck["step"], self.rank, self.world, self.model, optimizer=False)
-                distributed.barrier()
-            ck["shards"] = shard_meta(self.model, ck["step"], self.world)
+        step = record["step"]
+        if self.sharded and with_shards:
+            save_shards(self.out, "best", step, self.rank, self.world, self.model, optimizer=False)
+            distributed.barrier()
         if self.main:
-            save_checkpoint(self.out / BEST_PT, ck)
+            shards = {"shards": shard_meta(self.model, step, self.world)} if self.sharded else {}
+            save_checkpoint(self.out / BEST_PT, {"model": self.model.state_dict(), **record, **shards})
         if self.sharded and with_shards:
             distributed.barrier()
-            drop_older_shards(self.out, "best", ck["step"], self.rank, self.world)
+            drop_older_shards(self.out, "best", step, self.rank, self.world)
 
     def _restore_best(self) -> None:
         """Evaluate the last weights if they were not, then take the best evaluation's weights."""
