@@ -110,6 +110,10 @@ class TrainConfig:
     # refit_max_rows train rows with every other weight frozen: the mean prediction there then equals their
     # click rate (`nasrec.train.bias_refit`). A run that early stopping ends after an epoch is not there yet.
     refit_logit_bias: bool = False
+    # Or: after training, fit logit' = scale x logit + shift on the first refit_max_rows validation rows
+    # (Platt scaling) and fold both into the final layers (`nasrec.train.calibration`). Ranking metrics are
+    # unchanged; it undoes the over-confidence of weights kept by early stopping on AUC.
+    calibrate_logits: bool = False
     refit_max_rows: int = 1_000_000
     schedule: str = "warmup-cosine"
     # "plateau": every lr x plateau_factor after plateau_patience evaluations without gain in the metric

@@ -20,13 +20,18 @@ log = logging.getLogger(__name__)
 
 
 def check_paths_config(spec: ModelSpec, cfg: TrainConfig) -> None:
-    """Refuse settings of supernet paths for a model without paths, and a bias refit for a supernet."""
+    """Refuse settings of supernet paths for a model without paths, and a bias refit or calibration for a supernet."""
     if spec.kind != "supernet" and cfg.path_max_mflops is not None:
         raise NasrecError("training config: path_max_mflops applies to supernets only")
     if spec.kind != "supernet" and cfg.sandwich:
         raise NasrecError("training config: sandwich applies to supernets only")
-    if spec.kind == "supernet" and cfg.refit_logit_bias:
-        raise NasrecError("training config: refit_logit_bias applies to standalone models, not to a supernet's paths")
+    for key in ("refit_logit_bias", "calibrate_logits"):
+        if spec.kind == "supernet" and getattr(cfg, key):
+            raise NasrecError(f"training config: {key} applies to standalone models, not to a supernet's paths")
+    if cfg.refit_logit_bias and cfg.calibrate_logits:
+        raise NasrecError(
+            "training config: refit_logit_bias and calibrate_logits both move the output bias; set one of them"
+        )
 
 
 def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:

@@ -52,6 +52,7 @@ from nasrec.rundir import (
     save_checkpoint,
 )
 from nasrec.train.bias_refit import output_bias, refit_output_bias
+from nasrec.train.calibration import calibrate_logits, check_calibratable, fold_calibration
 from nasrec.train.clip import clip_grad_norm
 from nasrec.train.config import TrainConfig
 from nasrec.train.evaluation import HeadCalibration, evaluate, evaluate_paths, to_device, train_ctr
@@ -111,6 +112,8 @@ class Trainer:
         l2 = effective_l2(cfg, ctr, warn=self.main)
         # a supernet trains a path per step; the sampler (`nasrec.model.paths`) says which
         check_paths_config(spec, cfg)
+        if cfg.calibrate_logits:  # refused now, not after hours of training
+            check_calibratable(self.model, cache)
         self.loader = BatchLoader(
             cache,
             "train",
@@ -468,28 +471,42 @@ class Trainer:
             if self.sharded:
                 load_shards(self.out, "best", int(ck["step"]), self.rank, self.world, self.model, optimizer=False)
             s.best_step = int(ck["step"])
-            s.bias_shift = ck.get("bias_shift")  # set when a killed run had refitted these weights' bias already
+            # set when a killed run had refitted or calibrated these weights already
+            s.bias_shift, s.logit_scale = ck.get("bias_shift"), ck.get("logit_scale")
         self.calib.measured_at = None  # other weights now (rank 0 loaded its best): measure them again
-        s.best_step, s.bias_shift = distributed.broadcast_object((s.best_step, s.bias_shift))
+        s.best_step, s.bias_shift, s.logit_scale = distributed.broadcast_object(
+            (s.best_step, s.bias_shift, s.logit_scale)
+        )
 
     def _refit_bias(self) -> None:
-        """Refit the output bias on train rows (`refit_logit_bias`), once: a resumed run's weights may carry it."""
+        """Refit the output bias on train rows (`refit_logit_bias`) or calibrate the logit on validation rows
+        (`calibrate_logits`), once: a resumed run's weights may carry it."""
         cfg, s = self.cfg, self.state
-        if not cfg.refit_logit_bias or self.paths.has_paths or s.bias_shift is not None:
+        wanted = cfg.refit_logit_bias or cfg.calibrate_logits
+        if not wanted or self.paths.has_paths or s.bias_shift is not None:
             return
         self._calibrate_head()  # centred heads: the logits fitted on are the ones evaluation gives
-        # sharded tables: every rank runs the forward passes, and applies rank 0's shift in place of its own
+        # sharded tables: every rank runs the forward passes, and applies rank 0's figures in place of its own
         here = self.main or self.sharded
-        own = refit_output_bias(self.model, self.cache, cfg.eval_batch_size, cfg.refit_max_rows) if here else 0.0
-        s.bias_shift = distributed.broadcast_object(own)
-        if not self.main:
-            bias = output_bias(self.model)
-            if bias is not None:
-                with torch.no_grad():
-                    bias.add_(s.bias_shift - own)
+        if cfg.calibrate_logits:
+            own = calibrate_logits(self.model, self.cache, cfg.eval_batch_size, cfg.refit_max_rows) if here else None
+            s.logit_scale, s.bias_shift = distributed.broadcast_object(own)
+            if own != (s.logit_scale, s.bias_shift):
+                if own is not None:
+                    fold_calibration(self.model, 1.0 / own[0], -own[1] / own[0])
+                fold_calibration(self.model, s.logit_scale, s.bias_shift)
+        else:
+            own = refit_output_bias(self.model, self.cache, cfg.eval_batch_size, cfg.refit_max_rows) if here else 0.0
+            s.bias_shift = distributed.broadcast_object(own)
+            if not self.main:
+                bias = output_bias(self.model)
+                if bias is not None:
+                    with torch.no_grad():
+                        bias.add_(s.bias_shift - own)
         if cfg.restore_best:  # the run's model is best.pt
-            self._save_best({"step": s.best_step, "bias_shift": s.bias_shift}, with_shards=False)
-        self._checkpoint(final=True)  # records the shift (and, without restore_best, the shifted weights)
+            record = {"step": s.best_step, "bias_shift": s.bias_shift, "logit_scale": s.logit_scale}
+            self._save_best(record, with_shards=False)
+        self._checkpoint(final=True)  # records the figures (and, without restore_best, the changed weights)
 
     def _final(self) -> dict[str, Any]:
         s = self.state
@@ -508,6 +525,7 @@ class Trainer:
             "weights": "best" if self.cfg.restore_best else "final",
             "best_step": s.best_step,
             **({"bias_shift": s.bias_shift} if s.bias_shift is not None else {}),
+            **({"logit_scale": s.logit_scale} if s.logit_scale is not None else {}),
             "train_seconds": s.train_seconds,
         }
         if self.sync is not None:

@@ -59,6 +59,7 @@ class AutoIntPlus(ZooModel):
     """AutoInt+: stacked interacting layers and a DNN, logits summed."""
 
     name = "autoint+"
+    logit_parts = ("attention_head", "mlp")
 
     def __init__(
         self,

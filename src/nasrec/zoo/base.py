@@ -94,6 +94,10 @@ class ZooModel(nn.Module):
     name: str = "zoo"
     # Set by models with a `max_embedding_std` hyper-parameter; None keeps FieldEmbedding's init as is.
     max_embedding_std: float | None = None
+    # The submodules whose outputs the logit sums, each linear in its own weights (a Linear(→ 1), an MLP's last
+    # layer, LR's FirstOrder, FinalMLP's fusion): scaling those weights scales the logit
+    # (`nasrec.train.calibration`). Empty where a product of two learned vectors reaches it (FM, DeepFM).
+    logit_parts: tuple[str, ...] = ()
 
     def __init__(self, num_dense: int, table_sizes: Sequence[int]) -> None:
         super().__init__()

@@ -92,6 +92,8 @@ class CrossNetwork(nn.Module):
 class CrossAndDeep(ZooModel):
     """What DCN and DCNv2 share: a cross network and a DNN over x_0, parallel or stacked, and the logit."""
 
+    logit_parts = ("head",)
+
     def _build(
         self, cross: CrossNetwork, d: int, mlp_dims: object, dropout: object, batchnorm: object, structure: str
     ) -> None:

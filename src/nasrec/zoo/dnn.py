@@ -31,6 +31,7 @@ class DNN(ZooModel):
     """An MLP over the dense features and the flattened field embeddings."""
 
     name = "dnn"
+    logit_parts = ("mlp",)
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class DLRM(ZooModel):
     """DLRM: bottom MLP, pairwise dot-product interactions, top MLP."""
 
     name = "dlrm"
+    logit_parts = ("top",)
 
     def __init__(
         self,

@@ -109,6 +109,7 @@ class FinalMLP(ZooModel):
     """FinalMLP: two gated MLP streams and a multi-head bilinear fusion."""
 
     name = "finalmlp"
+    logit_parts = ("fusion",)  # each of its terms holds one of its weights once
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ class LR(ZooModel):
     """Logistic regression over dense features and one-hot categorical fields."""
 
     name = "lr"
+    logit_parts = ("linear",)
 
     def __init__(self, num_dense: int, table_sizes: Sequence[int]) -> None:
         super().__init__(num_dense, table_sizes)

@@ -30,6 +30,7 @@ class IPNN(ZooModel):
     """Inner-product PNN: pairwise inner products of the fields and the embeddings, then an MLP."""
 
     name = "ipnn"
+    logit_parts = ("mlp",)
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ class WideAndDeep(ZooModel):
     """Wide & Deep: a first-order linear model and a DNN, logits summed."""
 
     name = "wdl"
+    logit_parts = ("linear", "mlp")
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class XDeepFM(ZooModel):
     """xDeepFM: linear, CIN and DNN components over shared embeddings."""
 
     name = "xdeepfm"
+    logit_parts = ("linear", "cin_head", "mlp")
 
     def __init__(
         self,
