@@ -117,7 +117,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _add_latency(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("latency", help="serving latency of a model on this machine (onnxruntime or TorchScript)")
-    lsub = p.add_subparsers(dest="latency_command", required=True, metavar="{measure}")
+    lsub = p.add_subparsers(dest="latency_command", required=True, metavar="{measure,profile,predict}")
     m = lsub.add_parser("measure", help="export a model and time it call by call at each batch size and thread count")
     what = m.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="DIR", help="run directory of `nasrec train`")
@@ -133,10 +133,213 @@ def _add_latency(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--reps", type=clicheck.int_at_least(1), default=300, help="timed calls (default 300)")
     m.add_argument("--out", metavar="FILE.json", help="also write the result here")
     m.add_argument("--json", action="store_true", help=JSON_HELP)
+    _add_latency_profile(lsub)
+    _add_latency_predict(lsub)
+
+
+def _add_shape(p: argparse.ArgumentParser, required: bool) -> None:
+    shape = p.add_mutually_exclusive_group(required=required)
+    shape.add_argument("--data", metavar="DIR", help="prepared cache: its fields and table sizes")
+    shape.add_argument(
+        "--shape", metavar="criteo|D,S", help="a data shape without a cache: criteo, or D dense and S sparse fields"
+    )
+
+
+def _add_latency_profile(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser(
+        "profile",
+        help="measure a latency table: each operator and block part a space's models run, on this machine",
+    )
+    p.add_argument("--space", required=True, help="small, full, full+ or a space file")
+    _add_shape(p, required=True)
+    p.add_argument("--runtime", choices=["onnxruntime", "torchscript"], default="onnxruntime")
+    p.add_argument("--batch", type=clicheck.int_at_least(1), nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--threads", type=clicheck.int_at_least(1), nargs="+", default=[1], help="thread counts (default 1)")
+    p.add_argument("--warmup", type=clicheck.int_at_least(0), default=50, help="untimed calls first (default 50)")
+    p.add_argument("--reps", type=clicheck.int_at_least(1), default=300, help="timed calls (default 300)")
+    p.add_argument(
+        "--calibration",
+        type=clicheck.int_at_least(3),
+        default=10,
+        metavar="N",
+        help="architectures timed end to end to fit the per-model overhead (default 10)",
+    )
+    p.add_argument(
+        "--fit",
+        choices=["overhead", "scaled"],
+        default="overhead",
+        help="overhead: intercept + cost per head input; scaled: also a scale on the table's sum",
+    )
+    p.add_argument("--layernorm", action="store_true", help="models with layer norms (as their recipe trains them)")
+    p.add_argument("--force", action="store_true", help="resume a table made for another use anyway")
+    p.add_argument("--out", required=True, metavar="TABLE.json", help="the table (resumed if it exists)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _add_latency_predict(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser("predict", help="an architecture's latency predicted from a latency table")
+    p.add_argument("--table", required=True, metavar="TABLE.json", help="from `nasrec latency profile`")
+    p.add_argument("--arch", metavar="FILE.json", help="nasrec architecture (else --seed draws one of --space)")
+    p.add_argument("--space", help="the space (default: the table's)")
+    p.add_argument("--seed", type=int, help="draw the architecture of --space with this seed")
+    p.add_argument("--strategy", default="uniform", help="sampling strategy for --seed (default uniform)")
+    _add_shape(p, required=False)
+    p.add_argument("--runtime", choices=["onnxruntime", "torchscript"], default="onnxruntime")
+    p.add_argument("--batch", type=clicheck.int_at_least(1), default=1)
+    p.add_argument("--threads", type=clicheck.int_at_least(1), default=1)
+    p.add_argument("--layernorm", action="store_true", help="models with layer norms")
+    p.add_argument("--force", action="store_true", help="use a table of another machine, space or shape anyway")
+    p.add_argument("--measure", action="store_true", help="also export the model and time it end to end")
+    p.add_argument("--warmup", type=clicheck.int_at_least(0), default=50)
+    p.add_argument("--reps", type=clicheck.int_at_least(1), default=300)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _shape(args: argparse.Namespace) -> tuple[int, list[int], str] | None:
+    """(dense fields, table sizes, what) of --data or --shape, or None where neither is given."""
+    if args.data is not None:
+        from nasrec.data.cache import open_cache
+
+        cache = open_cache(args.data)
+        return len(cache.dense_fields), list(cache.table_sizes), str(args.data)
+    if args.shape is None:
+        return None
+    if args.shape == "criteo":
+        from nasrec.data.formats import CRITEO_TABLE_SIZES
+
+        # latency does not depend on a table's row count; capped so that a model builds quickly
+        return 13, [min(n, 100_000) for n in CRITEO_TABLE_SIZES], "criteo"
+    try:
+        dense, sparse = (int(v) for v in args.shape.split(","))
+    except ValueError:
+        raise NasrecError(f"--shape {args.shape!r}: expected criteo or D,S (dense and sparse field counts)") from None
+    if dense < 0 or sparse < 1:
+        raise NasrecError(f"--shape {args.shape!r}: need D >= 0 dense and S >= 1 sparse fields")
+    return dense, [1_000] * sparse, args.shape
+
+
+def _run_latency_profile(args: argparse.Namespace) -> int:
+    from nasrec.export.latency_table import profile_table
+    from nasrec.space.space import get_space
+
+    num_dense, sizes, what = _shape(args)  # type: ignore[misc]  # --data or --shape is required
+    table = profile_table(
+        get_space(args.space),
+        num_dense,
+        sizes,
+        args.out,
+        runtime=args.runtime,
+        batches=args.batch,
+        threads=args.threads,
+        warmup=args.warmup,
+        reps=args.reps,
+        layernorm=args.layernorm,
+        calibration=args.calibration,
+        fit_form=args.fit,
+        force=args.force,
+    )
+    res = {
+        "table": args.out,
+        "space": table["space"]["name"],
+        "shape": what,
+        "machine": table["machine"],
+        "runtime": table["runtime"],
+        "settings": {
+            k: {"entries": len(v["entries"]), "calibration": len(v["calibration"]), "fit": v.get("fit")}
+            for k, v in table["settings"].items()
+        },
+    }
+    console.show(res, args.json, _profile_text)
+    return 0
+
+
+def _profile_text(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"wrote {r['table']}: latency table of space {r['space']!r} at {r['shape']} on {m['cpu']} "
+             f"({m['cpu_capability']}), {r['runtime']}"]  # fmt: skip
+    for name, s in r["settings"].items():
+        fit = s["fit"] or {}
+        lines.append(
+            f"  {name}: {s['entries']} entries, overhead fitted on {s['calibration']} architectures: "
+            f"{fit.get('intercept_ms', float('nan')):.4f} ms + {fit.get('head_ms_per_input', float('nan')) * 1e3:.3f} us "
+            f"per head input, scale {fit.get('scale', 1.0):.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _run_latency_predict(args: argparse.Namespace) -> int:
+    from nasrec.export.latency_model import load_latency_model, read_table
+    from nasrec.space.arch import Architecture
+    from nasrec.space.space import SearchSpace, get_space, sample_architecture
+
+    table = read_table(args.table)
+    space = get_space(args.space) if args.space else SearchSpace.from_dict(table["space"], source=args.table)
+    if (args.arch is None) == (args.seed is None):
+        raise NasrecError("latency predict needs --arch FILE or --seed N (an architecture of --space)")
+    arch = Architecture.load(args.arch) if args.arch else sample_architecture(space, args.seed, args.strategy)
+    shape = _shape(args)
+    if shape is None:  # the table's own shape: nothing to compare against, so nothing can differ
+        num_dense, num_sparse = table["shape"]["num_dense"], table["shape"]["num_sparse"]
+        sizes, what = [1_000] * num_sparse, "the table's shape"
+    else:
+        num_dense, sizes, what = shape
+        num_sparse = len(sizes)
+    model = load_latency_model(
+        args.table,
+        space,
+        num_dense,
+        num_sparse,
+        runtime=args.runtime,
+        batch=args.batch,
+        threads=args.threads,
+        layernorm=args.layernorm,
+        force=args.force,
+    )
+    res: dict = {
+        "arch": args.arch or f"{space.name} seed {args.seed} ({args.strategy})",
+        "shape": what,
+        "runtime": args.runtime,
+        "batch": args.batch,
+        "threads": args.threads,
+        "predicted_ms": round(model.predict(arch), 5),
+        "warnings": model.warnings,
+    }
+    if args.measure:
+        from nasrec.export.latency import measure_model_latency
+        from nasrec.model.subnet import Subnet
+
+        m = measure_model_latency(
+            Subnet(arch, num_dense, sizes, layernorm=args.layernorm),
+            num_dense,
+            sizes,
+            runtime=args.runtime,
+            batches=(args.batch,),
+            threads=(args.threads,),
+            warmup=args.warmup,
+            reps=args.reps,
+        )
+        res["measured_ms"] = m["results"][0]["p50_ms"]
+        res["relative_error"] = round((res["predicted_ms"] - res["measured_ms"]) / res["measured_ms"], 4)
+    console.show(res, args.json, _predict_latency_text)
+    return 0
+
+
+def _predict_latency_text(r: dict) -> str:
+    text = f"{r['arch']}: predicted {r['predicted_ms']:.4f} ms ({r['runtime']}, batch {r['batch']}, {r['threads']} thread(s))"
+    if "measured_ms" in r:
+        text += f"\n  measured {r['measured_ms']:.4f} ms: prediction off by {r['relative_error']:+.1%}"
+    for w in r["warnings"]:
+        text += f"\n  warning: {w}"
+    return text
 
 
 def _run_latency(args: argparse.Namespace) -> int:
     from nasrec.export.latency import measure_model_latency, measure_run_latency
+
+    if args.latency_command == "profile":
+        return _run_latency_profile(args)
+    if args.latency_command == "predict":
+        return _run_latency_predict(args)
 
     options = dict(runtime=args.runtime, batches=args.batch, threads=args.threads, warmup=args.warmup, reps=args.reps)
     if args.model is not None:
