@@ -261,3 +261,18 @@ def test_a_file_that_is_not_a_table_is_named(tmp_path: Path) -> None:
         read_table(bad)
     with pytest.raises(NasrecError, match=r"missing.json: no such latency table"):
         read_table(tmp_path / "missing.json")
+
+
+def test_a_profile_covers_each_batch_size_and_thread_count_in_torchscript_too(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict({**TINY, "dense_ops": ["fc"], "dense_widths": [16]}, source="tinier")
+    out = tmp_path / "ts.json"
+    table = latency_table.profile_table(
+        space, 3, [5, 6, 7, 8], out, runtime="torchscript", batches=(1, 4), threads=(1, 2), warmup=0, reps=2,
+        calibration=3,
+    )  # fmt: skip
+    assert json.loads(json.dumps(table)) == read_table(out) and table["runtime"] == "torchscript"
+    assert sorted(table["settings"]) == [setting_key(b, t) for b in (1, 4) for t in (1, 2)]
+    keys = component_keys(space, grids(space, 3, 4))
+    for setting in table["settings"].values():
+        assert sorted(setting["entries"]) == sorted(keys) and all(v >= 0 for v in setting["entries"].values())
+        assert len(setting["calibration"]) == 3 and "intercept_ms" in setting["fit"]
