@@ -14,7 +14,8 @@ predicted from the table. The first `--repeat` of them are timed a second time: 
 
 Prints one JSON line per architecture, then per space the relative error |predicted - measured| / measured
 of each fit form (``overhead``: the table's sum plus the fitted intercept and per-head-input cost;
-``scaled``: the same with a fitted scale on the sum; ``mflops``: a line in MFLOPs fitted on the same
+``scaled``: the same with a fitted scale on the sum; ``params``: the overhead plus a fitted cost per million
+non-embedding parameters; ``mflops``: a line in MFLOPs fitted on the same
 calibration architectures, for comparison), median and 90th percentile, and the profile's duration.
 """
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         table = profile_table(space, 13, sizes, path, calibration=args.calibration, **timing)
         profile_s = time.perf_counter() - t0
         setting = table["settings"][setting_key(args.batch, args.threads)]
-        fits = {form: fit_setting(table, setting, form) for form in ("overhead", "scaled")}
+        fits = {form: fit_setting(table, setting, form) for form in ("overhead", "scaled", "params")}
         calib = [(Architecture.from_dict(p["arch"]), p["measured_ms"]) for p in setting["calibration"]]
         # MFLOPs line on the same calibration architectures: what FLOPs alone would give
         cx = np.array([arch_cost(a, 13, 26).mflops for a, _ in calib])
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "fits": fits,
             "measured_ms_range": [round(float(meas.min()), 4), round(float(meas.max()), 4)],
         }
-        for form in ("overhead", "scaled", "mflops"):
+        for form in ("overhead", "scaled", "params", "mflops"):
             out[form] = _errors(np.array([r[f"pred_{form}_ms"] for r in rows]), meas)
         again = [(r["measured_ms"], r["measured_again_ms"]) for r in rows if "measured_again_ms" in r]
         if again:

@@ -113,6 +113,12 @@ def test_the_overhead_fit_recovers_a_known_line() -> None:
     assert fit["intercept_ms"] == pytest.approx(0.02) and fit["head_ms_per_input"] == pytest.approx(2e-5)
     scaled = fit_overhead([{**p, "measured_ms": 0.01 + 2 * p["components_ms"]} for p in points], "scaled")
     assert scaled["scale"] == pytest.approx(2.0) and scaled["head_ms_per_input"] == pytest.approx(0, abs=1e-12)
+    with_params = [
+        {**p, "params_m": m, "measured_ms": p["measured_ms"] + 0.003 * m}
+        for p, m in zip(points, [1, 4, 2, 0.5], strict=True)
+    ]
+    params = fit_overhead(with_params, "params")
+    assert params["ms_per_million_params"] == pytest.approx(0.003) and params["scale"] == 1.0
     with pytest.raises(NasrecError, match="at least 3 calibration"):
         fit_overhead(points[:2])
 

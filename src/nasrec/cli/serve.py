@@ -166,9 +166,10 @@ def _add_latency_profile(lsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fit",
-        choices=["overhead", "scaled"],
+        choices=["overhead", "scaled", "params"],
         default="overhead",
-        help="overhead: intercept + cost per head input; scaled: also a scale on the table's sum",
+        help="overhead: intercept + cost per head input; scaled: also a scale on the table's sum; params: also a "
+        "cost per million weights",
     )
     p.add_argument("--layernorm", action="store_true", help="models with layer norms (as their recipe trains them)")
     p.add_argument("--force", action="store_true", help="resume a table made for another use anyway")

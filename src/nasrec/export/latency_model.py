@@ -18,8 +18,10 @@ grid and interpolated linearly between its points (a GEMV's time is close to aff
 at a fixed output width); the other axis (W, Ws, input count) is measured at every value the space
 allows. Everything a model pays once (session call, embedding lookup, head, output sigmoid) is the
 *overhead*: intercept + a cost per head input feature, fitted by least squares on calibration
-architectures measured end to end and stored in the table (``calibration``), optionally with a scale on
-the components' sum (``form: scaled``) where probes measured in isolation are systematically off.
+architectures measured end to end and stored in the table (``calibration``). Two small learned
+corrections are the other fit forms: ``scaled`` fits a scale on the components' sum as well (probes
+timed in isolation may be systematically off), ``params`` a cost per million non-embedding parameters
+(a whole model streams more weights per call than any probe, so more of them come from farther caches).
 
 `LatencyModel.predict` is pure Python arithmetic (a walk over the blocks and dictionary look-ups):
 microseconds per architecture, so a search can call it for every candidate. A table is only valid for
@@ -46,7 +48,7 @@ TABLE_FORMAT = "nasrec-latency-table"
 TABLE_VERSION = 1
 D2S_TOKENS = 8
 TOKEN_DIM = 16
-FIT_FORMS = ("overhead", "scaled")
+FIT_FORMS = ("overhead", "scaled", "params")
 DOT_PROBE_DIN = 64  # dot is profiled with a dense input this wide; its projection at other widths is fc(din -> 16)
 
 
@@ -153,7 +155,8 @@ class LatencyModel:
     num_sparse: int
     batch: int
     threads: int
-    fit: dict[str, float] = field(default_factory=dict)  # intercept_ms, head_ms_per_input, scale
+    fit: dict[str, float] = field(default_factory=dict)  # intercept_ms, head_ms_per_input, scale, ...
+    layernorm: bool = False
     warnings: list[str] = field(default_factory=list)
     source: str = ""
 
@@ -224,6 +227,12 @@ class LatencyModel:
         """Milliseconds of the table's components for `arch`, without the overhead."""
         return sum(ms for _, ms in self.components(arch))
 
+    def params_m(self, arch: Architecture) -> float:
+        """The model's non-embedding parameters in millions (what it streams from memory per call)."""
+        from nasrec.model.cost import arch_cost
+
+        return arch_cost(arch, self.num_dense, self.num_sparse, use_layernorm=self.layernorm).dense_params / 1e6
+
     def predict(self, arch: Architecture) -> float:
         """Predicted p50 latency in milliseconds of `arch`'s exported model at this setting."""
         if not self.fit:
@@ -231,17 +240,21 @@ class LatencyModel:
                 f"latency table {self.source}: not calibrated (no overhead fit); run the profile to the end"
             )
         f = self.fit
-        return (
+        ms = (
             f["intercept_ms"]
             + f["head_ms_per_input"] * self.head_inputs(arch)
             + f.get("scale", 1.0) * self.component_sum(arch)
         )
+        if "ms_per_million_params" in f:  # form params: weights beyond what the probes held in cache
+            ms += f["ms_per_million_params"] * self.params_m(arch)
+        return ms
 
 
 def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> dict[str, float]:
-    """Least-squares overhead (intercept + per head input, and a components' scale if `form` is scaled).
+    """Least-squares overhead of a form (`FIT_FORMS`) on calibration points; see the module docstring.
 
-    Each point holds measured_ms, components_ms (the table's sum) and head_inputs of one calibration architecture.
+    Each point holds measured_ms, components_ms (the table's sum), head_inputs and (form ``params``)
+    params_m, the model's non-embedding parameters in millions, of one calibration architecture.
     """
     import numpy as np
 
@@ -251,16 +264,22 @@ def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> 
         raise NasrecError(f"latency fit needs at least 3 calibration architectures, got {len(points)}")
     y = np.array([p["measured_ms"] for p in points])
     s = np.array([p["components_ms"] for p in points])
-    h = np.array([p["head_inputs"] for p in points], dtype=float)
+    cols = [np.ones_like(y), np.array([p["head_inputs"] for p in points], dtype=float)]
+    if form == "scaled":
+        cols.append(s)
+    if form == "params":
+        cols.append(np.array([p["params_m"] for p in points], dtype=float))
+    X = np.stack(cols, axis=1)
+    target = y if form == "scaled" else y - s
     # relative errors are what the model is judged on: weight each point by 1 / measured
     w = 1.0 / y
-    if form == "overhead":
-        X = np.stack([np.ones_like(y), h], axis=1)
-        coef, *_ = np.linalg.lstsq(X * w[:, None], (y - s) * w, rcond=None)
-        return {"form": form, "intercept_ms": float(coef[0]), "head_ms_per_input": float(coef[1]), "scale": 1.0}
-    X = np.stack([np.ones_like(y), h, s], axis=1)
-    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
-    return {"form": form, "intercept_ms": float(coef[0]), "head_ms_per_input": float(coef[1]), "scale": float(coef[2])}
+    coef, *_ = np.linalg.lstsq(X * w[:, None], target * w, rcond=None)
+    fit = {"form": form, "intercept_ms": float(coef[0]), "head_ms_per_input": float(coef[1]), "scale": 1.0}
+    if form == "scaled":
+        fit["scale"] = float(coef[2])
+    if form == "params":
+        fit["ms_per_million_params"] = float(coef[2])
+    return fit
 
 
 # -- table files -----------------------------------------------------------------------------------------
@@ -398,6 +417,7 @@ def load_latency_model(
         batch=batch,
         threads=threads,
         fit=dict(setting["fit"]),
+        layernorm=table["layernorm"],
         warnings=warnings,
         source=str(path),
     )

@@ -384,8 +384,11 @@ def fit_setting(table: dict[str, Any], setting: dict[str, Any], form: str = "ove
     points = []
     for p in setting["calibration"]:
         arch = Architecture.from_dict(p["arch"])
-        points.append({"measured_ms": p["measured_ms"], "components_ms": model.component_sum(arch),
-                       "head_inputs": model.head_inputs(arch)})  # fmt: skip
+        point = {"measured_ms": p["measured_ms"], "components_ms": model.component_sum(arch),
+                 "head_inputs": model.head_inputs(arch)}  # fmt: skip
+        if form == "params":
+            point["params_m"] = model.params_m(arch)
+        points.append(point)
     return fit_overhead(points, form)
 
 
@@ -398,4 +401,5 @@ def model_of(table: dict[str, Any], setting: dict[str, Any]) -> LatencyModel:
         batch=setting["batch"],
         threads=setting["threads"],
         fit=dict(setting.get("fit") or {}),
+        layernorm=table["layernorm"],
     )
