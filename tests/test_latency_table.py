@@ -229,6 +229,10 @@ def test_a_table_for_another_machine_space_or_shape_is_refused_unless_forced(
     assert "Imaginary CPU 9000" in err and "--force" in err and len(err.splitlines()) == 1
     assert main(["latency", "predict", "--table", str(other_cpu), "--seed", "1", "--force", "--json"]) == 0
     assert "Imaginary CPU 9000" in json.loads(capsys.readouterr().out)["warnings"][0]
+    small_arch = tmp_path / "small.json"
+    get_space("small").sample(np.random.default_rng(0), "uniform").save(small_arch)
+    assert main(["latency", "predict", "--table", str(out), "--arch", str(small_arch)]) != 0
+    assert "architecture not in search space 'tiny'" in capsys.readouterr().err
     assert main(["latency", "predict", "--table", str(out), "--seed", "1", "--shape", "criteo"]) != 0
     assert "the data has 13 / 26" in capsys.readouterr().err
     # resuming a profile into a table made for another space is refused too
@@ -246,6 +250,7 @@ def test_a_table_for_another_machine_space_or_shape_is_refused_unless_forced(
         (lambda t: t["settings"]["batch 1, threads 1"]["entries"].update({"fc|1|2": "x"}), "must be a number"),
         (lambda t: t["settings"]["batch 1, threads 1"]["fit"].pop("intercept_ms"), "fit.intercept_ms' must be"),
         (lambda t: t["shape"].pop("num_sparse"), "'shape.num_sparse' must be an integer"),
+        (lambda t: t["settings"]["batch 1, threads 1"]["calibration"][1].pop("arch"), r"calibration\[1\]' needs"),
     ],
 )
 def test_a_malformed_table_is_a_one_line_error_naming_the_file_and_key(

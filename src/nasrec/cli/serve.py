@@ -278,6 +278,8 @@ def _run_latency_predict(args: argparse.Namespace) -> int:
     if (args.arch is None) == (args.seed is None):
         raise NasrecError("latency predict needs --arch FILE or --seed N (an architecture of --space)")
     arch = Architecture.load(args.arch) if args.arch else sample_architecture(space, args.seed, args.strategy)
+    if not args.force:
+        space.check(arch)  # the table prices only the operators and widths of its space
     shape = _shape(args)
     if shape is None:  # the table's own shape: nothing to compare against, so nothing can differ
         num_dense, num_sparse = table["shape"]["num_dense"], table["shape"]["num_sparse"]

@@ -331,6 +331,12 @@ def read_table(path: str | Path) -> dict[str, Any]:
                 raise NasrecError(f"{path}: latency table key '{where}.entries.{key}' is not component|a|b") from None
             if not isinstance(ms, int | float) or isinstance(ms, bool):
                 raise NasrecError(f"{path}: latency table key '{where}.entries.{key}' must be a number")
+        for k, point in enumerate(setting.get("calibration", [])):
+            ok = isinstance(point, dict) and isinstance(point.get("seed"), int) and isinstance(point.get("arch"), dict)
+            if not (ok and isinstance(point.get("measured_ms"), int | float)):
+                raise NasrecError(
+                    f"{path}: latency table key '{where}.calibration[{k}]' needs seed, measured_ms and arch"
+                )
         fit = setting.get("fit")
         if fit is not None:
             for key in ("intercept_ms", "head_ms_per_input"):
