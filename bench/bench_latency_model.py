@@ -34,8 +34,8 @@ from _machine import machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.export.latency import measure_model_latency
-from nasrec.export.latency_model import setting_key
 from nasrec.export.latency_table import fit_setting, model_of, profile_table
+from nasrec.latency.model import setting_key
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
 from nasrec.space.arch import Architecture

@@ -21,6 +21,13 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
    4x the preset's fine-tune steps (the fine-tune ablation). `--rank-k 0` skips it; `--rank-capped`
    draws only architectures within `--max-mflops`, where the search looks.
 
+Under a serving-latency budget (issue 25): `--latency-dir DIR` profiles (or reuses) a latency table per
+dataset and space, `DIR/<dataset>-<space>.json` (`nasrec latency profile`: onnxruntime, batch 1, one
+thread; a profile takes minutes), and `--max-latency-ms X|MODEL` caps the search (and, with
+`--supernet-budget`, the supernet's paths) by the predicted latency; `--max-mflops none` drops the MFLOPs
+cap. The summary then holds the final architecture's latency measured after export and the named
+baseline's, on this machine.
+
 `--nasrec-layernorm` / `--nasrec-lr` change the recipe of the nasrec architectures (retraining, final
 seeds, rank check) but not of the zoo; `--finetune` / `--finetune-steps` change the scoring.
 
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-rows", type=int, default=60_000, help="rows of the synthetic dataset")
     ap.add_argument("--supernet-epochs", type=int, default=4)
     ap.add_argument("--max-mflops", default="1.0446", help="the cap: MFLOPs or a zoo model (its MFLOPs on the data)")
+    ap.add_argument("--latency-dir", type=Path, help="latency tables per dataset and space (profiled if missing)")
+    ap.add_argument("--max-latency-ms", help="a latency cap: milliseconds or a zoo model (needs --latency-dir)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rank-k", type=int, default=12, help="architectures of the rank check (0: no rank check)")
     ap.add_argument("--top-k", type=int, help="architectures retrained after the search (default: the preset's)")
@@ -103,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     searching = {"top_k": args.top_k} if args.top_k is not None else {}
     if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
+    if args.max_latency_ms is not None and args.latency_dir is None:
+        ap.error("--max-latency-ms needs --latency-dir (where the latency tables are)")
+    max_mflops = None if str(args.max_mflops).lower() == "none" else args.max_mflops
     rows, summaries = [], []
     for dataset in args.datasets:
         cache = prepare_dataset(dataset, args.work, 2, args.synthetic_rows, "interactions")
+        latency = latency_settings(args, dataset, cache, max_mflops is not None and args.supernet_budget)
         t0 = time.perf_counter()
         sn = args.work / f"supernet-{dataset}-{args.space}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
@@ -120,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 path_warmup_steps=steps // 4,
                 threads=2,
                 **({"lr": args.supernet_lr} if args.supernet_lr else {}),
-                **({"path_max_mflops": args.max_mflops} if args.supernet_budget else {}),
+                **({"path_max_mflops": max_mflops} if args.supernet_budget and max_mflops is not None else {}),
+                **latency["supernet"],
             ),
             progress=False,
         )
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             cache,
             out,
             preset=args.preset,
-            overrides=dict(max_mflops=args.max_mflops, seed=0, **scoring, **searching),
+            overrides=dict(max_mflops=max_mflops, seed=0, **scoring, **searching, **latency["search"]),
             workers=args.workers,
             retrain=True,
             train_overrides={**recipe(dataset, cache, 0), **nasrec},
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec),
                 workers=args.workers,
                 score_overrides=scoring,
-                max_mflops=args.max_mflops if args.rank_capped else None,
+                max_mflops=max_mflops if args.rank_capped else None,
             )
             ablation = finetune_ablation(sn, cache, rc, args.preset, args.workers, scoring)
         summary = {
@@ -178,12 +192,59 @@ def main(argv: list[str] | None = None) -> int:
             "rank_pairs": rc["pairs"],
             "finetune_ablation": ablation,
             "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset]),
+            **measured_latency(args, cache, final, latency),
         }
         summaries.append(summary)
         print(json.dumps(summary), flush=True)
     print(table(rows), flush=True)
     print(json.dumps({"bench": "search_quality", "machine": machine_info(), "summaries": len(summaries)}))
     return 0
+
+
+def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops_budget: bool) -> dict[str, dict]:
+    """The latency table's and cap's settings for the supernet and the search (empty without --latency-dir)."""
+    if args.latency_dir is None:
+        return {"supernet": {}, "search": {}}
+    from nasrec.export.latency_table import profile_table
+    from nasrec.space.space import get_space
+
+    table = args.latency_dir / f"{dataset}-{args.space.replace('+', 'plus')}.json"
+    c = open_cache(cache)
+    t0 = time.perf_counter()
+    sizes = tuple(c.table_sizes)  # with the served models' layer norms; resumes a profile, or reuses a finished one
+    profile_table(get_space(args.space), len(c.dense_fields), sizes, table, layernorm=args.nasrec_layernorm)
+    print(json.dumps({"latency_table": str(table), "seconds": round(time.perf_counter() - t0)}), flush=True)
+    common = {"latency_table": str(table)}
+    search = dict(common, **({"max_latency_ms": args.max_latency_ms} if args.max_latency_ms is not None else {}))
+    supernet = dict(common)
+    if args.supernet_budget and args.max_latency_ms is not None:
+        supernet["path_max_latency_ms"] = args.max_latency_ms
+    return {"supernet": supernet if len(supernet) > 1 or mflops_budget else {}, "search": search}
+
+
+def measured_latency(args: argparse.Namespace, cache: Path, final: Architecture, latency: dict) -> dict:
+    """The final architecture's serving latency predicted and measured after export (and a named cap's model's)."""
+    if args.latency_dir is None:
+        return {}
+    from nasrec.export.latency import measure_model_latency
+    from nasrec.export.latency_caps import zoo_latency_ms
+    from nasrec.latency.model import load_latency_model
+    from nasrec.model.subnet import Subnet
+    from nasrec.space.space import get_space
+
+    c = open_cache(cache)
+    num_dense, sizes = len(c.dense_fields), tuple(c.table_sizes)
+    model = Subnet(final, num_dense, sizes, layernorm=args.nasrec_layernorm)
+    path, space = latency["search"]["latency_table"], get_space(args.space)
+    table = load_latency_model(path, space, num_dense, len(sizes), layernorm=args.nasrec_layernorm)
+    out = {
+        "final_latency_ms_measured": measure_model_latency(model, num_dense, sizes)["results"][0]["p50_ms"],
+        "final_latency_ms_predicted": round(table.predict(final), 5),
+    }
+    cap = str(args.max_latency_ms or "").strip().lower()
+    if cap and not cap.replace(".", "", 1).isdigit():
+        out[f"{cap}_latency_ms_measured"] = zoo_latency_ms(cap, cache, "onnxruntime", 1, 1)
+    return out
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 
 from nasrec.errors import NasrecError
 from nasrec.export import latency_table
-from nasrec.export.latency_model import (
+from nasrec.latency.model import (
     LatencyModel,
     component_keys,
     entry_key,

@@ -48,6 +48,8 @@ LAYERS: dict[str, int] = {
     "nasrec.model.layers": 2,
     # 3 nasrec's models (operators, supernet, subnets, cost, path sampling) and the model spec
     "nasrec.model": 3,
+    # serving latency predicted from a latency table: arithmetic on architectures (the timing is export's)
+    "nasrec.latency": 3,
     # 4 the baseline zoo: built from model's embedding, registered with model's spec
     "nasrec.zoo": 4,
     "nasrec.backend": 4,  # the embedding tables' engines (TorchRec): model's tables in, train's optimizer out

@@ -269,3 +269,32 @@ def test_the_search_section_says_how_halving_chose(run: Path) -> None:
     text = write_report(run)["markdown"].read_text()
     assert "Successive halving chose the final architecture: 9 -> 3 architectures trained from scratch " in text
     assert "(200 steps, then the whole recipe)" in text
+
+
+def test_a_run_with_a_latency_table_reports_measured_latency_and_the_front_over_it(run: Path) -> None:
+    """latency.json (measured after export) becomes a column and, with the search's predictions, a second figure."""
+    plain = write_report(run)["markdown"].read_text()
+    assert "latency ms" not in plain and not (run / "report" / "pareto_latency.png").exists()
+    history = [json.loads(x) for x in (run / "search" / "history.jsonl").read_text().splitlines()]
+    for h in history:
+        h["latency_ms"] = round(0.05 + 0.1 * h["mflops"], 4)
+    (run / "search" / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    best = {**history[0]}
+    (run / "search" / "result.json").write_text(
+        json.dumps({"scored": 20, "seconds": 12.0, "candidates_per_minute": 100.0, "best": best})
+    )
+    (run / "search" / "pareto_latency.json").write_text(json.dumps(sorted(history, key=lambda h: h["latency_ms"])[:3]))
+    measured = {"searched (final)": 0.0812, "dcnv2": 0.0705, "deepfm": 0.0531}
+    (run / "latency.json").write_text(
+        json.dumps({"runtime": "onnxruntime", "models": {k: {"p50_ms": v} for k, v in measured.items()}})
+    )
+    text = write_report(run)["markdown"].read_text()
+    assert "| model | test log loss | test AUC | MFLOPs | latency ms (measured) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| dcnv2 |"))
+    assert "| 0.0705 |" in row
+    lr = next(line for line in text.splitlines() if line.startswith("| lr |"))
+    assert "| 1.3e-05 | – |" in lr  # not measured: no figure
+    assert f"predicted to serve in {best['latency_ms']:.4g} ms" in text
+    assert (run / "report" / "pareto_latency.png").exists() and "serving latency" in text
+    fig = _pareto_figure(history, [], report._models(run), cost="latency_ms")
+    assert "latency" in fig.axes[0].get_xlabel() and "measured" in fig.axes[-1].get_xlabel()

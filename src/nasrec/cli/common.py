@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from nasrec import console
+from nasrec import clicheck, console
 from nasrec.errors import NasrecError
 
 NO_PROGRESS_HELP = "no progress bars: log lines instead (bars are shown only when stderr is a terminal)"
@@ -106,6 +106,41 @@ def add_caps(p: argparse.ArgumentParser) -> None:
         metavar="N|MODEL",
         help="only architectures of at most N non-embedding params (or a zoo model's count)",
     )
+
+
+def add_latency_caps(p: argparse.ArgumentParser) -> None:
+    """--max-latency-ms and the latency table it is predicted from (`nasrec latency profile`)."""
+    p.add_argument(
+        "--max-latency-ms",
+        metavar="MS|MODEL",
+        help="only architectures whose predicted serving latency is at most MS milliseconds, or a zoo model's "
+        "latency measured here (dcnv2); needs --latency-table",
+    )
+    p.add_argument(
+        "--latency-table",
+        metavar="FILE",
+        help="latency table of this machine, space and data shape (`nasrec latency profile`): candidates get a "
+        "predicted latency, and the result a Pareto front over it",
+    )
+    p.add_argument("--latency-batch", type=clicheck.int_at_least(1), metavar="B", help="examples a call (default 1)")
+    p.add_argument("--latency-threads", type=clicheck.int_at_least(1), metavar="T", help="threads (default 1)")
+    p.add_argument(
+        "--latency-runtime", choices=("onnxruntime", "torchscript"), help="serving runtime (default onnxruntime)"
+    )
+    p.add_argument(
+        "--force-latency-table",
+        action="store_true",
+        help="use a latency table measured for another machine, space or data shape anyway (the result says so)",
+    )
+
+
+def latency_overrides(args: argparse.Namespace, overrides: dict) -> None:
+    """Copy the latency options given on the command line into `overrides` (search config keys)."""
+    for key in ("max_latency_ms", "latency_table", "latency_batch", "latency_threads", "latency_runtime"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    if getattr(args, "force_latency_table", False):
+        overrides["latency_force"] = True
 
 
 def bars(args: argparse.Namespace) -> bool:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 
 from nasrec import clicheck, console
-from nasrec.cli.common import JSON_HELP, NO_PROGRESS_HELP, add_caps, add_device, bars, device_arg, parse_sets
+from nasrec.cli.common import (
+    JSON_HELP,
+    NO_PROGRESS_HELP,
+    add_caps,
+    add_device,
+    add_latency_caps,
+    bars,
+    device_arg,
+    latency_overrides,
+    parse_sets,
+)
 from nasrec.configfile import preset_names
 
 
@@ -24,6 +34,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         "15m, 2h (default 15m; retraining not included)",
     )
     add_caps(p)
+    add_latency_caps(p)
     p.add_argument(
         "--layernorm",
         action=argparse.BooleanOptionalAction,
@@ -31,7 +42,12 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help="count MFLOPs and params (caps, history) for served models with layer norms, or without "
         "(default: as the retraining recipe trains them)",
     )
-    p.add_argument("--pareto", action="store_true", help="multi-objective: Pareto front of (val loss, MFLOPs)")
+    p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="multi-objective: parents from the Pareto front of (val loss, MFLOPs), or of (val loss, "
+        "predicted latency) with --latency-table",
+    )
     p.add_argument(
         "--workers",
         type=clicheck.int_at_least(1),
@@ -83,6 +99,7 @@ def _run_search(args: argparse.Namespace) -> int:
     for key in ("strategy", "max_mflops", "max_params", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    latency_overrides(args, overrides)
     if args.pareto:
         overrides["pareto"] = True
     if args.seed_arch:

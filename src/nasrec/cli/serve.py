@@ -269,7 +269,7 @@ def _profile_text(r: dict) -> str:
 
 
 def _run_latency_predict(args: argparse.Namespace) -> int:
-    from nasrec.export.latency_model import load_latency_model, read_table
+    from nasrec.latency.model import load_latency_model, read_table
     from nasrec.space.arch import Architecture
     from nasrec.space.space import SearchSpace, get_space, sample_architecture
 

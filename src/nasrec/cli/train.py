@@ -10,9 +10,11 @@ from nasrec.cli.common import (
     NO_PROGRESS_HELP,
     add_device,
     add_embeddings,
+    add_latency_caps,
     bars,
     device_arg,
     embeddings_arg,
+    latency_overrides,
     parse_sets,
 )
 from nasrec.configfile import preset_names
@@ -137,6 +139,7 @@ def _add_supernet(sub: argparse._SubParsersAction) -> None:
         "most a zoo model's MFLOPs on this data (e.g. dcnv2); paths count as models without layer "
         "norms unless --set path_count_layernorm=true (as a cpu-quick final model has them)",
     )
+    add_latency_caps(p)
     p.add_argument(
         "--semantics",
         choices=["slice", "mask"],
@@ -155,6 +158,13 @@ def _run_supernet(args: argparse.Namespace) -> int:
     embeddings_arg(args, overrides)
     if args.max_mflops is not None:
         overrides["path_max_mflops"] = args.max_mflops
+    latency_overrides(args, overrides)
+    if "max_latency_ms" in overrides:  # a supernet's cap is on the paths it trains
+        overrides["path_max_latency_ms"] = overrides.pop("max_latency_ms")
+    if "path_max_latency_ms" in overrides:  # a zoo model's name: its latency timed here (or the resumed run's)
+        from nasrec.export.latency_caps import supernet_latency_cap
+
+        overrides = supernet_latency_cap(overrides, args.data, args.out, args.resume)
     res = train_supernet(
         args.data,
         args.out,

@@ -1,6 +1,6 @@
 """Profiling a latency table on this machine: each component a space's models run, timed in the serving runtime.
 
-What a table holds and how a prediction adds it up is `nasrec.export.latency_model`'s docstring. Here:
+What a table holds and how a prediction adds it up is `nasrec.latency.model`'s docstring. Here:
 
 - **Marginal costs.** A component timed alone in its own session would include the fixed cost of a
   call (feeding inputs, the session's own work, fetching the output), which a whole model pays once.
@@ -18,7 +18,7 @@ What a table holds and how a prediction adds it up is `nasrec.export.latency_mod
   architecture; a rerun with the same `out` keeps what is there and measures only what is missing.
 - **Calibration.** After the entries, `calibration` architectures of the space (seeds from
   `CALIBRATION_SEED`, the ``uniform`` strategy) are exported as `nasrec latency measure` exports them and
-  timed end to end; the overhead (`latency_model.fit_overhead`) is fitted on them and stored per setting.
+  timed end to end; the overhead (`nasrec.latency.model.fit_overhead`) is fitted on them and stored per setting.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch import nn
 from nasrec.errors import NasrecError
 from nasrec.export.backends import ONNX_OPSET, _import_onnx, _quiet
 from nasrec.export.latency import DEFAULT_REPS, DEFAULT_WARMUP, _check, measure_model_latency, time_calls
-from nasrec.export.latency_model import (
+from nasrec.latency.model import (
     DOT_PROBE_DIN,
     FIT_FORMS,
     TABLE_FORMAT,
@@ -295,7 +295,7 @@ def profile_table(
     """Measure (or finish) the latency table of `space` at a data shape into `out`; returns the table.
 
     `keys` limits the entries to those (tests); `calibration` architectures are then timed end to end
-    and the overhead fitted (`fit_form`, see `latency_model.fit_overhead`) per setting.
+    and the overhead fitted (`fit_form`, see `nasrec.latency.model.fit_overhead`) per setting.
     """
     _check(runtime, batches, threads, warmup, reps)
     if fit_form not in FIT_FORMS:
@@ -379,7 +379,7 @@ def _calibrate(table: dict, out: Path, space: SearchSpace, num_dense: int, table
 
 
 def fit_setting(table: dict[str, Any], setting: dict[str, Any], form: str = "overhead") -> dict[str, Any]:
-    """The overhead fit of one setting from its calibration points (`latency_model.fit_overhead`)."""
+    """The overhead fit of one setting from its calibration points (`nasrec.latency.model.fit_overhead`)."""
     model = model_of(table, setting)
     points = []
     for p in setting["calibration"]:

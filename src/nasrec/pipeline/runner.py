@@ -171,8 +171,12 @@ class Pipeline:
 
         sn = self.cfg["supernet"]
         o = {"seed": self.cfg["seed"], **sn["set"]}
-        if o.get("path_max_mflops") is not None:
+        if o.get("path_max_mflops") is not None or o.get("path_max_latency_ms") is not None:
             o = self._counted("supernet", "path_count_layernorm", o)
+        if o.get("path_max_latency_ms") is not None:  # a zoo model's name: its latency timed here
+            from nasrec.export.latency_caps import supernet_latency_cap
+
+            o = supernet_latency_cap(o, self.cache, self.out / SUPERNET_DIR, resume=True)
         return train_supernet(
             self.cache,
             self.out / SUPERNET_DIR,
@@ -301,7 +305,32 @@ class Pipeline:
     def _report(self) -> dict[str, Any]:
         from nasrec.report import write_report
 
+        self._measure_latency()
         return {k: str(v) for k, v in write_report(self.out).items()}
+
+    def _measure_latency(self) -> None:
+        """With a latency table in the search settings: each final model's serving latency, measured after export."""
+        from nasrec.export.latency import measure_run_latency
+        from nasrec.machine import machine_identity
+
+        s = self.cfg["search"]["set"]
+        if not s.get("latency_table"):
+            return
+        setting = {
+            "runtime": s.get("latency_runtime", "onnxruntime"),
+            "batches": (int(s.get("latency_batch", 1)),),
+            "threads": (int(s.get("latency_threads", 1)),),
+        }
+        folders = [("searched (final)", self.out / FINAL_DIR)]
+        folders += [(d.name, d) for d in sorted((self.out / BASELINES_DIR).glob("*")) if d.is_dir()]
+        models = {}
+        for name, folder in folders:
+            if (folder / rundir.METRICS_JSON).exists():
+                r = measure_run_latency(folder, **setting)["results"][0]
+                models[name] = {k: r[k] for k in ("p50_ms", "p99_ms", "mean_ms")}
+                log.info("%s: serving latency %.4f ms (p50, measured)", name, r["p50_ms"])
+        record = {"machine": machine_identity(), **setting, "models": models}
+        rundir.atomic_write_json(self.out / rundir.LATENCY_JSON, record)
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -321,7 +350,7 @@ class Pipeline:
         # How MFLOPs are counted follows the final recipe's layer norms, so a change re-runs what counted them.
         # Counting without them (as before the count followed the recipe) keeps the earlier fingerprints.
         ln = [{"served_layernorm": True}] if self._served_layernorm() else []
-        capped = c["supernet"]["set"].get("path_max_mflops") is not None
+        capped = any(c["supernet"]["set"].get(k) is not None for k in ("path_max_mflops", "path_max_latency_ms"))
         fp["supernet"] = _fingerprint(fp["prepare"], c["supernet"], seed, *(ln if capped else []))
         search_cfg = {k: v for k, v in c["search"].items() if not (k == "time_budget" and v is None)}
         fp["search"] = _fingerprint(fp["supernet"], search_cfg, seed, *ln)

@@ -68,36 +68,51 @@ def _trajectory(history: list[dict[str, Any]], out: Path) -> Path | None:
 
 
 def _pareto(
-    history: list[dict[str, Any]], front: list[dict[str, Any]], models: list[dict[str, Any]], out: Path
+    history: list[dict[str, Any]],
+    front: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    out: Path,
+    cost: str = "mflops",
 ) -> Path | None:
-    fig = _pareto_figure(history, front, models)
-    return None if fig is None else _save(fig, out / "pareto.png", layout=False)
+    fig = _pareto_figure(history, front, models, cost)
+    name = "pareto.png" if cost == "mflops" else "pareto_latency.png"
+    return None if fig is None else _save(fig, out / name, layout=False)
+
+
+COST_LABELS = {
+    "mflops": "MFLOPs per example",
+    "latency_ms": "serving latency, ms (search: predicted; trained models: measured)",
+}
 
 
 _GROUPS = (("retrained", "o", "0.6"), ("zoo", "s", "C1"), ("published", "^", "C2"), ("final", "*", "C3"))
 
 
-def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]], models: list[dict[str, Any]]) -> Any:
+def _pareto_figure(
+    history: list[dict[str, Any]], front: list[dict[str, Any]], models: list[dict[str, Any]], cost: str = "mflops"
+) -> Any:
     """Left: the search's supernet scores and Pareto front. Right: the trained models' validation log loss.
 
     Both panels show the validation split. A model far worse than the rest (e.g. logistic regression on
     data with interactions) would squash the others into one band, so the right panel breaks its axis:
     such models (`_outlier_cut`) go to a short upper panel with their own scale. Labels are placed so
-    that they overlap neither each other nor the points (`_place_labels`).
+    that they overlap neither each other nor the points (`_place_labels`). `cost`: the x axis, "mflops" or
+    "latency_ms" (the search's predicted latency, the trained models' measured one).
     """
-    trained = [m for m in models if m.get("val_logloss") is not None and m.get("mflops") is not None]
+    xlabel = COST_LABELS[cost]
+    trained = [m for m in models if m.get("val_logloss") is not None and m.get(cost) is not None]
     if not history and not trained:
         return None
     plt = _plt()
     fig = plt.figure(figsize=(11, 4.4), dpi=DPI)
     grid = fig.add_gridspec(4, 2, hspace=0.08)
     ax = fig.add_subplot(grid[:, 0])
-    pts = [(h["mflops"], h["score"]) for h in history if h["score"] is not None]
+    pts = [(h[cost], h["score"]) for h in history if h["score"] is not None and h.get(cost) is not None]
     if pts:
         ax.scatter(*zip(*pts, strict=True), s=6, c="0.7", label="candidates")
     if front:
-        ax.plot([f["mflops"] for f in front], [f["score"] for f in front], "o-", c="C3", ms=4, label="Pareto front")
-    ax.set_xlabel("MFLOPs per example")
+        ax.plot([f[cost] for f in front], [f["score"] for f in front], "o-", c="C3", ms=4, label="Pareto front")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("supernet score (val log loss)")
     ax.set_title("Search: supernet scores (validation split)")
     if ax.get_legend_handles_labels()[0]:
@@ -118,7 +133,7 @@ def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]], m
             g = [m for m in group_models if m["group"] == group]
             if g:
                 panel.scatter(
-                    [m["mflops"] for m in g],
+                    [m[cost] for m in g],
                     [m["val_logloss"] for m in g],
                     marker=marker,
                     c=color,
@@ -127,13 +142,13 @@ def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]], m
                     zorder=3,
                 )
         _pad_limits(panel, [m["val_logloss"] for m in group_models])
-    xs = [m["mflops"] for m in trained]
+    xs = [m[cost] for m in trained]
     if xs:
         lo, hi = min(xs), max(xs)
         span = (hi - lo) or max(abs(hi), 1.0)
         panels[-1][0].set_xlim(lo - 0.08 * span, hi + 0.4 * span)  # room for labels right of the last points
     main, _ = panels[-1]
-    main.set_xlabel("MFLOPs per example")
+    main.set_xlabel(xlabel)
     main.set_ylabel("val log loss (trained from scratch)")
     title = "Trained models (validation split)"
     if cut is not None:
@@ -167,8 +182,8 @@ def _pareto_figure(history: list[dict[str, Any]], front: list[dict[str, Any]], m
         _place_labels(
             fig,
             panel,
-            [(m["mflops"], m["val_logloss"], m["name"]) for m in named],
-            [(m["mflops"], m["val_logloss"]) for m in group_models],
+            [(m[cost], m["val_logloss"], m["name"]) for m in named],
+            [(m[cost], m["val_logloss"]) for m in group_models],
         )
     return fig
 

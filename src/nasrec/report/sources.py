@@ -48,9 +48,12 @@ def _models(run: Path) -> list[dict[str, Any]]:
             )
 
     add("searched (final)", "final", run / FINAL_DIR)
+    measured = (_json(run / rundir.LATENCY_JSON) or {}).get("models", {})
     baselines, retrained = run / BASELINES_DIR, run / SEARCH_DIR / RETRAIN_DIR
     for d in sorted(baselines.glob("*")) if baselines.exists() else []:
         add(d.name, "zoo" if rundir.model_kind(d) == "zoo" else "published", d)
     for d in sorted(retrained.glob("*")) if retrained.exists() else []:
         add(f"retrained {d.name}", "retrained", d)
+    for row in rows:  # the serving latency measured after export, where the run measured it
+        row["latency_ms"] = (measured.get(row["name"]) or {}).get("p50_ms")
     return rows

@@ -75,7 +75,9 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
         return []
     searched = next((m for m in final_models if m["group"] == "final"), None)
     md = ["## Final comparison (test split)", ""]
-    head = "| model | test log loss | test AUC | MFLOPs | params | train samples/s |"
+    timed = any(m.get("latency_ms") is not None for m in final_models)
+    head = "| model | test log loss | test AUC | MFLOPs |" + (" latency ms (measured) |" if timed else "")
+    head += " params | train samples/s |"
     if searched is not None:
         md.append(
             "Last column: the searched model's mean test log loss minus the model's, with Welch's 95 % interval "
@@ -87,7 +89,9 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
     for m in sorted(final_models, key=lambda m: seed_summary(m["logloss_seeds"])["mean"]):
         row = (
             f"| {m['name']} | {_mean_std(m['logloss_seeds'], '.4f')} | {_mean_std(m['auc_seeds'], '.4f')} | "
-            f"{_fmt(m['mflops'], '.4g')} | {_fmt(m['params'], ',')} | {_fmt(m['samples_per_s'], ',.0f')} |"
+            f"{_fmt(m['mflops'], '.4g')} |"
+            + (f" {_fmt(m.get('latency_ms'), '.4g')} |" if timed else "")
+            + f" {_fmt(m['params'], ',')} | {_fmt(m['samples_per_s'], ',.0f')} |"
         )
         if searched is not None and m is not searched:
             row += f" {_interval(difference(searched['logloss_seeds'], m['logloss_seeds']))} |"

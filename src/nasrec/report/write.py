@@ -34,6 +34,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
         ("Supernet training", _supernet_curve(run, out)),
         ("Search trajectory (validation split)", _trajectory(history, out)),
         ("Pareto fronts (validation split)", _pareto(history, front, models, out)),
+        ("Pareto fronts over serving latency (validation split)", _latency_front(search_dir, history, models, out)),
     ):
         if p is not None:
             plots.append((title, p))
@@ -51,7 +52,8 @@ def write_report(run: str | Path) -> dict[str, Path]:
             "",
             f"{result['scored']} candidates scored in {result['seconds']:.0f} s "
             f"({result['candidates_per_minute']:.1f} per minute); best supernet score {result['best']['score']:.5f} "
-            f"at {result['best']['mflops']:.3f} MFLOPs; {len(front)} architectures on the Pareto front.",
+            f"at {result['best']['mflops']:.3f} MFLOPs{_predicted(result['best'])}; {len(front)} architectures on "
+            f"the Pareto front.",
             "",
             *_selection(_json(search_dir / rundir.FINAL_METRICS_JSON)),
         ]
@@ -98,6 +100,22 @@ def write_report(run: str | Path) -> dict[str, Path]:
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(run.name, md, plots, diagram))
     return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _predicted(best: dict[str, Any]) -> str:
+    """ ", predicted to serve in X ms" for a search with a latency table."""
+    ms = best.get("latency_ms")
+    return "" if ms is None else f", predicted to serve in {ms:.4g} ms"
+
+
+def _latency_front(
+    search_dir: Path, history: list[dict[str, Any]], models: list[dict[str, Any]], out: Path
+) -> Path | None:
+    """The fronts over latency: the search's (predicted) and the trained models' (measured), with a latency table."""
+    front = _json(search_dir / rundir.PARETO_LATENCY_JSON)
+    if front is None and not any(m.get("latency_ms") is not None for m in models):
+        return None
+    return _pareto(history, front or [], models, out, cost="latency_ms")
 
 
 def _selection(final: dict[str, Any] | None) -> list[str]:

@@ -32,6 +32,7 @@ HISTORY_JSONL = "history.jsonl"
 BEST_JSON = "best.json"
 TOP_JSON = "top.json"
 PARETO_JSON = "pareto.json"
+PARETO_LATENCY_JSON = "pareto_latency.json"  # the front over predicted serving latency, with a latency table
 RESULT_JSON = "result.json"
 RETRAIN_DIR = "retrain"
 FINAL_JSON = "final.json"
@@ -43,6 +44,8 @@ RANKCHECK_JSON = "rankcheck.json"
 # a pipeline run: its files and the folders of its stages
 PIPELINE_JSON = "pipeline.json"
 STAGES_JSON = "stages.json"
+# with a latency table in the search settings: the trained models' serving latency, measured after export
+LATENCY_JSON = "latency.json"
 SUPERNET_DIR = "supernet"
 SEARCH_DIR = "search"
 FINAL_DIR = "final"

@@ -123,9 +123,12 @@ class Candidate(Record):
     score: float | None = None  # the supernet's validation log loss of the architecture
     mflops: float | None = None
     params: int | None = None
+    latency_ms: float | None = None  # predicted serving latency (a search with a latency table)
     generation: int | None = None
     arch: dict[str, Any] | None = None  # the canonical architecture JSON
     extra: dict[str, Any] = field(default_factory=dict)
+
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"latency_ms"})
 
 
 @dataclass(frozen=True)
@@ -209,11 +212,12 @@ class SearchResult(Record):
     candidates_per_minute: float | None = None
     best: Candidate | None = None
     pareto: list[str] = field(default_factory=list)  # hashes of the Pareto front
+    pareto_latency: list[str] | None = None  # of the front over predicted latency (with a latency table)
     top: list[str] = field(default_factory=list)  # hashes of the top k, best first
     final: RetrainResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"final"})
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"final", "pareto_latency"})
     _NESTED: ClassVar[dict[str, Any]] = {"best": Candidate, "final": RetrainResult}
 
 

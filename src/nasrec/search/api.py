@@ -28,6 +28,8 @@ from nasrec import distributed, rundir
 from nasrec.console import duration, progress_bar, progress_enabled
 from nasrec.data.cache import open_cache
 from nasrec.errors import NasrecError
+from nasrec.export.latency_caps import resolve_latency_cap
+from nasrec.latency.budget import check_latency_cap, latency_model
 from nasrec.model.cost import ServedCost
 from nasrec.search import auto
 from nasrec.search.candidate import CostFn
@@ -95,7 +97,10 @@ def search(
     (`nasrec.search.retrain`). A resumed search keeps the settings recorded in `search.json`.
     """
     out = Path(out)
-    s_over, sc_over = split_overrides(resolve_caps(overrides, data))
+    saved = (_saved_settings(out) or {}).get("search", {}) if resume else {}
+    s_over, sc_over = split_overrides(
+        resolve_latency_cap(resolve_caps(overrides, data), data, saved.get("max_latency_ms"))
+    )
     resolve(preset, s_over, sc_over)  # an unknown preset or a bad value fails before any work
     budget = auto.parse_duration(time_budget)
     if budget is not None and preset not in (None, "auto"):
@@ -115,6 +120,12 @@ def search(
                 out, data, train_preset, train_overrides, seeds=retrain_seeds, halving=halving
             )
     return result
+
+
+def _saved_settings(out: Path) -> dict[str, Any] | None:
+    """A search directory's recorded settings (search.json), if it has them."""
+    path = out / rundir.SEARCH_JSON
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,13 @@ def _search(
         raise NasrecError(error)
     cfg, score_cfg = SearchConfig().updated(**resolved["search"]), ScoreConfig().updated(**resolved["score"])
     cost = cost_function(data, layernorm=cfg.count_layernorm)
+    shape = (len(cache.dense_fields), len(cache.table_sizes))
+    timing = latency_model(cfg.to_dict(), space, shape, cfg.count_layernorm)
+    check_latency_cap(cfg.max_latency_ms, space, timing)
+    if timing is not None and timing.warnings:
+        for w in timing.warnings:
+            log.warning("%s", w)
+        resolved["latency_warnings"] = timing.warnings
     pool = _pool(supernet, data, score_cfg, workers, active)
     try:
         if figures is not None:  # a fresh auto search: time a few candidates, then decide the budget
@@ -260,7 +278,10 @@ def _search(
             out.mkdir(parents=True, exist_ok=True)
             rundir.atomic_write_json(saved_path, resolved)
         show = _progress_printer(progress) if main else None
-        result = Search(space, pool, cost, cfg, out, progress=show, writer=main).run(resume=resume)
+        predict = None if timing is None else timing.predict
+        result = Search(space, pool, cost, cfg, out, progress=show, writer=main, latency=predict).run(resume=resume)
+        if timing is not None and timing.warnings:
+            result["latency_warnings"] = timing.warnings
     finally:
         pool.close()
     return result, resolved["train_preset"]

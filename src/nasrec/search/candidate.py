@@ -25,6 +25,7 @@ class Candidate:
     mflops: float
     params: int  # non-embedding parameters
     parent: str | None = None
+    latency_ms: float | None = None  # predicted serving latency, when the search has a latency table
 
     def to_dict(self) -> dict[str, Any]:
         """One history line (NaN written as null)."""
@@ -36,6 +37,7 @@ class Candidate:
             "mflops": self.mflops,
             "params": self.params,
             "parent": self.parent,
+            **({"latency_ms": self.latency_ms} if self.latency_ms is not None else {}),
             "arch": self.arch.to_dict(),
         }
 
@@ -52,6 +54,7 @@ class Candidate:
             d["mflops"],
             d["params"],
             d["parent"],
+            d.get("latency_ms"),
         )
 
 
@@ -85,6 +88,7 @@ def summary(c: Candidate) -> dict[str, Any]:
         "score": c.score,
         "mflops": c.mflops,
         "params": c.params,
+        **({"latency_ms": c.latency_ms} if c.latency_ms is not None else {}),
         "generation": c.generation,
         "arch": c.arch.to_dict(),
     }

@@ -22,6 +22,10 @@ RULES: dict[str, Rule] = {
     "keep_per_generation": Rule(ge=1),
     "max_mflops": Rule(gt=0),
     "max_params": Rule(ge=1),
+    "max_latency_ms": Rule(gt=0),
+    "latency_runtime": Rule(choices=("onnxruntime", "torchscript")),
+    "latency_batch": Rule(ge=1),
+    "latency_threads": Rule(ge=1),
     "top_k": Rule(ge=1),
     "seed": SEED,
     "max_tries": Rule(ge=1),
@@ -42,6 +46,17 @@ class SearchConfig:
     keep_per_generation: int | None = 2
     max_mflops: float | None = None
     max_params: int | None = None
+    # A serving-latency cap in milliseconds, predicted by a latency table (`nasrec latency profile`) measured
+    # on the serving machine for this space and data shape, at latency_batch examples a call and
+    # latency_threads threads in latency_runtime. With a table and no cap, candidates still get a predicted
+    # latency and the result a front over it (pareto_latency.json). latency_force: use a table measured for
+    # another machine, space or shape anyway (the result then says so).
+    max_latency_ms: float | None = None
+    latency_table: str | None = None
+    latency_runtime: str = "onnxruntime"
+    latency_batch: int = 1
+    latency_threads: int = 1
+    latency_force: bool = False
     # How MFLOPs and params are counted (caps, history, Pareto front): for the served model with layer norms
     # or without, as the recipe that trains it says (`nasrec.model.cost.ServedCost`)
     count_layernorm: bool = False

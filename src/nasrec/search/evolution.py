@@ -61,8 +61,15 @@ class Search:
         out: Path | str,
         progress: Callable[[dict[str, Any]], None] | None = None,
         writer: bool = True,
+        latency: Callable[[Architecture], float] | None = None,
     ) -> None:
-        self.writer = writer  # False: a non-main rank of a distributed search, which writes nothing
+        self.writer = writer
+        # predicted serving milliseconds (`nasrec.latency.model`); needed by cfg.max_latency_ms
+        self.latency = latency
+        if cfg.max_latency_ms is not None and latency is None:
+            raise NasrecError(
+                "search config: max_latency_ms needs a latency table (latency_table)"
+            )  # False: a non-main rank of a distributed search, which writes nothing
         self.space, self.score_batch, self.cost, self.cfg = space, score_batch, cost, cfg
         self.out = Path(out)
         self.progress = progress
@@ -127,7 +134,16 @@ class Search:
 
     # -- drawing candidates ----------------------------------------------------------------------
     def _feasible(self, arch: Architecture) -> bool:
-        return within(self.cost(arch), self.cfg.max_mflops, self.cfg.max_params)
+        if not within(self.cost(arch), self.cfg.max_mflops, self.cfg.max_params):
+            return False
+        cap = self.cfg.max_latency_ms
+        return cap is None or self.latency(arch) <= cap  # type: ignore[misc]  # set whenever cap is
+
+    def _caps(self) -> str:
+        """The constraints, as the errors and the log name them."""
+        cfg = self.cfg
+        caps = [("max_mflops", cfg.max_mflops), ("max_params", cfg.max_params), ("max_latency_ms", cfg.max_latency_ms)]
+        return ", ".join(f"{k}={v}" for k, v in caps if v is not None or k != "max_latency_ms")
 
     def _new(self, arch: Architecture, taken: set[str]) -> bool:
         # A candidate that differs from one already drawn only where nothing reaches the head is the same
@@ -142,10 +158,7 @@ class Search:
             arch = self.space.sample(self.rng, "uniform")
             if self._new(arch, taken):
                 return arch
-        raise NasrecError(
-            f"no new architecture within the constraints in {self.cfg.max_tries} draws "
-            f"(max_mflops={self.cfg.max_mflops}, max_params={self.cfg.max_params})"
-        )
+        raise NasrecError(f"no new architecture within the constraints in {self.cfg.max_tries} draws ({self._caps()})")
 
     def _next_seed(self, taken: set[str]) -> Architecture | None:
         """The first seed architecture not yet drawn (nor an equal function) and within the constraints."""
@@ -177,10 +190,14 @@ class Search:
         members = [self.by_hash[self.population[i]] for i in idx]
         if not cfg.pareto:
             return min(members, key=lambda c: score_key(c.score))  # ties: the oldest
-        front = pareto_front([(score_key(c.score), c.mflops) for c in members])
+        front = pareto_front([(score_key(c.score), self._pareto_cost(c)) for c in members])
         if not front:  # every member diverged
             return members[0]
         return members[sorted(front)[int(self.rng.integers(len(front)))]]
+
+    def _pareto_cost(self, c: Candidate) -> float:
+        """The cost a Pareto front weighs against the score: predicted latency with a latency table, else MFLOPs."""
+        return c.mflops if c.latency_ms is None else c.latency_ms
 
     def _plan_step(self) -> None:
         """Draw the next step's candidates into `pending` (the only place the generator is used)."""
@@ -215,7 +232,8 @@ class Search:
         new = []
         for p, arch, score in zip(self.pending, archs, scores, strict=True):
             mflops, params = self.cost(arch)
-            c = Candidate(len(self.history), gen, arch, arch.hash(), float(score), mflops, params, p["parent"])
+            ms = None if self.latency is None else round(self.latency(arch), 6)
+            c = Candidate(len(self.history), gen, arch, arch.hash(), float(score), mflops, params, p["parent"], ms)
             self._add(c)
             new.append(c.hash)
         self.pending = []
@@ -234,7 +252,8 @@ class Search:
                     f"{cfg.budget:,} candidates: a population of {cfg.population}, then {cfg.generations} generations "
                     f"of {cfg.children} children"
                 )
-            caps = [f"{k} {v}" for k, v in (("max MFLOPs", cfg.max_mflops), ("max params", cfg.max_params)) if v]
+            named = (("max MFLOPs", cfg.max_mflops), ("max params", cfg.max_params), ("max ms", cfg.max_latency_ms))
+            caps = [f"{k} {v}" for k, v in named if v]
             done = f"; resuming with {len(self.history):,} scored" if self.history else ""
             log.info("search %s: %s%s%s", self.out, plan, f" ({', '.join(caps)})" if caps else "", done)
         estimated = False
@@ -340,6 +359,8 @@ class Search:
             raise NasrecError(f"{self.out}: every candidate diverged; no architecture to return")
         ranked = top_k(pool, self.cfg.top_k)
         front = [pool[i] for i in pareto_front([(c.score, c.mflops) for c in pool])]
+        timed = self.latency is not None
+        latency_front = [pool[i] for i in pareto_front([(c.score, c.latency_ms) for c in pool])] if timed else []
         best = ranked[0]
         result = {
             "strategy": self.cfg.strategy,
@@ -348,6 +369,7 @@ class Search:
             "candidates_per_minute": 60 * len(self.history) / max(self.seconds, 1e-9),
             "best": summary(best),
             "pareto": [c.hash for c in front],
+            **({"pareto_latency": [c.hash for c in latency_front]} if timed else {}),
             "top": [c.hash for c in ranked],
         }
         if not self.writer:
@@ -355,6 +377,8 @@ class Search:
         rundir.atomic_write_json(self.out / rundir.BEST_JSON, best.arch.to_dict())
         rundir.atomic_write_json(self.out / rundir.TOP_JSON, [summary(c) for c in ranked])
         rundir.atomic_write_json(self.out / rundir.PARETO_JSON, [summary(c) for c in front])
+        if timed:
+            rundir.atomic_write_json(self.out / rundir.PARETO_LATENCY_JSON, [summary(c) for c in latency_front])
         rundir.atomic_write_json(self.out / rundir.RESULT_JSON, result)
         log.info(
             "search done: %s candidates in %.1f s; best %s (score %.5f, %.4f MFLOPs), top %d in top.json, "

@@ -109,7 +109,7 @@ def train_supernet(
     measure what nasrec's slicing changes; it computes at full width whatever the path, so it is slower.
     """
     from nasrec.space.space import get_space
-    from nasrec.zoo.budget import resolve_caps
+    from nasrec.zoo.budget import parse_latency_cap, resolve_caps
 
     cache = open_cache(data)
     out = Path(out)
@@ -122,7 +122,15 @@ def train_supernet(
         hparams={} if semantics == "slice" else {"semantics": semantics},
     )
     with _writing(out, "supernet run"):
-        cfg = _config(preset_name, resolve_caps(overrides, data), resume, out)
+        overrides = resolve_caps(overrides, data)
+        if isinstance(parse_latency_cap((overrides or {}).get("path_max_latency_ms"), "path_max_latency_ms"), str):
+            raise ConfigError(
+                "training config",
+                "path_max_latency_ms",
+                "a zoo model's name is timed by `nasrec supernet` and the pipeline; from Python give milliseconds "
+                "(nasrec.export.latency_caps.supernet_latency_cap resolves a name)",
+            )
+        cfg = _config(preset_name, overrides, resume, out)
         with distributed.process_group():  # under torchrun: data-parallel over its processes
             return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 

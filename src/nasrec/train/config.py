@@ -64,6 +64,10 @@ RULES: dict[str, Rule] = {
     "path_warmup_fraction": Rule(ge=0, le=1),
     "supernet_eval_archs": Rule(ge=1),
     "path_max_mflops": Rule(gt=0),
+    "path_max_latency_ms": Rule(gt=0),
+    "latency_runtime": Rule(choices=("onnxruntime", "torchscript")),
+    "latency_batch": Rule(ge=1),
+    "latency_threads": Rule(ge=1),
     "embeddings": Rule(choices=EMBEDDINGS),
     "embedding_optimizer": Rule(choices=FUSED_OPTIMIZERS),
     "sharding": Rule(choices=SHARDINGS),
@@ -177,6 +181,15 @@ class TrainConfig:
     # How path_max_mflops counts a path: as a served model with layer norms or without (the recipe that will
     # train the searched model says which; `nasrec.model.cost.ServedCost`)
     path_count_layernorm: bool = False
+    # The same with a serving-latency cap in milliseconds, predicted by a latency table of the serving machine
+    # (`nasrec latency profile`) at latency_batch examples a call, latency_threads threads, in latency_runtime;
+    # latency_force uses a table measured for another machine, space or data shape anyway
+    path_max_latency_ms: float | None = None
+    latency_table: str | None = None
+    latency_runtime: str = "onnxruntime"
+    latency_batch: int = 1
+    latency_threads: int = 1
+    latency_force: bool = False
     # The embedding tables' engine: "nasrec" (sparse-gradient tables, updated by the run's optimizer) or
     # "torchrec" (TorchRec's fused fbgemm tables, updated inside backward: `nasrec.backend.fused`)
     embeddings: str = "nasrec"

@@ -7,13 +7,18 @@ evaluation averages over; what a supernet is and how its paths are drawn stays o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import asdict
 
 from torch import nn
 
 from nasrec.errors import NasrecError
+from nasrec.latency.budget import check_latency_cap, latency_model
 from nasrec.model.cost import ServedCost
 from nasrec.model.paths import PathSampler, SupernetPaths, WholeModel, mflops_budget
 from nasrec.model.spec import ModelSpec
+from nasrec.space.arch import Architecture
+from nasrec.space.space import SearchSpace
 from nasrec.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -21,8 +26,9 @@ log = logging.getLogger(__name__)
 
 def check_paths_config(spec: ModelSpec, cfg: TrainConfig) -> None:
     """Refuse settings of supernet paths for a model without paths, and a bias refit or calibration for a supernet."""
-    if spec.kind != "supernet" and cfg.path_max_mflops is not None:
-        raise NasrecError("training config: path_max_mflops applies to supernets only")
+    for key in ("path_max_mflops", "path_max_latency_ms"):
+        if spec.kind != "supernet" and getattr(cfg, key) is not None:
+            raise NasrecError(f"training config: {key} applies to supernets only")
     if spec.kind != "supernet" and cfg.sandwich:
         raise NasrecError("training config: sandwich applies to supernets only")
     for key in ("refit_logit_bias", "calibrate_logits"):
@@ -51,6 +57,22 @@ def path_warmup(cfg: TrainConfig, total_steps: int, warn: bool = True) -> int:
     return cfg.path_warmup_steps
 
 
+def latency_budget(
+    within: Callable[[Architecture], bool] | None, space: SearchSpace, spec: ModelSpec, cfg: TrainConfig
+) -> Callable[[Architecture], bool]:
+    """`within` (an MFLOPs budget, or None) and "predicted serving latency at most path_max_latency_ms"."""
+    shape = (spec.num_dense, len(spec.table_sizes))
+    model = latency_model(asdict(cfg), space, shape, cfg.path_count_layernorm, cap_key="path_max_latency_ms")
+    assert model is not None  # a cap without a table raised
+    cap = cfg.path_max_latency_ms
+    check_latency_cap(cap, space, model, cap_key="path_max_latency_ms")
+    for w in model.warnings:
+        log.warning("%s", w)
+    if within is None:
+        return lambda arch: model.predict(arch) <= cap
+    return lambda arch: within(arch) and model.predict(arch) <= cap
+
+
 def path_sampler(
     model: nn.Module, spec: ModelSpec, cfg: TrainConfig, total_steps: int, warn: bool = True
 ) -> PathSampler:
@@ -62,6 +84,8 @@ def path_sampler(
     if spec.kind != "supernet":
         return WholeModel()
     within = mflops_budget(cfg.path_max_mflops, spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)
+    if cfg.path_max_latency_ms is not None:
+        within = latency_budget(within, model.space, spec, cfg)
     ends = None
     if cfg.sandwich:
         cost = ServedCost(spec.num_dense, spec.table_sizes, cfg.path_count_layernorm)

@@ -63,6 +63,25 @@ def resolve_caps(overrides: dict[str, Any] | None, data: str | Path) -> dict[str
     return out
 
 
+def parse_latency_cap(value: Any, key: str = "max_latency_ms") -> float | str | None:
+    """A latency cap's milliseconds, or the zoo model it names (lower case); anything else raises."""
+    from nasrec.zoo.registry import ZOO_MODELS
+
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            if value.strip().lower() in ZOO_MODELS:
+                return value.strip().lower()
+    raise ConfigError(
+        "search config",
+        "max_latency_ms",
+        f"{show(value)} is neither a number nor a zoo model ({', '.join(ZOO_MODELS)})",
+    )
+
+
 def names_as_numbers(overrides: dict[str, Any]) -> dict[str, Any]:
     """`overrides` with caps given as text made numbers (a zoo name: 1), to check a configuration before its data.
 
@@ -73,4 +92,8 @@ def names_as_numbers(overrides: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(key), str):
             parsed = _parse(key, out[key])
             out[key] = 1 if isinstance(parsed, str) else parsed
+    for key in ("max_latency_ms", "path_max_latency_ms"):
+        if isinstance(out.get(key), str):
+            parsed = parse_latency_cap(out[key], key)
+            out[key] = 1.0 if isinstance(parsed, str) else parsed
     return out
