@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -480,3 +481,37 @@ def test_command_line_sets_change_keys_and_take_paths_from_the_working_directory
         ConfigError, match=r"config baselines\.models: is .* not a mapping: cannot set baselines\.models\.x"
     ):
         load_config(EXAMPLES / "frappe.yaml", {**sets, "baselines.models.x": 1})
+
+
+@pytest.mark.slow
+def test_a_latency_budget_runs_through_the_pipeline_and_its_report(tiny_run: Path, tmp_path: Path) -> None:
+    """search.set's latency table and cap: candidates within the cap, each final model timed after export."""
+    from test_search_latency import fake_table
+
+    from nasrec.latency.model import load_latency_model
+    from nasrec.space.arch import Architecture
+    from nasrec.space.space import get_space
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    meta = json.loads((run / "data" / "cache" / "meta.json").read_text())
+    shape = (len(meta["dense_fields"]), len(meta["table_sizes"]))
+    space = get_space("small")
+    # the served models of the final recipe (cpu-quick) have layer norms, and so must the table's
+    table = fake_table(tmp_path / "table.json", space, *shape, layernorm=True)
+    model = load_latency_model(table, space, *shape, layernorm=True)
+    rng = np.random.default_rng(0)
+    cap = float(np.median([model.predict(space.sample(rng, "uniform")) for _ in range(100)]))
+    timed = json.loads(json.dumps(TINY))
+    timed["search"]["set"].update(latency_table=str(table), max_latency_ms=cap)
+    run_pipeline(resolve_config(timed), run, progress=False)
+    for line in (run / "search" / "history.jsonl").read_text().splitlines():
+        h = json.loads(line)
+        assert h["latency_ms"] == pytest.approx(model.predict(Architecture.from_dict(h["arch"])), abs=1e-6)
+        assert h["latency_ms"] <= cap
+    measured = json.loads((run / "latency.json").read_text())
+    assert set(measured["models"]) == {"searched (final)", "lr"}
+    assert all(m["p50_ms"] > 0 for m in measured["models"].values()) and measured["machine"]["cpu"]
+    md = (run / "report" / "report.md").read_text()
+    assert "latency ms (measured)" in md and "predicted to serve in" in md
+    assert (run / "report" / "pareto_latency.png").exists()
