@@ -14,7 +14,7 @@ from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.space import NASREC_SMALL
 from nasrec.train.api import evaluate_run, train, train_supernet
-from nasrec.train.calibration import fold_calibration, logit_parameters, platt_fit
+from nasrec.train.calibration import fold_calibration, platt_fit
 from nasrec.train.evaluation import split_logits
 from nasrec.train.loading import load_trained
 from nasrec.zoo.registry import ZOO_MODELS, build_zoo_model
@@ -59,10 +59,7 @@ def test_logits_that_rank_backwards_are_refused() -> None:
         platt_fit(z, np.zeros_like(z))
 
 
-SCALABLE = [name for name, cls in ZOO_MODELS.items() if cls.logit_parts]
-
-
-@pytest.mark.parametrize("name", SCALABLE)
+@pytest.mark.parametrize("name", list(ZOO_MODELS))
 def test_folding_scales_and_shifts_every_zoo_models_logit(name: str) -> None:
     torch.manual_seed(0)
     model = build_zoo_model(name, 3, (20, 30, 40)).eval()
@@ -76,12 +73,25 @@ def test_folding_scales_and_shifts_every_zoo_models_logit(name: str) -> None:
         torch.testing.assert_close(model(dense, sparse), 0.7 * before - 0.3, rtol=1e-5, atol=1e-5)
 
 
-def test_the_scalable_zoo_models_are_the_ones_without_learned_products() -> None:
-    assert {"lr", "dnn", "dcnv2", "xdeepfm"} <= set(SCALABLE)
-    for name in ("fm", "deepfm"):  # FM's inner products are quadratic in the embeddings
-        assert logit_parameters(build_zoo_model(name, 3, (20, 30, 40))) is None
-        with pytest.raises(NasrecError, match="cannot be calibrated"):
-            fold_calibration(build_zoo_model(name, 3, (20, 30, 40)), 0.5, 0.0)
+@pytest.mark.parametrize("name", ["fm", "deepfm"])
+def test_fm_models_scale_their_quadratic_term_through_the_embeddings(name: str) -> None:
+    """FM's inner products take sqrt(scale) on the embeddings; DeepFM's MLP then sees the same hidden values."""
+    torch.manual_seed(1)
+    model = build_zoo_model(name, 3, (20, 30, 40)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    table = model.embedding.table.weight.clone()
+    dense, sparse = torch.randn(8, 3), torch.randint(0, 20, (8, 3))
+    hidden = (
+        model.mlp.layers[0](torch.cat([dense, model.embedding(sparse).flatten(1)], 1)) if name == "deepfm" else None
+    )
+    with torch.no_grad():
+        fold_calibration(model, 2.25, 0.0)
+        torch.testing.assert_close(model.embedding.table.weight, 1.5 * table)
+        if hidden is not None:
+            after = model.mlp.layers[0](torch.cat([dense, model.embedding(sparse).flatten(1)], 1))
+            torch.testing.assert_close(after, hidden, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("centre", [False, True])
@@ -126,5 +136,8 @@ def test_calibration_is_refused_where_it_cannot_apply(cache_dir: Path, tmp_path:
     both = dict(QUICK, calibrate_logits=True, refit_logit_bias=True)
     with pytest.raises(NasrecError, match="set one of them"):
         train(cache_dir, tmp_path / "both", model="lr", overrides=both, progress=False)
-    with pytest.raises(NasrecError, match="deepfm's logit is not a sum of final layers"):
-        train(cache_dir, tmp_path / "fm", model="deepfm", overrides=dict(QUICK, calibrate_logits=True), progress=False)
+    # TorchRec's fused tables are not scaled in place: DeepFM's inner products need its embeddings scaled
+    pytest.importorskip("torchrec")
+    fused = dict(QUICK, calibrate_logits=True, embeddings="torchrec", optimizer="adagrad")
+    with pytest.raises(NasrecError, match="deepfm's logit cannot be scaled through its weights"):
+        train(cache_dir, tmp_path / "fm", model="deepfm", overrides=fused, progress=False)

@@ -6,8 +6,8 @@ on Frappe: AUC 0.9828, log loss 0.1637, against 0.9818 / 0.1534 when it stops on
 BENCHMARKS.md). A scale and a shift fitted by maximum likelihood on held-out rows undo the
 over-confidence and leave every ranking metric unchanged, since the map is increasing.
 
-Both are folded into the weights, so evaluate, predict and export need nothing new: the model's logit
-must be a sum of parts that are each linear in their last layer's weights (`logit_parameters`), and
+Both are folded into the weights, so evaluate, predict and export need nothing new: a zoo model scales its
+logit through its own weights (`ZooModel.scale_logit_`), an architecture through its head, and
 `calibrate_logits` checks on a batch that the folded model gives scale x logit + shift.
 """
 
@@ -26,37 +26,24 @@ from nasrec.model.layers import HeadLinear
 from nasrec.train.bias_refit import output_bias
 from nasrec.train.evaluation import split_logits
 from nasrec.zoo.base import ZooModel
-from nasrec.zoo.layers import MLP
-from nasrec.zoo.registry import ZOO_MODELS
 
 log = logging.getLogger(__name__)
 
 
-def logit_parameters(model: nn.Module) -> list[nn.Parameter] | None:
-    """The parameters the logit is linear and homogeneous in (scaling them all scales it), or None."""
+def can_calibrate(model: nn.Module) -> bool:
+    """Whether `fold_calibration` can fold a scale and a shift of the logit into `model`'s weights."""
     if isinstance(model, ZooModel):
-        names = model.logit_parts
-        if not names:
-            return None
-        params: list[nn.Parameter] = []
-        for name in names:
-            part = getattr(model, name)
-            if isinstance(part, MLP):
-                part = part.layers[-1]
-            params.extend(part.parameters())  # a final layer, or a module linear in its own weights (FinalMLP's fusion)
-        return params
-    head = getattr(model, "head", None)
-    return list(head.parameters()) if isinstance(head, HeadLinear) else None
+        return model.can_scale_logit() and model.logit_bias() is not None
+    return isinstance(getattr(model, "head", None), HeadLinear)
 
 
 def check_calibratable(model: nn.Module, cache: Cache) -> None:
     """Refuse `calibrate_logits` for a model whose logit cannot be scaled, or data without validation rows."""
-    if logit_parameters(model) is None:
+    if not can_calibrate(model):
         name = model.name if isinstance(model, ZooModel) else type(model).__name__
-        able = ", ".join(n for n, cls in ZOO_MODELS.items() if cls.logit_parts)
         raise NasrecError(
-            f"training config: calibrate_logits: {name}'s logit is not a sum of final layers, so it cannot be "
-            f"calibrated (zoo models that can: {able}, and nasrec architectures)"
+            f"training config: calibrate_logits: {name}'s logit cannot be scaled through its weights, so it cannot "
+            "be calibrated (every zoo model and nasrec architecture can, with nasrec's own embedding tables)"
         )
     if "val" not in cache.split_names or not len(cache.split_index("val")):
         raise NasrecError(f"training config: calibrate_logits fits on the val split, and {cache.path} has none")
@@ -100,16 +87,15 @@ def platt_fit(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 @torch.no_grad()
 def fold_calibration(model: nn.Module, scale: float, shift: float) -> None:
-    """Fold logit' = scale x logit + shift into `model`'s weights."""
-    params = logit_parameters(model)
-    bias = output_bias(model)
-    if params is None or bias is None:
-        raise NasrecError(f"{type(model).__name__}: its logit is not a sum of final layers, so it cannot be calibrated")
-    if not any(p is bias for p in params):  # the shift below assumes the bias was scaled with the rest
-        raise NasrecError(f"{type(model).__name__}: its output bias is not among its final layers' weights")
-    for p in params:
-        p.mul_(scale)
-    bias.add_(shift)
+    """Fold logit' = scale x logit + shift into `model`'s weights (the logit's own scaling, then its bias)."""
+    if not can_calibrate(model):
+        raise NasrecError(f"{type(model).__name__}: its logit cannot be scaled through its weights")
+    if isinstance(model, ZooModel):
+        model.scale_logit_(scale)
+    else:  # an architecture: the head is the logit's only final layer
+        for p in model.head.parameters():
+            p.mul_(scale)
+    output_bias(model).add_(shift)  # type: ignore[union-attr]  # can_calibrate checked it exists
 
 
 @torch.no_grad()

@@ -95,8 +95,9 @@ class ZooModel(nn.Module):
     # Set by models with a `max_embedding_std` hyper-parameter; None keeps FieldEmbedding's init as is.
     max_embedding_std: float | None = None
     # The submodules whose outputs the logit sums, each linear in its own weights (a Linear(→ 1), an MLP's last
-    # layer, LR's FirstOrder, FinalMLP's fusion): scaling those weights scales the logit
-    # (`nasrec.train.calibration`). Empty where a product of two learned vectors reaches it (FM, DeepFM).
+    # layer, LR's FirstOrder, FinalMLP's fusion): scaling those weights scales the logit (`scale_logit_`, for
+    # `nasrec.train.calibration`). FM and DeepFM, whose inner products are quadratic in the embeddings, scale
+    # theirs their own way.
     logit_parts: tuple[str, ...] = ()
 
     def __init__(self, num_dense: int, table_sizes: Sequence[int]) -> None:
@@ -141,6 +142,22 @@ class ZooModel(nn.Module):
             if last:
                 return last[-1].bias
         return None
+
+    def can_scale_logit(self) -> bool:
+        """Whether `scale_logit_` can multiply the logit by a factor through the weights."""
+        return bool(self.logit_parts)
+
+    @torch.no_grad()
+    def scale_logit_(self, factor: float) -> None:
+        """Multiply every logit by `factor` through the weights: those of `logit_parts`' final layers."""
+        if not self.can_scale_logit():
+            raise NasrecError(f"{self.name}: its logit is not a sum of final layers, so it cannot be scaled")
+        for name in self.logit_parts:
+            part = getattr(self, name)
+            if isinstance(part, MLP):
+                part = part.layers[-1]
+            for p in part.parameters():  # a final layer, or a module linear in its own weights (FinalMLP's fusion)
+                p.mul_(factor)
 
     @torch.no_grad()
     def init_logit_bias(self, ctr: float) -> None:

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 
 import torch
 
+from nasrec.model.embedding import FieldEmbedding
 from nasrec.zoo.base import ZooModel
 from nasrec.zoo.layers import DenseField, FirstOrder, flat_inputs
-from nasrec.zoo.linear import fm_interaction
+from nasrec.zoo.linear import fm_interaction, scale_fm_logit
 
 
 class DeepFM(ZooModel):
@@ -48,3 +49,11 @@ class DeepFM(ZooModel):
         emb = self.embedding(sparse)
         fm = self.linear(dense, sparse) + fm_interaction(self.dense_field(dense, emb))
         return fm + self.mlp(flat_inputs(dense, emb)).squeeze(1)
+
+    def can_scale_logit(self) -> bool:
+        """Yes: `scale_fm_logit`, with the MLP's first and last layers. (nasrec's own embedding tables: TorchRec's fused ones are not scaled in place)."""
+        return isinstance(self.embedding, FieldEmbedding)
+
+    def scale_logit_(self, factor: float) -> None:
+        """Multiply every logit by `factor` through the weights (`scale_fm_logit`)."""
+        scale_fm_logit(self, factor, self.mlp)
