@@ -215,10 +215,16 @@ def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops
     profile_table(get_space(args.space), len(c.dense_fields), sizes, table, layernorm=args.nasrec_layernorm)
     print(json.dumps({"latency_table": str(table), "seconds": round(time.perf_counter() - t0)}), flush=True)
     common = {"latency_table": str(table)}
-    search = dict(common, **({"max_latency_ms": args.max_latency_ms} if args.max_latency_ms is not None else {}))
+    cap = args.max_latency_ms
+    if cap is not None and not str(cap).replace(".", "", 1).isdigit():  # a zoo model: timed once, for both stages
+        from nasrec.export.latency_caps import zoo_latency_ms
+
+        cap = zoo_latency_ms(str(cap).strip().lower(), cache, "onnxruntime", 1, 1)
+        print(json.dumps({"latency_cap": args.max_latency_ms, "ms": cap}), flush=True)
+    search = dict(common, **({"max_latency_ms": cap} if cap is not None else {}))
     supernet = dict(common)
-    if args.supernet_budget and args.max_latency_ms is not None:
-        supernet["path_max_latency_ms"] = args.max_latency_ms
+    if args.supernet_budget and cap is not None:
+        supernet["path_max_latency_ms"] = cap
     return {"supernet": supernet if len(supernet) > 1 or mflops_budget else {}, "search": search}
 
 

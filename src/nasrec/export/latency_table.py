@@ -303,6 +303,7 @@ def profile_table(
     if calibration < 3:
         raise NasrecError(f"a latency profile needs at least 3 calibration architectures, got {calibration}")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     num_sparse = len(table_sizes)
     grid = grids(space, num_dense, num_sparse)
     wanted = list(keys) if keys is not None else component_keys(space, grid)
