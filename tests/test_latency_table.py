@@ -287,3 +287,18 @@ def test_a_profile_covers_each_batch_size_and_thread_count_in_torchscript_too(tm
     for setting in table["settings"].values():
         assert sorted(setting["entries"]) == sorted(keys) and all(v >= 0 for v in setting["entries"].values())
         assert len(setting["calibration"]) == 3 and "intercept_ms" in setting["fit"]
+
+
+def test_a_profile_with_layer_norms_exports_every_probe(tmp_path: Path) -> None:
+    """Served models with layer norms: the probes (tracing exporter) need the norms' shapes constant."""
+    space = SearchSpace.from_dict({**TINY, "dense_ops": ["fc", "gating"], "sparse_ops": ["efc", "transformer"]})
+    keys = component_keys(space, grids(space, 3, 4))
+    table = latency_table.profile_table(
+        space, 3, (20, 30, 40, 50), tmp_path / "sub" / "ln.json", warmup=0, reps=2, layernorm=True, calibration=3
+    )
+    assert table["layernorm"] is True and set(table["settings"][setting_key(1, 1)]["entries"]) == set(keys)
+    model = load_latency_model(tmp_path / "sub" / "ln.json", space, 3, 4, layernorm=True)
+    rng = np.random.default_rng(0)  # every architecture of the space is priced from the table's entries
+    assert all(np.isfinite(model.predict(space.sample(rng, "uniform"))) for _ in range(20))
+    with pytest.raises(NasrecError, match="measured with layer norms, the models have them off"):
+        load_latency_model(tmp_path / "sub" / "ln.json", space, 3, 4, layernorm=False)
