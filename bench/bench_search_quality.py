@@ -223,8 +223,8 @@ def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops
         print(json.dumps({"latency_cap": args.max_latency_ms, "ms": cap}), flush=True)
     search = dict(common, **({"max_latency_ms": cap} if cap is not None else {}))
     supernet = dict(common)
-    if args.supernet_budget and cap is not None:
-        supernet["path_max_latency_ms"] = cap
+    if args.supernet_budget and cap is not None:  # paths priced as the served models: with their layer norms
+        supernet.update(path_max_latency_ms=cap, path_count_layernorm=args.nasrec_layernorm)
     return {"supernet": supernet if len(supernet) > 1 or mflops_budget else {}, "search": search}
 
 
