@@ -54,6 +54,7 @@ from nasrec.search.presets import resolve
 from nasrec.search.rankcheck import rank_correlation, rankcheck
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train_supernet
+from nasrec.zoo.budget import parse_latency_cap
 
 
 def finetune_ablation(sn: Path, cache: Path, rc: dict, preset: str, workers: int, scoring: dict) -> list[dict]:
@@ -215,11 +216,11 @@ def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops
     profile_table(get_space(args.space), len(c.dense_fields), sizes, table, layernorm=args.nasrec_layernorm)
     print(json.dumps({"latency_table": str(table), "seconds": round(time.perf_counter() - t0)}), flush=True)
     common = {"latency_table": str(table)}
-    cap = args.max_latency_ms
-    if cap is not None and not str(cap).replace(".", "", 1).isdigit():  # a zoo model: timed once, for both stages
+    cap = parse_latency_cap(args.max_latency_ms)
+    if isinstance(cap, str):  # a zoo model: timed once, for both stages
         from nasrec.export.latency_caps import zoo_latency_ms
 
-        cap = zoo_latency_ms(str(cap).strip().lower(), cache, "onnxruntime", 1, 1)
+        cap = zoo_latency_ms(cap, cache, "onnxruntime", 1, 1)
         print(json.dumps({"latency_cap": args.max_latency_ms, "ms": cap}), flush=True)
     search = dict(common, **({"max_latency_ms": cap} if cap is not None else {}))
     supernet = dict(common)
@@ -247,8 +248,8 @@ def measured_latency(args: argparse.Namespace, cache: Path, final: Architecture,
         "final_latency_ms_measured": measure_model_latency(model, num_dense, sizes)["results"][0]["p50_ms"],
         "final_latency_ms_predicted": round(table.predict(final), 5),
     }
-    cap = str(args.max_latency_ms or "").strip().lower()
-    if cap and not cap.replace(".", "", 1).isdigit():
+    cap = parse_latency_cap(args.max_latency_ms)
+    if isinstance(cap, str):
         out[f"{cap}_latency_ms_measured"] = zoo_latency_ms(cap, cache, "onnxruntime", 1, 1)
     return out
 

@@ -515,3 +515,6 @@ def test_a_latency_budget_runs_through_the_pipeline_and_its_report(tiny_run: Pat
     md = (run / "report" / "report.md").read_text()
     assert "latency ms (measured)" in md and "predicted to serve in" in md
     assert (run / "report" / "pareto_latency.png").exists()
+    # a rerun rewrites the report but keeps the figures of models that did not change
+    run_pipeline(resolve_config(timed), run, progress=False)
+    assert json.loads((run / "latency.json").read_text()) == measured

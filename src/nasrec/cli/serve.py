@@ -126,15 +126,20 @@ def _add_latency(sub: argparse._SubParsersAction) -> None:
         "--zoo", metavar="NAME", help="zoo model with its default recipe's hyper-parameters, at --data's shape"
     )
     m.add_argument("--data", metavar="DIR", help="prepared cache: the fields and table sizes for --arch / --zoo")
-    m.add_argument("--runtime", choices=["onnxruntime", "torchscript"], default="onnxruntime")
-    m.add_argument("--batch", type=clicheck.int_at_least(1), nargs="+", default=[1], help="batch sizes (default 1)")
-    m.add_argument("--threads", type=clicheck.int_at_least(1), nargs="+", default=[1], help="thread counts (default 1)")
-    m.add_argument("--warmup", type=clicheck.int_at_least(0), default=50, help="untimed calls first (default 50)")
-    m.add_argument("--reps", type=clicheck.int_at_least(1), default=300, help="timed calls (default 300)")
+    _add_timing(m)
     m.add_argument("--out", metavar="FILE.json", help="also write the result here")
     m.add_argument("--json", action="store_true", help=JSON_HELP)
     _add_latency_profile(lsub)
     _add_latency_predict(lsub)
+
+
+def _add_timing(p: argparse.ArgumentParser) -> None:
+    """The serving runtime, the batch sizes and thread counts, and the protocol's warm-up and timed calls."""
+    p.add_argument("--runtime", choices=["onnxruntime", "torchscript"], default="onnxruntime")
+    p.add_argument("--batch", type=clicheck.int_at_least(1), nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--threads", type=clicheck.int_at_least(1), nargs="+", default=[1], help="thread counts (default 1)")
+    p.add_argument("--warmup", type=clicheck.int_at_least(0), default=50, help="untimed calls first (default 50)")
+    p.add_argument("--reps", type=clicheck.int_at_least(1), default=300, help="timed calls (default 300)")
 
 
 def _add_shape(p: argparse.ArgumentParser, required: bool) -> None:
@@ -152,11 +157,7 @@ def _add_latency_profile(lsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", required=True, help="small, full, full+ or a space file")
     _add_shape(p, required=True)
-    p.add_argument("--runtime", choices=["onnxruntime", "torchscript"], default="onnxruntime")
-    p.add_argument("--batch", type=clicheck.int_at_least(1), nargs="+", default=[1], help="batch sizes (default 1)")
-    p.add_argument("--threads", type=clicheck.int_at_least(1), nargs="+", default=[1], help="thread counts (default 1)")
-    p.add_argument("--warmup", type=clicheck.int_at_least(0), default=50, help="untimed calls first (default 50)")
-    p.add_argument("--reps", type=clicheck.int_at_least(1), default=300, help="timed calls (default 300)")
+    _add_timing(p)
     p.add_argument(
         "--calibration",
         type=clicheck.int_at_least(3),

@@ -31,7 +31,7 @@ def zoo_latency_ms(name: str, data: str | Path, runtime: str, batch: int, thread
     )
     ms = float(res["results"][0]["p50_ms"])
     log.info(
-        "max_latency_ms %s: %.4f ms (p50, %s, batch %d, %d thread(s), measured here)", name, ms, runtime, batch, threads
+        "latency cap %s: %.4f ms (p50, %s, batch %d, %d thread(s), measured here)", name, ms, runtime, batch, threads
     )
     return ms
 

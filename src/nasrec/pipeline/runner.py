@@ -309,7 +309,11 @@ class Pipeline:
         return {k: str(v) for k, v in write_report(self.out).items()}
 
     def _measure_latency(self) -> None:
-        """With a latency table in the search settings: each final model's serving latency, measured after export."""
+        """With a latency table in the search settings: each final model's serving latency, measured after export.
+
+        A model whose metrics.json is unchanged since the last measurement, at the same setting on the same
+        machine, keeps its figure: the report stage runs on every rerun, and timing again gives another number.
+        """
         from nasrec.export.latency import measure_run_latency
         from nasrec.machine import machine_identity
 
@@ -318,19 +322,27 @@ class Pipeline:
             return
         setting = {
             "runtime": s.get("latency_runtime", "onnxruntime"),
-            "batches": (int(s.get("latency_batch", 1)),),
-            "threads": (int(s.get("latency_threads", 1)),),
+            "batches": [int(s.get("latency_batch", 1))],
+            "threads": [int(s.get("latency_threads", 1))],
         }
+        record = {"machine": machine_identity(), **setting}
+        before = rundir.read_json(self.out / rundir.LATENCY_JSON) or {}
+        kept = before.get("models", {}) if {k: before.get(k) for k in record} == record else {}
         folders = [("searched (final)", self.out / FINAL_DIR)]
         folders += [(d.name, d) for d in sorted((self.out / BASELINES_DIR).glob("*")) if d.is_dir()]
         models = {}
         for name, folder in folders:
-            if (folder / rundir.METRICS_JSON).exists():
-                r = measure_run_latency(folder, **setting)["results"][0]
-                models[name] = {k: r[k] for k in ("p50_ms", "p99_ms", "mean_ms")}
-                log.info("%s: serving latency %.4f ms (p50, measured)", name, r["p50_ms"])
-        record = {"machine": machine_identity(), **setting, "models": models}
-        rundir.atomic_write_json(self.out / rundir.LATENCY_JSON, record)
+            metrics = folder / rundir.METRICS_JSON
+            if not metrics.exists():
+                continue
+            stamp = metrics.stat().st_mtime_ns
+            if kept.get(name, {}).get("metrics_mtime_ns") == stamp:
+                models[name] = kept[name]
+                continue
+            r = measure_run_latency(folder, **setting)["results"][0]
+            models[name] = {**{k: r[k] for k in ("p50_ms", "p99_ms", "mean_ms")}, "metrics_mtime_ns": stamp}
+            log.info("%s: serving latency %.4f ms (p50, measured)", name, r["p50_ms"])
+        rundir.atomic_write_json(self.out / rundir.LATENCY_JSON, {**record, "models": models})
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

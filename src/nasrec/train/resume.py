@@ -48,9 +48,7 @@ class TrainState:
     sampled_seconds: float = 0.0
     sampled_samples: int = 0
     log_lines: int | None = 0  # metrics.jsonl lines written (None: a checkpoint of an older nasrec)
-    bias_shift: float | None = (
-        None  # what refit_logit_bias or calibrate_logits added to the output bias (None: not yet)
-    )
+    bias_shift: float | None = None  # what refit_logit_bias / calibrate_logits added to the output bias (None: not yet)
     logit_scale: float | None = None  # what calibrate_logits multiplied the logit by
     evals: list[dict[str, Any]] = field(default_factory=list)
 
