@@ -16,6 +16,10 @@ than `--min-count` times there map to the out-of-vocabulary row):
   read as dense features with the log transform, 26 categorical indices); the train file's first 9,000
   rows train, its last 1,000 validate, the 10,000 rows of the test file test.
 - `avazu_9k`: ../shared/data, raw Avazu format, autoctr split.
+- `frappe_x1_train`: ../shared/data, BARS Frappe_x1's training split, prepared and split as
+  `bench/bench_frappe.py` does (8:1:1 at random, seed 0). Its recipe is the searched models' recipe of
+  `examples/frappe.yaml` (`x-recipe`: DeepFM's tuned settings, early stopping on AUC, the logit calibrated);
+  `--default-recipes` gives the zoo models theirs, as `bench/bench_frappe.py` does.
 - `synthetic`: `--synthetic-rows` rows (default 60,000) of nasrec's synthetic Criteo-shaped data, preset
   `--synthetic-preset` (default "interactions": planted pairwise interactions and gates over few
   categories per field), seed 0, random split; its known click probabilities give the Bayes-optimal
@@ -43,6 +47,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, machine_line  # bench/ is not a package
 
@@ -55,6 +61,8 @@ from nasrec.train.evaluation import train_ctr
 from nasrec.zoo.registry import ZOO_MODELS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FRAPPE = "frappe_x1_train"
 PUBLISHED = [f"{d}_{s}_best" for d in ("criteo", "avazu", "kdd") for s in ("autoctr", "xlarge")]
 DATASETS = ["synthetic", "criteo_kaggle_8k", "criteo_kaggle_indexed_20k", "avazu_9k"]
 # Per dataset: batch size, epochs at most, learning rate (one recipe for every model on that dataset).
@@ -85,6 +93,10 @@ def prepare_dataset(
     name: str, work: Path, min_count: int, synthetic_rows: int, synthetic_preset: str, base_ctr: float | None = None
 ) -> Path:
     """Prepare one dataset under `work` (reused when already there); returns the cache directory."""
+    if name == FRAPPE:  # split as bench/bench_frappe.py splits it (8:1:1 at random, seed 0)
+        from bench_frappe import prepare_frappe
+
+        return prepare_frappe(work / "data" / FRAPPE, SHARED / "data" / FRAPPE / "train.csv")
     out = work / "data" / (name if name != "synthetic" else f"synthetic-{synthetic_preset}-{synthetic_rows}-{base_ctr}")
     if (out / "meta.json").exists():
         return out
@@ -114,6 +126,9 @@ def prepare_dataset(
 
 def recipe(dataset: str, cache_dir: Path, seed: int, evals_per_epoch: int = 2) -> dict[str, Any]:
     """Training overrides of the benchmark recipe on one dataset (the same for every model)."""
+    if dataset == FRAPPE:  # the searched models' recipe of the Frappe pipeline: DeepFM's tuned settings
+        x = yaml.safe_load((EXAMPLES / "frappe.yaml").read_text())["x-recipe"]
+        return dict(x, seed=seed, threads=2, checkpoint_every=10**9, log_every=10**9)
     r = RECIPES[dataset]
     steps_per_epoch = len(open_cache(cache_dir).split_index("train")) // r["batch_size"]
     return dict(

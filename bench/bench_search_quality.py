@@ -5,7 +5,9 @@ Usage::
     python bench/bench_search_quality.py                      # synthetic and criteo_kaggle_indexed_20k
     python bench/bench_search_quality.py --datasets synthetic --space small --max-mflops 0.5
 
-Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `--work`):
+Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `--work`; `frappe_x1_train`
+is BARS Frappe_x1's training split, split as `bench/bench_frappe.py` splits it, and its nasrec
+architectures train with the searched models' recipe of `examples/frappe.yaml`):
 
 1. `nasrec supernet` over `--space` with the "cpu-supernet" preset (`--supernet-epochs` epochs, full-path
    warm-up over the first quarter of the steps; with `--supernet-budget` only paths within `--max-mflops`
@@ -15,7 +17,8 @@ Per dataset (prepared as `bench/bench_quality.py` prepares it, under the same `-
    the top 3 (`--top-k`) retrained with the quality benchmark's recipe (`--retrain-seeds` seeds each)
    and the final one chosen by validation loss;
 3. the final architecture trained with that recipe for seeds 0, 1, 2 (rows directly comparable with
-   `bench/bench_quality.py`'s; `--seeds` with no value skips them);
+   `bench/bench_quality.py`'s; `--seeds` with no value skips them), and the zoo models of `--baselines`
+   with their default recipes for the same seeds, each compared with it by Welch's 95 % interval;
 4. `nasrec rankcheck`: `--rank-k` architectures scored through the supernet and trained with the recipe
    (seed 0, at most `--rank-epochs` epochs): Kendall tau and Spearman rho; the same architectures re-scored without fine-tune and with
    4x the preset's fine-tune steps (the fine-tune ablation). `--rank-k 0` skips it; `--rank-capped`
@@ -106,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
+    ap.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[],
+        help="zoo models trained with their default recipes for --seeds, compared with the final model (Welch)",
+    )
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
     nasrec = nasrec_set(args)
@@ -162,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             row = run_one(cache, dataset, name, seed, args.work, 2, arch=final, nasrec=nasrec)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        for model in args.baselines:
+            for seed in args.seeds:
+                row = run_one(cache, dataset, model, seed, args.work, 2, default_recipe=True)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         rc, ablation = {"kendall_tau": None, "spearman_rho": None, "pairs": 0}, []
         if args.rank_k > 0:
             rc = rankcheck(
@@ -194,12 +208,30 @@ def main(argv: list[str] | None = None) -> int:
             "finetune_ablation": ablation,
             "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset]),
             **measured_latency(args, cache, final, latency),
+            "against_baselines": against(rows, dataset, name, args.baselines),
         }
         summaries.append(summary)
         print(json.dumps(summary), flush=True)
     print(table(rows), flush=True)
     print(json.dumps({"bench": "search_quality", "machine": machine_info(), "summaries": len(summaries)}))
     return 0
+
+
+def against(rows: list[dict], dataset: str, name: str, baselines: list[str]) -> dict[str, dict]:
+    """The final model minus each baseline over the seeds: Welch's 95 % interval of test log loss and AUC."""
+    from nasrec.train.compare import difference
+
+    def of(model: str, key: str) -> list[float]:
+        return [r[key] for r in rows if r["dataset"] == dataset and r["model"] == model]
+
+    out = {}
+    for model in (m for m in baselines if of(name, "logloss") and of(m, "logloss")):
+        out[model] = {
+            key: difference(of(name, key), of(model, key), lower_is_better=key == "logloss")
+            for key in ("logloss", "auc")
+        }
+        out[model]["mflops"] = of(model, "mflops")[0] if of(model, "mflops") else None
+    return out
 
 
 def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops_budget: bool) -> dict[str, dict]:
