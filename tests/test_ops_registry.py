@@ -135,11 +135,11 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear")
     assert registry.names("sparse") == ("efc", "transformer")
     # cells have always created sum's layers before gating's: the same seed gives the same weights; the
     # operators added after the paper's come last, so the paper's spaces keep their layouts
-    assert registry.build_order() == ("fc", "dot", "sum", "gating", "efc", "transformer", "cross", "flat")
+    assert registry.build_order() == ("fc", "dot", "sum", "gating", "efc", "transformer", "cross", "flat", "bilinear")
 
 
 def test_registered_for_a_while() -> None:
@@ -150,7 +150,16 @@ def test_registered_for_a_while() -> None:
         _space()
     with registry.registered(Scale, TScale):
         assert registry.names("dense")[-1] == "scale" and registry.names("sparse")[-1] == "tscale"
-        assert arch_module.DENSE_OPS == ("fc", "dot", "gating", "sum", "cross", "flat", "scale")  # read at each access
+        assert arch_module.DENSE_OPS == (
+            "fc",
+            "dot",
+            "gating",
+            "sum",
+            "cross",
+            "flat",
+            "bilinear",
+            "scale",
+        )  # read at each access
         arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
         assert arch.blocks[0].dense_ops == ("fc", "scale")  # canonical order: the registry's
         assert _space().dense_ops == ("fc", "sum", "scale")
@@ -184,7 +193,7 @@ def test_register_refuses_bad_operators() -> None:
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
         registry.unregister("scale")
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear")
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -455,28 +464,30 @@ def test_a_chain_of_cross_blocks_is_dcnv2s_cross_network() -> None:
 
 
 @pytest.mark.parametrize("layernorm", [False, True])
-def test_cross_and_flat_in_the_full_plus_space(layernorm: bool) -> None:
-    """full+: supernet paths through cross and flat equal their materialised models, costed as they are built."""
+def test_cross_flat_and_bilinear_in_the_full_plus_space(layernorm: bool) -> None:
+    """full+: supernet paths through cross, flat and bilinear equal their materialised models, costed as they
+    are built."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from nasrec.space.space import get_space
 
     full_plus = get_space("full+")
-    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat")
+    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear")
     assert full_plus.sparse_ops == NASREC_FULL.sparse_ops
     dense, sparse = _batch()
     # the whole space (attention included): paths through cross equal their materialised models
     # and (without layer norms) linears and products only: the FLOP counter measures what the cost model counts
     for space, check_flops in (
         (full_plus, False),
-        (replace(full_plus, dense_ops=("fc", "gating", "cross", "flat"), sparse_ops=("efc",)), True),
+        (replace(full_plus, dense_ops=("fc", "gating", "cross", "flat", "bilinear"), sparse_ops=("efc",)), True),
     ):
         space = replace(space, num_blocks=4, dense_widths=(8, 16, 24), sparse_widths=(4, 8))
         torch.manual_seed(0)
         supernet = Supernet(space, NUM_DENSE, TABLES, layernorm=layernorm)
         rng = np.random.default_rng(0)
-        drawn = (space.sample(rng, "single-path") for _ in range(60))
-        archs = [a for a in drawn if {"cross", "flat"} <= {op for b in a.blocks for op in b.dense_ops}][:8]
+        drawn = (space.sample(rng, "single-path") for _ in range(300))
+        archs = [a for a in drawn if {"cross", "flat", "bilinear"} <= {op for b in a.blocks for op in b.dense_ops}]
+        archs = archs[:8]
         assert len(archs) == 8
         for arch in archs:
             supernet.train()
@@ -494,7 +505,9 @@ def test_cross_and_flat_in_the_full_plus_space(layernorm: bool) -> None:
                     sub(dense[:1], sparse[:1])
                 assert counter.get_total_flops() // 2 == cost.flops
         assert supernet.cells[0].cross.weight.grad.abs().sum() > 0
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for c in supernet.cells for p in c.flat.parameters())
+        for layer in ("flat", "bil_u", "bil_v"):
+            grads = [p.grad for c in supernet.cells for p in getattr(c, layer).parameters()]
+            assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_flat_then_fc_is_an_mlp_on_the_flattened_embeddings() -> None:
@@ -517,3 +530,29 @@ def test_flat_then_fc_is_an_mlp_on_the_flattened_embeddings() -> None:
         torch.testing.assert_close(sub.features(dense, sparse).dense, want, atol=1e-5, rtol=0)
     cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES)
     assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+
+
+def test_bilinear_fuses_two_streams_as_finalmlp() -> None:
+    """Two flat streams of different widths and bilinear over them: u ⊙ v + u + v with u, v linear in the
+    streams (the narrower one padded), one Linear each with bias, in the blocks' weights."""
+    arch = Architecture(
+        (
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 24, 4),
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 8, 4),
+            Block(("bilinear",), ("efc",), (0,), (0,), 1, 2, 16, 4),
+        )
+    )
+    torch.manual_seed(0)
+    sub = Subnet(arch, NUM_DENSE, TABLES)
+    dense, sparse = _batch()
+    e = sub.embedding(sparse).flatten(1)
+    c0, c1, c2 = sub.cells["0"], sub.cells["1"], sub.cells["2"]
+    s1 = torch.relu(e @ c0.flat.blocks[0].T + c0.flat.bias)
+    s2 = torch.relu(e @ c1.flat.blocks[0].T + c1.flat.bias)
+    u = s1 @ c2.bil_u.weight.T + c2.bil_u.bias
+    v = s2 @ c2.bil_v.weight[:, :8].T + c2.bil_v.bias  # the 8-wide stream padded to 24 by zeros
+    with torch.no_grad():
+        torch.testing.assert_close(sub.features(dense, sparse).dense, u * v + u + v, atol=1e-5, rtol=0)
+    cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES)
+    assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+    assert c2.bil_u.weight.shape == c2.bil_v.weight.shape == (16, 24)

@@ -1,4 +1,4 @@
-"""sum, gating and cross: the operators that combine two dense inputs, `left` and `right`."""
+"""sum, gating, cross and bilinear: the operators that combine two dense inputs, `left` and `right`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def cross_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
     """cross: pad to m; left ⊙ Linear_m×m(right) + right; then as sum (Linear(m → w) only if m ≠ w; LN?(w))."""
     m = max(dl, dr)
     return linear_cost(m, m, bias=True) + sum_cost(dl, dr, w, ln)
+
+
+def bilinear_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
+    """bilinear: pad to m; u = Linear(m → w)(left), v = Linear(m → w)(right); u ⊙ v + u + v; LN?(w). Biases always."""
+    m = max(dl, dr)
+    return linear_cost(m, w, bias=True) + linear_cost(m, w, bias=True) + ln_if(ln, w)
 
 
 def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -147,3 +153,35 @@ class Cross(DenseOperator):
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
         return cross_cost(left, right, b.dense_width, ln)
+
+
+class Bilinear(DenseOperator):
+    """FinalMLP's bilinear fusion of two streams, in low rank: u ⊙ v + u + v, LN?(W).
+
+    u = U·left + b_u and v = V·right + b_v, both W wide (left and right padded to m, the wider). The head's
+    linear over the output gives Σ_k h_k (u_k v_k + u_k + v_k): a rank-W bilinear form of the two streams
+    plus a linear term of each, FinalMLP's fusion (Mao et al., 2023) with its heads' products factorised.
+    `(1 + u) ⊙ (1 + v) − 1`, so at v = 0 it passes u, and at u = 0 v.
+    """
+
+    name = "bilinear"
+    reads = frozenset({"left", "right"})
+    layers = ("bil_u", "bil_v", "bil_ln")
+
+    @classmethod
+    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
+        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+
+        cell.bil_u = SliceLinear(spec.pad_cap, spec.width, bias=True)
+        cell.bil_v = SliceLinear(spec.pad_cap, spec.width, bias=True)
+        cell.bil_ln = SliceLayerNorm(spec.width) if spec.layernorm else None
+
+    @classmethod
+    def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
+        left, right, _ = _padded(x)
+        u, v = cell.bil_u(left, x.width), cell.bil_v(right, x.width)
+        return norm(cell.bil_ln, u * v + u + v)
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return bilinear_cost(left, right, b.dense_width, ln)

@@ -23,7 +23,7 @@ from nasrec.model.ops.efc import EFC
 from nasrec.model.ops.fc import FC
 from nasrec.model.ops.flat import Flat
 from nasrec.model.ops.merge import D2S, FM
-from nasrec.model.ops.pair import Cross, Gating, Sum
+from nasrec.model.ops.pair import Bilinear, Cross, Gating, Sum
 from nasrec.model.ops.transformer import Transformer
 
 KINDS = ("dense", "sparse")
@@ -113,3 +113,4 @@ register(EFC)
 register(Transformer)
 register(Cross)  # after the paper's operators: their canonical and build orders stay as they were
 register(Flat)
+register(Bilinear)
