@@ -27,6 +27,7 @@ from nasrec.model.cost import arch_cost
 from nasrec.model.layers import Seg, SegLinear, SliceLayerNorm
 from nasrec.model.ops import registry, transformer
 from nasrec.model.ops.base import Cost, DenseOperator, OpInput, SparseOperator, linear_cost, norm, token_linear_cost
+from nasrec.model.spec import ModelSpec
 from nasrec.model.subnet import Subnet
 from nasrec.model.supernet import Supernet
 from nasrec.space import arch as arch_module
@@ -556,3 +557,47 @@ def test_bilinear_fuses_two_streams_as_finalmlp() -> None:
     cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES)
     assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
     assert c2.bil_u.weight.shape == c2.bil_v.weight.shape == (16, 24)
+
+
+def test_batchnorm_replaces_the_dense_layer_norms_of_a_standalone_model() -> None:
+    """Subnet(batchnorm=True): flat then fc is Linear → BatchNorm → ReLU twice (the zoo's MLP, in eval mode
+    with its running statistics); token layer norms stay; parameters as costed; batch statistics in training."""
+    arch = Architecture(
+        (
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 24, 4),
+            Block(("fc",), ("efc",), (1,), (1,), 1, 1, 16, 4),
+        )
+    )
+    with pytest.raises(NasrecError, match="needs layernorm"):
+        Subnet(arch, NUM_DENSE, TABLES, batchnorm=True)
+    from nasrec.train.config import TrainConfig
+
+    with pytest.raises(NasrecError, match=r"training config arch_batchnorm: .*set layernorm: true"):
+        TrainConfig(arch_batchnorm=True)
+    assert TrainConfig(arch_batchnorm=True, layernorm=True).arch_model_options()["batchnorm"] is True
+    torch.manual_seed(0)
+    sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=True, batchnorm=True)
+    c0, c1 = sub.cells["0"], sub.cells["1"]
+    assert isinstance(c0.flat_ln, nn.BatchNorm1d) and isinstance(c1.fc_ln, nn.BatchNorm1d)
+    assert not isinstance(c0.efc_ln, nn.BatchNorm1d)  # tokens keep layer norms
+    dense, sparse = _batch()
+    sub.train()
+    for _ in range(3):  # running statistics away from (0, 1)
+        sub(dense, sparse)
+    sub.eval()
+
+    def bn(layer: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+        return (x - layer.running_mean) / torch.sqrt(layer.running_var + layer.eps) * layer.weight + layer.bias
+
+    e = sub.embedding(sparse).flatten(1)
+    h = torch.relu(bn(c0.flat_ln, e @ c0.flat.blocks[0].T))
+    want = torch.relu(bn(c1.fc_ln, h @ c1.fc.blocks[0].T))
+    with torch.no_grad():
+        torch.testing.assert_close(sub.features(dense, sparse).dense, want, atol=1e-5, rtol=0)
+        sub.train()
+        assert not torch.allclose(sub.features(dense, sparse).dense, want, atol=1e-3)
+    cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES, use_layernorm=True)
+    assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+    spec = ModelSpec(kind="nasrec", num_dense=NUM_DENSE, table_sizes=TABLES, arch=arch.to_dict(), layernorm=True,
+                     batchnorm=True)  # fmt: skip
+    assert isinstance(ModelSpec.from_dict(spec.to_dict()).build().cells["1"].fc_ln, nn.BatchNorm1d)

@@ -69,6 +69,15 @@ class SliceLinear(nn.Module):
             self.bias.copy_(other.bias[: self.out_cap])
 
 
+def dense_norm(n: int, batchnorm: bool) -> nn.Module:
+    """The norm of a block's dense [B, n] output: a sliceable layer norm, or a standalone model's batch norm.
+
+    Batch norm (`Subnet(batchnorm=True)`) is what the zoo's MLPs use (Linear → BatchNorm → ReLU); a standalone
+    cell's widths are fixed, so it is a plain BatchNorm1d. Supernets always use layer norms.
+    """
+    return nn.BatchNorm1d(n) if batchnorm else SliceLayerNorm(n)
+
+
 class SliceLayerNorm(nn.Module):
     """LayerNorm over the last `n <= cap` features, with the first n of its affine parameters."""
 

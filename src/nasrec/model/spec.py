@@ -51,6 +51,7 @@ class ModelSpec:
     layernorm: bool = False
     dropout: float = 0.0  # kind "nasrec": dropout on every block's dense output (`Subnet`); 0: none
     max_embedding_std: float | None = None  # kind "nasrec": the tables' initial std capped at this (None: xavier)
+    batchnorm: bool = False  # kind "nasrec": batch norms in place of the dense outputs' layer norms (`Subnet`)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -89,6 +90,7 @@ class ModelSpec:
                 layernorm=self.layernorm,
                 dropout=self.dropout,
                 max_embedding_std=self.max_embedding_std,
+                batchnorm=self.batchnorm,
             )
         if self.kind == "zoo":
             return _zoo("build")(self.zoo, self.num_dense, self.table_sizes, **self.hparams)

@@ -33,8 +33,11 @@ class Subnet(nn.Module):
         layernorm: bool = False,
         dropout: float = 0.0,
         max_embedding_std: float | None = None,
+        batchnorm: bool = False,
     ) -> None:
         super().__init__()
+        if batchnorm and not layernorm:
+            raise NasrecError("batchnorm replaces the layer norms of the blocks' dense outputs: it needs layernorm")
         if not 0.0 <= dropout < 1.0:
             raise NasrecError(f"dropout must lie in [0, 1), got {dropout}")
         if max_embedding_std is not None and not max_embedding_std > 0:
@@ -45,6 +48,9 @@ class Subnet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else None
         self.num_dense, self.num_sparse = num_dense, len(table_sizes)
         self.layernorm = layernorm
+        # Batch norms on the blocks' dense outputs (fc, flat, the pair operators, dot's output, fm), as the zoo's
+        # MLPs have them; tokens keep their layer norms. A standalone model's choice: supernets use layer norms.
+        self.batchnorm = batchnorm
         self.embedding = FieldEmbedding(table_sizes)
         if max_embedding_std is not None:  # a fresh model's tables; from_supernet copies the supernet's over them
             self.embedding.cap_std(max_embedding_std)
@@ -56,7 +62,8 @@ class Subnet(nn.Module):
         cells = {}
         for i, (block, live) in enumerate(zip(arch.blocks, self.live, strict=True)):
             if live:
-                cells[str(i)] = Cell(_exact_spec(block, self.outputs[i], dense_w, token_w, has_d2s, layernorm))
+                spec = _exact_spec(block, self.outputs[i], dense_w, token_w, has_d2s, layernorm, batchnorm)
+                cells[str(i)] = Cell(spec)
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
         self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s, centre=layernorm)
@@ -99,7 +106,13 @@ class Subnet(nn.Module):
 
 
 def _exact_spec(
-    block: Block, live: tuple[bool, bool], dense_w: list[int], token_w: list[int], has_d2s: list[bool], ln: bool
+    block: Block,
+    live: tuple[bool, bool],
+    dense_w: list[int],
+    token_w: list[int],
+    has_d2s: list[bool],
+    ln: bool,
+    bn: bool = False,
 ) -> CellSpec:
     """The cell of a live block at its exact sizes, holding only the operators whose results are read."""
     dense_ops = tuple(op for op in block.dense_ops if op_live(op, block, *live))
@@ -117,6 +130,7 @@ def _exact_spec(
         d2s=op_live("d2s", block, *live),
         layernorm=ln,
         exact=True,
+        batchnorm=bn,
     )
 
 

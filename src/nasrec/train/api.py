@@ -70,7 +70,12 @@ def train(
     with _writing(out, "training run"):
         cfg = _config(preset_name, overrides, resume, out)
         common = dict(num_dense=len(cache.dense_fields), table_sizes=tuple(cache.table_sizes))
-        for key, hparam in (("arch_dropout", "dropout"), ("arch_max_embedding_std", "max_embedding_std")):
+        zoo_keys = (
+            ("arch_dropout", "dropout"),
+            ("arch_max_embedding_std", "max_embedding_std"),
+            ("arch_batchnorm", "batchnorm"),
+        )
+        for key, hparam in zoo_keys:
             if getattr(cfg, key) and arch is None:
                 raise ConfigError(
                     "training config", key, f"applies to nasrec architectures; a zoo model takes --hparam {hparam}"

@@ -136,6 +136,9 @@ class TrainConfig:
     # xavier-normal, std sqrt(2 / (N + 16)), 0.29 for a 7-id table); zoo models take the hyper-parameter
     # max_embedding_std, 1e-4 in their default recipes, as DeepCTR and FuxiCTR start theirs
     arch_max_embedding_std: float | None = None
+    # Standalone nasrec architectures: batch norms in place of the layer norms on the blocks' dense outputs (the
+    # zoo's MLPs have batch norms; needs layernorm: true, tokens keep layer norms; costed as the layer norms)
+    arch_batchnorm: bool = False
     eval_split: str = "val"
     eval_every: int = 0  # steps between evaluations (0: only at the end, unless evals_per_epoch is set)
     evals_per_epoch: int = 0  # evaluations per epoch, whatever the data size (give this or eval_every)
@@ -214,6 +217,13 @@ class TrainConfig:
                 "give eval_every or evals_per_epoch, not both",
                 related=("eval_every",),
             )
+        if self.arch_batchnorm and not self.layernorm:
+            raise ConfigError(
+                "training config",
+                "arch_batchnorm",
+                "batch norms replace the layer norms of the blocks' dense outputs: set layernorm: true",
+                related=("layernorm",),
+            )
         if self.path_warmup_fraction and self.path_warmup_steps:
             raise ConfigError(
                 "training config",
@@ -273,7 +283,12 @@ class TrainConfig:
 
     def arch_model_options(self) -> dict[str, Any]:
         """The `ModelSpec` settings a standalone nasrec architecture trained with this config takes."""
-        return dict(layernorm=self.layernorm, dropout=self.arch_dropout, max_embedding_std=self.arch_max_embedding_std)
+        return dict(
+            layernorm=self.layernorm,
+            dropout=self.arch_dropout,
+            max_embedding_std=self.arch_max_embedding_std,
+            batchnorm=self.arch_batchnorm,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

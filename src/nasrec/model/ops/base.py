@@ -125,6 +125,7 @@ class CellSpec:
     d2s: bool
     layernorm: bool
     exact: bool = False  # a standalone cell: layers its fixed sizes never use are not built
+    batchnorm: bool = False  # a standalone cell: batch norms, not layer norms, on dense [B, W] outputs
     masking: bool = False  # the reference's semantics (supernet only; see `Cell.forward`)
 
 

@@ -75,7 +75,7 @@ class Dot(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SegLinear, SliceLayerNorm, SliceLinear
+        from nasrec.model.layers import SegLinear, SliceLayerNorm, SliceLinear, dense_norm
 
         ln, W, exact = spec.layernorm, spec.width, spec.exact
         p = dot_tokens(W)
@@ -88,7 +88,7 @@ class Dot(DenseOperator):
             cell.dot_tokens_ln = SliceLayerNorm(p) if ln else None
         if not (exact and (p + 1) * p // 2 == W):
             cell.dot_out = SliceLinear((p + 1) * p // 2, W, bias=not ln)
-            cell.dot_out_ln = SliceLayerNorm(W) if ln else None
+            cell.dot_out_ln = dense_norm(W, spec.batchnorm) if ln else None
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:

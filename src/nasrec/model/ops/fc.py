@@ -25,11 +25,11 @@ class FC(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SegLinear, SliceLayerNorm
+        from nasrec.model.layers import SegLinear, dense_norm
 
         ln = spec.layernorm
         cell.fc = SegLinear(spec.dense_segs, spec.width, bias=not ln)
-        cell.fc_ln = SliceLayerNorm(spec.width) if ln else None
+        cell.fc_ln = dense_norm(spec.width, spec.batchnorm) if ln else None
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:

@@ -30,11 +30,11 @@ class Flat(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SegLinear, SliceLayerNorm
+        from nasrec.model.layers import SegLinear, dense_norm
 
         ln = spec.layernorm
         cell.flat = SegLinear(spec.token_segs, spec.width, bias=not ln, unit=EMBEDDING_DIM)
-        cell.flat_ln = SliceLayerNorm(spec.width) if ln else None
+        cell.flat_ln = dense_norm(spec.width, spec.batchnorm) if ln else None
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:

@@ -48,14 +48,14 @@ class FM(Operator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+        from nasrec.model.layers import SliceLinear, dense_norm
 
         ln, W = spec.layernorm, spec.width
         if not (spec.exact and W == EMBEDDING_DIM):
             cell.fm_proj = SliceLinear(EMBEDDING_DIM, W, bias=not ln)
         # With layer norms the fm term is normalised at W = 16 too (the reference adds it raw there:
         # its entries grow with the square of the token count and swamp the head; docs/design.md).
-        cell.fm_ln = SliceLayerNorm(W) if ln else None
+        cell.fm_ln = dense_norm(W, spec.batchnorm) if ln else None
 
     @classmethod
     def term(cls, cell: nn.Module, tokens: torch.Tensor, x: OpInput) -> torch.Tensor:

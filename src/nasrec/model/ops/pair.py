@@ -64,11 +64,11 @@ def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _build_out(cell: nn.Module, spec: CellSpec, proj: str, ln: str, proj_bias: bool) -> None:
     """A pair operator's output layers: Linear(m → W) (unless a standalone cell's m is W) and LN?(W)."""
-    from nasrec.model.layers import SliceLayerNorm, SliceLinear
+    from nasrec.model.layers import SliceLinear, dense_norm
 
     if not (spec.exact and spec.pad_cap == spec.width):
         setattr(cell, proj, SliceLinear(spec.pad_cap, spec.width, bias=proj_bias))
-    setattr(cell, ln, SliceLayerNorm(spec.width) if spec.layernorm else None)
+    setattr(cell, ln, dense_norm(spec.width, spec.batchnorm) if spec.layernorm else None)
 
 
 def _out(cell: nn.Module, proj: str, ln: str, y: torch.Tensor, m: int, width: int) -> torch.Tensor:
@@ -170,11 +170,11 @@ class Bilinear(DenseOperator):
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import SliceLayerNorm, SliceLinear
+        from nasrec.model.layers import SliceLinear, dense_norm
 
         cell.bil_u = SliceLinear(spec.pad_cap, spec.width, bias=True)
         cell.bil_v = SliceLinear(spec.pad_cap, spec.width, bias=True)
-        cell.bil_ln = SliceLayerNorm(spec.width) if spec.layernorm else None
+        cell.bil_ln = dense_norm(spec.width, spec.batchnorm) if spec.layernorm else None
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
