@@ -55,6 +55,7 @@ from nasrec.search.api import search
 from nasrec.search.parallel import ScorerSpec, ScoringPool
 from nasrec.search.presets import resolve
 from nasrec.search.rankcheck import rank_correlation, rankcheck
+from nasrec.search.retrain import Halving
 from nasrec.space.arch import Architecture
 from nasrec.train.api import train_supernet
 from nasrec.zoo.budget import parse_latency_cap
@@ -110,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     ap.add_argument(
+        "--halving",
+        nargs=2,
+        type=int,
+        metavar=("ETA", "MIN_STEPS"),
+        help="successive halving of the top k before the full retraining (nasrec search --halving)",
+    )
+    ap.add_argument(
+        "--seed-arch",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="architecture JSON files the initial population starts with (nasrec search --seed-arch)",
+    )
+    ap.add_argument(
         "--baselines",
         nargs="*",
         default=[],
@@ -120,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     nasrec = nasrec_set(args)
     scoring = {k: v for k, v in (("finetune", args.finetune), ("finetune_steps", args.finetune_steps)) if v is not None}
     searching = {"top_k": args.top_k} if args.top_k is not None else {}
+    if args.seed_arch:
+        searching["seed_archs"] = [json.loads(f.read_text()) for f in args.seed_arch]
     if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     if args.max_latency_ms is not None and args.latency_dir is None:
@@ -161,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             retrain=True,
             train_overrides={**recipe(dataset, cache, 0), **nasrec},
             retrain_seeds=args.retrain_seeds,
+            halving=Halving(*args.halving) if args.halving else None,
             resume=True,
             progress=False,
         )
