@@ -14,7 +14,15 @@ from conftest import small_synth_cache
 from nasrec.cli import main
 from nasrec.errors import NasrecError
 from nasrec.train.api import train
-from nasrec.train.compare import delong, difference, goal_check, paired_logloss, seed_summary
+from nasrec.train.compare import (
+    against_each,
+    against_each_line,
+    delong,
+    difference,
+    goal_check,
+    paired_logloss,
+    seed_summary,
+)
 from nasrec.train.metrics import auc
 
 
@@ -62,6 +70,32 @@ def test_goal_check_against_the_best_baseline() -> None:
     assert goal_check({"logloss": [0.290, 0.291, 0.292], "mflops": 25.0}, base)["outcome"] == "not met"  # costlier
     assert goal_check({"logloss": [0.290], "mflops": 4.0}, base)["outcome"] == "undetermined"
     assert goal_check({"logloss": [0.290], "mflops": 4.0}, {}) is None
+
+
+def test_against_each_baseline_of_at_least_0_05_mflops() -> None:
+    """Each baseline on its own: cost, log loss better by Welch and AUC not worse; LR-sized ones left out."""
+    auc = [0.90, 0.901, 0.902]
+    base = {
+        "lr": {"logloss": [0.5, 0.5, 0.5], "auc": [0.7, 0.7, 0.7], "mflops": 1e-5},
+        "big": {"logloss": [0.300, 0.301, 0.302], "auc": auc, "mflops": 20.0},
+        "level": {"logloss": [0.290, 0.292, 0.291], "auc": auc, "mflops": 5.0},
+        "small": {"logloss": [0.280, 0.281, 0.282], "auc": auc, "mflops": 1.0},
+        "sharp": {"logloss": [0.300, 0.301, 0.302], "auc": [0.95, 0.951, 0.952], "mflops": 8.0},
+    }
+    mine = {"logloss": [0.290, 0.291, 0.292], "auc": auc, "mflops": 4.0}
+    r = against_each(mine, base)
+    assert r["left_out"] == ["lr"] and [x["baseline"] for x in r["rows"]] == ["small", "level", "sharp", "big"]
+    outcome = {x["baseline"]: x["outcome"] for x in r["rows"]}
+    # small: costs less; level: within noise; sharp: better log loss but worse AUC; big: met
+    assert outcome == {"small": "not met", "level": "within noise", "sharp": "not met", "big": "met"}
+    assert not r["beaten_all"] and r["not_beaten"] == ["small", "level", "sharp"]
+    line = against_each_line(r)
+    assert line.startswith("does not beat small (it costs more MFLOPs), level (within noise), sharp (worse AUC)")
+    assert line.endswith("better than big at no more MFLOPs")
+    everything = against_each(mine, {"big": base["big"]})
+    assert everything["beaten_all"] and against_each_line(everything).startswith("better than every baseline")
+    assert against_each({**mine, "logloss": [0.29]}, {"big": base["big"]})["rows"][0]["outcome"] == "undetermined"
+    assert "no baseline" in against_each_line(against_each(mine, {"lr": base["lr"]}))
 
 
 def _brute_delong(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> tuple[float, float]:
@@ -136,3 +170,20 @@ def test_nasrec_compare_two_trained_runs(tmp_path: Path, capsys: pytest.CaptureF
     assert res["auc"]["auc_a"] == pytest.approx(a["auc"], abs=1e-6) and res["auc"]["rows"] == res["logloss"]["rows"]
     assert res["logloss"]["low"] <= res["logloss"]["diff"] <= res["logloss"]["high"]
     assert main(["compare", str(tmp_path / "dnn"), str(tmp_path / "nope"), "--data", str(cache)]) == 2
+
+
+def test_the_report_lists_the_searched_model_against_each_baseline() -> None:
+    from nasrec.report.tables import _against_each_section
+
+    def model(name: str, ll: list[float], mflops: float) -> dict:
+        return {"name": name, "logloss_seeds": ll, "auc_seeds": [0.9, 0.901, 0.902], "mflops": mflops}
+
+    searched = model("searched (final)", [0.290, 0.291, 0.292], 4.0)
+    md = "\n".join(
+        _against_each_section(searched, [model("dcnv2", [0.300, 0.301, 0.302], 20.0), model("lr", [0.5] * 3, 1e-5)])
+    )
+    assert "## Against each baseline" in md and "| dcnv2 | 20 | yes | -0.0100 [" in md and "| met |" in md
+    assert (
+        "**better than every baseline at no more MFLOPs (dcnv2;" in md and "Not compared (under 0.05 MFLOPs): lr." in md
+    )
+    assert _against_each_section(searched, [model("lr", [0.5] * 3, 1e-5)]) == []

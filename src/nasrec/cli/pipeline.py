@@ -52,7 +52,22 @@ def _print_pipeline(records: dict, out: str, as_json: bool = False) -> None:
         "baselines": {m: brief(r) for m, r in base.items()},
         "report": ((records.get("report") or {}).get("result") or {}).get("html"),
     }
+    if final and base:
+        from nasrec.train.compare import against_each, against_each_line
+
+        verdict = against_each(_seeds(final), {m: _seeds(r) for m, r in base.items()})
+        summary["against_baselines"] = against_each_line(verdict)
     console.show(summary, as_json, lambda s: _pipeline_text(s, records))
+
+
+def _seeds(r: dict) -> dict:
+    """Per-seed test log loss and AUC of a pipeline stage's result (its own run when it has no seeds), and MFLOPs."""
+    runs = list((r.get("seeds") or {}).values()) or [r]
+    return {
+        "logloss": [x["logloss"] for x in runs if x.get("logloss") is not None],
+        "auc": [x["auc"] for x in runs if x.get("auc") is not None],
+        "mflops": r.get("mflops"),
+    }
 
 
 def _pipeline_text(s: dict, records: dict) -> str:
@@ -73,6 +88,8 @@ def _pipeline_text(s: dict, records: dict) -> str:
         lines.append("  test metrics:")
         lines.append(row("searched model", s["final"]))
         lines += [row(name, r) for name, r in s["baselines"].items()]
+    if s.get("against_baselines"):
+        lines.append(f"  the searched model: {s['against_baselines']}")
     if s.get("report"):
         lines.append(f"  report: {s['report']}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from typing import Any
 from nasrec import rundir
 from nasrec.errors import NasrecError
 from nasrec.report.sources import _json
-from nasrec.train.compare import difference, goal_check, seed_summary
+from nasrec.train.compare import against_each, against_each_line, difference, goal_check, seed_summary
 
 
 def _mean_std(values: list[float], spec: str) -> str:
@@ -130,7 +130,36 @@ def _comparison(run: Path, models: list[dict[str, Any]]) -> list[str]:
                 "",
             ]
             md += _row_check(run, within["baseline"])
+    md += _against_each_section(searched, [m for m in final_models if m["group"] != "final"])
     return md
+
+
+def _against_each_section(searched: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    """The searched model against each baseline of at least 0.05 MFLOPs: cost, both metrics' intervals, verdict."""
+    seeds = {m["name"]: {"logloss": m["logloss_seeds"], "auc": m["auc_seeds"], "mflops": m["mflops"]} for m in others}
+    mine = {"logloss": searched["logloss_seeds"], "auc": searched["auc_seeds"], "mflops": searched["mflops"]}
+    result = against_each(mine, seeds)
+    if not result["rows"]:
+        return []
+    md = [
+        "## Against each baseline",
+        "",
+        f"Every baseline of at least {result['min_mflops']:g} MFLOPs: the searched model wins against it when it "
+        "costs no more MFLOPs, its log loss is lower by Welch's 95 % interval and its AUC not lower by it.",
+        "",
+        "| baseline | MFLOPs | searched at no more MFLOPs | log loss, searched minus baseline | AUC, searched minus "
+        "baseline | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        md.append(
+            f"| {r['baseline']} | {_fmt(r['mflops'], '.4g')} | {'yes' if r['no_more_mflops'] else 'no'} | "
+            f"{_interval(r['logloss'])} | {_interval(r['auc'])} | {r['outcome']} |"
+        )
+    md += ["", f"The searched model: **{against_each_line(result)}**."]
+    if result["left_out"]:
+        md.append(f"Not compared (under {result['min_mflops']:g} MFLOPs): {', '.join(result['left_out'])}.")
+    return [*md, ""]
 
 
 def _fmt(v: Any, spec: str) -> str:

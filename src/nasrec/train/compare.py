@@ -135,6 +135,77 @@ def delong(labels: Any, scores_a: Any, scores_b: Any, level: float = 0.95) -> di
     return {"auc_a": aucs[0], "auc_b": aucs[1], "rows": int(y.size), **res}
 
 
+# Baselines cheaper than this are out of any block's reach (LR and FM: issue 23's yardstick leaves them out)
+DOMINANCE_MIN_MFLOPS = 0.05
+
+
+def against_each(
+    searched: Mapping[str, Any],
+    baselines: Mapping[str, Mapping[str, Any]],
+    min_mflops: float = DOMINANCE_MIN_MFLOPS,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The searched model against every baseline of at least `min_mflops` MFLOPs, one by one.
+
+    Each model is a mapping with `logloss` and `auc` (per-seed values) and `mflops`. Against baseline B the
+    searched model wins (`met`) when it costs no more MFLOPs than B, its mean test log loss is lower by
+    Welch's interval and its mean AUC is not lower by it; `within noise` when it costs no more and neither
+    metric is worse by the interval but the log loss is not better; otherwise `not met` (or `undetermined`
+    with a single seed). `beaten_all` says whether every such baseline was met; `left_out` names the cheaper
+    baselines not compared.
+    """
+    rows, left_out = [], []
+    for name, b in baselines.items():
+        if b.get("mflops") is None or b["mflops"] < min_mflops:
+            left_out.append(name)
+            continue
+        ll = difference(searched["logloss"], b["logloss"], level)
+        auc = difference(searched["auc"], b["auc"], level, lower_is_better=False)
+        cheaper = searched.get("mflops") is not None and searched["mflops"] <= b["mflops"]
+        if not cheaper or "worse" in (ll["verdict"], auc["verdict"]):
+            outcome = "not met"
+        elif "undetermined" in (ll["verdict"], auc["verdict"]):
+            outcome = "undetermined"
+        else:
+            outcome = "met" if ll["verdict"] == "better" else "within noise"
+        rows.append({"baseline": name, "mflops": b["mflops"], "no_more_mflops": cheaper, "logloss": ll, "auc": auc,
+                     "outcome": outcome})  # fmt: skip
+    rows.sort(key=lambda r: r["mflops"])
+    return {
+        "rows": rows,
+        "beaten_all": bool(rows) and all(r["outcome"] == "met" for r in rows),
+        "not_beaten": [r["baseline"] for r in rows if r["outcome"] != "met"],
+        "left_out": left_out,
+        "min_mflops": min_mflops,
+    }
+
+
+def against_each_line(result: Mapping[str, Any]) -> str:
+    """One sentence: better than every baseline at no more MFLOPs, or which baselines it does not beat, and why."""
+    rows = result["rows"]
+    if not rows:
+        return f"no baseline of at least {result['min_mflops']:g} MFLOPs to compare with"
+    if result["beaten_all"]:
+        names = ", ".join(r["baseline"] for r in rows)
+        return f"better than every baseline at no more MFLOPs ({names}; log loss by Welch's 95 % interval)"
+    why = []
+    for r in rows:
+        if r["outcome"] == "met":
+            continue
+        if not r["no_more_mflops"]:
+            reason = "it costs more MFLOPs"
+        elif r["outcome"] == "undetermined":
+            reason = "one seed: no interval"
+        elif "worse" in (r["logloss"]["verdict"], r["auc"]["verdict"]):
+            reason = "worse" + (" log loss" if r["logloss"]["verdict"] == "worse" else " AUC")
+        else:
+            reason = "within noise"
+        why.append(f"{r['baseline']} ({reason})")
+    beaten = [r["baseline"] for r in rows if r["outcome"] == "met"]
+    line = "does not beat " + ", ".join(why)
+    return line + (f"; better than {', '.join(beaten)} at no more MFLOPs" if beaten else "")
+
+
 def goal_check(
     searched: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]], level: float = 0.95
 ) -> dict[str, Any] | None:
