@@ -136,11 +136,22 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat")
     assert registry.names("sparse") == ("efc", "transformer")
     # cells have always created sum's layers before gating's: the same seed gives the same weights; the
     # operators added after the paper's come last, so the paper's spaces keep their layouts
-    assert registry.build_order() == ("fc", "dot", "sum", "gating", "efc", "transformer", "cross", "flat", "bilinear")
+    assert registry.build_order() == (
+        "fc",
+        "dot",
+        "sum",
+        "gating",
+        "efc",
+        "transformer",
+        "cross",
+        "flat",
+        "bilinear",
+        "gflat",
+    )
 
 
 def test_registered_for_a_while() -> None:
@@ -159,6 +170,7 @@ def test_registered_for_a_while() -> None:
             "cross",
             "flat",
             "bilinear",
+            "gflat",
             "scale",
         )  # read at each access
         arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
@@ -194,7 +206,7 @@ def test_register_refuses_bad_operators() -> None:
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
         registry.unregister("scale")
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat")
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -465,29 +477,32 @@ def test_a_chain_of_cross_blocks_is_dcnv2s_cross_network() -> None:
 
 
 @pytest.mark.parametrize("layernorm", [False, True])
-def test_cross_flat_and_bilinear_in_the_full_plus_space(layernorm: bool) -> None:
-    """full+: supernet paths through cross, flat and bilinear equal their materialised models, costed as they
-    are built."""
+def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
+    """full+: supernet paths through cross, flat, bilinear and gflat equal their materialised models, costed as
+    they are built."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from nasrec.space.space import get_space
 
     full_plus = get_space("full+")
-    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear")
+    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear", "gflat")
     assert full_plus.sparse_ops == NASREC_FULL.sparse_ops
     dense, sparse = _batch()
     # the whole space (attention included): paths through cross equal their materialised models
     # and (without layer norms) linears and products only: the FLOP counter measures what the cost model counts
     for space, check_flops in (
         (full_plus, False),
-        (replace(full_plus, dense_ops=("fc", "gating", "cross", "flat", "bilinear"), sparse_ops=("efc",)), True),
+        (
+            replace(full_plus, dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat"), sparse_ops=("efc",)),
+            True,
+        ),
     ):
         space = replace(space, num_blocks=4, dense_widths=(8, 16, 24), sparse_widths=(4, 8))
         torch.manual_seed(0)
         supernet = Supernet(space, NUM_DENSE, TABLES, layernorm=layernorm)
         rng = np.random.default_rng(0)
         drawn = (space.sample(rng, "single-path") for _ in range(300))
-        archs = [a for a in drawn if {"cross", "flat", "bilinear"} <= {op for b in a.blocks for op in b.dense_ops}]
+        archs = [a for a in drawn if {"cross", "bilinear", "gflat"} <= {op for b in a.blocks for op in b.dense_ops}]
         archs = archs[:8]
         assert len(archs) == 8
         for arch in archs:
@@ -505,8 +520,7 @@ def test_cross_flat_and_bilinear_in_the_full_plus_space(layernorm: bool) -> None
                 with FlopCounterMode(display=False) as counter, torch.no_grad():
                     sub(dense[:1], sparse[:1])
                 assert counter.get_total_flops() // 2 == cost.flops
-        assert supernet.cells[0].cross.weight.grad.abs().sum() > 0
-        for layer in ("flat", "bil_u", "bil_v"):
+        for layer in ("cross", "bil_u", "bil_v", "gflat_g1", "gflat_g2", "gflat"):
             grads = [p.grad for c in supernet.cells for p in getattr(c, layer).parameters()]
             assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -601,3 +615,22 @@ def test_batchnorm_replaces_the_dense_layer_norms_of_a_standalone_model() -> Non
     spec = ModelSpec(kind="nasrec", num_dense=NUM_DENSE, table_sizes=TABLES, arch=arch.to_dict(), layernorm=True,
                      batchnorm=True)  # fmt: skip
     assert isinstance(ModelSpec.from_dict(spec.to_dict()).build().cells["1"].fc_ln, nn.BatchNorm1d)
+
+
+def test_gflat_gates_the_flattened_embeddings_as_finalmlp() -> None:
+    """gflat over the raw tokens: ReLU(W (x ⊙ 2σ(G2 ReLU(G1 x + c1) + c2)) + b) with x the flattened embeddings."""
+    arch = Architecture((Block(("gflat",), ("efc",), (0,), (0,), 0, 0, 24, 4),))
+    torch.manual_seed(0)
+    sub = Subnet(arch, NUM_DENSE, TABLES)
+    cell = sub.cells["0"]
+    with torch.no_grad():
+        cell.gflat_g2.biases[0].normal_()  # a gate that is not 1 everywhere from the start
+    dense, sparse = _batch()
+    e = sub.embedding(sparse).flatten(1)
+    h = torch.relu(e @ cell.gflat_g1.blocks[0].T + cell.gflat_g1.bias)
+    gate = 2 * torch.sigmoid(h @ cell.gflat_g2.blocks[0].T + cell.gflat_g2.biases[0])
+    want = torch.relu((e * gate) @ cell.gflat.blocks[0].T + cell.gflat.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(sub.features(dense, sparse).dense, want, atol=1e-5, rtol=0)
+    cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES)
+    assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))

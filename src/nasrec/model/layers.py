@@ -153,6 +153,52 @@ class SegLinear(nn.Module):
             self.bias.copy_(other.bias[: self.out_cap])
 
 
+class SegOutLinear(nn.Module):
+    """A Linear whose output is laid out as `SegLinear`'s input: one weight block per output slot.
+
+    Linear(in -> the slots in use, concatenated, each `unit` x its width in use, d2s rows after them). The
+    inverse layout of `SegLinear`: a gate computed from concatenated inputs, for those same inputs.
+    """
+
+    def __init__(self, in_cap: int, segs: Sequence[Seg], unit: int = 1) -> None:
+        super().__init__()
+        self.segs = tuple(segs)
+        self.in_cap, self.unit = in_cap, unit
+        self.pos = {s.index: k for k, s in enumerate(self.segs)}
+        rows = [unit * (s.width + (8 if s.d2s else 0)) for s in self.segs]
+        self.blocks = nn.ParameterList(nn.Parameter(torch.empty(r, in_cap)) for r in rows)
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(r)) for r in rows)
+        for p in self.blocks:
+            _xavier_uniform_(p, in_cap, sum(rows))
+
+    def forward(self, x: torch.Tensor, used: Sequence[Used]) -> torch.Tensor:
+        """x [..., in] -> [..., unit x sum of the widths in use] (with d2s rows where used)."""
+        unit, n = self.unit, x.shape[-1]
+        weights, biases = [], []
+        for u in used:
+            k = self.pos[u.index]
+            w, b, cap = self.blocks[k], self.biases[k], self.segs[k].width
+            weights.append(w[: unit * u.width, :n])
+            biases.append(b[: unit * u.width])
+            if u.d2s:
+                weights.append(w[unit * cap : unit * (cap + 8), :n])
+                biases.append(b[unit * cap : unit * (cap + 8)])
+        if len(weights) == 1:
+            return F.linear(x, weights[0], biases[0])
+        return F.linear(x, torch.cat(weights, dim=0), torch.cat(biases))
+
+    @torch.no_grad()
+    def copy_from(self, other: SegOutLinear) -> None:
+        """Take this layer's slots (exact widths, d2s rows) from a larger layer."""
+        unit = self.unit
+        for k, s in enumerate(self.segs):
+            j = other.pos[s.index]
+            cap = other.segs[j].width
+            rows = [slice(0, unit * s.width)] + ([slice(unit * cap, unit * (cap + 8))] if s.d2s else [])
+            self.blocks[k].copy_(torch.cat([other.blocks[j][r, : self.in_cap] for r in rows]))
+            self.biases[k].copy_(torch.cat([other.biases[j][r] for r in rows]))
+
+
 class HeadLinear(nn.Module):
     """The output layer: Linear(W + 16 * tokens -> 1) over the last block's dense and sparse outputs.
 

@@ -21,7 +21,7 @@ from nasrec.model.ops.base import READS, Operator
 from nasrec.model.ops.dot import Dot
 from nasrec.model.ops.efc import EFC
 from nasrec.model.ops.fc import FC
-from nasrec.model.ops.flat import Flat
+from nasrec.model.ops.flat import Flat, GatedFlat
 from nasrec.model.ops.merge import D2S, FM
 from nasrec.model.ops.pair import Bilinear, Cross, Gating, Sum
 from nasrec.model.ops.transformer import Transformer
@@ -114,3 +114,4 @@ register(Transformer)
 register(Cross)  # after the paper's operators: their canonical and build orders stay as they were
 register(Flat)
 register(Bilinear)
+register(GatedFlat)
