@@ -169,7 +169,10 @@ def test_a_profile_resumes_and_holds_every_component_and_its_fit(profiled: tuple
     assert table["shape"] == {"num_dense": 3, "num_sparse": 4}
     assert (table["runtime"], table["batches"], table["threads"], table["warmup"], table["reps"]) == (
         "onnxruntime", [1], [1], 0, 2)  # fmt: skip
-    assert [p["seed"] for p in setting["calibration"]] == [latency_table.CALIBRATION_SEED + k for k in range(3)]
+    # two drawn uniformly, one small: the last block reading the raw inputs, the only live block
+    seeds = [latency_table.CALIBRATION_SEED + k for k in range(2)] + [latency_table.SMALL_CALIBRATION_SEED]
+    assert [p["seed"] for p in setting["calibration"]] == seeds
+    assert sum(Architecture.from_dict(setting["calibration"][-1]["arch"]).live_blocks()) == 1
     assert set(setting["fit"]) >= {"intercept_ms", "head_ms_per_input", "scale"}
     model = load_latency_model(out, space, 3, 4)
     arch = space.sample(np.random.default_rng(0), "uniform")
