@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from nasrec.latency.model import (
 )
 from nasrec.machine import machine_identity
 from nasrec.model.cell import Cell, CellSpec, Output
+from nasrec.model.cost import arch_cost
 from nasrec.model.layers import Seg
 from nasrec.model.ops import registry
 from nasrec.model.ops.base import OpInput
@@ -348,13 +350,17 @@ def _profile_batch(table: dict, out: Path, timer: _Timer, wanted: list[str], bat
                  ", ".join(f"{s['entries'][key]:.4f}" for s in settings))  # fmt: skip
 
 
-def calibration_archs(space: SearchSpace, count: int) -> list[tuple[int, Architecture]]:
+def calibration_archs(
+    space: SearchSpace, count: int, cost: Callable[[Architecture], float] | None = None
+) -> list[tuple[int, Architecture]]:
     """(seed, architecture) of the calibration architectures of `space`: half drawn uniformly, half small.
 
     Uniform draws keep most blocks live at middling widths (0.1-0.7 ms on 10-40 fields), so an overhead
     fitted on them alone extrapolates badly to the small models a tight cap lets through (on Frappe's 10
     fields its intercept came out at -0.033 ms and the smallest models' predictions negative). The small
-    half (`small_arch`) has one to all blocks live at the narrowest widths, and pins the fit there.
+    half (`small_arch`) has one to all blocks live at the narrowest widths, and pins the fit there; with
+    `cost` (e.g. FLOPs at the data's shape) the first of them is the cheapest model of the space: one live
+    block, the narrowest widths and the operator pair of least cost.
     """
     big = (count + 1) // 2
     archs = [(CALIBRATION_SEED + k, space.sample(np.random.default_rng(CALIBRATION_SEED + k), "uniform"))
@@ -362,15 +368,16 @@ def calibration_archs(space: SearchSpace, count: int) -> list[tuple[int, Archite
     n, last = count - big, space.num_blocks - 1
     # the last block reads output j, spread from the raw inputs (one live block) to its predecessor
     reads = [round(k * last / max(1, n - 1)) for k in range(n)]
-    return archs + [(SMALL_CALIBRATION_SEED + k, small_arch(space, np.random.default_rng(SMALL_CALIBRATION_SEED + k),
-                                                             reads[k])) for k in range(n)]  # fmt: skip
+    small = [small_arch(space, np.random.default_rng(SMALL_CALIBRATION_SEED + k), reads[k]) for k in range(n)]
+    if cost is not None and small:
+        chain = space.smallest_path(cost).blocks[-1]  # its last block reading the raw inputs: one live block
+        small[0] = Architecture((*small[0].blocks[:-1], replace(chain, dense_in=(0,), sparse_in=(0,), left=0, right=0)))
+    return archs + [(SMALL_CALIBRATION_SEED + k, a) for k, a in enumerate(small)]
 
 
 def small_arch(space: SearchSpace, rng: np.random.Generator, j: int) -> Architecture:
     """A uniform draw made small: every block at one of the space's narrowest widths, and the last block reading
     output `j` only (0: the raw inputs; j: block j-1's), so that only it and block j-1's ancestors are live."""
-    from dataclasses import replace
-
     arch = space.sample(rng, "uniform")
     dense, sparse = space.dense_widths[:3], space.sparse_widths[:2]
     blocks = [replace(b, dense_width=int(rng.choice(dense)), sparse_width=int(rng.choice(sparse))) for b in arch.blocks]
@@ -383,7 +390,11 @@ def _calibrate(table: dict, out: Path, space: SearchSpace, num_dense: int, table
                form: str) -> None:  # fmt: skip
     """Time the calibration architectures end to end (those not yet in the table) and fit each setting's overhead."""
     names = [setting_key(b, t) for b in batches for t in threads]
-    for seed, arch in calibration_archs(space, count):
+
+    def flops(a: Architecture) -> float:
+        return arch_cost(a, num_dense, len(table_sizes), table_sizes, use_layernorm=ln).flops
+
+    for seed, arch in calibration_archs(space, count, flops):
         if all(any(p["seed"] == seed for p in table["settings"][n]["calibration"]) for n in names):
             continue
         model = Subnet(arch, num_dense, table_sizes, layernorm=ln)
