@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nasrec-lr", type=float, help="learning rate of the nasrec architectures (default: the recipe's)")
     ap.add_argument("--nasrec-layernorm", action="store_true", help="train the nasrec architectures with layer norms")
     ap.add_argument(
+        "--supernet-from",
+        type=Path,
+        help="the --work of an earlier run whose cache and supernet (same options) this one searches again",
+    )
+    ap.add_argument(
         "--halving",
         nargs=2,
         type=int,
@@ -144,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     max_mflops = None if str(args.max_mflops).lower() == "none" else args.max_mflops
     rows, summaries = [], []
     for dataset in args.datasets:
-        cache = prepare_dataset(dataset, args.work, 2, args.synthetic_rows, "interactions")
+        home = args.supernet_from or args.work  # where the cache and the supernet are
+        cache = prepare_dataset(dataset, home, 2, args.synthetic_rows, "interactions")
         latency = latency_settings(args, dataset, cache, max_mflops is not None and args.supernet_budget)
         t0 = time.perf_counter()
-        sn = args.work / f"supernet-{dataset}-{args.space}"
+        sn = home / f"supernet-{dataset}-{args.space}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
-        sn_metrics = train_supernet(
+        sn_metrics = train_supernet(  # resumed: a finished supernet is read back, not trained again
             cache,
             sn,
             space=args.space,
