@@ -9,8 +9,10 @@ Per space: `nasrec.export.latency_table.profile_table` measures (or, with the sa
 or reuses) the table `TABLES/SPACE.json` at the Criteo shape (13 dense fields, 26 tables capped at
 `--max-rows` rows) and fits its overhead on its calibration architectures (seeds 1,000,000 + k). Then
 `--archs` architectures (seeds `--seed`, `--seed` + 1, ..., the ``uniform`` strategy, disjoint from the
-calibration seeds) are exported and timed end to end as `nasrec latency measure` times them, and
-predicted from the table. The first `--repeat` of them are timed a second time: the repeat noise.
+calibration seeds) and `--small` small ones (narrowest widths, the last block reading one earlier output, as
+the calibration's small half) are exported and timed end to end as `nasrec latency measure` times them, and
+predicted from the table. `--data CACHE` takes a prepared cache's shape (fields, table sizes) instead of
+Criteo's, `--layernorm` models with layer norms (as `cpu-quick` trains them). The first `--repeat` of them are timed a second time: the repeat noise.
 
 Prints one JSON line per architecture, then per space the relative error |predicted - measured| / measured
 of each fit form (``overhead``: the table's sum plus the fitted intercept and per-head-input cost;
@@ -34,7 +36,7 @@ from _machine import machine_info, machine_line  # bench/ is not a package
 
 from nasrec.data.formats import CRITEO_TABLE_SIZES
 from nasrec.export.latency import measure_model_latency
-from nasrec.export.latency_table import fit_setting, model_of, profile_table
+from nasrec.export.latency_table import fit_setting, model_of, profile_table, small_arch
 from nasrec.latency.model import setting_key
 from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
@@ -66,9 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--reps", type=int, default=300)
+    ap.add_argument("--data", type=Path, help="a prepared cache: its fields and table sizes (default: Criteo's shape)")
+    ap.add_argument("--layernorm", action="store_true", help="models with layer norms (as their recipe trains them)")
+    ap.add_argument("--small", type=int, default=0, help="small architectures validated besides the uniform draws")
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
     sizes = [min(n, args.max_rows) for n in CRITEO_TABLE_SIZES]
+    nd = 13
+    if args.data is not None:
+        from nasrec.data.cache import open_cache
+
+        cache = open_cache(args.data)
+        nd, sizes = len(cache.dense_fields), list(cache.table_sizes)
+    ln = args.layernorm
     timing = dict(runtime=args.runtime, batches=(args.batch,), threads=(args.threads,), warmup=args.warmup,
                   reps=args.reps)  # fmt: skip
     Path(args.tables).mkdir(parents=True, exist_ok=True)
@@ -77,34 +89,40 @@ def main(argv: list[str] | None = None) -> int:
         space = get_space(name)
         path = Path(args.tables) / f"{name.replace('+', 'plus')}.json"
         t0 = time.perf_counter()
-        table = profile_table(space, 13, sizes, path, calibration=args.calibration, **timing)
+        table = profile_table(space, nd, sizes, path, calibration=args.calibration, layernorm=ln, **timing)
         profile_s = time.perf_counter() - t0
         setting = table["settings"][setting_key(args.batch, args.threads)]
         fits = {form: fit_setting(table, setting, form) for form in ("overhead", "scaled", "params")}
         calib = [(Architecture.from_dict(p["arch"]), p["measured_ms"]) for p in setting["calibration"]]
         # MFLOPs line on the same calibration architectures: what FLOPs alone would give
-        cx = np.array([arch_cost(a, 13, 26).mflops for a, _ in calib])
+        cx = np.array([arch_cost(a, nd, len(sizes), use_layernorm=ln).mflops for a, _ in calib])
         cy = np.array([m for _, m in calib])
         flops_line = np.polyfit(cx, cy, 1)
         rows = []
-        for k in range(args.archs):
-            seed = args.seed + k
-            arch = space.sample(np.random.default_rng(seed), "uniform")
-            measured = measure_model_latency(Subnet(arch, 13, sizes), 13, sizes, **timing)["results"][0]["p50_ms"]
+        last = space.num_blocks - 1
+        draws = [(args.seed + k, "uniform", space.sample(np.random.default_rng(args.seed + k), "uniform"))
+                 for k in range(args.archs)]  # fmt: skip
+        # small ones as the calibration's small half draws them (other seeds): the last block reading output j
+        draws += [(s, f"small, j={k % (last + 1)}", small_arch(space, np.random.default_rng(s), k % (last + 1)))
+                  for k, s in enumerate(range(args.seed + 100_000, args.seed + 100_000 + args.small))]  # fmt: skip
+        for k, (seed, kind, arch) in enumerate(draws):
+            model_of_arch = Subnet(arch, nd, sizes, layernorm=ln)
+            measured = measure_model_latency(model_of_arch, nd, sizes, **timing)["results"][0]["p50_ms"]
             row = {
                 "space": name,
                 "seed": seed,
+                "draw": kind,
                 "measured_ms": measured,
-                "mflops": round(arch_cost(arch, 13, 26).mflops, 4),
+                "mflops": round(arch_cost(arch, nd, len(sizes), use_layernorm=ln).mflops, 4),
             }
             for form, fit in fits.items():
                 model = model_of(table, {**setting, "fit": fit})
                 row[f"pred_{form}_ms"] = round(model.predict(arch), 5)
             row["pred_mflops_ms"] = round(float(np.polyval(flops_line, row["mflops"])), 5)
             if k < args.repeat:
-                row["measured_again_ms"] = measure_model_latency(Subnet(arch, 13, sizes), 13, sizes, **timing)[
-                    "results"
-                ][0]["p50_ms"]
+                row["measured_again_ms"] = measure_model_latency(model_of_arch, nd, sizes, **timing)["results"][0][
+                    "p50_ms"
+                ]
             rows.append(row)
             print(json.dumps(row), flush=True)
         meas = np.array([r["measured_ms"] for r in rows])
@@ -118,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         for form in ("overhead", "scaled", "params", "mflops"):
             out[form] = _errors(np.array([r[f"pred_{form}_ms"] for r in rows]), meas)
+            small = [r for r in rows if r["draw"] != "uniform"]
+            if small:
+                pred = np.array([r[f"pred_{form}_ms"] for r in small])
+                out[f"{form}_small"] = _errors(pred, np.array([r["measured_ms"] for r in small]))
         again = [(r["measured_ms"], r["measured_again_ms"]) for r in rows if "measured_again_ms" in r]
         if again:
             a = np.array(again)
