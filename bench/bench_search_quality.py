@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         help="architecture JSON files the initial population starts with (nasrec search --seed-arch)",
     )
     ap.add_argument(
+        "--keep-seed-archs",
+        action="store_true",
+        help="the seed architectures join the retrained top k whatever their supernet scores",
+    )
+    ap.add_argument(
         "--baselines",
         nargs="*",
         default=[],
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     searching = {"top_k": args.top_k} if args.top_k is not None else {}
     if args.seed_arch:
         searching["seed_archs"] = [json.loads(f.read_text()) for f in args.seed_arch]
+        searching["keep_seed_archs"] = args.keep_seed_archs
     if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     if args.max_latency_ms is not None and args.latency_dir is None:

@@ -242,6 +242,19 @@ def test_seed_architectures_open_the_initial_population(tmp_path: Path) -> None:
     assert info.value.key == "seed_archs[0]"
 
 
+def test_kept_seed_architectures_join_the_top_k_whatever_their_score(tmp_path: Path) -> None:
+    """keep_seed_archs: every scored seed is in top.json (after the top k, which it may also be in)."""
+    rng = np.random.default_rng(9)
+    seeds = [NASREC_SMALL.sample(rng, "uniform") for _ in range(3)]
+    cfg = SMALL_EA.updated(generations=3, top_k=2, seed_archs=[a.to_dict() for a in seeds])
+    plain = Search(NASREC_SMALL, Recorder(), cost, cfg, tmp_path / "plain").run()
+    kept = Search(NASREC_SMALL, Recorder(), cost, cfg.updated(keep_seed_archs=True), tmp_path / "kept").run()
+    assert kept["top"][:2] == plain["top"] == plain["top"][:2]
+    assert {a.hash() for a in seeds} <= set(kept["top"]) and len(kept["top"]) == len(set(kept["top"]))
+    top = json.loads((tmp_path / "kept" / "top.json").read_text())
+    assert [c["hash"] for c in top] == kept["top"]
+
+
 # -- the supernet scorer ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def search_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

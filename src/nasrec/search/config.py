@@ -68,6 +68,10 @@ class SearchConfig:
     # draws: known good models such as the published NASRecNets (`nasrec search --seed-arch FILE`). One
     # outside the constraints, or computing the same function as an earlier one, is passed over.
     seed_archs: tuple[dict[str, Any], ...] = ()
+    # The seed architectures that were scored (within the constraints) join top.json after the top k whatever
+    # their scores, so the retraining trains each from scratch beside the search's best: a known good model
+    # is judged by the recipe that judges the search's, not by the supernet alone
+    keep_seed_archs: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "search config", RULES)

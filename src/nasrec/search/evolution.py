@@ -358,6 +358,9 @@ class Search:
         if not pool:
             raise NasrecError(f"{self.out}: every candidate diverged; no architecture to return")
         ranked = top_k(pool, self.cfg.top_k)
+        if self.cfg.keep_seed_archs:
+            taken, seeds = {c.hash for c in ranked}, {a.hash() for a in self.seeds}
+            ranked += [c for c in self.history if c.hash in seeds and c.hash not in taken and not math.isnan(c.score)]
         front = [pool[i] for i in pareto_front([(c.score, c.mflops) for c in pool])]
         timed = self.latency is not None
         latency_front = [pool[i] for i in pareto_front([(c.score, c.latency_ms) for c in pool])] if timed else []
