@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         help="architecture JSON files the initial population starts with (nasrec search --seed-arch)",
     )
     ap.add_argument(
+        "--with",
+        dest="earlier",
+        type=Path,
+        help="JSON lines of an earlier run of this benchmark: its --baselines rows join the table and the comparison",
+    )
+    ap.add_argument(
         "--keep-seed-archs",
         action="store_true",
         help="the seed architectures join the retrained top k whatever their supernet scores",
@@ -154,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--max-latency-ms needs --latency-dir (where the latency tables are)")
     max_mflops = None if str(args.max_mflops).lower() == "none" else args.max_mflops
     rows, summaries = [], []
+    if args.earlier is not None:  # baseline rows only: the searched model is this run's
+        earlier = [json.loads(x) for x in args.earlier.read_text().splitlines() if x.startswith('{"dataset"')]
+        rows = [r for r in earlier if "model" in r and not r["model"].startswith("searched")]
     for dataset in args.datasets:
         home = args.supernet_from or args.work  # where the cache and the supernet are
         cache = prepare_dataset(dataset, home, 2, args.synthetic_rows, "interactions")
@@ -238,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             "finetune_ablation": ablation,
             "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset]),
             **measured_latency(args, cache, final, latency),
-            "against_baselines": against(rows, dataset, name, args.baselines),
+            "against_baselines": against(
+                rows,
+                dataset,
+                name,
+                list(
+                    dict.fromkeys(
+                        [*args.baselines, *(r["model"] for r in rows if not r["model"].startswith("searched"))]
+                    )
+                ),
+            ),
         }
         summaries.append(summary)
         print(json.dumps(summary), flush=True)
