@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     searching = {"top_k": args.top_k} if args.top_k is not None else {}
     if args.seed_arch:
         searching["seed_archs"] = [json.loads(f.read_text()) for f in args.seed_arch]
-        searching["keep_seed_archs"] = args.keep_seed_archs
+        if args.keep_seed_archs:  # set only when on: a search resumed from before the option keeps its settings
+            searching["keep_seed_archs"] = True
     if any(d != "synthetic" for d in args.datasets) and not (SHARED / "data").is_dir():
         ap.error(f"{SHARED / 'data'} not found: the real samples are needed (or use --datasets synthetic)")
     if args.max_latency_ms is not None and args.latency_dir is None:
