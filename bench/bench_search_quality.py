@@ -298,10 +298,16 @@ def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops
     print(json.dumps({"latency_table": str(table), "seconds": round(time.perf_counter() - t0)}), flush=True)
     common = {"latency_table": str(table)}
     cap = parse_latency_cap(args.max_latency_ms)
-    if isinstance(cap, str):  # a zoo model: timed once, for both stages
+    if isinstance(cap, str):  # a zoo model: timed once, for both stages, and kept for a resumed run
         from nasrec.export.latency_caps import zoo_latency_ms
 
-        cap = zoo_latency_ms(cap, cache, "onnxruntime", 1, 1)
+        kept = args.work / f"latency-cap-{dataset}-{cap}.json"
+        if kept.exists():
+            cap = json.loads(kept.read_text())["ms"]
+        else:
+            cap = zoo_latency_ms(cap, cache, "onnxruntime", 1, 1)
+            args.work.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps({"ms": cap}))
         print(json.dumps({"latency_cap": args.max_latency_ms, "ms": cap}), flush=True)
     search = dict(common, **({"max_latency_ms": cap} if cap is not None else {}))
     supernet = dict(common)
