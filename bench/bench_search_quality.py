@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             "spearman_rho": rc["spearman_rho"],
             "rank_pairs": rc["pairs"],
             "finetune_ablation": ablation,
-            "final_test_logloss_mean": _mean([r["logloss"] for r in rows if r["dataset"] == dataset]),
+            "final_test_logloss_mean": _mean(
+                [r["logloss"] for r in rows if r["dataset"] == dataset and r["model"] == name]
+            ),
             **measured_latency(args, cache, final, latency),
             "against_baselines": against(
                 rows,
