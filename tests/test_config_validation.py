@@ -458,3 +458,24 @@ def test_a_config_error_pickles_whole() -> None:
     e = ConfigError("training config", "lr", "expected a number > 0, got -1", ("batch_size",))
     back = pickle.loads(pickle.dumps(e))  # as a worker process's error reaches its parent
     assert (back.what, back.key, back.problem, back.related, str(back)) == (e.what, e.key, e.problem, e.related, str(e))
+
+
+def test_pipeline_seed_archs_are_files_next_to_the_config(tmp_path: Path) -> None:
+    """search.seed_archs: architecture files relative to the config's folder, read back as absolute paths;
+    a missing file or one that is no architecture is a one-line error naming the entry."""
+    from nasrec.space.arch import Architecture, Block
+
+    arch = Architecture((Block(("fc",), ("efc",), (0,), (0,), 0, 0, 16, 16),))
+    arch.save(tmp_path / "mlp.json")
+    (tmp_path / "bad.json").write_text('{"blocks": 3}')
+    given = {"data": {"format": "synthetic"}, "search": {"seed_archs": ["mlp.json"]}}
+    cfg = resolve_config(copy.deepcopy(given), tmp_path)
+    assert cfg["search"]["seed_archs"] == [str((tmp_path / "mlp.json").resolve())]
+    assert resolve_config({"data": {"format": "synthetic"}}, tmp_path)["search"]["seed_archs"] == []
+    for files, key in (
+        (["mlp.json", "gone.json"], r"search\.seed_archs\[1\]: .*no such file"),
+        (["bad.json"], r"search\.seed_archs\[0\]: "),
+        ("mlp.json", r"search\.seed_archs: expected a list"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            resolve_config({"data": {"format": "synthetic"}, "search": {"seed_archs": files}}, tmp_path)

@@ -518,3 +518,23 @@ def test_a_latency_budget_runs_through_the_pipeline_and_its_report(tiny_run: Pat
     # a rerun rewrites the report but keeps the figures of models that did not change
     run_pipeline(resolve_config(timed), run, progress=False)
     assert json.loads((run / "latency.json").read_text()) == measured
+
+
+@pytest.mark.slow
+def test_seed_archs_open_the_search_and_are_kept_for_retraining(tiny_run: Path, tmp_path: Path) -> None:
+    """search.seed_archs (a file next to the config) opens the population; with keep_seed_archs it is retrained."""
+    from nasrec.space.space import NASREC_SMALL
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    seed = NASREC_SMALL.sample(np.random.default_rng(123), "uniform")
+    seed.save(tmp_path / "seed.json")
+    changed = json.loads(json.dumps(TINY))
+    changed["search"]["seed_archs"] = ["seed.json"]
+    changed["search"]["set"]["keep_seed_archs"] = True
+    run_pipeline(resolve_config(changed, tmp_path), run, progress=False)
+    history = [json.loads(x) for x in (run / "search" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["hash"] == seed.hash()  # the seed opened the population
+    top = [c["hash"] for c in json.loads((run / "search" / "top.json").read_text())]
+    assert seed.hash() in top
+    assert any(seed.hash()[:12] in d.name for d in (run / "search" / "retrain").iterdir())

@@ -15,7 +15,8 @@ data:
   prepare: {split: random, encoding: vocab, min_count: 2}    # any `nasrec prepare` option
 supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
 search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1,
-         halving: {eta: 3, min_steps: 200}}   # optional: successive halving of the top k before full runs
+         halving: {eta: 3, min_steps: 200},   # optional: successive halving of the top k before full runs
+         seed_archs: [mlp.json]}              # optional: architectures that open the population
 final: {preset: cpu-quick, set: {epochs: 6}, seeds: 3, workers: 2}   # seeds: the final model and each
                                                    # baseline; workers: seeds trained at a time
 baselines: {models: [dlrm, dcnv2], published: [criteo_xlarge_best.json], set: {lr: 0.1}, recipe: null}
@@ -86,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
         "retrain_seeds": 1,
         "halving": None,
         "time_budget": None,
+        "seed_archs": [],
     },
     "final": {"preset": "cpu-quick", "set": {}, "seeds": 1, "workers": 1},
     "baselines": {"models": [], "published": [], "set": {}, "recipe": None},
@@ -245,7 +247,27 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
             _fail(f"baselines.published[{i}]", f"{p}: no such file")
         published.append(str(p))
     cfg["baselines"]["published"] = published
+    cfg["search"]["seed_archs"] = _seed_archs(cfg["search"]["seed_archs"], base)
     return cfg
+
+
+def _seed_archs(files: Any, base: Path) -> list[str]:
+    """search.seed_archs: architecture JSON files (relative to the config's folder) that open the population."""
+    from nasrec.space.arch import Architecture
+
+    _check_type("search.seed_archs", files, list, "a list of architecture JSON files")
+    out = []
+    for i, f in enumerate(files):
+        _check_type(f"search.seed_archs[{i}]", f, str, "a path")
+        p = (base / f).resolve()
+        if not p.is_file():
+            _fail(f"search.seed_archs[{i}]", f"{p}: no such file")
+        try:
+            Architecture.load(p)
+        except NasrecError as e:
+            _fail(f"search.seed_archs[{i}]", str(e))
+        out.append(str(p))
+    return out
 
 
 def _check_stages(cfg: dict[str, Any]) -> None:

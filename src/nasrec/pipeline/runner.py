@@ -194,6 +194,10 @@ class Pipeline:
         s = self.cfg["search"]
         retrain = {"seed": self.cfg["seed"], **s["retrain_set"]}
         o = self._counted("search", "count_layernorm", {"seed": self.cfg["seed"], **s["set"]})
+        if s["seed_archs"]:  # known good models open the population (search.set: {keep_seed_archs: true} keeps them)
+            from nasrec.space.arch import Architecture
+
+            o["seed_archs"] = [Architecture.load(f).to_dict() for f in s["seed_archs"]]
         res = search(
             self.out / SUPERNET_DIR,
             self.cache,
