@@ -239,33 +239,28 @@ def resolve_config(given: dict[str, Any], base: Path | None = None) -> dict[str,
         exclude=("inputs", "out", "format", "schema", "progress"),
     )
     _check_stages(cfg)
-    published = []
-    for i, f in enumerate(cfg["baselines"]["published"]):
-        _check_type(f"baselines.published[{i}]", f, str, "a path")
-        p = (base / f).resolve()
-        if not p.is_file():
-            _fail(f"baselines.published[{i}]", f"{p}: no such file")
-        published.append(str(p))
-    cfg["baselines"]["published"] = published
-    cfg["search"]["seed_archs"] = _seed_archs(cfg["search"]["seed_archs"], base)
+    cfg["baselines"]["published"] = _arch_files("baselines.published", cfg["baselines"]["published"], base, False)
+    cfg["search"]["seed_archs"] = _arch_files("search.seed_archs", cfg["search"]["seed_archs"], base, True)
     return cfg
 
 
-def _seed_archs(files: Any, base: Path) -> list[str]:
-    """search.seed_archs: architecture JSON files (relative to the config's folder) that open the population."""
+def _arch_files(key: str, files: Any, base: Path, read: bool) -> list[str]:
+    """Architecture JSON files of the config (relative to its folder) as absolute paths; with `read`, each is
+    read as an architecture now, so that a bad one fails before any work (published names are read later)."""
     from nasrec.space.arch import Architecture
 
-    _check_type("search.seed_archs", files, list, "a list of architecture JSON files")
+    _check_type(key, files, list, "a list of architecture JSON files")
     out = []
     for i, f in enumerate(files):
-        _check_type(f"search.seed_archs[{i}]", f, str, "a path")
+        _check_type(f"{key}[{i}]", f, str, "a path")
         p = (base / f).resolve()
         if not p.is_file():
-            _fail(f"search.seed_archs[{i}]", f"{p}: no such file")
-        try:
-            Architecture.load(p)
-        except NasrecError as e:
-            _fail(f"search.seed_archs[{i}]", str(e))
+            _fail(f"{key}[{i}]", f"{p}: no such file")
+        if read:
+            try:
+                Architecture.load(p)
+            except NasrecError as e:
+                _fail(f"{key}[{i}]", str(e))
         out.append(str(p))
     return out
 
