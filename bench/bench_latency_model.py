@@ -17,7 +17,8 @@ Criteo's, `--layernorm` models with layer norms (as `cpu-quick` trains them). Th
 Prints one JSON line per architecture, then per space the relative error |predicted - measured| / measured
 of each fit form (``overhead``: the table's sum plus the fitted intercept and per-head-input cost;
 ``scaled``: the same with a fitted scale on the sum; ``params``: the overhead plus a fitted cost per million
-non-embedding parameters; ``mflops``: a line in MFLOPs fitted on the same
+non-embedding parameters; ``auto``: the form of these three with the least leave-one-out error on the
+calibration architectures, the profile's default; ``mflops``: a line in MFLOPs fitted on the same
 calibration architectures, for comparison), median and 90th percentile, and the profile's duration.
 """
 
@@ -42,6 +43,8 @@ from nasrec.model.cost import arch_cost
 from nasrec.model.subnet import Subnet
 from nasrec.space.arch import Architecture
 from nasrec.space.space import get_space
+
+FORMS = ("overhead", "scaled", "params", "auto")
 
 
 def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         table = profile_table(space, nd, sizes, path, calibration=args.calibration, layernorm=ln, **timing)
         profile_s = time.perf_counter() - t0
         setting = table["settings"][setting_key(args.batch, args.threads)]
-        fits = {form: fit_setting(table, setting, form) for form in ("overhead", "scaled", "params")}
+        fits = {form: fit_setting(table, setting, form) for form in FORMS}
         calib = [(Architecture.from_dict(p["arch"]), p["measured_ms"]) for p in setting["calibration"]]
         # MFLOPs line on the same calibration architectures: what FLOPs alone would give
         cx = np.array([arch_cost(a, nd, len(sizes), use_layernorm=ln).mflops for a, _ in calib])
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "fits": fits,
             "measured_ms_range": [round(float(meas.min()), 4), round(float(meas.max()), 4)],
         }
-        for form in ("overhead", "scaled", "params", "mflops"):
+        for form in (*FORMS, "mflops"):
             out[form] = _errors(np.array([r[f"pred_{form}_ms"] for r in rows]), meas)
             small = [r for r in rows if r["draw"] != "uniform"]
             if small:

@@ -20,6 +20,7 @@ from nasrec.latency.model import (
     fit_overhead,
     grids,
     load_latency_model,
+    loo_errors,
     read_table,
     setting_key,
 )
@@ -121,6 +122,31 @@ def test_the_overhead_fit_recovers_a_known_line() -> None:
     assert params["ms_per_million_params"] == pytest.approx(0.003) and params["scale"] == 1.0
     with pytest.raises(NasrecError, match="at least 3 calibration"):
         fit_overhead(points[:2])
+
+
+def test_auto_fit_picks_the_form_that_predicts_left_out_models() -> None:
+    """`auto` chooses by leave-one-out error: `params` where latency grows with weights, `overhead` where it
+    does not (the extra coefficient fits no better, and a tie goes to the simpler form); too few points: overhead."""
+    rng = np.random.default_rng(0)
+    base = [
+        {"components_ms": float(s), "head_inputs": float(h), "params_m": float(m)}
+        for s, h, m in zip(
+            rng.uniform(0.02, 0.5, 12), rng.integers(16, 1000, 12), rng.uniform(0.01, 6, 12), strict=True
+        )
+    ]
+    heavy = [
+        {**p, "measured_ms": 0.01 + 1e-5 * p["head_inputs"] + p["components_ms"] + 0.05 * p["params_m"]} for p in base
+    ]
+    fit = fit_overhead(heavy, "auto")
+    assert fit["form"] == "params" and fit["chosen"] == "auto"
+    assert fit["ms_per_million_params"] == pytest.approx(0.05)
+    assert fit["loo"]["params"]["p90"] < 1e-6 < fit["loo"]["overhead"]["p90"]
+    assert loo_errors(heavy, "params") == pytest.approx([0.0] * 12, abs=1e-9)
+    plain = [{**p, "measured_ms": 0.01 + 1e-5 * p["head_inputs"] + p["components_ms"]} for p in base]
+    assert fit_overhead(plain, "auto")["form"] == "overhead"
+    assert "loo" not in fit_overhead(plain[:4], "auto") and fit_overhead(plain[:4], "auto")["form"] == "overhead"
+    with pytest.raises(NasrecError, match="auto"):
+        fit_overhead(plain, "cubic")
 
 
 @pytest.fixture(scope="module")

@@ -365,6 +365,33 @@ def test_embedding_std_cap_scales_only_tables_above_it() -> None:
         Subnet(arch, NUM_DENSE, tables, max_embedding_std=0.0)
 
 
+def test_supernet_embedding_std_cap_reaches_its_spec_and_materialised_subnets(tmp_path: Path) -> None:
+    """`arch_max_embedding_std` starts a supernet's tables at the cap too; a materialised subnet copies them."""
+    import json
+
+    from conftest import small_synth_cache
+
+    from nasrec.model.spec import ModelSpec
+    from nasrec.model.supernet import Supernet
+    from nasrec.train.api import train_supernet
+
+    tables = (7, 5_000)
+    torch.manual_seed(0)
+    plain = Supernet(NASREC_SMALL, NUM_DENSE, tables).embedding.table.weight
+    torch.manual_seed(0)
+    capped = Supernet(NASREC_SMALL, NUM_DENSE, tables, max_embedding_std=0.01)
+    torch.testing.assert_close(capped.embedding.table.weight[:7], plain[:7] * (0.01 / (2 / 23) ** 0.5))
+    arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
+    sub = Subnet.from_supernet(capped, arch)
+    torch.testing.assert_close(sub.embedding.table.weight, capped.embedding.table.weight, rtol=0, atol=0)
+    _, cache = small_synth_cache(tmp_path, rows=3_000, seed=2)
+    over = {"max_steps": 2, "batch_size": 128, "threads": 1, "arch_max_embedding_std": 1e-3}
+    train_supernet(cache, tmp_path / "sn", space="small", preset_name="cpu-supernet", overrides=over, progress=False)
+    spec = ModelSpec.from_dict(json.loads((tmp_path / "sn" / "model.json").read_text()))
+    assert spec.kind == "supernet" and spec.max_embedding_std == 1e-3
+    assert float(spec.build().embedding.table.weight.detach().abs().max()) < 0.01
+
+
 def test_arch_dropout_reaches_the_trained_model_and_only_architectures(tmp_path: Path) -> None:
     """`--set arch_dropout=p` is recorded in the run's model spec; a zoo run is told to use its hyper-parameter."""
     import json

@@ -167,10 +167,10 @@ def _add_latency_profile(lsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fit",
-        choices=["overhead", "scaled", "params"],
-        default="overhead",
+        choices=["auto", "overhead", "scaled", "params"],
+        default="auto",
         help="overhead: intercept + cost per head input; scaled: also a scale on the table's sum; params: also a "
-        "cost per million weights",
+        "cost per million weights; auto (default): the one of least leave-one-out error on the calibration models",
     )
     p.add_argument("--layernorm", action="store_true", help="models with layer norms (as their recipe trains them)")
     p.add_argument("--force", action="store_true", help="resume a table made for another use anyway")

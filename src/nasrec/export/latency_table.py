@@ -39,7 +39,7 @@ from nasrec.export.backends import ONNX_OPSET, _import_onnx, _quiet
 from nasrec.export.latency import DEFAULT_REPS, DEFAULT_WARMUP, _check, measure_model_latency, time_calls
 from nasrec.latency.model import (
     DOT_PROBE_DIN,
-    FIT_FORMS,
+    FIT_CHOICES,
     TABLE_FORMAT,
     TABLE_VERSION,
     TOKEN_DIM,
@@ -291,7 +291,7 @@ def profile_table(
     reps: int = DEFAULT_REPS,
     layernorm: bool = False,
     calibration: int = DEFAULT_CALIBRATION,
-    fit_form: str = "overhead",
+    fit_form: str = "auto",
     force: bool = False,
     keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -301,8 +301,8 @@ def profile_table(
     and the overhead fitted (`fit_form`, see `nasrec.latency.model.fit_overhead`) per setting.
     """
     _check(runtime, batches, threads, warmup, reps)
-    if fit_form not in FIT_FORMS:
-        raise NasrecError(f"latency fit form must be one of {', '.join(FIT_FORMS)}, not {fit_form!r}")
+    if fit_form not in FIT_CHOICES:
+        raise NasrecError(f"latency fit form must be one of {', '.join(FIT_CHOICES)}, not {fit_form!r}")
     if calibration < 3:
         raise NasrecError(f"a latency profile needs at least 3 calibration architectures, got {calibration}")
     out = Path(out)
@@ -415,7 +415,7 @@ def _calibrate(table: dict, out: Path, space: SearchSpace, num_dense: int, table
     atomic_write_json(out, table)
 
 
-def fit_setting(table: dict[str, Any], setting: dict[str, Any], form: str = "overhead") -> dict[str, Any]:
+def fit_setting(table: dict[str, Any], setting: dict[str, Any], form: str = "auto") -> dict[str, Any]:
     """The overhead fit of one setting from its calibration points (`nasrec.latency.model.fit_overhead`)."""
     model = model_of(table, setting)
     points = []
@@ -423,7 +423,7 @@ def fit_setting(table: dict[str, Any], setting: dict[str, Any], form: str = "ove
         arch = Architecture.from_dict(p["arch"])
         point = {"measured_ms": p["measured_ms"], "components_ms": model.component_sum(arch),
                  "head_inputs": model.head_inputs(arch)}  # fmt: skip
-        if form == "params":
+        if form in ("params", "auto"):
             point["params_m"] = model.params_m(arch)
         points.append(point)
     return fit_overhead(points, form)

@@ -49,6 +49,8 @@ TABLE_VERSION = 1
 D2S_TOKENS = 8
 TOKEN_DIM = 16
 FIT_FORMS = ("overhead", "scaled", "params")
+# "auto": the form of least leave-one-out error on the calibration points (`choose_fit`)
+FIT_CHOICES = (*FIT_FORMS, "auto")
 DOT_PROBE_DIN = 64  # dot is profiled with a dense input this wide; its projection at other widths is fc(din -> 16)
 
 
@@ -250,16 +252,18 @@ class LatencyModel:
         return ms
 
 
-def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> dict[str, float]:
-    """Least-squares overhead of a form (`FIT_FORMS`) on calibration points; see the module docstring.
+def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> dict[str, Any]:
+    """Least-squares overhead of a form (`FIT_CHOICES`) on calibration points; see the module docstring.
 
-    Each point holds measured_ms, components_ms (the table's sum), head_inputs and (form ``params``)
-    params_m, the model's non-embedding parameters in millions, of one calibration architecture.
+    Each point holds measured_ms, components_ms (the table's sum), head_inputs and (forms ``params`` and
+    ``auto``) params_m, the model's non-embedding parameters in millions, of one calibration architecture.
     """
     import numpy as np
 
+    if form == "auto":
+        return choose_fit(points)
     if form not in FIT_FORMS:
-        raise NasrecError(f"latency fit form must be one of {', '.join(FIT_FORMS)}, not {form!r}")
+        raise NasrecError(f"latency fit form must be one of {', '.join(FIT_CHOICES)}, not {form!r}")
     if len(points) < 3:
         raise NasrecError(f"latency fit needs at least 3 calibration architectures, got {len(points)}")
     y = np.array([p["measured_ms"] for p in points])
@@ -280,6 +284,47 @@ def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> 
     if form == "params":
         fit["ms_per_million_params"] = float(coef[2])
     return fit
+
+
+def predict_point(fit: dict[str, Any], point: dict[str, float]) -> float:
+    """A fit's prediction in milliseconds for one calibration point (as `LatencyModel.predict` adds it up)."""
+    ms = fit["intercept_ms"] + fit["head_ms_per_input"] * point["head_inputs"]
+    ms += fit.get("scale", 1.0) * point["components_ms"]
+    if "ms_per_million_params" in fit:
+        ms += fit["ms_per_million_params"] * point["params_m"]
+    return ms
+
+
+def loo_errors(points: Sequence[dict[str, float]], form: str) -> list[float]:
+    """Relative errors |predicted / measured - 1| of each point under a fit of `form` to all the others."""
+    errors = []
+    for i, point in enumerate(points):
+        fit = fit_overhead([*points[:i], *points[i + 1 :]], form)
+        errors.append(abs(predict_point(fit, point) / point["measured_ms"] - 1.0))
+    return errors
+
+
+def choose_fit(points: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """The fit form whose leave-one-out errors are least (90th percentile, then median), fitted on every point.
+
+    Which correction a table needs depends on the machine and the data shape: at Criteo's shape the plain
+    overhead met the targets, at Frappe's (10 fields, no dense) the large models needed ``params``
+    (BENCHMARKS.md, "Latency tables"). Each form is judged on the points it was not fitted on, so a form
+    with one more coefficient wins only where it predicts better, not because it fits more closely. With
+    fewer than 5 points (4 for the fit of a 3-coefficient form) it is ``overhead``. The fit records each
+    form's leave-one-out median and 90th percentile (``loo``).
+    """
+    import numpy as np
+
+    if len(points) < 5:
+        return fit_overhead(points, "overhead")
+    loo = {}
+    for form in FIT_FORMS:
+        e = np.array(loo_errors(points, form))
+        loo[form] = {"median": round(float(np.median(e)), 4), "p90": round(float(np.quantile(e, 0.9)), 4)}
+    # ties (within rounding) go to the earlier, simpler form
+    best = min(FIT_FORMS, key=lambda f: (loo[f]["p90"], loo[f]["median"], FIT_FORMS.index(f)))
+    return {**fit_overhead(points, best), "chosen": "auto", "loo": loo}
 
 
 # -- table files -----------------------------------------------------------------------------------------

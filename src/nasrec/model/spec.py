@@ -50,7 +50,7 @@ class ModelSpec:
     space: dict[str, Any] | None = None  # kind "supernet": the search space
     layernorm: bool = False
     dropout: float = 0.0  # kind "nasrec": dropout on every block's dense output (`Subnet`); 0: none
-    max_embedding_std: float | None = None  # kind "nasrec": the tables' initial std capped at this (None: xavier)
+    max_embedding_std: float | None = None  # nasrec and supernet: the tables' initial std capped at this (None: xavier)
     batchnorm: bool = False  # kind "nasrec": batch norms in place of the dense outputs' layer norms (`Subnet`)
 
     def __post_init__(self) -> None:
@@ -103,6 +103,7 @@ class ModelSpec:
             self.table_sizes,
             layernorm=True,
             masking=self.hparams.get("semantics") == "mask",
+            max_embedding_std=self.max_embedding_std,
         )
 
     def cost(self) -> dict[str, float | None]:

@@ -42,6 +42,7 @@ class Supernet(nn.Module):
         table_sizes: Sequence[int],
         layernorm: bool = True,
         masking: bool = False,
+        max_embedding_std: float | None = None,
     ) -> None:
         super().__init__()
         self.space = space
@@ -49,6 +50,8 @@ class Supernet(nn.Module):
         self.num_dense, self.num_sparse = num_dense, len(table_sizes)
         self.layernorm = layernorm
         self.embedding = FieldEmbedding(table_sizes)
+        if max_embedding_std is not None:  # as a standalone model's (`Subnet`): the zoo's start on small data
+            self.embedding.cap_std(max_embedding_std)
         W, Ws = max(space.dense_widths), max(space.sparse_widths)
         cells = []
         for i in range(space.num_blocks):

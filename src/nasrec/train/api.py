@@ -118,14 +118,6 @@ def train_supernet(
 
     cache = open_cache(data)
     out = Path(out)
-    spec = ModelSpec(
-        kind="supernet",
-        space=get_space(space).to_dict(),
-        num_dense=len(cache.dense_fields),
-        table_sizes=tuple(cache.table_sizes),
-        layernorm=True,
-        hparams={} if semantics == "slice" else {"semantics": semantics},
-    )
     with _writing(out, "supernet run"):
         overrides = resolve_caps(overrides, data)
         if isinstance(overrides.get("path_max_latency_ms"), str):  # a zoo model's name, checked but not timed
@@ -136,6 +128,15 @@ def train_supernet(
                 "(nasrec.export.latency_caps.supernet_latency_cap resolves a name)",
             )
         cfg = _config(preset_name, overrides, resume, out)
+        spec = ModelSpec(
+            kind="supernet",
+            space=get_space(space).to_dict(),
+            num_dense=len(cache.dense_fields),
+            table_sizes=tuple(cache.table_sizes),
+            layernorm=True,
+            hparams={} if semantics == "slice" else {"semantics": semantics},
+            max_embedding_std=cfg.arch_max_embedding_std,
+        )
         with distributed.process_group():  # under torchrun: data-parallel over its processes
             return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
 

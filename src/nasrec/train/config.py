@@ -132,7 +132,7 @@ class TrainConfig:
     # Standalone nasrec architectures: dropout on every block's dense output while training (zoo models take
     # theirs as the hyper-parameter `dropout`; supernets have none)
     arch_dropout: float = 0.0
-    # Standalone nasrec architectures: every embedding table's initial std capped at this (None: NASRec's
+    # Nasrec architectures and supernets: every embedding table's initial std capped at this (None: NASRec's
     # xavier-normal, std sqrt(2 / (N + 16)), 0.29 for a 7-id table); zoo models take the hyper-parameter
     # max_embedding_std, 1e-4 in their default recipes, as DeepCTR and FuxiCTR start theirs
     arch_max_embedding_std: float | None = None
