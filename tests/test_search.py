@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -554,6 +555,15 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path, capsys: 
     assert (tmp_path / "rc" / "rankcheck.png").stat().st_size > 1000
     assert len({c["hash"] for c in res["candidates"]}) == 4
     assert len(list((tmp_path / "rc" / "runs").glob("*/metrics.json"))) == 4
+    # the same check in two training processes, one run copied over: the same architectures, the same losses
+    (tmp_path / "rc2" / "runs").mkdir(parents=True)
+    first = sorted((tmp_path / "rc" / "runs").iterdir())[0]
+    shutil.copytree(first, tmp_path / "rc2" / "runs" / first.name)
+    rc2 = [a if a != str(tmp_path / "rc") else str(tmp_path / "rc2") for a in args]
+    assert main([*rc2, "--train-workers", "2"]) == 0, capsys.readouterr().err
+    res2 = json.loads((tmp_path / "rc2" / "rankcheck.json").read_text())
+    pairs = zip(res["candidates"], res2["candidates"], strict=True)
+    assert all(a["hash"] == b["hash"] and a["scratch_val_logloss"] == b["scratch_val_logloss"] for a, b in pairs)
 
 
 @pytest.mark.slow

@@ -188,6 +188,12 @@ def _add_rankcheck(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scoring setting")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a training setting")
     p.add_argument("--workers", type=clicheck.int_at_least(1), default=1, help="scoring processes")
+    p.add_argument(
+        "--train-workers",
+        type=clicheck.int_at_least(1),
+        default=1,
+        help="architectures trained from scratch at a time, each in its own process (default 1)",
+    )
     add_device(p, "score and train the architectures")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -212,6 +218,7 @@ def _run_rankcheck(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_mflops=args.max_mflops,
         max_params=args.max_params,
+        train_workers=args.train_workers,
     )
     console.show(
         {k: res[k] for k in ("kendall_tau", "kendall_ci_low", "kendall_ci_high", "spearman_rho", "pairs")},

@@ -5,14 +5,19 @@ within a search's MFLOPs / parameter constraints, where the search will look), s
 the supernet exactly as the search does, trains each from scratch with a short training preset, and
 reports Kendall's tau and Spearman's rho between the supernet scores and the from-scratch validation
 losses (scipy), with a scatter plot. The output directory holds `rankcheck.json`, `rankcheck.png` and
-the training runs under `runs/`; finished runs are kept, so an interrupted check continues.
+the training runs under `runs/`; finished runs are kept, so an interrupted check continues, and a check of
+another supernet on the same architectures (same seed, space and caps) can start from a copy of `runs/`.
+`train_workers` > 1 trains that many architectures at a time, each in its own process.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +104,7 @@ def rankcheck(
     workers: int = 1,
     max_mflops: float | str | None = None,
     max_params: int | str | None = None,
+    train_workers: int = 1,
 ) -> dict[str, Any]:
     """Score k sampled architectures through the supernet and from scratch; their rank correlations.
 
@@ -108,6 +114,8 @@ def rankcheck(
     """
     if k < 3:
         raise NasrecError(f"rankcheck needs k >= 3 architectures, got {k}")
+    if train_workers < 1:
+        raise NasrecError(f"rankcheck needs train_workers >= 1, got {train_workers}")
     out = Path(out)
     space = SearchSpace.from_dict(rundir.read_supernet(supernet)["space"])
     _, score_cfg, preset_train = resolve(preset, None, score_overrides)
@@ -138,6 +146,7 @@ def rankcheck(
             workers,
             train_preset or preset_train,
             train_overrides,
+            train_workers,
             {"k": k, "seed": seed, "strategy": strategy, "max_mflops": max_mflops, "max_params": max_params},
         )
 
@@ -151,23 +160,19 @@ def _rankcheck(
     workers: int,
     train_preset: str,
     train_overrides: dict[str, Any] | None,
+    train_workers: int,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """Score, train and compare the drawn architectures (the rank check's writer holds `out`'s lock)."""
-    from nasrec.train.api import train
-
     t0 = time.perf_counter()
     log.info("rank check %s: scoring %d architectures with the supernet", out, len(arch_list))
     with ScoringPool(ScorerSpec(str(supernet), str(data), score_cfg.to_dict()), workers) as pool:
         scores = pool(arch_list)
     log.info("rank check: scored in %.1f s; training each from scratch (%s)", time.perf_counter() - t0, train_preset)
+    runs = [out / "runs" / f"{i:03d}-{a.hash()[:12]}" for i, a in enumerate(arch_list)]
+    metrics = _train_all(runs, arch_list, scores, data, train_preset, dict(train_overrides or {}), train_workers)
     rows = []
-    for i, (a, s) in enumerate(zip(arch_list, scores, strict=True)):
-        run = out / "runs" / f"{i:03d}-{a.hash()[:12]}"
-        log.info("rank check: architecture %d/%d, %s (supernet score %.5f)", i + 1, len(arch_list), a.hash()[:12], s)
-        m = rundir.read_metrics(run) or RunMetrics.from_dict(
-            train(data, run, arch=a, preset_name=train_preset, overrides=train_overrides, resume=True, progress=False)
-        )
+    for a, s, m in zip(arch_list, scores, metrics, strict=True):
         rows.append(
             {
                 "hash": a.hash(),
@@ -201,6 +206,47 @@ def _rankcheck(
         len(ok),
     )
     return result
+
+
+def _train_all(
+    runs: list[Path],
+    archs: list[Architecture],
+    scores: list[float],
+    data: str | Path,
+    preset: str,
+    overrides: dict[str, Any],
+    workers: int,
+) -> list[RunMetrics]:
+    """Each architecture trained from scratch into its run (a finished run's metrics are read back)."""
+    jobs = []
+    for i, (run, a, s) in enumerate(zip(runs, archs, scores, strict=True)):
+        if rundir.read_metrics(run) is None:
+            log.info("rank check: architecture %d/%d, %s (supernet score %.5f)", i + 1, len(archs), a.hash()[:12], s)
+            jobs.append((run, a))
+    if workers > 1 and len(jobs) > 1:
+        workers = min(workers, len(jobs))
+        # the cores shared out between the processes, unless the settings say
+        overrides = {"threads": max(1, (os.cpu_count() or 1) // workers), **overrides}
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            list(pool.map(_train_one, [(run, a.to_dict(), data, preset, overrides) for run, a in jobs]))
+    else:
+        for run, a in jobs:
+            _train_one((run, a.to_dict(), data, preset, overrides))
+    metrics = [rundir.read_metrics(run) for run in runs]
+    missing = [str(run) for run, m in zip(runs, metrics, strict=True) if m is None]
+    if missing:
+        raise NasrecError(f"rank check: no metrics in {missing[0]} after training")
+    return metrics
+
+
+def _train_one(job: tuple[Path, dict[str, Any], str | Path, str, dict[str, Any]]) -> None:
+    """One from-scratch run (in a worker process, or here)."""
+    from nasrec.train.api import train
+
+    run, arch, data, preset, overrides = job
+    train(data, run, arch=Architecture.from_dict(arch), preset_name=preset, overrides=overrides, resume=True,
+          progress=False)  # fmt: skip
 
 
 def _finite(v: Any) -> bool:
