@@ -191,6 +191,8 @@ def test_the_default_space_follows_the_model() -> None:
     # batch sizes that do not fit the train split are left out
     sizes = {p.name: p.values for p in default_space(None, TrainConfig(batch_size=512), 600).params}["batch_size"]
     assert sizes == (256, 512)
+    arch = {p.name: p for p in default_space(None, TrainConfig(), 10_000).params}
+    assert arch["arch_dropout"].where == "train" and arch["arch_dropout"].values == (0.0, 0.5)
 
 
 @pytest.mark.parametrize(

@@ -129,7 +129,8 @@ def default_space(model_defaults: dict[str, Any] | None, base: TrainConfig, trai
     (those that fit the train split), embedding L2 from a thirtieth to 10x the base's (1e-7 to 1e-3 when
     the base has none). For a zoo model (`model_defaults`, its hyper-parameters): each dropout 0-0.5,
     embedding dim half, same or double, and for each MLP (a tuple of widths: mlp_dims, top_mlp, cin_dims)
-    its default, half the widths, or one layer fewer.
+    its default, half the widths, or one layer fewer. For a nasrec architecture (`model_defaults` None): the
+    dropout on its blocks' dense outputs (`arch_dropout`), 0-0.5.
     """
     params = [Param("lr", "train", "log", (base.lr / 10, min(base.lr * 3, RULES["lr"].le or math.inf)))]
     sizes = [b for b in (base.batch_size // 2, base.batch_size, base.batch_size * 2) if 1 <= b <= train_rows]
@@ -139,6 +140,8 @@ def default_space(model_defaults: dict[str, Any] | None, base: TrainConfig, trai
         # around a base that has one (a recipe's), else the per-lookup form's useful range
         l2 = base.embedding_l2
         params.append(Param("embedding_l2", "train", "log", (l2 / 30, min(l2 * 10, 1.0)) if l2 else (1e-7, 1e-3)))
+    if model_defaults is None:  # a nasrec architecture: its dropout is a training setting (zoo models: a hyper-parameter)
+        params.append(Param("arch_dropout", "train", "uniform", (0.0, 0.5)))
     for name, default in (model_defaults or {}).items():
         if name == "dropout" or name.endswith("_dropout"):
             params.append(Param(name, "model", "uniform", (0.0, 0.5)))
