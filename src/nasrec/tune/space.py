@@ -140,7 +140,8 @@ def default_space(model_defaults: dict[str, Any] | None, base: TrainConfig, trai
         # around a base that has one (a recipe's), else the per-lookup form's useful range
         l2 = base.embedding_l2
         params.append(Param("embedding_l2", "train", "log", (l2 / 30, min(l2 * 10, 1.0)) if l2 else (1e-7, 1e-3)))
-    if model_defaults is None:  # a nasrec architecture: its dropout is a training setting (zoo models: a hyper-parameter)
+    # a nasrec architecture: its dropout is a training setting (a zoo model's, a hyper-parameter)
+    if model_defaults is None:
         params.append(Param("arch_dropout", "train", "uniform", (0.0, 0.5)))
     for name, default in (model_defaults or {}).items():
         if name == "dropout" or name.endswith("_dropout"):
