@@ -492,6 +492,31 @@ def test_rank_correlation_values() -> None:
         rank_correlation([1, 2], [1, 2])
 
 
+def test_rankcheck_by_evaluation_ranks_each_evaluation_against_the_end(tmp_path: Path) -> None:
+    """How early training from scratch ranks: tau of the k-th evaluation against the final loss, for the k all reached."""
+    from nasrec.search.rankcheck import _val_history, by_evaluation
+
+    final = [0.30, 0.20, 0.10, 0.40]
+    histories = [
+        [(100, 0.5), (200, 0.31)],
+        [(100, 0.4), (200, 0.21), (300, 0.2)],
+        [(100, 0.6), (200, 0.11)],
+        [(100, 0.7), (200, 0.41)],
+    ]
+    early = by_evaluation(histories, final)
+    assert [e["evaluation"] for e in early] == [1, 2] and [e["step"] for e in early] == [100, 200]
+    assert early[1]["kendall_tau"] == pytest.approx(1.0) and early[0]["pairs"] == 4
+    # evaluation 1 ranks 0.4 < 0.5 < 0.6 < 0.7 against 0.20, 0.30, 0.10, 0.40: 4 of 6 pairs concordant
+    assert early[0]["kendall_tau"] == pytest.approx((4 - 2) / 6)
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": 50, "train_loss": 0.5}, {"step": 157, "eval_split": "val", "eval_logloss": 0.26},
+             {"step": 157, "eval_split": "test", "eval_logloss": 0.9}, {"step": 314, "eval_split": "val", "eval_logloss": 0.2}]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert _val_history(run) == [(157, 0.26), (314, 0.2)]
+    assert _val_history(tmp_path / "none") == [] and by_evaluation([[], [(1, 0.1)]], [0.1, 0.2]) == []
+
+
 def test_rank_correlation_bootstrap_interval() -> None:
     """Tau's percentile-bootstrap interval: holds tau, narrows with more pairs, repeats for a seed."""
     from nasrec.search.rankcheck import rank_correlation
@@ -555,6 +580,7 @@ def test_rankcheck_cli(supernet_run: tuple[Path, Path], tmp_path: Path, capsys: 
     assert (tmp_path / "rc" / "rankcheck.png").stat().st_size > 1000
     assert len({c["hash"] for c in res["candidates"]}) == 4
     assert len(list((tmp_path / "rc" / "runs").glob("*/metrics.json"))) == 4
+    assert all(isinstance(c["scratch_val_history"], list) for c in res["candidates"]) and "by_evaluation" in res
     # the same check in two training processes, one run copied over: the same architectures, the same losses
     (tmp_path / "rc2" / "runs").mkdir(parents=True)
     first = sorted((tmp_path / "rc" / "runs").iterdir())[0]

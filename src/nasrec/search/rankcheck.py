@@ -8,6 +8,10 @@ losses (scipy), with a scatter plot. The output directory holds `rankcheck.json`
 the training runs under `runs/`; finished runs are kept, so an interrupted check continues, and a check of
 another supernet on the same architectures (same seed, space and caps) can start from a copy of `runs/`.
 `train_workers` > 1 trains that many architectures at a time, each in its own process.
+
+It also says how early training from scratch ranks (`by_evaluation`): Kendall's tau between each run's k-th
+validation evaluation during training and its final validation loss, for each k that every run reached. A
+successive-halving rung that stops at that point can rank no better (`nasrec search --halving`).
 """
 
 from __future__ import annotations
@@ -186,8 +190,13 @@ def _rankcheck(
     x = [r["supernet_score"] for r in ok]
     y = [r["scratch_val_logloss"] for r in ok]
     stats = rank_correlation(x, y)
+    histories = [_val_history(run) for run in runs]
+    for r, h in zip(rows, histories, strict=True):
+        r["scratch_val_history"] = h
+    early = by_evaluation([h for r, h in zip(rows, histories, strict=True) if r in ok], y)
     result = {
         **stats,
+        "by_evaluation": early,
         "k": settings["k"],
         "pairs": len(ok),
         **{k: v for k, v in settings.items() if k != "k"},
@@ -205,7 +214,46 @@ def _rankcheck(
         stats["spearman_rho"],
         len(ok),
     )
+    for e in early:
+        log.info(
+            "rank check: from scratch at evaluation %d (step %d) against the end: Kendall tau %.3f over %d runs",
+            e["evaluation"], e["step"], e["kendall_tau"], e["pairs"],
+        )  # fmt: skip
     return result
+
+
+def by_evaluation(histories: list[list[tuple[int, float]]], final: list[float]) -> list[dict[str, Any]]:
+    """Kendall's tau of each run's k-th (step, validation loss) against its final loss, for every k all runs reached.
+
+    `step` is the median step of the k-th evaluations (runs with different batch sizes evaluate at different steps).
+    """
+    from scipy.stats import kendalltau
+
+    out = []
+    reached = min((len(h) for h in histories), default=0)
+    for k in range(reached):
+        at = [h[k][1] for h in histories]
+        if len(at) < 3 or not all(math.isfinite(v) for v in at):
+            break
+        tau = kendalltau(at, final).statistic
+        step = int(np.median([h[k][0] for h in histories]))
+        out.append({"evaluation": k + 1, "step": step, "kendall_tau": float(tau), "pairs": len(at)})
+    return out
+
+
+def _val_history(run: Path) -> list[tuple[int, float]]:
+    """(step, validation log loss) of each evaluation during a run, in order (its metrics.jsonl)."""
+    import json
+
+    path = run / rundir.METRICS_JSONL
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("eval_split") == "val" and "eval_logloss" in rec:
+            out.append((int(rec["step"]), float(rec["eval_logloss"])))
+    return out
 
 
 def _train_all(
