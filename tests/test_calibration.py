@@ -59,6 +59,22 @@ def test_logits_that_rank_backwards_are_refused() -> None:
         platt_fit(z, np.zeros_like(z))
 
 
+def test_a_model_whose_logits_do_not_rank_is_left_uncalibrated(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No increasing map: the run keeps its logits (scale 1, shift 0) with a warning instead of failing."""
+    from nasrec.train import calibration
+
+    z = np.linspace(-3, 3, 1_000)
+    monkeypatch.setattr(calibration, "split_logits", lambda *a, **k: ((z < 0).astype(np.float64), z))
+    model = build_zoo_model("lr", 3, (20, 30, 40))
+    before = [p.detach().clone() for p in model.parameters()]
+    with caplog.at_level("WARNING", logger="nasrec.train.calibration"):
+        assert calibration.calibrate_logits(model, open_cache(cache_dir), 256, None) == (1.0, 0.0)
+    assert "left uncalibrated" in caplog.text and "no increasing map" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 @pytest.mark.parametrize("name", list(ZOO_MODELS))
 def test_folding_scales_and_shifts_every_zoo_models_logit(name: str) -> None:
     torch.manual_seed(0)

@@ -49,6 +49,10 @@ def check_calibratable(model: nn.Module, cache: Cache) -> None:
         raise NasrecError(f"training config: calibrate_logits fits on the val split, and {cache.path} has none")
 
 
+class NoIncreasingMap(NasrecError):
+    """The logits rank the validation rows backwards or not at all: no scale > 0 lowers the log loss."""
+
+
 def platt_fit(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(scale, shift) minimising the mean log loss of sigmoid(scale x logit + shift), by Newton's method."""
     z = np.asarray(logits, dtype=np.float64)
@@ -81,7 +85,9 @@ def platt_fit(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         if gain < 1e-15 or np.abs(t * step).max() < 1e-12:
             break
     if not all(math.isfinite(v) for v in w) or w[0] <= 0:
-        raise NasrecError(f"calibration found no increasing map (scale {w[0]:.4g}): the logits do not rank the rows")
+        raise NoIncreasingMap(
+            f"calibration found no increasing map (scale {w[0]:.4g}): the logits do not rank the rows"
+        )
     return float(w[0]), float(w[1])
 
 
@@ -100,9 +106,18 @@ def fold_calibration(model: nn.Module, scale: float, shift: float) -> None:
 
 @torch.no_grad()
 def calibrate_logits(model: nn.Module, cache: Cache, batch_size: int, max_rows: int | None) -> tuple[float, float]:
-    """Fit (scale, shift) on the validation split, fold them into `model` and return them."""
+    """Fit (scale, shift) on the validation split, fold them into `model` and return them.
+
+    A model whose logits do not rank the rows (a training run that diverged or collapsed) keeps them as they
+    are, (1, 0), with a warning: its metrics then say what it is, and a search or rank check that trains many
+    architectures goes on (one of 30 capped architectures on Frappe stopped a rank check this way).
+    """
     y, z = split_logits(model, cache, "val", batch_size, max_rows)
-    scale, shift = platt_fit(z, y)
+    try:
+        scale, shift = platt_fit(z, y)
+    except NoIncreasingMap as e:
+        log.warning("logits left uncalibrated: %s", e)
+        return 1.0, 0.0
     fold_calibration(model, scale, shift)
     # A zoo model scales its logit through its own layers (scale_logit_): checked on a batch. An architecture's
     # logit is its head, one Linear whose weight and bias are scaled: exact but for float rounding, which an
