@@ -504,8 +504,10 @@ def test_rankcheck_by_evaluation_ranks_each_evaluation_against_the_end(tmp_path:
         [(100, 0.7), (200, 0.41)],
     ]
     early = by_evaluation(histories, final)
-    assert [e["evaluation"] for e in early] == [1, 2] and [e["step"] for e in early] == [100, 200]
+    assert [e["evaluation"] for e in early] == [1, 2, 3] and [e["step"] for e in early] == [100, 200, 300]
     assert early[1]["kendall_tau"] == pytest.approx(1.0) and early[0]["pairs"] == 4
+    # evaluation 3: the runs that stopped count with their last evaluation
+    assert early[2]["reached"] == 1 and early[2]["pairs"] == 4 and early[2]["kendall_tau"] == pytest.approx(1.0)
     # evaluation 1 ranks 0.4 < 0.5 < 0.6 < 0.7 against 0.20, 0.30, 0.10, 0.40: 4 of 6 pairs concordant
     assert early[0]["kendall_tau"] == pytest.approx((4 - 2) / 6)
     run = tmp_path / "run"
@@ -514,7 +516,7 @@ def test_rankcheck_by_evaluation_ranks_each_evaluation_against_the_end(tmp_path:
              {"step": 157, "eval_split": "test", "eval_logloss": 0.9}, {"step": 314, "eval_split": "val", "eval_logloss": 0.2}]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert _val_history(run) == [(157, 0.26), (314, 0.2)]
-    assert _val_history(tmp_path / "none") == [] and by_evaluation([[], [(1, 0.1)]], [0.1, 0.2]) == []
+    assert _val_history(tmp_path / "none") == [] and by_evaluation([[], [(1, 0.1)], [(1, 0.2)]], [0.1, 0.2, 0.3]) == []
 
 
 def test_rank_correlation_bootstrap_interval() -> None:

@@ -10,7 +10,7 @@ another supernet on the same architectures (same seed, space and caps) can start
 `train_workers` > 1 trains that many architectures at a time, each in its own process.
 
 It also says how early training from scratch ranks (`by_evaluation`): Kendall's tau between each run's k-th
-validation evaluation during training and its final validation loss, for each k that every run reached. A
+validation evaluation during training (its last, once it has stopped) and its final validation loss. A
 successive-halving rung that stops at that point can rank no better (`nasrec search --halving`).
 """
 
@@ -216,28 +216,34 @@ def _rankcheck(
     )
     for e in early:
         log.info(
-            "rank check: from scratch at evaluation %d (step %d) against the end: Kendall tau %.3f over %d runs",
-            e["evaluation"], e["step"], e["kendall_tau"], e["pairs"],
+            "rank check: from scratch at evaluation %d (step %d, %d runs there) against the end: Kendall tau %.3f",
+            e["evaluation"], e["step"], e["reached"], e["kendall_tau"],
         )  # fmt: skip
     return result
 
 
 def by_evaluation(histories: list[list[tuple[int, float]]], final: list[float]) -> list[dict[str, Any]]:
-    """Kendall's tau of each run's k-th (step, validation loss) against its final loss, for every k all runs reached.
+    """Kendall's tau of each run's k-th validation loss against its final loss, k = 1 .. the longest run's count.
 
-    `step` is the median step of the k-th evaluations (runs with different batch sizes evaluate at different steps).
+    A run that ended earlier (early stopping) counts with its last evaluation, which is where it stopped;
+    `reached` says how many runs had a k-th evaluation of their own. `step` is the median step of those
+    (runs with different batch sizes evaluate at different steps). Empty when a run has no evaluation.
     """
     from scipy.stats import kendalltau
 
-    out = []
-    reached = min((len(h) for h in histories), default=0)
-    for k in range(reached):
-        at = [h[k][1] for h in histories]
-        if len(at) < 3 or not all(math.isfinite(v) for v in at):
+    out: list[dict[str, Any]] = []
+    if len(histories) < 3 or any(not h for h in histories):
+        return out
+    for k in range(max(len(h) for h in histories)):
+        at = [h[min(k, len(h) - 1)][1] for h in histories]
+        if not all(math.isfinite(v) for v in at):
             break
+        steps = [h[k][0] for h in histories if len(h) > k]
         tau = kendalltau(at, final).statistic
-        step = int(np.median([h[k][0] for h in histories]))
-        out.append({"evaluation": k + 1, "step": step, "kendall_tau": float(tau), "pairs": len(at)})
+        out.append(
+            {"evaluation": k + 1, "step": int(np.median(steps)), "kendall_tau": float(tau), "pairs": len(at),
+             "reached": len(steps)}
+        )  # fmt: skip
     return out
 
 
