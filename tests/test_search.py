@@ -325,6 +325,24 @@ def test_full_finetune_scores_like_training_the_materialised_subnet(supernet_run
         ScoreConfig(finetune="body")
 
 
+def test_auc_scoring_is_one_minus_the_auc_of_the_scored_model(supernet_run: tuple[Path, Path]) -> None:
+    """`metric: auc`: the score is 1 - validation AUC of the same fine-tuned model the log-loss score judges."""
+    from nasrec.train.metrics import auc
+
+    sn, cache = supernet_run
+    arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
+    scorer = ScorerSpec(str(sn), str(cache), {**TINY_SCORE, "finetune": "all", "metric": "auc"}).build()
+    score = scorer.score(arch)
+    model = Subnet.from_supernet(scorer.supernet, arch)
+    finetune_all(model, ScorerSpec(str(sn), str(cache), {**TINY_SCORE, "finetune": "all"}).build().data)
+    with torch.no_grad():
+        logits = torch.cat([model(b.dense, b.sparse) for b in scorer.data.val])
+    labels = torch.cat([b.label for b in scorer.data.val])
+    assert 0.0 < score < 1.0 and score == pytest.approx(1.0 - auc(labels.numpy(), logits.numpy()), abs=1e-9)
+    with pytest.raises(NasrecError, match="scoring config metric: expected one of logloss, auc"):
+        ScoreConfig(metric="accuracy")
+
+
 @pytest.mark.slow
 def test_an_equivalent_architecture_reuses_the_score(supernet_run: tuple[Path, Path]) -> None:
     sn, cache = supernet_run

@@ -3,9 +3,9 @@
 A candidate's score is the validation log loss of its path through the trained supernet after a short
 fine-tune of the head alone: `finetune_steps` Adagrad steps (eps 1e-2, `finetune_lr`, linear warm-up
 over `warmup_steps` then cosine, gradient-norm clip 5) on the first train batches in file order, then
-log loss over the first `val_batches` validation batches of `val_batch_size`. Every candidate sees the
-same batches, and the supernet's head is put back after each candidate, so a score depends on nothing
-but the architecture (and the thread count, see `ScoreConfig.threads`). A centred head (models with
+log loss (or, `metric: auc`, 1 - AUC) over the first `val_batches` validation batches of `val_batch_size`.
+Every candidate sees the same batches, and the supernet's head is put back after each candidate, so a
+score depends on nothing but the architecture (and the thread count, see `ScoreConfig.threads`). A centred head (models with
 layer norms) first has its mean measured on the candidate's path over the first `calib_batches`
 fine-tune batches: the supernet's running mean mixes every path it trained.
 
@@ -61,6 +61,7 @@ RULES: dict[str, Rule] = {
     "val_batch_size": Rule(ge=1),
     "val_split": Rule(choices=SPLIT_NAMES),
     "threads": Rule(ge=1),
+    "metric": Rule(choices=("logloss", "auc")),
 }
 
 
@@ -85,6 +86,9 @@ class ScoreConfig:
     # (whatever the number of workers) to keep results identical for any number of workers.
     threads: int = 1
     device: str = "cpu"  # where the supernet and the scoring batches live ("cpu", "cuda", "cuda:N", "auto")
+    # The score: "logloss" (validation log loss) or "auc" (1 - validation AUC, so that lower is better in
+    # both). AUC ignores the probabilities' level, which a path's short fine-tune sets poorly
+    metric: str = "logloss"
 
     def __post_init__(self) -> None:
         check_fields(self, "scoring config", RULES)
@@ -142,6 +146,14 @@ class ScoringData:
 
 
 def _val_loss(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: ScoringData) -> float:
+    """The candidate's score on the validation batches: log loss, or 1 - AUC (`ScoreConfig.metric`)."""
+    if data.cfg.metric == "auc":
+        from nasrec.train.metrics import auc
+
+        with torch.no_grad():
+            logits = torch.cat([model(b.dense, b.sparse).float().cpu() for b in data.val])
+        labels = torch.cat([b.label.float().cpu() for b in data.val])
+        return 1.0 - auc(labels.numpy(), logits.numpy())
     total = 0.0
     with torch.no_grad():
         for b in data.val:
@@ -233,7 +245,7 @@ class SupernetScorer:
         self._head0 = {k: v.clone() for k, v in self.supernet.head.state_dict().items()}
 
     def score(self, arch: Architecture) -> float:
-        """Validation log loss of `arch` after its fine-tune (NaN if it diverged)."""
+        """Validation log loss (or 1 - AUC) of `arch` after its fine-tune (NaN if it diverged)."""
         key = functional_hash(arch)
         if key in self.scores:
             return self.scores[key]
