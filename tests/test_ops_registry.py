@@ -617,6 +617,55 @@ def test_batchnorm_replaces_the_dense_layer_norms_of_a_standalone_model() -> Non
     assert isinstance(ModelSpec.from_dict(spec.to_dict()).build().cells["1"].fc_ln, nn.BatchNorm1d)
 
 
+def test_exact_batchnorm_statistics_make_evaluation_match_training() -> None:
+    """Running statistics lag the weights (a near-constant channel divides the lag by sqrt(eps)); measured for
+    the current weights before an evaluation, evaluation gives what training gives on those batches. The
+    trainer's hook does it once per step for nasrec architectures; zoo models keep their running statistics."""
+    from nasrec.data.loader import Batch
+    from nasrec.train.evaluation import HeadCalibration, exact_batchnorm
+    from nasrec.zoo.registry import build_zoo_model
+
+    arch = Architecture(
+        (
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 24, 4),
+            Block(("fc",), ("efc",), (1,), (1,), 1, 1, 16, 4),
+        )
+    )
+    torch.manual_seed(0)
+    sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=True, batchnorm=True)
+    dense, sparse = _batch(256)
+    batch = Batch(dense, sparse, torch.zeros(256))
+    sub.train()
+    with torch.no_grad():
+        for _ in range(5):
+            sub(dense, sparse)
+        sub.cells["0"].flat.blocks[0].mul_(3.0)  # the weights move on; the statistics are of the old ones
+
+    def outputs(training: bool) -> torch.Tensor:
+        sub.train(training)
+        with torch.no_grad():
+            return sub.features(dense, sparse).dense
+
+    trained = outputs(True)
+    assert not torch.allclose(outputs(False), trained, atol=0.1)
+    exact_batchnorm(sub, [batch])
+    assert not sub.training and sub.cells["0"].flat_ln.momentum == 0.1  # evaluation mode, momentum restored
+    torch.testing.assert_close(outputs(False), trained, atol=2e-2, rtol=2e-2)
+    with torch.no_grad():
+        sub.cells["0"].flat.blocks[0].mul_(0.5)
+    trained = outputs(True)
+    calib = HeadCalibration(sub, None, 256, 1, torch.device("cpu"))  # type: ignore[arg-type]
+    calib._batches = [batch]
+    calib.whole_model(step=5)
+    torch.testing.assert_close(outputs(False), trained, atol=2e-2, rtol=2e-2)
+    zoo = build_zoo_model("dnn", NUM_DENSE, TABLES, batchnorm=True)
+    before = {k: v.clone() for k, v in zoo.state_dict().items()}
+    zcalib = HeadCalibration(zoo, None, 256, 1, torch.device("cpu"))  # type: ignore[arg-type]
+    zcalib._batches = [batch]
+    zcalib.whole_model(step=5)
+    assert all(torch.equal(v, before[k]) for k, v in zoo.state_dict().items())
+
+
 def test_gflat_gates_the_flattened_embeddings_as_finalmlp() -> None:
     """gflat over the raw tokens: ReLU(W (x ⊙ 2σ(G2 ReLU(G1 x + c1) + c2)) + b) with x the flattened embeddings."""
     arch = Architecture((Block(("gflat",), ("efc",), (0,), (0,), 0, 0, 24, 4),))

@@ -116,17 +116,51 @@ class HeadCalibration:
         return self._batches
 
     def whole_model(self, step: int) -> None:
-        """Set a standalone model's centred head mean exactly for the weights of `step` (once per step)."""
+        """Set a standalone model's centred head mean (and a nasrec architecture's batch-norm statistics)
+        exactly for the weights of `step` (once per step)."""
         head = getattr(self.model, "head", None)
-        if self.count == 0 or not (isinstance(head, HeadLinear) and head.centre):
+        centred = isinstance(head, HeadLinear) and head.centre
+        # a nasrec architecture's batch norms (`arch_batchnorm`); zoo models keep their running statistics
+        norms = bool(getattr(self.model, "batchnorm", False))
+        if self.count == 0 or not (centred or norms):
             return
         if self.measured_at == step:  # these weights were measured already (val, then test)
             return
         was_training = self.model.training
+        if norms:
+            exact_batchnorm(self.model, self.batches())
         self.model.eval()
-        calibrate_head(self.model.features, head, self.batches())
+        if centred:
+            calibrate_head(self.model.features, head, self.batches())
         self.model.train(was_training)
         self.measured_at = step
+
+
+def exact_batchnorm(model: nn.Module, batches: list[Batch]) -> None:
+    """Reset `model`'s batch norms' running statistics and measure them over `batches` with its current weights.
+
+    The running statistics follow the batches of the last steps, taken under older weights. A channel that
+    is constant over a batch (a block reading Frappe's empty dense input computes only its bias) has a
+    variance near 0, so in evaluation the lag of its running mean behind the moving bias is divided by
+    sqrt(eps): channels of ~1e5, a validation loss of 59 where training was at 0.14 (BENCHMARKS.md, "The
+    supernet's ranking on Frappe"). Measured exactly for the weights evaluated, the channel is 0 as in
+    training. Everything else runs in evaluation mode (no dropout); the weights do not change.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    with torch.no_grad():
+        for b in batches:
+            model(b.dense, b.sparse)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+        m.eval()
 
 
 def model_device(model: nn.Module) -> torch.device:
