@@ -241,15 +241,10 @@ class LatencyModel:
             raise NasrecError(
                 f"latency table {self.source}: not calibrated (no overhead fit); run the profile to the end"
             )
-        f = self.fit
-        ms = (
-            f["intercept_ms"]
-            + f["head_ms_per_input"] * self.head_inputs(arch)
-            + f.get("scale", 1.0) * self.component_sum(arch)
-        )
-        if "ms_per_million_params" in f:  # form params: weights beyond what the probes held in cache
-            ms += f["ms_per_million_params"] * self.params_m(arch)
-        return ms
+        point = {"head_inputs": self.head_inputs(arch), "components_ms": self.component_sum(arch)}
+        if "ms_per_million_params" in self.fit:  # form params: weights beyond what the probes held in cache
+            point["params_m"] = self.params_m(arch)
+        return predict_point(self.fit, point)
 
 
 def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> dict[str, Any]:
@@ -287,7 +282,7 @@ def fit_overhead(points: Sequence[dict[str, float]], form: str = "overhead") -> 
 
 
 def predict_point(fit: dict[str, Any], point: dict[str, float]) -> float:
-    """A fit's prediction in milliseconds for one calibration point (as `LatencyModel.predict` adds it up)."""
+    """A fit's prediction in milliseconds from a model's head inputs, table sum and (form params) params_m."""
     ms = fit["intercept_ms"] + fit["head_ms_per_input"] * point["head_inputs"]
     ms += fit.get("scale", 1.0) * point["components_ms"]
     if "ms_per_million_params" in fit:

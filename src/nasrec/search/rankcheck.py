@@ -16,6 +16,7 @@ successive-halving rung that stops at that point can rank no better (`nasrec sea
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -190,10 +191,9 @@ def _rankcheck(
     x = [r["supernet_score"] for r in ok]
     y = [r["scratch_val_logloss"] for r in ok]
     stats = rank_correlation(x, y)
-    histories = [_val_history(run) for run in runs]
-    for r, h in zip(rows, histories, strict=True):
-        r["scratch_val_history"] = h
-    early = by_evaluation([h for r, h in zip(rows, histories, strict=True) if r in ok], y)
+    for r, run in zip(rows, runs, strict=True):
+        r["scratch_val_history"] = _val_history(run)
+    early = by_evaluation([r["scratch_val_history"] for r in ok], y)
     result = {
         **stats,
         "by_evaluation": early,
@@ -249,8 +249,6 @@ def by_evaluation(histories: list[list[tuple[int, float]]], final: list[float]) 
 
 def _val_history(run: Path) -> list[tuple[int, float]]:
     """(step, validation log loss) of each evaluation during a run, in order (its metrics.jsonl)."""
-    import json
-
     path = run / rundir.METRICS_JSONL
     if not path.is_file():
         return []

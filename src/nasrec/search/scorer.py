@@ -5,9 +5,9 @@ fine-tune of the head alone: `finetune_steps` Adagrad steps (eps 1e-2, `finetune
 over `warmup_steps` then cosine, gradient-norm clip 5) on the first train batches in file order, then
 log loss (or, `metric: auc`, 1 - AUC) over the first `val_batches` validation batches of `val_batch_size`.
 Every candidate sees the same batches, and the supernet's head is put back after each candidate, so a
-score depends on nothing but the architecture (and the thread count, see `ScoreConfig.threads`). A centred head (models with
-layer norms) first has its mean measured on the candidate's path over the first `calib_batches`
-fine-tune batches: the supernet's running mean mixes every path it trained.
+score depends on nothing but the architecture (and the thread count, see `ScoreConfig.threads`). A
+centred head (models with layer norms) first has its mean measured on the candidate's path over the
+first `calib_batches` fine-tune batches: the supernet's running mean mixes every path it trained.
 
 The body is frozen, so each fine-tune step runs it without autograd and differentiates only the head.
 `finetune_head` is the same procedure for a materialised standalone model (`Subnet.from_supernet`),

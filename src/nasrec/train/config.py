@@ -164,6 +164,8 @@ class TrainConfig:
     # exactly over the first this-many train batches (file order) with the current weights; 0 keeps the
     # running mean, which lags the weights when they move fast (docs/design.md, "Centred head"). A
     # supernet's evaluation measures it so for each of its evaluation paths, as the search's scorer does.
+    # A nasrec architecture with batch norms (arch_batchnorm) has their statistics measured over the same
+    # batches first (`nasrec.train.evaluation.exact_batchnorm`); 0 keeps their running statistics too.
     head_calib_batches: int = 8
     # supernet training
     strategy: str = "default"
