@@ -136,7 +136,7 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse")
     assert registry.names("sparse") == ("efc", "transformer")
     # cells have always created sum's layers before gating's: the same seed gives the same weights; the
     # operators added after the paper's come last, so the paper's spaces keep their layouts
@@ -151,6 +151,7 @@ def test_builtin_registry_order() -> None:
         "flat",
         "bilinear",
         "gflat",
+        "fuse",
     )
 
 
@@ -171,6 +172,7 @@ def test_registered_for_a_while() -> None:
             "flat",
             "bilinear",
             "gflat",
+            "fuse",
             "scale",
         )  # read at each access
         arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
@@ -206,7 +208,7 @@ def test_register_refuses_bad_operators() -> None:
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
         registry.unregister("scale")
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat")
+    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse")
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -478,14 +480,14 @@ def test_a_chain_of_cross_blocks_is_dcnv2s_cross_network() -> None:
 
 @pytest.mark.parametrize("layernorm", [False, True])
 def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
-    """full+: supernet paths through cross, flat, bilinear and gflat equal their materialised models, costed as
+    """full+: supernet paths through cross, flat, bilinear, gflat and fuse equal their materialised models, costed as
     they are built."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from nasrec.space.space import get_space
 
     full_plus = get_space("full+")
-    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear", "gflat")
+    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear", "gflat", "fuse")
     assert full_plus.sparse_ops == NASREC_FULL.sparse_ops
     dense, sparse = _batch()
     # the whole space (attention included): paths through cross equal their materialised models
@@ -493,7 +495,9 @@ def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
     for space, check_flops in (
         (full_plus, False),
         (
-            replace(full_plus, dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat"), sparse_ops=("efc",)),
+            replace(
+                full_plus, dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat", "fuse"), sparse_ops=("efc",)
+            ),
             True,
         ),
     ):
@@ -502,9 +506,9 @@ def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
         supernet = Supernet(space, NUM_DENSE, TABLES, layernorm=layernorm)
         rng = np.random.default_rng(0)
         drawn = (space.sample(rng, "single-path") for _ in range(300))
-        archs = [a for a in drawn if {"cross", "bilinear", "gflat"} <= {op for b in a.blocks for op in b.dense_ops}]
-        archs = archs[:8]
-        assert len(archs) == 8
+        new_ops = {"cross", "bilinear", "gflat", "fuse"}
+        archs = [a for a in drawn if len(new_ops & {op for b in a.blocks for op in b.dense_ops}) >= 3][:8]
+        assert len(archs) == 8 and new_ops <= {op for a in archs for b in a.blocks for op in b.dense_ops}
         for arch in archs:
             supernet.train()
             supernet(dense, sparse, arch).sum().backward()
@@ -520,7 +524,7 @@ def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
                 with FlopCounterMode(display=False) as counter, torch.no_grad():
                     sub(dense[:1], sparse[:1])
                 assert counter.get_total_flops() // 2 == cost.flops
-        for layer in ("cross", "bil_u", "bil_v", "gflat_g1", "gflat_g2", "gflat"):
+        for layer in ("cross", "bil_u", "bil_v", "gflat_g1", "gflat_g2", "gflat", "fuse"):
             grads = [p.grad for c in supernet.cells for p in getattr(c, layer).parameters()]
             assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -571,6 +575,61 @@ def test_bilinear_fuses_two_streams_as_finalmlp() -> None:
     cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES)
     assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
     assert c2.bil_u.weight.shape == c2.bil_v.weight.shape == (16, 24)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fuse_of_two_flat_streams_is_finalmlp_without_gates(batchnorm: bool) -> None:
+    """flat 24 and flat 8 over the raw tokens, fused by `fuse` with 4 heads, the head's weights 1 on the heads and
+    0 on the tokens: the zoo's FinalMLP without feature gates (data without dense features), given its weights;
+    with batch norms, its Linear's bias moved into the running mean. Costed as the zoo costs it."""
+    from nasrec.zoo.registry import build_zoo_model
+
+    arch = Architecture(
+        (
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 24, 4),
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 8, 4),
+            Block(("fuse",), ("efc",), (0,), (0,), 1, 2, 4, 4),
+        )
+    )
+    torch.manual_seed(0)
+    zoo = build_zoo_model(
+        "finalmlp", 0, TABLES, embedding_dim=16, use_fs=False, mlp1_dims=[24], mlp2_dims=[8], num_heads=4,
+        mlp1_batchnorm=batchnorm, mlp2_batchnorm=batchnorm,
+    )  # fmt: skip
+    sub = Subnet(arch, 0, TABLES, layernorm=batchnorm, batchnorm=batchnorm)
+    zoo.train()
+    _, sparse = _batch(64)
+    with torch.no_grad():
+        zoo(torch.zeros(64, 0), sparse)  # running statistics away from (0, 1)
+        sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
+        for cell, mlp in ((sub.cells["0"], zoo.mlp1), (sub.cells["1"], zoo.mlp2)):
+            linear = mlp.layers[0]
+            cell.flat.blocks[0].copy_(linear.weight)
+            if batchnorm:
+                cell.flat_ln.load_state_dict(mlp.layers[1].state_dict())
+                cell.flat_ln.running_mean.sub_(linear.bias)  # BN(Wx + b) = BN'(Wx), the mean shifted by b
+            else:
+                cell.flat.bias.copy_(linear.bias)
+        fuse = sub.cells["2"].fuse
+        assert fuse.m.shape == zoo.fusion.bilinear.shape == (4, 6, 2)
+        fuse.m.copy_(zoo.fusion.bilinear)
+        fuse.u.copy_(zoo.fusion.linear1.weight[0])
+        fuse.v.copy_(zoo.fusion.linear2.weight[0])
+        sub.head.dense.fill_(1.0)
+        sub.head.tokens.zero_()
+        sub.head.bias.copy_(zoo.fusion.linear1.bias)
+    zoo.eval()
+    sub.eval()
+    dense, sparse = torch.zeros(12, 0), _batch()[1]
+    with torch.no_grad():
+        torch.testing.assert_close(sub(dense, sparse), zoo(dense, sparse), atol=1e-5, rtol=1e-5)
+    cost = arch_cost(arch, 0, len(TABLES), TABLES, use_layernorm=batchnorm)
+    assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+    if not batchnorm:  # the same FLOPs as the zoo counts, plus the space's last efc and its head's linear
+        from nasrec.zoo.registry import zoo_cost
+
+        extra = token_linear_cost(len(TABLES), 4, False) + linear_cost(4 + 4 * 16, 1, bias=True)
+        assert cost.flops == zoo_cost(zoo, 0, TABLES).flops + extra.flops
 
 
 def test_batchnorm_replaces_the_dense_layer_norms_of_a_standalone_model() -> None:

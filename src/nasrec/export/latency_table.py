@@ -176,7 +176,7 @@ def _component(key: str, ln: bool) -> tuple[Callable[[], nn.Module], list[tuple[
     elif axis == "m":  # left and right two inputs m wide: both padded by 0, as sum/gating/cross pad the narrower
         layout, shapes = [(1, None), (1, None)], [(a,), (a,)]
         block = _block(dense_ops, sparse_ops, W, Ws, n_dense=2, n_tokens=2, right=1)
-        spec = _spec(dense_ops, sparse_ops, (), (), a, W, Ws, ln)
+        spec = replace(_spec(dense_ops, sparse_ops, (), (), a, W, Ws, ln), pair_widths=(a, a))  # fuse's chunks
     elif name == "dot":
         # dot leaves out its token projection when the input already has p tokens, a case rare enough to
         # price as the projection's neighbour: a grid point at p is measured at p + 1

@@ -6,7 +6,8 @@ a materialised `Subnet` runs per block, at each batch size and thread count prof
 
 - an operator at the sizes its latency depends on: ``fc`` (width of its concatenated dense input, W);
   ``dot`` (tokens in, W; its dense projection to 16 is added as ``fc`` to 16 at the dense input's width);
-  ``flat`` (tokens in, W); ``sum`` / ``gating`` / ``cross`` (m = the wider of left and right, W);
+  ``flat`` (tokens in, W); ``sum`` / ``gating`` / ``cross`` / ``bilinear`` / ``fuse`` (m = the wider of left
+  and right, W; fuse probed with both m wide);
   ``efc`` / ``transformer`` (tokens in, Ws);
 - what a block adds around them: the concatenation of several dense inputs (``cat_dense``: input count,
   width) or token inputs (``cat_tokens``: pieces, tokens; a d2s input is two pieces), the sum of several

@@ -69,6 +69,77 @@ class SliceLinear(nn.Module):
             self.bias.copy_(other.bias[: self.out_cap])
 
 
+def head_chunk(d: int, heads: int) -> int:
+    """The width of each of `heads` equal chunks of a d-wide vector (the last ones zero-padded; at least 1)."""
+    return max(1, -(-d // heads))
+
+
+class MultiHeadBilinear(nn.Module):
+    """Per-head bilinear forms of two vectors: out_h = l_hᵀ M_h r_h + u_hᵀ l_h + v_hᵀ r_h + b_h, h < H.
+
+    l [B, dl] and r [B, dr] are cut into H chunks of a = ⌈dl / H⌉ and c = ⌈dr / H⌉ values (zero-padded),
+    FinalMLP's multi-head fusion before its heads are summed. A standalone layer (`dims` = (dl, dr, H))
+    holds each M_h as [H, a, c]; an elastic one (a supernet's, `dims` None) holds one [cap, cap] matrix
+    whose diagonal blocks at (dl, dr, H) are the M_h, so every path slices the same weights. u and v are
+    one weight per input value (the chunks' pieces), b one per head.
+    """
+
+    def __init__(self, cap: int, heads_cap: int, dims: tuple[int, int, int] | None = None) -> None:
+        super().__init__()
+        self.dims = dims
+        if dims is None:
+            n_left = n_right = cap
+            heads = heads_cap
+            self.m = nn.Parameter(torch.empty(cap, cap))
+            used = heads * head_chunk(cap, heads) ** 2  # the widest path's blocks
+        else:
+            n_left, n_right, heads = dims
+            a, c = head_chunk(n_left, heads), head_chunk(n_right, heads)
+            self.m = nn.Parameter(torch.empty(heads, a, c))
+            used = heads * a * c
+        self.u = nn.Parameter(torch.empty(n_left))
+        self.v = nn.Parameter(torch.empty(n_right))
+        self.bias = nn.Parameter(torch.zeros(heads))
+        # FuxiCTR's scale for FinalMLP's bilinear weights: xavier-normal as one map from the products to a logit
+        nn.init.normal_(self.m, std=math.sqrt(2.0 / (used + 1)))
+        _xavier_uniform_(self.u, n_left, 1)
+        _xavier_uniform_(self.v, n_right, 1)
+
+    def blocks(self, dl: int, dr: int, heads: int) -> torch.Tensor:
+        """The [heads, a, c] bilinear weights of the heads at input widths (dl, dr)."""
+        if self.dims is not None:
+            return self.m
+        a, c = head_chunk(dl, heads), head_chunk(dr, heads)
+        m = self.m[: heads * a, : heads * c]
+        m = F.pad(m, (0, heads * c - m.shape[1], 0, heads * a - m.shape[0]))
+        return m.reshape(heads, a, heads, c).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor, heads: int) -> torch.Tensor:
+        """left [B, dl], right [B, dr] -> [B, heads]."""
+        dl, dr = left.shape[1], right.shape[1]
+        a, c = head_chunk(dl, heads), head_chunk(dr, heads)
+        lp = F.pad(left, (0, heads * a - dl)).reshape(-1, heads, 1, a)
+        rp = F.pad(right, (0, heads * c - dr)).reshape(-1, heads, 1, c)
+        u = F.pad(self.u[:dl], (0, heads * a - dl)).reshape(heads, a, 1)
+        v = F.pad(self.v[:dr], (0, heads * c - dr)).reshape(heads, c, 1)
+        # matrix products throughout, so that FLOP counters see every multiply-accumulate the cost counts
+        lm = torch.matmul(lp, self.blocks(dl, dr, heads))  # [B, H, 1, c]
+        out = torch.matmul(lm, rp.transpose(2, 3)) + torch.matmul(lp, u) + torch.matmul(rp, v)
+        return out.flatten(1) + self.bias[:heads]
+
+    @torch.no_grad()
+    def copy_from(self, other: MultiHeadBilinear) -> None:
+        """Take this layer's heads from a supernet's (elastic) layer."""
+        if self.dims is None:
+            self.load_state_dict(other.state_dict())
+            return
+        dl, dr, heads = self.dims
+        self.m.copy_(other.blocks(dl, dr, heads))
+        self.u.copy_(other.u[:dl])
+        self.v.copy_(other.v[:dr])
+        self.bias.copy_(other.bias[:heads])
+
+
 def dense_norm(n: int, batchnorm: bool) -> nn.Module:
     """The norm of a block's dense [B, n] output: a sliceable layer norm, or a standalone model's batch norm.
 

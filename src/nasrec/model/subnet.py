@@ -131,6 +131,7 @@ def _exact_spec(
         layernorm=ln,
         exact=True,
         batchnorm=bn,
+        pair_widths=(dense_w[block.left], dense_w[block.right]) if reads & {"left", "right"} else None,
     )
 
 

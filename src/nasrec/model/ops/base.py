@@ -127,6 +127,7 @@ class CellSpec:
     exact: bool = False  # a standalone cell: layers its fixed sizes never use are not built
     batchnorm: bool = False  # a standalone cell: batch norms, not layer norms, on dense [B, W] outputs
     masking: bool = False  # the reference's semantics (supernet only; see `Cell.forward`)
+    pair_widths: tuple[int, int] | None = None  # a standalone cell's left and right input widths
 
 
 @dataclass

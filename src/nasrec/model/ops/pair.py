@@ -1,4 +1,4 @@
-"""sum, gating, cross and bilinear: the operators that combine two dense inputs, `left` and `right`."""
+"""sum, gating, cross, bilinear and fuse: the operators that combine two dense inputs, `left` and `right`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ def bilinear_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
     """bilinear: pad to m; u = Linear(m → w)(left), v = Linear(m → w)(right); u ⊙ v + u + v; LN?(w). Biases always."""
     m = max(dl, dr)
     return linear_cost(m, w, bias=True) + linear_cost(m, w, bias=True) + ln_if(ln, w)
+
+
+def fuse_cost(dl: int, dr: int, w: int) -> Cost:
+    """fuse: W heads over chunks of a = ⌈dl/W⌉ and c = ⌈dr/W⌉; per head l_hᵀ M_h (a·c) · r_h (c), u_hᵀ l_h (a) and
+    v_hᵀ r_h (c); parameters M (W·a·c), u (dl), v (dr) and a bias per head. No norm."""
+    a, c = max(1, -(-dl // w)), max(1, -(-dr // w))
+    return Cost(w * (a * c + 2 * c + a), w * a * c + dl + dr + w)
 
 
 def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -185,3 +192,38 @@ class Bilinear(DenseOperator):
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
         return bilinear_cost(left, right, b.dense_width, ln)
+
+
+class Fuse(DenseOperator):
+    """FinalMLP's multi-head bilinear fusion, exactly: out_h = l_hᵀ M_h r_h + u_hᵀ l_h + v_hᵀ r_h + b_h for W heads.
+
+    left and right are each cut into W equal chunks (zero-padded), one per head; the output is the W heads'
+    terms, unnormalised, which the head's linear sums (with weights 1 it is FinalMLP's logit, Mao et al.,
+    2023: two streams fused by `fuse` are FinalMLP given the same weights, tested against the zoo model).
+    `bilinear` is the low-rank form. Under masking (the reference's semantics) the block's W heads read the
+    inputs at the widths they arrive at, the output zero-padded to the cell's width.
+    """
+
+    name = "fuse"
+    reads = frozenset({"left", "right"})
+    layers = ("fuse",)
+
+    @classmethod
+    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
+        from nasrec.model.layers import MultiHeadBilinear
+
+        dims = (*spec.pair_widths, spec.width) if spec.exact and spec.pair_widths is not None else None
+        cell.fuse = MultiHeadBilinear(spec.pad_cap, spec.width, dims)
+
+    @classmethod
+    def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        b = x.block
+        heads = b.dense_width
+        out = cell.fuse(x.inputs[b.left].dense, x.inputs[b.right].dense, heads)
+        return F.pad(out, (0, x.width - heads)) if x.width != heads else out
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return fuse_cost(left, right, b.dense_width)

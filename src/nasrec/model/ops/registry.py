@@ -23,7 +23,7 @@ from nasrec.model.ops.efc import EFC
 from nasrec.model.ops.fc import FC
 from nasrec.model.ops.flat import Flat, GatedFlat
 from nasrec.model.ops.merge import D2S, FM
-from nasrec.model.ops.pair import Bilinear, Cross, Gating, Sum
+from nasrec.model.ops.pair import Bilinear, Cross, Fuse, Gating, Sum
 from nasrec.model.ops.transformer import Transformer
 
 KINDS = ("dense", "sparse")
@@ -115,3 +115,4 @@ register(Cross)  # after the paper's operators: their canonical and build orders
 register(Flat)
 register(Bilinear)
 register(GatedFlat)
+register(Fuse)
