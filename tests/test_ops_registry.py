@@ -581,7 +581,8 @@ def test_bilinear_fuses_two_streams_as_finalmlp() -> None:
 def test_fuse_of_two_flat_streams_is_finalmlp_without_gates(batchnorm: bool) -> None:
     """flat 24 and flat 8 over the raw tokens, fused by `fuse` with 4 heads, the head's weights 1 on the heads and
     0 on the tokens: the zoo's FinalMLP without feature gates (data without dense features), given its weights;
-    with batch norms, its Linear's bias moved into the running mean. Costed as the zoo costs it."""
+    with batch norms, its Linear's bias moved into the running mean and fuse's own norm at the identity.
+    Costed as the zoo costs it."""
     from nasrec.zoo.registry import build_zoo_model
 
     arch = Architecture(
@@ -615,6 +616,9 @@ def test_fuse_of_two_flat_streams_is_finalmlp_without_gates(batchnorm: bool) -> 
         fuse.m.copy_(zoo.fusion.bilinear)
         fuse.u.copy_(zoo.fusion.linear1.weight[0])
         fuse.v.copy_(zoo.fusion.linear2.weight[0])
+        if batchnorm:  # the fusion's own norm at the identity in evaluation: (x - 0) / sqrt(1 - eps + eps)
+            ln = sub.cells["2"].fuse_ln
+            ln.running_var.fill_(1.0 - ln.eps)
         sub.head.dense.fill_(1.0)
         sub.head.tokens.zero_()
         sub.head.bias.copy_(zoo.fusion.linear1.bias)

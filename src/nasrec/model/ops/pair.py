@@ -49,11 +49,11 @@ def bilinear_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
     return linear_cost(m, w, bias=True) + linear_cost(m, w, bias=True) + ln_if(ln, w)
 
 
-def fuse_cost(dl: int, dr: int, w: int) -> Cost:
+def fuse_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
     """fuse: W heads over chunks of a = ⌈dl/W⌉ and c = ⌈dr/W⌉; per head l_hᵀ M_h (a·c) · r_h (c), u_hᵀ l_h (a) and
-    v_hᵀ r_h (c); parameters M (W·a·c), u (dl), v (dr) and a bias per head. No norm."""
+    v_hᵀ r_h (c); parameters M (W·a·c), u (dl), v (dr) and a bias per head; then LN?(W)."""
     a, c = max(1, -(-dl // w)), max(1, -(-dr // w))
-    return Cost(w * (a * c + 2 * c + a), w * a * c + dl + dr + w)
+    return Cost(w * (a * c + 2 * c + a), w * a * c + dl + dr + w) + ln_if(ln, w)
 
 
 def _padded(x: OpInput) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -198,22 +198,25 @@ class Fuse(DenseOperator):
     """FinalMLP's multi-head bilinear fusion, exactly: out_h = l_hᵀ M_h r_h + u_hᵀ l_h + v_hᵀ r_h + b_h for W heads.
 
     left and right are each cut into W equal chunks (zero-padded), one per head; the output is the W heads'
-    terms, unnormalised, which the head's linear sums (with weights 1 it is FinalMLP's logit, Mao et al.,
-    2023: two streams fused by `fuse` are FinalMLP given the same weights, tested against the zoo model).
+    terms, which the head's linear sums: without norms and with head weights 1 it is FinalMLP's logit (Mao et
+    al., 2023; two flat streams fused by `fuse` are FinalMLP without gates given its weights, tested against
+    the zoo model). With norms on, LN?(W) follows as after every pair operator: products of products grow
+    with depth, and a supernet whose fuse outputs fed other fuse blocks unnormalised diverged at step 8.
     `bilinear` is the low-rank form. Under masking (the reference's semantics) the block's W heads read the
     inputs at the widths they arrive at, the output zero-padded to the cell's width.
     """
 
     name = "fuse"
     reads = frozenset({"left", "right"})
-    layers = ("fuse",)
+    layers = ("fuse", "fuse_ln")
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        from nasrec.model.layers import MultiHeadBilinear
+        from nasrec.model.layers import MultiHeadBilinear, dense_norm
 
         dims = (*spec.pair_widths, spec.width) if spec.exact and spec.pair_widths is not None else None
         cell.fuse = MultiHeadBilinear(spec.pad_cap, spec.width, dims)
+        cell.fuse_ln = dense_norm(spec.width, spec.batchnorm) if spec.layernorm else None
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
@@ -221,9 +224,9 @@ class Fuse(DenseOperator):
 
         b = x.block
         heads = b.dense_width
-        out = cell.fuse(x.inputs[b.left].dense, x.inputs[b.right].dense, heads)
+        out = norm(cell.fuse_ln, cell.fuse(x.inputs[b.left].dense, x.inputs[b.right].dense, heads))
         return F.pad(out, (0, x.width - heads)) if x.width != heads else out
 
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-        return fuse_cost(left, right, b.dense_width)
+        return fuse_cost(left, right, b.dense_width, ln)
