@@ -204,6 +204,8 @@ def _with(section: str, value: Any) -> dict[str, Any]:
         (_with("data.prepare", {"ratios": 0.8}), "data.prepare.ratios", False),
         (_with("supernet", {"sett": {}}), "supernet.sett", True),
         (_with("supernet", {"preset": "gpu"}), "supernet.preset", False),
+        (_with("supernet", {"embedding_dim": 0}), "supernet.embedding_dim", False),
+        (_with("supernet", {"embedding_dim": "20"}), "supernet.embedding_dim", False),
         (_with("supernet", {"set": {"clip": -1}}), "supernet.set.clip", False),
         (_with("supernet", {"set": {"epoch": 2}}), "supernet.set.epoch", True),
         (_with("supernet", {"set": [1]}), "supernet.set", False),

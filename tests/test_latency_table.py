@@ -331,3 +331,20 @@ def test_a_profile_with_layer_norms_exports_every_probe(tmp_path: Path) -> None:
     assert all(np.isfinite(model.predict(space.sample(rng, "uniform"))) for _ in range(20))
     with pytest.raises(NasrecError, match="measured with layer norms, the models have them off"):
         load_latency_model(tmp_path / "sub" / "ln.json", space, 3, 4, layernorm=False)
+
+
+def test_tables_are_refused_at_another_embedding_dimension(tmp_path: Path) -> None:
+    """Latency tables are measured at 16-wide tokens: a profile of a space at 20, or a prediction for an
+    architecture at 20, is an error naming the dimension."""
+    from dataclasses import replace
+
+    from nasrec.space.space import NASREC_SMALL
+
+    space20 = replace(NASREC_SMALL, embedding_dim=20)
+    with pytest.raises(NasrecError, match="has embedding_dim 20; latency tables are measured at 16-wide tokens"):
+        latency_table.profile_table(space20, 2, [10, 20], tmp_path / "t.json")
+    arch = NASREC_SMALL.sample(np.random.default_rng(0), "uniform")
+    model = _fake_model(NASREC_SMALL)
+    assert model.predict(arch) > 0
+    with pytest.raises(NasrecError, match="measured at 16-wide tokens; the architecture's embedding_dim is 20"):
+        model.predict(replace(arch, embedding_dim=20))

@@ -746,3 +746,93 @@ def test_gflat_gates_the_flattened_embeddings_as_finalmlp() -> None:
         torch.testing.assert_close(sub.features(dense, sparse).dense, want, atol=1e-5, rtol=0)
     cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES)
     assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+
+
+# -- the embedding dimension ---------------------------------------------------------------------------------
+def test_an_embedding_dimension_other_than_16_runs_costs_and_materialises_every_operator() -> None:
+    """A full+ space at 20-wide tokens (attention with 5 heads): supernet paths equal their materialised models,
+    every parameter as costed and FLOPs as counted; the tables, d2s tokens and head are 20 wide; the 16-wide
+    encoding of the same blocks is not in the space, and its JSON keeps the old form (and hash)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nasrec.model.ops.transformer import heads
+    from nasrec.space.space import get_space
+
+    assert (heads(16), heads(20), heads(12), heads(7)) == (8, 5, 6, 7)
+    space = replace(get_space("full+"), num_blocks=4, dense_widths=(8, 16, 24), sparse_widths=(4, 8), embedding_dim=20)
+    torch.manual_seed(0)
+    supernet = Supernet(space, NUM_DENSE, TABLES, layernorm=True)
+    assert supernet.embedding.table.weight.shape[1] == 20 and supernet.head.tokens.shape[2] == 20
+    dense, sparse = _batch()
+    rng = np.random.default_rng(1)
+    archs = [space.sample(rng, "any-path") for _ in range(6)]
+    assert {op for a in archs for b in a.blocks for op in (*b.dense_ops, *b.sparse_ops)} >= {"dot", "transformer"}
+    assert any(b.d2s for a in archs for b in a.blocks) and any(b.fm for a in archs for b in a.blocks)
+    for arch in archs:
+        assert arch.embedding_dim == 20 and space.contains(arch)
+        assert not space.contains(replace(arch, embedding_dim=16))
+        sub = Subnet.from_supernet(supernet, arch)
+        supernet.eval()
+        sub.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(sub(dense, sparse), supernet(dense, sparse, arch), atol=1e-5, rtol=0)
+        cost = arch_cost(arch, NUM_DENSE, len(TABLES), TABLES, use_layernorm=True)
+        assert cost.dense_params == sum(p.numel() for n, p in sub.named_parameters() if not n.startswith("embedding"))
+        assert cost.embedding_params == sum(TABLES) * 20
+        assert Architecture.from_dict(arch.to_dict()) == arch
+    # without attention and norms, the operators are linears and products only: the counter sees what is costed
+    flop_space = replace(
+        space, dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat", "fuse"), sparse_ops=("efc",)
+    )
+    for arch in (flop_space.sample(rng, "any-path") for _ in range(3)):
+        plain = Subnet(arch, NUM_DENSE, TABLES)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            plain(dense[:1], sparse[:1])
+        assert counter.get_total_flops() // 2 == arch_cost(arch, NUM_DENSE, len(TABLES), TABLES).flops
+    at16 = replace(archs[0], embedding_dim=16)
+    assert "embedding_dim" not in at16.to_dict() and archs[0].to_dict()["embedding_dim"] == 20
+    assert at16.hash() != archs[0].hash()
+    with pytest.raises(NasrecError, match="embedding_dim 20 from a supernet of 16"):
+        Subnet.from_supernet(Supernet(replace(space, embedding_dim=16), NUM_DENSE, TABLES), archs[0])
+    with pytest.raises(NasrecError, match="embedding_dim must be an integer from 1 to 1024"):
+        replace(archs[0], embedding_dim=0)
+    with pytest.raises(NasrecError, match="field embedding_dim: expected an integer"):
+        Architecture.from_dict({**archs[0].to_dict(), "embedding_dim": "20"})
+
+
+def test_fuse_of_two_flat_streams_is_finalmlp_at_its_embedding_dimension() -> None:
+    """The zoo's FinalMLP without gates at embedding dim 20 is the 20-wide nasrec encoding, FLOPs included."""
+    from nasrec.zoo.registry import build_zoo_model, zoo_cost
+
+    arch = Architecture(
+        (
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 30, 4),
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 10, 4),
+            Block(("fuse",), ("efc",), (0,), (0,), 1, 2, 5, 4),
+        ),
+        embedding_dim=20,
+    )
+    torch.manual_seed(0)
+    zoo = build_zoo_model(
+        "finalmlp", 0, TABLES, embedding_dim=20, use_fs=False, mlp1_dims=[30], mlp2_dims=[10], num_heads=5
+    )
+    sub = Subnet(arch, 0, TABLES)
+    with torch.no_grad():
+        sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
+        for cell, mlp in ((sub.cells["0"], zoo.mlp1), (sub.cells["1"], zoo.mlp2)):
+            cell.flat.blocks[0].copy_(mlp.layers[0].weight)
+            cell.flat.bias.copy_(mlp.layers[0].bias)
+        fuse = sub.cells["2"].fuse
+        fuse.m.copy_(zoo.fusion.bilinear)
+        fuse.u.copy_(zoo.fusion.linear1.weight[0])
+        fuse.v.copy_(zoo.fusion.linear2.weight[0])
+        sub.head.dense.fill_(1.0)
+        sub.head.tokens.zero_()
+        sub.head.bias.copy_(zoo.fusion.linear1.bias)
+    zoo.eval()
+    sub.eval()
+    dense, sparse = torch.zeros(12, 0), _batch()[1]
+    with torch.no_grad():
+        torch.testing.assert_close(sub(dense, sparse), zoo(dense, sparse), atol=1e-5, rtol=1e-5)
+    extra = token_linear_cost(len(TABLES), 4, False, 20) + linear_cost(5 + 4 * 20, 1, bias=True)
+    assert arch_cost(arch, 0, len(TABLES), TABLES).flops == zoo_cost(zoo, 0, TABLES).flops + extra.flops

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,33 @@ def supernet_run(search_cache: Path) -> tuple[Path, Path]:
         progress=False,
     )
     return root / "sn", root / "cache"
+
+
+def test_a_supernet_at_another_embedding_dimension_searches_at_it(search_cache: Path, tmp_path: Path) -> None:
+    """`embedding_dim` (`nasrec supernet --embedding-dim`): the supernet's space, its tables and every scored
+    architecture are 20 wide; a 16-wide seed architecture is taken at the space's width."""
+    from nasrec import rundir
+    from nasrec.space.space import SearchSpace
+
+    cache = search_cache.parent / "cache"
+    train_supernet(
+        cache,
+        tmp_path / "sn",
+        space="small",
+        preset_name="cpu-supernet",
+        overrides=dict(batch_size=256, max_steps=4, path_warmup_steps=1, threads=1),
+        progress=False,
+        embedding_dim=20,
+    )
+    space = SearchSpace.from_dict(rundir.read_supernet(tmp_path / "sn")["space"])
+    assert space.embedding_dim == 20 and space.name == "small"
+    seed = NASREC_SMALL.sample(np.random.default_rng(5), "default")
+    sets = dict(population=3, sample=2, children=2, generations=1, seed_archs=[seed.to_dict()], **TINY_SCORE)
+    search(tmp_path / "sn", cache, tmp_path / "s", preset="cpu-quick", overrides=sets, progress=False)
+    lines = (tmp_path / "s" / "history.jsonl").read_text().splitlines()
+    archs = [Architecture.from_dict(json.loads(x)["arch"]) for x in lines]
+    assert len(archs) == 5 and all(a.embedding_dim == 20 for a in archs)
+    assert replace(seed, embedding_dim=20).hash() in {a.hash() for a in archs}
 
 
 # calib_batches: a centred head's mean is measured on 2 batches (default 8, more than the fine-tune's 6 steps)

@@ -131,7 +131,13 @@ def _with_recipe(args: argparse.Namespace, hparams: dict, overrides: dict) -> tu
 
 def _add_supernet(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("supernet", help="train a weight-sharing supernet over a search space")
-    p.add_argument("--space", default="full", help="small, full, or a space file (YAML/JSON)")
+    p.add_argument("--space", default="full", help="small, full, full+, or a space file (YAML/JSON)")
+    p.add_argument(
+        "--embedding-dim",
+        type=int,
+        metavar="N",
+        help="every token's width, the embedding tables' included (default: the space's, 16 for the built-in ones)",
+    )
     p.add_argument(
         "--max-mflops",
         metavar="X|MODEL",
@@ -173,6 +179,7 @@ def _run_supernet(args: argparse.Namespace) -> int:
         overrides=overrides,
         resume=args.resume,
         semantics=args.semantics,
+        embedding_dim=args.embedding_dim,
         progress=bars(args),
     )
     _print_final(res, args)

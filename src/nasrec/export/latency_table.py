@@ -301,6 +301,11 @@ def profile_table(
     and the overhead fitted (`fit_form`, see `nasrec.latency.model.fit_overhead`) per setting.
     """
     _check(runtime, batches, threads, warmup, reps)
+    if space.embedding_dim != TOKEN_DIM:
+        raise NasrecError(
+            f"latency profile: space {space.name!r} has embedding_dim {space.embedding_dim}; latency tables are "
+            f"measured at {TOKEN_DIM}-wide tokens only so far"
+        )
     if fit_form not in FIT_CHOICES:
         raise NasrecError(f"latency fit form must be one of {', '.join(FIT_CHOICES)}, not {fit_form!r}")
     if calibration < 3:
@@ -371,7 +376,9 @@ def calibration_archs(
     small = [small_arch(space, np.random.default_rng(SMALL_CALIBRATION_SEED + k), reads[k]) for k in range(n)]
     if cost is not None and small:
         chain = space.smallest_path(cost).blocks[-1]  # its last block reading the raw inputs: one live block
-        small[0] = Architecture((*small[0].blocks[:-1], replace(chain, dense_in=(0,), sparse_in=(0,), left=0, right=0)))
+        small[0] = small[0].with_blocks(
+            (*small[0].blocks[:-1], replace(chain, dense_in=(0,), sparse_in=(0,), left=0, right=0))
+        )
     return archs + [(SMALL_CALIBRATION_SEED + k, a) for k, a in enumerate(small)]
 
 
@@ -382,7 +389,7 @@ def small_arch(space: SearchSpace, rng: np.random.Generator, j: int) -> Architec
     dense, sparse = space.dense_widths[:3], space.sparse_widths[:2]
     blocks = [replace(b, dense_width=int(rng.choice(dense)), sparse_width=int(rng.choice(sparse))) for b in arch.blocks]
     blocks[-1] = replace(blocks[-1], dense_in=(j,), sparse_in=(j,), left=j, right=j)
-    return Architecture(tuple(blocks))
+    return arch.with_blocks(blocks)
 
 
 def _calibrate(table: dict, out: Path, space: SearchSpace, num_dense: int, table_sizes: Sequence[int], runtime: str,

@@ -67,7 +67,7 @@ def cheapest_latency(space: SearchSpace, model: LatencyModel) -> tuple[float, Ar
             chain = [Block((d,), (s,), (i,), (i,), i, i, w, ws) for i in range(n)]
             alone = [*chain[:-1], Block((d,), (s,), (0,), (0,), 0, 0, w, ws)]
             for blocks in (chain, alone):
-                arch = Architecture(tuple(blocks))
+                arch = Architecture(tuple(blocks), space.embedding_dim)
                 if space.contains(arch):
                     found.append((model.predict(arch), arch))
     if not found:

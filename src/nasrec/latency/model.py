@@ -238,6 +238,11 @@ class LatencyModel:
 
     def predict(self, arch: Architecture) -> float:
         """Predicted p50 latency in milliseconds of `arch`'s exported model at this setting."""
+        if arch.embedding_dim != TOKEN_DIM:
+            raise NasrecError(
+                f"latency table {self.source}: measured at {TOKEN_DIM}-wide tokens; the architecture's "
+                f"embedding_dim is {arch.embedding_dim} (latency tables at other dimensions are not built yet)"
+            )
         if not self.fit:
             raise NasrecError(
                 f"latency table {self.source}: not calibrated (no overhead fit); run the profile to the end"

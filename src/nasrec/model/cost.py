@@ -133,10 +133,14 @@ def arch_cost(
     num_dense: int = 13,
     num_sparse: int = 26,
     table_sizes: Sequence[int] | None = None,
-    embedding_dim: int = EMBEDDING_DIM,
+    embedding_dim: int | None = None,
     use_layernorm: bool = False,
 ) -> ArchCost:
-    """FLOPs per example and parameter counts of `arch` on inputs of `num_dense` features and `num_sparse` tokens."""
+    """FLOPs per example and parameter counts of `arch` on inputs of `num_dense` features and `num_sparse` tokens.
+
+    `embedding_dim` defaults to the architecture's own (`Architecture.embedding_dim`)."""
+    if embedding_dim is None:
+        embedding_dim = arch.embedding_dim
     if num_dense < 0 or num_sparse < 1 or embedding_dim < 1:
         raise NasrecError(
             f"arch_cost: need num_dense >= 0, num_sparse >= 1, embedding_dim >= 1 "

@@ -7,6 +7,7 @@ Dead blocks are not built, and neither are the operators of live blocks whose re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class Subnet(nn.Module):
         # Batch norms on the blocks' dense outputs (fc, flat, the pair operators, dot's output, fm), as the zoo's
         # MLPs have them; tokens keep their layer norms. A standalone model's choice: supernets use layer norms.
         self.batchnorm = batchnorm
-        self.embedding = FieldEmbedding(table_sizes)
+        self.embedding = FieldEmbedding(table_sizes, arch.embedding_dim)
         if max_embedding_std is not None:  # a fresh model's tables; from_supernet copies the supernet's over them
             self.embedding.cap_std(max_embedding_std)
         dense_w = [num_dense] + [b.dense_width for b in arch.blocks]
@@ -63,10 +64,11 @@ class Subnet(nn.Module):
         for i, (block, live) in enumerate(zip(arch.blocks, self.live, strict=True)):
             if live:
                 spec = _exact_spec(block, self.outputs[i], dense_w, token_w, has_d2s, layernorm, batchnorm)
+                spec = replace(spec, embedding_dim=arch.embedding_dim)
                 cells[str(i)] = Cell(spec)
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
-        self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s, centre=layernorm)
+        self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s, dim=arch.embedding_dim, centre=layernorm)
         self.register_load_state_dict_pre_hook(_drop_unread_operators)
 
     @classmethod
@@ -78,6 +80,10 @@ class Subnet(nn.Module):
     def from_supernet(cls, supernet: Supernet, arch: Architecture) -> Subnet:
         """Materialise `arch` from a supernet: same outputs as the supernet on that path."""
         table_sizes = supernet.embedding.table_sizes
+        if arch.embedding_dim != supernet.embedding.dim:
+            raise NasrecError(
+                f"architecture of embedding_dim {arch.embedding_dim} from a supernet of {supernet.embedding.dim}"
+            )
         model = cls(arch, supernet.num_dense, table_sizes, layernorm=supernet.layernorm)
         with torch.no_grad():
             model.embedding.table.weight.copy_(supernet.embedding.table.weight)

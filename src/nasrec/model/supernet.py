@@ -24,6 +24,7 @@ class SpaceLike(Protocol):
     sparse_ops: tuple[str, ...]
     dense_widths: tuple[int, ...]
     sparse_widths: tuple[int, ...]
+    embedding_dim: int
 
 
 class Supernet(nn.Module):
@@ -49,7 +50,8 @@ class Supernet(nn.Module):
         self.masking = masking
         self.num_dense, self.num_sparse = num_dense, len(table_sizes)
         self.layernorm = layernorm
-        self.embedding = FieldEmbedding(table_sizes)
+        e = space.embedding_dim
+        self.embedding = FieldEmbedding(table_sizes, e)
         if max_embedding_std is not None:  # as a standalone model's (`Subnet`): the zoo's start on small data
             self.embedding.cap_std(max_embedding_std)
         W, Ws = max(space.dense_widths), max(space.sparse_widths)
@@ -69,10 +71,11 @@ class Supernet(nn.Module):
                 d2s=True,
                 layernorm=layernorm,
                 masking=masking,
+                embedding_dim=e,
             )
             cells.append(Cell(spec))
         self.cells = nn.ModuleList(cells)
-        self.head = HeadLinear(W, Ws, d2s_slot=True, centre=layernorm)
+        self.head = HeadLinear(W, Ws, d2s_slot=True, dim=e, centre=layernorm)
 
     @classmethod
     def for_cache(cls, space: SpaceLike, cache: Cache, layernorm: bool = True) -> Supernet:

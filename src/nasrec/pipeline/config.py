@@ -13,7 +13,7 @@ data:
   schema: my_logs.yaml       # for format: schema
   synthetic: {rows: 60000, preset: interactions, seed: 0}   # for format: synthetic
   prepare: {split: random, encoding: vocab, min_count: 2}    # any `nasrec prepare` option
-supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}
+supernet: {space: full, preset: cpu-supernet, set: {epochs: 4}}   # embedding_dim: N (default 16): every token's width
 search: {preset: cpu-quick, workers: 2, set: {max_mflops: 1.0}, retrain_set: {epochs: 4}, retrain_seeds: 1,
          halving: {eta: 3, min_steps: 200},   # optional: successive halving of the top k before full runs
          seed_archs: [mlp.json]}              # optional: architectures that open the population
@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "synthetic": {"rows": 60_000, "preset": "interactions", "seed": 0},
         "prepare": {},
     },
-    "supernet": {"space": "full", "preset": "cpu-supernet", "set": {}},
+    "supernet": {"space": "full", "preset": "cpu-supernet", "set": {}, "embedding_dim": None},
     "search": {
         "preset": "cpu-quick",
         "workers": 1,
@@ -275,6 +275,7 @@ def _check_stages(cfg: dict[str, Any]) -> None:
         get_space(sn["space"])
     except NasrecError as e:
         _fail("supernet.space", str(e))
+    _check_type("supernet.embedding_dim", sn["embedding_dim"], int, rule=Rule(ge=1, le=1024, optional=True))
     for section in ("supernet", "final"):
         _check_type(f"{section}.preset", cfg[section]["preset"], str, rule=Rule(choices=preset_names("train")))
         _check_overrides(f"{section}.set", cfg[section]["set"], lambda **kv: preset(None, **names_as_numbers(kv)))

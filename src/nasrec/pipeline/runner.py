@@ -181,6 +181,7 @@ class Pipeline:
             self.cache,
             self.out / SUPERNET_DIR,
             space=sn["space"],
+            embedding_dim=sn["embedding_dim"],
             preset_name=sn["preset"],
             overrides=o,
             resume=True,

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,9 @@ class Search:
         self.seconds = 0.0
         self.seeds = [Architecture.from_dict(d) for d in cfg.seed_archs]
         for i, a in enumerate(self.seeds):
+            if a.embedding_dim != space.embedding_dim:  # an encoding of blocks: it takes the space's token width
+                log.info("seed architecture %d taken at the space's embedding_dim %d", i + 1, space.embedding_dim)
+                self.seeds[i] = a = replace(a, embedding_dim=space.embedding_dim)
             if not space.contains(a):
                 raise NasrecError(f"seed architecture {i + 1} ({a.hash()[:16]}) is not in the {space.name!r} space")
             if not self._feasible(a) and writer:

@@ -19,7 +19,7 @@ from typing import Any
 
 from nasrec.errors import NasrecError
 from nasrec.model.ops import registry
-from nasrec.model.ops.base import EMBEDDING_DIM  # noqa: F401  (re-exported: every sparse feature's width, 16)
+from nasrec.model.ops.base import EMBEDDING_DIM  # the default width of every token (sparse feature), NASRec's 16
 from nasrec.model.ops.merge import D2S_TOKENS  # the dense-to-sparse merger appends 8 tokens of 16
 
 MAX_INPUTS = 4  # a block reads at most this many earlier outputs per input list
@@ -45,6 +45,8 @@ _BLOCK_KEYS = {
 }
 _OPTIONAL_BLOCK_KEYS = ("d2s", "fm")
 _ARCH_KEYS = ("format", "version", "blocks")
+_OPTIONAL_ARCH_KEYS = ("embedding_dim",)  # written only where it is not EMBEDDING_DIM: hashes stay as they were
+MAX_EMBEDDING_DIM = 1024
 _EXPECTED = {
     "ops": "a list of operator names",
     "indices": "a list of input indices",
@@ -142,6 +144,7 @@ class Architecture:
     """A whole subnet: its blocks, in order. Validated on construction."""
 
     blocks: tuple[Block, ...]
+    embedding_dim: int = EMBEDDING_DIM  # the width of every token: the embedding tables', d2s's and attention's
 
     def __post_init__(self) -> None:
         # operators in canonical order, so that equal architectures have equal forms and hashes
@@ -153,6 +156,11 @@ class Architecture:
         object.__setattr__(self, "blocks", blocks)
         if not self.blocks:
             raise NasrecError("architecture: no blocks")
+        e = self.embedding_dim
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_EMBEDDING_DIM:
+            raise NasrecError(
+                f"architecture: embedding_dim must be an integer from 1 to {MAX_EMBEDDING_DIM}, got {e!r}"
+            )
         for i, b in enumerate(self.blocks):
             _check_block(i, b)
 
@@ -179,7 +187,14 @@ class Architecture:
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Canonical, versioned JSON-serialisable form."""
-        return {"format": ARCH_FORMAT, "version": ARCH_VERSION, "blocks": [asdict(b) for b in self.blocks]}
+        d: dict[str, Any] = {"format": ARCH_FORMAT, "version": ARCH_VERSION, "blocks": [asdict(b) for b in self.blocks]}
+        if self.embedding_dim != EMBEDDING_DIM:
+            d["embedding_dim"] = self.embedding_dim
+        return d
+
+    def with_blocks(self, blocks: tuple[Block, ...] | list[Block]) -> Architecture:
+        """An architecture of `blocks` at this one's embedding dimension."""
+        return Architecture(tuple(blocks), self.embedding_dim)
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON text (sorted keys; equal architectures give equal text)."""
@@ -200,12 +215,15 @@ class Architecture:
             raise NasrecError(f"{source}: not a nasrec architecture (format {d.get('format')!r})")
         if d.get("version") != ARCH_VERSION:
             raise NasrecError(f"{source}: architecture version {d.get('version')!r}, this nasrec reads {ARCH_VERSION}")
-        _check_keys(source, d, _ARCH_KEYS, _ARCH_KEYS)
+        _check_keys(source, d, _ARCH_KEYS, _ARCH_KEYS + _OPTIONAL_ARCH_KEYS)
         if not isinstance(d["blocks"], list):
             raise NasrecError(f"{source}: field blocks: expected a list of blocks, got {_show(d['blocks'])}")
         blocks = [Block(**_read_block(f"{source}: architecture block {i}", bd)) for i, bd in enumerate(d["blocks"])]
+        e = d.get("embedding_dim", EMBEDDING_DIM)
+        if isinstance(e, bool) or not isinstance(e, int):
+            raise NasrecError(f"{source}: field embedding_dim: expected an integer, got {_show(e)}")
         try:
-            return cls(tuple(blocks))
+            return cls(tuple(blocks), e)
         except NasrecError as e:
             raise NasrecError(f"{source}: {e}") from None
 

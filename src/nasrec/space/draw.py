@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasrec.space.arch import D2S_TOKENS, EMBEDDING_DIM, Architecture, Block, op_reads
+from nasrec.space.arch import D2S_TOKENS, Architecture, Block, op_reads
 
 _DEAD_COLOR = "#9a9a9a"
 
@@ -18,10 +18,10 @@ def input_name(j: int) -> str:
     return "in" if j == 0 else f"B{j - 1}"
 
 
-def head_width(arch: Architecture, embedding_dim: int = EMBEDDING_DIM) -> int:
+def head_width(arch: Architecture) -> int:
     """Input width of the head: the last block's dense width plus its flattened sparse tokens."""
     last = arch.blocks[-1]
-    return last.dense_width + embedding_dim * last.sparse_tokens
+    return last.dense_width + arch.embedding_dim * last.sparse_tokens
 
 
 def _names(idx: tuple[int, ...]) -> str:
@@ -51,12 +51,12 @@ def _flags_text(b: Block) -> str:
     return " ".join(name for name, on in (("d2s", b.d2s), ("fm", b.fm)) if on) or "-"
 
 
-def _head_text(arch: Architecture, embedding_dim: int = EMBEDDING_DIM) -> str:
+def _head_text(arch: Architecture) -> str:
     last = arch.blocks[-1]
     tokens = f"({last.sparse_width}+{D2S_TOKENS} d2s)" if last.d2s else str(last.sparse_width)
     return (
-        f"B{arch.num_blocks - 1} dense {last.dense_width} + {tokens} tokens x {embedding_dim}"
-        f" = {head_width(arch, embedding_dim)} inputs -> 1 logit"
+        f"B{arch.num_blocks - 1} dense {last.dense_width} + {tokens} tokens x {arch.embedding_dim}"
+        f" = {head_width(arch)} inputs -> 1 logit"
     )
 
 

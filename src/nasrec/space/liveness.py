@@ -79,7 +79,7 @@ def _functional_block(b: Block, dense_live: bool, sparse_live: bool) -> Block:
 def functional_form(arch: Architecture) -> Architecture:
     """`arch` with every part that cannot reach the head replaced by one fixed placeholder."""
     outputs = live_outputs(arch)
-    return Architecture(tuple(_functional_block(b, *o) for b, o in zip(arch.blocks, outputs, strict=True)))
+    return arch.with_blocks([_functional_block(b, *o) for b, o in zip(arch.blocks, outputs, strict=True)])
 
 
 def functional_hash(arch: Architecture) -> str:

@@ -32,7 +32,9 @@ import numpy as np
 from nasrec.configfile import read_config_file
 from nasrec.errors import NasrecError
 from nasrec.space.arch import (
+    EMBEDDING_DIM,
     MAX_DENSE_WIDTH,
+    MAX_EMBEDDING_DIM,
     MAX_INPUTS,
     MAX_SPARSE_WIDTH,
     Architecture,
@@ -68,6 +70,7 @@ class SearchSpace:
     dense_widths: tuple[int, ...]
     sparse_widths: tuple[int, ...]
     max_inputs: int = MAX_INPUTS
+    embedding_dim: int = EMBEDDING_DIM  # every architecture's token width (`Architecture.embedding_dim`)
 
     def __post_init__(self) -> None:
         def fail(fieldname: str, msg: str) -> None:
@@ -79,6 +82,9 @@ class SearchSpace:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 fail(name, f"{v!r} must be a positive integer")
+        e = self.embedding_dim
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_EMBEDDING_DIM:
+            fail("embedding_dim", f"{e!r} must be an integer from 1 to {MAX_EMBEDDING_DIM}")
         if self.max_inputs > MAX_INPUTS:
             fail("max_inputs", f"{self.max_inputs} is more than an architecture allows ({MAX_INPUTS})")
         # Operators are kept in the canonical order (the operator registry's), widths ascending,
@@ -111,6 +117,8 @@ class SearchSpace:
         where = f"architecture not in search space {self.name!r}"
         if arch.num_blocks != self.num_blocks:
             raise NasrecError(f"{where}: it has {arch.num_blocks} blocks, the space {self.num_blocks}")
+        if arch.embedding_dim != self.embedding_dim:
+            raise NasrecError(f"{where}: its embedding_dim is {arch.embedding_dim}, the space's {self.embedding_dim}")
         for i, b in enumerate(arch.blocks):
             problem = self._block_problem(b)
             if problem:
@@ -156,7 +164,8 @@ class SearchSpace:
         ones, indices max(0, i+1-max_inputs)..i (all i+1 candidates while i < max_inputs); left and
         right are both i. Every block is therefore live, and each block's newest input is always on.
         """
-        return Architecture(tuple(Block(**self._full_macro(i), **self._full_micro()) for i in range(self.num_blocks)))
+        blocks = tuple(Block(**self._full_macro(i), **self._full_micro()) for i in range(self.num_blocks))
+        return Architecture(blocks, self.embedding_dim)
 
     def smallest_path(self, cost: Callable[[Architecture], float]) -> Architecture:
         """The narrowest widths, no merges, each block reading only its predecessor, and the operator pair of
@@ -166,7 +175,8 @@ class SearchSpace:
         def chain(dense_op: str, sparse_op: str) -> Architecture:
             w, ws = self.dense_widths[0], self.sparse_widths[0]
             return Architecture(
-                tuple(Block((dense_op,), (sparse_op,), (i,), (i,), i, i, w, ws) for i in range(self.num_blocks))
+                tuple(Block((dense_op,), (sparse_op,), (i,), (i,), i, i, w, ws) for i in range(self.num_blocks)),
+                self.embedding_dim,
             )
 
         return min((chain(*p) for p in pairs), key=cost)
@@ -211,7 +221,7 @@ class SearchSpace:
                     "fm": bool(rng.integers(2)),
                 }
             blocks.append(Block(**macro, **micro))
-        return Architecture(tuple(blocks))
+        return Architecture(tuple(blocks), self.embedding_dim)
 
     def mutate(self, arch: Architecture, rng: np.random.Generator) -> Architecture:
         """`arch` with one key of one block resampled (spec 4); the result is always in this space.
@@ -247,7 +257,7 @@ class SearchSpace:
                 value = bool(rng.integers(2))
         blocks = list(arch.blocks)
         blocks[i] = replace(blocks[i], **{key: value})
-        return Architecture(tuple(blocks))
+        return arch.with_blocks(blocks)
 
     def _draw_inputs(self, rng: np.random.Generator, i: int, rule: str) -> tuple[int, ...]:
         n = i + 1
@@ -288,6 +298,8 @@ class SearchSpace:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "embedding_dim" and v == EMBEDDING_DIM:
+                continue  # as saved before the field existed: resumed runs compare these dicts
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from nasrec.data.cache import Cache, open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
+from nasrec.space.space import SearchSpace
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.evaluation import evaluate, split_logits, train_size
 from nasrec.train.loading import load_trained
@@ -107,8 +109,12 @@ def train_supernet(
     resume: bool = False,
     progress: bool | None = None,
     semantics: str = "slice",
+    embedding_dim: int | None = None,
 ) -> dict[str, Any]:
     """Train a weight-sharing supernet over a search space on a cache (torchrun-aware).
+
+    `embedding_dim` sets the space's token width (its own, 16 for the built-in spaces, when None): every
+    architecture the search draws from the supernet has it.
 
     `semantics="mask"` trains one that runs paths as the reference does (full widths, then masks), to
     measure what nasrec's slicing changes; it computes at full width whatever the path, so it is slower.
@@ -130,7 +136,7 @@ def train_supernet(
         cfg = _config(preset_name, overrides, resume, out)
         spec = ModelSpec(
             kind="supernet",
-            space=get_space(space).to_dict(),
+            space=_space_at(get_space(space), embedding_dim).to_dict(),
             num_dense=len(cache.dense_fields),
             table_sizes=tuple(cache.table_sizes),
             layernorm=True,
@@ -139,6 +145,11 @@ def train_supernet(
         )
         with distributed.process_group():  # under torchrun: data-parallel over its processes
             return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
+
+
+def _space_at(space: SearchSpace, embedding_dim: int | None) -> SearchSpace:
+    """`space` with its embedding dimension set (or as it is, for None)."""
+    return space if embedding_dim is None else replace(space, embedding_dim=embedding_dim)
 
 
 def evaluate_run(

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from nasrec.model.layers import Seg, Used
 
-EMBEDDING_DIM = 16  # NASRec embeds every sparse feature (and every d2s token) in 16 dimensions
+EMBEDDING_DIM = 16  # NASRec embeds every sparse feature (and every d2s token) in 16 dimensions: the default
 LN_FLOPS_PER_ELEMENT = 5  # fvcore's count for an affine LayerNorm
 READS = ("dense_in", "sparse_in", "left", "right")  # the input lists of a block an operator may read
 
@@ -128,6 +128,7 @@ class CellSpec:
     batchnorm: bool = False  # a standalone cell: batch norms, not layer norms, on dense [B, W] outputs
     masking: bool = False  # the reference's semantics (supernet only; see `Cell.forward`)
     pair_widths: tuple[int, int] | None = None  # a standalone cell's left and right input widths
+    embedding_dim: int = EMBEDDING_DIM  # the width of every token
 
 
 @dataclass

@@ -79,9 +79,10 @@ class Dot(DenseOperator):
 
         ln, W, exact = spec.layernorm, spec.width, spec.exact
         p = dot_tokens(W)
-        if not (exact and sum(s.width for s in spec.dense_segs) == EMBEDDING_DIM):
-            cell.dot_dense = SegLinear(spec.dense_segs, EMBEDDING_DIM, bias=not ln)
-            cell.dot_dense_ln = SliceLayerNorm(EMBEDDING_DIM) if ln else None
+        e = spec.embedding_dim
+        if not (exact and sum(s.width for s in spec.dense_segs) == e):
+            cell.dot_dense = SegLinear(spec.dense_segs, e, bias=not ln)
+            cell.dot_dense_ln = SliceLayerNorm(e) if ln else None
         tokens_in = sum(s.width + (8 if s.d2s else 0) for s in spec.token_segs)
         if not (exact and tokens_in == p):
             cell.dot_tokens = SegLinear(spec.token_segs, p, bias=not ln)
@@ -96,9 +97,9 @@ class Dot(DenseOperator):
 
         W, mask = x.width, x.masking
         p = dot_tokens(W)  # the reference's supernet inputs are never 16 wide or p tokens
-        d = x.dense
-        if d.shape[1] != EMBEDDING_DIM or mask:
-            d = norm(cell.dot_dense_ln, cell.dot_dense(d, x.dense_used, EMBEDDING_DIM))
+        d, e = x.dense, cell.spec.embedding_dim
+        if d.shape[1] != e or mask:
+            d = norm(cell.dot_dense_ln, cell.dot_dense(d, x.dense_used, e))
         y = x.tokens_t
         if y.shape[2] != p or mask:  # as the reference: no projection when there are already p tokens
             y = norm(cell.dot_tokens_ln, cell.dot_tokens(y, x.token_used, p))

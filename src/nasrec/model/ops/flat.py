@@ -54,7 +54,7 @@ class Flat(DenseOperator):
         from nasrec.model.layers import SegLinear, dense_norm
 
         ln = spec.layernorm
-        cell.flat = SegLinear(spec.token_segs, spec.width, bias=not ln, unit=EMBEDDING_DIM)
+        cell.flat = SegLinear(spec.token_segs, spec.width, bias=not ln, unit=spec.embedding_dim)
         cell.flat_ln = dense_norm(spec.width, spec.batchnorm) if ln else None
 
     @classmethod
@@ -86,9 +86,10 @@ class GatedFlat(DenseOperator):
         from nasrec.model.layers import SegLinear, SegOutLinear, dense_norm
 
         ln = spec.layernorm
-        cell.gflat_g1 = SegLinear(spec.token_segs, spec.width, bias=True, unit=EMBEDDING_DIM)
-        cell.gflat_g2 = SegOutLinear(spec.width, spec.token_segs, unit=EMBEDDING_DIM)
-        cell.gflat = SegLinear(spec.token_segs, spec.width, bias=not ln, unit=EMBEDDING_DIM)
+        e = spec.embedding_dim
+        cell.gflat_g1 = SegLinear(spec.token_segs, spec.width, bias=True, unit=e)
+        cell.gflat_g2 = SegOutLinear(spec.width, spec.token_segs, unit=e)
+        cell.gflat = SegLinear(spec.token_segs, spec.width, bias=not ln, unit=e)
         cell.gflat_ln = dense_norm(spec.width, spec.batchnorm) if ln else None
 
     @classmethod

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-D2S_TOKENS = 8  # the dense-to-sparse merger appends 8 tokens of 16
-D2S_WIDTH = D2S_TOKENS * EMBEDDING_DIM  # 128
+D2S_TOKENS = 8  # the dense-to-sparse merger appends 8 tokens of the embedding dimension (16: 128 values)
+D2S_WIDTH = D2S_TOKENS * EMBEDDING_DIM  # 128 at the default dimension
 
 
 def fm_cost(w: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
@@ -50,19 +50,19 @@ class FM(Operator):
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
         from nasrec.model.layers import SliceLinear, dense_norm
 
-        ln, W = spec.layernorm, spec.width
-        if not (spec.exact and W == EMBEDDING_DIM):
-            cell.fm_proj = SliceLinear(EMBEDDING_DIM, W, bias=not ln)
+        ln, width, dim = spec.layernorm, spec.width, spec.embedding_dim
+        if not (spec.exact and width == dim):
+            cell.fm_proj = SliceLinear(dim, width, bias=not ln)
         # With layer norms the fm term is normalised at W = 16 too (the reference adds it raw there:
         # its entries grow with the square of the token count and swamp the head; docs/design.md).
-        cell.fm_ln = dense_norm(W, spec.batchnorm) if ln else None
+        cell.fm_ln = dense_norm(width, spec.batchnorm) if ln else None
 
     @classmethod
     def term(cls, cell: nn.Module, tokens: torch.Tensor, x: OpInput) -> torch.Tensor:
         """The [B, W] term of the block's tokens [B, Ws, 16]."""
         s = tokens.sum(1)
         v = s * s - (tokens * tokens).sum(1)
-        return norm(cell.fm_ln, v if x.width == EMBEDDING_DIM else cell.fm_proj(v, x.width))[:, : x.block.dense_width]
+        return norm(cell.fm_ln, v if x.width == v.shape[1] else cell.fm_proj(v, x.width))[:, : x.block.dense_width]
 
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
@@ -85,18 +85,20 @@ class D2S(Operator):
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
         from nasrec.model.layers import SliceLayerNorm, SliceLinear
 
-        if not (spec.exact and spec.width == D2S_WIDTH):
-            cell.d2s_proj = SliceLinear(spec.width, D2S_WIDTH, bias=not spec.layernorm)
-            cell.d2s_ln = SliceLayerNorm(D2S_WIDTH) if spec.layernorm else None
+        out = D2S_TOKENS * spec.embedding_dim
+        if not (spec.exact and spec.width == out):
+            cell.d2s_proj = SliceLinear(spec.width, out, bias=not spec.layernorm)
+            cell.d2s_ln = SliceLayerNorm(out) if spec.layernorm else None
 
     @classmethod
     def tokens(cls, cell: nn.Module, dense: torch.Tensor, x: OpInput) -> torch.Tensor:
         """The [B, 8, 16] tokens of the block's dense output [B, W]."""
-        if x.block.dense_width == D2S_WIDTH and not x.masking:
+        e = cell.spec.embedding_dim
+        if x.block.dense_width == D2S_TOKENS * e and not x.masking:
             z = dense
         else:
-            z = norm(cell.d2s_ln, cell.d2s_proj(dense, D2S_WIDTH))
-        return z.reshape(z.shape[0], D2S_TOKENS, EMBEDDING_DIM)
+            z = norm(cell.d2s_ln, cell.d2s_proj(dense, D2S_TOKENS * e))
+        return z.reshape(z.shape[0], D2S_TOKENS, e)
 
     @classmethod
     def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:

@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-HEADS = 8
+HEADS = 8  # NASRec's attention heads at its 16-wide tokens (2 dimensions a head)
+
+
+def heads(e: int) -> int:
+    """Attention heads over tokens of width `e`: the most of up to HEADS that divide it (8 at 16, 5 at 20)."""
+    return max(h for h in range(1, HEADS + 1) if e % h == 0)
+
+
 TRANSFORMER_LN_INIT = 0.17
 ATTENTION_CHUNK = 2**19  # score entries per chunk (2 MB): a chunk's scores stay in cache
 
@@ -91,12 +98,13 @@ class Transformer(SparseOperator):
         ln = spec.layernorm
         cell.tr_proj = SegLinear(spec.token_segs, spec.tokens, bias=not ln)
         cell.tr_proj_ln = SliceLayerNorm(spec.tokens) if ln else None
-        cell.attn_in = nn.Linear(EMBEDDING_DIM, 3 * EMBEDDING_DIM)
-        cell.attn_out = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
-        cell.attn_ln = SliceLayerNorm(EMBEDDING_DIM, TRANSFORMER_LN_INIT)
-        cell.ffn1 = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
-        cell.ffn2 = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
-        cell.ffn_ln = SliceLayerNorm(EMBEDDING_DIM, TRANSFORMER_LN_INIT)
+        e = spec.embedding_dim
+        cell.attn_in = nn.Linear(e, 3 * e)
+        cell.attn_out = nn.Linear(e, e)
+        cell.attn_ln = SliceLayerNorm(e, TRANSFORMER_LN_INIT)
+        cell.ffn1 = nn.Linear(e, e)
+        cell.ffn2 = nn.Linear(e, e)
+        cell.ffn_ln = SliceLayerNorm(e, TRANSFORMER_LN_INIT)
         for lin in (cell.attn_in, cell.attn_out, cell.ffn1, cell.ffn2):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -110,7 +118,8 @@ class Transformer(SparseOperator):
         if cWs != Ws:  # masking: tokens >= Ws are zeros, and attend and are attended to
             t = F.pad(t[:, :Ws], (0, 0, 0, cWs - Ws))
         B, T, E = t.shape
-        q, k, v = cell.attn_in(t).view(B, T, 3, HEADS, E // HEADS).permute(2, 0, 3, 1, 4)
+        h = heads(E)
+        q, k, v = cell.attn_in(t).view(B, T, 3, h, E // h).permute(2, 0, 3, 1, 4)
         a = attention(q, k, v).transpose(1, 2).reshape(B, T, E)
         t = cell.attn_ln(t + cell.attn_out(a))
         return cell.ffn_ln(t + cell.ffn2(F.relu(cell.ffn1(t))))[:, :Ws]
