@@ -136,7 +136,19 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse")
+    assert registry.names("dense") == (
+        "fc",
+        "dot",
+        "gating",
+        "sum",
+        "cross",
+        "flat",
+        "bilinear",
+        "gflat",
+        "fuse",
+        "cat",
+        "tflat",
+    )
     assert registry.names("sparse") == ("efc", "transformer")
     # cells have always created sum's layers before gating's: the same seed gives the same weights; the
     # operators added after the paper's come last, so the paper's spaces keep their layouts
@@ -152,6 +164,8 @@ def test_builtin_registry_order() -> None:
         "bilinear",
         "gflat",
         "fuse",
+        "cat",
+        "tflat",
     )
 
 
@@ -173,6 +187,8 @@ def test_registered_for_a_while() -> None:
             "bilinear",
             "gflat",
             "fuse",
+            "cat",
+            "tflat",
             "scale",
         )  # read at each access
         arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
@@ -208,7 +224,19 @@ def test_register_refuses_bad_operators() -> None:
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
         registry.unregister("scale")
-    assert registry.names("dense") == ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse")
+    assert registry.names("dense") == (
+        "fc",
+        "dot",
+        "gating",
+        "sum",
+        "cross",
+        "flat",
+        "bilinear",
+        "gflat",
+        "fuse",
+        "cat",
+        "tflat",
+    )
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -487,7 +515,7 @@ def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
     from nasrec.space.space import get_space
 
     full_plus = get_space("full+")
-    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear", "gflat", "fuse")
+    assert full_plus.dense_ops == (*NASREC_FULL.dense_ops, "cross", "flat", "bilinear", "gflat", "fuse", "cat", "tflat")
     assert full_plus.sparse_ops == NASREC_FULL.sparse_ops
     dense, sparse = _batch()
     # the whole space (attention included): paths through cross equal their materialised models
@@ -496,7 +524,9 @@ def test_the_operators_of_the_full_plus_space(layernorm: bool) -> None:
         (full_plus, False),
         (
             replace(
-                full_plus, dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat", "fuse"), sparse_ops=("efc",)
+                full_plus,
+                dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat", "fuse", "cat", "tflat"),
+                sparse_ops=("efc",),
             ),
             True,
         ),
@@ -782,7 +812,9 @@ def test_an_embedding_dimension_other_than_16_runs_costs_and_materialises_every_
         assert Architecture.from_dict(arch.to_dict()) == arch
     # without attention and norms, the operators are linears and products only: the counter sees what is costed
     flop_space = replace(
-        space, dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat", "fuse"), sparse_ops=("efc",)
+        space,
+        dense_ops=("fc", "gating", "cross", "flat", "bilinear", "gflat", "fuse", "cat", "tflat"),
+        sparse_ops=("efc",),
     )
     for arch in (flop_space.sample(rng, "any-path") for _ in range(3)):
         plain = Subnet(arch, NUM_DENSE, TABLES)
@@ -835,4 +867,47 @@ def test_fuse_of_two_flat_streams_is_finalmlp_at_its_embedding_dimension() -> No
     with torch.no_grad():
         torch.testing.assert_close(sub(dense, sparse), zoo(dense, sparse), atol=1e-5, rtol=1e-5)
     extra = token_linear_cost(len(TABLES), 4, False, 20) + linear_cost(5 + 4 * 20, 1, bias=True)
+    assert arch_cost(arch, 0, len(TABLES), TABLES).flops == zoo_cost(zoo, 0, TABLES).flops + extra.flops
+
+
+def test_dcnv2_is_an_architecture_of_the_space() -> None:
+    """DCNv2 (parallel, 2 cross layers, MLP 24 -> 16) at embedding dim 20 as blocks: tflat (x0, the embeddings),
+    cross(x0, x_l) twice, flat then fc, and cat of the two streams read by the head: the zoo's model given its
+    weights, and costed as the zoo costs it (plus the head's token weights and the last block's efc)."""
+    from nasrec.zoo.registry import build_zoo_model, zoo_cost
+
+    d = 20 * len(TABLES)
+    arch = Architecture(
+        (
+            Block(("tflat",), ("efc",), (0,), (0,), 0, 0, d, 4),
+            Block(("cross",), ("efc",), (0,), (0,), 1, 1, d, 4),
+            Block(("cross",), ("efc",), (0,), (0,), 1, 2, d, 4),
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 24, 4),
+            Block(("fc",), ("efc",), (4,), (0,), 0, 0, 16, 4),
+            Block(("cat",), ("efc",), (3, 5), (0,), 0, 0, d + 16, 4),
+        ),
+        embedding_dim=20,
+    )
+    torch.manual_seed(0)
+    zoo = build_zoo_model("dcnv2", 0, TABLES, embedding_dim=20, cross_layers=2, mlp_dims=[24, 16])
+    sub = Subnet(arch, 0, TABLES)
+    with torch.no_grad():
+        sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
+        for i, layer in enumerate(zoo.cross.layers, start=1):
+            sub.cells[str(i)].cross.weight.copy_(layer.proj.weight)
+            sub.cells[str(i)].cross.bias.copy_(layer.proj.bias)
+        linears = [m for m in zoo.mlp.layers if isinstance(m, nn.Linear)]
+        sub.cells["3"].flat.blocks[0].copy_(linears[0].weight)
+        sub.cells["3"].flat.bias.copy_(linears[0].bias)
+        sub.cells["4"].fc.blocks[0].copy_(linears[1].weight)
+        sub.cells["4"].fc.bias.copy_(linears[1].bias)
+        sub.head.dense.copy_(zoo.head.weight)
+        sub.head.tokens.zero_()
+        sub.head.bias.copy_(zoo.head.bias)
+    zoo.eval()
+    sub.eval()
+    dense, sparse = torch.zeros(12, 0), _batch()[1]
+    with torch.no_grad():
+        torch.testing.assert_close(sub(dense, sparse), zoo(dense, sparse), atol=1e-5, rtol=1e-5)
+    extra = token_linear_cost(len(TABLES), 4, False, 20) + linear_cost(4 * 20, 1, bias=False)
     assert arch_cost(arch, 0, len(TABLES), TABLES).flops == zoo_cost(zoo, 0, TABLES).flops + extra.flops

@@ -354,12 +354,13 @@ NASREC_FULL = SearchSpace(
 # NASRec-Full and the operators strong hand-designed baselines are made of: so far DCNv2's cross layer
 # (`cross`, reading left = x0 and right = x_l), the MLP on the flattened embeddings (`flat`, then fc)
 # of DNN, DeepFM, DCNv2 and FinalMLP, FinalMLP's bilinear fusion of two streams (`bilinear`, low rank;
-# `fuse`, its multi-head form exactly) and its feature-gated stream input (`gflat`). Not the paper's: its
-# results are the "full" space's.
+# `fuse`, its multi-head form exactly), its feature-gated stream input (`gflat`), and the parameter-free
+# `cat` (dense inputs side by side) and `tflat` (the embeddings as a dense vector) that DCNv2's x0 and its
+# logit over two streams need. Not the paper's: its results are the "full" space's.
 NASREC_FULL_PLUS = SearchSpace(
     name="full+",
     num_blocks=7,
-    dense_ops=("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse"),
+    dense_ops=("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse", "cat", "tflat"),
     sparse_ops=("efc", "transformer"),
     dense_widths=NASREC_DENSE_WIDTHS,
     sparse_widths=NASREC_SPARSE_WIDTHS,
