@@ -111,8 +111,8 @@ class _MergeUnit(nn.Module):
         super().__init__()
         self.merge = merge
         self.block = _block((), (), W, Ws, d2s=merge == "d2s", fm=merge == "fm")
-        spec = _spec((), (), (), (), 1, W, Ws, ln, fm=merge == "fm", d2s=merge == "d2s")
-        (FM if merge == "fm" else D2S).build(self, spec)
+        self.spec = spec = _spec((), (), (), (), 1, W, Ws, ln, fm=merge == "fm", d2s=merge == "d2s")
+        (FM if merge == "fm" else D2S).build(self, spec)  # the merges read a cell's spec, as this one's
         self.W, self.Ws = W, Ws
 
     def forward(self, dense: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
