@@ -402,7 +402,10 @@ def _edit(fn: Any) -> dict[str, Any]:
             "x.json: architecture block 1: expected a JSON object, got a list",
         ),
         (_edit(lambda d: d.pop("blocks")), "x.json: missing key 'blocks'"),
-        (_edit(lambda d: d.update(name="mine")), "x.json: unknown key 'name' (known: format, version, blocks, embedding_dim)"),
+        (
+            _edit(lambda d: d.update(name="mine")),
+            "x.json: unknown key 'name' (known: format, version, blocks, embedding_dim)",
+        ),
         (_edit(lambda d: d.update(blocks={})), "x.json: field blocks: expected a list of blocks, got a JSON object"),
     ],
 )
