@@ -20,7 +20,7 @@ from typing import Any
 from nasrec.errors import NasrecError
 from nasrec.model.ops import registry
 from nasrec.model.ops.base import EMBEDDING_DIM  # the default width of every token (sparse feature), NASRec's 16
-from nasrec.model.ops.merge import D2S_TOKENS  # the dense-to-sparse merger appends 8 tokens of 16
+from nasrec.model.ops.merge import D2S_TOKENS  # the dense-to-sparse merger appends 8 tokens
 
 MAX_INPUTS = 4  # a block reads at most this many earlier outputs per input list
 ARCH_FORMAT = "nasrec-architecture"
