@@ -37,6 +37,8 @@ from nasrec.space.liveness import functional_form, live_outputs, op_inputs, op_l
 from nasrec.space.space import NASREC_FULL, SearchSpace
 
 TABLES = [7, 30, 3, 50, 11, 5]
+# the dense operators of the registry, in its canonical order
+BUILTIN_DENSE = ("fc", "dot", "gating", "sum", "cross", "flat", "bilinear", "gflat", "fuse", "cat", "tflat")
 NUM_DENSE = 5
 
 
@@ -136,19 +138,7 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
-    assert registry.names("dense") == (
-        "fc",
-        "dot",
-        "gating",
-        "sum",
-        "cross",
-        "flat",
-        "bilinear",
-        "gflat",
-        "fuse",
-        "cat",
-        "tflat",
-    )
+    assert registry.names("dense") == BUILTIN_DENSE
     assert registry.names("sparse") == ("efc", "transformer")
     # cells have always created sum's layers before gating's: the same seed gives the same weights; the
     # operators added after the paper's come last, so the paper's spaces keep their layouts
@@ -177,20 +167,8 @@ def test_registered_for_a_while() -> None:
         _space()
     with registry.registered(Scale, TScale):
         assert registry.names("dense")[-1] == "scale" and registry.names("sparse")[-1] == "tscale"
-        assert arch_module.DENSE_OPS == (
-            "fc",
-            "dot",
-            "gating",
-            "sum",
-            "cross",
-            "flat",
-            "bilinear",
-            "gflat",
-            "fuse",
-            "cat",
-            "tflat",
-            "scale",
-        )  # read at each access
+        dense_ops = arch_module.DENSE_OPS  # read at each access
+        assert dense_ops == (*BUILTIN_DENSE, "scale")
         arch = Architecture((replace(block, dense_ops=("scale", "fc")),))
         assert arch.blocks[0].dense_ops == ("fc", "scale")  # canonical order: the registry's
         assert _space().dense_ops == ("fc", "sum", "scale")
@@ -224,19 +202,7 @@ def test_register_refuses_bad_operators() -> None:
             registry.register(op)
     with pytest.raises(NasrecError, match="not registered"):
         registry.unregister("scale")
-    assert registry.names("dense") == (
-        "fc",
-        "dot",
-        "gating",
-        "sum",
-        "cross",
-        "flat",
-        "bilinear",
-        "gflat",
-        "fuse",
-        "cat",
-        "tflat",
-    )
+    assert registry.names("dense") == BUILTIN_DENSE
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -607,6 +573,30 @@ def test_bilinear_fuses_two_streams_as_finalmlp() -> None:
     assert c2.bil_u.weight.shape == c2.bil_v.weight.shape == (16, 24)
 
 
+def _finalmlp_weights(sub: Subnet, zoo: nn.Module, batchnorm: bool) -> None:
+    """A zoo FinalMLP's weights (no gates) into blocks flat, flat, fuse: the head sums fuse's heads, reads no
+    token; with batch norms each Linear's bias moves into its running mean and fuse's norm is the identity."""
+    sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
+    for cell, mlp in ((sub.cells["0"], zoo.mlp1), (sub.cells["1"], zoo.mlp2)):
+        linear = mlp.layers[0]
+        cell.flat.blocks[0].copy_(linear.weight)
+        if batchnorm:
+            cell.flat_ln.load_state_dict(mlp.layers[1].state_dict())
+            cell.flat_ln.running_mean.sub_(linear.bias)  # BN(Wx + b) = BN'(Wx), the mean shifted by b
+        else:
+            cell.flat.bias.copy_(linear.bias)
+    fuse = sub.cells["2"].fuse
+    fuse.m.copy_(zoo.fusion.bilinear)
+    fuse.u.copy_(zoo.fusion.linear1.weight[0])
+    fuse.v.copy_(zoo.fusion.linear2.weight[0])
+    if batchnorm:  # the fusion's own norm at the identity in evaluation: (x - 0) / sqrt(1 - eps + eps)
+        ln = sub.cells["2"].fuse_ln
+        ln.running_var.fill_(1.0 - ln.eps)
+    sub.head.dense.fill_(1.0)
+    sub.head.tokens.zero_()
+    sub.head.bias.copy_(zoo.fusion.linear1.bias)
+
+
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_fuse_of_two_flat_streams_is_finalmlp_without_gates(batchnorm: bool) -> None:
     """flat 24 and flat 8 over the raw tokens, fused by `fuse` with 4 heads, the head's weights 1 on the heads and
@@ -632,26 +622,8 @@ def test_fuse_of_two_flat_streams_is_finalmlp_without_gates(batchnorm: bool) -> 
     _, sparse = _batch(64)
     with torch.no_grad():
         zoo(torch.zeros(64, 0), sparse)  # running statistics away from (0, 1)
-        sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
-        for cell, mlp in ((sub.cells["0"], zoo.mlp1), (sub.cells["1"], zoo.mlp2)):
-            linear = mlp.layers[0]
-            cell.flat.blocks[0].copy_(linear.weight)
-            if batchnorm:
-                cell.flat_ln.load_state_dict(mlp.layers[1].state_dict())
-                cell.flat_ln.running_mean.sub_(linear.bias)  # BN(Wx + b) = BN'(Wx), the mean shifted by b
-            else:
-                cell.flat.bias.copy_(linear.bias)
-        fuse = sub.cells["2"].fuse
-        assert fuse.m.shape == zoo.fusion.bilinear.shape == (4, 6, 2)
-        fuse.m.copy_(zoo.fusion.bilinear)
-        fuse.u.copy_(zoo.fusion.linear1.weight[0])
-        fuse.v.copy_(zoo.fusion.linear2.weight[0])
-        if batchnorm:  # the fusion's own norm at the identity in evaluation: (x - 0) / sqrt(1 - eps + eps)
-            ln = sub.cells["2"].fuse_ln
-            ln.running_var.fill_(1.0 - ln.eps)
-        sub.head.dense.fill_(1.0)
-        sub.head.tokens.zero_()
-        sub.head.bias.copy_(zoo.fusion.linear1.bias)
+        assert sub.cells["2"].fuse.m.shape == zoo.fusion.bilinear.shape == (4, 6, 2)
+        _finalmlp_weights(sub, zoo, batchnorm)
     zoo.eval()
     sub.eval()
     dense, sparse = torch.zeros(12, 0), _batch()[1]
@@ -850,17 +822,7 @@ def test_fuse_of_two_flat_streams_is_finalmlp_at_its_embedding_dimension() -> No
     )
     sub = Subnet(arch, 0, TABLES)
     with torch.no_grad():
-        sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
-        for cell, mlp in ((sub.cells["0"], zoo.mlp1), (sub.cells["1"], zoo.mlp2)):
-            cell.flat.blocks[0].copy_(mlp.layers[0].weight)
-            cell.flat.bias.copy_(mlp.layers[0].bias)
-        fuse = sub.cells["2"].fuse
-        fuse.m.copy_(zoo.fusion.bilinear)
-        fuse.u.copy_(zoo.fusion.linear1.weight[0])
-        fuse.v.copy_(zoo.fusion.linear2.weight[0])
-        sub.head.dense.fill_(1.0)
-        sub.head.tokens.zero_()
-        sub.head.bias.copy_(zoo.fusion.linear1.bias)
+        _finalmlp_weights(sub, zoo, batchnorm=False)
     zoo.eval()
     sub.eval()
     dense, sparse = torch.zeros(12, 0), _batch()[1]

@@ -70,7 +70,10 @@ class SliceLinear(nn.Module):
 
 
 def head_chunk(d: int, heads: int) -> int:
-    """The width of each of `heads` equal chunks of a d-wide vector (the last ones zero-padded; at least 1)."""
+    """The width of each of `heads` equal chunks of a d-wide vector (the last ones zero-padded; at least 1).
+
+    The same rule as `nasrec.model.ops.base.head_chunk`, which costs `fuse` without torch; the operators
+    import this module, so it cannot import theirs (tests hold the two to the same parameter counts)."""
     return max(1, -(-d // heads))
 
 

@@ -7,7 +7,6 @@ Dead blocks are not built, and neither are the operators of live blocks whose re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ from nasrec.model.embedding import FieldEmbedding
 from nasrec.model.layers import HeadLinear, Seg
 from nasrec.model.ops import registry
 from nasrec.model.supernet import Supernet
-from nasrec.space.arch import Architecture, Block
+from nasrec.space.arch import EMBEDDING_DIM, Architecture, Block
 from nasrec.space.liveness import live_outputs, op_live
 
 
@@ -63,8 +62,9 @@ class Subnet(nn.Module):
         cells = {}
         for i, (block, live) in enumerate(zip(arch.blocks, self.live, strict=True)):
             if live:
-                spec = _exact_spec(block, self.outputs[i], dense_w, token_w, has_d2s, layernorm, batchnorm)
-                spec = replace(spec, embedding_dim=arch.embedding_dim)
+                spec = _exact_spec(
+                    block, self.outputs[i], dense_w, token_w, has_d2s, layernorm, batchnorm, arch.embedding_dim
+                )
                 cells[str(i)] = Cell(spec)
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
@@ -119,6 +119,7 @@ def _exact_spec(
     has_d2s: list[bool],
     ln: bool,
     bn: bool = False,
+    e: int = EMBEDDING_DIM,
 ) -> CellSpec:
     """The cell of a live block at its exact sizes, holding only the operators whose results are read."""
     dense_ops = tuple(op for op in block.dense_ops if op_live(op, block, *live))
@@ -138,6 +139,7 @@ def _exact_spec(
         exact=True,
         batchnorm=bn,
         pair_widths=(dense_w[block.left], dense_w[block.right]) if reads & {"left", "right"} else None,
+        embedding_dim=e,
     )
 
 

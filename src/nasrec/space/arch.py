@@ -47,6 +47,15 @@ _OPTIONAL_BLOCK_KEYS = ("d2s", "fm")
 _ARCH_KEYS = ("format", "version", "blocks")
 _OPTIONAL_ARCH_KEYS = ("embedding_dim",)  # written only where it is not EMBEDDING_DIM: hashes stay as they were
 MAX_EMBEDDING_DIM = 1024
+
+
+def embedding_dim_problem(e: object) -> str | None:
+    """Why `e` is not an embedding dimension (an integer from 1 to MAX_EMBEDDING_DIM), or None."""
+    if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_EMBEDDING_DIM:
+        return f"must be an integer from 1 to {MAX_EMBEDDING_DIM}, got {e!r}"
+    return None
+
+
 _EXPECTED = {
     "ops": "a list of operator names",
     "indices": "a list of input indices",
@@ -156,11 +165,9 @@ class Architecture:
         object.__setattr__(self, "blocks", blocks)
         if not self.blocks:
             raise NasrecError("architecture: no blocks")
-        e = self.embedding_dim
-        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_EMBEDDING_DIM:
-            raise NasrecError(
-                f"architecture: embedding_dim must be an integer from 1 to {MAX_EMBEDDING_DIM}, got {e!r}"
-            )
+        problem = embedding_dim_problem(self.embedding_dim)
+        if problem:
+            raise NasrecError(f"architecture: embedding_dim {problem}")
         for i, b in enumerate(self.blocks):
             _check_block(i, b)
 

@@ -34,12 +34,12 @@ from nasrec.errors import NasrecError
 from nasrec.space.arch import (
     EMBEDDING_DIM,
     MAX_DENSE_WIDTH,
-    MAX_EMBEDDING_DIM,
     MAX_INPUTS,
     MAX_SPARSE_WIDTH,
     Architecture,
     Block,
     dense_op_names,
+    embedding_dim_problem,
     sparse_op_names,
 )
 
@@ -82,9 +82,9 @@ class SearchSpace:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 fail(name, f"{v!r} must be a positive integer")
-        e = self.embedding_dim
-        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_EMBEDDING_DIM:
-            fail("embedding_dim", f"{e!r} must be an integer from 1 to {MAX_EMBEDDING_DIM}")
+        problem = embedding_dim_problem(self.embedding_dim)
+        if problem:
+            fail("embedding_dim", problem)
         if self.max_inputs > MAX_INPUTS:
             fail("max_inputs", f"{self.max_inputs} is more than an architecture allows ({MAX_INPUTS})")
         # Operators are kept in the canonical order (the operator registry's), widths ascending,

@@ -92,6 +92,11 @@ def linear_ln_cost(din: int, dout: int, ln: bool, rows: int = 1) -> Cost:
     return linear_cost(din, dout, bias=not ln, rows=rows) + ln_if(ln, dout, rows)
 
 
+def head_chunk(d: int, heads: int) -> int:
+    """The width of each of `heads` equal chunks of a d-wide vector (the last ones zero-padded; at least 1)."""
+    return max(1, -(-d // heads))
+
+
 def token_linear_cost(tin: int, tout: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
     """Token-axis Linear(tin → tout) + LN?(tout) applied to each of the `e` channels (efc, dot, transformer)."""
     return linear_ln_cost(tin, tout, ln, rows=e)

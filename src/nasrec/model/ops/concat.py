@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nasrec.model.ops.base import EMBEDDING_DIM, ZERO, BlockLike, CellSpec, Cost, DenseOperator, OpInput
+from nasrec.model.ops.flat import flattened
 
 if TYPE_CHECKING:
     import torch
@@ -25,43 +26,39 @@ def _first(x: torch.Tensor, width: int) -> torch.Tensor:
     return x[:, :width] if n >= width else F.pad(x, (0, width - n))
 
 
-class Cat(DenseOperator):
-    """The block's dense inputs concatenated, their first W values (zero-padded to W)."""
+class _Weightless(DenseOperator):
+    """A dense operator without layers, FLOPs or parameters: its output is (part of) its inputs."""
 
-    name = "cat"
-    reads = frozenset({"dense_in"})
     layers = ()
 
     @classmethod
     def build(cls, cell: nn.Module, spec: CellSpec) -> None:
         pass  # no weights
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return ZERO
+
+
+class Cat(_Weightless):
+    """The block's dense inputs concatenated, their first W values (zero-padded to W)."""
+
+    name = "cat"
+    reads = frozenset({"dense_in"})
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
         return _first(x.dense, x.width)
 
-    @classmethod
-    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-        return ZERO
 
-
-class TokensFlat(DenseOperator):
-    """The block's sparse inputs flattened token by token (each token's channels together), their first W
-    values (zero-padded to W): over the raw input, the embeddings as the zoo's models read them."""
+class TokensFlat(_Weightless):
+    """The block's sparse inputs flattened token by token (each token's channels together, as `flat` reads
+    them), their first W values (zero-padded to W): over the raw input, the embeddings as the zoo's models
+    read them."""
 
     name = "tflat"
     reads = frozenset({"sparse_in"})
-    layers = ()
-
-    @classmethod
-    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        pass  # no weights
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
-        t = x.tokens_t
-        return _first(t.transpose(1, 2).reshape(t.shape[0], -1), x.width)
-
-    @classmethod
-    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-        return ZERO
+        return _first(flattened(x), x.width)

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _flattened(x: OpInput) -> torch.Tensor:
-    """The block's sparse inputs [B, 16, T] as [B, T x 16], each token's 16 channels together."""
+def flattened(x: OpInput) -> torch.Tensor:
+    """The block's sparse inputs [B, e, T] as [B, T x e], each token's e channels together."""
     t = x.tokens_t
     return t.transpose(1, 2).reshape(t.shape[0], -1)
 
@@ -61,7 +61,7 @@ class Flat(DenseOperator):
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
         import torch.nn.functional as F
 
-        flat = _flattened(x)
+        flat = flattened(x)
         return F.relu(norm(cell.flat_ln, cell.flat(flat, x.token_used, x.width)))
 
     @classmethod
@@ -97,7 +97,7 @@ class GatedFlat(DenseOperator):
         import torch
         import torch.nn.functional as F
 
-        flat, used = _flattened(x), x.token_used
+        flat, used = flattened(x), x.token_used
         gate = 2.0 * torch.sigmoid(cell.gflat_g2(F.relu(cell.gflat_g1(flat, used, x.width)), used))
         return F.relu(norm(cell.gflat_ln, cell.gflat(flat * gate, used, x.width)))
 

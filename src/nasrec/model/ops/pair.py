@@ -11,6 +11,7 @@ from nasrec.model.ops.base import (
     Cost,
     DenseOperator,
     OpInput,
+    head_chunk,
     linear_cost,
     linear_ln_cost,
     ln_if,
@@ -52,7 +53,7 @@ def bilinear_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
 def fuse_cost(dl: int, dr: int, w: int, ln: bool) -> Cost:
     """fuse: W heads over chunks of a = ⌈dl/W⌉ and c = ⌈dr/W⌉; per head l_hᵀ M_h (a·c) · r_h (c), u_hᵀ l_h (a) and
     v_hᵀ r_h (c); parameters M (W·a·c), u (dl), v (dr) and a bias per head; then LN?(W)."""
-    a, c = max(1, -(-dl // w)), max(1, -(-dr // w))
+    a, c = head_chunk(dl, w), head_chunk(dr, w)
     return Cost(w * (a * c + 2 * c + a), w * a * c + dl + dr + w) + ln_if(ln, w)
 
 
