@@ -88,7 +88,7 @@ def test_values_keep_their_meaning_across_types() -> None:
     assert "per step" in str(_problem(ConfigError, TrainConfig, lr=101))
     e = _problem(ConfigError, preset, None, learning_rate=0.1)
     assert str(e).startswith(
-        "training config learning_rate: unknown key (known: arch_batchnorm, arch_dropout, arch_max_embedding_std, "
+        "training config learning_rate: unknown key (known: arch_batchnorm, arch_dropout, arch_head_centre, arch_max_embedding_std, "
     )
 
 

@@ -269,6 +269,32 @@ def test_training_starts_a_centred_head_at_the_click_rate_log_odds() -> None:
     assert with_ln.head.bias.item() == pytest.approx(np.log(0.25)) and without.head.bias.item() == 0.0
 
 
+def test_uncentred_head_of_a_layer_normed_model_is_plain_linear_from_the_log_odds() -> None:
+    """head_centre=False: no mean buffers, the logit is the linear map of the head's inputs in training and in
+    evaluation alike, and the bias still starts at the log-odds; without layer norms the option is refused."""
+    from nasrec.model.layers import init_head_bias
+    from nasrec.train.config import TrainConfig
+
+    arch = NASREC_SMALL.sample(np.random.default_rng(3), "default")
+    with pytest.raises(NasrecError, match="head_centre=False needs layernorm"):
+        Subnet(arch, NUM_DENSE, TABLES, head_centre=False)
+    with pytest.raises(NasrecError, match=r"training config arch_head_centre: .*set layernorm: true"):
+        TrainConfig(arch_head_centre=False)
+    assert TrainConfig(arch_head_centre=False, layernorm=True).arch_model_options()["head_centre"] is False
+    torch.manual_seed(0)
+    sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=True, head_centre=False)
+    assert not sub.head.centre and "head.mean" not in sub.state_dict()
+    init_head_bias(sub, 0.2)
+    assert sub.head.bias.item() == pytest.approx(np.log(0.25))
+    dense, sparse = _batch(32)
+    f = sub.features(dense, sparse)
+    x, w, _ = sub.head._inputs(f.dense, f.tokens, f.d2s)
+    expected = (x @ w.T).squeeze(1) + sub.head.bias
+    for mode in (sub.train, sub.eval):
+        mode()
+        torch.testing.assert_close(sub.head(f.dense, f.tokens, f.d2s), expected)
+
+
 def test_data_without_dense_fields_materialises_every_operator() -> None:
     """num_dense=0 (Frappe-like data): an operator on the empty raw dense input builds and matches the supernet.
 
@@ -405,11 +431,13 @@ def test_arch_dropout_reaches_the_trained_model_and_only_architectures(tmp_path:
     _, cache = small_synth_cache(tmp_path, rows=3_000, seed=2)
     arch = NASREC_SMALL.sample(np.random.default_rng(1), "default")
     over = {"max_steps": 3, "batch_size": 128, "threads": 1, "arch_dropout": 0.2, "arch_max_embedding_std": 1e-3}
+    over |= {"layernorm": True, "arch_head_centre": False}
     train(cache, tmp_path / "a", arch=arch, preset_name="cpu-quick", overrides=over, progress=False)
     spec = ModelSpec.from_dict(json.loads((tmp_path / "a" / "model.json").read_text()))
     assert spec.dropout == 0.2 and spec.build().dropout.p == 0.2
     assert spec.max_embedding_std == 1e-3 and float(spec.build().embedding.table.weight.detach().abs().max()) < 0.01
-    for key in ("arch_dropout", "arch_max_embedding_std"):
+    assert spec.head_centre is False and not spec.build().head.centre
+    for key in ("arch_dropout", "arch_max_embedding_std", "arch_head_centre"):
         with pytest.raises(ConfigError, match=key):
             only = {k: v for k, v in over.items() if not k.startswith("arch_") or k == key}
             train(cache, tmp_path / "b", model="lr", preset_name="cpu-quick", overrides=only, progress=False)

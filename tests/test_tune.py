@@ -140,7 +140,7 @@ def test_a_recipe_for_another_model_is_refused(cache: Path, tmp_path: Path, caps
     [
         (
             "lr: {log: [0.01, 0.1]}\nlearning_rate: 0.1\n",
-            "learning_rate: unknown key (known: arch_batchnorm, arch_dropout, arch_max_embedding_std, ",
+            "learning_rate: unknown key (known: arch_batchnorm, arch_dropout, arch_head_centre, arch_max_embedding_std, ",
         ),
         ("lr: {logg: [0.01, 0.1]}\n", "lr.logg: unknown distribution (expected one of choice, int, log, uniform)"),
         ("lr: {log: [0.0, 0.1]}\n", "lr.log: a log scale needs low > 0"),

@@ -282,10 +282,19 @@ class HeadLinear(nn.Module):
     `calibrate`), folded into the bias. The batch's mean logit is then the bias, whatever the features:
     no weight change can shift every logit of a batch at once, which is what made supernet training
     under path sampling unstable (docs/design.md, "Centred head"). `group` (set by a data-parallel
-    trainer) makes the batch the global one; `init_head_bias` starts the bias at the data's log-odds.
+    trainer) makes the batch the global one; `init_head_bias` starts the bias at the data's log-odds, for a
+    centred head and for one made with `log_odds_bias` (an uncentred head of a layer-normed model).
     """
 
-    def __init__(self, dense_cap: int, token_cap: int, d2s_slot: bool, dim: int = 16, centre: bool = False) -> None:
+    def __init__(
+        self,
+        dense_cap: int,
+        token_cap: int,
+        d2s_slot: bool,
+        dim: int = 16,
+        centre: bool = False,
+        log_odds_bias: bool | None = None,
+    ) -> None:
         super().__init__()
         self.dense_cap, self.token_cap, self.d2s_slot, self.dim = dense_cap, token_cap, d2s_slot, dim
         self.dense = nn.Parameter(torch.empty(1, dense_cap))
@@ -295,6 +304,7 @@ class HeadLinear(nn.Module):
         _xavier_uniform_(self.dense, fan_in, 1)
         _xavier_uniform_(self.tokens, fan_in, 1)
         self.centre = centre
+        self.log_odds_bias = centre if log_odds_bias is None else log_odds_bias
         self.momentum = 0.1
         self.group = None
         if centre:  # layout: dense features, then the token slots flattened (as `tokens`)
@@ -427,13 +437,14 @@ def log_odds(ctr: float) -> float:
 
 @torch.no_grad()
 def init_head_bias(model: nn.Module, ctr: float) -> None:
-    """Start every centred head's bias at the log-odds of `ctr` (the training split's click rate).
+    """Start every centred head's bias (and each head made with `log_odds_bias`) at the log-odds of `ctr`.
 
-    A centred head's batch-mean logit is its bias alone, which Adagrad moves by about lr per step: from
-    0, a 3 % click rate would take hundreds of steps to reach. Other heads are left as they are.
+    `ctr` is the training split's click rate. A centred head's batch-mean logit is its bias alone, which
+    Adagrad moves by about lr per step: from 0, a 3 % click rate would take hundreds of steps to reach.
+    Other heads are left as they are.
     """
     for m in model.modules():
-        if isinstance(m, HeadLinear) and m.centre:
+        if isinstance(m, HeadLinear) and m.log_odds_bias:
             m.bias.fill_(log_odds(ctr))
 
 

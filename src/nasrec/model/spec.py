@@ -52,6 +52,7 @@ class ModelSpec:
     dropout: float = 0.0  # kind "nasrec": dropout on every block's dense output (`Subnet`); 0: none
     max_embedding_std: float | None = None  # nasrec and supernet: the tables' initial std capped at this (None: xavier)
     batchnorm: bool = False  # kind "nasrec": batch norms in place of the dense outputs' layer norms (`Subnet`)
+    head_centre: bool = True  # kind "nasrec" with layernorm: the head centres its inputs (`HeadLinear`)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -91,6 +92,7 @@ class ModelSpec:
                 dropout=self.dropout,
                 max_embedding_std=self.max_embedding_std,
                 batchnorm=self.batchnorm,
+                head_centre=self.head_centre,
             )
         if self.kind == "zoo":
             return _zoo("build")(self.zoo, self.num_dense, self.table_sizes, **self.hparams)

@@ -34,8 +34,11 @@ class Subnet(nn.Module):
         dropout: float = 0.0,
         max_embedding_std: float | None = None,
         batchnorm: bool = False,
+        head_centre: bool = True,
     ) -> None:
         super().__init__()
+        if not head_centre and not layernorm:
+            raise NasrecError("only a layer-normed model's head is centred: head_centre=False needs layernorm")
         if batchnorm and not layernorm:
             raise NasrecError("batchnorm replaces the layer norms of the blocks' dense outputs: it needs layernorm")
         if not 0.0 <= dropout < 1.0:
@@ -68,7 +71,16 @@ class Subnet(nn.Module):
                 cells[str(i)] = Cell(spec)
         self.cells = nn.ModuleDict(cells)
         last = arch.blocks[-1]
-        self.head = HeadLinear(last.dense_width, last.sparse_width, last.d2s, dim=arch.embedding_dim, centre=layernorm)
+        # A centred head keeps supernet training stable under path sampling; a standalone model may train
+        # better without it (BENCHMARKS.md), its bias still starting at the data's log-odds.
+        self.head = HeadLinear(
+            last.dense_width,
+            last.sparse_width,
+            last.d2s,
+            dim=arch.embedding_dim,
+            centre=layernorm and head_centre,
+            log_odds_bias=layernorm,
+        )
         self.register_load_state_dict_pre_hook(_drop_unread_operators)
 
     @classmethod

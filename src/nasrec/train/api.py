@@ -76,12 +76,13 @@ def train(
             ("arch_dropout", "dropout"),
             ("arch_max_embedding_std", "max_embedding_std"),
             ("arch_batchnorm", "batchnorm"),
+            ("arch_head_centre", None),
         )
         for key, hparam in zoo_keys:
-            if getattr(cfg, key) and arch is None:
-                raise ConfigError(
-                    "training config", key, f"applies to nasrec architectures; a zoo model takes --hparam {hparam}"
-                )
+            changed = getattr(cfg, key) != getattr(TrainConfig, key)
+            if changed and arch is None:
+                take = f"takes --hparam {hparam}" if hparam else "has its own head"
+                raise ConfigError("training config", key, f"applies to nasrec architectures; a zoo model {take}")
         if arch is not None:
             a = arch if isinstance(arch, Architecture) else Architecture.load(arch)
             spec = ModelSpec(kind="nasrec", arch=a.to_dict(), **cfg.arch_model_options(), **common)

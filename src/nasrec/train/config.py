@@ -139,6 +139,9 @@ class TrainConfig:
     # Standalone nasrec architectures: batch norms in place of the layer norms on the blocks' dense outputs (the
     # zoo's MLPs have batch norms; needs layernorm: true, tokens keep layer norms; costed as the layer norms)
     arch_batchnorm: bool = False
+    # Standalone nasrec architectures with layernorm: the head centres its inputs on their batch mean, as the
+    # supernet's does (false: a plain linear head whose bias starts at the data's log-odds)
+    arch_head_centre: bool = True
     eval_split: str = "val"
     eval_every: int = 0  # steps between evaluations (0: only at the end, unless evals_per_epoch is set)
     evals_per_epoch: int = 0  # evaluations per epoch, whatever the data size (give this or eval_every)
@@ -226,6 +229,13 @@ class TrainConfig:
                 "batch norms replace the layer norms of the blocks' dense outputs: set layernorm: true",
                 related=("layernorm",),
             )
+        if not self.arch_head_centre and not self.layernorm:
+            raise ConfigError(
+                "training config",
+                "arch_head_centre",
+                "only a layer-normed model's head is centred: set layernorm: true",
+                related=("layernorm",),
+            )
         if self.path_warmup_fraction and self.path_warmup_steps:
             raise ConfigError(
                 "training config",
@@ -290,6 +300,7 @@ class TrainConfig:
             dropout=self.arch_dropout,
             max_embedding_std=self.arch_max_embedding_std,
             batchnorm=self.arch_batchnorm,
+            head_centre=self.arch_head_centre,
         )
 
     def to_dict(self) -> dict[str, Any]:
