@@ -44,6 +44,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +58,7 @@ from nasrec.search.presets import resolve
 from nasrec.search.rankcheck import rank_correlation, rankcheck
 from nasrec.search.retrain import Halving
 from nasrec.space.arch import Architecture
+from nasrec.space.space import SearchSpace
 from nasrec.train.api import train_supernet
 from nasrec.zoo.budget import parse_latency_cap
 
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["synthetic", "criteo_kaggle_indexed_20k"])
     ap.add_argument("--space", default="full")
+    ap.add_argument("--embedding-dim", type=int, help="the space's token width (default: its own, 16)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/nasrec-bench-quality"))
     ap.add_argument("--synthetic-rows", type=int, default=60_000, help="rows of the synthetic dataset")
     ap.add_argument("--supernet-epochs", type=int, default=4)
@@ -169,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         cache = prepare_dataset(dataset, home, 2, args.synthetic_rows, "interactions")
         latency = latency_settings(args, dataset, cache, max_mflops is not None and args.supernet_budget)
         t0 = time.perf_counter()
-        sn = home / f"supernet-{dataset}-{args.space}"
+        sn = home / f"supernet-{dataset}-{space_tag(args)}"
         steps = args.supernet_epochs * (len(open_cache(cache).split_index("train")) // 512)
         sn_metrics = train_supernet(  # resumed: a finished supernet is read back, not trained again
             cache,
             sn,
             space=args.space,
+            embedding_dim=args.embedding_dim,
             preset_name="cpu-supernet",
             resume=True,
             overrides=dict(
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         t_sn = time.perf_counter() - t0
-        out = args.work / f"search-{dataset}-{args.space}"
+        out = args.work / f"search-{dataset}-{space_tag(args)}"
         t1 = time.perf_counter()
         res = search(
             sn,
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         t_search = time.perf_counter() - t1
         final = Architecture.load(out / "final.json")
-        name = f"searched ({args.space})"
+        name = f"searched ({space_tag(args)})"
         for seed in args.seeds:
             row = run_one(cache, dataset, name, seed, args.work, 2, arch=final, nasrec=nasrec)
             rows.append(row)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             rc = rankcheck(
                 sn,
                 cache,
-                args.work / f"rankcheck-{dataset}-{args.space}",
+                args.work / f"rankcheck-{dataset}-{space_tag(args)}",
                 k=args.rank_k,
                 preset=args.preset,
                 train_overrides=dict(recipe(dataset, cache, 0), epochs=args.rank_epochs, **nasrec),
@@ -285,18 +289,30 @@ def against(rows: list[dict], dataset: str, name: str, baselines: list[str]) -> 
     return out
 
 
+def bench_space(args: argparse.Namespace) -> SearchSpace:
+    """The searched space: --space at --embedding-dim."""
+    from nasrec.space.space import get_space
+
+    space = get_space(args.space)
+    return space if args.embedding_dim is None else replace(space, embedding_dim=args.embedding_dim)
+
+
+def space_tag(args: argparse.Namespace) -> str:
+    """The space's part of the work folders' and latency tables' names (with its embedding dim when set)."""
+    return args.space + (f"-e{args.embedding_dim}" if args.embedding_dim is not None else "")
+
+
 def latency_settings(args: argparse.Namespace, dataset: str, cache: Path, mflops_budget: bool) -> dict[str, dict]:
     """The latency table's and cap's settings for the supernet and the search (empty without --latency-dir)."""
     if args.latency_dir is None:
         return {"supernet": {}, "search": {}}
     from nasrec.export.latency_table import profile_table
-    from nasrec.space.space import get_space
 
-    table = args.latency_dir / f"{dataset}-{args.space.replace('+', 'plus')}.json"
+    table = args.latency_dir / f"{dataset}-{space_tag(args).replace('+', 'plus')}.json"
     c = open_cache(cache)
     t0 = time.perf_counter()
     sizes = tuple(c.table_sizes)  # with the served models' layer norms; resumes a profile, or reuses a finished one
-    profile_table(get_space(args.space), len(c.dense_fields), sizes, table, layernorm=args.nasrec_layernorm)
+    profile_table(bench_space(args), len(c.dense_fields), sizes, table, layernorm=args.nasrec_layernorm)
     print(json.dumps({"latency_table": str(table), "seconds": round(time.perf_counter() - t0)}), flush=True)
     common = {"latency_table": str(table)}
     cap = parse_latency_cap(args.max_latency_ms)
@@ -326,12 +342,11 @@ def measured_latency(args: argparse.Namespace, cache: Path, final: Architecture,
     from nasrec.export.latency_caps import zoo_latency_ms
     from nasrec.latency.model import load_latency_model
     from nasrec.model.subnet import Subnet
-    from nasrec.space.space import get_space
 
     c = open_cache(cache)
     num_dense, sizes = len(c.dense_fields), tuple(c.table_sizes)
     model = Subnet(final, num_dense, sizes, layernorm=args.nasrec_layernorm)
-    path, space = latency["search"]["latency_table"], get_space(args.space)
+    path, space = latency["search"]["latency_table"], bench_space(args)
     table = load_latency_model(path, space, num_dense, len(sizes), layernorm=args.nasrec_layernorm)
     out = {
         "final_latency_ms_measured": measure_model_latency(model, num_dense, sizes)["results"][0]["p50_ms"],

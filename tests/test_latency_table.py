@@ -333,18 +333,34 @@ def test_a_profile_with_layer_norms_exports_every_probe(tmp_path: Path) -> None:
         load_latency_model(tmp_path / "sub" / "ln.json", space, 3, 4, layernorm=False)
 
 
-def test_tables_are_refused_at_another_embedding_dimension(tmp_path: Path) -> None:
-    """Latency tables are measured at 16-wide tokens: a profile of a space at 20, or a prediction for an
-    architecture at 20, is an error naming the dimension."""
+def test_a_table_at_another_embedding_dimension_prices_its_architectures_only(tmp_path: Path) -> None:
+    """`--embedding-dim 20`: the probes take 20-wide tokens (dot's projection is fc to 20), the calibration models
+    are 20 wide, the head reads 20 per token; a 16-wide space or architecture is refused, naming what differs."""
     from dataclasses import replace
 
-    from nasrec.space.space import NASREC_SMALL
+    from nasrec.cli import main
 
-    space20 = replace(NASREC_SMALL, embedding_dim=20)
-    with pytest.raises(NasrecError, match="has embedding_dim 20; latency tables are measured at 16-wide tokens"):
-        latency_table.profile_table(space20, 2, [10, 20], tmp_path / "t.json")
-    arch = NASREC_SMALL.sample(np.random.default_rng(0), "uniform")
-    model = _fake_model(NASREC_SMALL)
-    assert model.predict(arch) > 0
-    with pytest.raises(NasrecError, match="measured at 16-wide tokens; the architecture's embedding_dim is 20"):
-        model.predict(replace(arch, embedding_dim=20))
+    space_file = tmp_path / "tiny.json"
+    space_file.write_text(json.dumps(TINY))
+    out = tmp_path / "t20.json"
+    args = ["latency", "profile", "--space", str(space_file), "--embedding-dim", "20", "--shape", "3,4", *QUICK]
+    assert main([*args, "--calibration", "3", "--out", str(out)]) == 0
+    space16 = SearchSpace.from_dict(TINY, source="tiny")
+    space20 = replace(space16, embedding_dim=20)
+    table = read_table(out)
+    assert table["space"] == space20.to_dict() and table["space"]["embedding_dim"] == 20
+    setting = table["settings"][setting_key(1, 1)]
+    assert set(setting["entries"]) == set(component_keys(space20, grids(space20, 3, 4)))
+    assert entry_key("fc", 64, 20) in setting["entries"]  # dot's projection to one 20-wide token
+    assert all(p["arch"]["embedding_dim"] == 20 for p in setting["calibration"])
+    _, shapes, _ = latency_table._component(entry_key("efc", 8, 16), False, 20)
+    assert shapes == [(8, 20)]
+    model = load_latency_model(out, space20, 3, 4)
+    arch = space20.sample(np.random.default_rng(0), "uniform")
+    last = arch.blocks[-1]
+    assert model.head_inputs(arch) == last.dense_width + 20 * (last.sparse_width + (8 if last.d2s else 0))
+    assert np.isfinite(model.predict(arch))
+    with pytest.raises(NasrecError, match="measured at 20-wide tokens; the architecture's embedding_dim is 16"):
+        model.predict(replace(arch, embedding_dim=16))
+    with pytest.raises(NasrecError, match=r"measured for space 'tiny' \(same name, other choices\)"):
+        load_latency_model(out, space16, 3, 4)

@@ -156,6 +156,13 @@ def _add_latency_profile(lsub: argparse._SubParsersAction) -> None:
         help="measure a latency table: each operator and block part a space's models run, on this machine",
     )
     p.add_argument("--space", required=True, help="small, full, full+ or a space file")
+    p.add_argument(
+        "--embedding-dim",
+        type=clicheck.int_at_least(1),
+        metavar="N",
+        help="the tokens' width of the space's models (default: the space's, 16 for the built-in ones; as the "
+        "supernet's --embedding-dim)",
+    )
     _add_shape(p, required=True)
     _add_timing(p)
     p.add_argument(
@@ -221,12 +228,17 @@ def _shape(args: argparse.Namespace) -> tuple[int, list[int], str] | None:
 
 
 def _run_latency_profile(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from nasrec.export.latency_table import profile_table
     from nasrec.space.space import get_space
 
     num_dense, sizes, what = _shape(args)  # type: ignore[misc]  # --data or --shape is required
+    space = get_space(args.space)
+    if args.embedding_dim is not None:
+        space = replace(space, embedding_dim=args.embedding_dim)
     table = profile_table(
-        get_space(args.space),
+        space,
         num_dense,
         sizes,
         args.out,

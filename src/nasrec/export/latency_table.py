@@ -51,6 +51,7 @@ from nasrec.latency.model import (
     parse_key,
     read_table,
     setting_key,
+    table_embedding_dim,
     table_mismatches,
 )
 from nasrec.machine import machine_identity
@@ -107,11 +108,11 @@ class _FnUnit(nn.Module):
 class _MergeUnit(nn.Module):
     """The d2s or fm merge of a block of dense width W and Ws tokens, with its own layers."""
 
-    def __init__(self, merge: str, W: int, Ws: int, ln: bool) -> None:
+    def __init__(self, merge: str, W: int, Ws: int, ln: bool, e: int) -> None:
         super().__init__()
         self.merge = merge
         self.block = _block((), (), W, Ws, d2s=merge == "d2s", fm=merge == "fm")
-        self.spec = spec = _spec((), (), (), (), 1, W, Ws, ln, fm=merge == "fm", d2s=merge == "d2s")
+        self.spec = spec = _spec((), (), (), (), 1, W, Ws, ln, e, fm=merge == "fm", d2s=merge == "d2s")
         (FM if merge == "fm" else D2S).build(self, spec)  # the merges read a cell's spec, as this one's
         self.W, self.Ws = W, Ws
 
@@ -145,14 +146,15 @@ def _block(
 
 
 def _spec(dense_ops: tuple, sparse_ops: tuple, dsegs: tuple, tsegs: tuple, pad: int, W: int, Ws: int, ln: bool,
-          fm: bool = False, d2s: bool = False) -> CellSpec:  # fmt: skip
-    return CellSpec(dense_ops, sparse_ops, dsegs, tsegs, pad, W, Ws, fm, d2s, ln, exact=True)
+          e: int, fm: bool = False, d2s: bool = False) -> CellSpec:  # fmt: skip
+    return CellSpec(dense_ops, sparse_ops, dsegs, tsegs, pad, W, Ws, fm, d2s, ln, exact=True, embedding_dim=e)
 
 
-def _component(key: str, ln: bool) -> tuple[Callable[[], nn.Module], list[tuple[int, ...]], str]:
-    """(a maker of one copy, the graph inputs' shapes without the batch axis, the inputs' signature) of `key`."""
+def _component(key: str, ln: bool, E: int = TOKEN_DIM) -> tuple[Callable[[], nn.Module], list[tuple[int, ...]], str]:
+    """(a maker of one copy, the graph inputs' shapes without the batch axis, the inputs' signature) of `key`.
+
+    `E` is the tokens' width (the space's embedding_dim)."""
     name, a, b = parse_key(key)
-    E = TOKEN_DIM
     if name in ("cat_dense", "cat_tokens"):
         # a (width or tokens) split into b pieces as evenly as integers allow
         sizes = [a // b + (1 if k < a % b else 0) for k in range(b)]
@@ -162,9 +164,9 @@ def _component(key: str, ln: bool) -> tuple[Callable[[], nn.Module], list[tuple[
         shape = (a,) if name == "add_dense" else (a, E)
         return (lambda: _FnUnit(lambda x, y: x + y)), [shape, shape], f"two {shape}"
     if name == "d2s":
-        return (lambda: _MergeUnit("d2s", a, E, ln)), [(a,)], f"dense {a}"
+        return (lambda: _MergeUnit("d2s", a, E, ln, E)), [(a,)], f"dense {a}"
     if name == "fm":
-        return (lambda: _MergeUnit("fm", b, a, ln)), [(b,), (a, E)], f"dense {b}, tokens {a}"
+        return (lambda: _MergeUnit("fm", b, a, ln, E)), [(b,), (a, E)], f"dense {b}, tokens {a}"
     axis, exact = op_axes(name)
     kind = registry.get(name).kind
     W, Ws = (b, E) if exact == "W" else (E, b)
@@ -172,21 +174,27 @@ def _component(key: str, ln: bool) -> tuple[Callable[[], nn.Module], list[tuple[
     live = (True, False) if kind == "dense" else (False, True)
     if axis == "din":
         layout, shapes = [(1, None)], [(a,)]
-        block, spec = _block(dense_ops, sparse_ops, W, Ws), _spec(dense_ops, sparse_ops, (Seg(0, a),), (), 1, W, Ws, ln)
+        block, spec = (
+            _block(dense_ops, sparse_ops, W, Ws),
+            _spec(dense_ops, sparse_ops, (Seg(0, a),), (), 1, W, Ws, ln, E),
+        )
     elif axis == "m":  # left and right two inputs m wide: both padded by 0, as sum/gating/cross pad the narrower
         layout, shapes = [(1, None), (1, None)], [(a,), (a,)]
         block = _block(dense_ops, sparse_ops, W, Ws, n_dense=2, n_tokens=2, right=1)
-        spec = replace(_spec(dense_ops, sparse_ops, (), (), a, W, Ws, ln), pair_widths=(a, a))  # fuse's chunks
+        spec = replace(_spec(dense_ops, sparse_ops, (), (), a, W, Ws, ln, E), pair_widths=(a, a))  # fuse's chunks
     elif name == "dot":
         # dot leaves out its token projection when the input already has p tokens, a case rare enough to
         # price as the projection's neighbour: a grid point at p is measured at p + 1
         t = a + 1 if a == dot_tokens(W) else a
         layout, shapes = [(1, 1)], [(DOT_PROBE_DIN,), (t, E)]
         block = _block(dense_ops, sparse_ops, W, Ws)
-        spec = _spec(dense_ops, sparse_ops, (Seg(0, DOT_PROBE_DIN),), (Seg(0, t),), 1, W, Ws, ln)
+        spec = _spec(dense_ops, sparse_ops, (Seg(0, DOT_PROBE_DIN),), (Seg(0, t),), 1, W, Ws, ln, E)
     else:  # tokens in
         layout, shapes = [(None, 1)], [(a, E)]
-        block, spec = _block(dense_ops, sparse_ops, W, Ws), _spec(dense_ops, sparse_ops, (), (Seg(0, a),), 1, W, Ws, ln)
+        block, spec = (
+            _block(dense_ops, sparse_ops, W, Ws),
+            _spec(dense_ops, sparse_ops, (), (Seg(0, a),), 1, W, Ws, ln, E),
+        )
     return (lambda: _CellUnit(block, spec, layout, live)), shapes, f"{layout} {shapes}"
 
 
@@ -301,11 +309,6 @@ def profile_table(
     and the overhead fitted (`fit_form`, see `nasrec.latency.model.fit_overhead`) per setting.
     """
     _check(runtime, batches, threads, warmup, reps)
-    if space.embedding_dim != TOKEN_DIM:
-        raise NasrecError(
-            f"latency profile: space {space.name!r} has embedding_dim {space.embedding_dim}; latency tables are "
-            f"measured at {TOKEN_DIM}-wide tokens only so far"
-        )
     if fit_form not in FIT_CHOICES:
         raise NasrecError(f"latency fit form must be one of {', '.join(FIT_CHOICES)}, not {fit_form!r}")
     if calibration < 3:
@@ -324,7 +327,7 @@ def profile_table(
         with tempfile.TemporaryDirectory(prefix="nasrec-latency-table-") as tmp:
             timer = _Timer(runtime, warmup, reps, Path(tmp))
             for batch in batches:
-                _profile_batch(table, out, timer, wanted, batch, threads, layernorm)
+                _profile_batch(table, out, timer, wanted, batch, threads, layernorm, space.embedding_dim)
         _calibrate(table, out, space, num_dense, table_sizes, runtime, batches, threads, warmup, reps, layernorm,
                    calibration, fit_form)  # fmt: skip
     finally:
@@ -333,14 +336,14 @@ def profile_table(
 
 
 def _profile_batch(table: dict, out: Path, timer: _Timer, wanted: list[str], batch: int, threads: Sequence[int],
-                   ln: bool) -> None:  # fmt: skip
+                   ln: bool, e: int) -> None:  # fmt: skip
     """Measure the entries missing at `batch` for any of `threads` (all thread counts share an export)."""
     settings = [table["settings"][setting_key(batch, t)] for t in threads]
     todo = [k for k in wanted if any(k not in s["entries"] for s in settings)]
     bases: dict[str, list[float]] = {}
     torch.manual_seed(0)
     for n, key in enumerate(todo, 1):
-        make, shapes, signature = _component(key, ln)
+        make, shapes, signature = _component(key, ln, e)
         if signature not in bases:
             bases[signature] = timer.p50(_Probe([]), shapes, batch, threads)
         one = make()
@@ -446,4 +449,5 @@ def model_of(table: dict[str, Any], setting: dict[str, Any]) -> LatencyModel:
         threads=setting["threads"],
         fit=dict(setting.get("fit") or {}),
         layernorm=table["layernorm"],
+        embedding_dim=table_embedding_dim(table),
     )

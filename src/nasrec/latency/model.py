@@ -5,7 +5,8 @@ machine, search space, data shape and serving runtime, the *marginal* cost in mi
 a materialised `Subnet` runs per block, at each batch size and thread count profiled:
 
 - an operator at the sizes its latency depends on: ``fc`` (width of its concatenated dense input, W);
-  ``dot`` (tokens in, W; its dense projection to 16 is added as ``fc`` to 16 at the dense input's width);
+  ``dot`` (tokens in, W; its dense projection to one token, e wide, is added as ``fc`` to e at the dense
+  input's width);
   ``flat`` (tokens in, W); ``sum`` / ``gating`` / ``cross`` / ``bilinear`` / ``fuse`` (m = the wider of left
   and right, W; fuse probed with both m wide);
   ``efc`` / ``transformer`` (tokens in, Ws);
@@ -48,11 +49,11 @@ from nasrec.space.space import SearchSpace
 TABLE_FORMAT = "nasrec-latency-table"
 TABLE_VERSION = 1
 D2S_TOKENS = 8
-TOKEN_DIM = 16
+TOKEN_DIM = 16  # the tokens' width (e) of a table whose space does not set embedding_dim
 FIT_FORMS = ("overhead", "scaled", "params")
 # "auto": the form of least leave-one-out error on the calibration points (`choose_fit`)
 FIT_CHOICES = (*FIT_FORMS, "auto")
-DOT_PROBE_DIN = 64  # dot is profiled with a dense input this wide; its projection at other widths is fc(din -> 16)
+DOT_PROBE_DIN = 64  # dot is profiled with a dense input this wide; its projection at other widths is fc(din -> e)
 
 
 def setting_key(batch: int, threads: int) -> str:
@@ -70,7 +71,7 @@ def op_axes(op: str) -> tuple[str, str]:
     reads = registry.get(op).reads
     kind = registry.get(op).kind
     if op == "dot":
-        return "tin", "W"  # plus its dense projection, counted as fc(din -> 16)
+        return "tin", "W"  # plus its dense projection, counted as fc(din -> e)
     if kind == "sparse" and reads == {"sparse_in"}:
         return "tin", "Ws"
     if kind == "dense" and reads == {"dense_in"}:
@@ -122,8 +123,8 @@ def component_keys(space: SearchSpace, g: dict[str, list[int]]) -> list[str]:
     for op in ops:
         axis, exact = op_axes(op)
         keys += [entry_key(op, a, b) for b in g[exact] for a in g[axis]]
-    if "dot" in ops:  # its dense projection, whether or not the space has fc to 16
-        keys += [entry_key("fc", a, TOKEN_DIM) for a in g["din"]]
+    if "dot" in ops:  # its dense projection, whether or not the space has fc to e
+        keys += [entry_key("fc", a, space.embedding_dim) for a in g["din"]]
     keys += [entry_key("cat_dense", d, n) for n in g["cat_n"] for d in g["cat_din"]]
     keys += [entry_key("cat_tokens", t, n) for n in g["cat_pieces"] for t in g["cat_tin"]]
     keys += [entry_key("add_dense", w) for w in g["W"]] + [entry_key("add_tokens", w) for w in g["Ws"]]
@@ -162,6 +163,7 @@ class LatencyModel:
     layernorm: bool = False
     warnings: list[str] = field(default_factory=list)
     source: str = ""
+    embedding_dim: int = TOKEN_DIM  # the tokens' width the table was measured at (its space's)
 
     def __post_init__(self) -> None:
         # per (component, exact value): the sorted points of the interpolated axis, for `_cost`
@@ -207,9 +209,10 @@ class LatencyModel:
                 axis, exact = op_axes(op)
                 a = {"din": din, "tin": tin, "m": max(widths[b.left], widths[b.right])}[axis]
                 ms = self._cost(op, a, W if exact == "W" else Ws)
-                if op == "dot":  # its dense projection din -> 16, measured as the probe's (at din 64) replaced
-                    proj = 0.0 if din == TOKEN_DIM else self._cost("fc", din, TOKEN_DIM)
-                    ms += proj - self._cost("fc", DOT_PROBE_DIN, TOKEN_DIM)
+                if op == "dot":  # its dense projection din -> e, measured as the probe's (at din 64) replaced
+                    e = self.embedding_dim
+                    proj = 0.0 if din == e else self._cost("fc", din, e)
+                    ms += proj - self._cost("fc", DOT_PROBE_DIN, e)
                 out.append((f"{where} {op}", ms))
             if len(dense_ops) > 1:
                 out.append((f"{where} add_dense", (len(dense_ops) - 1) * self._cost("add_dense", W, 0)))
@@ -222,9 +225,9 @@ class LatencyModel:
         return out
 
     def head_inputs(self, arch: Architecture) -> int:
-        """Features the head reads: the last block's dense width plus 16 per token (with its d2s tokens)."""
+        """Features the head reads: the last block's dense width plus e per token (with its d2s tokens)."""
         last = arch.blocks[-1]
-        return last.dense_width + TOKEN_DIM * (last.sparse_width + (D2S_TOKENS if last.d2s else 0))
+        return last.dense_width + self.embedding_dim * (last.sparse_width + (D2S_TOKENS if last.d2s else 0))
 
     def component_sum(self, arch: Architecture) -> float:
         """Milliseconds of the table's components for `arch`, without the overhead."""
@@ -238,10 +241,10 @@ class LatencyModel:
 
     def predict(self, arch: Architecture) -> float:
         """Predicted p50 latency in milliseconds of `arch`'s exported model at this setting."""
-        if arch.embedding_dim != TOKEN_DIM:
+        if arch.embedding_dim != self.embedding_dim:
             raise NasrecError(
-                f"latency table {self.source}: measured at {TOKEN_DIM}-wide tokens; the architecture's "
-                f"embedding_dim is {arch.embedding_dim} (latency tables at other dimensions are not built yet)"
+                f"latency table {self.source}: measured at {self.embedding_dim}-wide tokens; the architecture's "
+                f"embedding_dim is {arch.embedding_dim} (profile a table for a space of that embedding_dim)"
             )
         if not self.fit:
             raise NasrecError(
@@ -472,4 +475,10 @@ def load_latency_model(
         layernorm=table["layernorm"],
         warnings=warnings,
         source=str(path),
+        embedding_dim=table_embedding_dim(table),
     )
+
+
+def table_embedding_dim(table: dict[str, Any]) -> int:
+    """The tokens' width a table was measured at: its space's embedding_dim (written only when not 16)."""
+    return int(table["space"].get("embedding_dim", TOKEN_DIM))
