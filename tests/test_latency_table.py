@@ -364,3 +364,23 @@ def test_a_table_at_another_embedding_dimension_prices_its_architectures_only(tm
         model.predict(replace(arch, embedding_dim=16))
     with pytest.raises(NasrecError, match=r"measured for space 'tiny' \(same name, other choices\)"):
         load_latency_model(out, space16, 3, 4)
+
+
+def test_a_fuse_probe_whose_width_is_not_a_multiple_of_its_heads_exports_exactly(tmp_path: Path) -> None:
+    """fuse at m = 24 into 16 heads (chunks of 2, the last ones padded): the traced ONNX probe loads and gives
+    torch's outputs (the chunk width was once computed by a traced -(-d // h), which ONNX truncates)."""
+    import onnxruntime as ort
+    import torch
+
+    make, shapes, _ = latency_table._component(entry_key("fuse", 24, 16), False, 20)
+    torch.manual_seed(0)
+    probe = latency_table._Probe([make()]).eval()
+    xs = tuple(torch.randn(3, *s) for s in shapes)
+    path = tmp_path / "fuse.onnx"
+    names = [f"x{k}" for k in range(len(xs))]
+    with torch.no_grad():
+        torch.onnx.export(probe, xs, str(path), dynamo=False, input_names=names, output_names=["y"])
+        expected = probe(*xs).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["y"], {n: x.numpy() for n, x in zip(names, xs, strict=True)})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -74,7 +74,7 @@ def head_chunk(d: int, heads: int) -> int:
 
     The same rule as `nasrec.model.ops.base.head_chunk`, which costs `fuse` without torch; the operators
     import this module, so it cannot import theirs (tests hold the two to the same parameter counts)."""
-    return max(1, -(-d // heads))
+    return max(1, (d + heads - 1) // heads)  # not -(-d // h): ONNX's integer division truncates
 
 
 class MultiHeadBilinear(nn.Module):
@@ -119,7 +119,8 @@ class MultiHeadBilinear(nn.Module):
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, heads: int) -> torch.Tensor:
         """left [B, dl], right [B, dr] -> [B, heads]."""
-        dl, dr = left.shape[1], right.shape[1]
+        # a standalone layer's widths as plain ints: traced input sizes become graph values in an export
+        dl, dr = self.dims[:2] if self.dims is not None else (left.shape[1], right.shape[1])
         a, c = head_chunk(dl, heads), head_chunk(dr, heads)
         lp = F.pad(left, (0, heads * a - dl)).reshape(-1, heads, 1, a)
         rp = F.pad(right, (0, heads * c - dr)).reshape(-1, heads, 1, c)

@@ -94,7 +94,7 @@ def linear_ln_cost(din: int, dout: int, ln: bool, rows: int = 1) -> Cost:
 
 def head_chunk(d: int, heads: int) -> int:
     """The width of each of `heads` equal chunks of a d-wide vector (the last ones zero-padded; at least 1)."""
-    return max(1, -(-d // heads))
+    return max(1, (d + heads - 1) // heads)  # not -(-d // h): ONNX's integer division truncates
 
 
 def token_linear_cost(tin: int, tout: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
