@@ -44,7 +44,6 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -293,8 +292,7 @@ def bench_space(args: argparse.Namespace) -> SearchSpace:
     """The searched space: --space at --embedding-dim."""
     from nasrec.space.space import get_space
 
-    space = get_space(args.space)
-    return space if args.embedding_dim is None else replace(space, embedding_dim=args.embedding_dim)
+    return get_space(args.space).at_embedding_dim(args.embedding_dim)
 
 
 def space_tag(args: argparse.Namespace) -> str:

@@ -269,18 +269,29 @@ def test_training_starts_a_centred_head_at_the_click_rate_log_odds() -> None:
     assert with_ln.head.bias.item() == pytest.approx(np.log(0.25)) and without.head.bias.item() == 0.0
 
 
-def test_uncentred_head_of_a_layer_normed_model_is_plain_linear_from_the_log_odds() -> None:
-    """head_centre=False: no mean buffers, the logit is the linear map of the head's inputs in training and in
-    evaluation alike, and the bias still starts at the log-odds; without layer norms the option is refused."""
-    from nasrec.model.layers import init_head_bias
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("batchnorm", True, "it needs layernorm"), ("head_centre", False, "head_centre=False needs layernorm")],
+)
+def test_standalone_options_of_layer_normed_models_need_layernorm(option: str, value: bool, message: str) -> None:
+    """`Subnet(batchnorm=True)` and `Subnet(head_centre=False)` (training settings arch_batchnorm and
+    arch_head_centre) change what the layer norms give: without them each is refused, naming the setting."""
     from nasrec.train.config import TrainConfig
 
     arch = NASREC_SMALL.sample(np.random.default_rng(3), "default")
-    with pytest.raises(NasrecError, match="head_centre=False needs layernorm"):
-        Subnet(arch, NUM_DENSE, TABLES, head_centre=False)
-    with pytest.raises(NasrecError, match=r"training config arch_head_centre: .*set layernorm: true"):
-        TrainConfig(arch_head_centre=False)
-    assert TrainConfig(arch_head_centre=False, layernorm=True).arch_model_options()["head_centre"] is False
+    with pytest.raises(NasrecError, match=message):
+        Subnet(arch, NUM_DENSE, TABLES, **{option: value})
+    with pytest.raises(NasrecError, match=rf"training config arch_{option}: .*set layernorm: true"):
+        TrainConfig(**{f"arch_{option}": value})
+    assert TrainConfig(**{f"arch_{option}": value}, layernorm=True).arch_model_options()[option] is value
+
+
+def test_uncentred_head_of_a_layer_normed_model_is_plain_linear_from_the_log_odds() -> None:
+    """head_centre=False: no mean buffers, the logit is the linear map of the head's inputs in training and in
+    evaluation alike, and the bias still starts at the log-odds."""
+    from nasrec.model.layers import init_head_bias
+
+    arch = NASREC_SMALL.sample(np.random.default_rng(3), "default")
     torch.manual_seed(0)
     sub = Subnet(arch, NUM_DENSE, TABLES, layernorm=True, head_centre=False)
     assert not sub.head.centre and "head.mean" not in sub.state_dict()

@@ -228,17 +228,12 @@ def _shape(args: argparse.Namespace) -> tuple[int, list[int], str] | None:
 
 
 def _run_latency_profile(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from nasrec.export.latency_table import profile_table
     from nasrec.space.space import get_space
 
     num_dense, sizes, what = _shape(args)  # type: ignore[misc]  # --data or --shape is required
-    space = get_space(args.space)
-    if args.embedding_dim is not None:
-        space = replace(space, embedding_dim=args.embedding_dim)
     table = profile_table(
-        space,
+        get_space(args.space).at_embedding_dim(args.embedding_dim),
         num_dense,
         sizes,
         args.out,

@@ -293,6 +293,10 @@ class SearchSpace:
         return {"dense_in": inputs, "sparse_in": inputs, "left": i, "right": i}
 
     # -- serialisation -------------------------------------------------------------------------
+    def at_embedding_dim(self, embedding_dim: int | None) -> SearchSpace:
+        """This space with its tokens `embedding_dim` wide (itself for None), as `--embedding-dim` gives it."""
+        return self if embedding_dim is None else replace(self, embedding_dim=embedding_dim)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the keys a space file may hold)."""
         out: dict[str, Any] = {}

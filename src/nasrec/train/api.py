@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ from nasrec.data.cache import Cache, open_cache
 from nasrec.errors import NasrecError
 from nasrec.model.spec import ModelSpec
 from nasrec.space.arch import Architecture
-from nasrec.space.space import SearchSpace
 from nasrec.train.config import TrainConfig, preset
 from nasrec.train.evaluation import evaluate, split_logits, train_size
 from nasrec.train.loading import load_trained
@@ -137,7 +135,7 @@ def train_supernet(
         cfg = _config(preset_name, overrides, resume, out)
         spec = ModelSpec(
             kind="supernet",
-            space=_space_at(get_space(space), embedding_dim).to_dict(),
+            space=get_space(space).at_embedding_dim(embedding_dim).to_dict(),
             num_dense=len(cache.dense_fields),
             table_sizes=tuple(cache.table_sizes),
             layernorm=True,
@@ -146,11 +144,6 @@ def train_supernet(
         )
         with distributed.process_group():  # under torchrun: data-parallel over its processes
             return Trainer(spec, cache, cfg, out).fit(resume=resume, progress=progress)
-
-
-def _space_at(space: SearchSpace, embedding_dim: int | None) -> SearchSpace:
-    """`space` with its embedding dimension set (or as it is, for None)."""
-    return space if embedding_dim is None else replace(space, embedding_dim=embedding_dim)
 
 
 def evaluate_run(
