@@ -139,7 +139,7 @@ def _archs(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
 # -- registering --------------------------------------------------------------------------------------------
 def test_builtin_registry_order() -> None:
     assert registry.names("dense") == BUILTIN_DENSE
-    assert registry.names("sparse") == ("efc", "transformer")
+    assert registry.names("sparse") == ("efc", "transformer", "tcat")
     # cells have always created sum's layers before gating's: the same seed gives the same weights; the
     # operators added after the paper's come last, so the paper's spaces keep their layouts
     assert registry.build_order() == (
@@ -156,6 +156,7 @@ def test_builtin_registry_order() -> None:
         "fuse",
         "cat",
         "tflat",
+        "tcat",
     )
 
 
@@ -867,3 +868,61 @@ def test_dcnv2_is_an_architecture_of_the_space() -> None:
         torch.testing.assert_close(sub(dense, sparse), zoo(dense, sparse), atol=1e-5, rtol=1e-5)
     extra = token_linear_cost(len(TABLES), 4, False, 20) + linear_cost(4 * 20, 1, bias=False)
     assert arch_cost(arch, 0, len(TABLES), TABLES).flops == zoo_cost(zoo, 0, TABLES).flops + extra.flops
+
+
+def test_deepfm_is_an_architecture_with_a_first_order_term() -> None:
+    """DeepFM (MLP 24 -> 16 -> 12) at embedding dim 20 as blocks: flat then fc twice, the last block's tokens the
+    raw embeddings (tcat) with its fm term on, and the first-order term: the zoo's model given its weights, and
+    costed as the zoo costs it (plus the fm term's projection, which the head turns into FM's sum, and the head's
+    token weights). The encoding's JSON round-trips, and no search space holds it."""
+    from nasrec.space.space import get_space
+    from nasrec.zoo.registry import build_zoo_model, zoo_cost
+
+    n, e = len(TABLES), 20
+    arch = Architecture(
+        (
+            Block(("flat",), ("efc",), (0,), (0,), 0, 0, 24, 4),
+            Block(("fc",), ("efc",), (1,), (0,), 0, 0, 16, 4),
+            Block(("fc",), ("tcat",), (2,), (0,), 0, 0, 12, n, fm=True),
+        ),
+        embedding_dim=e,
+        first_order=True,
+    )
+    assert Architecture.from_dict(json.loads(arch.to_json())) == arch
+    assert '"first_order":true' in arch.to_json()
+    assert "first_order" not in replace(arch, first_order=False).to_json()  # hashes without it are as they were
+    with pytest.raises(NasrecError, match="first-order term"):
+        replace(get_space("full+"), num_blocks=3, embedding_dim=e).check(arch)
+    torch.manual_seed(0)
+    zoo = build_zoo_model("deepfm", 0, TABLES, embedding_dim=e, mlp_dims=[24, 16, 12])
+    sub = Subnet(arch, 0, TABLES)
+    with torch.no_grad():
+        sub.embedding.table.weight.copy_(zoo.embedding.table.weight)
+        sub.first_order.weights.table.weight.normal_()  # the zoo's start at zero: give them a part in the logit
+        zoo.linear.weights.table.weight.copy_(sub.first_order.weights.table.weight)
+        sub.first_order.bias.fill_(0.3)
+        zoo.linear.bias.fill_(0.3)
+        linears = [m for m in zoo.mlp.layers if isinstance(m, nn.Linear)]
+        sub.cells["0"].flat.blocks[0].copy_(linears[0].weight)
+        sub.cells["0"].flat.bias.copy_(linears[0].bias)
+        for i in (1, 2):
+            sub.cells[str(i)].fc.blocks[0].copy_(linears[i].weight)
+            sub.cells[str(i)].fc.bias.copy_(linears[i].bias)
+        w = linears[3].weight  # [1, 12]
+        sub.head.dense.copy_(w)
+        sub.head.tokens.zero_()
+        sub.head.bias.copy_(linears[3].bias)
+        # the fm term v (e wide) enters the head as w · P v: P = wᵀ (½ 1ᵀ) / |w|² makes it FM's ½ Σ v
+        sub.cells["2"].fm_proj.weight.copy_(w.t() @ torch.full((1, e), 0.5) / (w * w).sum())
+        sub.cells["2"].fm_proj.bias.zero_()
+    zoo.eval()
+    sub.eval()
+    dense, sparse = torch.zeros(12, 0), _batch()[1]
+    with torch.no_grad():
+        torch.testing.assert_close(sub(dense, sparse), zoo(dense, sparse), atol=1e-4, rtol=1e-5)
+        without = sub(dense, sparse) - sub.first_order(dense, sparse)
+        assert (without - zoo(dense, sparse)).abs().max() > 0.1  # the first-order term is a part of the logit
+    extra = linear_cost(e, 12, bias=True) + token_linear_cost(n, 1, False, e)
+    cost = arch_cost(arch, 0, n, TABLES)
+    assert cost.flops == zoo_cost(zoo, 0, TABLES).flops + extra.flops
+    assert cost.embedding_params == zoo_cost(zoo, 0, TABLES).embedding_params == sum(TABLES) * (e + 1)

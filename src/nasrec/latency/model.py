@@ -183,6 +183,10 @@ class LatencyModel:
 
     def components(self, arch: Architecture) -> list[tuple[str, float]]:
         """(what, milliseconds) of every component the materialised `Subnet` of `arch` runs, block by block."""
+        if arch.first_order:  # no search space offers it, so no table profiles it
+            raise NasrecError(
+                f"latency table{' ' + self.source if self.source else ''}: no entries for a first-order term (first_order)"
+            )
         out: list[tuple[str, float]] = []
         widths = [self.num_dense] + [b.dense_width for b in arch.blocks]
         tokens = [self.num_sparse] + [b.sparse_width for b in arch.blocks]

@@ -61,6 +61,11 @@ def head_cost(width: int) -> Cost:
     return linear_cost(width, 1, bias=True)
 
 
+def first_order_cost(num_dense: int) -> Cost:
+    """The first-order term: Linear(D → 1) on the dense features and its bias (the per-category weights are lookups)."""
+    return linear_cost(num_dense, 1, bias=True)
+
+
 def op_cost(
     op: str, block: Block, dense_in: int, sparse_in: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM
 ) -> Cost:
@@ -167,7 +172,7 @@ def arch_cost(
         per_block.append(BlockCost(i, live_blocks[i], din, tin, tuple(ops), flops, params))
     last = arch.blocks[-1]
     head_input = last.dense_width + e * last.sparse_tokens
-    head = head_cost(head_input)
+    head = head_cost(head_input) + (first_order_cost(num_dense) if arch.first_order else ZERO)
     live = [bc for bc in per_block if bc.live]
     attention = sum(
         registry.get(o.name).attention_flops(arch.blocks[bc.index], e) for bc in live for o in bc.ops if o.live
@@ -179,7 +184,7 @@ def arch_cost(
         dense_params=sum(o.params for bc in live for o in bc.ops if o.live) + head.params,
         dense_params_live_blocks=sum(bc.params for bc in live) + head.params,
         dense_params_with_dead=sum(bc.params for bc in per_block) + head.params,
-        embedding_params=sum(table_sizes) * e if table_sizes is not None else 0,
+        embedding_params=sum(table_sizes) * (e + arch.first_order) if table_sizes is not None else 0,
         dead_blocks=arch.dead_blocks(),
         per_block=tuple(per_block),
         head_input=head_input,

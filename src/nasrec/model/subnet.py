@@ -14,7 +14,7 @@ from torch import nn
 from nasrec.data.cache import Cache
 from nasrec.errors import NasrecError
 from nasrec.model.cell import Cell, CellSpec, Output
-from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.embedding import FieldEmbedding, FirstOrder
 from nasrec.model.layers import HeadLinear, Seg
 from nasrec.model.ops import registry
 from nasrec.model.supernet import Supernet
@@ -81,6 +81,8 @@ class Subnet(nn.Module):
             centre=layernorm and head_centre,
             log_odds_bias=layernorm,
         )
+        # DeepFM's and Wide & Deep's linear part, added to the head's logit; starts at zero as the zoo's does
+        self.first_order = FirstOrder(num_dense, table_sizes) if arch.first_order else None
         self.register_load_state_dict_pre_hook(_drop_unread_operators)
 
     @classmethod
@@ -92,6 +94,10 @@ class Subnet(nn.Module):
     def from_supernet(cls, supernet: Supernet, arch: Architecture) -> Subnet:
         """Materialise `arch` from a supernet: same outputs as the supernet on that path."""
         table_sizes = supernet.embedding.table_sizes
+        if arch.first_order:
+            raise NasrecError(
+                "an architecture with a first-order term: a supernet has no first-order weights to give it"
+            )
         if arch.embedding_dim != supernet.embedding.dim:
             raise NasrecError(
                 f"architecture of embedding_dim {arch.embedding_dim} from a supernet of {supernet.embedding.dim}"
@@ -107,7 +113,12 @@ class Subnet(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """Logits [B] on dense [B, D] and sparse ids [B, S]."""
         f = self.features(dense, sparse)
-        return self.head(f.dense, f.tokens, f.d2s)
+        logit = self.head(f.dense, f.tokens, f.d2s)
+        return logit if self.first_order is None else logit + self.first_order(dense, sparse)
+
+    def logit_layers(self) -> list[nn.Module]:
+        """The layers whose outputs the logit sums: the head, and the first-order term if there is one."""
+        return [self.head] if self.first_order is None else [self.head, self.first_order]
 
     def features(self, dense: torch.Tensor, sparse: torch.Tensor) -> Output:
         """The head's inputs: the last block's dense, token and d2s outputs."""

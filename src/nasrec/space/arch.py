@@ -45,7 +45,8 @@ _BLOCK_KEYS = {
 }
 _OPTIONAL_BLOCK_KEYS = ("d2s", "fm")
 _ARCH_KEYS = ("format", "version", "blocks")
-_OPTIONAL_ARCH_KEYS = ("embedding_dim",)  # written only where it is not EMBEDDING_DIM: hashes stay as they were
+# written only where they differ from the defaults (EMBEDDING_DIM, no first-order term): hashes stay as they were
+_OPTIONAL_ARCH_KEYS = ("embedding_dim", "first_order")
 MAX_EMBEDDING_DIM = 1024
 
 
@@ -154,6 +155,9 @@ class Architecture:
 
     blocks: tuple[Block, ...]
     embedding_dim: int = EMBEDDING_DIM  # the width of every token: the embedding tables', d2s's and attention's
+    # A first-order (LR) term added to the logit: a scalar weight per category of every sparse field and a
+    # Linear over the dense features, DeepFM's and Wide & Deep's linear part. No search space offers it.
+    first_order: bool = False
 
     def __post_init__(self) -> None:
         # operators in canonical order, so that equal architectures have equal forms and hashes
@@ -168,6 +172,8 @@ class Architecture:
         problem = embedding_dim_problem(self.embedding_dim)
         if problem:
             raise NasrecError(f"architecture: embedding_dim {problem}")
+        if not isinstance(self.first_order, bool):
+            raise NasrecError(f"architecture: first_order must be true or false, got {self.first_order!r}")
         for i, b in enumerate(self.blocks):
             _check_block(i, b)
 
@@ -197,11 +203,13 @@ class Architecture:
         d: dict[str, Any] = {"format": ARCH_FORMAT, "version": ARCH_VERSION, "blocks": [asdict(b) for b in self.blocks]}
         if self.embedding_dim != EMBEDDING_DIM:
             d["embedding_dim"] = self.embedding_dim
+        if self.first_order:
+            d["first_order"] = True
         return d
 
     def with_blocks(self, blocks: tuple[Block, ...] | list[Block]) -> Architecture:
-        """An architecture of `blocks` at this one's embedding dimension."""
-        return Architecture(tuple(blocks), self.embedding_dim)
+        """An architecture of `blocks` at this one's embedding dimension, with its first-order term or without."""
+        return Architecture(tuple(blocks), self.embedding_dim, self.first_order)
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON text (sorted keys; equal architectures give equal text)."""
@@ -229,8 +237,11 @@ class Architecture:
         e = d.get("embedding_dim", EMBEDDING_DIM)
         if isinstance(e, bool) or not isinstance(e, int):
             raise NasrecError(f"{source}: field embedding_dim: expected an integer, got {_show(e)}")
+        first = d.get("first_order", False)
+        if not isinstance(first, bool):
+            raise NasrecError(f"{source}: field first_order: expected true or false, got {_show(first)}")
         try:
-            return cls(tuple(blocks), e)
+            return cls(tuple(blocks), e, first)
         except NasrecError as e:
             raise NasrecError(f"{source}: {e}") from None
 

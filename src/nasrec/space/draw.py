@@ -57,6 +57,7 @@ def _head_text(arch: Architecture) -> str:
     return (
         f"B{arch.num_blocks - 1} dense {last.dense_width} + {tokens} tokens x {arch.embedding_dim}"
         f" = {head_width(arch)} inputs -> 1 logit"
+        + (", plus the first-order term of the raw input" if arch.first_order else "")
     )
 
 

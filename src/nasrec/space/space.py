@@ -119,6 +119,8 @@ class SearchSpace:
             raise NasrecError(f"{where}: it has {arch.num_blocks} blocks, the space {self.num_blocks}")
         if arch.embedding_dim != self.embedding_dim:
             raise NasrecError(f"{where}: its embedding_dim is {arch.embedding_dim}, the space's {self.embedding_dim}")
+        if arch.first_order:
+            raise NasrecError(f"{where}: it has a first-order term (first_order), which no search space offers")
         for i, b in enumerate(arch.blocks):
             problem = self._block_problem(b)
             if problem:

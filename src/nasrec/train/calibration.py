@@ -98,9 +98,10 @@ def fold_calibration(model: nn.Module, scale: float, shift: float) -> None:
         raise NasrecError(f"{type(model).__name__}: its logit cannot be scaled through its weights")
     if isinstance(model, ZooModel):
         model.scale_logit_(scale)
-    else:  # an architecture: the head is the logit's only final layer
-        for p in model.head.parameters():
-            p.mul_(scale)
+    else:  # an architecture: the logit is its head's, plus its first-order term's
+        for layer in model.logit_layers():
+            for p in layer.parameters():
+                p.mul_(scale)
     output_bias(model).add_(shift)  # type: ignore[union-attr]  # can_calibrate checked it exists
 
 

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
-from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.embedding import FieldEmbedding, FirstOrder
 from nasrec.model.layers import log_odds
-from nasrec.zoo.layers import MLP, DenseField, FirstOrder
+from nasrec.zoo.layers import MLP, DenseField
 
 
 def check_int(model: str, name: str, value: object, minimum: int) -> int:

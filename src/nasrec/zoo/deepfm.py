@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.embedding import FieldEmbedding, FirstOrder
 from nasrec.zoo.base import ZooModel
-from nasrec.zoo.layers import DenseField, FirstOrder, flat_inputs
+from nasrec.zoo.layers import DenseField, flat_inputs
 from nasrec.zoo.linear import fm_interaction, scale_fm_logit
 
 

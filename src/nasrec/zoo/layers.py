@@ -8,8 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nasrec.model.embedding import FieldEmbedding
-
 
 class MLP(nn.Module):
     """Hidden layers Linear → BatchNorm? → ReLU → Dropout?, then an optional output Linear(→ out)."""
@@ -92,33 +90,3 @@ class InnerProducts(nn.Module):
 def flat_inputs(dense: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
     """The usual deep-model input: [dense features, flattened sparse embeddings], [B, D + S·E]."""
     return torch.cat([dense, fields.flatten(1)], dim=1)
-
-
-class FirstOrder(nn.Module):
-    """LR's logit: Linear(D → 1) on dense features + per-category scalar weights + bias."""
-
-    lr_group = "first_order"  # `TrainConfig.first_order_lr` reaches these weights
-
-    def __init__(self, num_dense: int, table_sizes: Sequence[int]) -> None:
-        super().__init__()
-        self.dense = nn.Linear(num_dense, 1, bias=False) if num_dense > 0 else None
-        self.weights = FieldEmbedding(table_sizes, 1)
-        self.bias = nn.Parameter(torch.zeros(1))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """All weights zero, LR's natural starting point."""
-        # Xavier weights on raw log-count features and FieldEmbedding's scalars (std sqrt(2/(N+1)), about
-        # 0.5 for small tables) start the logits at std ~2.4: LR then spends its first epoch undoing it.
-        self.weights.table.weight.zero_()
-        if self.dense is not None:
-            self.dense.weight.zero_()
-        self.bias.zero_()
-
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        """dense [B, D], sparse ids [B, S] -> [B]."""
-        out = self.weights(sparse).sum(dim=(1, 2)) + self.bias
-        if self.dense is not None:
-            out = out + self.dense(dense).squeeze(1)
-        return out

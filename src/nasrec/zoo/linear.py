@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import torch
 
 from nasrec.errors import NasrecError
-from nasrec.model.embedding import FieldEmbedding
+from nasrec.model.embedding import FieldEmbedding, FirstOrder
 from nasrec.zoo.base import ZooModel
-from nasrec.zoo.layers import MLP, DenseField, FirstOrder
+from nasrec.zoo.layers import MLP, DenseField
 
 
 def fm_interaction(fields: torch.Tensor) -> torch.Tensor:

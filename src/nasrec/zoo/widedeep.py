@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
+from nasrec.model.embedding import FirstOrder
 from nasrec.zoo.base import ZooModel
-from nasrec.zoo.layers import FirstOrder, flat_inputs
+from nasrec.zoo.layers import flat_inputs
 
 
 class WideAndDeep(ZooModel):

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from nasrec.errors import NasrecError
+from nasrec.model.embedding import FirstOrder
 from nasrec.zoo.base import ZooModel, check_bool, check_dims
-from nasrec.zoo.layers import DenseField, FirstOrder, flat_inputs
+from nasrec.zoo.layers import DenseField, flat_inputs
 
 
 class CIN(nn.Module):

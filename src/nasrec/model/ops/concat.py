@@ -1,16 +1,26 @@
-"""cat and tflat: parameter-free operators that pass inputs on as a block's dense output.
+"""cat, tflat and tcat: parameter-free operators that pass inputs on as a block's output.
 
 With them the space holds models that read raw embeddings and concatenate streams, as DCNv2 does: the
 cross network's x0 is the flattened embeddings (`tflat`), and its logit a Linear over the cross network's
-and the MLP's outputs side by side (`cat`, read by the head). Neither has weights, FLOPs or a norm: the
-values are the inputs themselves.
+and the MLP's outputs side by side (`cat`, read by the head). `tcat` is the sparse one: the raw embeddings
+as a block's tokens, so that its fm term is DeepFM's (efc's ReLU would change them). None has weights,
+FLOPs or a norm: the values are the inputs themselves.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nasrec.model.ops.base import EMBEDDING_DIM, ZERO, BlockLike, CellSpec, Cost, DenseOperator, OpInput
+from nasrec.model.ops.base import (
+    EMBEDDING_DIM,
+    ZERO,
+    BlockLike,
+    CellSpec,
+    Cost,
+    DenseOperator,
+    OpInput,
+    SparseOperator,
+)
 from nasrec.model.ops.flat import flattened
 
 if TYPE_CHECKING:
@@ -62,3 +72,28 @@ class TokensFlat(_Weightless):
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
         return _first(flattened(x), x.width)
+
+
+class TokensCat(SparseOperator):
+    """The block's sparse inputs' tokens concatenated, the first Ws of them (zero tokens where there are fewer)."""
+
+    name = "tcat"
+    reads = frozenset({"sparse_in"})
+    layers = ()
+
+    @classmethod
+    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
+        pass  # no weights
+
+    @classmethod
+    def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        t = x.tokens_t  # [B, e, T]
+        ws, n = x.block.sparse_width, t.shape[2]
+        t = t[:, :, :ws] if n >= ws else F.pad(t, (0, ws - n))
+        return t.transpose(1, 2)
+
+    @classmethod
+    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
+        return ZERO

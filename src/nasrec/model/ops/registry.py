@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from nasrec.errors import NasrecError
 from nasrec.model.ops.base import READS, Operator
-from nasrec.model.ops.concat import Cat, TokensFlat
+from nasrec.model.ops.concat import Cat, TokensCat, TokensFlat
 from nasrec.model.ops.dot import Dot
 from nasrec.model.ops.efc import EFC
 from nasrec.model.ops.fc import FC
@@ -119,3 +119,4 @@ register(GatedFlat)
 register(Fuse)
 register(Cat)
 register(TokensFlat)
+register(TokensCat)
