@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,13 +111,16 @@ def test_fm_models_scale_their_quadratic_term_through_the_embeddings(name: str) 
             torch.testing.assert_close(after, hidden, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("centre", [False, True])
-def test_folding_scales_an_architectures_logit(centre: bool) -> None:
-    arch = NASREC_SMALL.sample(np.random.default_rng(0), "default")
+@pytest.mark.parametrize(("centre", "first_order"), [(False, False), (True, False), (False, True)])
+def test_folding_scales_an_architectures_logit(centre: bool, first_order: bool) -> None:
+    arch = replace(NASREC_SMALL.sample(np.random.default_rng(0), "default"), first_order=first_order)
     spec = ModelSpec(kind="nasrec", num_dense=13, table_sizes=(50,) * 26, arch=arch.to_dict(), layernorm=centre)
     model = spec.build().eval()
     dense, sparse = torch.randn(8, 13), torch.randint(0, 50, (8, 26))
     with torch.no_grad():
+        if first_order:  # it starts at zero: give it a part in the logit
+            for p in model.first_order.parameters():
+                p.normal_()
         before = model(dense, sparse)
         fold_calibration(model, 1.3, 0.2)
         torch.testing.assert_close(model(dense, sparse), 1.3 * before + 0.2, rtol=1e-5, atol=1e-5)

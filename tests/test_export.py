@@ -27,13 +27,15 @@ from nasrec.train.loading import load_trained
 
 FAST = dict(batch_size=256, threads=1, lr=0.05)
 # A small architecture with every operator kind that needs care when exporting: attention, dot products,
-# gating, dense-to-sparse tokens, the FM term, and layer norms (layernorm=True below).
+# gating, dense-to-sparse tokens, the FM term (of efc's and the raw tokens summed), the first-order term and
+# layer norms (layernorm=True below).
 SUBNET = Architecture(
     (
         Block(("fc",), ("transformer",), (0,), (0,), 0, 0, 32, 16, d2s=True),
-        Block(("dot",), ("efc",), (1,), (0, 1), 0, 1, 16, 16, fm=True),
+        Block(("dot",), ("efc", "tcat"), (1,), (0, 1), 0, 1, 16, 16, fm=True),
         Block(("gating",), ("efc",), (2,), (2,), 1, 2, 16, 16),
-    )
+    ),
+    first_order=True,
 )
 
 
