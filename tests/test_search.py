@@ -257,6 +257,30 @@ def test_kept_seed_architectures_join_the_top_k_whatever_their_score(tmp_path: P
     assert [c["hash"] for c in top] == kept["top"]
 
 
+def test_a_kept_seed_at_another_embedding_dimension_is_retrained_at_its_own(tmp_path: Path) -> None:
+    """A seed 20 wide in a 16-wide space is scored at 16 and listed in top.json at 20, with its cost there and
+    its twin's score; one outside the caps at 20 (but inside at 16) is listed at 16, with a warning."""
+    rng = np.random.default_rng(9)
+    seeds = [NASREC_SMALL.sample(rng, "uniform") for _ in range(2)]
+    wide = [replace(a, embedding_dim=20) for a in seeds]
+    at16, at20 = cost(seeds[0])[0], cost(wide[0])[0]
+    assert at20 > at16
+    cfg = SMALL_EA.updated(generations=2, top_k=1, seed_archs=[a.to_dict() for a in wide], keep_seed_archs=True)
+    kept = Search(NASREC_SMALL, Recorder(), cost, cfg, tmp_path / "kept").run()
+    history = {c["hash"]: c for c in map(json.loads, (tmp_path / "kept" / "history.jsonl").read_text().splitlines())}
+    assert {a.hash() for a in seeds} <= set(history) and not {a.hash() for a in wide} & set(history)
+    top = {c["hash"]: c for c in json.loads((tmp_path / "kept" / "top.json").read_text())}
+    for narrow, given in zip(seeds, wide, strict=True):
+        c = top[given.hash()]
+        assert Architecture.from_dict(c["arch"]) == given and c["mflops"] == cost(given)[0]
+        assert c["score"] == history[narrow.hash()]["score"]
+    assert len(kept["top"]) == len(set(kept["top"]))
+    # a cap that the first seed meets at 16 but not at 20: it is retrained at 16
+    capped = Search(NASREC_SMALL, Recorder(), cost, cfg.updated(max_mflops=(at16 + at20) / 2), tmp_path / "capped")
+    top = capped.run()["top"]
+    assert seeds[0].hash() in top and wide[0].hash() not in top
+
+
 # -- the supernet scorer ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def search_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

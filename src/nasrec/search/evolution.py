@@ -83,6 +83,7 @@ class Search:
         self.step = 0  # steps completed: initial chunks, then generations
         self.seconds = 0.0
         self.seeds = [Architecture.from_dict(d) for d in cfg.seed_archs]
+        self.seeds_given = list(self.seeds)  # at their own embedding_dim, as keep_seed_archs retrains them
         for i, a in enumerate(self.seeds):
             if a.embedding_dim != space.embedding_dim:  # an encoding of blocks: it takes the space's token width
                 log.info("seed architecture %d taken at the space's embedding_dim %d", i + 1, space.embedding_dim)
@@ -357,14 +358,45 @@ class Search:
             out += sorted(children, key=lambda c: (score_key(c.score), c.index))[:k]
         return out
 
+    def _kept_seeds(self) -> list[Candidate]:
+        """The scored seeds, as given: one given at another embedding_dim than the space's is scored at the
+        space's (the supernet has no other) but retrained at its own, listed with its twin's score, where it
+        meets the constraints there (MFLOPs and parameters at its own dimension; a latency cap cannot price it)."""
+        out = []
+        for given, twin in zip(self.seeds_given, self.seeds, strict=True):
+            c = self.by_hash.get(twin.hash())
+            if c is None or math.isnan(c.score):
+                continue
+            if given.embedding_dim != twin.embedding_dim:
+                mflops, params = self.cost(given)
+                if self.cfg.max_latency_ms is not None or not within(
+                    (mflops, params), self.cfg.max_mflops, self.cfg.max_params
+                ):
+                    if self.writer:
+                        log.warning(
+                            "seed architecture %s at embedding_dim %d is outside the constraints there (%s): "
+                            "retrained at the space's %d",
+                            given.hash()[:16],
+                            given.embedding_dim,
+                            self._caps(),
+                            twin.embedding_dim,
+                        )
+                else:
+                    c = replace(c, arch=given, hash=given.hash(), mflops=mflops, params=params, latency_ms=None)
+            out.append(c)
+        return out
+
     def _finish(self) -> dict[str, Any]:
         pool = [c for c in self.kept() if not math.isnan(c.score)]
         if not pool:
             raise NasrecError(f"{self.out}: every candidate diverged; no architecture to return")
         ranked = top_k(pool, self.cfg.top_k)
         if self.cfg.keep_seed_archs:
-            taken, seeds = {c.hash for c in ranked}, {a.hash() for a in self.seeds}
-            ranked += [c for c in self.history if c.hash in seeds and c.hash not in taken and not math.isnan(c.score)]
+            taken = {c.hash for c in ranked}
+            for c in self._kept_seeds():
+                if c.hash not in taken:
+                    ranked.append(c)
+                    taken.add(c.hash)
         front = [pool[i] for i in pareto_front([(c.score, c.mflops) for c in pool])]
         timed = self.latency is not None
         latency_front = [pool[i] for i in pareto_front([(c.score, c.latency_ms) for c in pool])] if timed else []
