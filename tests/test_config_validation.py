@@ -404,7 +404,7 @@ def _edit(fn: Any) -> dict[str, Any]:
         (_edit(lambda d: d.pop("blocks")), "x.json: missing key 'blocks'"),
         (
             _edit(lambda d: d.update(name="mine")),
-            "x.json: unknown key 'name' (known: format, version, blocks, embedding_dim)",
+            "x.json: unknown key 'name' (known: format, version, blocks, embedding_dim, first_order)",
         ),
         (_edit(lambda d: d.update(blocks={})), "x.json: field blocks: expected a list of blocks, got a JSON object"),
     ],
