@@ -86,7 +86,13 @@ class Search:
         self.seeds_given = list(self.seeds)  # at their own embedding_dim, as keep_seed_archs retrains them
         for i, a in enumerate(self.seeds):
             if a.embedding_dim != space.embedding_dim:  # an encoding of blocks: it takes the space's token width
-                log.info("seed architecture %d taken at the space's embedding_dim %d", i + 1, space.embedding_dim)
+                log.info(
+                    "seed architecture %d (embedding_dim %d) scored at the space's %d%s",
+                    i + 1,
+                    a.embedding_dim,
+                    space.embedding_dim,
+                    f", retrained at its own {a.embedding_dim}" if cfg.keep_seed_archs else "",
+                )
                 self.seeds[i] = a = replace(a, embedding_dim=space.embedding_dim)
             if not space.contains(a):
                 raise NasrecError(f"seed architecture {i + 1} ({a.hash()[:16]}) is not in the {space.name!r} space")
