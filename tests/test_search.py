@@ -275,6 +275,10 @@ def test_a_kept_seed_at_another_embedding_dimension_is_retrained_at_its_own(tmp_
         assert Architecture.from_dict(c["arch"]) == given and c["mflops"] == cost(given)[0]
         assert c["score"] == history[narrow.hash()]["score"]
     assert len(kept["top"]) == len(set(kept["top"]))
+    # a 16-wide seed (NASRec's encodings state no width) in a 20-wide space is retrained at the space's 20
+    space20 = replace(NASREC_SMALL, embedding_dim=20)
+    top20 = Search(space20, Recorder(), cost, cfg.updated(seed_archs=[seeds[0].to_dict()]), tmp_path / "s20").run()
+    assert wide[0].hash() in top20["top"] and seeds[0].hash() not in top20["top"]
     # a cap that the first seed meets at 16 but not at 20: it is retrained at 16
     capped = Search(NASREC_SMALL, Recorder(), cost, cfg.updated(max_mflops=(at16 + at20) / 2), tmp_path / "capped")
     top = capped.run()["top"]

@@ -70,9 +70,10 @@ class SearchConfig:
     seed_archs: tuple[dict[str, Any], ...] = ()
     # The seed architectures that were scored (within the constraints) join top.json after the top k whatever
     # their scores, so the retraining trains each from scratch beside the search's best: a known good model
-    # is judged by the recipe that judges the search's, not by the supernet alone. A seed given at another
-    # embedding_dim than the space's is scored at the space's (the supernet has no other) and retrained at
-    # its own, where it meets the MFLOPs and parameter caps there (a latency table prices one dimension only)
+    # is judged by the recipe that judges the search's, not by the supernet alone. A seed that states an
+    # embedding_dim (not NASRec's 16) other than the space's is scored at the space's (the supernet has no
+    # other) and retrained at its own, where it meets the MFLOPs and parameter caps there (a latency table
+    # prices one dimension only); a 16-wide one is taken at the space's, as the search takes it
     keep_seed_archs: bool = False
 
     def __post_init__(self) -> None:

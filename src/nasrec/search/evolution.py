@@ -43,7 +43,7 @@ from nasrec.errors import NasrecError
 from nasrec.search.candidate import Candidate, CostFn, ScoreBatch, score_key, summary, top_k, within
 from nasrec.search.config import SearchConfig, trajectory
 from nasrec.search.pareto import pareto_front
-from nasrec.space.arch import Architecture
+from nasrec.space.arch import EMBEDDING_DIM, Architecture
 from nasrec.space.liveness import functional_hash
 from nasrec.space.space import SearchSpace, mutation_count
 
@@ -91,7 +91,9 @@ class Search:
                     i + 1,
                     a.embedding_dim,
                     space.embedding_dim,
-                    f", retrained at its own {a.embedding_dim}" if cfg.keep_seed_archs else "",
+                    f", retrained at its own {a.embedding_dim}"
+                    if cfg.keep_seed_archs and a.embedding_dim != EMBEDDING_DIM
+                    else "",
                 )
                 self.seeds[i] = a = replace(a, embedding_dim=space.embedding_dim)
             if not space.contains(a):
@@ -365,15 +367,16 @@ class Search:
         return out
 
     def _kept_seeds(self) -> list[Candidate]:
-        """The scored seeds, as given: one given at another embedding_dim than the space's is scored at the
-        space's (the supernet has no other) but retrained at its own, listed with its twin's score, where it
-        meets the constraints there (MFLOPs and parameters at its own dimension; a latency cap cannot price it)."""
+        """The scored seeds, as given: one that states an embedding_dim (other than NASRec's 16, which a JSON
+        leaves unsaid) and not the space's is scored at the space's (the supernet has no other) but retrained at
+        its own, listed with its twin's score, where it meets the constraints there (MFLOPs and parameters at its
+        own dimension; a latency cap cannot price it). A 16-wide seed is an encoding of blocks: the space's."""
         out = []
         for given, twin in zip(self.seeds_given, self.seeds, strict=True):
             c = self.by_hash.get(twin.hash())
             if c is None or math.isnan(c.score):
                 continue
-            if given.embedding_dim != twin.embedding_dim:
+            if given.embedding_dim not in (twin.embedding_dim, EMBEDDING_DIM):
                 mflops, params = self.cost(given)
                 if self.cfg.max_latency_ms is not None or not within(
                     (mflops, params), self.cfg.max_mflops, self.cfg.max_params
