@@ -18,6 +18,7 @@ from nasrec.model.ops.base import (
     CellSpec,
     Cost,
     DenseOperator,
+    Operator,
     OpInput,
     SparseOperator,
 )
@@ -29,15 +30,16 @@ if TYPE_CHECKING:
 
 
 def _first(x: torch.Tensor, width: int) -> torch.Tensor:
-    """The first `width` columns of x [B, n], zero-padded when n < width."""
+    """The first `width` entries of x [..., n] along its last axis, zero-padded when n < width."""
     import torch.nn.functional as F
 
-    n = x.shape[1]
-    return x[:, :width] if n >= width else F.pad(x, (0, width - n))
+    n = x.shape[-1]
+    return x[..., :width] if n >= width else F.pad(x, (0, width - n))
 
 
-class _Weightless(DenseOperator):
-    """A dense operator without layers, FLOPs or parameters: its output is (part of) its inputs."""
+class _Weightless(Operator):
+    """An operator without layers, FLOPs or parameters: its output is (part of) its inputs. Listed before
+    `DenseOperator` or `SparseOperator` in a subclass's bases."""
 
     layers = ()
 
@@ -50,7 +52,7 @@ class _Weightless(DenseOperator):
         return ZERO
 
 
-class Cat(_Weightless):
+class Cat(_Weightless, DenseOperator):
     """The block's dense inputs concatenated, their first W values (zero-padded to W)."""
 
     name = "cat"
@@ -61,7 +63,7 @@ class Cat(_Weightless):
         return _first(x.dense, x.width)
 
 
-class TokensFlat(_Weightless):
+class TokensFlat(_Weightless, DenseOperator):
     """The block's sparse inputs flattened token by token (each token's channels together, as `flat` reads
     them), their first W values (zero-padded to W): over the raw input, the embeddings as the zoo's models
     read them."""
@@ -74,26 +76,12 @@ class TokensFlat(_Weightless):
         return _first(flattened(x), x.width)
 
 
-class TokensCat(SparseOperator):
+class TokensCat(_Weightless, SparseOperator):
     """The block's sparse inputs' tokens concatenated, the first Ws of them (zero tokens where there are fewer)."""
 
     name = "tcat"
     reads = frozenset({"sparse_in"})
-    layers = ()
-
-    @classmethod
-    def build(cls, cell: nn.Module, spec: CellSpec) -> None:
-        pass  # no weights
 
     @classmethod
     def forward(cls, cell: nn.Module, x: OpInput) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        t = x.tokens_t  # [B, e, T]
-        ws, n = x.block.sparse_width, t.shape[2]
-        t = t[:, :, :ws] if n >= ws else F.pad(t, (0, ws - n))
-        return t.transpose(1, 2)
-
-    @classmethod
-    def cost(cls, b: BlockLike, din: int, tin: int, left: int, right: int, ln: bool, e: int = EMBEDDING_DIM) -> Cost:
-        return ZERO
+        return _first(x.tokens_t, x.block.sparse_width).transpose(1, 2)  # tokens_t is [B, e, T]
